@@ -1,0 +1,17 @@
+//! Generated types for lb's gRPC API.
+//!
+//! # Layout
+//! - [`v1`]: package `lb.v1` from `proto/lb/v1/lb.proto`: the backend side
+//!   (`Registry`: `ReportLoad`, `Register`, `Deregister`) and the client side
+//!   (`Balancer`: `Subscribe`).
+//!
+//! Only the edges of `lb-server` and `lb-client` (their `pb.rs` modules) use these
+//! types; the cores work on domain types.
+
+#![forbid(unsafe_code)]
+
+/// Package `lb.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("lb.v1");
+}
