@@ -1,1 +1,48 @@
+//! Thin client for `lb`, a lookaside load balancer.
+//!
+//! Callers [`subscribe`] to a service and follow the ordered server list the
+//! daemon streams: [`Subscription::pick`] round-robins over it (lock-free,
+//! allocation-free), honours drop entries, and [`Subscription::report`] feeds
+//! call outcomes back. [`Subscription::channel`] wraps all of that in a
+//! tonic-compatible channel. Backends use the [`Reporter`] to register and
+//! stream their load.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let sub = lb_client::subscribe("echo", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
+//! let ep = sub.pick()?;
+//! // ... call ep.address() ...
+//! sub.report(&ep, lb_client::Outcome { ok: true, latency: std::time::Duration::from_millis(3) });
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`list`]: [`PickList`] and [`Endpoint`], the list a client follows, and the pick hot path.
+//! - [`subscription`]: [`subscribe`], [`Subscription`] and the background task
+//!   (connect, stream lists, reconnect, send call stats).
+//! - [`channel`]: [`LbChannel`], a `tower::Service` for tonic clients that picks per request.
+//! - [`backoff`]: jittered exponential [`Backoff`] for reconnects (pure).
+//! - [`reporter`]: the backend side: [`Reporter`] registers and streams [`LoadSample`]s.
+//! - [`inflight`]: [`InFlight`] request counter and [`InFlightLayer`] for tonic servers.
+//! - [`cpu`]: process CPU utilization from `/proc/self/stat` ([`CpuSampler`]).
+//! - `pb`: the gRPC edge, the only module that touches `lb_proto` types.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod channel;
+pub mod cpu;
+pub mod inflight;
+pub mod list;
+mod pb;
+pub mod reporter;
+pub mod subscription;
+
+pub use backoff::Backoff;
+pub use channel::LbChannel;
+pub use cpu::CpuSampler;
+pub use inflight::{InFlight, InFlightGuard, InFlightLayer};
+pub use list::{CallCounts, Endpoint, NoPick, Outcome, PickList};
+pub use reporter::{Error as ReporterError, LoadSample, Registration, Reporter, ReporterOptions};
+pub use subscription::{subscribe, ClientOptions, Error, Subscription};

@@ -1,1 +1,31 @@
+//! The lb daemon as a library: `lb_server::run(listener, config, shutdown)` is
+//! the whole daemon; `main.rs` only parses flags, sets up logging and waits
+//! for signals.
+//!
+//! # Layout
+//! - [`server`]: `run()`: opens the store, starts the engine, serves gRPC, drains on shutdown.
+//! - [`api`]: the tonic services (thin shells): `Registry` (backends) and `Balancer` (clients).
+//! - [`pb`]: protobuf ⇄ domain conversion; where bad input becomes `invalid_argument`.
+//! - [`engine`]: the task that owns registry + store, batches commands (group
+//!   commit), re-plans and publishes plans through the [`engine::Hub`].
+//! - [`registry`]: pure state machine of services, instances, liveness and outcomes.
+//! - [`policy`]: the pure policy engine (`plan`, per-client offsets); [`policy::swrr`]
+//!   is nginx's smooth weighted round robin.
+//! - [`store`]: sled persistence of registrations, policies and the generation.
+//! - [`model`]: domain types and the documented limits of every field.
+//! - [`config`]: daemon settings and duration parsing.
 
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod pb;
+pub mod policy;
+pub mod registry;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{run, ServerError};

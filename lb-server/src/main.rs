@@ -1,1 +1,102 @@
-fn main(){}
+//! `lb-server`: parse flags, set up logging, run the daemon until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use lb_server::config::{parse_duration, Config};
+
+/// The lb daemon: a lookaside load balancer. Backends register and report load;
+/// clients subscribe and receive ordered server lists.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to serve gRPC on (port 0 picks a free port; the bound address is
+    /// printed on stdout as `lb-server listening on ADDR`).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: String,
+    /// Directory of the embedded sled store (created if missing).
+    #[arg(long, default_value = "./lb-data")]
+    data_dir: PathBuf,
+    /// How often backends should report load (e.g. 250ms, 1s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    report_interval: Duration,
+    /// TTL for registrations that do not ask for one: a streamed backend
+    /// silent this long, or a lease not renewed, leaves the lists.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    default_ttl: Duration,
+    /// After a restart, how long persisted instances stay listed while their
+    /// backends reconnect.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    restore_grace: Duration,
+    /// How often clients should send call statistics.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    stats_interval: Duration,
+    /// Longest list (entries in one period) sent to clients.
+    #[arg(long, default_value_t = lb_server::policy::DEFAULT_MAX_LIST_LEN,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_list_len: u32,
+    /// How long a graceful shutdown waits for open calls.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.report_interval.is_zero() || args.stats_interval.is_zero() {
+        anyhow::bail!("--report-interval and --stats-interval must be greater than 0");
+    }
+    let mut config = Config::new(args.data_dir);
+    config.report_interval = args.report_interval;
+    config.default_ttl = args.default_ttl;
+    config.restore_grace = args.restore_grace;
+    config.stats_interval = args.stats_interval;
+    config.max_list_len = args.max_list_len;
+    config.drain_timeout = args.drain_timeout;
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "lb-server starting");
+    let shutdown = async {
+        signal().await;
+    };
+    // Printed once the store is loaded would be nicer, but `run` owns that;
+    // clients can connect now and are served as soon as it is.
+    println!("lb-server listening on {addr}");
+    lb_server::run(listener, config, shutdown).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

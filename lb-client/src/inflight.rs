@@ -1,0 +1,161 @@
+//! Counting requests in flight on a backend, for the load reporter.
+//!
+//! [`InFlightLayer`] wraps a tonic server (`Server::builder().layer(..)`): each
+//! request holds an [`InFlightGuard`] until its response future completes, i.e.
+//! until the response headers are ready. The body of a streaming response is not
+//! tracked; for unary RPCs that is the whole call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// A shared count of requests in flight.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    /// Counts one request until the guard is dropped.
+    pub fn guard(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Relaxed);
+        InFlightGuard(self.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Decrements its [`InFlight`] when dropped.
+#[derive(Debug)]
+pub struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A tower layer that counts requests of the wrapped service in an [`InFlight`].
+#[derive(Clone, Debug)]
+pub struct InFlightLayer {
+    counter: InFlight,
+}
+
+impl InFlightLayer {
+    /// Counts into `counter`.
+    pub fn new(counter: InFlight) -> Self {
+        InFlightLayer { counter }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for InFlightLayer {
+    type Service = InFlightService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlightService {
+            inner,
+            counter: self.counter.clone(),
+        }
+    }
+}
+
+/// The service made by [`InFlightLayer`].
+#[derive(Clone, Debug)]
+pub struct InFlightService<S> {
+    inner: S,
+    counter: InFlight,
+}
+
+impl<S, Req> tower_service::Service<Req> for InFlightService<S>
+where
+    S: tower_service::Service<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = InFlightFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        // Count before calling: the inner service may start work synchronously.
+        let guard = self.counter.guard();
+        InFlightFuture {
+            inner: Box::pin(self.inner.call(req)),
+            _guard: guard,
+        }
+    }
+}
+
+/// Response future holding the in-flight guard. Boxing the inner future makes
+/// this `Unpin`, which avoids pin projection (and unsafe) for one allocation
+/// per request.
+pub struct InFlightFuture<F> {
+    inner: Pin<Box<F>>,
+    _guard: InFlightGuard,
+}
+
+impl<F: Future> Future for InFlightFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().inner.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+    use tower_layer::Layer;
+
+    #[test]
+    fn guard_counts_up_and_down() {
+        let n = InFlight::default();
+        let a = n.guard();
+        let b = n.clone().guard();
+        assert_eq!(n.get(), 2);
+        drop(a);
+        assert_eq!(n.get(), 1);
+        drop(b);
+        assert_eq!(n.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn layer_holds_a_guard_while_the_call_runs() {
+        let n = InFlight::default();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (started_tx, mut started) = tokio::sync::mpsc::channel::<u64>(1);
+        let (seen, g) = (n.clone(), gate.clone());
+        let svc = InFlightLayer::new(n.clone()).layer(tower::service_fn(move |x: u32| {
+            let (seen, g, started_tx) = (seen.clone(), g.clone(), started_tx.clone());
+            async move {
+                let _ = started_tx.send(seen.get()).await;
+                g.notified().await;
+                Ok::<_, std::convert::Infallible>(x + 1)
+            }
+        }));
+        let call = tokio::spawn(svc.oneshot(41));
+        assert_eq!(started.recv().await, Some(1));
+        assert_eq!(n.get(), 1);
+        gate.notify_one();
+        assert_eq!(call.await.unwrap(), Ok(42));
+        assert_eq!(n.get(), 0);
+    }
+
+    #[test]
+    fn layer_fits_a_tonic_server() {
+        // Type check only: the future is never polled.
+        let server = tonic::transport::Server::builder()
+            .layer(InFlightLayer::new(InFlight::default()))
+            .add_routes(tonic::service::Routes::default());
+        let _serve = server.serve_with_shutdown(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            std::future::pending::<()>(),
+        );
+    }
+}

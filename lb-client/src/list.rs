@@ -1,0 +1,460 @@
+//! The server list a client follows, and the pick hot path.
+//!
+//! A [`PickList`] is the daemon's decision for this client, already weighted and
+//! rotated: `order` holds indices into the distinct `servers`, a server that
+//! appears k times gets k shares, and a drop entry sheds that share of calls
+//! locally. Picking is a plain round robin over `order` with an atomic cursor: no
+//! lock, no allocation, no policy (the policy lives in the daemon).
+//!
+//! Call outcomes are counted inside each [`Endpoint`] with atomics, so recording
+//! an outcome needs no map lookup. When a new list arrives, [`PickList::adopt`]
+//! reuses the `Arc<Endpoint>` of every unchanged server so its counters carry
+//! over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a list could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// An `order` entry points past the end of `servers`: the daemon sent a
+    /// malformed list. The client keeps its previous list; report it as a daemon bug.
+    #[error("order[{position}] = {index} but the list has only {servers} servers")]
+    OrderOutOfRange {
+        /// Position in `order`.
+        position: usize,
+        /// The offending index.
+        index: u32,
+        /// Number of distinct servers in the list.
+        servers: usize,
+    },
+}
+
+/// Why [`PickList::pick`] returned no endpoint.
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+pub enum NoPick {
+    /// The list is empty: no backend is registered (or none is usable). Fail the
+    /// call, or retry once the list changes.
+    #[error("no backend in the list")]
+    Empty,
+    /// The pick landed on a drop entry: the daemon is shedding load. Fail the call
+    /// locally without retrying elsewhere.
+    #[error("dropped by balancer")]
+    Dropped,
+}
+
+/// The outcome of one call, reported back with [`crate::Subscription::report`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The call succeeded.
+    pub ok: bool,
+    /// Time from sending the call to its response.
+    pub latency: Duration,
+}
+
+/// Call counters of one endpoint, as read by [`Endpoint::counts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Picks that returned this endpoint.
+    pub started: u64,
+    /// Calls whose outcome was reported.
+    pub finished: u64,
+    /// Of `finished`, how many failed.
+    pub failed: u64,
+    /// Sum of latencies of finished calls, in microseconds.
+    pub latency_sum_us: u64,
+}
+
+impl CallCounts {
+    /// True when nothing happened.
+    pub fn is_zero(&self) -> bool {
+        *self == CallCounts::default()
+    }
+}
+
+/// One distinct server of a list (or a drop entry).
+#[derive(Debug)]
+pub struct Endpoint {
+    instance_id: String,
+    address: String,
+    zone: String,
+    tier: u32,
+    token: String,
+    drop: bool,
+    calls_started: AtomicU64,
+    calls_finished: AtomicU64,
+    calls_failed: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Endpoint {
+    /// A server at `address` ("host:port"), tier 0, no zone, no token.
+    pub fn new(instance_id: impl Into<String>, address: impl Into<String>) -> Self {
+        Endpoint {
+            instance_id: instance_id.into(),
+            address: address.into(),
+            zone: String::new(),
+            tier: 0,
+            token: String::new(),
+            drop: false,
+            calls_started: AtomicU64::new(0),
+            calls_finished: AtomicU64::new(0),
+            calls_failed: AtomicU64::new(0),
+            latency_sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// A drop entry: picking it fails the call locally with [`NoPick::Dropped`].
+    pub fn drop_entry() -> Self {
+        Endpoint {
+            drop: true,
+            ..Endpoint::new("", "")
+        }
+    }
+
+    /// Sets the zone.
+    pub fn with_zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = zone.into();
+        self
+    }
+
+    /// Sets the failover tier.
+    pub fn with_tier(mut self, tier: u32) -> Self {
+        self.tier = tier;
+        self
+    }
+
+    /// Sets the token attached to calls (`lb-token` metadata).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
+    }
+
+    /// The backend's instance id (empty for drop entries and fallback addresses).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Where to connect: "host:port".
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The backend's zone.
+    pub fn zone(&self) -> &str {
+        &self.zone
+    }
+
+    /// Failover tier: 0 first.
+    pub fn tier(&self) -> u32 {
+        self.tier
+    }
+
+    /// Opaque token to attach to calls (may be empty).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// True for a drop entry.
+    pub fn is_drop(&self) -> bool {
+        self.drop
+    }
+
+    /// Current counters (not reset).
+    pub fn counts(&self) -> CallCounts {
+        CallCounts {
+            started: self.calls_started.load(Relaxed),
+            finished: self.calls_finished.load(Relaxed),
+            failed: self.calls_failed.load(Relaxed),
+            latency_sum_us: self.latency_sum_us.load(Relaxed),
+        }
+    }
+
+    /// Reads and resets the counters, for a stats report.
+    pub(crate) fn take_counts(&self) -> CallCounts {
+        CallCounts {
+            started: self.calls_started.swap(0, Relaxed),
+            finished: self.calls_finished.swap(0, Relaxed),
+            failed: self.calls_failed.swap(0, Relaxed),
+            latency_sum_us: self.latency_sum_us.swap(0, Relaxed),
+        }
+    }
+
+    /// Records a finished call.
+    pub(crate) fn record(&self, outcome: Outcome) {
+        self.calls_finished.fetch_add(1, Relaxed);
+        if !outcome.ok {
+            self.calls_failed.fetch_add(1, Relaxed);
+        }
+        let us = u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Same server, same routing data: counters may carry over.
+    fn same_as(&self, other: &Endpoint) -> bool {
+        self.instance_id == other.instance_id
+            && self.address == other.address
+            && self.zone == other.zone
+            && self.tier == other.tier
+            && self.token == other.token
+            && self.drop == other.drop
+    }
+}
+
+/// An ordered server list: follow `order` round-robin.
+#[derive(Debug)]
+pub struct PickList {
+    version: u64,
+    servers: Vec<Arc<Endpoint>>,
+    /// Indices into `servers`, validated at construction.
+    order: Box<[u32]>,
+    /// Starts at 0 for every new list: the daemon already rotated it for us.
+    cursor: AtomicUsize,
+}
+
+impl PickList {
+    /// Builds a list from distinct `servers` and `order` (indices into `servers`).
+    ///
+    /// This is also the way to pick without a [`crate::Subscription`] (tests,
+    /// static configurations): build a list, then call [`PickList::pick`].
+    pub fn from_parts(
+        version: u64,
+        servers: Vec<Endpoint>,
+        order: Vec<u32>,
+    ) -> Result<PickList, Error> {
+        if let Some((position, &index)) = order
+            .iter()
+            .enumerate()
+            .find(|(_, &i)| i as usize >= servers.len())
+        {
+            return Err(Error::OrderOutOfRange {
+                position,
+                index,
+                servers: servers.len(),
+            });
+        }
+        Ok(PickList {
+            version,
+            servers: servers.into_iter().map(Arc::new).collect(),
+            order: order.into_boxed_slice(),
+            cursor: AtomicUsize::new(0),
+        })
+    }
+
+    /// An empty list (version 0).
+    pub fn empty() -> PickList {
+        PickList {
+            version: 0,
+            servers: Vec::new(),
+            order: Box::new([]),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// Version 0, one share per distinct address, in the given order. Fallback
+    /// endpoints have an empty instance id: the daemon does not know them, so
+    /// they are never reported.
+    pub fn fallback(addresses: &[String]) -> PickList {
+        let mut servers: Vec<Endpoint> = Vec::new();
+        let mut order = Vec::new();
+        for addr in addresses {
+            let i = match servers.iter().position(|s| &s.address == addr) {
+                Some(i) => i,
+                None => {
+                    servers.push(Endpoint::new("", addr.clone()));
+                    servers.len() - 1
+                }
+            };
+            // At most addresses.len() servers, so the index fits any sane u32.
+            order.push(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        PickList::from_parts(0, servers, order).unwrap_or_else(|_| PickList::empty())
+    }
+
+    /// The next entry in order. Lock-free and allocation-free: one atomic add on
+    /// the cursor, one on the endpoint's `calls_started`, one refcount increment.
+    pub fn pick(&self) -> Result<Arc<Endpoint>, NoPick> {
+        let len = self.order.len();
+        if len == 0 {
+            return Err(NoPick::Empty);
+        }
+        let i = self.cursor.fetch_add(1, Relaxed) % len;
+        // `order` was validated against `servers` in `from_parts`.
+        let ep = &self.servers[self.order[i] as usize];
+        if ep.drop {
+            return Err(NoPick::Dropped);
+        }
+        ep.calls_started.fetch_add(1, Relaxed);
+        Ok(Arc::clone(ep))
+    }
+
+    /// The version the daemon gave this list (0 for fallback lists).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Number of entries in `order` (shares, drop entries included).
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True when there is nothing to pick.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The distinct endpoints (drop entries included).
+    pub fn servers(&self) -> &[Arc<Endpoint>] {
+        &self.servers
+    }
+
+    /// The entries in pick order.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<Endpoint>> + '_ {
+        self.order.iter().map(|&i| &self.servers[i as usize])
+    }
+
+    /// Distinct addresses of the non-drop servers, sorted.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|s| !s.drop)
+            .map(|s| s.address.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Reuses `previous`'s endpoint for every unchanged server so its counters
+    /// carry over. Returns the endpoints of `previous` that were not reused (their
+    /// unreported counters still need sending).
+    pub fn adopt(&mut self, previous: &PickList) -> Vec<Arc<Endpoint>> {
+        // Keyed by instance id; empty ids (drops, fallback) are never matched so a
+        // fallback address does not masquerade as a daemon-known instance.
+        let mut old: HashMap<&str, &Arc<Endpoint>> = previous
+            .servers
+            .iter()
+            .filter(|e| !e.instance_id.is_empty())
+            .map(|e| (e.instance_id.as_str(), e))
+            .collect();
+        for slot in &mut self.servers {
+            if let Some(prev) = old.get(slot.instance_id.as_str()) {
+                if prev.same_as(slot) {
+                    *slot = Arc::clone(prev);
+                    old.remove(slot.instance_id.as_str());
+                }
+            }
+        }
+        previous
+            .servers
+            .iter()
+            .filter(|e| !self.servers.iter().any(|n| Arc::ptr_eq(n, e)))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn abc() -> PickList {
+        PickList::from_parts(
+            1,
+            vec![
+                Endpoint::new("a", "10.0.0.1:80"),
+                Endpoint::new("b", "10.0.0.2:80"),
+                Endpoint::new("c", "10.0.0.3:80"),
+            ],
+            vec![0, 1, 0, 2, 0],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn pick_follows_order_and_wraps() {
+        let list = abc();
+        let got: Vec<String> = (0..10)
+            .map(|_| list.pick().unwrap().instance_id().to_owned())
+            .collect();
+        assert_eq!(got, ["a", "b", "a", "c", "a", "a", "b", "a", "c", "a"]);
+        assert_eq!(list.servers()[0].counts().started, 6);
+        assert_eq!(list.len(), 5);
+        let shares = list.entries().filter(|e| e.instance_id() == "a").count();
+        assert_eq!(shares, 3);
+        assert_eq!(
+            list.addresses(),
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+        );
+    }
+
+    #[test]
+    fn drop_entries_and_empty() {
+        let list = PickList::from_parts(
+            1,
+            vec![Endpoint::new("a", "x:1"), Endpoint::drop_entry()],
+            vec![0, 1],
+        )
+        .unwrap();
+        assert!(list.pick().is_ok());
+        assert_eq!(list.pick().unwrap_err(), NoPick::Dropped);
+        assert!(list.pick().is_ok());
+        assert_eq!(list.servers()[1].counts().started, 0);
+        assert_eq!(PickList::empty().pick().unwrap_err(), NoPick::Empty);
+    }
+
+    #[test]
+    fn from_parts_rejects_out_of_range() {
+        let err = PickList::from_parts(1, vec![Endpoint::new("a", "x:1")], vec![0, 1]);
+        assert_eq!(
+            err.unwrap_err(),
+            Error::OrderOutOfRange {
+                position: 1,
+                index: 1,
+                servers: 1
+            }
+        );
+    }
+
+    #[test]
+    fn adopt_keeps_counters_of_unchanged_endpoints() {
+        let old = abc();
+        let a = old.pick().unwrap();
+        old.servers()[0].record(Outcome {
+            ok: false,
+            latency: Duration::from_millis(3),
+        });
+        let mut new = PickList::from_parts(
+            2,
+            vec![
+                Endpoint::new("a", "10.0.0.1:80"),
+                Endpoint::new("b", "10.0.0.2:80").with_tier(1), // changed
+                Endpoint::new("d", "10.0.0.4:80"),
+            ],
+            vec![0, 1, 2],
+        )
+        .unwrap();
+        let retired = new.adopt(&old);
+        assert!(Arc::ptr_eq(&new.servers()[0], &a));
+        let c = new.servers()[0].counts();
+        assert_eq!((c.started, c.finished, c.failed), (1, 1, 1));
+        assert_eq!(c.latency_sum_us, 3000);
+        assert!(!Arc::ptr_eq(&new.servers()[1], &old.servers()[1]));
+        let ids: Vec<&str> = retired.iter().map(|e| e.instance_id()).collect();
+        assert_eq!(ids, ["b", "c"]);
+        // A fresh list starts at the head of its order.
+        assert_eq!(new.pick().unwrap().instance_id(), "a");
+    }
+
+    #[test]
+    fn fallback_dedups_and_is_version_zero() {
+        let list = PickList::fallback(&["x:1".into(), "y:2".into(), "x:1".into()]);
+        assert_eq!(list.version(), 0);
+        assert_eq!(list.servers().len(), 2);
+        assert_eq!(list.len(), 3);
+        assert_eq!(list.pick().unwrap().address(), "x:1");
+    }
+}

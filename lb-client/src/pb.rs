@@ -1,0 +1,271 @@
+//! The gRPC edge: the only module that touches `lb_proto::v1`.
+//!
+//! Converts daemon messages into domain types (`ServerList` → [`PickList`],
+//! `ReportLoadResponse` → [`Directive`]) and domain types into requests
+//! ([`Registration`], [`LoadSample`], [`StatsReport`]), and opens the two
+//! long-lived streams so the tasks never see generated types.
+
+use std::collections::HashMap;
+
+use lb_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::list::{self, Endpoint, PickList};
+use crate::reporter::{Directive, LoadSample, Outgoing, Registration};
+use crate::subscription::{StatsReport, Update};
+
+/// Why a daemon message was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The server list is inconsistent (see [`list::Error`]); the client keeps
+    /// its previous list. This is a daemon bug worth reporting.
+    #[error("malformed server list: {0}")]
+    InvalidList(#[from] list::Error),
+}
+
+impl TryFrom<v1::ServerList> for PickList {
+    type Error = Error;
+
+    fn try_from(list: v1::ServerList) -> Result<Self, Error> {
+        let servers = list.servers.into_iter().map(endpoint).collect();
+        Ok(PickList::from_parts(list.version, servers, list.order)?)
+    }
+}
+
+fn endpoint(s: v1::Server) -> Endpoint {
+    if s.drop {
+        return Endpoint::drop_entry();
+    }
+    Endpoint::new(s.instance_id, s.address)
+        .with_zone(s.zone)
+        .with_tier(s.tier)
+        .with_token(s.token)
+}
+
+impl From<v1::SubscribeResponse> for Update {
+    fn from(r: v1::SubscribeResponse) -> Self {
+        Update {
+            list: r.list.map(PickList::try_from),
+            stats_interval_ms: r.stats_interval_ms,
+        }
+    }
+}
+
+impl From<v1::ReportLoadResponse> for Directive {
+    fn from(r: v1::ReportLoadResponse) -> Self {
+        Directive {
+            report_interval_ms: r.report_interval_ms,
+            drain: r.drain,
+        }
+    }
+}
+
+impl From<StatsReport> for v1::ClientStats {
+    fn from(s: StatsReport) -> Self {
+        v1::ClientStats {
+            instances: s
+                .instances
+                .into_iter()
+                .map(|(instance_id, c)| v1::InstanceStats {
+                    instance_id,
+                    calls_started: c.started,
+                    calls_finished: c.finished,
+                    calls_failed: c.failed,
+                    latency_sum_us: c.latency_sum_us,
+                })
+                .collect(),
+            dropped: s.dropped,
+            no_backend: s.no_backend,
+        }
+    }
+}
+
+impl From<&Registration> for v1::Registration {
+    fn from(r: &Registration) -> Self {
+        v1::Registration {
+            instance: Some(v1::Instance {
+                service: r.service.clone(),
+                instance_id: r.instance_id.clone(),
+                address: r.address.clone(),
+                zone: r.zone.clone(),
+                weight: r.weight,
+                labels: r
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                version: r.version.clone(),
+            }),
+            ttl_ms: r
+                .ttl
+                .map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
+impl From<LoadSample> for v1::LoadReport {
+    /// Clamps to the daemon's documented ranges: a sampler glitch (NaN, a
+    /// negative rate) must not get the whole stream refused.
+    fn from(s: LoadSample) -> Self {
+        fn clamp(x: f64, hi: f64) -> f64 {
+            if x.is_finite() {
+                x.clamp(0.0, hi)
+            } else {
+                0.0
+            }
+        }
+        v1::LoadReport {
+            cpu_utilization: clamp(s.cpu_utilization, 16.0),
+            active_requests: s.active_requests.min(10_000_000),
+            qps: s.qps.map(|x| clamp(x, 1e9)),
+            eps: s.eps.map(|x| clamp(x, 1e9)),
+            mem_utilization: s.mem_utilization.map(|x| clamp(x, 16.0)),
+            named_metrics: s
+                .named_metrics
+                .into_iter()
+                .filter(|(_, v)| v.is_finite())
+                .take(32)
+                .collect::<HashMap<_, _>>(),
+        }
+    }
+}
+
+fn identity(
+    client_id: &str,
+    zone: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> v1::ClientIdentity {
+    v1::ClientIdentity {
+        client_id: client_id.to_owned(),
+        zone: zone.to_owned(),
+        labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// Opens `Balancer/Subscribe`: sends the subscription first, then every
+/// [`StatsReport`] from `stats`; yields the daemon's updates.
+pub(crate) async fn subscribe(
+    channel: Channel,
+    service: &str,
+    options: &crate::ClientOptions,
+    stats: mpsc::Receiver<StatsReport>,
+) -> Result<impl Stream<Item = Result<Update, Status>> + Unpin + Send + 'static, Status> {
+    let first = v1::SubscribeRequest {
+        msg: Some(v1::subscribe_request::Msg::Subscribe(v1::Subscription {
+            service: service.to_owned(),
+            client: Some(identity(&options.client_id, &options.zone, &options.labels)),
+        })),
+    };
+    let requests =
+        tokio_stream::once(first).chain(ReceiverStream::new(stats).map(|s| v1::SubscribeRequest {
+            msg: Some(v1::subscribe_request::Msg::Stats(s.into())),
+        }));
+    let response = v1::balancer_client::BalancerClient::new(channel)
+        .subscribe(requests)
+        .await?;
+    Ok(response.into_inner().map(|r| r.map(Update::from)))
+}
+
+/// Opens `Registry/ReportLoad`: sends the registration first, then every
+/// [`Outgoing`] message; yields the daemon's directives.
+pub(crate) async fn report_load(
+    channel: Channel,
+    registration: &Registration,
+    outgoing: mpsc::Receiver<Outgoing>,
+) -> Result<impl Stream<Item = Result<Directive, Status>> + Unpin + Send + 'static, Status> {
+    use v1::report_load_request::Msg;
+    let first = v1::ReportLoadRequest {
+        msg: Some(Msg::Register(registration.into())),
+    };
+    let requests = tokio_stream::once(first).chain(ReceiverStream::new(outgoing).map(|m| {
+        v1::ReportLoadRequest {
+            msg: Some(match m {
+                Outgoing::Report(s) => Msg::Report(s.into()),
+                Outgoing::Drain => Msg::Drain(v1::Drain {}),
+            }),
+        }
+    }));
+    let response = v1::registry_client::RegistryClient::new(channel)
+        .report_load(requests)
+        .await?;
+    Ok(response.into_inner().map(|r| r.map(Directive::from)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(id: &str, drop: bool) -> v1::Server {
+        v1::Server {
+            instance_id: id.into(),
+            address: format!("{id}:80"),
+            zone: "z".into(),
+            tier: 0,
+            drop,
+            token: "t".into(),
+        }
+    }
+
+    #[test]
+    fn converts_a_server_list() {
+        let list = PickList::try_from(v1::ServerList {
+            version: 9,
+            servers: vec![server("a", false), server("d", true)],
+            order: vec![0, 1, 0],
+        })
+        .unwrap();
+        assert_eq!(list.version(), 9);
+        assert_eq!(list.len(), 3);
+        let a = &list.servers()[0];
+        assert_eq!(
+            (a.instance_id(), a.address(), a.zone(), a.token()),
+            ("a", "a:80", "z", "t")
+        );
+        assert!(list.servers()[1].is_drop());
+    }
+
+    #[test]
+    fn rejects_out_of_range_order() {
+        let err = PickList::try_from(v1::ServerList {
+            version: 1,
+            servers: vec![server("a", false)],
+            order: vec![0, 7],
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidList(list::Error::OrderOutOfRange { index: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn load_sample_is_clamped() {
+        let r = v1::LoadReport::from(LoadSample {
+            cpu_utilization: f64::NAN,
+            active_requests: u64::MAX,
+            qps: Some(-3.0),
+            mem_utilization: Some(99.0),
+            named_metrics: [("x".to_owned(), f64::INFINITY), ("y".to_owned(), 1.5)].into(),
+            ..LoadSample::default()
+        });
+        assert_eq!(r.cpu_utilization, 0.0);
+        assert_eq!(r.active_requests, 10_000_000);
+        assert_eq!(r.qps, Some(0.0));
+        assert_eq!(r.mem_utilization, Some(16.0));
+        assert_eq!(r.named_metrics.len(), 1);
+    }
+
+    #[test]
+    fn registration_ttl() {
+        let mut reg = Registration::new("svc", "i1", "127.0.0.1:1");
+        assert_eq!(v1::Registration::from(&reg).ttl_ms, 0);
+        reg.ttl = Some(std::time::Duration::from_secs(2));
+        let pb = v1::Registration::from(&reg);
+        assert_eq!(pb.ttl_ms, 2000);
+        assert_eq!(pb.instance.map(|i| i.weight), Some(1));
+    }
+}

@@ -1,0 +1,505 @@
+//! The backend side: register with the daemon and stream load reports.
+//!
+//! [`Reporter::start`] spawns a task that keeps one `Registry/ReportLoad` stream
+//! open: registration first, then a [`LoadSample`] every interval the daemon
+//! asks for. The daemon takes the instance out of every list as soon as the
+//! stream breaks, so the task reconnects forever (jittered backoff, daemons in
+//! turn). [`Reporter::shutdown`] drains gracefully: it sends `Drain`, waits for
+//! the daemon to close the stream (bounded by a timeout), then stops.
+//!
+//! By default a sample is this process's CPU utilization ([`crate::CpuSampler`])
+//! plus the requests counted by [`Reporter::layer`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rand::{rngs::StdRng, SeedableRng};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::channel;
+use crate::cpu::CpuSampler;
+use crate::inflight::{InFlight, InFlightLayer};
+use crate::pb;
+
+/// Why a reporter wait ended without success.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The daemon did not acknowledge the registration in time: check that it is
+    /// reachable and look for a refusal logged at warn level.
+    #[error("timed out waiting for the daemon to acknowledge the registration")]
+    Timeout,
+}
+
+/// What a backend says about itself.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// Service name.
+    pub service: String,
+    /// Unique within the service.
+    pub instance_id: String,
+    /// Where clients connect: "host:port".
+    pub address: String,
+    /// Locality (may be empty).
+    pub zone: String,
+    /// Static weight, 1..=10000.
+    pub weight: u32,
+    /// Labels routing rules may match.
+    pub labels: BTreeMap<String, String>,
+    /// Free-form build version.
+    pub version: String,
+    /// How long the daemon waits for a report before dropping the instance;
+    /// `None` = the daemon's default.
+    pub ttl: Option<Duration>,
+}
+
+impl Registration {
+    /// Weight 1, everything else empty.
+    pub fn new(
+        service: impl Into<String>,
+        instance_id: impl Into<String>,
+        address: impl Into<String>,
+    ) -> Self {
+        Registration {
+            service: service.into(),
+            instance_id: instance_id.into(),
+            address: address.into(),
+            zone: String::new(),
+            weight: 1,
+            labels: BTreeMap::new(),
+            version: String::new(),
+            ttl: None,
+        }
+    }
+}
+
+/// Live load at one moment. Values outside the daemon's ranges are clamped
+/// before sending.
+#[derive(Clone, Debug, Default)]
+pub struct LoadSample {
+    /// Fraction of the machine's cores busy (1.0 = all).
+    pub cpu_utilization: f64,
+    /// Requests in flight.
+    pub active_requests: u64,
+    /// Requests per second.
+    pub qps: Option<f64>,
+    /// Errors per second.
+    pub eps: Option<f64>,
+    /// Fraction of memory in use.
+    pub mem_utilization: Option<f64>,
+    /// Up to 32 named metrics.
+    pub named_metrics: BTreeMap<String, f64>,
+}
+
+/// A load sampler, called once per report.
+pub type Sampler = Arc<dyn Fn() -> LoadSample + Send + Sync>;
+
+/// How to reach the daemons and what to report.
+#[derive(Clone)]
+pub struct ReporterOptions {
+    /// Daemon addresses, "host:port" or "http://host:port"; tried in turn.
+    pub daemons: Vec<String>,
+    /// Reconnect backoff.
+    pub backoff: Backoff,
+    /// Bound on establishing a connection to a daemon.
+    pub connect_timeout: Duration,
+    /// Replaces the default sampler (process CPU from /proc + the in-flight counter).
+    pub sampler: Option<Sampler>,
+}
+
+impl std::fmt::Debug for ReporterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReporterOptions")
+            .field("daemons", &self.daemons)
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("sampler", &self.sampler.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl ReporterOptions {
+    /// Options for one daemon; everything else defaults.
+    pub fn new(daemon: impl Into<String>) -> Self {
+        ReporterOptions {
+            daemons: vec![daemon.into()],
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(2),
+            sampler: None,
+        }
+    }
+}
+
+/// A message to the daemon after the registration.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Report(LoadSample),
+    Drain,
+}
+
+/// What the daemon asks of the backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Directive {
+    pub(crate) report_interval_ms: u32,
+    pub(crate) drain: bool,
+}
+
+/// Used until the daemon names an interval.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The daemon's interval, clamped to [10 ms, 60 s]; 0 keeps `current`.
+fn report_interval(ms: u32, current: Duration) -> Duration {
+    if ms == 0 {
+        return current;
+    }
+    Duration::from_millis(u64::from(ms)).clamp(Duration::from_millis(10), Duration::from_secs(60))
+}
+
+struct Shared {
+    /// True while the stream is up and the registration acknowledged.
+    registered: watch::Sender<bool>,
+    drain_requested: AtomicBool,
+    in_flight: InFlight,
+}
+
+/// Registers a backend and streams its load; see the module docs.
+pub struct Reporter {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("registered", &self.registered())
+            .field("drain_requested", &self.drain_requested())
+            .finish()
+    }
+}
+
+impl Reporter {
+    /// Spawns the reporting task and returns at once (the daemon may be down).
+    /// Must be called within a Tokio runtime. Dropping the `Reporter` stops the
+    /// task abruptly (the daemon sees a broken stream); prefer
+    /// [`Reporter::shutdown`].
+    pub fn start(registration: Registration, options: ReporterOptions) -> Reporter {
+        let in_flight = InFlight::default();
+        let shared = Arc::new(Shared {
+            registered: watch::Sender::new(false),
+            drain_requested: AtomicBool::new(false),
+            in_flight: in_flight.clone(),
+        });
+        let sampler = options
+            .sampler
+            .clone()
+            .unwrap_or_else(|| default_sampler(in_flight));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut seed = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(
+            &(&registration.service, &registration.instance_id),
+            &mut seed,
+        );
+        let task = Task {
+            shared: Arc::clone(&shared),
+            registration,
+            options,
+            sampler,
+            rng: StdRng::seed_from_u64(std::hash::Hasher::finish(&seed)),
+        };
+        Reporter {
+            shared,
+            stop,
+            task: Some(tokio::spawn(task.run(stop_rx))),
+        }
+    }
+
+    /// The in-flight counter the default sampler reads.
+    pub fn in_flight(&self) -> InFlight {
+        self.shared.in_flight.clone()
+    }
+
+    /// A tower layer counting the server's requests into [`Reporter::in_flight`].
+    pub fn layer(&self) -> InFlightLayer {
+        InFlightLayer::new(self.in_flight())
+    }
+
+    /// True while the stream is up and the daemon acknowledged the registration.
+    pub fn registered(&self) -> bool {
+        *self.shared.registered.borrow()
+    }
+
+    /// Waits until [`Reporter::registered`] is true.
+    pub async fn wait_registered(&self, timeout: Duration) -> Result<(), Error> {
+        let mut rx = self.shared.registered.subscribe();
+        let acked = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        );
+        if acked {
+            Ok(())
+        } else {
+            Err(Error::Timeout)
+        }
+    }
+
+    /// True once the daemon asked this backend to drain.
+    pub fn drain_requested(&self) -> bool {
+        self.shared.drain_requested.load(Relaxed)
+    }
+
+    /// Graceful stop: sends `Drain`, waits for the daemon to close the stream,
+    /// and stops the task; gives up (abruptly) after `timeout`.
+    pub async fn shutdown(mut self, timeout: Duration) {
+        self.stop.send_replace(true);
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(timeout, &mut task).await.is_err() {
+                warn!("lb reporter did not drain within {timeout:?}; closing the stream");
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn default_sampler(in_flight: InFlight) -> Sampler {
+    let cpu = Mutex::new(CpuSampler::new());
+    Arc::new(move || LoadSample {
+        cpu_utilization: cpu
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample()
+            .unwrap_or(0.0),
+        active_requests: in_flight.get(),
+        ..LoadSample::default()
+    })
+}
+
+/// How a session ended, which decides the next backoff.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Stop requested; the task exits.
+    Stopped,
+    /// Registered, then the stream broke: reconnect soon.
+    Acked,
+    /// Refused for a reason that will not fix itself: retry at the max delay.
+    Refused,
+    /// Could not connect or register: usual backoff.
+    Failed,
+}
+
+/// INVALID_ARGUMENT / FAILED_PRECONDITION mean our registration is wrong or not
+/// acceptable; retrying quickly would only hammer the daemon.
+fn classify(status: &Status) -> End {
+    match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition => End::Refused,
+        _ => End::Failed,
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    registration: Registration,
+    options: ReporterOptions,
+    sampler: Sampler,
+    rng: StdRng,
+}
+
+impl Task {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let daemons = self.options.daemons.clone();
+        let mut attempt = 0u32;
+        for daemon in daemons.iter().cycle() {
+            let end = self.session(daemon, attempt, &mut stop).await;
+            self.shared.registered.send_replace(false);
+            let delay = match end {
+                End::Stopped => break,
+                End::Refused => self.options.backoff.max,
+                End::Acked => {
+                    attempt = 0;
+                    self.options.backoff.delay(0, &mut self.rng)
+                }
+                End::Failed => {
+                    attempt = attempt.saturating_add(1);
+                    self.options.backoff.delay(attempt - 1, &mut self.rng)
+                }
+            };
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.shared.registered.send_replace(false);
+    }
+
+    async fn session(
+        &mut self,
+        daemon: &str,
+        attempt: u32,
+        stop: &mut watch::Receiver<bool>,
+    ) -> End {
+        let (service, id) = (&self.registration.service, &self.registration.instance_id);
+        let connect = channel::connect(daemon, self.options.connect_timeout);
+        let channel = tokio::select! {
+            _ = stopped(stop) => return End::Stopped,
+            r = connect => match r {
+                Ok(ch) => ch,
+                Err(e) => {
+                    if attempt == 0 {
+                        warn!(%daemon, %service, instance = %id, error = %e, "cannot reach lb daemon; retrying");
+                    } else {
+                        debug!(%daemon, %service, instance = %id, error = %e, attempt, "cannot reach lb daemon");
+                    }
+                    return End::Failed;
+                }
+            },
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let mut stream = tokio::select! {
+            _ = stopped(stop) => return End::Stopped,
+            r = pb::report_load(channel, &self.registration, rx) => match r {
+                Ok(s) => s,
+                Err(status) => {
+                    warn!(%daemon, %service, instance = %id, code = ?status.code(), "registration refused: {}", status.message());
+                    return classify(&status);
+                }
+            },
+        };
+
+        // The first response is the acknowledgement.
+        let first = tokio::select! {
+            _ = stopped(stop) => return drain(tx, stream).await,
+            m = stream.next() => m,
+        };
+        let mut interval = match first {
+            Some(Ok(d)) => {
+                self.apply(d);
+                report_interval(d.report_interval_ms, DEFAULT_INTERVAL)
+            }
+            Some(Err(status)) => {
+                warn!(%daemon, %service, instance = %id, code = ?status.code(), "registration refused: {}", status.message());
+                return classify(&status);
+            }
+            None => {
+                warn!(%daemon, %service, instance = %id, "daemon closed the stream without acknowledging");
+                return End::Failed;
+            }
+        };
+        self.shared.registered.send_replace(true);
+        info!(%daemon, %service, instance = %id, ?interval, "registered with lb daemon");
+
+        // Report at once so the daemon has load data for a new instance.
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stopped(stop) => return drain(tx, stream).await,
+                _ = tokio::time::sleep_until(next) => {
+                    next = Instant::now() + interval;
+                    // A report that cannot be queued now would be stale later: skip it.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                        tx.try_send(Outgoing::Report((self.sampler)()))
+                    {
+                        return End::Acked;
+                    }
+                }
+                m = stream.next() => match m {
+                    Some(Ok(d)) => {
+                        self.apply(d);
+                        let new = report_interval(d.report_interval_ms, interval);
+                        if new != interval {
+                            debug!(?new, "daemon changed the report interval");
+                            interval = new;
+                            next = next.min(Instant::now() + interval);
+                        }
+                    }
+                    Some(Err(status)) => {
+                        // Even FAILED_PRECONDITION here (TTL expired, replaced) is
+                        // worth a prompt re-registration: the registration itself
+                        // was fine. A refusal at registration time backs off.
+                        info!(%daemon, %service, instance = %id, %status, "report stream ended; registering again");
+                        return End::Acked;
+                    }
+                    None => {
+                        info!(%daemon, %service, instance = %id, "daemon ended the report stream; reconnecting");
+                        return End::Acked;
+                    }
+                },
+            }
+        }
+    }
+
+    fn apply(&self, d: Directive) {
+        if d.drain && !self.shared.drain_requested.swap(true, Relaxed) {
+            info!(service = %self.registration.service, instance = %self.registration.instance_id, "daemon asked this backend to drain");
+        }
+    }
+}
+
+/// Sends `Drain`, half-closes, and waits for the daemon to close its side.
+/// Bounded by the caller ([`Reporter::shutdown`]'s timeout).
+async fn drain(
+    tx: mpsc::Sender<Outgoing>,
+    mut stream: impl tokio_stream::Stream<Item = Result<Directive, Status>> + Unpin,
+) -> End {
+    if tx.send(Outgoing::Drain).await.is_ok() {
+        drop(tx);
+        while let Some(Ok(_)) = stream.next().await {}
+        info!("drained from lb daemon");
+    }
+    End::Stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_is_clamped() {
+        let cur = Duration::from_secs(1);
+        assert_eq!(report_interval(0, cur), cur);
+        assert_eq!(report_interval(1, cur), Duration::from_millis(10));
+        assert_eq!(report_interval(250, cur), Duration::from_millis(250));
+        assert_eq!(report_interval(u32::MAX, cur), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn permanent_refusals_back_off_at_max() {
+        assert_eq!(classify(&Status::invalid_argument("bad")), End::Refused);
+        assert_eq!(classify(&Status::failed_precondition("no")), End::Refused);
+        assert_eq!(classify(&Status::unavailable("later")), End::Failed);
+    }
+
+    #[tokio::test]
+    async fn start_does_not_wait_for_the_daemon() {
+        let mut o = ReporterOptions::new("127.0.0.1:1");
+        o.sampler = Some(Arc::new(LoadSample::default));
+        let r = Reporter::start(Registration::new("svc", "i1", "127.0.0.1:2"), o);
+        assert!(!r.registered());
+        let g = r.in_flight().guard();
+        assert_eq!(r.in_flight().get(), 1);
+        drop(g);
+        assert!(matches!(
+            r.wait_registered(Duration::from_millis(20)).await,
+            Err(Error::Timeout)
+        ));
+        r.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,640 @@
+//! Following a service: [`subscribe`] and the background task behind a
+//! [`Subscription`].
+//!
+//! State is a writer/reader pair: the task is the only writer and swaps whole
+//! [`PickList`]s into an `ArcSwap`; `pick()` only loads it (lock-free). A `watch`
+//! channel carries a generation counter so [`Subscription::wait_for`] can wake on
+//! every swap.
+//!
+//! The task connects to a daemon, opens `Balancer/Subscribe`, installs each list
+//! (ignoring older versions, except the first list of a new stream: the daemon
+//! lost its state, and following it is the best bet), and sends `ClientStats`
+//! when the daemon asks for them. When the stream breaks it keeps the last list,
+//! so calls keep flowing while the daemon is away, and reconnects with jittered
+//! backoff ([`crate::Backoff`]), trying the configured daemons in turn.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rand::{rngs::StdRng, SeedableRng};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_stream::StreamExt;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::channel::{self, LbChannel};
+use crate::list::{CallCounts, Endpoint, NoPick, Outcome, PickList};
+use crate::pb;
+
+/// Why a subscription could not be created, or a wait ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// [`subscribe`] was called with an empty service name: pass the name the
+    /// backends register under.
+    #[error("service name is empty")]
+    EmptyService,
+    /// `ClientOptions::daemons` is empty: give at least one daemon address.
+    #[error("no daemon address given")]
+    NoDaemons,
+    /// A daemon address is not "host:port" or an http(s) URI: fix the configuration.
+    #[error("invalid daemon address {address:?}: {source}")]
+    InvalidDaemon {
+        /// The address as given.
+        address: String,
+        /// Why it was refused.
+        source: tonic::transport::Error,
+    },
+    /// `ClientOptions::client_id` is empty: leave the default or give a unique id.
+    #[error("client id is empty")]
+    EmptyClientId,
+    /// [`Subscription::wait_for`] reached its deadline before the list matched.
+    #[error("timed out waiting for the server list")]
+    Timeout,
+}
+
+/// How to reach the daemons and who this client is.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Daemon addresses, "host:port" or "http://host:port"; tried in turn on
+    /// reconnect.
+    pub daemons: Vec<String>,
+    /// Identifies this client to the daemon (per-client ordering and stats).
+    /// Default: `<hostname>-<pid>-<random u32>`.
+    pub client_id: String,
+    /// This client's locality.
+    pub zone: String,
+    /// Labels that routing rules may match.
+    pub labels: BTreeMap<String, String>,
+    /// "host:port" addresses used, equally weighted as version 0, until the daemon
+    /// sends a list.
+    pub fallback: Vec<String>,
+    /// Reconnect backoff.
+    pub backoff: Backoff,
+    /// Bound on establishing a connection to a daemon.
+    pub connect_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Options for one daemon; everything else defaults.
+    pub fn new(daemon: impl Into<String>) -> Self {
+        ClientOptions {
+            daemons: vec![daemon.into()],
+            ..ClientOptions::default()
+        }
+    }
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            daemons: vec!["127.0.0.1:7400".to_owned()],
+            client_id: default_client_id(),
+            zone: String::new(),
+            labels: BTreeMap::new(),
+            fallback: Vec::new(),
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `<hostname>-<pid>-<random>`, within the daemon's client id alphabet.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "client".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(96) // leaves room for the suffix under the 128-byte limit
+        .collect();
+    format!("{host}-{}-{}", std::process::id(), rand::random::<u32>())
+}
+
+/// Call outcomes to send in one `ClientStats`.
+#[derive(Debug, Default)]
+pub(crate) struct StatsReport {
+    pub(crate) instances: Vec<(String, CallCounts)>,
+    pub(crate) dropped: u64,
+    pub(crate) no_backend: u64,
+}
+
+/// One message from the daemon, decoded by `pb`.
+#[derive(Debug)]
+pub(crate) struct Update {
+    pub(crate) list: Option<Result<PickList, pb::Error>>,
+    pub(crate) stats_interval_ms: u32,
+}
+
+/// State shared by the handles and the task.
+struct Shared {
+    service: String,
+    list: ArcSwap<PickList>,
+    /// Bumped on every list swap; `wait_for` watches it.
+    generation: watch::Sender<u64>,
+    connected: AtomicBool,
+    dropped: AtomicU64,
+    no_backend: AtomicU64,
+}
+
+impl Shared {
+    fn install(&self, list: PickList) {
+        self.list.store(Arc::new(list));
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+}
+
+/// Dropped with the last [`Subscription`] clone; dropping `stop` ends the task.
+struct Handle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+/// A live subscription to one service's server list. Cheap to clone; the
+/// background task stops when the last clone is dropped or [`Subscription::close`]
+/// is called.
+#[derive(Clone)]
+pub struct Subscription {
+    inner: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("service", &self.inner.shared.service)
+            .field("version", &self.version())
+            .field("connected", &self.connected())
+            .finish()
+    }
+}
+
+/// Subscribes to `service`. Returns at once: the list starts as
+/// `options.fallback` and the daemon's lists replace it as they arrive, so a
+/// client can start while the daemon is down. Must be called within a Tokio
+/// runtime.
+pub async fn subscribe(service: &str, options: ClientOptions) -> Result<Subscription, Error> {
+    if service.is_empty() {
+        return Err(Error::EmptyService);
+    }
+    if options.daemons.is_empty() {
+        return Err(Error::NoDaemons);
+    }
+    if options.client_id.is_empty() {
+        return Err(Error::EmptyClientId);
+    }
+    for d in &options.daemons {
+        channel::endpoint(d).map_err(|source| Error::InvalidDaemon {
+            address: d.clone(),
+            source,
+        })?;
+    }
+    let (subscription, stop) =
+        Subscription::with_list(service, PickList::fallback(&options.fallback));
+    let task = Task {
+        shared: Arc::clone(&subscription.inner.shared),
+        rng: StdRng::seed_from_u64(seed(&options.client_id)),
+        options,
+        retired: Vec::new(),
+        sent_dropped: 0,
+        sent_no_backend: 0,
+    };
+    tokio::spawn(task.run(stop));
+    Ok(subscription)
+}
+
+/// Deterministic per client, different between clients.
+fn seed(client_id: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    client_id.hash(&mut h);
+    h.finish()
+}
+
+impl Subscription {
+    fn with_list(service: &str, list: PickList) -> (Subscription, watch::Receiver<bool>) {
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            service: service.to_owned(),
+            list: ArcSwap::from_pointee(list),
+            generation: watch::Sender::new(0),
+            connected: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            no_backend: AtomicU64::new(0),
+        });
+        let inner = Arc::new(Handle { shared, stop });
+        (Subscription { inner }, stop_rx)
+    }
+
+    /// A subscription with a fixed list and no task (unit tests).
+    #[cfg(test)]
+    pub(crate) fn detached(list: PickList) -> Subscription {
+        Subscription::with_list("test", list).0
+    }
+
+    /// The next entry of the current list. Lock-free and allocation-free.
+    /// A drop entry or an empty list is counted (see [`Subscription::dropped`],
+    /// [`Subscription::no_backend`]) and reported to the daemon.
+    pub fn pick(&self) -> Result<Arc<Endpoint>, NoPick> {
+        let shared = &self.inner.shared;
+        let r = shared.list.load().pick();
+        match r {
+            Err(NoPick::Dropped) => shared.dropped.fetch_add(1, Relaxed),
+            Err(NoPick::Empty) => shared.no_backend.fetch_add(1, Relaxed),
+            Ok(_) => 0,
+        };
+        r
+    }
+
+    /// Records the outcome of a call made to `ep` (from [`Subscription::pick`]).
+    pub fn report(&self, ep: &Endpoint, outcome: Outcome) {
+        ep.record(outcome);
+    }
+
+    /// A snapshot of the current list.
+    pub fn current(&self) -> Arc<PickList> {
+        self.inner.shared.list.load_full()
+    }
+
+    /// Version of the current list (0 = fallback, nothing from the daemon yet).
+    pub fn version(&self) -> u64 {
+        self.inner.shared.list.load().version()
+    }
+
+    /// Waits until the current list satisfies `pred`, checking now and after
+    /// every list update; [`Error::Timeout`] after `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&PickList) -> bool,
+    ) -> Result<Arc<PickList>, Error> {
+        let deadline = Instant::now() + timeout;
+        // Subscribe before checking so an update in between is not missed.
+        let mut updates = self.inner.shared.generation.subscribe();
+        loop {
+            let list = self.current();
+            if pred(&list) {
+                return Ok(list);
+            }
+            match tokio::time::timeout_at(deadline, updates.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender lives as long as `self`; treat the impossible as a timeout.
+                Ok(Err(_)) | Err(_) => return Err(Error::Timeout),
+            }
+        }
+    }
+
+    /// True while the stream to a daemon is up.
+    pub fn connected(&self) -> bool {
+        self.inner.shared.connected.load(Relaxed)
+    }
+
+    /// Calls failed locally on a drop entry, since the start.
+    pub fn dropped(&self) -> u64 {
+        self.inner.shared.dropped.load(Relaxed)
+    }
+
+    /// Picks that found an empty list, since the start.
+    pub fn no_backend(&self) -> u64 {
+        self.inner.shared.no_backend.load(Relaxed)
+    }
+
+    /// A tonic-compatible channel that picks a backend per request.
+    pub fn channel(&self) -> LbChannel {
+        LbChannel::new(self.clone())
+    }
+
+    /// Stops the background task for every clone. The last list stays in place
+    /// and `pick()` keeps working on it.
+    pub fn close(&self) {
+        self.inner.stop.send_replace(true);
+    }
+}
+
+/// Resolves when `close()` was called or every handle is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The background task: the only writer of `Shared::list`.
+struct Task {
+    shared: Arc<Shared>,
+    options: ClientOptions,
+    rng: StdRng,
+    /// Endpoints that left the list with counters not yet reported.
+    retired: Vec<Arc<Endpoint>>,
+    sent_dropped: u64,
+    sent_no_backend: u64,
+}
+
+impl Task {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let daemons = self.options.daemons.clone();
+        let mut attempt = 0u32;
+        for daemon in daemons.iter().cycle() {
+            let received = tokio::select! {
+                _ = stopped(&mut stop) => break,
+                r = self.session(daemon, attempt) => r,
+            };
+            self.shared.connected.store(false, Relaxed);
+            // A stream that delivered something was healthy: start over quickly.
+            if received {
+                attempt = 0;
+            }
+            let delay = self.options.backoff.delay(attempt, &mut self.rng);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.shared.connected.store(false, Relaxed);
+        debug!(service = %self.shared.service, "subscription closed");
+    }
+
+    /// One connection and stream; returns whether the daemon sent anything.
+    async fn session(&mut self, daemon: &str, attempt: u32) -> bool {
+        let service = self.shared.service.clone();
+        let channel = match channel::connect(daemon, self.options.connect_timeout).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                // Loud once per outage, quiet while retrying.
+                if attempt == 0 {
+                    warn!(%daemon, %service, error = %e, "cannot reach lb daemon; retrying");
+                } else {
+                    debug!(%daemon, %service, error = %e, attempt, "cannot reach lb daemon");
+                }
+                return false;
+            }
+        };
+        // Small: stats are best-effort and skipped when the stream is backed up.
+        let (tx, rx) = mpsc::channel(4);
+        let mut stream = match pb::subscribe(channel, &service, &self.options, rx).await {
+            Ok(s) => s,
+            Err(status) => {
+                warn!(%daemon, %service, %status, "daemon refused the subscription");
+                return false;
+            }
+        };
+        self.shared.connected.store(true, Relaxed);
+        info!(%daemon, %service, "subscribed to lb daemon");
+
+        let mut received = false;
+        let mut first_list = true;
+        let mut stats_ms = 0u32;
+        let mut ticker: Option<Interval> = None;
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(update)) => {
+                        received = true;
+                        if update.stats_interval_ms != stats_ms {
+                            stats_ms = update.stats_interval_ms;
+                            ticker = stats_ticker(stats_ms);
+                        }
+                        let retired = self.apply(update.list, &mut first_list);
+                        if ticker.is_some() {
+                            self.retired.extend(retired);
+                        }
+                    }
+                    Some(Err(status)) => {
+                        info!(%daemon, %service, %status, "subscription stream broke; keeping the last list");
+                        break;
+                    }
+                    None => {
+                        info!(%daemon, %service, "daemon ended the subscription stream; keeping the last list");
+                        break;
+                    }
+                },
+                _ = tick(&mut ticker) => {
+                    // Reserve first so counters are only reset when the report can go out.
+                    if let Ok(permit) = tx.try_reserve() {
+                        permit.send(self.take_stats());
+                    }
+                }
+            }
+        }
+        received
+    }
+
+    /// Installs a list from the daemon; returns the endpoints it retired.
+    ///
+    /// Within a stream, a list older than the current one is ignored. The first
+    /// list of a new stream is followed even when older: the daemon lost its
+    /// state (or we moved to another replica), and its view is the best one left.
+    fn apply(
+        &mut self,
+        list: Option<Result<PickList, pb::Error>>,
+        first_list: &mut bool,
+    ) -> Vec<Arc<Endpoint>> {
+        let service = &self.shared.service;
+        let mut new = match list {
+            None => return Vec::new(),
+            Some(Err(e)) => {
+                warn!(%service, error = %e, "ignoring a malformed server list from the daemon");
+                return Vec::new();
+            }
+            Some(Ok(l)) => l,
+        };
+        let current = self.shared.list.load_full();
+        if new.version() < current.version() {
+            if !*first_list {
+                debug!(%service, held = current.version(), got = new.version(), "ignoring an older list");
+                return Vec::new();
+            }
+            warn!(
+                %service,
+                held = current.version(),
+                got = new.version(),
+                "daemon sent an older list on a new stream (did it lose its state?); following it"
+            );
+        }
+        *first_list = false;
+        let retired = new.adopt(&current);
+        debug!(%service, version = new.version(), entries = new.len(), servers = new.servers().len(), "new server list");
+        self.shared.install(new);
+        retired
+    }
+
+    /// Takes and resets every counter to report.
+    fn take_stats(&mut self) -> StatsReport {
+        let mut report = StatsReport::default();
+        let list = self.shared.list.load_full();
+        let mut take = |ep: &Endpoint| {
+            // The daemon knows neither drop entries nor fallback addresses.
+            if ep.is_drop() || ep.instance_id().is_empty() {
+                return;
+            }
+            let c = ep.take_counts();
+            if !c.is_zero() {
+                report.instances.push((ep.instance_id().to_owned(), c));
+            }
+        };
+        list.servers().iter().for_each(|e| take(e));
+        self.retired.drain(..).for_each(|e| take(&e));
+        let dropped = self.shared.dropped.load(Relaxed);
+        let no_backend = self.shared.no_backend.load(Relaxed);
+        report.dropped = dropped.wrapping_sub(self.sent_dropped);
+        report.no_backend = no_backend.wrapping_sub(self.sent_no_backend);
+        self.sent_dropped = dropped;
+        self.sent_no_backend = no_backend;
+        report
+    }
+}
+
+/// A ticker for `ms` (none for 0); the first tick is one period away. Floored
+/// at 10 ms so a misconfigured daemon cannot make clients spin.
+fn stats_ticker(ms: u32) -> Option<Interval> {
+    if ms == 0 {
+        return None;
+    }
+    let period = Duration::from_millis(u64::from(ms.max(10)));
+    let mut t = tokio::time::interval_at(Instant::now() + period, period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    Some(t)
+}
+
+async fn tick(ticker: &mut Option<Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_counts_drops_and_empty() {
+        let list = PickList::from_parts(
+            1,
+            vec![Endpoint::new("a", "x:1"), Endpoint::drop_entry()],
+            vec![0, 1, 1],
+        )
+        .unwrap();
+        let sub = Subscription::detached(list);
+        let outcomes: Vec<_> = (0..6)
+            .map(|_| sub.pick().map(|e| e.address().to_owned()))
+            .collect();
+        assert_eq!(outcomes.iter().filter(|r| r.is_ok()).count(), 2);
+        assert_eq!(sub.dropped(), 4);
+        let ep = sub.current().servers()[0].clone();
+        sub.report(
+            &ep,
+            Outcome {
+                ok: true,
+                latency: Duration::from_micros(5),
+            },
+        );
+        assert_eq!(ep.counts().finished, 1);
+
+        let empty = Subscription::detached(PickList::empty());
+        assert_eq!(empty.pick().unwrap_err(), NoPick::Empty);
+        assert_eq!(empty.no_backend(), 1);
+    }
+
+    #[tokio::test]
+    async fn validates_arguments() {
+        assert!(matches!(
+            subscribe("", ClientOptions::default()).await,
+            Err(Error::EmptyService)
+        ));
+        let mut o = ClientOptions::default();
+        o.daemons.clear();
+        assert!(matches!(subscribe("svc", o).await, Err(Error::NoDaemons)));
+        let o = ClientOptions::new("bad address with spaces");
+        assert!(matches!(
+            subscribe("svc", o).await,
+            Err(Error::InvalidDaemon { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn starts_on_fallback_without_a_daemon() {
+        // Port 1 on loopback: nothing listens, connects fail fast.
+        let mut o = ClientOptions::new("127.0.0.1:1");
+        o.fallback = vec!["127.0.0.1:9001".into(), "127.0.0.1:9002".into()];
+        let sub = subscribe("svc", o).await.unwrap();
+        assert_eq!(sub.version(), 0);
+        assert_eq!(
+            sub.current().addresses(),
+            ["127.0.0.1:9001", "127.0.0.1:9002"]
+        );
+        assert_eq!(sub.pick().unwrap().address(), "127.0.0.1:9001");
+        assert!(!sub.connected());
+        let r = sub
+            .wait_for(Duration::from_millis(20), |l| l.version() > 0)
+            .await;
+        assert!(matches!(r, Err(Error::Timeout)));
+        sub.close();
+    }
+
+    #[tokio::test]
+    async fn wait_for_wakes_on_install() {
+        let sub = Subscription::detached(PickList::empty());
+        let shared = Arc::clone(&sub.inner.shared);
+        let waiter = tokio::spawn({
+            let sub = sub.clone();
+            async move {
+                sub.wait_for(Duration::from_secs(10), |l| l.version() == 3)
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        shared.install(PickList::from_parts(3, vec![], vec![]).unwrap());
+        assert_eq!(waiter.await.unwrap().unwrap().version(), 3);
+    }
+
+    #[test]
+    fn apply_follows_versions() {
+        let (sub, _stop) = Subscription::with_list("svc", PickList::empty());
+        let mut task = Task {
+            shared: Arc::clone(&sub.inner.shared),
+            options: ClientOptions::default(),
+            rng: StdRng::seed_from_u64(0),
+            retired: Vec::new(),
+            sent_dropped: 0,
+            sent_no_backend: 0,
+        };
+        let l = |v| {
+            Some(Ok(PickList::from_parts(
+                v,
+                vec![Endpoint::new("a", "x:1")],
+                vec![0],
+            )
+            .unwrap()))
+        };
+        let mut first = true;
+        task.apply(l(5), &mut first);
+        assert_eq!(sub.version(), 5);
+        task.apply(l(4), &mut first); // older, same stream: ignored
+        assert_eq!(sub.version(), 5);
+        let mut first = true; // a new stream
+        task.apply(l(2), &mut first);
+        assert_eq!(sub.version(), 2);
+        // Same endpoint: counters carried over, then reported once.
+        let ep = sub.pick().unwrap();
+        task.apply(l(6), &mut first);
+        assert!(Arc::ptr_eq(&ep, &sub.current().servers()[0]));
+        let _ = sub.pick();
+        let stats = task.take_stats();
+        assert_eq!(stats.instances.len(), 1);
+        assert_eq!(stats.instances[0].1.started, 2);
+        assert!(task.take_stats().instances.is_empty());
+    }
+}

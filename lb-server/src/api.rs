@@ -1,0 +1,311 @@
+//! The gRPC services, as thin shells: decode and validate (via `pb`), ask the
+//! engine or follow the hub, encode. `Registry` is the backend side
+//! (`ReportLoad`, `Register`, `Deregister`), `Balancer` the client side
+//! (`Subscribe`).
+//!
+//! Stream lifetimes: a `ReportLoad` stream that breaks or ends without `drain`
+//! detaches its instance at once (it leaves every list in the next plan); one
+//! whose registration the engine ends (TTL, replacement, deregistration) is
+//! closed with `failed_precondition` and the reason. On daemon shutdown both
+//! kinds of stream end with `unavailable`, after the engine has been frozen so
+//! nothing is deregistered by the shutdown itself.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use lb_proto::v1 as pb;
+use pb::report_load_request::Msg as BackendMsg;
+use pb::subscribe_request::Msg as ClientMsg;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::Config;
+use crate::engine::EngineHandle;
+use crate::model::InstanceKey;
+use crate::pb::{self as conv, engine_status, invalid};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Waits for a stream's first message, bounded by `limit`.
+async fn first_message<T>(inbound: &mut Streaming<T>, limit: Duration) -> Result<T, Status> {
+    match tokio::time::timeout(limit, inbound.message()).await {
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no first message within {limit:?}"
+        ))),
+        Ok(Err(s)) => Err(s),
+        Ok(Ok(None)) => Err(Status::invalid_argument(
+            "stream ended before its first message",
+        )),
+        Ok(Ok(Some(m))) => Ok(m),
+    }
+}
+
+/// Resolves once the daemon starts shutting down.
+async fn stopping(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The backend side of the API.
+#[derive(Clone)]
+pub struct RegistryApi {
+    engine: EngineHandle,
+    config: Config,
+    stop: watch::Receiver<bool>,
+}
+
+impl RegistryApi {
+    /// A registry service over `engine`; streams end when `stop` turns true.
+    pub fn new(engine: EngineHandle, config: Config, stop: watch::Receiver<bool>) -> Self {
+        RegistryApi {
+            engine,
+            config,
+            stop,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for RegistryApi {
+    type ReportLoadStream = BoxStream<pb::ReportLoadResponse>;
+
+    async fn report_load(
+        &self,
+        request: Request<Streaming<pb::ReportLoadRequest>>,
+    ) -> Result<Response<Self::ReportLoadStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = first_message(&mut inbound, self.config.first_message_timeout).await?;
+        let reg = match first.msg {
+            Some(BackendMsg::Register(r)) => r,
+            Some(BackendMsg::Report(_)) => {
+                return Err(Status::failed_precondition(
+                    "report before registration: the first message must carry `register`",
+                ))
+            }
+            Some(BackendMsg::Drain(_)) => {
+                return Err(Status::failed_precondition(
+                    "drain before registration: the first message must carry `register`",
+                ))
+            }
+            None => return Err(Status::invalid_argument("msg: missing")),
+        };
+        let spec = conv::instance(reg.instance, "register.instance").map_err(invalid)?;
+        let ttl = conv::ttl(reg.ttl_ms, "register.ttl_ms").map_err(invalid)?;
+        let key = spec.key();
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let attached = self
+            .engine
+            .attach(spec, ttl, ended_tx)
+            .await
+            .map_err(engine_status)?;
+        tracing::info!(service = %key.service, instance = %key.instance_id, session = attached.session, "backend attached");
+        let (tx, rx) = mpsc::channel(4);
+        let hello = pb::ReportLoadResponse {
+            report_interval_ms: attached.report_interval.as_millis() as u32,
+            drain: false,
+        };
+        // The channel is empty and ours, so this cannot fail.
+        let _ = tx.try_send(Ok(hello));
+        tokio::spawn(backend_session(
+            self.engine.clone(),
+            inbound,
+            tx,
+            ended_rx,
+            key,
+            attached.session,
+            self.stop.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        let spec = conv::instance(r.instance, "instance").map_err(invalid)?;
+        let ttl = conv::ttl(r.ttl_ms, "ttl_ms").map_err(invalid)?;
+        let granted = self.engine.lease(spec, ttl).await.map_err(engine_status)?;
+        Ok(Response::new(pb::RegisterResponse {
+            ttl_ms: granted.as_millis() as u32,
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let key = conv::deregister_key(request.into_inner()).map_err(invalid)?;
+        let existed = self
+            .engine
+            .deregister(key)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(pb::DeregisterResponse { existed }))
+    }
+}
+
+/// Follows one backend's stream after its registration.
+async fn backend_session(
+    engine: EngineHandle,
+    mut inbound: Streaming<pb::ReportLoadRequest>,
+    tx: mpsc::Sender<Result<pb::ReportLoadResponse, Status>>,
+    mut ended: oneshot::Receiver<String>,
+    key: InstanceKey,
+    session: u64,
+    stop: watch::Receiver<bool>,
+) {
+    let stop = stopping(stop);
+    tokio::pin!(stop);
+    // What to tell the backend when the loop ends, and whether the engine
+    // still has to hear that this stream is gone.
+    let (farewell, detach) = loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.msg {
+                    Some(BackendMsg::Report(r)) => match conv::load(r, "report") {
+                        Ok(load) => engine.report(key.clone(), session, load).await,
+                        Err(e) => break (Some(invalid(e)), true),
+                    },
+                    Some(BackendMsg::Drain(_)) => {
+                        let r = engine.deregister(key.clone()).await;
+                        tracing::info!(service = %key.service, instance = %key.instance_id, "backend drained");
+                        break (r.err().map(engine_status), false);
+                    }
+                    Some(BackendMsg::Register(_)) => break (
+                        Some(Status::failed_precondition("already registered on this stream; open a new stream to register again")),
+                        true,
+                    ),
+                    None => break (Some(Status::invalid_argument("msg: missing")), true),
+                },
+                // End of stream without drain, or the connection broke.
+                Ok(None) | Err(_) => break (None, true),
+            },
+            why = &mut ended => {
+                let why = why.unwrap_or_else(|_| "lb-server stopped".into());
+                break (Some(Status::failed_precondition(format!("{why}; register again"))), false);
+            }
+            _ = &mut stop => break (Some(Status::unavailable("lb-server is shutting down")), false),
+        }
+    };
+    if detach {
+        engine.detach(key, session).await;
+    }
+    if let Some(status) = farewell {
+        let _ = tx.send(Err(status)).await;
+    }
+}
+
+/// The client side of the API.
+#[derive(Clone)]
+pub struct BalancerApi {
+    engine: EngineHandle,
+    config: Config,
+    stop: watch::Receiver<bool>,
+}
+
+impl BalancerApi {
+    /// A balancer service over `engine`; streams end when `stop` turns true.
+    pub fn new(engine: EngineHandle, config: Config, stop: watch::Receiver<bool>) -> Self {
+        BalancerApi {
+            engine,
+            config,
+            stop,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::balancer_server::Balancer for BalancerApi {
+    type SubscribeStream = BoxStream<pb::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = first_message(&mut inbound, self.config.first_message_timeout).await?;
+        let sub = match first.msg {
+            Some(ClientMsg::Subscribe(s)) => s,
+            Some(ClientMsg::Stats(_)) => {
+                return Err(Status::failed_precondition(
+                    "stats before subscription: the first message must carry `subscribe`",
+                ))
+            }
+            None => return Err(Status::invalid_argument("msg: missing")),
+        };
+        let (service, client) = conv::subscription(sub, "subscribe").map_err(invalid)?;
+        let hub = self.engine.hub();
+        let plans = hub.subscribe(&service);
+        let seq = hub.next_client_seq();
+        tracing::debug!(%service, client = %client.client_id, seq, "client subscribed");
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(client_session(
+            self.engine.clone(),
+            inbound,
+            tx,
+            plans,
+            service,
+            seq,
+            self.config.stats_interval,
+            self.stop.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Streams one client's lists and takes in its stats.
+#[allow(clippy::too_many_arguments)]
+async fn client_session(
+    engine: EngineHandle,
+    mut inbound: Streaming<pb::SubscribeRequest>,
+    tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    mut plans: watch::Receiver<std::sync::Arc<crate::engine::Published>>,
+    service: String,
+    seq: u64,
+    stats_interval: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let stop = stopping(stop);
+    tokio::pin!(stop);
+    let stats_interval_ms = stats_interval.as_millis() as u32;
+    'send: loop {
+        let published = plans.borrow_and_update().clone();
+        let msg = pb::SubscribeResponse {
+            list: Some(conv::server_list(&published, seq)),
+            stats_interval_ms,
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return;
+        }
+        loop {
+            let farewell = tokio::select! {
+                changed = plans.changed() => match changed {
+                    Ok(()) => continue 'send,
+                    Err(_) => Status::unavailable("lb-server stopped"),
+                },
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => match m.msg {
+                        Some(ClientMsg::Stats(s)) => match conv::stats(s, "stats") {
+                            Ok(stats) => {
+                                engine.stats(service.clone(), stats).await;
+                                continue;
+                            }
+                            Err(e) => invalid(e),
+                        },
+                        Some(ClientMsg::Subscribe(_)) => Status::failed_precondition(
+                            "already subscribed on this stream; open a new stream for another service",
+                        ),
+                        None => Status::invalid_argument("msg: missing"),
+                    },
+                    // The client went away.
+                    Ok(None) | Err(_) => return,
+                },
+                _ = &mut stop => Status::unavailable("lb-server is shutting down"),
+            };
+            let _ = tx.send(Err(farewell)).await;
+            return;
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The engine: the one task that owns the registry and the store, and the hub
+//! through which it publishes plans to subscribers.
+//!
+//! Writer/reader split (as kube-runtime's reflector): the gRPC edges send
+//! [`Command`]s over a channel; the engine task applies them in batches, writes
+//! the store, re-plans every service the batch touched and publishes each
+//! changed plan on that service's `watch` channel in the [`Hub`], where
+//! subscriber streams pick it up. Nothing here holds a lock across `.await`.
+//!
+//! Durability: a batch's store writes are flushed once (group commit) before
+//! any caller in the batch hears "ok". Plans are published before that flush,
+//! since a list that runs ahead of the disk by a few milliseconds costs nothing
+//! (a restart restores whatever is durable and grants it a grace period).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::model::{ClientStats, InstanceKey, InstanceSpec, Load};
+use crate::policy::{self, ServicePlan, ServicePolicy};
+use crate::registry::{Attachment, Registry, RegistryError};
+use crate::store::{Store, StoreError};
+
+/// How often the engine looks for expired instances.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
+/// Most commands applied in one batch (one flush).
+const MAX_BATCH: usize = 1024;
+
+/// A plan as subscribers see it.
+#[derive(Debug)]
+pub struct Published {
+    /// Strictly increasing over the daemon's life and across restarts.
+    pub version: u64,
+    /// The plan.
+    pub plan: ServicePlan,
+}
+
+/// Where plans are published: one `watch` channel per service.
+#[derive(Debug)]
+pub struct Hub {
+    plans: Mutex<HashMap<String, watch::Sender<Arc<Published>>>>,
+    next_version: AtomicU64,
+    next_client: AtomicU64,
+}
+
+impl Hub {
+    /// A hub whose versions start above every version of earlier generations.
+    pub fn new(generation: u64) -> Self {
+        Hub {
+            plans: Mutex::new(HashMap::new()),
+            next_version: AtomicU64::new(generation << 32),
+            next_client: AtomicU64::new(0),
+        }
+    }
+
+    fn plans(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Arc<Published>>>> {
+        // A panic elsewhere while holding this lock leaves the map consistent
+        // (every operation is a single insert/replace), so poisoning is ignored.
+        self.plans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_version(&self) -> u64 {
+        self.next_version.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A sequence number for a new subscriber (its rotation of the list).
+    pub fn next_client_seq(&self) -> u64 {
+        self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Follows a service's plan; an unknown service starts with an empty plan.
+    pub fn subscribe(&self, service: &str) -> watch::Receiver<Arc<Published>> {
+        let mut plans = self.plans();
+        if let Some(tx) = plans.get(service) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(Published {
+            version: self.next_version(),
+            plan: ServicePlan::default(),
+        }));
+        plans.insert(service.to_string(), tx);
+        rx
+    }
+
+    /// The current plan of a service, if anyone published or subscribed to it.
+    pub fn current(&self, service: &str) -> Option<Arc<Published>> {
+        self.plans().get(service).map(|tx| tx.borrow().clone())
+    }
+
+    /// Publishes `plan` if it differs from the current one; returns whether it did.
+    fn publish(&self, service: &str, plan: ServicePlan) -> bool {
+        let mut plans = self.plans();
+        match plans.get(service) {
+            Some(tx) if tx.borrow().plan.same_list(&plan) => false,
+            Some(tx) => {
+                let version = self.next_version();
+                tx.send_replace(Arc::new(Published { version, plan }));
+                true
+            }
+            None if plan.servers.is_empty() => false,
+            None => {
+                let version = self.next_version();
+                let (tx, _) = watch::channel(Arc::new(Published { version, plan }));
+                plans.insert(service.to_string(), tx);
+                true
+            }
+        }
+    }
+
+    /// Forgets services nobody follows and nobody serves.
+    fn collect_garbage(&self) {
+        self.plans()
+            .retain(|_, tx| tx.receiver_count() > 0 || !tx.borrow().plan.servers.is_empty());
+    }
+}
+
+/// Why the engine refused or could not complete a command.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The registry refused the change (see the variant for what to do).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The change could not be made durable; retry later and check the disk.
+    #[error("{0}")]
+    Store(String),
+    /// The daemon is shutting down; retry against it once it is back.
+    #[error("lb-server is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e.to_string())
+    }
+}
+
+/// A stream registration that succeeded.
+#[derive(Debug, Clone, Copy)]
+pub struct Attached {
+    /// The stream's session id (to quote in reports and on detach).
+    pub session: u64,
+    /// How often the backend should report.
+    pub report_interval: Duration,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// What the edges ask the engine to do.
+#[derive(Debug)]
+pub enum Command {
+    /// A `ReportLoad` stream registered. `ended` receives the reason when the
+    /// registration ends without the stream asking (expired, replaced, removed).
+    Attach {
+        /// What registered.
+        spec: InstanceSpec,
+        /// Silence allowed before expiry (`None`: the default).
+        ttl: Option<Duration>,
+        /// Told why, when the engine ends this registration.
+        ended: oneshot::Sender<String>,
+        /// The answer.
+        reply: Reply<Attached>,
+    },
+    /// A load report on an attached stream.
+    Report {
+        /// The instance.
+        key: InstanceKey,
+        /// The stream's session.
+        session: u64,
+        /// The report.
+        load: Load,
+    },
+    /// A stream broke (or ended without `drain`).
+    Detach {
+        /// The instance.
+        key: InstanceKey,
+        /// The stream's session.
+        session: u64,
+    },
+    /// A unary registration or renewal with a lease.
+    Lease {
+        /// What registered.
+        spec: InstanceSpec,
+        /// Lease length (`None`: the default).
+        ttl: Option<Duration>,
+        /// The lease granted.
+        reply: Reply<Duration>,
+    },
+    /// Remove an instance now.
+    Deregister {
+        /// The instance.
+        key: InstanceKey,
+        /// Whether it existed.
+        reply: Reply<bool>,
+    },
+    /// A client's call statistics.
+    Stats {
+        /// The service the client follows.
+        service: String,
+        /// What it saw.
+        stats: ClientStats,
+    },
+    /// Stop changing state: the daemon is shutting down, and streams closing
+    /// because of that must not deregister their instances.
+    Freeze {
+        /// Acknowledged once frozen.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The edges' handle on the engine.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    hub: Arc<Hub>,
+}
+
+impl EngineHandle {
+    /// The hub subscribers follow.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Registers a stream; see [`Command::Attach`].
+    pub async fn attach(
+        &self,
+        spec: InstanceSpec,
+        ttl: Option<Duration>,
+        ended: oneshot::Sender<String>,
+    ) -> Result<Attached, EngineError> {
+        self.ask(|reply| Command::Attach {
+            spec,
+            ttl,
+            ended,
+            reply,
+        })
+        .await
+    }
+
+    /// Passes a load report on (no answer: a report for a stale session is dropped).
+    pub async fn report(&self, key: InstanceKey, session: u64, load: Load) {
+        let _ = self
+            .tx
+            .send(Command::Report { key, session, load })
+            .await;
+    }
+
+    /// Tells the engine a stream is gone.
+    pub async fn detach(&self, key: InstanceKey, session: u64) {
+        let _ = self.tx.send(Command::Detach { key, session }).await;
+    }
+
+    /// Registers or renews a lease.
+    pub async fn lease(
+        &self,
+        spec: InstanceSpec,
+        ttl: Option<Duration>,
+    ) -> Result<Duration, EngineError> {
+        self.ask(|reply| Command::Lease { spec, ttl, reply }).await
+    }
+
+    /// Removes an instance.
+    pub async fn deregister(&self, key: InstanceKey) -> Result<bool, EngineError> {
+        self.ask(|reply| Command::Deregister { key, reply }).await
+    }
+
+    /// Passes a client's stats on.
+    pub async fn stats(&self, service: String, stats: ClientStats) {
+        let _ = self.tx.send(Command::Stats { service, stats }).await;
+    }
+
+    /// Freezes the engine (see [`Command::Freeze`]).
+    pub async fn freeze(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Freeze { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+enum Pending {
+    Attach(Reply<Attached>, Result<Attached, EngineError>),
+    Lease(Reply<Duration>, Result<Duration, EngineError>),
+    Deregister(Reply<bool>, Result<bool, EngineError>),
+    Freeze(oneshot::Sender<()>),
+}
+
+struct Actor {
+    registry: Registry,
+    store: Store,
+    hub: Arc<Hub>,
+    config: Config,
+    /// The `ended` notifier of every stream-attached instance.
+    sessions: HashMap<InstanceKey, (u64, oneshot::Sender<String>)>,
+    next_session: u64,
+    frozen: bool,
+    dirty: BTreeSet<String>,
+    wrote: bool,
+    sweeps: u64,
+}
+
+/// Loads the store, publishes the restored plans and starts the engine task.
+/// Returns once subscribers can be served.
+pub async fn start(
+    store: Store,
+    config: Config,
+) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
+    let generation = store.next_generation()?;
+    let hub = Arc::new(Hub::new(generation));
+    let default_policy = ServicePolicy {
+        max_list_len: config.max_list_len,
+        ..ServicePolicy::default()
+    };
+    let mut registry = Registry::with_default_policy(default_policy);
+    for (service, policy) in store.policies()? {
+        registry.set_policy(&service, policy);
+    }
+    let now = Instant::now();
+    let deadline = now + config.restore_grace;
+    let restored = store.instances()?;
+    let count = restored.len();
+    let mut dirty = BTreeSet::new();
+    for (spec, ttl) in restored {
+        dirty.insert(spec.service.clone());
+        registry.restore(spec, ttl, deadline);
+    }
+    let (tx, rx) = mpsc::channel(4096);
+    let mut actor = Actor {
+        registry,
+        store,
+        hub: hub.clone(),
+        config,
+        sessions: HashMap::new(),
+        next_session: 1,
+        frozen: false,
+        dirty,
+        wrote: false,
+        sweeps: 0,
+    };
+    actor.publish_dirty();
+    tracing::info!(
+        generation,
+        restored = count,
+        grace = ?actor.config.restore_grace,
+        "registry loaded"
+    );
+    let task = tokio::spawn(actor.run(rx));
+    Ok((EngineHandle { tx, hub }, task))
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut buf = Vec::with_capacity(MAX_BATCH);
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut pending = Vec::new();
+            tokio::select! {
+                n = rx.recv_many(&mut buf, MAX_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let now = Instant::now();
+                    for cmd in buf.drain(..) {
+                        self.apply(cmd, now, &mut pending);
+                    }
+                }
+                _ = sweep.tick() => self.sweep(Instant::now()),
+            }
+            self.finish(pending).await;
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+
+    fn apply(&mut self, cmd: Command, now: Instant, pending: &mut Vec<Pending>) {
+        match cmd {
+            Command::Attach {
+                spec,
+                ttl,
+                ended,
+                reply,
+            } => {
+                let r = self.register(spec, ttl, Some(ended), now).map(|session| Attached {
+                    session,
+                    report_interval: self.config.report_interval,
+                });
+                pending.push(Pending::Attach(reply, r));
+            }
+            Command::Lease { spec, ttl, reply } => {
+                let ttl = ttl.unwrap_or(self.config.default_ttl);
+                let r = self.register(spec, Some(ttl), None, now).map(|_| ttl);
+                pending.push(Pending::Lease(reply, r));
+            }
+            Command::Report { key, session, load } => {
+                // A stale session's report is a race with its removal; the
+                // stream has been (or is being) told via `ended`.
+                let _ = self.registry.report(&key, session, load, now);
+            }
+            Command::Detach { key, session } => {
+                if !self.frozen && self.registry.detach(&key, session) {
+                    tracing::info!(service = %key.service, instance = %key.instance_id, "stream ended; instance removed");
+                    self.forget(&key);
+                }
+            }
+            Command::Deregister { key, reply } => {
+                let r = if self.frozen {
+                    Err(EngineError::ShuttingDown)
+                } else {
+                    Ok(match self.registry.remove(&key) {
+                        Some(_) => {
+                            tracing::info!(service = %key.service, instance = %key.instance_id, "deregistered");
+                            self.forget(&key);
+                            if let Some((_, ended)) = self.sessions.remove(&key) {
+                                let _ = ended.send("deregistered".into());
+                            }
+                            true
+                        }
+                        None => false,
+                    })
+                };
+                pending.push(Pending::Deregister(reply, r));
+            }
+            Command::Stats { service, stats } => self.registry.record_stats(&service, &stats),
+            Command::Freeze { reply } => {
+                self.frozen = true;
+                pending.push(Pending::Freeze(reply));
+            }
+        }
+    }
+
+    /// Registers (stream when `ended` is given, lease otherwise); returns the
+    /// stream session (0 for a lease).
+    fn register(
+        &mut self,
+        spec: InstanceSpec,
+        ttl: Option<Duration>,
+        ended: Option<oneshot::Sender<String>>,
+        now: Instant,
+    ) -> Result<u64, EngineError> {
+        if self.frozen {
+            return Err(EngineError::ShuttingDown);
+        }
+        let ttl = ttl.unwrap_or(self.config.default_ttl);
+        let persist = self
+            .registry
+            .check_register(&spec, ttl, ended.is_some(), now)?;
+        if persist {
+            // Written before applying: a store error leaves memory untouched.
+            self.store.put_instance(&spec, ttl)?;
+            self.wrote = true;
+        }
+        let key = spec.key();
+        self.dirty.insert(spec.service.clone());
+        let (attachment, session) = match ended {
+            Some(ended) => {
+                let session = self.next_session;
+                self.next_session += 1;
+                if let Some((_, old)) = self.sessions.insert(key.clone(), (session, ended)) {
+                    let _ = old.send("replaced by a newer ReportLoad stream for this instance".into());
+                }
+                (Attachment::Stream { session }, session)
+            }
+            None => {
+                if let Some((_, old)) = self.sessions.remove(&key) {
+                    let _ = old.send("replaced by a Register lease for this instance".into());
+                }
+                (Attachment::Lease, 0)
+            }
+        };
+        self.registry.apply_register(spec, ttl, attachment, now);
+        Ok(session)
+    }
+
+    /// Drops a removed instance from the store and marks its service.
+    fn forget(&mut self, key: &InstanceKey) {
+        self.dirty.insert(key.service.clone());
+        match self.store.delete_instance(key) {
+            Ok(()) => self.wrote = true,
+            Err(e) => tracing::error!(error = %e, instance = %key.instance_id, "could not delete instance record"),
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.sweeps += 1;
+        if self.sweeps.is_multiple_of(50) {
+            self.hub.collect_garbage();
+        }
+        if self.frozen || self.registry.next_expiry().is_none_or(|t| t > now) {
+            return;
+        }
+        for key in self.registry.expire(now) {
+            tracing::info!(service = %key.service, instance = %key.instance_id, "registration expired");
+            self.forget(&key);
+            if let Some((_, ended)) = self.sessions.remove(&key) {
+                let _ = ended.send("registration expired: no load report within its TTL".into());
+            }
+        }
+    }
+
+    fn publish_dirty(&mut self) {
+        for service in std::mem::take(&mut self.dirty) {
+            let cands = self.registry.candidates(&service);
+            let plan = policy::plan(&cands, &self.registry.policy(&service));
+            if self.hub.publish(&service, plan) {
+                tracing::debug!(%service, instances = cands.len(), "plan published");
+            }
+        }
+    }
+
+    async fn finish(&mut self, pending: Vec<Pending>) {
+        self.publish_dirty();
+        let mut flushed = Ok(());
+        if std::mem::take(&mut self.wrote) {
+            flushed = self.store.flush().await.map_err(|e| e.to_string());
+            if let Err(e) = &flushed {
+                tracing::error!(error = %e, "flush failed; refusing this batch's registrations");
+            }
+        }
+        fn durable<T>(
+            flushed: &Result<(), String>,
+            r: Result<T, EngineError>,
+        ) -> Result<T, EngineError> {
+            match (flushed, r) {
+                (Err(e), Ok(_)) => Err(EngineError::Store(e.clone())),
+                (_, r) => r,
+            }
+        }
+        for p in pending {
+            match p {
+                Pending::Attach(tx, r) => {
+                    let _ = tx.send(durable(&flushed, r));
+                }
+                Pending::Lease(tx, r) => {
+                    let _ = tx.send(durable(&flushed, r));
+                }
+                Pending::Deregister(tx, r) => {
+                    let _ = tx.send(durable(&flushed, r));
+                }
+                Pending::Freeze(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}

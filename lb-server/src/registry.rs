@@ -1,0 +1,496 @@
+//! The registry: which instances exist, what keeps each alive, their live load
+//! and the outcomes clients report for them.
+//!
+//! A synchronous state machine with an explicit `now` and no I/O: the engine
+//! task owns the only instance and decides, from what these methods return,
+//! what to persist and which services to re-plan. Changes are split into a
+//! fallible `check_*` and an infallible `apply_*`, so the engine can make the
+//! change durable in between and nothing half-applied is ever visible.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::model::{ClientStats, InstanceKey, InstanceSpec, Load};
+use crate::policy::{Candidate, ServicePolicy};
+
+/// What keeps an instance in the lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// An open `ReportLoad` stream; `session` tells successive streams apart.
+    Stream {
+        /// The engine-assigned id of the stream.
+        session: u64,
+    },
+    /// A unary `Register` lease, renewed by registering again.
+    Lease,
+    /// Loaded from the store after a restart, waiting for its backend to return.
+    Restored,
+}
+
+/// Totals of what clients reported for one instance since it registered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeTotals {
+    /// Calls started.
+    pub calls_started: u64,
+    /// Calls finished.
+    pub calls_finished: u64,
+    /// Calls failed.
+    pub calls_failed: u64,
+    /// Sum of latencies, µs.
+    pub latency_sum_us: u64,
+}
+
+/// One registered instance.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// What it registered.
+    pub spec: InstanceSpec,
+    /// What keeps it alive.
+    pub attachment: Attachment,
+    /// How long it may stay silent.
+    pub ttl: Duration,
+    /// When it leaves unless renewed (a report, a lease renewal, a reattach).
+    pub expires: Instant,
+    /// Its latest load report.
+    pub load: Option<Load>,
+    /// What clients reported about it.
+    pub outcomes: OutcomeTotals,
+}
+
+/// One service: its instances and its policy.
+#[derive(Debug, Clone, Default)]
+pub struct Service {
+    /// Instances by id.
+    pub instances: BTreeMap<String, Instance>,
+    /// Policy settings.
+    pub policy: ServicePolicy,
+    /// Calls clients dropped locally on drop entries.
+    pub dropped: u64,
+    /// Calls clients could not place (empty list).
+    pub no_backend: u64,
+}
+
+/// Why a change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The id is taken by a live instance at another address: deregister it
+    /// first, or register under another id.
+    #[error("instance_id: {instance_id:?} is live at {existing}; deregister it first or use another id (got address {requested})")]
+    AddressConflict {
+        /// The contested id.
+        instance_id: String,
+        /// Address of the live instance.
+        existing: String,
+        /// Address asked for.
+        requested: String,
+    },
+    /// A unary lease was asked for an instance kept alive by a stream: use one
+    /// mechanism per instance.
+    #[error("instance_id: {0:?} is kept alive by a ReportLoad stream; it cannot also hold a lease")]
+    StreamOwned(String),
+    /// The stream is no longer the one that owns the instance (it expired, was
+    /// deregistered or replaced by a newer stream): register again.
+    #[error("instance {0:?} is no longer registered on this stream; register again")]
+    NotAttached(String),
+}
+
+/// What an applied registration means for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    /// The spec or TTL differs from what the store holds: write it.
+    pub persist: bool,
+    /// A previous stream session this one replaced.
+    pub replaced_session: Option<u64>,
+}
+
+/// The registry of every service.
+#[derive(Debug, Default)]
+pub struct Registry {
+    services: BTreeMap<String, Service>,
+    default_policy: ServicePolicy,
+}
+
+impl Registry {
+    /// An empty registry whose services start with the default policy.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// An empty registry whose services start with `policy`.
+    pub fn with_default_policy(policy: ServicePolicy) -> Self {
+        Registry {
+            services: BTreeMap::new(),
+            default_policy: policy,
+        }
+    }
+
+    /// A service, if known.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> impl Iterator<Item = (&String, &Service)> {
+        self.services.iter()
+    }
+
+    /// One instance.
+    pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
+        self.services.get(&key.service)?.instances.get(&key.instance_id)
+    }
+
+    /// The candidates the policy may put in the service's list.
+    pub fn candidates(&self, service: &str) -> Vec<Candidate<'_>> {
+        self.services
+            .get(service)
+            .map(|s| {
+                s.instances
+                    .values()
+                    .map(|i| Candidate {
+                        spec: &i.spec,
+                        load: i.load.as_ref(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The service's policy (the default for an unknown service).
+    pub fn policy(&self, service: &str) -> ServicePolicy {
+        self.services
+            .get(service)
+            .map(|s| s.policy.clone())
+            .unwrap_or_else(|| self.default_policy.clone())
+    }
+
+    fn service_mut(&mut self, service: &str) -> &mut Service {
+        let default = &self.default_policy;
+        self.services
+            .entry(service.to_string())
+            .or_insert_with(|| Service {
+                policy: default.clone(),
+                ..Service::default()
+            })
+    }
+
+    /// Sets a service's policy.
+    pub fn set_policy(&mut self, service: &str, policy: ServicePolicy) {
+        self.service_mut(service).policy = policy;
+    }
+
+    /// May `spec` register as `attachment`? Returns whether the store must be
+    /// written (new instance, or spec/TTL changed).
+    ///
+    /// A live instance (stream or lease, not yet expired) keeps its address: a
+    /// second registration with another address is refused. A restored or
+    /// expired one may be taken over by anyone.
+    pub fn check_register(
+        &self,
+        spec: &InstanceSpec,
+        ttl: Duration,
+        stream: bool,
+        now: Instant,
+    ) -> Result<bool, RegistryError> {
+        let Some(cur) = self.instance(&spec.key()) else {
+            return Ok(true);
+        };
+        let live = cur.expires > now && cur.attachment != Attachment::Restored;
+        if live && cur.spec.address != spec.address {
+            return Err(RegistryError::AddressConflict {
+                instance_id: spec.instance_id.clone(),
+                existing: cur.spec.address.clone(),
+                requested: spec.address.clone(),
+            });
+        }
+        if live && !stream && matches!(cur.attachment, Attachment::Stream { .. }) {
+            return Err(RegistryError::StreamOwned(spec.instance_id.clone()));
+        }
+        Ok(cur.spec != *spec || cur.ttl != ttl)
+    }
+
+    /// Applies a registration that [`Registry::check_register`] accepted.
+    pub fn apply_register(
+        &mut self,
+        spec: InstanceSpec,
+        ttl: Duration,
+        attachment: Attachment,
+        now: Instant,
+    ) -> Registered {
+        let svc = self.service_mut(&spec.service);
+        let expires = now + ttl;
+        match svc.instances.get_mut(&spec.instance_id) {
+            Some(cur) => {
+                let persist = cur.spec != spec || cur.ttl != ttl;
+                let replaced_session = match (cur.attachment, attachment) {
+                    (Attachment::Stream { session: old }, Attachment::Stream { session: new })
+                        if old != new =>
+                    {
+                        Some(old)
+                    }
+                    _ => None,
+                };
+                if cur.spec.address != spec.address {
+                    cur.load = None;
+                    cur.outcomes = OutcomeTotals::default();
+                }
+                cur.spec = spec;
+                cur.attachment = attachment;
+                cur.ttl = ttl;
+                cur.expires = expires;
+                Registered {
+                    persist,
+                    replaced_session,
+                }
+            }
+            None => {
+                svc.instances.insert(
+                    spec.instance_id.clone(),
+                    Instance {
+                        spec,
+                        attachment,
+                        ttl,
+                        expires,
+                        load: None,
+                        outcomes: OutcomeTotals::default(),
+                    },
+                );
+                Registered {
+                    persist: true,
+                    replaced_session: None,
+                }
+            }
+        }
+    }
+
+    /// Puts an instance loaded from the store back, until `deadline`.
+    pub fn restore(&mut self, spec: InstanceSpec, ttl: Duration, deadline: Instant) {
+        let svc = self.service_mut(&spec.service);
+        svc.instances.insert(
+            spec.instance_id.clone(),
+            Instance {
+                spec,
+                attachment: Attachment::Restored,
+                ttl,
+                expires: deadline,
+                load: None,
+                outcomes: OutcomeTotals::default(),
+            },
+        );
+    }
+
+    /// Records a load report from stream `session`, which must own the instance.
+    pub fn report(
+        &mut self,
+        key: &InstanceKey,
+        session: u64,
+        load: Load,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        let inst = self
+            .services
+            .get_mut(&key.service)
+            .and_then(|s| s.instances.get_mut(&key.instance_id))
+            .filter(|i| i.attachment == Attachment::Stream { session })
+            .ok_or_else(|| RegistryError::NotAttached(key.instance_id.clone()))?;
+        inst.load = Some(load);
+        inst.expires = now + inst.ttl;
+        Ok(())
+    }
+
+    /// Stream `session` broke: remove its instance if it still owns it.
+    pub fn detach(&mut self, key: &InstanceKey, session: u64) -> bool {
+        let owns = self
+            .instance(key)
+            .is_some_and(|i| i.attachment == Attachment::Stream { session });
+        owns && self.remove(key).is_some()
+    }
+
+    /// Removes an instance; returns it if it existed.
+    pub fn remove(&mut self, key: &InstanceKey) -> Option<Instance> {
+        let svc = self.services.get_mut(&key.service)?;
+        let removed = svc.instances.remove(&key.instance_id);
+        if svc.instances.is_empty() && svc.policy == self.default_policy {
+            self.services.remove(&key.service);
+        }
+        removed
+    }
+
+    /// Removes every instance whose time ran out; returns their keys.
+    pub fn expire(&mut self, now: Instant) -> Vec<InstanceKey> {
+        let expired: Vec<InstanceKey> = self
+            .services
+            .values()
+            .flat_map(|s| s.instances.values())
+            .filter(|i| i.expires <= now)
+            .map(|i| i.spec.key())
+            .collect();
+        for k in &expired {
+            self.remove(k);
+        }
+        expired
+    }
+
+    /// The earliest expiry, if any instance is registered.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .flat_map(|s| s.instances.values())
+            .map(|i| i.expires)
+            .min()
+    }
+
+    /// Adds a client's outcome report to the service's totals. Entries for
+    /// instances that are gone (the list moved on) are ignored.
+    pub fn record_stats(&mut self, service: &str, stats: &ClientStats) {
+        let Some(svc) = self.services.get_mut(service) else {
+            return;
+        };
+        svc.dropped = svc.dropped.saturating_add(stats.dropped);
+        svc.no_backend = svc.no_backend.saturating_add(stats.no_backend);
+        for s in &stats.instances {
+            if let Some(i) = svc.instances.get_mut(&s.instance_id) {
+                let o = &mut i.outcomes;
+                o.calls_started = o.calls_started.saturating_add(s.calls_started);
+                o.calls_finished = o.calls_finished.saturating_add(s.calls_finished);
+                o.calls_failed = o.calls_failed.saturating_add(s.calls_failed);
+                o.latency_sum_us = o.latency_sum_us.saturating_add(s.latency_sum_us);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstanceOutcomes;
+
+    fn spec(id: &str, addr: &str) -> InstanceSpec {
+        InstanceSpec {
+            service: "svc".into(),
+            instance_id: id.into(),
+            address: addr.into(),
+            zone: String::new(),
+            weight: 1,
+            labels: BTreeMap::new(),
+            version: String::new(),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn live_instance_keeps_its_address() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        let a = spec("a", "127.0.0.1:1");
+        assert_eq!(r.check_register(&a, TTL, true, now), Ok(true));
+        r.apply_register(a.clone(), TTL, Attachment::Stream { session: 1 }, now);
+        let moved = spec("a", "127.0.0.1:2");
+        assert!(matches!(
+            r.check_register(&moved, TTL, true, now),
+            Err(RegistryError::AddressConflict { .. })
+        ));
+        // Same address: a reconnect; takes over the session, nothing to persist.
+        assert_eq!(r.check_register(&a, TTL, true, now), Ok(false));
+        let reg = r.apply_register(a, TTL, Attachment::Stream { session: 2 }, now);
+        assert_eq!(reg.replaced_session, Some(1));
+        assert!(!reg.persist);
+        // The old stream's reports and breakage no longer count.
+        let key = InstanceKey {
+            service: "svc".into(),
+            instance_id: "a".into(),
+        };
+        assert!(r.report(&key, 1, Load::default(), now).is_err());
+        assert!(!r.detach(&key, 1));
+        assert!(r.instance(&key).is_some());
+        assert!(r.detach(&key, 2));
+        assert!(r.instance(&key).is_none());
+        // Once gone, the id is free for any address.
+        assert_eq!(r.check_register(&moved, TTL, true, now), Ok(true));
+    }
+
+    #[test]
+    fn expired_or_restored_ids_can_move() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        r.restore(spec("a", "127.0.0.1:1"), TTL, now + TTL);
+        assert_eq!(
+            r.check_register(&spec("a", "127.0.0.1:2"), TTL, true, now),
+            Ok(true)
+        );
+        r.apply_register(spec("b", "127.0.0.1:3"), TTL, Attachment::Lease, now);
+        let later = now + TTL;
+        assert_eq!(
+            r.check_register(&spec("b", "127.0.0.1:4"), TTL, false, later),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn lease_cannot_take_a_streamed_instance() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        let a = spec("a", "127.0.0.1:1");
+        r.apply_register(a.clone(), TTL, Attachment::Stream { session: 7 }, now);
+        assert_eq!(
+            r.check_register(&a, TTL, false, now),
+            Err(RegistryError::StreamOwned("a".into()))
+        );
+    }
+
+    #[test]
+    fn reports_extend_life_and_expiry_removes() {
+        let t0 = Instant::now();
+        let mut r = Registry::new();
+        let key = spec("a", "127.0.0.1:1").key();
+        r.apply_register(
+            spec("a", "127.0.0.1:1"),
+            TTL,
+            Attachment::Stream { session: 1 },
+            t0,
+        );
+        r.apply_register(spec("b", "127.0.0.1:2"), TTL, Attachment::Lease, t0);
+        let t1 = t0 + Duration::from_secs(4);
+        r.report(&key, 1, Load::default(), t1).unwrap();
+        assert_eq!(r.next_expiry(), Some(t0 + TTL));
+        let gone = r.expire(t0 + TTL);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].instance_id, "b");
+        assert!(r.expire(t1 + TTL - Duration::from_millis(1)).is_empty());
+        assert_eq!(r.expire(t1 + TTL).len(), 1);
+        assert!(r.service("svc").is_none());
+    }
+
+    #[test]
+    fn stats_accumulate_and_ignore_unknown_ids() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        r.apply_register(spec("a", "127.0.0.1:1"), TTL, Attachment::Lease, now);
+        let stats = ClientStats {
+            instances: vec![
+                InstanceOutcomes {
+                    instance_id: "a".into(),
+                    calls_started: 3,
+                    calls_finished: 2,
+                    calls_failed: 1,
+                    latency_sum_us: 10,
+                },
+                InstanceOutcomes {
+                    instance_id: "gone".into(),
+                    calls_started: 9,
+                    ..Default::default()
+                },
+            ],
+            dropped: 4,
+            no_backend: 0,
+        };
+        r.record_stats("svc", &stats);
+        r.record_stats("svc", &stats);
+        let i = r.instance(&spec("a", "x:1").key()).unwrap();
+        assert_eq!(i.outcomes.calls_started, 6);
+        assert_eq!(i.outcomes.calls_failed, 2);
+        assert_eq!(r.service("svc").unwrap().dropped, 8);
+    }
+}

@@ -1,0 +1,97 @@
+//! `run(listener, config, shutdown)`: the whole daemon, given a bound listener.
+//!
+//! Shutdown order: freeze the engine (streams closing from now on must not
+//! deregister anything), tell every open stream to end, stop accepting, wait up
+//! to `drain_timeout` for in-flight calls, then let the engine flush and stop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use lb_proto::v1::{balancer_server::BalancerServer, registry_server::RegistryServer};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{BalancerApi, RegistryApi};
+use crate::config::Config;
+use crate::engine;
+use crate::store::{Store, StoreError};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store under `--data-dir` could not be opened or read: check the
+    /// path, its permissions, and that no other lb-server uses it.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the daemon on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let store = Store::open(&config.data_dir)?;
+    let (engine, engine_task) = engine::start(store, config.clone()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (close_tx, close_rx) = oneshot::channel::<()>();
+
+    let registry = RegistryServer::new(RegistryApi::new(
+        engine.clone(),
+        config.clone(),
+        stop_rx.clone(),
+    ));
+    let balancer = BalancerServer::new(BalancerApi::new(engine.clone(), config.clone(), stop_rx));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = tonic::transport::Server::builder()
+        // A peer that vanishes without closing its connection (power loss,
+        // partition) is found by HTTP/2 pings rather than only by TTL.
+        .http2_keepalive_interval(Some(Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .add_service(registry)
+        .add_service(balancer)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = close_rx.await;
+        });
+    let mut serve = tokio::spawn(serve);
+
+    tokio::select! {
+        _ = shutdown => {}
+        r = &mut serve => {
+            // The server stopped by itself: report why.
+            return match r {
+                Ok(r) => r.map_err(ServerError::from),
+                Err(e) => {
+                    tracing::error!(error = %e, "server task failed");
+                    Ok(())
+                }
+            };
+        }
+    }
+    tracing::info!("shutting down");
+    engine.freeze().await;
+    let _ = stop_tx.send(true);
+    let _ = close_tx.send(());
+    match tokio::time::timeout(config.drain_timeout, &mut serve).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+        Err(_) => {
+            tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; closing remaining connections");
+            serve.abort();
+        }
+    }
+    drop(engine);
+    // The engine ends (after a final flush) once the last handle is gone.
+    if tokio::time::timeout(config.drain_timeout, engine_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("engine did not stop in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Persistence in sled: registrations (with static weights), per-service policy
+//! settings, and the daemon's generation counter.
+//!
+//! Records are small protobuf messages defined here (a storage format, not the
+//! wire API), so fields can be added compatibly. Writes land in sled's memory
+//! first; [`Store::flush`] makes them durable, and the engine acknowledges a
+//! change to its caller only after that flush (one flush per batch of commands:
+//! group commit).
+//!
+//! Trees: `instances` (key `service \0 instance_id`), `policies` (key `service`),
+//! `meta` (key `generation`, a big-endian u64).
+
+use std::path::Path;
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::model::{InstanceKey, InstanceSpec};
+use crate::policy::{PolicyKind, ServicePolicy};
+
+/// A store failure. The daemon cannot promise durability, so the caller's
+/// change is refused with `unavailable`; check the disk under `--data-dir`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O error, corruption, or the directory is locked by
+    /// another lb-server).
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredInstance {
+    #[prost(string, tag = "1")]
+    service: String,
+    #[prost(string, tag = "2")]
+    instance_id: String,
+    #[prost(string, tag = "3")]
+    address: String,
+    #[prost(string, tag = "4")]
+    zone: String,
+    #[prost(uint32, tag = "5")]
+    weight: u32,
+    #[prost(btree_map = "string, string", tag = "6")]
+    labels: std::collections::BTreeMap<String, String>,
+    #[prost(string, tag = "7")]
+    version: String,
+    #[prost(uint64, tag = "8")]
+    ttl_ms: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredPolicy {
+    #[prost(string, tag = "1")]
+    kind: String,
+    #[prost(uint32, tag = "2")]
+    max_list_len: u32,
+}
+
+/// The daemon's durable state.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    instances: sled::Tree,
+    policies: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn instance_key(service: &str, id: &str) -> Vec<u8> {
+    // Names are validated to printable ASCII, so NUL cannot occur inside them.
+    let mut k = Vec::with_capacity(service.len() + 1 + id.len());
+    k.extend_from_slice(service.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        // Background flushing stays on as a safety net; acknowledged writes are
+        // flushed explicitly before the acknowledgement.
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Store {
+            instances: db.open_tree("instances")?,
+            policies: db.open_tree("policies")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Increments and durably records the generation; plan versions are
+    /// prefixed with it so they keep increasing across restarts.
+    pub fn next_generation(&self) -> Result<u64, StoreError> {
+        let prev = self
+            .meta
+            .get("generation")?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let next = prev + 1;
+        self.meta.insert("generation", &next.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(next)
+    }
+
+    /// Writes (not yet durably) an instance's registration.
+    pub fn put_instance(&self, spec: &InstanceSpec, ttl: Duration) -> Result<(), StoreError> {
+        let rec = StoredInstance {
+            service: spec.service.clone(),
+            instance_id: spec.instance_id.clone(),
+            address: spec.address.clone(),
+            zone: spec.zone.clone(),
+            weight: spec.weight,
+            labels: spec.labels.clone(),
+            version: spec.version.clone(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        self.instances.insert(
+            instance_key(&spec.service, &spec.instance_id),
+            rec.encode_to_vec(),
+        )?;
+        Ok(())
+    }
+
+    /// Deletes (not yet durably) an instance's registration.
+    pub fn delete_instance(&self, key: &InstanceKey) -> Result<(), StoreError> {
+        self.instances
+            .remove(instance_key(&key.service, &key.instance_id))?;
+        Ok(())
+    }
+
+    /// Every stored registration that still passes validation. Records that do
+    /// not decode or validate (written by a broken or newer build) are skipped
+    /// with a warning rather than served.
+    pub fn instances(&self) -> Result<Vec<(InstanceSpec, Duration)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.instances.iter() {
+            let (k, v) = item?;
+            let rec = match StoredInstance::decode(v.as_ref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(key = ?String::from_utf8_lossy(&k), error = %e, "skipping undecodable instance record");
+                    continue;
+                }
+            };
+            let spec = InstanceSpec {
+                service: rec.service,
+                instance_id: rec.instance_id,
+                address: rec.address,
+                zone: rec.zone,
+                weight: rec.weight,
+                labels: rec.labels,
+                version: rec.version,
+            };
+            if let Err(e) = spec.check() {
+                tracing::warn!(key = ?String::from_utf8_lossy(&k), error = %e, "skipping invalid instance record");
+                continue;
+            }
+            out.push((spec, Duration::from_millis(rec.ttl_ms)));
+        }
+        Ok(out)
+    }
+
+    /// Writes (not yet durably) a service's policy.
+    pub fn put_policy(&self, service: &str, policy: &ServicePolicy) -> Result<(), StoreError> {
+        let rec = StoredPolicy {
+            kind: policy.kind.name().to_string(),
+            max_list_len: policy.max_list_len,
+        };
+        self.policies.insert(service.as_bytes(), rec.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Every stored service policy (unknown kinds are skipped with a warning).
+    pub fn policies(&self) -> Result<Vec<(String, ServicePolicy)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.policies.iter() {
+            let (k, v) = item?;
+            let service = String::from_utf8_lossy(&k).into_owned();
+            let parsed = StoredPolicy::decode(v.as_ref()).ok().and_then(|r| {
+                Some(ServicePolicy {
+                    kind: PolicyKind::parse(&r.kind)?,
+                    max_list_len: r.max_list_len,
+                })
+            });
+            match parsed {
+                Some(p) => out.push((service, p)),
+                None => tracing::warn!(%service, "skipping unreadable policy record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn round_trip_and_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = InstanceSpec {
+            service: "svc".into(),
+            instance_id: "a".into(),
+            address: "127.0.0.1:9".into(),
+            zone: "z1".into(),
+            weight: 7,
+            labels: BTreeMap::from([("group".into(), "B".into())]),
+            version: "1.2".into(),
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.next_generation().unwrap(), 1);
+            s.put_instance(&spec, Duration::from_secs(3)).unwrap();
+            let mut other = spec.clone();
+            other.instance_id = "b".into();
+            s.put_instance(&other, Duration::from_secs(3)).unwrap();
+            s.delete_instance(&other.key()).unwrap();
+            s.put_policy("svc", &ServicePolicy::default()).unwrap();
+            s.flush().await.unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.next_generation().unwrap(), 2);
+        assert_eq!(s.instances().unwrap(), vec![(spec, Duration::from_secs(3))]);
+        assert_eq!(
+            s.policies().unwrap(),
+            vec![("svc".to_string(), ServicePolicy::default())]
+        );
+    }
+}
