@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if args.report_interval.is_zero() || args.stats_interval.is_zero() {
         anyhow::bail!("--report-interval and --stats-interval must be greater than 0");

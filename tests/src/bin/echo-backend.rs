@@ -1,0 +1,120 @@
+//! `echo-backend`: the example backend. Serves `lb.example.v1.Echo` (Whoami
+//! answers with its instance id), registers with lb through the reporter in
+//! lb-client, counts in-flight requests with its tower layer, and drains
+//! (deregisters) on SIGINT/SIGTERM before exiting.
+//!
+//! `echo-backend --daemon 127.0.0.1:7400 --service echo --id b1 --weight 2`
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use lb_client::{Registration, Reporter, ReporterOptions};
+use lb_tests::echo::echo_server::{Echo, EchoServer};
+use lb_tests::echo::{WhoamiReply, WhoamiRequest};
+use tonic::{Request, Response, Status};
+
+/// An Echo backend that registers with lb and reports its load.
+#[derive(Debug, Parser)]
+struct Args {
+    /// lb-server address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    daemon: String,
+    /// Service to register in.
+    #[arg(long, default_value = "echo")]
+    service: String,
+    /// Instance id (unique within the service).
+    #[arg(long)]
+    id: String,
+    /// Static weight (1..=10000).
+    #[arg(long, default_value_t = 1)]
+    weight: u32,
+    /// Address to serve on (port 0 picks one; printed as `listening on ADDR`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Zone to register with.
+    #[arg(long, default_value = "")]
+    zone: String,
+    /// Labels to register with, `key=value` (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+struct EchoService {
+    id: String,
+}
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn whoami(&self, _: Request<WhoamiRequest>) -> Result<Response<WhoamiReply>, Status> {
+        Ok(Response::new(WhoamiReply {
+            instance_id: self.id.clone(),
+        }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    let mut reg = Registration::new(&args.service, &args.id, addr.to_string());
+    reg.weight = args.weight;
+    reg.zone = args.zone;
+    reg.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    reg.version = env!("CARGO_PKG_VERSION").to_string();
+    let reporter = Reporter::start(reg, ReporterOptions::new(&args.daemon));
+
+    println!("echo-backend listening on {addr}");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .layer(reporter.layer())
+        .add_service(EchoServer::new(EchoService { id: args.id }))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
+    let server = tokio::spawn(server);
+    signal().await;
+    // Drain first: leave every list, then stop serving.
+    reporter.shutdown(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Real processes for end-to-end tests and probes.
+//!
+//! Binaries are found next to the running executable (`target/<profile>/`), so
+//! `cargo test --workspace` (which builds `lb-server` and this crate's binaries)
+//! is all a test needs. Every child's stderr goes to a log file in its own
+//! directory; [`Proc::log`] reads it back for failure messages.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Where the workspace's binaries of the running profile are.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of workspace binary `name`, checked to exist.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found; build it first (`cargo build --workspace`, or `cargo test --workspace` which builds it)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A running child process that announced its address.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// The address it printed.
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args…`, waits (up to `wait`) for a stdout line
+    /// containing `listening on ADDR`, and returns with that address.
+    pub fn spawn(program: &Path, args: &[String], log: PathBuf, wait: Duration) -> Result<Proc> {
+        let stderr = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create log {}", log.display()))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("LB_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        // Reads stdout for the whole life of the child so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(a) = line.split("listening on ").nth(1) {
+                        let _ = tx.send(a.trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(wait) {
+            Ok(a) => a.parse().with_context(|| format!("bad address {a:?}"))?,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not announce its address within {wait:?}; log:\n{}",
+                    program.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Ok(Proc { child, addr, log })
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `wait` for a clean exit; returns its success.
+    pub fn terminate(&mut self, wait: Duration) -> Result<bool> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s.success());
+            }
+            if std::time::Instant::now() >= deadline {
+                self.kill9();
+                bail!("did not exit within {wait:?} of SIGTERM");
+            }
+            // Polling a child's exit has no async notification in std; a short
+            // poll bounded by the deadline above is the standard way.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An `lb-server` child with its data directory.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The process.
+    pub proc: Proc,
+    /// Its `--data-dir`.
+    pub data_dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `lb-server --listen LISTEN --data-dir DATA_DIR extra…`; logs go
+    /// to `DATA_DIR.log`.
+    pub fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Daemon> {
+        let mut args = vec![
+            "--listen".to_string(),
+            listen.to_string(),
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = data_dir.with_extension("log");
+        let proc = Proc::spawn(&bin("lb-server")?, &args, log, Duration::from_secs(20))?;
+        Ok(Daemon {
+            proc,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// The daemon's address as lb-client wants it.
+    pub fn addr(&self) -> String {
+        self.proc.addr.to_string()
+    }
+}
+
+/// Settings of one `echo-backend` child.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    /// Service to register in.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Static weight.
+    pub weight: u32,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+impl BackendSpec {
+    /// A backend of `service` named `id` with `weight`.
+    pub fn new(service: &str, id: &str, weight: u32) -> Self {
+        BackendSpec {
+            service: service.into(),
+            id: id.into(),
+            weight,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Starts it against `daemon`, logging to `log_dir/ID.log`.
+    pub fn start(&self, daemon: &str, log_dir: &Path) -> Result<Proc> {
+        let mut args: Vec<String> = [
+            "--daemon",
+            daemon,
+            "--service",
+            &self.service,
+            "--id",
+            &self.id,
+            "--weight",
+            &self.weight.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.extra.iter().cloned());
+        let log = log_dir.join(format!("{}.log", self.id));
+        Proc::spawn(&bin("echo-backend")?, &args, log, Duration::from_secs(20))
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+/// For conditions with no notification to wait on (another process's state).
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,253 @@
+//! End to end with real processes: the `lb-server` binary, `echo-backend`
+//! processes registering through the reporter, and lb-client in this process
+//! making real gRPC calls to the backends it picks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_client::{subscribe, ClientOptions, PickList, Subscription};
+use lb_tests::echo::echo_client::EchoClient;
+use lb_tests::echo::WhoamiRequest;
+use lb_tests::harness::{wait_until, BackendSpec, Daemon, Proc};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ids(list: &PickList) -> BTreeSet<String> {
+    list.servers()
+        .iter()
+        .map(|e| e.instance_id().to_string())
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+    backends: BTreeMap<String, Proc>,
+}
+
+impl Cluster {
+    fn start(daemon_flags: &[&str], backends: &[BackendSpec]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", daemon_flags)
+            .expect("start lb-server");
+        let mut c = Cluster {
+            dir,
+            daemon,
+            backends: BTreeMap::new(),
+        };
+        for b in backends {
+            c.add(b);
+        }
+        c
+    }
+
+    fn add(&mut self, b: &BackendSpec) {
+        let p = b
+            .start(&self.daemon.addr(), self.dir.path())
+            .expect("start echo-backend");
+        self.backends.insert(b.id.clone(), p);
+    }
+
+    async fn client(&self, service: &str) -> Subscription {
+        subscribe(service, ClientOptions::new(self.daemon.addr()))
+            .await
+            .expect("subscribe")
+    }
+}
+
+async fn wait_ids(sub: &Subscription, want: &BTreeSet<String>) -> Arc<PickList> {
+    match sub.wait_for(WAIT, |l| ids(l) == *want).await {
+        Ok(l) => l,
+        Err(_) => panic!(
+            "list never became {want:?}; last: {:?}",
+            ids(&sub.current())
+        ),
+    }
+}
+
+/// Makes `n` sequential Whoami calls through lb-client; counts answers per instance.
+async fn call(sub: &Subscription, n: usize) -> (BTreeMap<String, u64>, u64) {
+    let mut client = EchoClient::new(sub.channel());
+    let mut counts = BTreeMap::new();
+    let mut errors = 0;
+    for _ in 0..n {
+        match client.whoami(WhoamiRequest {}).await {
+            Ok(r) => *counts.entry(r.into_inner().instance_id).or_insert(0) += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    (counts, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_backends_shares_match_weights() {
+    let c = Cluster::start(
+        &[],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 2),
+            BackendSpec::new("echo", "b3", 3),
+        ],
+    );
+    let sub = c.client("echo").await;
+    let list = wait_ids(&sub, &set(&["b1", "b2", "b3"])).await;
+    assert_eq!(list.len(), 6, "weights 1,2,3 expand to a 6-entry period");
+    // 100 whole periods: the shares are exact, not approximately right.
+    let (counts, errors) = call(&sub, 600).await;
+    assert_eq!(errors, 0);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("b1".into(), 100), ("b2".into(), 200), ("b3".into(), 300)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_leaves_the_list_and_calls_keep_working() {
+    let mut c = Cluster::start(
+        &[],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 1),
+            BackendSpec::new("echo", "b3", 1),
+        ],
+    );
+    let sub = c.client("echo").await;
+    wait_ids(&sub, &set(&["b1", "b2", "b3"])).await;
+    let before = sub.version();
+    c.backends.get_mut("b2").expect("b2").kill9();
+    let list = wait_ids(&sub, &set(&["b1", "b3"])).await;
+    assert!(list.version() > before);
+    let (counts, errors) = call(&sub, 100).await;
+    assert_eq!(errors, 0);
+    assert_eq!(counts.values().sum::<u64>(), 100);
+    assert!(!counts.contains_key("b2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_backend_drains_out_of_the_list() {
+    let mut c = Cluster::start(
+        &[],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 1),
+        ],
+    );
+    let sub = c.client("echo").await;
+    wait_ids(&sub, &set(&["b1", "b2"])).await;
+    let clean = c
+        .backends
+        .get_mut("b1")
+        .expect("b1")
+        .terminate(WAIT)
+        .expect("terminate");
+    assert!(clean, "echo-backend should exit 0 after draining");
+    wait_ids(&sub, &set(&["b2"])).await;
+    let log = c.daemon.proc.log();
+    assert!(log.contains("backend drained"), "daemon log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_kill9_clients_keep_picking_and_restart_restores() {
+    let mut c = Cluster::start(
+        &[],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 1),
+            BackendSpec::new("echo", "b3", 1),
+        ],
+    );
+    let sub = c.client("echo").await;
+    let first = wait_ids(&sub, &set(&["b1", "b2", "b3"])).await;
+
+    // A caller picking and calling continuously through the whole outage.
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let caller = {
+        let (sub, stop, calls) = (sub.clone(), stop.clone(), calls.clone());
+        tokio::spawn(async move {
+            let mut client = EchoClient::new(sub.channel());
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(s) = client.whoami(WhoamiRequest {}).await {
+                    errors.push(s.to_string());
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+            errors
+        })
+    };
+    assert!(wait_until(WAIT, || calls.load(Ordering::Relaxed) >= 100).await);
+
+    let port = c.daemon.proc.addr.port();
+    c.daemon.proc.kill9();
+    assert!(
+        wait_until(WAIT, || !sub.connected()).await,
+        "client should notice the daemon is gone"
+    );
+    let at_kill = calls.load(Ordering::Relaxed);
+    assert!(wait_until(WAIT, || calls.load(Ordering::Relaxed) >= at_kill + 300).await);
+    stop.store(true, Ordering::Relaxed);
+    let errors = caller.await.expect("caller");
+    assert!(errors.is_empty(), "calls failed during the outage: {errors:?}");
+    assert_eq!(
+        ids(&sub.current()),
+        set(&["b1", "b2", "b3"]),
+        "last list kept"
+    );
+
+    // b3 dies while the daemon is down: it will never reattach.
+    c.backends.get_mut("b3").expect("b3").kill9();
+    let data = c.daemon.data_dir.clone();
+    c.daemon = Daemon::start(
+        &data,
+        &format!("127.0.0.1:{port}"),
+        &["--restore-grace", "2s"],
+    )
+    .expect("restart lb-server");
+
+    // A brand-new client is served the persisted registry at once, b3 included.
+    let fresh = c.client("echo").await;
+    let restored = fresh
+        .wait_for(WAIT, |l| !l.is_empty())
+        .await
+        .expect("restored list");
+    assert_eq!(ids(&restored), set(&["b1", "b2", "b3"]));
+    assert!(
+        restored.version() > first.version(),
+        "versions keep increasing across restarts"
+    );
+    // b1 and b2 reattach; b3 is dropped when the grace period ends.
+    wait_ids(&fresh, &set(&["b1", "b2"])).await;
+    // The old client reconnected by itself and follows too.
+    wait_ids(&sub, &set(&["b1", "b2"])).await;
+    assert!(wait_until(WAIT, || sub.connected()).await);
+    let (_, errors) = call(&sub, 50).await;
+    assert_eq!(errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_starts_from_fallback_while_daemon_is_down() {
+    // A port nobody listens on: bind, note it, close.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = BackendSpec::new("echo", "lonely", 1)
+        .start(&dead, dir.path())
+        .expect("backend");
+    let mut opts = ClientOptions::new(&dead);
+    opts.fallback = vec![backend.addr.to_string()];
+    let sub = subscribe("echo", opts).await.expect("subscribe");
+    assert_eq!(sub.version(), 0, "fallback lists have version 0");
+    let (counts, errors) = call(&sub, 20).await;
+    assert_eq!(errors, 0);
+    assert_eq!(counts, BTreeMap::from([("lonely".into(), 20)]));
+    assert!(!sub.connected());
+}
