@@ -28,9 +28,17 @@ use crate::pb::{self as conv, engine_status, invalid};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Waits for a stream's first message, bounded by `limit`.
-async fn first_message<T>(inbound: &mut Streaming<T>, limit: Duration) -> Result<T, Status> {
-    match tokio::time::timeout(limit, inbound.message()).await {
+/// Waits for a stream's first message, bounded by `limit` and by shutdown.
+async fn first_message<T>(
+    inbound: &mut Streaming<T>,
+    limit: Duration,
+    stop: &watch::Receiver<bool>,
+) -> Result<T, Status> {
+    let first = tokio::select! {
+        r = tokio::time::timeout(limit, inbound.message()) => r,
+        _ = stopping(stop.clone()) => return Err(Status::unavailable("lb-server is shutting down")),
+    };
+    match first {
         Err(_) => Err(Status::deadline_exceeded(format!(
             "no first message within {limit:?}"
         ))),
@@ -75,7 +83,8 @@ impl pb::registry_server::Registry for RegistryApi {
         request: Request<Streaming<pb::ReportLoadRequest>>,
     ) -> Result<Response<Self::ReportLoadStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = first_message(&mut inbound, self.config.first_message_timeout).await?;
+        let first =
+            first_message(&mut inbound, self.config.first_message_timeout, &self.stop).await?;
         let reg = match first.msg {
             Some(BackendMsg::Register(r)) => r,
             Some(BackendMsg::Report(_)) => {
@@ -92,28 +101,17 @@ impl pb::registry_server::Registry for RegistryApi {
         };
         let spec = conv::instance(reg.instance, "register.instance").map_err(invalid)?;
         let ttl = conv::ttl(reg.ttl_ms, "register.ttl_ms").map_err(invalid)?;
-        let key = spec.key();
-        let (ended_tx, ended_rx) = oneshot::channel();
-        let attached = self
-            .engine
-            .attach(spec, ttl, ended_tx)
-            .await
-            .map_err(engine_status)?;
-        tracing::info!(service = %key.service, instance = %key.instance_id, session = attached.session, "backend attached");
         let (tx, rx) = mpsc::channel(4);
-        let hello = pb::ReportLoadResponse {
-            report_interval_ms: attached.report_interval.as_millis() as u32,
-            drain: false,
-        };
-        // The channel is empty and ours, so this cannot fail.
-        let _ = tx.try_send(Ok(hello));
-        tokio::spawn(backend_session(
+        // Attach and follow the stream in a task of its own: if the backend
+        // vanishes while this handler awaits the engine, hyper drops the
+        // handler, and an attach without its session task would linger until
+        // its TTL instead of being detached at once.
+        tokio::spawn(attach_and_follow(
             self.engine.clone(),
+            spec,
+            ttl,
             inbound,
             tx,
-            ended_rx,
-            key,
-            attached.session,
             self.stop.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -137,13 +135,38 @@ impl pb::registry_server::Registry for RegistryApi {
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let key = conv::deregister_key(request.into_inner()).map_err(invalid)?;
-        let existed = self
-            .engine
-            .deregister(key)
-            .await
-            .map_err(engine_status)?;
+        let existed = self.engine.deregister(key).await.map_err(engine_status)?;
         Ok(Response::new(pb::DeregisterResponse { existed }))
     }
+}
+
+/// Registers the backend, acknowledges (or refuses) on the stream, then follows it.
+async fn attach_and_follow(
+    engine: EngineHandle,
+    spec: crate::model::InstanceSpec,
+    ttl: Option<Duration>,
+    inbound: Streaming<pb::ReportLoadRequest>,
+    tx: mpsc::Sender<Result<pb::ReportLoadResponse, Status>>,
+    stop: watch::Receiver<bool>,
+) {
+    let key = spec.key();
+    let (ended_tx, ended_rx) = oneshot::channel();
+    let attached = match engine.attach(spec, ttl, ended_tx).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tx.send(Err(engine_status(e))).await;
+            return;
+        }
+    };
+    tracing::info!(service = %key.service, instance = %key.instance_id, session = attached.session, "backend attached");
+    let hello = pb::ReportLoadResponse {
+        report_interval_ms: attached.report_interval.as_millis() as u32,
+        drain: false,
+    };
+    // If the backend is already gone this fails, and the session below sees
+    // the broken stream and detaches at once.
+    let _ = tx.send(Ok(hello)).await;
+    backend_session(engine, inbound, tx, ended_rx, key, attached.session, stop).await;
 }
 
 /// Follows one backend's stream after its registration.
@@ -169,8 +192,7 @@ async fn backend_session(
                         Err(e) => break (Some(invalid(e)), true),
                     },
                     Some(BackendMsg::Drain(_)) => {
-                        let r = engine.deregister(key.clone()).await;
-                        tracing::info!(service = %key.service, instance = %key.instance_id, "backend drained");
+                        let r = engine.drain(key.clone(), session).await;
                         break (r.err().map(engine_status), false);
                     }
                     Some(BackendMsg::Register(_)) => break (
@@ -225,7 +247,8 @@ impl pb::balancer_server::Balancer for BalancerApi {
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = first_message(&mut inbound, self.config.first_message_timeout).await?;
+        let first =
+            first_message(&mut inbound, self.config.first_message_timeout, &self.stop).await?;
         let sub = match first.msg {
             Some(ClientMsg::Subscribe(s)) => s,
             Some(ClientMsg::Stats(_)) => {
@@ -276,8 +299,10 @@ async fn client_session(
             list: Some(conv::server_list(&published, seq)),
             stats_interval_ms,
         };
-        if tx.send(Ok(msg)).await.is_err() {
-            return;
+        // A client that stops reading must not hold up shutdown.
+        tokio::select! {
+            sent = tx.send(Ok(msg)) => if sent.is_err() { return },
+            _ = &mut stop => return,
         }
         loop {
             let farewell = tokio::select! {

@@ -133,6 +133,20 @@ pub enum EngineError {
     ShuttingDown,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_interval_leaves_room_in_the_ttl() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(report_interval(s(1), s(5)), s(1));
+        assert_eq!(report_interval(s(1), ms(300)), ms(100));
+        assert_eq!(report_interval(s(1), ms(1)), ms(10));
+    }
+}
+
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         EngineError::Store(e.to_string())
@@ -189,6 +203,17 @@ pub enum Command {
         ttl: Option<Duration>,
         /// The lease granted.
         reply: Reply<Duration>,
+    },
+    /// A stream asked to leave (`drain`): remove its instance now, if this
+    /// stream still owns it (a replaced stream's drain must not remove the
+    /// instance its successor registered).
+    Drain {
+        /// The instance.
+        key: InstanceKey,
+        /// The stream's session.
+        session: u64,
+        /// Whether the instance was removed.
+        reply: Reply<bool>,
     },
     /// Remove an instance now.
     Deregister {
@@ -252,10 +277,7 @@ impl EngineHandle {
 
     /// Passes a load report on (no answer: a report for a stale session is dropped).
     pub async fn report(&self, key: InstanceKey, session: u64, load: Load) {
-        let _ = self
-            .tx
-            .send(Command::Report { key, session, load })
-            .await;
+        let _ = self.tx.send(Command::Report { key, session, load }).await;
     }
 
     /// Tells the engine a stream is gone.
@@ -270,6 +292,16 @@ impl EngineHandle {
         ttl: Option<Duration>,
     ) -> Result<Duration, EngineError> {
         self.ask(|reply| Command::Lease { spec, ttl, reply }).await
+    }
+
+    /// Removes a stream's instance if the stream still owns it.
+    pub async fn drain(&self, key: InstanceKey, session: u64) -> Result<bool, EngineError> {
+        self.ask(|reply| Command::Drain {
+            key,
+            session,
+            reply,
+        })
+        .await
     }
 
     /// Removes an instance.
@@ -289,6 +321,12 @@ impl EngineHandle {
             let _ = rx.await;
         }
     }
+}
+
+/// The interval a backend with `ttl` is asked to report at: the configured
+/// one, but at least three reports per TTL so one late report is not fatal.
+fn report_interval(configured: Duration, ttl: Duration) -> Duration {
+    configured.min(ttl / 3).max(Duration::from_millis(10))
 }
 
 enum Pending {
@@ -395,10 +433,13 @@ impl Actor {
                 ended,
                 reply,
             } => {
-                let r = self.register(spec, ttl, Some(ended), now).map(|session| Attached {
-                    session,
-                    report_interval: self.config.report_interval,
-                });
+                let ttl = ttl.unwrap_or(self.config.default_ttl);
+                let r = self
+                    .register(spec, Some(ttl), Some(ended), now)
+                    .map(|session| Attached {
+                        session,
+                        report_interval: report_interval(self.config.report_interval, ttl),
+                    });
                 pending.push(Pending::Attach(reply, r));
             }
             Command::Lease { spec, ttl, reply } => {
@@ -415,7 +456,25 @@ impl Actor {
                 if !self.frozen && self.registry.detach(&key, session) {
                     tracing::info!(service = %key.service, instance = %key.instance_id, "stream ended; instance removed");
                     self.forget(&key);
+                    self.sessions.remove(&key);
                 }
+            }
+            Command::Drain {
+                key,
+                session,
+                reply,
+            } => {
+                let r = if self.frozen {
+                    Err(EngineError::ShuttingDown)
+                } else if self.registry.detach(&key, session) {
+                    tracing::info!(service = %key.service, instance = %key.instance_id, "backend drained");
+                    self.forget(&key);
+                    self.sessions.remove(&key);
+                    Ok(true)
+                } else {
+                    Ok(false)
+                };
+                pending.push(Pending::Deregister(reply, r));
             }
             Command::Deregister { key, reply } => {
                 let r = if self.frozen {
@@ -471,7 +530,8 @@ impl Actor {
                 let session = self.next_session;
                 self.next_session += 1;
                 if let Some((_, old)) = self.sessions.insert(key.clone(), (session, ended)) {
-                    let _ = old.send("replaced by a newer ReportLoad stream for this instance".into());
+                    let _ =
+                        old.send("replaced by a newer ReportLoad stream for this instance".into());
                 }
                 (Attachment::Stream { session }, session)
             }
@@ -491,7 +551,9 @@ impl Actor {
         self.dirty.insert(key.service.clone());
         match self.store.delete_instance(key) {
             Ok(()) => self.wrote = true,
-            Err(e) => tracing::error!(error = %e, instance = %key.instance_id, "could not delete instance record"),
+            Err(e) => {
+                tracing::error!(error = %e, instance = %key.instance_id, "could not delete instance record")
+            }
         }
     }
 

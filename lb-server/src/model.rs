@@ -151,7 +151,10 @@ impl Load {
         if self.active_requests > MAX_ACTIVE_REQUESTS {
             return Err(FieldError::new(
                 "active_requests",
-                format!("{} is above the maximum {MAX_ACTIVE_REQUESTS}", self.active_requests),
+                format!(
+                    "{} is above the maximum {MAX_ACTIVE_REQUESTS}",
+                    self.active_requests
+                ),
             ));
         }
         for (name, v, max) in [
@@ -361,7 +364,9 @@ pub fn check_address(s: &str) -> Result<(), String> {
     for label in host.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {

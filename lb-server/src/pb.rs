@@ -110,7 +110,8 @@ pub fn subscription(
         zone: c.zone,
         labels: c.labels.into_iter().collect(),
     };
-    id.check().map_err(|e| e.within(&format!("{field}.client")))?;
+    id.check()
+        .map_err(|e| e.within(&format!("{field}.client")))?;
     Ok((s.service, id))
 }
 
@@ -154,7 +155,11 @@ pub fn server_list(p: &Published, client_seq: u64) -> pb::ServerList {
                 token: s.token.clone(),
             })
             .collect(),
-        order: order[offset..].iter().chain(&order[..offset]).copied().collect(),
+        order: order[offset..]
+            .iter()
+            .chain(&order[..offset])
+            .copied()
+            .collect(),
     }
 }
 

@@ -88,7 +88,9 @@ pub enum RegistryError {
     },
     /// A unary lease was asked for an instance kept alive by a stream: use one
     /// mechanism per instance.
-    #[error("instance_id: {0:?} is kept alive by a ReportLoad stream; it cannot also hold a lease")]
+    #[error(
+        "instance_id: {0:?} is kept alive by a ReportLoad stream; it cannot also hold a lease"
+    )]
     StreamOwned(String),
     /// The stream is no longer the one that owns the instance (it expired, was
     /// deregistered or replaced by a newer stream): register again.
@@ -138,7 +140,10 @@ impl Registry {
 
     /// One instance.
     pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
-        self.services.get(&key.service)?.instances.get(&key.instance_id)
+        self.services
+            .get(&key.service)?
+            .instances
+            .get(&key.instance_id)
     }
 
     /// The candidates the policy may put in the service's list.

@@ -167,7 +167,8 @@ impl Store {
             kind: policy.kind.name().to_string(),
             max_list_len: policy.max_list_len,
         };
-        self.policies.insert(service.as_bytes(), rec.encode_to_vec())?;
+        self.policies
+            .insert(service.as_bytes(), rec.encode_to_vec())?;
         Ok(())
     }
 

@@ -194,7 +194,10 @@ async fn daemon_kill9_clients_keep_picking_and_restart_restores() {
     assert!(wait_until(WAIT, || calls.load(Ordering::Relaxed) >= at_kill + 300).await);
     stop.store(true, Ordering::Relaxed);
     let errors = caller.await.expect("caller");
-    assert!(errors.is_empty(), "calls failed during the outage: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "calls failed during the outage: {errors:?}"
+    );
     assert_eq!(
         ids(&sub.current()),
         set(&["b1", "b2", "b3"]),

@@ -44,7 +44,9 @@ struct Args {
 }
 
 fn parse_expect(s: &str) -> Result<(String, u64), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not ID=WEIGHT"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=WEIGHT"))?;
     let w = v.parse().map_err(|_| format!("{v:?} is not a weight"))?;
     Ok((k.to_string(), w))
 }
@@ -100,7 +102,10 @@ async fn main() -> anyhow::Result<()> {
     let ok: u64 = counts.values().sum();
     let weight_sum: u64 = args.expect.iter().map(|(_, w)| w).sum();
     let mut bad = false;
-    println!("{:<16} {:>8} {:>8} {:>8}", "instance", "calls", "share%", "want%");
+    println!(
+        "{:<16} {:>8} {:>8} {:>8}",
+        "instance", "calls", "share%", "want%"
+    );
     let mut ids: Vec<&String> = counts.keys().collect();
     for (id, _) in &args.expect {
         if !counts.contains_key(id) {
@@ -115,7 +120,9 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .find(|(k, _)| k == id)
             .map(|(_, w)| 100.0 * *w as f64 / weight_sum.max(1) as f64);
-        let want_s = want.map(|w| format!("{w:.1}")).unwrap_or_else(|| "-".into());
+        let want_s = want
+            .map(|w| format!("{w:.1}"))
+            .unwrap_or_else(|| "-".into());
         println!("{id:<16} {n:>8} {share:>8.2} {want_s:>8}");
         match want {
             Some(w) if (share - w).abs() > args.tolerance => bad = true,
@@ -133,7 +140,10 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     if !args.expect.is_empty() {
-        println!("OK: every share within {} points of its weight share", args.tolerance);
+        println!(
+            "OK: every share within {} points of its weight share",
+            args.tolerance
+        );
     }
     Ok(())
 }

@@ -1,0 +1,1146 @@
+//! In-process gRPC tests of the daemon's API (`proto/lb/v1/lb.proto`).
+//!
+//! Each test runs its own daemon (`lb_server::run` on `127.0.0.1:0`) over its
+//! own temporary data directory and talks to it with the generated clients.
+//! Nothing here sleeps to synchronise: every wait is for an observable
+//! condition (a list on a Subscribe stream, a status on a ReportLoad stream)
+//! under a deadline.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use lb_proto::v1::{
+    balancer_client::BalancerClient, registry_client::RegistryClient,
+    report_load_request::Msg as BackendMsg, subscribe_request::Msg as ClientMsg, ClientIdentity,
+    ClientStats, DeregisterRequest, Drain, Instance, InstanceStats, LoadReport, RegisterRequest,
+    Registration, ReportLoadRequest, ReportLoadResponse, ServerList, SubscribeRequest,
+    SubscribeResponse, Subscription,
+};
+use lb_server::{Config, ServerError};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+/// The service most tests register under.
+const SERVICE: &str = "echo.v1/Echo";
+/// Deadline for anything that should happen "soon".
+const WAIT: Duration = Duration::from_secs(5);
+
+// ------------------------------------------------------------------ harness
+
+/// A daemon running in this test's runtime.
+struct Daemon {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Daemon {
+    /// Starts a daemon over `dir`; `tweak` adjusts the configuration.
+    async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Daemon {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::new(dir);
+        config.drain_timeout = Duration::from_secs(3);
+        tweak(&mut config);
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(lb_server::run(listener, config, async {
+            shutdown_rx.await.ok();
+        }));
+        Daemon {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the daemon gracefully and checks it stopped cleanly.
+    async fn stop(self) {
+        // The daemon may have stopped by itself (an error): the join says why.
+        let _ = self.shutdown.send(());
+        let r = timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the daemon stops within 15 s")
+            .expect("the daemon task does not panic");
+        if let Err(e) = r {
+            panic!("the daemon stopped with an error: {e}");
+        }
+    }
+}
+
+async fn registry(addr: SocketAddr) -> RegistryClient<Channel> {
+    RegistryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+async fn balancer(addr: SocketAddr) -> BalancerClient<Channel> {
+    BalancerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// A valid instance at `127.0.0.1:{port}`.
+fn instance(service: &str, id: &str, port: u16, weight: u32) -> Instance {
+    Instance {
+        service: service.into(),
+        instance_id: id.into(),
+        address: format!("127.0.0.1:{port}"),
+        zone: "zone-a".into(),
+        weight,
+        labels: HashMap::from([("track".to_string(), "stable".to_string())]),
+        version: "1.2.3".into(),
+    }
+}
+
+fn register_msg(instance: Instance, ttl_ms: u32) -> ReportLoadRequest {
+    ReportLoadRequest {
+        msg: Some(BackendMsg::Register(Registration {
+            instance: Some(instance),
+            ttl_ms,
+        })),
+    }
+}
+
+fn report_msg(load: LoadReport) -> ReportLoadRequest {
+    ReportLoadRequest {
+        msg: Some(BackendMsg::Report(load)),
+    }
+}
+
+fn drain_msg() -> ReportLoadRequest {
+    ReportLoadRequest {
+        msg: Some(BackendMsg::Drain(Drain {})),
+    }
+}
+
+/// A plausible, valid load report.
+fn good_load() -> LoadReport {
+    LoadReport {
+        cpu_utilization: 0.4,
+        active_requests: 12,
+        qps: Some(250.0),
+        eps: Some(0.5),
+        mem_utilization: Some(0.3),
+        named_metrics: HashMap::from([("queue_depth".to_string(), 3.0)]),
+    }
+}
+
+fn lease(instance: Instance, ttl_ms: u32) -> RegisterRequest {
+    RegisterRequest {
+        instance: Some(instance),
+        ttl_ms,
+    }
+}
+
+/// Opens a ReportLoad stream whose first request is `first`. Keep the sender
+/// to keep the request side open; dropping it ends the stream.
+async fn open_report_stream(
+    addr: SocketAddr,
+    first: ReportLoadRequest,
+) -> (
+    mpsc::Sender<ReportLoadRequest>,
+    Result<Streaming<ReportLoadResponse>, Status>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let r = timeout(
+        WAIT,
+        registry(addr).await.report_load(ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("ReportLoad answers within 5 s")
+    .map(|r| r.into_inner());
+    (tx, r)
+}
+
+/// A backend attached through ReportLoad: the request sender, the response
+/// stream, and the daemon's first response (already read).
+struct Backend {
+    tx: mpsc::Sender<ReportLoadRequest>,
+    stream: Streaming<ReportLoadResponse>,
+    hello: ReportLoadResponse,
+}
+
+/// Registers `inst` over a new ReportLoad stream and reads the first response.
+async fn attach(addr: SocketAddr, inst: Instance, ttl_ms: u32) -> Backend {
+    let id = inst.instance_id.clone();
+    let (tx, r) = open_report_stream(addr, register_msg(inst, ttl_ms)).await;
+    let mut stream = r.unwrap_or_else(|s| panic!("registering {id:?} was refused: {s:?}"));
+    let hello = timeout(WAIT, stream.message())
+        .await
+        .expect("the first ReportLoadResponse arrives within 5 s")
+        .unwrap_or_else(|s| panic!("registering {id:?} failed: {s:?}"))
+        .expect("the ReportLoad stream ended before its first response");
+    Backend { tx, stream, hello }
+}
+
+fn subscription(service: &str, client_id: &str) -> SubscribeRequest {
+    SubscribeRequest {
+        msg: Some(ClientMsg::Subscribe(Subscription {
+            service: service.into(),
+            client: Some(ClientIdentity {
+                client_id: client_id.into(),
+                zone: "zone-a".into(),
+                labels: HashMap::new(),
+            }),
+        })),
+    }
+}
+
+fn stats_msg(stats: ClientStats) -> SubscribeRequest {
+    SubscribeRequest {
+        msg: Some(ClientMsg::Stats(stats)),
+    }
+}
+
+/// Opens a Subscribe stream whose first request is `first`; keep the sender
+/// to keep the stream open and to send stats.
+async fn subscribe_with(
+    addr: SocketAddr,
+    first: SubscribeRequest,
+) -> (
+    mpsc::Sender<SubscribeRequest>,
+    Result<Streaming<SubscribeResponse>, Status>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let r = timeout(
+        WAIT,
+        balancer(addr).await.subscribe(ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("Subscribe answers within 5 s")
+    .map(|r| r.into_inner());
+    (tx, r)
+}
+
+/// Subscribes to `service` with a valid identity. The request side stays
+/// open for as long as the returned stream lives.
+async fn subscribe(addr: SocketAddr, service: &str) -> Streaming<SubscribeResponse> {
+    let outbound =
+        tokio_stream::once(subscription(service, "test-client/1")).chain(tokio_stream::pending());
+    timeout(WAIT, balancer(addr).await.subscribe(outbound))
+        .await
+        .expect("Subscribe answers within 5 s")
+        .unwrap_or_else(|s| panic!("subscribing to {service:?} was refused: {s:?}"))
+        .into_inner()
+}
+
+/// The first list on `stream` that satisfies `pred`, within `within`.
+async fn next_list_where(
+    stream: &mut Streaming<SubscribeResponse>,
+    within: Duration,
+    pred: impl Fn(&ServerList) -> bool,
+) -> ServerList {
+    let mut last = None;
+    let found = timeout(within, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(SubscribeResponse {
+                    list: Some(list), ..
+                })) => {
+                    if pred(&list) {
+                        return list;
+                    }
+                    last = Some(list);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the subscription ended; last list: {last:?}"),
+                Err(s) => panic!("the subscription failed: {s:?}; last list: {last:?}"),
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(list) => list,
+        Err(_) => panic!("no matching list within {within:?}; last list: {last:?}"),
+    }
+}
+
+/// The next list on `stream`, whatever it holds.
+async fn next_list(stream: &mut Streaming<SubscribeResponse>) -> ServerList {
+    next_list_where(stream, WAIT, |_| true).await
+}
+
+/// The error a refused first message produced: either the call's own error
+/// (trailers-only response) or the first item of its response stream.
+async fn first_error<T: Debug>(r: Result<Streaming<T>, Status>) -> Status {
+    match r {
+        Err(s) => s,
+        Ok(mut stream) => stream_error(&mut stream).await,
+    }
+}
+
+/// The next item of `stream`, which must be an error.
+async fn stream_error<T: Debug>(stream: &mut Streaming<T>) -> Status {
+    match timeout(WAIT, stream.message())
+        .await
+        .expect("the stream ends within 5 s")
+    {
+        Err(s) => s,
+        Ok(Some(m)) => panic!("expected an error, got {m:?}"),
+        Ok(None) => panic!("the stream ended OK, expected an error"),
+    }
+}
+
+/// The first error on a Subscribe stream, skipping any lists before it.
+async fn subscription_error(stream: &mut Streaming<SubscribeResponse>) -> Status {
+    timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Err(s) => return s,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the subscription ended OK, expected an error"),
+            }
+        }
+    })
+    .await
+    .expect("the subscription fails within 5 s")
+}
+
+/// `s` has `code` and its message contains `needle`.
+#[track_caller]
+fn assert_status(s: &Status, code: Code, needle: &str) {
+    assert_eq!(s.code(), code, "unexpected status: {s:?}");
+    assert!(
+        s.message().contains(needle),
+        "status message {:?} does not mention {needle:?}",
+        s.message()
+    );
+}
+
+/// `s` is INVALID_ARGUMENT naming exactly `field` (the daemon writes `field: reason`).
+#[track_caller]
+fn assert_field(s: &Status, field: &str) {
+    assert_status(s, Code::InvalidArgument, &format!("{field}:"));
+}
+
+fn ids(list: &ServerList) -> Vec<&str> {
+    list.servers
+        .iter()
+        .map(|s| s.instance_id.as_str())
+        .collect()
+}
+
+fn has(list: &ServerList, id: &str) -> bool {
+    list.servers.iter().any(|s| s.instance_id == id)
+}
+
+/// How many entries of `order` point at the server `id`.
+fn shares(list: &ServerList, id: &str) -> usize {
+    let i = list
+        .servers
+        .iter()
+        .position(|s| s.instance_id == id)
+        .unwrap_or_else(|| panic!("{id:?} not in {list:?}")) as u32;
+    list.order.iter().filter(|&&x| x == i).count()
+}
+
+/// Every `order` index points into `servers`.
+#[track_caller]
+fn assert_well_formed(list: &ServerList) {
+    for &i in &list.order {
+        assert!(
+            (i as usize) < list.servers.len(),
+            "bad index {i} in {list:?}"
+        );
+    }
+}
+
+fn is_rotation(a: &[u32], b: &[u32]) -> bool {
+    a.len() == b.len() && (a.is_empty() || (0..a.len()).any(|k| a[k..].iter().chain(&a[..k]).eq(b)))
+}
+
+// -------------------------------------------------------------------- tests
+
+/// 1. A ReportLoad registration shows up in a subscriber's list, with
+///    GCD-reduced weights, and the daemon announces its report interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_appears_in_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |c| {
+        c.report_interval = Duration::from_millis(250);
+    })
+    .await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let empty = next_list(&mut sub).await;
+    assert!(
+        empty.servers.is_empty() && empty.order.is_empty(),
+        "{empty:?}"
+    );
+
+    let a = attach(d.addr, instance(SERVICE, "a", 7001, 2), 0).await;
+    assert_eq!(a.hello.report_interval_ms, 250);
+    assert!(!a.hello.drain);
+    let b = attach(d.addr, instance(SERVICE, "b", 7002, 4), 0).await;
+    assert_eq!(b.hello.report_interval_ms, 250);
+    a.tx.send(report_msg(good_load())).await.unwrap();
+
+    let list = next_list_where(&mut sub, WAIT, |l| l.servers.len() == 2).await;
+    assert_well_formed(&list);
+    assert_eq!(ids(&list), ["a", "b"]);
+    assert_eq!(list.servers[0].address, "127.0.0.1:7001");
+    assert_eq!(list.servers[1].address, "127.0.0.1:7002");
+    assert_eq!(list.servers[0].zone, "zone-a");
+    assert!(list.servers.iter().all(|s| s.tier == 0 && !s.drop));
+    // Weights 2 and 4 reduce to 1 and 2: a period of 3.
+    assert_eq!(list.order.len(), 3, "{list:?}");
+    assert_eq!((shares(&list, "a"), shares(&list, "b")), (1, 2));
+    assert!(list.version > empty.version);
+    drop((a, b));
+    d.stop().await;
+}
+
+/// 2. Registrations outside the documented limits are refused naming the
+///    field, and none of them is listed or persisted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_registrations_are_refused_and_not_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let with = |f: fn(&mut Instance)| {
+        let mut i = instance(SERVICE, "b1", 7001, 1);
+        f(&mut i);
+        register_msg(i, 0)
+    };
+    let cases: Vec<(&str, ReportLoadRequest, &str)> = vec![
+        (
+            "no instance",
+            ReportLoadRequest {
+                msg: Some(BackendMsg::Register(Registration {
+                    instance: None,
+                    ttl_ms: 0,
+                })),
+            },
+            "register.instance",
+        ),
+        (
+            "empty service",
+            with(|i| i.service.clear()),
+            "register.instance.service",
+        ),
+        (
+            "254-byte service",
+            with(|i| i.service = "s".repeat(254)),
+            "register.instance.service",
+        ),
+        (
+            "service with a space",
+            with(|i| i.service = "echo v1".into()),
+            "register.instance.service",
+        ),
+        (
+            "empty instance_id",
+            with(|i| i.instance_id.clear()),
+            "register.instance.instance_id",
+        ),
+        (
+            "address without port",
+            with(|i| i.address = "nohost".into()),
+            "register.instance.address",
+        ),
+        (
+            "port 0",
+            with(|i| i.address = "127.0.0.1:0".into()),
+            "register.instance.address",
+        ),
+        (
+            "port 99999",
+            with(|i| i.address = "127.0.0.1:99999".into()),
+            "register.instance.address",
+        ),
+        (
+            "unspecified host",
+            with(|i| i.address = "0.0.0.0:80".into()),
+            "register.instance.address",
+        ),
+        (
+            "weight 0",
+            with(|i| i.weight = 0),
+            "register.instance.weight",
+        ),
+        (
+            "weight 10001",
+            with(|i| i.weight = 10_001),
+            "register.instance.weight",
+        ),
+        (
+            "65 labels",
+            with(|i| {
+                i.labels = (0..65)
+                    .map(|n| (format!("k{n}"), "v".to_string()))
+                    .collect();
+            }),
+            "register.instance.labels",
+        ),
+        (
+            "ttl 50 ms",
+            register_msg(instance(SERVICE, "b1", 7001, 1), 50),
+            "register.ttl_ms",
+        ),
+        (
+            "ttl above an hour",
+            register_msg(instance(SERVICE, "b1", 7001, 1), 3_600_001),
+            "register.ttl_ms",
+        ),
+    ];
+    for (what, req, field) in cases {
+        let (_tx, r) = open_report_stream(d.addr, req).await;
+        let s = first_error(r).await;
+        assert_eq!(s.code(), Code::InvalidArgument, "{what}: {s:?}");
+        assert!(
+            s.message().contains(&format!("{field}:")),
+            "{what}: {:?} does not name {field}",
+            s.message()
+        );
+    }
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let list = next_list(&mut sub).await;
+    assert!(list.servers.is_empty() && list.order.is_empty(), "{list:?}");
+    drop(sub);
+    d.stop().await;
+
+    let d = Daemon::start(dir.path(), |c| c.restore_grace = Duration::from_secs(5)).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let list = next_list(&mut sub).await;
+    assert!(list.servers.is_empty() && list.order.is_empty(), "{list:?}");
+    drop(sub);
+    d.stop().await;
+}
+
+/// 3. A load report outside the limits ends its stream with INVALID_ARGUMENT
+///    naming the field, and the instance leaves the lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_load_reports_end_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let cases: Vec<(&str, LoadReport, &str)> = vec![
+        (
+            "cpu NaN",
+            LoadReport {
+                cpu_utilization: f64::NAN,
+                ..good_load()
+            },
+            "report.cpu_utilization",
+        ),
+        (
+            "cpu -0.5",
+            LoadReport {
+                cpu_utilization: -0.5,
+                ..good_load()
+            },
+            "report.cpu_utilization",
+        ),
+        (
+            "cpu 1e9",
+            LoadReport {
+                cpu_utilization: 1e9,
+                ..good_load()
+            },
+            "report.cpu_utilization",
+        ),
+        (
+            "qps -1",
+            LoadReport {
+                qps: Some(-1.0),
+                ..good_load()
+            },
+            "report.qps",
+        ),
+        (
+            "active_requests 10_000_001",
+            LoadReport {
+                active_requests: 10_000_001,
+                ..good_load()
+            },
+            "report.active_requests",
+        ),
+    ];
+    for (what, load, field) in cases {
+        let mut b = attach(d.addr, instance(SERVICE, "b1", 7001, 1), 0).await;
+        next_list_where(&mut sub, WAIT, |l| has(l, "b1")).await;
+        // A valid report first: it must not be what ends the stream.
+        b.tx.send(report_msg(good_load())).await.unwrap();
+        b.tx.send(report_msg(load)).await.unwrap();
+        let s = stream_error(&mut b.stream).await;
+        assert_eq!(s.code(), Code::InvalidArgument, "{what}: {s:?}");
+        assert!(
+            s.message().contains(&format!("{field}:")),
+            "{what}: {:?} does not name {field}",
+            s.message()
+        );
+        // The sender is still alive: the daemon, not the client, ended it.
+        let gone = next_list_where(&mut sub, WAIT, |l| !has(l, "b1")).await;
+        assert!(gone.servers.is_empty(), "{what}: {gone:?}");
+    }
+    drop(sub);
+    d.stop().await;
+}
+
+/// 4. Protocol errors on the ReportLoad stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_load_protocol_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+
+    let (_tx, r) = open_report_stream(d.addr, report_msg(good_load())).await;
+    assert_status(&first_error(r).await, Code::FailedPrecondition, "register");
+
+    let (_tx, r) = open_report_stream(d.addr, drain_msg()).await;
+    assert_status(&first_error(r).await, Code::FailedPrecondition, "register");
+
+    let (_tx, r) = open_report_stream(d.addr, ReportLoadRequest { msg: None }).await;
+    assert_field(&first_error(r).await, "msg");
+
+    // A stream that ends before saying anything.
+    let r = timeout(
+        WAIT,
+        registry(d.addr)
+            .await
+            .report_load(tokio_stream::empty::<ReportLoadRequest>()),
+    )
+    .await
+    .unwrap()
+    .map(|r| r.into_inner());
+    assert_eq!(first_error(r).await.code(), Code::InvalidArgument);
+
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    // A second `register` on a registered stream.
+    let mut b = attach(d.addr, instance(SERVICE, "b1", 7001, 1), 0).await;
+    next_list_where(&mut sub, WAIT, |l| has(l, "b1")).await;
+    b.tx.send(register_msg(instance(SERVICE, "b1", 7001, 1), 0))
+        .await
+        .unwrap();
+    assert_status(
+        &stream_error(&mut b.stream).await,
+        Code::FailedPrecondition,
+        "register",
+    );
+    next_list_where(&mut sub, WAIT, |l| !has(l, "b1")).await;
+
+    // An empty message on a registered stream.
+    let mut b = attach(d.addr, instance(SERVICE, "b2", 7002, 1), 0).await;
+    next_list_where(&mut sub, WAIT, |l| has(l, "b2")).await;
+    b.tx.send(ReportLoadRequest { msg: None }).await.unwrap();
+    assert_field(&stream_error(&mut b.stream).await, "msg");
+    next_list_where(&mut sub, WAIT, |l| !has(l, "b2")).await;
+    drop(sub);
+    d.stop().await;
+}
+
+/// 5. A live id keeps its address; the same id at the same address on a new
+///    stream takes over and the old stream is told it was replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_id_conflicts_and_takeover() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let mut first = attach(d.addr, instance(SERVICE, "a1", 7001, 1), 0).await;
+    next_list_where(&mut sub, WAIT, |l| has(l, "a1")).await;
+
+    let (_tx, r) =
+        open_report_stream(d.addr, register_msg(instance(SERVICE, "a1", 7002, 1), 0)).await;
+    assert_status(
+        &first_error(r).await,
+        Code::FailedPrecondition,
+        "127.0.0.1:7001",
+    );
+    // Unaffected: a new subscriber sees the first registration.
+    let mut other = subscribe(d.addr, SERVICE).await;
+    let list = next_list(&mut other).await;
+    assert_eq!(ids(&list), ["a1"]);
+    assert_eq!(list.servers[0].address, "127.0.0.1:7001");
+    // And its stream is still the owner: it can report.
+    first.tx.send(report_msg(good_load())).await.unwrap();
+
+    // Same id and address: a reconnect, which takes over.
+    let second = attach(d.addr, instance(SERVICE, "a1", 7001, 1), 0).await;
+    assert_status(
+        &stream_error(&mut first.stream).await,
+        Code::FailedPrecondition,
+        "replaced",
+    );
+    // The replaced stream closing must not remove the instance.
+    drop(first);
+    let _z = attach(d.addr, instance(SERVICE, "z1", 7009, 1), 0).await;
+    let list = next_list_where(&mut sub, WAIT, |l| has(l, "z1")).await;
+    assert_eq!(ids(&list), ["a1", "z1"]);
+    assert_eq!(list.servers[0].address, "127.0.0.1:7001");
+    // The new owner's stream is the one that counts now.
+    drop(second);
+    let list = next_list_where(&mut sub, WAIT, |l| !has(l, "a1")).await;
+    assert_eq!(ids(&list), ["z1"]);
+    drop((sub, other));
+    d.stop().await;
+}
+
+/// 6. A broken stream removes its instance at once; `drain` removes it and
+///    ends the stream OK; neither comes back after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_break_and_drain_remove_the_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+
+    let b = attach(d.addr, instance(SERVICE, "b1", 7001, 1), 0).await;
+    let _keep = attach(d.addr, instance(SERVICE, "k1", 7002, 1), 0).await;
+    next_list_where(&mut sub, WAIT, |l| has(l, "b1") && has(l, "k1")).await;
+    drop(b);
+    let list = next_list_where(&mut sub, Duration::from_secs(2), |l| !has(l, "b1")).await;
+    assert_eq!(ids(&list), ["k1"]);
+
+    let mut b = attach(d.addr, instance(SERVICE, "b2", 7003, 1), 0).await;
+    next_list_where(&mut sub, WAIT, |l| has(l, "b2")).await;
+    b.tx.send(drain_msg()).await.unwrap();
+    let end = timeout(WAIT, b.stream.message())
+        .await
+        .expect("the drained stream ends within 5 s");
+    assert!(
+        matches!(end, Ok(None)),
+        "drain should end the stream OK: {end:?}"
+    );
+    let list = next_list_where(&mut sub, WAIT, |l| !has(l, "b2")).await;
+    assert_eq!(ids(&list), ["k1"]);
+    drop((sub, b));
+    d.stop().await;
+
+    // Only k1 was registered when the daemon stopped.
+    let d = Daemon::start(dir.path(), |c| c.restore_grace = Duration::from_secs(5)).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    assert_eq!(ids(&next_list(&mut sub).await), ["k1"]);
+    drop(sub);
+    d.stop().await;
+}
+
+/// 7. Reports keep a stream registration alive; silence beyond its TTL
+///    removes it and ends the stream with FAILED_PRECONDITION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_stream_expires_after_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let mut b = attach(d.addr, instance(SERVICE, "b1", 7001, 1), 300).await;
+    next_list_where(&mut sub, WAIT, |l| has(l, "b1")).await;
+
+    // Reports every 100 ms for a second (over three TTLs): it stays listed.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        tokio::select! {
+            _ = tick.tick() => b.tx.send(report_msg(good_load())).await.unwrap(),
+            m = sub.message() => {
+                let list = m.unwrap().expect("subscription open").list.unwrap();
+                assert!(has(&list, "b1"), "left while reporting: {list:?}");
+            }
+        }
+    }
+
+    // Silence: it expires.
+    let list = next_list_where(&mut sub, WAIT, |l| !has(l, "b1")).await;
+    assert!(list.servers.is_empty(), "{list:?}");
+    assert_status(
+        &stream_error(&mut b.stream).await,
+        Code::FailedPrecondition,
+        "expired",
+    );
+    drop((sub, b));
+    d.stop().await;
+}
+
+/// 8. Unary Register (leases) and Deregister.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_register_and_deregister() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |c| c.default_ttl = Duration::from_secs(2)).await;
+    let mut reg = registry(d.addr).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let dereg = |id: &str| DeregisterRequest {
+        service: SERVICE.into(),
+        instance_id: id.into(),
+    };
+
+    // Default TTL, listing, deregistration (idempotent).
+    let r = reg
+        .register(lease(instance(SERVICE, "l1", 7001, 1), 0))
+        .await;
+    assert_eq!(r.unwrap().into_inner().ttl_ms, 2000);
+    let list = next_list_where(&mut sub, WAIT, |l| has(l, "l1")).await;
+    assert_eq!(list.servers[0].address, "127.0.0.1:7001");
+    let r = reg.deregister(dereg("l1")).await.unwrap().into_inner();
+    assert!(r.existed);
+    next_list_where(&mut sub, WAIT, |l| !has(l, "l1")).await;
+    let r = reg.deregister(dereg("l1")).await.unwrap().into_inner();
+    assert!(!r.existed);
+
+    // A lease that is not renewed runs out.
+    let r = reg
+        .register(lease(instance(SERVICE, "l2", 7002, 1), 300))
+        .await;
+    assert_eq!(r.unwrap().into_inner().ttl_ms, 300);
+    next_list_where(&mut sub, WAIT, |l| has(l, "l2")).await;
+    next_list_where(&mut sub, WAIT, |l| !has(l, "l2")).await;
+
+    // A renewed lease stays, then runs out once renewals stop.
+    let l3 = lease(instance(SERVICE, "l3", 7003, 1), 300);
+    reg.register(l3.clone()).await.unwrap();
+    next_list_where(&mut sub, WAIT, |l| has(l, "l3")).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        tokio::select! {
+            _ = tick.tick() => {
+                let r = reg.register(l3.clone()).await.unwrap().into_inner();
+                assert_eq!(r.ttl_ms, 300);
+            }
+            m = sub.message() => {
+                let list = m.unwrap().expect("subscription open").list.unwrap();
+                assert!(has(&list, "l3"), "left while renewed: {list:?}");
+            }
+        }
+    }
+    next_list_where(&mut sub, WAIT, |l| !has(l, "l3")).await;
+
+    // Bad requests name the field.
+    let s = reg
+        .deregister(DeregisterRequest {
+            service: String::new(),
+            instance_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_field(&s, "service");
+    let s = reg
+        .deregister(DeregisterRequest {
+            service: SERVICE.into(),
+            instance_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_field(&s, "instance_id");
+    let s = reg
+        .register(RegisterRequest {
+            instance: None,
+            ttl_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_field(&s, "instance");
+    let mut bad = instance(SERVICE, "l4", 7004, 1);
+    bad.address = "nohost".into();
+    let s = reg.register(lease(bad, 0)).await.unwrap_err();
+    assert_field(&s, "instance.address");
+    let s = reg
+        .register(lease(instance(SERVICE, "l4", 7004, 1), 50))
+        .await
+        .unwrap_err();
+    assert_field(&s, "ttl_ms");
+
+    // A lease cannot take an id a live stream holds; Deregister can remove it.
+    let mut b = attach(d.addr, instance(SERVICE, "s1", 7005, 1), 0).await;
+    next_list_where(&mut sub, WAIT, |l| has(l, "s1")).await;
+    let s = reg
+        .register(lease(instance(SERVICE, "s1", 7005, 1), 0))
+        .await
+        .unwrap_err();
+    assert_status(&s, Code::FailedPrecondition, "s1");
+    let mut other = subscribe(d.addr, SERVICE).await;
+    assert_eq!(ids(&next_list(&mut other).await), ["s1"]);
+    let r = reg.deregister(dereg("s1")).await.unwrap().into_inner();
+    assert!(r.existed);
+    next_list_where(&mut sub, WAIT, |l| !has(l, "s1")).await;
+    assert_status(
+        &stream_error(&mut b.stream).await,
+        Code::FailedPrecondition,
+        "deregistered",
+    );
+    drop((sub, other, b));
+    d.stop().await;
+}
+
+/// 9. Subscribe: unknown services, bad subscriptions, stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_lists_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |c| {
+        c.stats_interval = Duration::from_millis(700);
+    })
+    .await;
+    let mut reg = registry(d.addr).await;
+
+    // An unknown service: an empty list at once, then the backend.
+    let mut sub = subscribe(d.addr, "unknown.svc").await;
+    let first = timeout(WAIT, sub.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a first response");
+    assert_eq!(first.stats_interval_ms, 700);
+    let empty = first.list.expect("the first response carries a list");
+    assert!(
+        empty.servers.is_empty() && empty.order.is_empty(),
+        "{empty:?}"
+    );
+    reg.register(lease(instance("unknown.svc", "u1", 7001, 1), 60_000))
+        .await
+        .unwrap();
+    let list = next_list_where(&mut sub, WAIT, |l| has(l, "u1")).await;
+    assert_eq!(list.order, [0]);
+    assert!(
+        list.version > empty.version,
+        "{} <= {}",
+        list.version,
+        empty.version
+    );
+
+    // Bad subscriptions.
+    let sub_req = |service: &str, client: Option<ClientIdentity>| SubscribeRequest {
+        msg: Some(ClientMsg::Subscribe(Subscription {
+            service: service.into(),
+            client,
+        })),
+    };
+    let client = |id: String| {
+        Some(ClientIdentity {
+            client_id: id,
+            ..Default::default()
+        })
+    };
+    let cases = vec![
+        (
+            "empty service",
+            sub_req("", client("c".into())),
+            "subscribe.service",
+        ),
+        (
+            "254-byte service",
+            sub_req(&"s".repeat(254), client("c".into())),
+            "subscribe.service",
+        ),
+        ("no client", sub_req(SERVICE, None), "subscribe.client"),
+        (
+            "empty client_id",
+            sub_req(SERVICE, client(String::new())),
+            "subscribe.client.client_id",
+        ),
+        (
+            "129-byte client_id",
+            sub_req(SERVICE, client("c".repeat(129))),
+            "subscribe.client.client_id",
+        ),
+    ];
+    for (what, req, field) in cases {
+        let (_tx, r) = subscribe_with(d.addr, req).await;
+        let s = first_error(r).await;
+        assert_eq!(s.code(), Code::InvalidArgument, "{what}: {s:?}");
+        assert!(
+            s.message().contains(&format!("{field}:")),
+            "{what}: {:?} does not name {field}",
+            s.message()
+        );
+    }
+    let (_tx, r) = subscribe_with(d.addr, stats_msg(ClientStats::default())).await;
+    assert_status(&first_error(r).await, Code::FailedPrecondition, "subscribe");
+    let (_tx, r) = subscribe_with(d.addr, SubscribeRequest { msg: None }).await;
+    assert_field(&first_error(r).await, "msg");
+
+    // Valid stats are taken in and the stream stays open; bad ones end it.
+    let (tx, r) = subscribe_with(d.addr, subscription(SERVICE, "stats-client")).await;
+    let mut stream = r.unwrap();
+    assert!(next_list(&mut stream).await.servers.is_empty());
+    tx.send(stats_msg(ClientStats {
+        instances: vec![InstanceStats {
+            instance_id: "v1".into(),
+            calls_started: 10,
+            calls_finished: 9,
+            calls_failed: 1,
+            latency_sum_us: 9_000,
+        }],
+        dropped: 0,
+        no_backend: 2,
+    }))
+    .await
+    .unwrap();
+    reg.register(lease(instance(SERVICE, "v1", 7002, 1), 60_000))
+        .await
+        .unwrap();
+    next_list_where(&mut stream, WAIT, |l| has(l, "v1")).await;
+    tx.send(stats_msg(ClientStats {
+        instances: vec![InstanceStats {
+            instance_id: "v1".into(),
+            calls_started: 5,
+            calls_finished: 4,
+            calls_failed: 5,
+            latency_sum_us: 100,
+        }],
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    // The only error is the bad message's: the valid one was accepted.
+    assert_field(
+        &subscription_error(&mut stream).await,
+        "stats.instances[0].calls_failed",
+    );
+
+    // A second subscription on one stream.
+    let (tx, r) = subscribe_with(d.addr, subscription(SERVICE, "twice")).await;
+    let mut stream = r.unwrap();
+    tx.send(subscription(SERVICE, "twice")).await.unwrap();
+    assert_status(
+        &subscription_error(&mut stream).await,
+        Code::FailedPrecondition,
+        "subscribed",
+    );
+    drop((sub, tx));
+    d.stop().await;
+}
+
+/// Registers p1..p3 (weights 1, 2, 3) over streams, checks they are listed,
+/// stops the daemon and checks every stream ends with UNAVAILABLE. Returns
+/// the highest list version seen.
+async fn register_three_and_stop(dir: &Path) -> u64 {
+    let d = Daemon::start(dir, |_| {}).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let mut backends = Vec::new();
+    for (n, port) in [(1u32, 7001u16), (2, 7002), (3, 7003)] {
+        backends.push(attach(d.addr, instance(SERVICE, &format!("p{n}"), port, n), 0).await);
+    }
+    let before = next_list_where(&mut sub, WAIT, |l| l.servers.len() == 3).await;
+    assert_eq!(ids(&before), ["p1", "p2", "p3"]);
+
+    let stopping = tokio::spawn(d.stop());
+    for b in &mut backends {
+        assert_status(
+            &stream_error(&mut b.stream).await,
+            Code::Unavailable,
+            "shutting down",
+        );
+    }
+    assert_eq!(subscription_error(&mut sub).await.code(), Code::Unavailable);
+    stopping.await.unwrap();
+    before.version
+}
+
+/// 10. Registrations survive a graceful restart, are listed at once with a
+///     higher version, and leave after the grace unless their backends return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_survive_a_restart_for_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = register_three_and_stop(dir.path()).await;
+
+    let d = Daemon::start(dir.path(), |c| c.restore_grace = Duration::from_secs(1)).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let list = next_list(&mut sub).await;
+    assert_well_formed(&list);
+    assert_eq!(ids(&list), ["p1", "p2", "p3"]);
+    let addrs: Vec<&str> = list.servers.iter().map(|s| s.address.as_str()).collect();
+    assert_eq!(
+        addrs,
+        ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+    );
+    assert_eq!(
+        (
+            shares(&list, "p1"),
+            shares(&list, "p2"),
+            shares(&list, "p3")
+        ),
+        (1, 2, 3)
+    );
+    assert!(list.version > before, "{} <= {before}", list.version);
+
+    let gone = next_list_where(&mut sub, WAIT, |l| l.servers.is_empty()).await;
+    assert!(gone.order.is_empty());
+    assert!(gone.version > list.version);
+    drop(sub);
+    d.stop().await;
+}
+
+/// 10b. After a restart, a backend that re-registers within the grace stays;
+///      the others leave when the grace ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reattached_backend_outlives_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    register_three_and_stop(dir.path()).await;
+
+    let d = Daemon::start(dir.path(), |c| {
+        c.restore_grace = Duration::from_millis(1500)
+    })
+    .await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    assert_eq!(ids(&next_list(&mut sub).await), ["p1", "p2", "p3"]);
+    let _p2 = attach(d.addr, instance(SERVICE, "p2", 7002, 2), 0).await;
+    let list = next_list_where(&mut sub, WAIT, |l| l.servers.len() < 3).await;
+    assert_eq!(ids(&list), ["p2"]);
+    assert_eq!(list.servers[0].address, "127.0.0.1:7002");
+    assert_eq!(list.order, [0]);
+    drop(sub);
+    d.stop().await;
+}
+
+/// 11. Subscribers get their own rotation of the same list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_different_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut reg = registry(d.addr).await;
+    for (n, port) in [(1u32, 7001u16), (2, 7002), (3, 7003)] {
+        reg.register(lease(instance(SERVICE, &format!("r{n}"), port, n), 60_000))
+            .await
+            .unwrap();
+    }
+    let mut lists = Vec::new();
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let mut sub = subscribe(d.addr, SERVICE).await;
+        lists.push(next_list_where(&mut sub, WAIT, |l| l.servers.len() == 3).await);
+        subs.push(sub);
+    }
+    for l in &lists {
+        assert_well_formed(l);
+        assert_eq!(l.servers, lists[0].servers);
+        assert_eq!(l.order.len(), 6, "{l:?}");
+        assert_eq!(
+            (shares(l, "r1"), shares(l, "r2"), shares(l, "r3")),
+            (1, 2, 3)
+        );
+        assert!(
+            is_rotation(&lists[0].order, &l.order),
+            "{:?} is not a rotation of {:?}",
+            l.order,
+            lists[0].order
+        );
+    }
+    assert!(
+        lists.iter().any(|l| l.order != lists[0].order),
+        "every subscriber got the same order: {:?}",
+        lists[0].order
+    );
+    drop(subs);
+    d.stop().await;
+}
+
+/// The interval the daemon asks for must let a backend that follows it stay
+/// registered: with `ttl_ms` 300 and the default 1 s report interval, a
+/// backend reporting as told is expired between any two reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_interval_fits_within_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |c| c.report_interval = Duration::from_secs(1)).await;
+    let b = attach(d.addr, instance(SERVICE, "b1", 7001, 1), 300).await;
+    assert!(
+        b.hello.report_interval_ms > 0 && b.hello.report_interval_ms < 300,
+        "asked to report every {} ms with a 300 ms TTL",
+        b.hello.report_interval_ms
+    );
+    drop(b);
+    d.stop().await;
+}
