@@ -62,14 +62,7 @@ impl Echo for EchoService {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    lb_tests::cli::init_tracing("info");
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -95,29 +88,11 @@ async fn main() -> anyhow::Result<()> {
             },
         );
     let server = tokio::spawn(server);
-    signal().await;
+    lb_tests::cli::shutdown_signal().await;
     // Drain first: leave every list, then stop serving.
     reporter.shutdown(Duration::from_secs(2)).await;
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

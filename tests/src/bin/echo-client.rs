@@ -53,14 +53,7 @@ fn parse_expect(s: &str) -> Result<(String, u64), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    lb_tests::cli::init_tracing("warn");
     let args = Args::parse();
     let mut opts = ClientOptions::new(&args.daemon);
     opts.fallback = args.fallback.clone();
