@@ -29,3 +29,18 @@ pub mod store;
 
 pub use config::Config;
 pub use server::{run, ServerError};
+
+/// Property tests use a fixed seed, so CI is deterministic; set
+/// `PROPTEST_RNG_SEED` to explore other cases locally.
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let mut c = Config {
+        failure_persistence: None,
+        ..Config::default()
+    };
+    if matches!(c.rng_seed, RngSeed::Random) {
+        c.rng_seed = RngSeed::Fixed(0x1b_5eed);
+    }
+    c
+}

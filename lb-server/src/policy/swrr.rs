@@ -193,6 +193,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::proptest_config())]
+
         #[test]
         fn exact_shares_over_one_period(w in prop::collection::vec(1u32..200, 1..12)) {
             let e = expand(&w, 100_000);
