@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod keyhash;
+
 /// Package `lb.v1`.
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {

@@ -10,6 +10,13 @@
 //! Policies: [`swrr`] (smooth weighted round robin over static weights, the only
 //! one so far; the policy-engine issue adds the rest behind [`PolicyKind`]).
 
+pub mod chash;
+pub mod ewma;
+pub mod least;
+pub mod load_aware;
+pub mod outcome;
+pub mod random;
+pub mod slow_start;
 pub mod swrr;
 
 use crate::model::{InstanceSpec, Load};
