@@ -41,6 +41,10 @@ for w in 1 2 3; do
     echo "echo-backend b$w (weight $w) on $(addr_of "$tmp/b$w.out")"
 done
 
+# The default policy is load_aware; this demo shows static weights at work.
+"$bin/lb-server" ctl --server "$daemon" set-policy echo weighted_round_robin >/dev/null
+echo "policy: weighted_round_robin (set with lb-server ctl)"
+
 echo "echo-client: 6000 calls through lb-client"
 "$bin/echo-client" --daemon "$daemon" --service echo --calls 6000 --min-servers 3 \
     --expect b1=1 --expect b2=2 --expect b3=3 --tolerance 2

@@ -30,6 +30,16 @@ pub enum Error {
         /// Number of distinct servers in the list.
         servers: usize,
     },
+    /// An `affinity` entry points past the end of `servers`: as above.
+    #[error("affinity[{position}] = {index} but the list has only {servers} servers")]
+    AffinityOutOfRange {
+        /// Position in `affinity`.
+        position: usize,
+        /// The offending index.
+        index: u32,
+        /// Number of distinct servers in the list.
+        servers: usize,
+    },
 }
 
 /// Why [`PickList::pick`] returned no endpoint.
@@ -212,6 +222,8 @@ pub struct PickList {
     order: Box<[u32]>,
     /// Starts at 0 for every new list: the daemon already rotated it for us.
     cursor: AtomicUsize,
+    /// Hash policies: key hash → index into `servers` (empty otherwise).
+    affinity: Box<[u32]>,
 }
 
 impl PickList {
@@ -240,7 +252,46 @@ impl PickList {
             servers: servers.into_iter().map(Arc::new).collect(),
             order: order.into_boxed_slice(),
             cursor: AtomicUsize::new(0),
+            affinity: Box::new([]),
         })
+    }
+
+    /// Adds the hash policies' affinity table (indices into the servers).
+    pub fn with_affinity(mut self, affinity: Vec<u32>) -> Result<PickList, Error> {
+        if let Some((position, &index)) = affinity
+            .iter()
+            .enumerate()
+            .find(|(_, &i)| i as usize >= self.servers.len())
+        {
+            return Err(Error::AffinityOutOfRange {
+                position,
+                index,
+                servers: self.servers.len(),
+            });
+        }
+        self.affinity = affinity.into_boxed_slice();
+        Ok(self)
+    }
+
+    /// Whether the list carries an affinity table (a hash policy is in force).
+    pub fn has_affinity(&self) -> bool {
+        !self.affinity.is_empty()
+    }
+
+    /// Picks for a request key: with an affinity table, the server the table
+    /// assigns to `lb_proto::keyhash::hash(key)`; without one, the next entry
+    /// as [`PickList::pick`] does. Lock-free and allocation-free as `pick`.
+    pub fn pick_for_key(&self, key: &[u8]) -> Result<Arc<Endpoint>, NoPick> {
+        if self.affinity.is_empty() {
+            return self.pick();
+        }
+        let slot = (lb_proto::keyhash::hash(key) % self.affinity.len() as u64) as usize;
+        let ep = &self.servers[self.affinity[slot] as usize];
+        if ep.drop {
+            return Err(NoPick::Dropped);
+        }
+        ep.calls_started.fetch_add(1, Relaxed);
+        Ok(Arc::clone(ep))
     }
 
     /// An empty list (version 0).
@@ -250,6 +301,7 @@ impl PickList {
             servers: Vec::new(),
             order: Box::new([]),
             cursor: AtomicUsize::new(0),
+            affinity: Box::new([]),
         }
     }
 

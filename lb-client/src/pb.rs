@@ -32,7 +32,8 @@ impl TryFrom<v1::ServerList> for PickList {
 
     fn try_from(list: v1::ServerList) -> Result<Self, Error> {
         let servers = list.servers.into_iter().map(endpoint).collect();
-        Ok(PickList::from_parts(list.version, servers, list.order)?)
+        let l = PickList::from_parts(list.version, servers, list.order)?;
+        Ok(l.with_affinity(list.affinity)?)
     }
 }
 
@@ -216,6 +217,7 @@ mod tests {
             version: 9,
             servers: vec![server("a", false), server("d", true)],
             order: vec![0, 1, 0],
+            affinity: vec![],
         })
         .unwrap();
         assert_eq!(list.version(), 9);
@@ -229,11 +231,27 @@ mod tests {
     }
 
     #[test]
+    fn rejects_out_of_range_affinity() {
+        let err = PickList::try_from(v1::ServerList {
+            version: 1,
+            servers: vec![server("a", false)],
+            order: vec![0],
+            affinity: vec![0, 0, 3],
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidList(list::Error::AffinityOutOfRange { position: 2, .. })
+        ));
+    }
+
+    #[test]
     fn rejects_out_of_range_order() {
         let err = PickList::try_from(v1::ServerList {
             version: 1,
             servers: vec![server("a", false)],
             order: vec![0, 7],
+            affinity: vec![],
         })
         .unwrap_err();
         assert!(matches!(

@@ -147,6 +147,7 @@ struct Shared {
     /// Bumped on every list swap; `wait_for` watches it.
     generation: watch::Sender<u64>,
     connected: AtomicBool,
+    streams: AtomicU64,
     dropped: AtomicU64,
     no_backend: AtomicU64,
 }
@@ -231,6 +232,7 @@ impl Subscription {
             list: ArcSwap::from_pointee(list),
             generation: watch::Sender::new(0),
             connected: AtomicBool::new(false),
+            streams: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             no_backend: AtomicU64::new(0),
         });
@@ -248,8 +250,19 @@ impl Subscription {
     /// A drop entry or an empty list is counted (see [`Subscription::dropped`],
     /// [`Subscription::no_backend`]) and reported to the daemon.
     pub fn pick(&self) -> Result<Arc<Endpoint>, NoPick> {
+        self.count(self.inner.shared.list.load().pick())
+    }
+
+    /// Picks for a request key (a user id, a source address, ...): under a
+    /// hash policy the daemon's affinity table decides, so every client sends
+    /// the same key to the same backend; under other policies this is
+    /// [`Subscription::pick`]. Lock-free and allocation-free.
+    pub fn pick_for_key(&self, key: &[u8]) -> Result<Arc<Endpoint>, NoPick> {
+        self.count(self.inner.shared.list.load().pick_for_key(key))
+    }
+
+    fn count(&self, r: Result<Arc<Endpoint>, NoPick>) -> Result<Arc<Endpoint>, NoPick> {
         let shared = &self.inner.shared;
-        let r = shared.list.load().pick();
         match r {
             Err(NoPick::Dropped) => shared.dropped.fetch_add(1, Relaxed),
             Err(NoPick::Empty) => shared.no_backend.fetch_add(1, Relaxed),
@@ -299,6 +312,11 @@ impl Subscription {
     /// True while the stream to a daemon is up.
     pub fn connected(&self) -> bool {
         self.inner.shared.connected.load(Relaxed)
+    }
+
+    /// Subscribe streams opened so far (1 + reconnects, once connected).
+    pub fn streams_opened(&self) -> u64 {
+        self.inner.shared.streams.load(Relaxed)
     }
 
     /// Calls failed locally on a drop entry, since the start.
@@ -389,6 +407,7 @@ impl Task {
             }
         };
         self.shared.connected.store(true, Relaxed);
+        self.shared.streams.fetch_add(1, Relaxed);
         info!(%daemon, %service, "subscribed to lb daemon");
 
         let mut received = false;

@@ -16,13 +16,13 @@ use std::time::Duration;
 use lb_proto::v1 as pb;
 use pb::report_load_request::Msg as BackendMsg;
 use pb::subscribe_request::Msg as ClientMsg;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
-use crate::engine::EngineHandle;
+use crate::engine::{Attached, Directive, EngineHandle};
 use crate::model::InstanceKey;
 use crate::pb::{self as conv, engine_status, invalid};
 
@@ -150,8 +150,8 @@ async fn attach_and_follow(
     stop: watch::Receiver<bool>,
 ) {
     let key = spec.key();
-    let (ended_tx, ended_rx) = oneshot::channel();
-    let attached = match engine.attach(spec, ttl, ended_tx).await {
+    let (directives_tx, directives) = mpsc::channel(8);
+    let attached = match engine.attach(spec, ttl, directives_tx).await {
         Ok(a) => a,
         Err(e) => {
             let _ = tx.send(Err(engine_status(e))).await;
@@ -161,12 +161,12 @@ async fn attach_and_follow(
     tracing::info!(service = %key.service, instance = %key.instance_id, session = attached.session, "backend attached");
     let hello = pb::ReportLoadResponse {
         report_interval_ms: attached.report_interval.as_millis() as u32,
-        drain: false,
+        drain: attached.drained,
     };
     // If the backend is already gone this fails, and the session below sees
     // the broken stream and detaches at once.
     let _ = tx.send(Ok(hello)).await;
-    backend_session(engine, inbound, tx, ended_rx, key, attached.session, stop).await;
+    backend_session(engine, inbound, tx, directives, key, attached, stop).await;
 }
 
 /// Follows one backend's stream after its registration.
@@ -174,11 +174,12 @@ async fn backend_session(
     engine: EngineHandle,
     mut inbound: Streaming<pb::ReportLoadRequest>,
     tx: mpsc::Sender<Result<pb::ReportLoadResponse, Status>>,
-    mut ended: oneshot::Receiver<String>,
+    mut directives: mpsc::Receiver<Directive>,
     key: InstanceKey,
-    session: u64,
+    attached: Attached,
     stop: watch::Receiver<bool>,
 ) {
+    let session = attached.session;
     let stop = stopping(stop);
     tokio::pin!(stop);
     // What to tell the backend when the loop ends, and whether the engine
@@ -204,10 +205,21 @@ async fn backend_session(
                 // End of stream without drain, or the connection broke.
                 Ok(None) | Err(_) => break (None, true),
             },
-            why = &mut ended => {
-                let why = why.unwrap_or_else(|_| "lb-server stopped".into());
-                break (Some(Status::failed_precondition(format!("{why}; register again"))), false);
-            }
+            d = directives.recv() => match d {
+                Some(Directive::Drain(drain)) => {
+                    let msg = pb::ReportLoadResponse {
+                        report_interval_ms: attached.report_interval.as_millis() as u32,
+                        drain,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break (None, true);
+                    }
+                }
+                Some(Directive::End(why)) => {
+                    break (Some(Status::failed_precondition(format!("{why}; register again"))), false);
+                }
+                None => break (Some(Status::unavailable("lb-server stopped")), false),
+            },
             _ = &mut stop => break (Some(Status::unavailable("lb-server is shutting down")), false),
         }
     };

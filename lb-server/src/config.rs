@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::policy::DEFAULT_MAX_LIST_LEN;
+use crate::policy::{PolicyKind, DEFAULT_MAX_LIST_LEN};
 
 /// Everything `run` needs besides its listener.
 #[derive(Debug, Clone)]
@@ -19,6 +19,8 @@ pub struct Config {
     pub restore_grace: Duration,
     /// How often clients should send call statistics.
     pub stats_interval: Duration,
+    /// Policy of services nobody set one for.
+    pub default_policy: PolicyKind,
     /// Default cap on a list's length for services without a policy override.
     pub max_list_len: u32,
     /// How long a graceful shutdown waits for open streams and calls.
@@ -36,6 +38,7 @@ impl Config {
             default_ttl: Duration::from_secs(5),
             restore_grace: Duration::from_secs(15),
             stats_interval: Duration::from_millis(1000),
+            default_policy: PolicyKind::default(),
             max_list_len: DEFAULT_MAX_LIST_LEN,
             drain_timeout: Duration::from_secs(5),
             first_message_timeout: Duration::from_secs(10),

@@ -11,8 +11,14 @@
 //! any caller in the batch hears "ok". Plans are published before that flush,
 //! since a list that runs ahead of the disk by a few milliseconds costs nothing
 //! (a restart restores whatever is durable and grants it a grace period).
+//!
+//! Re-planning: membership and operator changes are planned and pushed at once.
+//! Load reports (for policies that use them), client stats (for policies that
+//! use them) and slow-start ramps mark a service for a damped re-plan: at most
+//! once per `min_plan_interval`, and pushed only if some weight moved by more
+//! than the policy's `hysteresis` (so clients are not herded by noise).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,8 +28,8 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::model::{ClientStats, InstanceKey, InstanceSpec, Load};
-use crate::policy::{self, ServicePlan, ServicePolicy};
-use crate::registry::{Attachment, Registry, RegistryError};
+use crate::policy::{self, PolicyKind, ServicePlan, ServicePolicy};
+use crate::registry::{Attachment, OutcomeTotals, Override, Registry, RegistryError};
 use crate::store::{Store, StoreError};
 
 /// How often the engine looks for expired instances.
@@ -92,11 +98,13 @@ impl Hub {
         self.plans().get(service).map(|tx| tx.borrow().clone())
     }
 
-    /// Publishes `plan` if it differs from the current one; returns whether it did.
-    fn publish(&self, service: &str, plan: ServicePlan) -> bool {
+    /// Publishes `plan` if it differs from the current one (by more than
+    /// `hysteresis`, when given); returns whether it did.
+    fn publish(&self, service: &str, plan: ServicePlan, hysteresis: Option<f64>) -> bool {
         let mut plans = self.plans();
         match plans.get(service) {
             Some(tx) if tx.borrow().plan.same_list(&plan) => false,
+            Some(tx) if hysteresis.is_some_and(|h| plan.close_to(&tx.borrow().plan, h)) => false,
             Some(tx) => {
                 let version = self.next_version();
                 tx.send_replace(Arc::new(Published { version, plan }));
@@ -131,6 +139,61 @@ pub enum EngineError {
     /// The daemon is shutting down; retry against it once it is back.
     #[error("lb-server is shutting down")]
     ShuttingDown,
+    /// No such instance: check the service and instance id (`ctl get SERVICE`).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// What the engine tells a backend's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Directive {
+    /// The registration ended without the stream asking (expired, replaced,
+    /// deregistered): close the stream with this reason.
+    End(String),
+    /// An operator drained (true) or undrained (false) the instance.
+    Drain(bool),
+}
+
+/// A service as `ctl get` shows it.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    /// Service name.
+    pub name: String,
+    /// Policy in force.
+    pub policy: ServicePolicy,
+    /// Version of the published list (0 if none).
+    pub version: u64,
+    /// Entries in one period.
+    pub list_len: usize,
+    /// Largest share error of the published list.
+    pub max_share_error: f64,
+    /// Client-reported drops.
+    pub dropped: u64,
+    /// Client-reported calls with an empty list.
+    pub no_backend: u64,
+    /// Every registered instance, drained ones included.
+    pub instances: Vec<InstanceView>,
+}
+
+/// An instance as `ctl get` shows it.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    /// What it registered.
+    pub spec: InstanceSpec,
+    /// What keeps it alive.
+    pub attachment: Attachment,
+    /// Operator settings.
+    pub over: Override,
+    /// Its effective weight in the published plan (0 if not listed).
+    pub effective_weight: f64,
+    /// Its share of the published list.
+    pub share: f64,
+    /// Latest load report and its age.
+    pub load: Option<(Load, Duration)>,
+    /// Client-reported outcomes.
+    pub outcomes: OutcomeTotals,
+    /// Latency estimate now, µs.
+    pub latency_us: Option<f64>,
 }
 
 #[cfg(test)]
@@ -160,6 +223,8 @@ pub struct Attached {
     pub session: u64,
     /// How often the backend should report.
     pub report_interval: Duration,
+    /// An operator has drained this instance: tell the backend at once.
+    pub drained: bool,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
@@ -167,15 +232,14 @@ type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 /// What the edges ask the engine to do.
 #[derive(Debug)]
 pub enum Command {
-    /// A `ReportLoad` stream registered. `ended` receives the reason when the
-    /// registration ends without the stream asking (expired, replaced, removed).
+    /// A `ReportLoad` stream registered; `directives` reaches its stream.
     Attach {
         /// What registered.
         spec: InstanceSpec,
         /// Silence allowed before expiry (`None`: the default).
         ttl: Option<Duration>,
-        /// Told why, when the engine ends this registration.
-        ended: oneshot::Sender<String>,
+        /// Where the engine sends [`Directive`]s for this stream.
+        directives: mpsc::Sender<Directive>,
         /// The answer.
         reply: Reply<Attached>,
     },
@@ -229,6 +293,34 @@ pub enum Command {
         /// What it saw.
         stats: ClientStats,
     },
+    /// Sets a service's policy (validated by the caller).
+    SetPolicy {
+        /// The service.
+        service: String,
+        /// The policy.
+        policy: ServicePolicy,
+        /// Done once durable.
+        reply: Reply<()>,
+    },
+    /// Changes an instance's override: `weight` (Some(None) clears it) and/or
+    /// `drained`. The instance must be registered.
+    SetOverride {
+        /// The instance.
+        key: InstanceKey,
+        /// New weight override, if changing it.
+        weight: Option<Option<u32>>,
+        /// New drain state, if changing it.
+        drained: Option<bool>,
+        /// The override now in force.
+        reply: Reply<Override>,
+    },
+    /// A snapshot of one service (or all) for the admin API.
+    Inspect {
+        /// One service, or every one.
+        service: Option<String>,
+        /// The views.
+        reply: oneshot::Sender<Vec<ServiceView>>,
+    },
     /// Stop changing state: the daemon is shutting down, and streams closing
     /// because of that must not deregister their instances.
     Freeze {
@@ -242,6 +334,7 @@ pub enum Command {
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     hub: Arc<Hub>,
+    default_policy: Arc<ServicePolicy>,
 }
 
 impl EngineHandle {
@@ -264,15 +357,60 @@ impl EngineHandle {
         &self,
         spec: InstanceSpec,
         ttl: Option<Duration>,
-        ended: oneshot::Sender<String>,
+        directives: mpsc::Sender<Directive>,
     ) -> Result<Attached, EngineError> {
         self.ask(|reply| Command::Attach {
             spec,
             ttl,
-            ended,
+            directives,
             reply,
         })
         .await
+    }
+
+    /// Sets a service's policy; see [`Command::SetPolicy`].
+    pub async fn set_policy(
+        &self,
+        service: String,
+        policy: ServicePolicy,
+    ) -> Result<(), EngineError> {
+        self.ask(|reply| Command::SetPolicy {
+            service,
+            policy,
+            reply,
+        })
+        .await
+    }
+
+    /// Changes an override; see [`Command::SetOverride`].
+    pub async fn set_override(
+        &self,
+        key: InstanceKey,
+        weight: Option<Option<u32>>,
+        drained: Option<bool>,
+    ) -> Result<Override, EngineError> {
+        self.ask(|reply| Command::SetOverride {
+            key,
+            weight,
+            drained,
+            reply,
+        })
+        .await
+    }
+
+    /// Snapshots one service or all of them.
+    pub async fn inspect(&self, service: Option<String>) -> Result<Vec<ServiceView>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Inspect { service, reply })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// The default policy of new services (the daemon's flags applied).
+    pub fn default_policy(&self) -> &ServicePolicy {
+        &self.default_policy
     }
 
     /// Passes a load report on (no answer: a report for a stale session is dropped).
@@ -333,6 +471,8 @@ enum Pending {
     Attach(Reply<Attached>, Result<Attached, EngineError>),
     Lease(Reply<Duration>, Result<Duration, EngineError>),
     Deregister(Reply<bool>, Result<bool, EngineError>),
+    Done(Reply<()>, Result<(), EngineError>),
+    Override(Reply<Override>, Result<Override, EngineError>),
     Freeze(oneshot::Sender<()>),
 }
 
@@ -341,11 +481,16 @@ struct Actor {
     store: Store,
     hub: Arc<Hub>,
     config: Config,
-    /// The `ended` notifier of every stream-attached instance.
-    sessions: HashMap<InstanceKey, (u64, oneshot::Sender<String>)>,
+    /// The directive channel of every stream-attached instance.
+    sessions: HashMap<InstanceKey, (u64, mpsc::Sender<Directive>)>,
     next_session: u64,
     frozen: bool,
+    /// Services to re-plan and push now (membership, operator changes).
+    urgent: BTreeSet<String>,
+    /// Services to re-plan when their damping interval allows.
     dirty: BTreeSet<String>,
+    /// When each service was last planned.
+    last_plan: HashMap<String, Instant>,
     wrote: bool,
     sweeps: u64,
 }
@@ -360,13 +505,16 @@ pub async fn start(
     let hub = Arc::new(Hub::new(generation));
     let default_policy = ServicePolicy {
         max_list_len: config.max_list_len,
-        ..ServicePolicy::default()
+        ..ServicePolicy::with_kind(config.default_policy)
     };
-    let mut registry = Registry::with_default_policy(default_policy);
-    for (service, policy) in store.policies()? {
+    let mut registry = Registry::with_default_policy(default_policy.clone());
+    for (service, policy) in store.policies(&default_policy)? {
         registry.set_policy(&service, policy);
     }
     let now = Instant::now();
+    for (key, o) in store.overrides()? {
+        registry.set_override(&key, o, now);
+    }
     let deadline = now + config.restore_grace;
     let restored = store.instances()?;
     let count = restored.len();
@@ -384,11 +532,13 @@ pub async fn start(
         sessions: HashMap::new(),
         next_session: 1,
         frozen: false,
-        dirty,
+        urgent: dirty,
+        dirty: BTreeSet::new(),
+        last_plan: HashMap::new(),
         wrote: false,
         sweeps: 0,
     };
-    actor.publish_dirty();
+    actor.publish(now);
     tracing::info!(
         generation,
         restored = count,
@@ -396,7 +546,14 @@ pub async fn start(
         "registry loaded"
     );
     let task = tokio::spawn(actor.run(rx));
-    Ok((EngineHandle { tx, hub }, task))
+    Ok((
+        EngineHandle {
+            tx,
+            hub,
+            default_policy: Arc::new(default_policy),
+        },
+        task,
+    ))
 }
 
 impl Actor {
@@ -418,7 +575,7 @@ impl Actor {
                 }
                 _ = sweep.tick() => self.sweep(Instant::now()),
             }
-            self.finish(pending).await;
+            self.finish(pending, Instant::now()).await;
         }
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
@@ -430,15 +587,17 @@ impl Actor {
             Command::Attach {
                 spec,
                 ttl,
-                ended,
+                directives,
                 reply,
             } => {
                 let ttl = ttl.unwrap_or(self.config.default_ttl);
+                let key = spec.key();
                 let r = self
-                    .register(spec, Some(ttl), Some(ended), now)
+                    .register(spec, Some(ttl), Some(directives), now)
                     .map(|session| Attached {
                         session,
                         report_interval: report_interval(self.config.report_interval, ttl),
+                        drained: self.registry.override_of(&key).drained,
                     });
                 pending.push(Pending::Attach(reply, r));
             }
@@ -449,8 +608,12 @@ impl Actor {
             }
             Command::Report { key, session, load } => {
                 // A stale session's report is a race with its removal; the
-                // stream has been (or is being) told via `ended`.
-                let _ = self.registry.report(&key, session, load, now);
+                // stream has been (or is being) told via its directives.
+                if self.registry.report(&key, session, load, now).is_ok()
+                    && self.registry.policy(&key.service).kind.uses_load()
+                {
+                    self.dirty.insert(key.service);
+                }
             }
             Command::Detach { key, session } => {
                 if !self.frozen && self.registry.detach(&key, session) {
@@ -458,6 +621,38 @@ impl Actor {
                     self.forget(&key);
                     self.sessions.remove(&key);
                 }
+            }
+            Command::SetPolicy {
+                service,
+                policy,
+                reply,
+            } => {
+                let r = if self.frozen {
+                    Err(EngineError::ShuttingDown)
+                } else {
+                    self.store
+                        .put_policy(&service, &policy)
+                        .map_err(EngineError::from)
+                        .map(|()| {
+                            tracing::info!(%service, policy = policy.kind.name(), "policy set");
+                            self.wrote = true;
+                            self.registry.set_policy(&service, policy);
+                            self.urgent.insert(service);
+                        })
+                };
+                pending.push(Pending::Done(reply, r));
+            }
+            Command::SetOverride {
+                key,
+                weight,
+                drained,
+                reply,
+            } => {
+                let r = self.set_override(key, weight, drained, now);
+                pending.push(Pending::Override(reply, r));
+            }
+            Command::Inspect { service, reply } => {
+                let _ = reply.send(self.inspect(service.as_deref(), now));
             }
             Command::Drain {
                 key,
@@ -484,9 +679,7 @@ impl Actor {
                         Some(_) => {
                             tracing::info!(service = %key.service, instance = %key.instance_id, "deregistered");
                             self.forget(&key);
-                            if let Some((_, ended)) = self.sessions.remove(&key) {
-                                let _ = ended.send("deregistered".into());
-                            }
+                            self.end_session(&key, "deregistered");
                             true
                         }
                         None => false,
@@ -494,7 +687,13 @@ impl Actor {
                 };
                 pending.push(Pending::Deregister(reply, r));
             }
-            Command::Stats { service, stats } => self.registry.record_stats(&service, &stats),
+            Command::Stats { service, stats } => {
+                self.registry.record_stats(&service, &stats, now);
+                let p = self.registry.policy(&service);
+                if p.kind == PolicyKind::FastestResponse || p.outcome.enabled {
+                    self.dirty.insert(service);
+                }
+            }
             Command::Freeze { reply } => {
                 self.frozen = true;
                 pending.push(Pending::Freeze(reply));
@@ -508,7 +707,7 @@ impl Actor {
         &mut self,
         spec: InstanceSpec,
         ttl: Option<Duration>,
-        ended: Option<oneshot::Sender<String>>,
+        directives: Option<mpsc::Sender<Directive>>,
         now: Instant,
     ) -> Result<u64, EngineError> {
         if self.frozen {
@@ -517,28 +716,27 @@ impl Actor {
         let ttl = ttl.unwrap_or(self.config.default_ttl);
         let persist = self
             .registry
-            .check_register(&spec, ttl, ended.is_some(), now)?;
+            .check_register(&spec, ttl, directives.is_some(), now)?;
         if persist {
             // Written before applying: a store error leaves memory untouched.
             self.store.put_instance(&spec, ttl)?;
             self.wrote = true;
         }
         let key = spec.key();
-        self.dirty.insert(spec.service.clone());
-        let (attachment, session) = match ended {
-            Some(ended) => {
+        self.urgent.insert(spec.service.clone());
+        let (attachment, session) = match directives {
+            Some(directives) => {
                 let session = self.next_session;
                 self.next_session += 1;
-                if let Some((_, old)) = self.sessions.insert(key.clone(), (session, ended)) {
-                    let _ =
-                        old.send("replaced by a newer ReportLoad stream for this instance".into());
-                }
+                self.end_session(
+                    &key,
+                    "replaced by a newer ReportLoad stream for this instance",
+                );
+                self.sessions.insert(key.clone(), (session, directives));
                 (Attachment::Stream { session }, session)
             }
             None => {
-                if let Some((_, old)) = self.sessions.remove(&key) {
-                    let _ = old.send("replaced by a Register lease for this instance".into());
-                }
+                self.end_session(&key, "replaced by a Register lease for this instance");
                 (Attachment::Lease, 0)
             }
         };
@@ -546,9 +744,112 @@ impl Actor {
         Ok(session)
     }
 
+    /// Tells a stream its registration is over (if it has one) and forgets it.
+    fn end_session(&mut self, key: &InstanceKey, why: &str) {
+        if let Some((_, tx)) = self.sessions.remove(key) {
+            let _ = tx.try_send(Directive::End(why.to_string()));
+        }
+    }
+
+    fn set_override(
+        &mut self,
+        key: InstanceKey,
+        weight: Option<Option<u32>>,
+        drained: Option<bool>,
+        now: Instant,
+    ) -> Result<Override, EngineError> {
+        if self.frozen {
+            return Err(EngineError::ShuttingDown);
+        }
+        if self.registry.instance(&key).is_none() {
+            return Err(EngineError::NotFound(format!(
+                "no instance {:?} in service {:?}",
+                key.instance_id, key.service
+            )));
+        }
+        let mut o = self.registry.override_of(&key);
+        if let Some(w) = weight {
+            o.weight = w;
+        }
+        let drain_changed = drained.is_some_and(|d| d != o.drained);
+        if let Some(d) = drained {
+            o.drained = d;
+        }
+        self.store.put_override(&key, &o)?;
+        self.wrote = true;
+        self.registry.set_override(&key, o, now);
+        if drain_changed {
+            if let Some((_, tx)) = self.sessions.get(&key) {
+                let _ = tx.try_send(Directive::Drain(o.drained));
+            }
+        }
+        tracing::info!(service = %key.service, instance = %key.instance_id, weight = ?o.weight, drained = o.drained, "override set");
+        self.urgent.insert(key.service);
+        Ok(o)
+    }
+
+    fn inspect(&self, only: Option<&str>, now: Instant) -> Vec<ServiceView> {
+        let mut names: BTreeSet<String> =
+            self.registry.services().map(|(n, _)| n.clone()).collect();
+        if let Some(o) = only {
+            names.retain(|n| n == o);
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let svc = self.registry.service(&name)?;
+                let published = self.hub.current(&name);
+                let plan = published.as_ref().map(|p| &p.plan);
+                let shares = plan.map(|p| p.shares()).unwrap_or_default();
+                let latency: BTreeMap<&str, f64> = self
+                    .registry
+                    .candidates(&name, now)
+                    .into_iter()
+                    .filter_map(|c| Some((c.spec.instance_id.as_str(), c.latency_us?)))
+                    .collect();
+                let instances = svc
+                    .instances
+                    .values()
+                    .map(|i| {
+                        let at = plan.and_then(|p| {
+                            p.servers
+                                .iter()
+                                .position(|s| s.instance_id == i.spec.instance_id)
+                        });
+                        InstanceView {
+                            spec: i.spec.clone(),
+                            attachment: i.attachment,
+                            over: self.registry.override_of(&i.spec.key()),
+                            effective_weight: at
+                                .and_then(|k| plan.and_then(|p| p.weights.get(k).copied()))
+                                .unwrap_or(0.0),
+                            share: at.and_then(|k| shares.get(k).copied()).unwrap_or(0.0),
+                            load: i
+                                .load
+                                .as_ref()
+                                .map(|l| (l.load.clone(), now.saturating_duration_since(l.at))),
+                            outcomes: i.outcomes,
+                            latency_us: latency.get(i.spec.instance_id.as_str()).copied(),
+                        }
+                    })
+                    .collect();
+                Some(ServiceView {
+                    policy: svc.policy.clone(),
+                    version: published.as_ref().map_or(0, |p| p.version),
+                    list_len: plan.map_or(0, |p| p.order.len()),
+                    max_share_error: plan.map_or(0.0, |p| p.max_share_error),
+                    dropped: svc.dropped,
+                    no_backend: svc.no_backend,
+                    instances,
+                    name,
+                })
+            })
+            .collect()
+    }
+
     /// Drops a removed instance from the store and marks its service.
     fn forget(&mut self, key: &InstanceKey) {
-        self.dirty.insert(key.service.clone());
+        self.urgent.insert(key.service.clone());
         match self.store.delete_instance(key) {
             Ok(()) => self.wrote = true,
             Err(e) => {
@@ -568,24 +869,57 @@ impl Actor {
         for key in self.registry.expire(now) {
             tracing::info!(service = %key.service, instance = %key.instance_id, "registration expired");
             self.forget(&key);
-            if let Some((_, ended)) = self.sessions.remove(&key) {
-                let _ = ended.send("registration expired: no load report within its TTL".into());
+            self.end_session(&key, "registration expired: no load report within its TTL");
+        }
+    }
+
+    /// Plans and pushes every urgent service, and every dirty one whose
+    /// damping interval has passed (those only if they moved past hysteresis).
+    fn publish(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|s| {
+                let min = self.registry.policy(s).min_plan_interval;
+                self.last_plan
+                    .get(*s)
+                    .is_none_or(|t| now.saturating_duration_since(*t) >= min)
+            })
+            .cloned()
+            .collect();
+        for service in std::mem::take(&mut self.urgent) {
+            self.dirty.remove(&service);
+            self.plan(&service, now, None);
+        }
+        for service in due {
+            if self.dirty.remove(&service) {
+                let h = self.registry.policy(&service).hysteresis;
+                self.plan(&service, now, Some(h));
             }
         }
     }
 
-    fn publish_dirty(&mut self) {
-        for service in std::mem::take(&mut self.dirty) {
-            let cands = self.registry.candidates(&service);
-            let plan = policy::plan(&cands, &self.registry.policy(&service));
-            if self.hub.publish(&service, plan) {
-                tracing::debug!(%service, instances = cands.len(), "plan published");
-            }
+    fn plan(&mut self, service: &str, now: Instant, hysteresis: Option<f64>) {
+        let policy = self.registry.policy(service);
+        let cands = self.registry.candidates(service, now);
+        let plan = policy::plan(&cands, &policy, now);
+        let ramping = plan.ramping;
+        let n = cands.len();
+        self.last_plan.insert(service.to_string(), now);
+        if self.hub.publish(service, plan, hysteresis) {
+            tracing::debug!(%service, instances = n, "plan published");
+        }
+        if ramping {
+            // Slow start moves weights with time alone: come back later.
+            self.dirty.insert(service.to_string());
+        }
+        if self.registry.service(service).is_none() {
+            self.last_plan.remove(service);
         }
     }
 
-    async fn finish(&mut self, pending: Vec<Pending>) {
-        self.publish_dirty();
+    async fn finish(&mut self, pending: Vec<Pending>, now: Instant) {
+        self.publish(now);
         let mut flushed = Ok(());
         if std::mem::take(&mut self.wrote) {
             flushed = self.store.flush().await.map_err(|e| e.to_string());
@@ -611,6 +945,12 @@ impl Actor {
                     let _ = tx.send(durable(&flushed, r));
                 }
                 Pending::Deregister(tx, r) => {
+                    let _ = tx.send(durable(&flushed, r));
+                }
+                Pending::Done(tx, r) => {
+                    let _ = tx.send(durable(&flushed, r));
+                }
+                Pending::Override(tx, r) => {
                     let _ = tx.send(durable(&flushed, r));
                 }
                 Pending::Freeze(tx) => {

@@ -5,26 +5,31 @@
 //! # Layout
 //! - [`server`]: `run()`: opens the store, starts the engine, serves gRPC, drains on shutdown.
 //! - [`api`]: the tonic services (thin shells): `Registry` (backends) and `Balancer` (clients).
+//! - [`admin`]: the `Admin` service (operators), a thin shell over the engine's views and commands.
+//! - [`ctl`]: `lb-server ctl …`, the operator CLI over `Admin`.
 //! - [`pb`]: protobuf ⇄ domain conversion; where bad input becomes `invalid_argument`.
 //! - [`engine`]: the task that owns registry + store, batches commands (group
 //!   commit), re-plans and publishes plans through the [`engine::Hub`].
 //! - [`registry`]: pure state machine of services, instances, liveness and outcomes.
-//! - [`policy`]: the pure policy engine (`plan`, per-client offsets); [`policy::swrr`]
-//!   is nginx's smooth weighted round robin.
+//! - [`policy`]: the pure policy engine: `plan()` and `client_order()`, with one
+//!   module per algorithm (see its own map).
 //! - [`store`]: sled persistence of registrations, policies and the generation.
 //! - [`model`]: domain types and the documented limits of every field.
 //! - [`config`]: daemon settings and duration parsing.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod config;
+pub mod ctl;
 pub mod engine;
 pub mod model;
 pub mod pb;
 pub mod policy;
 pub mod registry;
 pub mod server;
+pub mod sim;
 pub mod store;
 
 pub use config::Config;

@@ -1,16 +1,38 @@
-//! `lb-server`: parse flags, set up logging, run the daemon until SIGINT/SIGTERM.
+//! `lb-server`: parse flags, set up logging, run the daemon until SIGINT/SIGTERM;
+//! or, as `lb-server ctl …`, run one operator command against a daemon.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use lb_server::config::{parse_duration, Config};
+use lb_server::ctl::CtlArgs;
+use lb_server::policy::PolicyKind;
+
+fn parse_policy(s: &str) -> Result<PolicyKind, String> {
+    PolicyKind::parse(s).ok_or_else(|| format!("unknown policy {s:?}"))
+}
 
 /// The lb daemon: a lookaside load balancer. Backends register and report load;
 /// clients subscribe and receive ordered server lists.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    daemon: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Operator commands against a running lb-server (`lb-server ctl --help`).
+    Ctl(CtlArgs),
+}
+
+/// The daemon's flags.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Address to serve gRPC on (port 0 picks a free port; the bound address is
     /// printed on stdout as `lb-server listening on ADDR`).
@@ -33,6 +55,9 @@ struct Args {
     /// How often clients should send call statistics.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     stats_interval: Duration,
+    /// Policy of services nobody set one for (see `lb-server ctl set-policy --help`).
+    #[arg(long, default_value = "load_aware", value_parser = parse_policy)]
+    default_policy: PolicyKind,
     /// Longest list (entries in one period) sent to clients.
     #[arg(long, default_value_t = lb_server::policy::DEFAULT_MAX_LIST_LEN,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
@@ -44,7 +69,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Ctl(ctl)) = cli.command {
+        if let Err(e) = lb_server::ctl::run(ctl).await {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let args = cli.daemon;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -62,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
     config.restore_grace = args.restore_grace;
     config.stats_interval = args.stats_interval;
     config.max_list_len = args.max_list_len;
+    config.default_policy = args.default_policy;
     config.drain_timeout = args.drain_timeout;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -9,12 +9,13 @@ use std::time::Duration;
 use lb_proto::v1 as pb;
 use tonic::Status;
 
-use crate::engine::{EngineError, Published};
+use crate::engine::{EngineError, InstanceView, Published, ServiceView};
 use crate::model::{
     ClientIdentity, ClientStats, FieldError, InstanceKey, InstanceOutcomes, InstanceSpec, Load,
     MAX_TTL, MIN_TTL,
 };
-use crate::policy::client_offset;
+use crate::policy::client_order;
+use crate::registry::Attachment;
 use crate::registry::RegistryError;
 
 /// A bad field, as the status a caller sees.
@@ -33,6 +34,7 @@ pub fn engine_status(e: EngineError) -> Status {
         }
         EngineError::Store(e) => Status::unavailable(format!("not persisted: {e}")),
         EngineError::ShuttingDown => Status::unavailable("lb-server is shutting down"),
+        EngineError::NotFound(what) => Status::not_found(what),
     }
 }
 
@@ -136,10 +138,9 @@ pub fn stats(s: pb::ClientStats, field: &str) -> Result<ClientStats, FieldError>
     Ok(st)
 }
 
-/// The list one client sees: the plan's period rotated by the client's offset.
+/// The list one client sees: the plan arranged for this client (see
+/// [`crate::policy::client_order`]), with the affinity table if any.
 pub fn server_list(p: &Published, client_seq: u64) -> pb::ServerList {
-    let order = &p.plan.order;
-    let offset = client_offset(client_seq, order.len());
     pb::ServerList {
         version: p.version,
         servers: p
@@ -155,11 +156,64 @@ pub fn server_list(p: &Published, client_seq: u64) -> pb::ServerList {
                 token: s.token.clone(),
             })
             .collect(),
-        order: order[offset..]
-            .iter()
-            .chain(&order[..offset])
-            .copied()
-            .collect(),
+        order: client_order(&p.plan, p.version, client_seq),
+        affinity: p.plan.affinity.clone(),
+    }
+}
+
+/// A domain load report, as the wire message.
+pub fn load_report(l: &Load) -> pb::LoadReport {
+    pb::LoadReport {
+        cpu_utilization: l.cpu_utilization,
+        active_requests: l.active_requests,
+        qps: l.qps,
+        eps: l.eps,
+        mem_utilization: l.mem_utilization,
+        named_metrics: l.named_metrics.clone().into_iter().collect(),
+    }
+}
+
+/// An engine view of an instance, as the admin API shows it.
+pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
+    pb::InstanceStatus {
+        instance_id: i.spec.instance_id.clone(),
+        address: i.spec.address.clone(),
+        zone: i.spec.zone.clone(),
+        labels: i.spec.labels.clone().into_iter().collect(),
+        attachment: match i.attachment {
+            Attachment::Stream { .. } => "stream",
+            Attachment::Lease => "lease",
+            Attachment::Restored => "restored",
+        }
+        .to_string(),
+        static_weight: i.spec.weight,
+        weight_override: i.over.weight.unwrap_or(0),
+        drained: i.over.drained,
+        effective_weight: i.effective_weight,
+        share: i.share,
+        load: i.load.as_ref().map(|(l, _)| load_report(l)),
+        load_age_ms: i.load.as_ref().map_or(0, |(_, age)| age.as_millis() as u64),
+        calls_started: i.outcomes.calls_started,
+        calls_finished: i.outcomes.calls_finished,
+        calls_failed: i.outcomes.calls_failed,
+        latency_ewma_ms: i.latency_us.map_or(0.0, |us| us / 1000.0),
+    }
+}
+
+/// An engine view of a service, as the admin API shows it.
+pub fn service_status(v: &ServiceView) -> pb::ServiceStatus {
+    pb::ServiceStatus {
+        name: v.name.clone(),
+        policy: Some(pb::Policy {
+            name: v.policy.kind.name().to_string(),
+            params: v.policy.params().into_iter().collect(),
+        }),
+        instances: v.instances.iter().map(instance_status).collect(),
+        version: v.version,
+        list_len: v.list_len as u32,
+        max_share_error: v.max_share_error,
+        dropped: v.dropped,
+        no_backend: v.no_backend,
     }
 }
 
@@ -202,8 +256,9 @@ mod tests {
             version: 9,
             plan: ServicePlan {
                 servers: vec![server("a"), server("b")],
+                weights: vec![0.5, 1.5],
                 order: vec![0, 1, 1, 1],
-                max_share_error: 0.0,
+                ..ServicePlan::default()
             },
         };
         let a = server_list(&p, 0);

@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::model::{ClientStats, InstanceKey, InstanceSpec, Load};
-use crate::policy::{Candidate, ServicePolicy};
+use crate::policy::ewma::LatencyEwma;
+use crate::policy::{outcome, Candidate, LoadState, ServicePolicy};
 
 /// What keeps an instance in the lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +55,42 @@ pub struct Instance {
     /// When it leaves unless renewed (a report, a lease renewal, a reattach).
     pub expires: Instant,
     /// Its latest load report.
-    pub load: Option<Load>,
+    pub load: Option<LoadState>,
     /// What clients reported about it.
     pub outcomes: OutcomeTotals,
+    /// Outcome-driven efficient weight (seed 000), in units of its weight.
+    pub efficient: f64,
+    /// Client-reported latency EWMA (fastest_response).
+    pub latency: Option<LatencyEwma>,
+    /// When it became active (registered, or undrained), for slow start;
+    /// `None` once it no longer matters (restored after a daemon restart).
+    pub active_since: Option<Instant>,
+}
+
+impl Instance {
+    fn new(spec: InstanceSpec, attachment: Attachment, ttl: Duration, expires: Instant) -> Self {
+        Instance {
+            efficient: f64::from(spec.weight),
+            spec,
+            attachment,
+            ttl,
+            expires,
+            load: None,
+            outcomes: OutcomeTotals::default(),
+            latency: None,
+            active_since: None,
+        }
+    }
+}
+
+/// What an operator set on an instance (persisted; outlives registrations,
+/// so a drained backend that restarts stays drained).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Override {
+    /// Replaces the registered weight.
+    pub weight: Option<u32>,
+    /// Out of every list; the backend is told to drain.
+    pub drained: bool,
 }
 
 /// One service: its instances and its policy.
@@ -112,6 +146,7 @@ pub struct Registered {
 pub struct Registry {
     services: BTreeMap<String, Service>,
     default_policy: ServicePolicy,
+    overrides: BTreeMap<InstanceKey, Override>,
 }
 
 impl Registry {
@@ -125,6 +160,7 @@ impl Registry {
         Registry {
             services: BTreeMap::new(),
             default_policy: policy,
+            overrides: BTreeMap::new(),
         }
     }
 
@@ -146,20 +182,77 @@ impl Registry {
             .get(&key.instance_id)
     }
 
-    /// The candidates the policy may put in the service's list.
-    pub fn candidates(&self, service: &str) -> Vec<Candidate<'_>> {
-        self.services
-            .get(service)
-            .map(|s| {
-                s.instances
-                    .values()
-                    .map(|i| Candidate {
-                        spec: &i.spec,
-                        load: i.load.as_ref(),
-                    })
-                    .collect()
+    /// The candidates the policy may put in the service's list at `now`:
+    /// every instance but the drained ones, with overrides applied.
+    pub fn candidates(&self, service: &str, now: Instant) -> Vec<Candidate<'_>> {
+        let Some(s) = self.services.get(service) else {
+            return Vec::new();
+        };
+        let decay = s.policy.ewma_decay;
+        // Estimates relax toward the service's mean latency (re-probing).
+        let known: Vec<f64> = s
+            .instances
+            .values()
+            .filter_map(|i| i.latency.map(|l| l.estimate(now, decay, 0.0)))
+            .filter(|x| *x > 0.0)
+            .collect();
+        let prior = if known.is_empty() {
+            0.0
+        } else {
+            known.iter().sum::<f64>() / known.len() as f64
+        };
+        s.instances
+            .values()
+            .filter_map(|i| {
+                let o = self
+                    .overrides
+                    .get(&i.spec.key())
+                    .copied()
+                    .unwrap_or_default();
+                if o.drained {
+                    return None;
+                }
+                let weight = o.weight.unwrap_or(i.spec.weight);
+                Some(Candidate {
+                    spec: &i.spec,
+                    weight,
+                    load: i.load.as_ref(),
+                    efficient: i.efficient * f64::from(weight) / f64::from(i.spec.weight.max(1)),
+                    latency_us: i.latency.map(|l| l.estimate(now, decay, prior)),
+                    active_since: i.active_since,
+                })
             })
-            .unwrap_or_default()
+            .collect()
+    }
+
+    /// The operator's settings for an instance.
+    pub fn override_of(&self, key: &InstanceKey) -> Override {
+        self.overrides.get(key).copied().unwrap_or_default()
+    }
+
+    /// Every override, by instance.
+    pub fn overrides(&self) -> impl Iterator<Item = (&InstanceKey, &Override)> {
+        self.overrides.iter()
+    }
+
+    /// Sets (or, with the default, clears) an operator override. An instance
+    /// coming back from a drain restarts its slow-start ramp.
+    pub fn set_override(&mut self, key: &InstanceKey, o: Override, now: Instant) {
+        let was_drained = self.override_of(key).drained;
+        if o == Override::default() {
+            self.overrides.remove(key);
+        } else {
+            self.overrides.insert(key.clone(), o);
+        }
+        if was_drained && !o.drained {
+            if let Some(i) = self
+                .services
+                .get_mut(&key.service)
+                .and_then(|s| s.instances.get_mut(&key.instance_id))
+            {
+                i.active_since = Some(now);
+            }
+        }
     }
 
     /// The service's policy (the default for an unknown service).
@@ -239,6 +332,15 @@ impl Registry {
                 if cur.spec.address != spec.address {
                     cur.load = None;
                     cur.outcomes = OutcomeTotals::default();
+                    cur.latency = None;
+                    cur.active_since = Some(now);
+                }
+                if cur.spec.weight != spec.weight {
+                    cur.efficient = f64::from(spec.weight);
+                }
+                if replaced_session.is_some() {
+                    // A new stream starts a new run of reports (blackout).
+                    cur.load = None;
                 }
                 cur.spec = spec;
                 cur.attachment = attachment;
@@ -250,17 +352,9 @@ impl Registry {
                 }
             }
             None => {
-                svc.instances.insert(
-                    spec.instance_id.clone(),
-                    Instance {
-                        spec,
-                        attachment,
-                        ttl,
-                        expires,
-                        load: None,
-                        outcomes: OutcomeTotals::default(),
-                    },
-                );
+                let mut i = Instance::new(spec, attachment, ttl, expires);
+                i.active_since = Some(now);
+                svc.instances.insert(i.spec.instance_id.clone(), i);
                 Registered {
                     persist: true,
                     replaced_session: None,
@@ -274,14 +368,7 @@ impl Registry {
         let svc = self.service_mut(&spec.service);
         svc.instances.insert(
             spec.instance_id.clone(),
-            Instance {
-                spec,
-                attachment: Attachment::Restored,
-                ttl,
-                expires: deadline,
-                load: None,
-                outcomes: OutcomeTotals::default(),
-            },
+            Instance::new(spec, Attachment::Restored, ttl, deadline),
         );
     }
 
@@ -299,7 +386,14 @@ impl Registry {
             .and_then(|s| s.instances.get_mut(&key.instance_id))
             .filter(|i| i.attachment == Attachment::Stream { session })
             .ok_or_else(|| RegistryError::NotAttached(key.instance_id.clone()))?;
-        inst.load = Some(load);
+        // A gap longer than the TTL would have expired the instance, so any
+        // previous report belongs to the same unbroken run.
+        let since = inst.load.as_ref().map_or(now, |l| l.since);
+        inst.load = Some(LoadState {
+            load,
+            at: now,
+            since,
+        });
         inst.expires = now + inst.ttl;
         Ok(())
     }
@@ -346,14 +440,16 @@ impl Registry {
             .min()
     }
 
-    /// Adds a client's outcome report to the service's totals. Entries for
+    /// Adds a client's outcome report: totals, the efficient weight (when the
+    /// service uses outcome weights) and the latency EWMA. Entries for
     /// instances that are gone (the list moved on) are ignored.
-    pub fn record_stats(&mut self, service: &str, stats: &ClientStats) {
+    pub fn record_stats(&mut self, service: &str, stats: &ClientStats, now: Instant) {
         let Some(svc) = self.services.get_mut(service) else {
             return;
         };
         svc.dropped = svc.dropped.saturating_add(stats.dropped);
         svc.no_backend = svc.no_backend.saturating_add(stats.no_backend);
+        let policy = &svc.policy;
         for s in &stats.instances {
             if let Some(i) = svc.instances.get_mut(&s.instance_id) {
                 let o = &mut i.outcomes;
@@ -361,6 +457,21 @@ impl Registry {
                 o.calls_finished = o.calls_finished.saturating_add(s.calls_finished);
                 o.calls_failed = o.calls_failed.saturating_add(s.calls_failed);
                 o.latency_sum_us = o.latency_sum_us.saturating_add(s.latency_sum_us);
+                let base = f64::from(i.spec.weight);
+                i.efficient = outcome::update(
+                    &policy.outcome,
+                    base,
+                    i.efficient,
+                    s.calls_finished.saturating_sub(s.calls_failed),
+                    s.calls_failed,
+                );
+                if s.calls_finished > 0 {
+                    let mean = s.latency_sum_us as f64 / s.calls_finished as f64;
+                    match &mut i.latency {
+                        Some(l) => l.observe(mean, s.calls_finished, now, policy.ewma_decay),
+                        None => i.latency = Some(LatencyEwma::new(mean, now)),
+                    }
+                }
             }
         }
     }
@@ -491,8 +602,8 @@ mod tests {
             dropped: 4,
             no_backend: 0,
         };
-        r.record_stats("svc", &stats);
-        r.record_stats("svc", &stats);
+        r.record_stats("svc", &stats, now);
+        r.record_stats("svc", &stats, now);
         let i = r.instance(&spec("a", "x:1").key()).unwrap();
         assert_eq!(i.outcomes.calls_started, 6);
         assert_eq!(i.outcomes.calls_failed, 2);

@@ -7,11 +7,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use lb_proto::v1::{balancer_server::BalancerServer, registry_server::RegistryServer};
+use lb_proto::v1::{
+    admin_server::AdminServer, balancer_server::BalancerServer, registry_server::RegistryServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::server::TcpIncoming;
 
+use crate::admin::AdminApi;
 use crate::api::{BalancerApi, RegistryApi};
 use crate::config::Config;
 use crate::engine;
@@ -46,6 +49,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let balancer = BalancerServer::new(BalancerApi::new(engine.clone(), config.clone(), stop_rx));
+    let admin = AdminServer::new(AdminApi::new(engine.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
         // A peer that vanishes without closing its connection (power loss,
@@ -54,6 +58,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .add_service(registry)
         .add_service(balancer)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = close_rx.await;
         });

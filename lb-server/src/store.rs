@@ -1,5 +1,6 @@
 //! Persistence in sled: registrations (with static weights), per-service policy
-//! settings, and the daemon's generation counter.
+//! settings, operator overrides (weight, drain), and the daemon's generation
+//! counter.
 //!
 //! Records are small protobuf messages defined here (a storage format, not the
 //! wire API), so fields can be added compatibly. Writes land in sled's memory
@@ -7,8 +8,9 @@
 //! change to its caller only after that flush (one flush per batch of commands:
 //! group commit).
 //!
-//! Trees: `instances` (key `service \0 instance_id`), `policies` (key `service`),
-//! `meta` (key `generation`, a big-endian u64).
+//! Trees: `instances` and `overrides` (key `service \0 instance_id`),
+//! `policies` (key `service`; the policy's name and its parameters as text,
+//! re-validated on load), `meta` (key `generation`, a big-endian u64).
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,7 +18,8 @@ use std::time::Duration;
 use prost::Message;
 
 use crate::model::{InstanceKey, InstanceSpec};
-use crate::policy::{PolicyKind, ServicePolicy};
+use crate::policy::ServicePolicy;
+use crate::registry::Override;
 
 /// A store failure. The daemon cannot promise durability, so the caller's
 /// change is refused with `unavailable`; check the disk under `--data-dir`.
@@ -52,8 +55,17 @@ struct StoredInstance {
 struct StoredPolicy {
     #[prost(string, tag = "1")]
     kind: String,
-    #[prost(uint32, tag = "2")]
-    max_list_len: u32,
+    #[prost(btree_map = "string, string", tag = "2")]
+    params: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredOverride {
+    /// 0 = no weight override.
+    #[prost(uint32, tag = "1")]
+    weight: u32,
+    #[prost(bool, tag = "2")]
+    drained: bool,
 }
 
 /// The daemon's durable state.
@@ -62,6 +74,7 @@ pub struct Store {
     db: sled::Db,
     instances: sled::Tree,
     policies: sled::Tree,
+    overrides: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -83,6 +96,7 @@ impl Store {
         Ok(Store {
             instances: db.open_tree("instances")?,
             policies: db.open_tree("policies")?,
+            overrides: db.open_tree("overrides")?,
             meta: db.open_tree("meta")?,
             db,
         })
@@ -165,28 +179,73 @@ impl Store {
     pub fn put_policy(&self, service: &str, policy: &ServicePolicy) -> Result<(), StoreError> {
         let rec = StoredPolicy {
             kind: policy.kind.name().to_string(),
-            max_list_len: policy.max_list_len,
+            params: policy.params(),
         };
         self.policies
             .insert(service.as_bytes(), rec.encode_to_vec())?;
         Ok(())
     }
 
-    /// Every stored service policy (unknown kinds are skipped with a warning).
-    pub fn policies(&self) -> Result<Vec<(String, ServicePolicy)>, StoreError> {
+    /// Every stored service policy, re-validated on top of `base` (records a
+    /// newer build wrote and this one cannot read are skipped with a warning).
+    pub fn policies(
+        &self,
+        base: &ServicePolicy,
+    ) -> Result<Vec<(String, ServicePolicy)>, StoreError> {
         let mut out = Vec::new();
         for item in self.policies.iter() {
             let (k, v) = item?;
             let service = String::from_utf8_lossy(&k).into_owned();
-            let parsed = StoredPolicy::decode(v.as_ref()).ok().and_then(|r| {
-                Some(ServicePolicy {
-                    kind: PolicyKind::parse(&r.kind)?,
-                    max_list_len: r.max_list_len,
-                })
-            });
+            let parsed = StoredPolicy::decode(v.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    ServicePolicy::parse(&r.kind, &r.params, base).map_err(|e| e.to_string())
+                });
             match parsed {
-                Some(p) => out.push((service, p)),
-                None => tracing::warn!(%service, "skipping unreadable policy record"),
+                Ok(p) => out.push((service, p)),
+                Err(e) => tracing::warn!(%service, error = %e, "skipping unreadable policy record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes (not yet durably) an instance's override; the default deletes it.
+    pub fn put_override(&self, key: &InstanceKey, o: &Override) -> Result<(), StoreError> {
+        let k = instance_key(&key.service, &key.instance_id);
+        if *o == Override::default() {
+            self.overrides.remove(k)?;
+        } else {
+            let rec = StoredOverride {
+                weight: o.weight.unwrap_or(0),
+                drained: o.drained,
+            };
+            self.overrides.insert(k, rec.encode_to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// Every stored override.
+    pub fn overrides(&self) -> Result<Vec<(InstanceKey, Override)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.overrides.iter() {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let Some((service, id)) = key.split_once('\0') else {
+                tracing::warn!(%key, "skipping malformed override key");
+                continue;
+            };
+            match StoredOverride::decode(v.as_ref()) {
+                Ok(r) => out.push((
+                    InstanceKey {
+                        service: service.to_string(),
+                        instance_id: id.to_string(),
+                    },
+                    Override {
+                        weight: (r.weight > 0).then_some(r.weight),
+                        drained: r.drained,
+                    },
+                )),
+                Err(e) => tracing::warn!(%key, error = %e, "skipping undecodable override"),
             }
         }
         Ok(out)
@@ -225,14 +284,35 @@ mod tests {
             s.put_instance(&other, Duration::from_secs(3)).unwrap();
             s.delete_instance(&other.key()).unwrap();
             s.put_policy("svc", &ServicePolicy::default()).unwrap();
+            s.put_override(
+                &spec.key(),
+                &Override {
+                    weight: Some(9),
+                    drained: true,
+                },
+            )
+            .unwrap();
             s.flush().await.unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.next_generation().unwrap(), 2);
-        assert_eq!(s.instances().unwrap(), vec![(spec, Duration::from_secs(3))]);
         assert_eq!(
-            s.policies().unwrap(),
+            s.instances().unwrap(),
+            vec![(spec.clone(), Duration::from_secs(3))]
+        );
+        assert_eq!(
+            s.policies(&ServicePolicy::default()).unwrap(),
             vec![("svc".to_string(), ServicePolicy::default())]
+        );
+        assert_eq!(
+            s.overrides().unwrap(),
+            vec![(
+                spec.key(),
+                Override {
+                    weight: Some(9),
+                    drained: true
+                }
+            )]
         );
     }
 }

@@ -50,6 +50,8 @@ impl Daemon {
         let addr = listener.local_addr().unwrap();
         let mut config = Config::new(dir);
         config.drain_timeout = Duration::from_secs(3);
+        // These tests check exact list shapes: static weights, no load policy.
+        config.default_policy = lb_server::policy::PolicyKind::WeightedRoundRobin;
         tweak(&mut config);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(lb_server::run(listener, config, async {

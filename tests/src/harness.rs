@@ -231,3 +231,20 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Runs `lb-server ctl --server DAEMON ARGS…`; returns its stdout, or an
+/// error with its stderr when it fails.
+pub fn ctl(daemon: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin("lb-server")?)
+        .arg("ctl")
+        .args(["--server", daemon])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "lb-server ctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lb_client::{subscribe, ClientOptions, PickList, Subscription};
 use lb_tests::echo::echo_client::EchoClient;
 use lb_tests::echo::WhoamiRequest;
-use lb_tests::harness::{wait_until, BackendSpec, Daemon, Proc};
+use lb_tests::harness::{ctl, wait_until, BackendSpec, Daemon, Proc};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -95,9 +95,17 @@ async fn three_backends_shares_match_weights() {
             BackendSpec::new("echo", "b3", 3),
         ],
     );
+    ctl(
+        &c.daemon.addr(),
+        &["set-policy", "echo", "weighted_round_robin"],
+    )
+    .expect("ctl set-policy");
     let sub = c.client("echo").await;
-    let list = wait_ids(&sub, &set(&["b1", "b2", "b3"])).await;
-    assert_eq!(list.len(), 6, "weights 1,2,3 expand to a 6-entry period");
+    let list = sub
+        .wait_for(WAIT, |l| ids(l).len() == 3 && l.len() == 6)
+        .await
+        .expect("weights 1,2,3 expand to a 6-entry period");
+    assert_eq!(ids(&list), set(&["b1", "b2", "b3"]));
     // 100 whole periods: the shares are exact, not approximately right.
     let (counts, errors) = call(&sub, 600).await;
     assert_eq!(errors, 0);
@@ -253,4 +261,129 @@ async fn client_starts_from_fallback_while_daemon_is_down() {
     assert_eq!(errors, 0);
     assert_eq!(counts, BTreeMap::from([("lonely".into(), 20)]));
     assert!(!sub.connected());
+}
+
+/// Entries per instance in the client's current list.
+fn entry_counts(list: &PickList) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in list.entries() {
+        *m.entry(e.instance_id().to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_policy_change_reaches_running_clients_and_survives_restart() {
+    let mut c = Cluster::start(
+        &[],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 1),
+            BackendSpec::new("echo", "b3", 4),
+        ],
+    );
+    let daemon = c.daemon.addr();
+    ctl(&daemon, &["set-policy", "echo", "weighted_round_robin"]).expect("ctl");
+    let sub = c.client("echo").await;
+    let wrr = sub
+        .wait_for(WAIT, |l| ids(l).len() == 3 && l.len() == 6)
+        .await
+        .expect("wrr list");
+    assert_eq!(entry_counts(&wrr)["b3"], 4);
+    let (counts, errors) = call(&sub, 60).await;
+    assert_eq!(errors, 0);
+    assert_eq!(counts["b3"], 40, "{counts:?}");
+
+    // Switch the running service to round robin: the same stream delivers it.
+    let out = ctl(&daemon, &["set-policy", "echo", "round_robin"]).expect("ctl");
+    assert!(out.contains("round_robin"), "{out}");
+    let rr = sub
+        .wait_for(WAIT, |l| l.len() == 3 && ids(l).len() == 3)
+        .await
+        .expect("rr list");
+    assert!(rr.version() > wrr.version());
+    assert_eq!(sub.streams_opened(), 1, "no reconnect was needed");
+    let (counts, errors) = call(&sub, 60).await;
+    assert_eq!(errors, 0);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [20, 20, 20]);
+
+    // Bad input is refused and changes nothing.
+    let err = ctl(
+        &daemon,
+        &[
+            "set-policy",
+            "echo",
+            "consistent_hash",
+            "--param",
+            "load_bound=0.5",
+        ],
+    )
+    .expect_err("c < 1 must be refused");
+    assert!(err.to_string().contains("params.load_bound"), "{err}");
+    let err = ctl(&daemon, &["set-policy", "echo", "fastest"]).expect_err("unknown policy");
+    assert!(err.to_string().contains("unknown policy"), "{err}");
+
+    // kill -9 and restart: the policy is still round robin.
+    let port = c.daemon.proc.addr.port();
+    c.daemon.proc.kill9();
+    let data = c.daemon.data_dir.clone();
+    c.daemon = Daemon::start(&data, &format!("127.0.0.1:{port}"), &[]).expect("restart");
+    let out = ctl(&daemon, &["get", "echo"]).expect("ctl get");
+    assert!(out.contains("policy    round_robin"), "{out}");
+    let fresh = c.client("echo").await;
+    let l = fresh
+        .wait_for(WAIT, |l| ids(l).len() == 3)
+        .await
+        .expect("restored");
+    assert_eq!(l.len(), 3, "round robin after restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_weight_override_and_drain() {
+    let mut c = Cluster::start(
+        &["--default-policy", "weighted_round_robin"],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 1),
+        ],
+    );
+    let daemon = c.daemon.addr();
+    let sub = c.client("echo").await;
+    wait_ids(&sub, &set(&["b1", "b2"])).await;
+
+    ctl(&daemon, &["set-weight", "echo", "b2", "3"]).expect("set-weight");
+    let l = sub
+        .wait_for(WAIT, |l| l.len() == 4)
+        .await
+        .expect("weights 1:3");
+    assert_eq!(entry_counts(&l)["b2"], 3);
+    let err = ctl(&daemon, &["set-weight", "echo", "b2", "10001"]).expect_err("too heavy");
+    assert!(err.to_string().contains("weight"), "{err}");
+    let err = ctl(&daemon, &["set-weight", "echo", "nobody", "2"]).expect_err("unknown");
+    assert!(err.to_string().contains("NotFound"), "{err}");
+
+    // Drain b2: out of the list, and its backend is told.
+    ctl(&daemon, &["drain", "echo", "b2"]).expect("drain");
+    wait_ids(&sub, &set(&["b1"])).await;
+    let b2 = c.backends.get("b2").expect("b2");
+    assert!(
+        wait_until(WAIT, || b2.log().contains("asked this backend to drain")).await,
+        "backend log:\n{}",
+        b2.log()
+    );
+    let out = ctl(&daemon, &["get", "echo"]).expect("get");
+    assert!(out.contains("DRAINED"), "{out}");
+
+    // Undrain: back, with its override still in force; clearing it restores 1:1.
+    ctl(&daemon, &["undrain", "echo", "b2"]).expect("undrain");
+    let l = sub
+        .wait_for(WAIT, |l| ids(l).len() == 2)
+        .await
+        .expect("back");
+    assert_eq!(entry_counts(&l)["b2"], 3);
+    ctl(&daemon, &["set-weight", "echo", "b2", "0"]).expect("clear");
+    sub.wait_for(WAIT, |l| l.len() == 2)
+        .await
+        .expect("1:1 again");
+    c.backends.remove("b1");
 }

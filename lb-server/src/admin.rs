@@ -1,0 +1,146 @@
+//! The `Admin` gRPC service (what `lb-server ctl` talks to), as a thin shell:
+//! validate at the edge, ask the engine, render the engine's views.
+//!
+//! Every change is validated here (unknown policies, parameters out of range,
+//! weights beyond the maximum → `invalid_argument` naming the field), made
+//! durable by the engine before the answer, and pushed to subscribers at once.
+
+use lb_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{EngineHandle, ServiceView};
+use crate::model::{check_id, check_service, check_weight, FieldError, InstanceKey};
+use crate::pb::{engine_status, instance_status, invalid, service_status};
+use crate::policy::ServicePolicy;
+
+/// The operator side of the API.
+#[derive(Clone)]
+pub struct AdminApi {
+    engine: EngineHandle,
+}
+
+impl AdminApi {
+    /// An admin service over `engine`.
+    pub fn new(engine: EngineHandle) -> Self {
+        AdminApi { engine }
+    }
+
+    async fn view(&self, service: &str) -> Result<ServiceView, Status> {
+        self.engine
+            .inspect(Some(service.to_string()))
+            .await
+            .map_err(engine_status)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no service {service:?}: nothing is registered in it and it has no policy"
+                ))
+            })
+    }
+}
+
+fn key(service: String, instance_id: String) -> Result<InstanceKey, Status> {
+    check_service(&service).map_err(|e| invalid(FieldError::new("service", e)))?;
+    check_id(&instance_id).map_err(|e| invalid(FieldError::new("instance_id", e)))?;
+    Ok(InstanceKey {
+        service,
+        instance_id,
+    })
+}
+
+fn instance_of(v: ServiceView, key: &InstanceKey) -> Result<pb::InstanceStatus, Status> {
+    v.instances
+        .into_iter()
+        .find(|i| i.spec.instance_id == key.instance_id)
+        .map(|i| instance_status(&i))
+        .ok_or_else(|| Status::not_found(format!("no instance {:?}", key.instance_id)))
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminApi {
+    async fn list_services(
+        &self,
+        _: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let views = self.engine.inspect(None).await.map_err(engine_status)?;
+        Ok(Response::new(pb::ListServicesResponse {
+            services: views
+                .iter()
+                .map(|v| pb::ServiceSummary {
+                    name: v.name.clone(),
+                    policy: v.policy.kind.name().to_string(),
+                    instances: v.instances.len() as u32,
+                    version: v.version,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let service = request.into_inner().service;
+        check_service(&service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        Ok(Response::new(service_status(&self.view(&service).await?)))
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let r = request.into_inner();
+        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        let p = r
+            .policy
+            .ok_or_else(|| invalid(FieldError::new("policy", "missing")))?;
+        let params = p.params.into_iter().collect();
+        let policy = ServicePolicy::parse(&p.name, &params, self.engine.default_policy())
+            .map_err(|e| invalid(e.within("policy")))?;
+        self.engine
+            .set_policy(r.service.clone(), policy)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(service_status(&self.view(&r.service).await?)))
+    }
+
+    async fn set_weight(
+        &self,
+        request: Request<pb::SetWeightRequest>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let r = request.into_inner();
+        let key = key(r.service, r.instance_id)?;
+        let weight = match r.weight {
+            0 => None,
+            w => {
+                check_weight(w).map_err(|e| invalid(FieldError::new("weight", e)))?;
+                Some(w)
+            }
+        };
+        self.engine
+            .set_override(key.clone(), Some(weight), None)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(instance_of(
+            self.view(&key.service).await?,
+            &key,
+        )?))
+    }
+
+    async fn set_drain(
+        &self,
+        request: Request<pb::SetDrainRequest>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let r = request.into_inner();
+        let key = key(r.service, r.instance_id)?;
+        self.engine
+            .set_override(key.clone(), None, Some(r.drain))
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(instance_of(
+            self.view(&key.service).await?,
+            &key,
+        )?))
+    }
+}
