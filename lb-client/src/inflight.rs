@@ -13,28 +13,63 @@ use std::task::{Context, Poll};
 
 /// A shared count of requests in flight.
 #[derive(Clone, Debug, Default)]
-pub struct InFlight(Arc<AtomicU64>);
+pub struct InFlight(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    active: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+}
 
 impl InFlight {
     /// Counts one request until the guard is dropped.
     pub fn guard(&self) -> InFlightGuard {
-        self.0.fetch_add(1, Relaxed);
-        InFlightGuard(self.clone())
+        self.0.active.fetch_add(1, Relaxed);
+        InFlightGuard {
+            counter: self.clone(),
+            failed: false,
+        }
     }
 
     /// Requests in flight now.
     pub fn get(&self) -> u64 {
-        self.0.load(Relaxed)
+        self.0.active.load(Relaxed)
+    }
+
+    /// Requests completed so far (failed ones included).
+    pub fn completed(&self) -> u64 {
+        self.0.completed.load(Relaxed)
+    }
+
+    /// Requests that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.0.failed.load(Relaxed)
     }
 }
 
-/// Decrements its [`InFlight`] when dropped.
+/// Counts its request as in flight until dropped, then as completed.
 #[derive(Debug)]
-pub struct InFlightGuard(InFlight);
+pub struct InFlightGuard {
+    counter: InFlight,
+    failed: bool,
+}
+
+impl InFlightGuard {
+    /// Marks the request as failed (counted when the guard drops).
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+}
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Relaxed);
+        let c = &self.counter.0;
+        c.active.fetch_sub(1, Relaxed);
+        c.completed.fetch_add(1, Relaxed);
+        if self.failed {
+            c.failed.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -86,7 +121,7 @@ where
         let guard = self.counter.guard();
         InFlightFuture {
             inner: Box::pin(self.inner.call(req)),
-            _guard: guard,
+            guard: Some(guard),
         }
     }
 }
@@ -96,14 +131,23 @@ where
 /// per request.
 pub struct InFlightFuture<F> {
     inner: Pin<Box<F>>,
-    _guard: InFlightGuard,
+    guard: Option<InFlightGuard>,
 }
 
-impl<F: Future> Future for InFlightFuture<F> {
+impl<F: Future<Output = Result<T, E>>, T, E> Future for InFlightFuture<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().inner.as_mut().poll(cx)
+        let this = self.get_mut();
+        let out = this.inner.as_mut().poll(cx);
+        if let Poll::Ready(r) = &out {
+            if let Some(mut g) = this.guard.take() {
+                if r.is_err() {
+                    g.fail();
+                }
+            }
+        }
+        out
     }
 }
 
@@ -123,6 +167,11 @@ mod tests {
         assert_eq!(n.get(), 1);
         drop(b);
         assert_eq!(n.get(), 0);
+        assert_eq!((n.completed(), n.failed()), (2, 0));
+        let mut c = n.guard();
+        c.fail();
+        drop(c);
+        assert_eq!((n.get(), n.completed(), n.failed()), (0, 3, 1));
     }
 
     #[tokio::test]

@@ -276,16 +276,50 @@ impl Drop for Reporter {
     }
 }
 
+/// Rates of completed and failed requests between two samples.
+struct Rates {
+    at: std::time::Instant,
+    completed: u64,
+    failed: u64,
+}
+
 fn default_sampler(in_flight: InFlight) -> Sampler {
     let cpu = Mutex::new(CpuSampler::new());
-    Arc::new(move || LoadSample {
-        cpu_utilization: cpu
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sample()
-            .unwrap_or(0.0),
-        active_requests: in_flight.get(),
-        ..LoadSample::default()
+    let rates = Mutex::new(Rates {
+        at: std::time::Instant::now(),
+        completed: in_flight.completed(),
+        failed: in_flight.failed(),
+    });
+    Arc::new(move || {
+        let (qps, eps) = {
+            let mut r = rates.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            let dt = now.duration_since(r.at).as_secs_f64();
+            let (completed, failed) = (in_flight.completed(), in_flight.failed());
+            let rates = (dt > 0.0).then(|| {
+                (
+                    completed.saturating_sub(r.completed) as f64 / dt,
+                    failed.saturating_sub(r.failed) as f64 / dt,
+                )
+            });
+            *r = Rates {
+                at: now,
+                completed,
+                failed,
+            };
+            rates.unzip()
+        };
+        LoadSample {
+            cpu_utilization: cpu
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sample()
+                .unwrap_or(0.0),
+            active_requests: in_flight.get(),
+            qps,
+            eps,
+            ..LoadSample::default()
+        }
     })
 }
 
