@@ -199,6 +199,87 @@ pub struct InstanceView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    fn spec(id: &str) -> InstanceSpec {
+        InstanceSpec {
+            service: "svc".into(),
+            instance_id: id.into(),
+            address: "127.0.0.1:9".into(),
+            zone: String::new(),
+            weight: 1,
+            labels: BTreeMap::new(),
+            version: String::new(),
+        }
+    }
+
+    fn busy(active: u64) -> Load {
+        Load {
+            cpu_utilization: 0.5,
+            active_requests: active,
+            qps: Some(100.0),
+            ..Load::default()
+        }
+    }
+
+    /// Versions published for `svc` while `reports` reports (one every 10 ms,
+    /// b's queue given by `active(i)`) arrive under `policy`.
+    async fn publishes(policy: ServicePolicy, reports: u64, active: fn(u64) -> u64) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::new(dir.path());
+        let store = Store::open(dir.path()).unwrap();
+        let (engine, _task) = start(store, config).await.unwrap();
+        engine.set_policy("svc".into(), policy).await.unwrap();
+        let mut sessions = Vec::new();
+        for id in ["a", "b"] {
+            let (tx, rx) = mpsc::channel(8);
+            let a = engine.attach(spec(id), None, tx).await.unwrap();
+            sessions.push((spec(id).key(), a.session, rx));
+        }
+        engine
+            .report(sessions[0].0.clone(), sessions[0].1, busy(4))
+            .await;
+        engine
+            .report(sessions[1].0.clone(), sessions[1].1, busy(4))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = engine.hub().current("svc").unwrap().version;
+        for i in 0..reports {
+            engine
+                .report(sessions[1].0.clone(), sessions[1].1, busy(active(i)))
+                .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        engine.hub().current("svc").unwrap().version - first
+    }
+
+    fn load_aware(min_interval_ms: u64, hysteresis: f64) -> ServicePolicy {
+        let mut p = ServicePolicy::with_kind(PolicyKind::LoadAware);
+        p.load_aware.blackout = Duration::ZERO;
+        p.min_plan_interval = Duration::from_millis(min_interval_ms);
+        p.hysteresis = hysteresis;
+        p
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn load_replans_are_damped_by_the_minimum_interval() {
+        // b's queue flips every report (100 reports over 1 s): every plan differs.
+        let flip = |i: u64| if i % 2 == 0 { 0 } else { 40 };
+        let n = publishes(load_aware(100, 0.0), 100, flip).await;
+        // At most one push per 100 ms over ~1.2 s, and it does re-plan.
+        assert!((5..=13).contains(&n), "{n} publishes");
+        let undamped = publishes(load_aware(0, 0.0), 100, flip).await;
+        assert!(undamped > 3 * n, "{undamped} vs {n}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn small_weight_moves_are_not_pushed() {
+        // b's queue wobbles between 4 and 5 (weights move ~10%).
+        let wobble = |i: u64| 4 + i % 2;
+        assert_eq!(publishes(load_aware(0, 0.5), 50, wobble).await, 0);
+        assert!(publishes(load_aware(0, 0.0), 50, wobble).await > 10);
+    }
 
     #[test]
     fn report_interval_leaves_room_in_the_ttl() {
