@@ -265,7 +265,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn load_replans_are_damped_by_the_minimum_interval() {
         // b's queue flips every report (100 reports over 1 s): every plan differs.
-        let flip = |i: u64| if i % 2 == 0 { 0 } else { 40 };
+        let flip = |i: u64| if i.is_multiple_of(2) { 0 } else { 40 };
         let n = publishes(load_aware(100, 0.0), 100, flip).await;
         // At most one push per 100 ms over ~1.2 s, and it does re-plan.
         assert!((5..=13).contains(&n), "{n} publishes");

@@ -14,6 +14,8 @@
 //! - [`policy`]: the pure policy engine: `plan()` and `client_order()`, with one
 //!   module per algorithm (see its own map).
 //! - [`store`]: sled persistence of registrations, policies and the generation.
+//! - [`sim`]: deterministic virtual-time simulator driving the real registry and
+//!   policy engine with modelled backends and clients (see `lb-sim`).
 //! - [`model`]: domain types and the documented limits of every field.
 //! - [`config`]: daemon settings and duration parsing.
 

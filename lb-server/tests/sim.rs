@@ -1,0 +1,115 @@
+//! The simulator in CI: short runs that check the harness itself and the one
+//! comparison the product exists for (load-aware beats round robin on a
+//! heterogeneous, degrading farm). Virtual time, so these take seconds even in
+//! debug builds and never flake on a busy machine.
+
+use std::time::Duration;
+
+use lb_server::sim::{self, Contender, EventKind, Scenario};
+
+fn contender(name: &str) -> Contender {
+    Contender::by_name(name).unwrap_or_else(|| panic!("no contender {name}"))
+}
+
+#[test]
+fn load_aware_beats_round_robin_on_hetero_degrade() {
+    // 10 s instead of 30: the degrade at 4 s and the kill at 7 s both happen.
+    let s = Scenario::hetero_degrade(Duration::from_secs(10));
+    let r = sim::compare(&s, &[contender("load_aware"), contender("round_robin")], 1);
+    let (la, rr) = (&r.results[0], &r.results[1]);
+    // Same arrivals for both.
+    assert_eq!(la.requests, rr.requests);
+    assert!(
+        la.p99_ms < rr.p99_ms,
+        "load_aware p99 {} ms is not below round_robin's {} ms\n{}",
+        la.p99_ms,
+        rr.p99_ms,
+        r.table()
+    );
+    assert!(la.errors() <= rr.errors(), "{}", r.table());
+}
+
+fn assert_equal_shares(contenders: &[Contender], tolerance: f64) {
+    let mut s = Scenario::uniform(6, Duration::from_secs(5));
+    s.clients = 8;
+    let r = sim::compare(&s, contenders, 3);
+    for p in &r.results {
+        for b in &p.backends {
+            assert!(
+                (b.steady_share - 1.0 / 6.0).abs() < tolerance,
+                "{}: {} got {:.3}\n{}",
+                p.policy,
+                b.id,
+                b.steady_share,
+                r.table()
+            );
+        }
+    }
+}
+
+/// The harness: with identical backends every policy that does not feed back
+/// on load spreads evenly (±3 points of share: ~8,400 requests, hashes over
+/// 10,000 keys), and so does the client-side p2c.
+#[test]
+fn identical_backends_get_equal_shares() {
+    let cs: Vec<Contender> = Contender::all()
+        .into_iter()
+        .filter(|c| !c.policy.kind.uses_load())
+        .collect();
+    assert_equal_shares(&cs, 0.03);
+}
+
+/// The load-driven policies on identical backends. Fails today: weights from
+/// each backend's snapshot of active requests are held for a whole report
+/// interval (1 s), so every client herds onto whichever backend looked idle
+/// at its last report (queues of hundreds, timeouts, shares 12–23 %); with
+/// 100 ms reports, or `active_weighting=false`, it is even. An engine issue,
+/// not the harness's: run with `--ignored` after changing the policies.
+#[test]
+#[ignore = "engine: load-driven weights herd on stale active-request snapshots"]
+fn load_driven_policies_do_not_herd_on_identical_backends() {
+    let cs: Vec<Contender> = Contender::all()
+        .into_iter()
+        .filter(|c| c.policy.kind.uses_load())
+        .collect();
+    assert_equal_shares(&cs, 0.03);
+}
+
+#[test]
+fn a_killed_backend_gets_nothing_after_kill_and_propagation() {
+    let s = Scenario::hetero_degrade(Duration::from_secs(6));
+    let (killed, at) = s
+        .events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::Kill { backend } => Some((backend, e.at)),
+            _ => None,
+        })
+        .expect("hetero-degrade kills a backend");
+    let deadline = s.warmup + at + s.propagation;
+    let cs = [
+        contender("round_robin"),
+        contender("load_aware"),
+        contender("consistent_hash"),
+        Contender::p2c_peak_ewma(),
+    ];
+    let r = sim::compare(&s, &cs, 5);
+    for p in &r.results {
+        let last = p.backends[killed]
+            .last_request
+            .expect("the backend served before it was killed");
+        assert!(
+            last <= deadline,
+            "{}: last request to {} at {:?}, after {:?}",
+            p.policy,
+            p.backends[killed].id,
+            last,
+            deadline
+        );
+        assert!(
+            last + Duration::from_millis(100) > s.warmup + at,
+            "{}: idle before the kill",
+            p.policy
+        );
+    }
+}
