@@ -264,12 +264,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn load_replans_are_damped_by_the_minimum_interval() {
-        // b's queue flips every report (100 reports over 1 s): every plan differs.
-        let flip = |i: u64| if i.is_multiple_of(2) { 0 } else { 40 };
-        let n = publishes(load_aware(100, 0.0), 100, flip).await;
+        // b's backlog grows with every report (100 reports over 1 s), so every
+        // plan differs from the last one.
+        let growing = |i: u64| i;
+        let n = publishes(load_aware(100, 0.0), 100, growing).await;
         // At most one push per 100 ms over ~1.2 s, and it does re-plan.
         assert!((5..=13).contains(&n), "{n} publishes");
-        let undamped = publishes(load_aware(0, 0.0), 100, flip).await;
+        let undamped = publishes(load_aware(0, 0.0), 100, growing).await;
         assert!(undamped > 3 * n, "{undamped} vs {n}");
     }
 

@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, default_value = "./lb-data")]
     data_dir: PathBuf,
     /// How often backends should report load (e.g. 250ms, 1s).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     report_interval: Duration,
     /// TTL for registrations that do not ask for one: a streamed backend
     /// silent this long, or a lease not renewed, leaves the lists.

@@ -89,10 +89,25 @@ fn instance_key(service: &str, id: &str) -> Vec<u8> {
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// If the directory's lock is held (another lb-server uses it, or a
+    /// previous one in this process is still letting go), retries for up to
+    /// two seconds before giving up with that error.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        // Background flushing stays on as a safety net; acknowledged writes are
-        // flushed explicitly before the acknowledgement.
-        let db = sled::Config::new().path(dir).open()?;
+        let mut tries = 0;
+        let db = loop {
+            // No background flusher: every acknowledged write is flushed
+            // explicitly, and a flusher thread would hold the directory lock
+            // for a moment after the store is dropped.
+            match sled::Config::new().path(dir).flush_every_ms(None).open() {
+                Ok(db) => break db,
+                Err(e) if tries < 40 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Store {
             instances: db.open_tree("instances")?,
             policies: db.open_tree("policies")?,

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use lb_server::policy::PolicyKind;
 use lb_server::sim::{self, Contender, EventKind, Scenario};
 
 fn contender(name: &str) -> Contender {
@@ -26,7 +27,18 @@ fn load_aware_beats_round_robin_on_hetero_degrade() {
         rr.p99_ms,
         r.table()
     );
-    assert!(la.errors() <= rr.errors(), "{}", r.table());
+    // Before the kill capacity suffices, so each phase's p99 compares too
+    // (after it, SCENARIOS.md's farm is over capacity for every policy).
+    for (phase, (a, b)) in la.phases.iter().zip(&rr.phases).take(2).enumerate() {
+        assert!(
+            a.p99_ms < b.p99_ms,
+            "phase {phase}: load_aware p99 {} ms vs round_robin {} ms\n{}",
+            a.p99_ms,
+            b.p99_ms,
+            r.table()
+        );
+    }
+    assert!(la.errors() * 5 < rr.errors(), "{}", r.table());
 }
 
 fn assert_equal_shares(contenders: &[Contender], tolerance: f64) {
@@ -47,32 +59,44 @@ fn assert_equal_shares(contenders: &[Contender], tolerance: f64) {
     }
 }
 
+fn feeds_back(c: &Contender) -> bool {
+    c.policy.kind.uses_load() || c.policy.kind == PolicyKind::FastestResponse
+}
+
 /// The harness: with identical backends every policy that does not feed back
-/// on load spreads evenly (±3 points of share: ~8,400 requests, hashes over
-/// 10,000 keys), and so does the client-side p2c.
+/// on load or latency spreads evenly (±3 points of share: ~8,400 requests,
+/// hashes over 10,000 keys), and so does the client-side p2c.
 #[test]
 fn identical_backends_get_equal_shares() {
     let cs: Vec<Contender> = Contender::all()
         .into_iter()
-        .filter(|c| !c.policy.kind.uses_load())
+        .filter(|c| !feeds_back(c))
         .collect();
     assert_equal_shares(&cs, 0.03);
 }
 
-/// The load-driven policies on identical backends. Fails today: weights from
-/// each backend's snapshot of active requests are held for a whole report
-/// interval (1 s), so every client herds onto whichever backend looked idle
-/// at its last report (queues of hundreds, timeouts, shares 12–23 %); with
-/// 100 ms reports, or `active_weighting=false`, it is even. An engine issue,
-/// not the harness's: run with `--ignored` after changing the policies.
+/// The policies driven by backend load reports on identical backends: no
+/// herding. (With 1 s reports and a weight factor comparing raw active counts
+/// across backends, every client piled onto whichever backend looked idlest
+/// in the last snapshot: queues of hundreds, shares 12–23 %. load_aware's
+/// backlog correction and 250 ms reports fixed it.)
 #[test]
-#[ignore = "engine: load-driven weights herd on stale active-request snapshots"]
 fn load_driven_policies_do_not_herd_on_identical_backends() {
     let cs: Vec<Contender> = Contender::all()
         .into_iter()
         .filter(|c| c.policy.kind.uses_load())
         .collect();
     assert_equal_shares(&cs, 0.03);
+}
+
+/// fastest_response follows 1 s batches of client-reported latency, whose
+/// noise moves its weights: on identical backends its shares spread by up to
+/// ~7 points over 5 s (measured; still no timeouts). A known weakness, bounded
+/// here so that it cannot get worse unnoticed.
+#[test]
+fn fastest_response_spread_is_bounded_on_identical_backends() {
+    let cs = [contender("fastest_response")];
+    assert_equal_shares(&cs, 0.075);
 }
 
 #[test]

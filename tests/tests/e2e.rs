@@ -387,3 +387,52 @@ async fn ctl_weight_override_and_drain() {
         .expect("1:1 again");
     c.backends.remove("b1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_agrees_across_clients_and_moves_few_keys() {
+    let mut c = Cluster::start(
+        &[],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 1),
+            BackendSpec::new("echo", "b3", 1),
+            BackendSpec::new("echo", "b4", 1),
+        ],
+    );
+    ctl(&c.daemon.addr(), &["set-policy", "echo", "consistent_hash"]).expect("ctl");
+    let (a, b) = (c.client("echo").await, c.client("echo").await);
+    let ready = |l: &PickList| l.has_affinity() && ids(l).len() == 4;
+    a.wait_for(WAIT, ready).await.expect("a has the table");
+    b.wait_for(WAIT, ready).await.expect("b has the table");
+    let owners = |s: &Subscription| -> Vec<String> {
+        (0..2000u32)
+            .map(|k| {
+                s.pick_for_key(format!("user-{k}").as_bytes())
+                    .expect("pick")
+                    .instance_id()
+                    .to_string()
+            })
+            .collect()
+    };
+    let before = owners(&a);
+    assert_eq!(before, owners(&b), "two clients, one mapping");
+    for id in ["b1", "b2", "b3", "b4"] {
+        let n = before.iter().filter(|o| *o == id).count();
+        assert!((300..=700).contains(&n), "{id} owns {n} of 2000 keys");
+    }
+    c.backends.get_mut("b3").expect("b3").kill9();
+    a.wait_for(WAIT, |l| {
+        l.has_affinity() && ids(l) == set(&["b1", "b2", "b4"])
+    })
+    .await
+    .expect("b3 gone");
+    let after = owners(&a);
+    let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+    let b3_keys = before.iter().filter(|o| *o == "b3").count();
+    assert!(after.iter().all(|o| o != "b3"));
+    // Consistent hashing: b3's keys move, and only a few others do.
+    assert!(
+        moved >= b3_keys && moved <= b3_keys + 2000 / 5,
+        "{moved} moved, b3 had {b3_keys}"
+    );
+}

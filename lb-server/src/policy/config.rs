@@ -105,6 +105,7 @@ impl PolicyKind {
                 "min_ratio",
                 "max_ratio",
                 "active_weighting",
+                "drain_horizon",
             ],
             _ => &[],
         }
@@ -308,6 +309,10 @@ impl ServicePolicy {
             "min_ratio" => self.load_aware.min_ratio = number(k, v, 0.001, 1.0)?,
             "max_ratio" => self.load_aware.max_ratio = number(k, v, 1.0, 1000.0)?,
             "active_weighting" => self.load_aware.active_weighting = boolean(k, v)?,
+            "drain_horizon" => {
+                self.load_aware.drain_horizon =
+                    duration(k, v, Duration::from_millis(10), Duration::from_secs(60))?
+            }
             _ => return Err(bad(k, "unknown parameter")),
         }
         Ok(())
@@ -381,6 +386,7 @@ impl ServicePolicy {
                 put("min_ratio", l.min_ratio.to_string());
                 put("max_ratio", l.max_ratio.to_string());
                 put("active_weighting", l.active_weighting.to_string());
+                put("drain_horizon", show_duration(l.drain_horizon));
             }
             _ => {}
         }
@@ -415,7 +421,8 @@ load_aware:
   error_penalty=1            weight = qps / (utilization + eps/qps x error_penalty) (0..=100)
   min_ratio=0.1              clamp weights to [min_ratio, max_ratio] x the mean
   max_ratio=10
-  active_weighting=true      also scale by (1 + mean active) / (1 + active requests)";
+  active_weighting=true      throttle backlogs: scale by 1 - (active / (qps/utilization)) / drain_horizon
+  drain_horizon=500ms        a backlog that takes this long to drain takes the weight to min_ratio (10ms..=60s)";
 
 #[cfg(test)]
 mod tests {

@@ -23,16 +23,18 @@
 //!    weighted round robin rather than equal shares.
 //! 4. **Clamp** (A58's scheduler does the same to bound a single outlier's
 //!    share): each weight into `[min_ratio × mean, max_ratio × mean]`.
-//! 5. **Active requests** (our extension, `active_weighting`): multiply by
-//!    `(1 + mean_active) / (1 + active_i)`, clamped to `[min_ratio, max_ratio]`.
-//!    Utilization and qps are averages over the report window, so they move a
-//!    window late; a backend that suddenly slows down shows it *immediately* as a
-//!    growing queue of in-flight requests in its very next report. This factor
-//!    is what makes the plan react within one report interval (the same signal
-//!    Dubbo's `LeastActive` and nginx's `least_conn` use, see [`super::least`]).
-//!    Active counts are taken from every fresh report, including those still in
-//!    blackout (a queue length needs no warm-up); instances without a fresh
-//!    report count as having the mean of the others.
+//! 5. **Backlog** (our extension, `active_weighting`): multiply by
+//!    `max(min_ratio, 1 − drain / drain_horizon)` where `drain = active / μ` is
+//!    how long the backend's reported backlog takes to drain at its own rate
+//!    `μ = qps / utilization` (Little's law). Utilization and qps are averages
+//!    over the report window, so they move a window late; a backend that
+//!    suddenly slows down shows it *immediately* as a growing backlog in its very
+//!    next report, and is throttled until it drains: this is what makes the plan
+//!    react within one report interval. Comparing raw active counts across
+//!    backends instead (as Dubbo's `LeastActive` and nginx's `least_conn` do, see
+//!    [`super::least`]) herds when every client acts on the same snapshot for a
+//!    whole report interval; the simulator showed it (`lb-sim`). Reports without
+//!    qps have no rate and are left alone.
 //! 6. **Normalise** to mean 1.0 with [`normalise`].
 //!
 //! Nothing here panics or returns a non-finite or non-positive weight, whatever
@@ -64,6 +66,9 @@ pub struct LoadAware {
     pub max_ratio: f64,
     /// Whether to correct weights by reported active requests (step 5).
     pub active_weighting: bool,
+    /// Step 5's horizon: a backlog that takes this long to drain at the
+    /// backend's own rate takes its weight to the floor.
+    pub drain_horizon: Duration,
 }
 
 impl Default for LoadAware {
@@ -75,6 +80,7 @@ impl Default for LoadAware {
             min_ratio: 0.1,
             max_ratio: 10.0,
             active_weighting: true,
+            drain_horizon: Duration::from_millis(500),
         }
     }
 }
@@ -208,25 +214,32 @@ pub fn weights(p: &LoadAware, reports: &[Option<Report>], now: Instant) -> Vec<f
             .collect()
     };
 
-    // Step 5: queue-length correction.
+    // Step 5: backlog correction (Little's law). A backend's rate is
+    // μ = qps / utilization (what it would serve fully busy); its backlog of
+    // `active` requests takes active/μ to drain. The weight is scaled by
+    // 1 − drain_time / horizon (floored at min_ratio): ordinary queues move it
+    // by a few percent, a real backlog (a backend that slowed down, or one
+    // overloaded while it was warming up) throttles it until it has drained.
+    // Unlike comparing raw active counts across backends, this does not flip
+    // every client onto whichever backend looked idlest in the last snapshot.
     if p.active_weighting {
-        let active: Vec<Option<f64>> = reports
-            .iter()
-            .map(|r| {
-                r.as_ref()
-                    .filter(|r| fresh(r))
-                    .map(|r| r.active_requests as f64)
-            })
-            .collect();
-        let known: Vec<f64> = active.iter().flatten().copied().collect();
-        if !known.is_empty() {
-            let mean_active = known.iter().sum::<f64>() / known.len() as f64;
-            for (wi, a) in w.iter_mut().zip(&active) {
-                let a = a.unwrap_or(mean_active);
-                let m = ((1.0 + mean_active) / (1.0 + a)).clamp(min_ratio, max_ratio);
-                if m.is_finite() {
-                    *wi *= m;
-                }
+        let horizon = p.drain_horizon.as_secs_f64();
+        for (wi, r) in w.iter_mut().zip(reports) {
+            let Some(r) = r.as_ref().filter(|r| fresh(r)) else {
+                continue;
+            };
+            let rate = match r.qps {
+                Some(q) if q.is_finite() && q > 0.0 => q / r.utilization.clamp(0.05, 1.0),
+                _ => continue,
+            };
+            let drain = r.active_requests as f64 / rate;
+            let m = if horizon > 0.0 {
+                (1.0 - drain / horizon).max(min_ratio)
+            } else {
+                1.0
+            };
+            if m.is_finite() {
+                *wi *= m;
             }
         }
     }
@@ -273,10 +286,11 @@ mod tests {
     fn a58_weights_inverse_to_utilization() {
         let now = Instant::now() + s(7200);
         let p = LoadAware::default();
+        // No backlog, so step 5 leaves A58's weights alone.
         let r = [
-            rep(now, 0.2, Some(100.0), 3),
-            rep(now, 0.4, Some(100.0), 3),
-            rep(now, 0.8, Some(100.0), 3),
+            rep(now, 0.2, Some(100.0), 0),
+            rep(now, 0.4, Some(100.0), 0),
+            rep(now, 0.8, Some(100.0), 0),
         ];
         let w = weights(&p, &r, now);
         assert!(close(ratio(&w, 0, 2), 4.0), "{w:?}");
@@ -376,15 +390,16 @@ mod tests {
             t,
         );
         assert!(before.iter().all(|&x| close(x, 1.0)), "{before:?}");
-        // One interval later backend 2 has slowed down: its averages have not
-        // moved yet, but its queue has.
+        // One interval later backend 2 has slowed down: its averages have
+        // barely moved yet (utilization 0.5 → 0.6, qps 100 → 90), but its
+        // backlog has: 60 requests at ~150/s take 0.4 s of a 0.5 s horizon.
         let t1 = t + s(1);
         let after = weights(
             &p,
             &[
                 rep(t1, 0.5, Some(100.0), 2),
                 rep(t1, 0.5, Some(100.0), 2),
-                rep(t1, 0.5, Some(100.0), 40),
+                rep(t1, 0.6, Some(90.0), 60),
             ],
             t1,
         );
@@ -502,6 +517,7 @@ mod tests {
                 min_ratio,
                 max_ratio,
                 active_weighting,
+                drain_horizon: Duration::from_millis(500),
             };
             let w = weights(&p, &reports, now);
             prop_assert_eq!(w.len(), reports.len());

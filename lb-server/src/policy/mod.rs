@@ -307,13 +307,16 @@ pub fn plan(candidates: &[Candidate<'_>], policy: &ServicePolicy, now: Instant) 
 }
 
 /// The order client number `client_seq` follows for the plan published as
-/// `version`: a rotation of the smooth period, or a seeded draw (re-drawn for
-/// every new version) for the random policies.
+/// `version`: a rotation of the smooth period (by client and version), or a
+/// seeded draw (re-drawn for every new version) for the random policies.
 pub fn client_order(plan: &ServicePlan, version: u64, client_seq: u64) -> Vec<u32> {
     match plan.arrangement {
         Arrangement::Smooth => {
+            // Rotating by the version too: lb-client starts every new list at
+            // its first entry, so with frequent re-plans a fixed offset would
+            // keep a client on the same few entries of every plan.
             let order = &plan.order;
-            let offset = client_offset(client_seq, order.len());
+            let offset = client_offset(client_seq.wrapping_add(version), order.len());
             order[offset..]
                 .iter()
                 .chain(&order[..offset])
@@ -486,7 +489,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         let slowed = [
             loaded(t1, 0.5, 100.0, 4),
-            loaded(t1, 0.6, 90.0, 40),
+            loaded(t1, 0.6, 90.0, 60),
             loaded(t1, 0.5, 100.0, 4),
         ];
         let after = share_of_b(&slowed, t1);

@@ -91,7 +91,7 @@ impl Scenario {
             warmup: Duration::from_secs(3),
             duration,
             timeout: Duration::from_secs(1),
-            report_interval: Duration::from_secs(1),
+            report_interval: crate::config::DEFAULT_REPORT_INTERVAL,
             stats_interval: Duration::from_secs(1),
             propagation: Duration::from_millis(1),
             key_space: 10_000,

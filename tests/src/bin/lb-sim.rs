@@ -33,6 +33,49 @@ struct Args {
     /// Write results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A policy parameter `name=value` applied to every contender that takes
+    /// it (repeatable), e.g. `--param active_weighting=false`.
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// Overrides the scenario's backend report interval.
+    #[arg(long, value_parser = lb_server::config::parse_duration)]
+    report_interval: Option<Duration>,
+    /// Overrides the scenario's offered load (fraction of initial capacity).
+    #[arg(long)]
+    load: Option<f64>,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not name=value"))
+}
+
+/// Applies `params` to each contender's policy (those that do not take a
+/// parameter keep their own settings for it).
+fn with_params(
+    mut cs: Vec<Contender>,
+    params: &[(String, String)],
+) -> anyhow::Result<Vec<Contender>> {
+    if params.is_empty() {
+        return Ok(cs);
+    }
+    for c in &mut cs {
+        let mut mine = c.policy.params();
+        let mut any = false;
+        for (k, v) in params {
+            if mine.contains_key(k) {
+                mine.insert(k.clone(), v.clone());
+                any = true;
+            }
+        }
+        if any {
+            c.policy =
+                lb_server::policy::ServicePolicy::parse(c.policy.kind.name(), &mine, &c.policy)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", c.name))?;
+        }
+    }
+    Ok(cs)
 }
 
 fn contenders(names: &[String]) -> anyhow::Result<Vec<Contender>> {
@@ -59,7 +102,14 @@ fn main() -> anyhow::Result<()> {
             SCENARIOS.join(", ")
         );
     };
-    let contenders = contenders(&args.policies)?;
+    let contenders = with_params(contenders(&args.policies)?, &args.params)?;
+    let mut scenario = scenario;
+    if let Some(r) = args.report_interval {
+        scenario.report_interval = r;
+    }
+    if let Some(l) = args.load {
+        scenario.load = l;
+    }
     let started = Instant::now();
     let report = sim::compare(&scenario, &contenders, args.seed);
     print!("{}", report.table());
