@@ -40,6 +40,25 @@ impl AdminApi {
     }
 }
 
+impl AdminApi {
+    /// Applies an override and answers with the instance as it now stands.
+    async fn set_override(
+        &self,
+        key: InstanceKey,
+        weight: Option<Option<u32>>,
+        drained: Option<bool>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
+        self.engine
+            .set_override(key.clone(), weight, drained)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(instance_of(
+            self.view(&key.service).await?,
+            &key,
+        )?))
+    }
+}
+
 fn key(service: String, instance_id: String) -> Result<InstanceKey, Status> {
     check_service(&service).map_err(|e| invalid(FieldError::new("service", e)))?;
     check_id(&instance_id).map_err(|e| invalid(FieldError::new("instance_id", e)))?;
@@ -118,14 +137,7 @@ impl pb::admin_server::Admin for AdminApi {
                 Some(w)
             }
         };
-        self.engine
-            .set_override(key.clone(), Some(weight), None)
-            .await
-            .map_err(engine_status)?;
-        Ok(Response::new(instance_of(
-            self.view(&key.service).await?,
-            &key,
-        )?))
+        self.set_override(key, Some(weight), None).await
     }
 
     async fn set_drain(
@@ -134,13 +146,6 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let r = request.into_inner();
         let key = key(r.service, r.instance_id)?;
-        self.engine
-            .set_override(key.clone(), None, Some(r.drain))
-            .await
-            .map_err(engine_status)?;
-        Ok(Response::new(instance_of(
-            self.view(&key.service).await?,
-            &key,
-        )?))
+        self.set_override(key, None, Some(r.drain)).await
     }
 }

@@ -62,8 +62,9 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-/// The splitmix64 output function (a bijection on `u64`).
-fn finalise(mut z: u64) -> u64 {
+/// The splitmix64 output function (a bijection on `u64`), also used by the
+/// daemon to derive per-client seeds.
+pub fn finalise(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

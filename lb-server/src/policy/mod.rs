@@ -331,13 +331,6 @@ pub fn client_order(plan: &ServicePlan, version: u64, client_seq: u64) -> Vec<u3
     }
 }
 
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
 /// Where subscriber number `seq` starts in a list of `len` entries.
 ///
 /// A Weyl sequence: `seq × stride mod len` with `stride ≈ len / φ` made coprime
@@ -352,7 +345,7 @@ pub fn client_offset(seq: u64, len: usize) -> usize {
     // The coprime stride nearest to len/φ (1 always qualifies, so this ends).
     let stride = (0..len)
         .flat_map(|d| [ideal.saturating_sub(d), ideal + d])
-        .find(|&s| s >= 1 && s < len && gcd(s, len) == 1)
+        .find(|&s| s >= 1 && s < len && swrr::gcd(s, len) == 1)
         .unwrap_or(1);
     ((u128::from(seq % len) * u128::from(stride)) % u128::from(len)) as usize
 }

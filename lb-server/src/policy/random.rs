@@ -76,10 +76,7 @@ pub fn sample<R: Rng + ?Sized>(weights: &[f64], len: usize, rng: &mut R) -> Vec<
 
 /// SplitMix64's output function applied to `x + γ`.
 fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    lb_proto::keyhash::finalise(x.wrapping_add(0x9e37_79b9_7f4a_7c15))
 }
 
 /// A seed for one client's draw on one plan: mixes the plan version and the
