@@ -1,0 +1,2 @@
+//! Placeholder; the pick benchmark is being written.
+fn main() {}
