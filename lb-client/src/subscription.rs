@@ -163,6 +163,7 @@ impl Shared {
 struct Handle {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A live subscription to one service's server list. Cheap to clone; the
@@ -213,7 +214,12 @@ pub async fn subscribe(service: &str, options: ClientOptions) -> Result<Subscrip
         sent_dropped: 0,
         sent_no_backend: 0,
     };
-    tokio::spawn(task.run(stop));
+    let handle = tokio::spawn(task.run(stop));
+    *subscription
+        .inner
+        .task
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
     Ok(subscription)
 }
 
@@ -236,7 +242,11 @@ impl Subscription {
             dropped: AtomicU64::new(0),
             no_backend: AtomicU64::new(0),
         });
-        let inner = Arc::new(Handle { shared, stop });
+        let inner = Arc::new(Handle {
+            shared,
+            stop,
+            task: std::sync::Mutex::new(None),
+        });
         (Subscription { inner }, stop_rx)
     }
 
@@ -339,6 +349,24 @@ impl Subscription {
     pub fn close(&self) {
         self.inner.stop.send_replace(true);
     }
+
+    /// Closes the subscription and waits (up to `timeout`) until its last
+    /// call statistics have been handed to the daemon and the stream is closed.
+    /// Call it before a process exits, so its final outcomes are not lost.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.close();
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(timeout, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
 }
 
 /// Resolves when `close()` was called or every handle is gone.
@@ -362,10 +390,10 @@ impl Task {
         let daemons = self.options.daemons.clone();
         let mut attempt = 0u32;
         for daemon in daemons.iter().cycle() {
-            let received = tokio::select! {
-                _ = stopped(&mut stop) => break,
-                r = self.session(daemon, attempt) => r,
-            };
+            let (received, stop_requested) = self.session(daemon, attempt, &mut stop).await;
+            if stop_requested {
+                break;
+            }
             self.shared.connected.store(false, Relaxed);
             // A stream that delivered something was healthy: start over quickly.
             if received {
@@ -382,10 +410,21 @@ impl Task {
         debug!(service = %self.shared.service, "subscription closed");
     }
 
-    /// One connection and stream; returns whether the daemon sent anything.
-    async fn session(&mut self, daemon: &str, attempt: u32) -> bool {
+    /// One connection and stream; returns whether the daemon sent anything,
+    /// and whether the subscription was closed meanwhile.
+    async fn session(
+        &mut self,
+        daemon: &str,
+        attempt: u32,
+        stop: &mut watch::Receiver<bool>,
+    ) -> (bool, bool) {
         let service = self.shared.service.clone();
-        let channel = match channel::connect(daemon, self.options.connect_timeout).await {
+        let connect = channel::connect(daemon, self.options.connect_timeout);
+        let connected = tokio::select! {
+            _ = stopped(stop) => return (false, true),
+            c = connect => c,
+        };
+        let channel = match connected {
             Ok(ch) => ch,
             Err(e) => {
                 // Loud once per outage, quiet while retrying.
@@ -394,7 +433,7 @@ impl Task {
                 } else {
                     debug!(%daemon, %service, error = %e, attempt, "cannot reach lb daemon");
                 }
-                return false;
+                return (false, false);
             }
         };
         // Small: stats are best-effort and skipped when the stream is backed up.
@@ -403,7 +442,7 @@ impl Task {
             Ok(s) => s,
             Err(status) => {
                 warn!(%daemon, %service, %status, "daemon refused the subscription");
-                return false;
+                return (false, false);
             }
         };
         self.shared.connected.store(true, Relaxed);
@@ -443,9 +482,24 @@ impl Task {
                         permit.send(self.take_stats());
                     }
                 }
+                _ = stopped(stop) => {
+                    // Closing: hand over the last outcomes, end our side of the
+                    // stream, and give the daemon a moment to take them.
+                    if ticker.is_some() {
+                        let last = self.take_stats();
+                        let flush = async {
+                            if tx.send(last).await.is_ok() {
+                                drop(tx);
+                                while let Some(Ok(_)) = stream.next().await {}
+                            }
+                        };
+                        let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
+                    }
+                    return (received, true);
+                }
             }
         }
-        received
+        (received, false)
     }
 
     /// Installs a list from the daemon; returns the endpoints it retired.

@@ -436,3 +436,45 @@ async fn consistent_hash_agrees_across_clients_and_moves_few_keys() {
         "{moved} moved, b3 had {b3_keys}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_call_stats_reach_the_daemon_even_when_the_client_exits_at_once() {
+    let c = Cluster::start(
+        &["--default-policy", "round_robin"],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 1),
+            BackendSpec::new("echo", "b3", 1),
+        ],
+    );
+    let sub = c.client("echo").await;
+    wait_ids(&sub, &set(&["b1", "b2", "b3"])).await;
+    let (counts, errors) = call(&sub, 90).await;
+    assert_eq!((counts.values().sum::<u64>(), errors), (90, 0));
+    // Well inside the first 1 s stats interval: only the final flush can deliver.
+    sub.shutdown(WAIT).await;
+    let mut admin =
+        lb_proto::v1::admin_client::AdminClient::connect(format!("http://{}", c.daemon.addr()))
+            .await
+            .expect("admin");
+    let s = admin
+        .get_service(lb_proto::v1::GetServiceRequest {
+            service: "echo".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let per: BTreeMap<String, u64> = s
+        .instances
+        .iter()
+        .map(|i| (i.instance_id.clone(), i.calls_finished))
+        .collect();
+    assert_eq!(
+        per,
+        BTreeMap::from([("b1".into(), 30), ("b2".into(), 30), ("b3".into(), 30)])
+    );
+    assert!(s
+        .instances
+        .iter()
+        .all(|i| i.calls_failed == 0 && i.latency_ewma_ms > 0.0));
+}

@@ -92,6 +92,8 @@ async fn main() -> anyhow::Result<()> {
         errors += e;
     }
     let elapsed = started.elapsed();
+    // Hand the last call outcomes to the daemon before exiting.
+    sub.shutdown(Duration::from_secs(1)).await;
     let ok: u64 = counts.values().sum();
     let weight_sum: u64 = args.expect.iter().map(|(_, w)| w).sum();
     let mut bad = false;
