@@ -56,6 +56,11 @@ pub async fn run(
         // partition) is found by HTTP/2 pings rather than only by TTL.
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        // Small receive windows: a backend flooding reports is slowed down by
+        // flow control after a few thousand queued messages instead of making
+        // the daemon buffer millions (our messages are tens of bytes).
+        .initial_stream_window_size(Some(64 * 1024))
+        .initial_connection_window_size(Some(1024 * 1024))
         .add_service(registry)
         .add_service(balancer)
         .add_service(admin)

@@ -1,0 +1,1154 @@
+//! `lb-bench`: the balancing-quality benchmark with real processes on
+//! 127.0.0.1 (`../shared/bench/SCENARIOS.md`, family A).
+//!
+//! For each policy, one after the other: a fresh `lb-server` (temporary data
+//! directory), the service's policy set with `lb-server ctl set-policy`, one
+//! `lb-backend` process per backend, and `lb-loadgen` (open-loop Poisson
+//! arrivals from the scenario's seed, the same for every policy, over
+//! independent clients with their own subscriptions) for the warm-up and the
+//! measured run. The scenario's events happen at their times; then everything
+//! is stopped. The result is `OUT/quality-<scenario>.json` (rows = policies)
+//! plus each policy's raw loadgen result in `OUT/quality-<scenario>/`.
+//!
+//! ```sh
+//! cargo build --release --workspace
+//! target/release/lb-bench --scenario scripts/scenarios/hetero-degrade.toml --out bench-results
+//! target/release/lb-bench --scenario scripts/scenarios/cold-join.toml --quick --policies load_aware,p2c
+//! ```
+//!
+//! Policies (`--policies`, comma-separated): any policy name of
+//! `lb-server ctl set-policy` (every backend registered with weight 1), plus
+//! two peers: `weighted` = `weighted_round_robin` with every backend
+//! registered with a static weight equal to its true capacity (the best any
+//! static configuration can do), and `p2c` = tower's p2c balancer with
+//! PeakEWMA inside each client, which takes only the membership from its lb
+//! subscription and sees only its own calls. Default:
+//! `round_robin,weighted,load_aware,least_active,fastest_response,p2c`.
+//! `--quick` runs a third of the duration (events scaled alike) and at most
+//! 2 s of warm-up.
+//!
+//! # Scenario files (TOML)
+//!
+//! ```toml
+//! name = "hetero-degrade"         # names the result: quality-<name>.json
+//! title = "..."                   # optional, for the table
+//! service = "work"                # optional (default "work")
+//! clients = 16                    # independent clients, each its own subscription
+//! load = 0.7                      # offered load, fraction of the initial backends' capacity
+//! warmup = "3s"                   # not measured
+//! duration = "30s"                # measured run
+//! seed = 1                        # arrival times, clients and service demands
+//! timeout = "1s"                  # optional (default 1s); a later answer is an error
+//! notes = ["..."]                 # optional, copied into the result
+//!
+//! [[backends]]                    # one lb-backend process each
+//! id = "b0"
+//! slots = 8                       # concurrent workers (default 8)
+//! service_ms = 10                 # mean exponential service time
+//! weight = 800                    # optional: static weight under `weighted`
+//!                                 #   (default: capacity = slots × 1000 / service_ms)
+//! cold_factor = 4                 # optional: starts 4× slower ...
+//! cold_for = "5s"                 # ... and warms up linearly over 5 s
+//!
+//! [[events]]                      # `at` counts from the start of the measured run
+//! at = "12s"
+//! kind = "degrade"                # the backend's mean service time changes
+//! backend = "b0"
+//! service_ms = 80
+//!
+//! [[events]]
+//! at = "21s"
+//! kind = "kill"                   # SIGKILL: the backend dies without deregistering
+//! backend = "b2"
+//!
+//! [[events]]
+//! at = "6s"
+//! kind = "join"                   # a new backend starts (cold unless told otherwise)
+//! backend = { id = "b4", slots = 8, service_ms = 20, cold_factor = 4, cold_for = "5s" }
+//!
+//! [[events]]
+//! at = "5s"
+//! kind = "restart-balancer"       # lb-server is killed -9 and restarted on the
+//!                                 # same port and data directory
+//! ```
+//!
+//! A degrade is scheduled inside the backend by wall-clock time (one per
+//! backend); the other events are applied by `lb-bench` at their time, and
+//! how late they were is reported in the notes.
+//!
+//! # Result (`quality-<scenario>.json`)
+//!
+//! `{"bench", "title", "command", "machine", "columns", "rows", "notes",
+//! "series": {"p99_per_second": {policy: [[t_s, p99_ms], ...]},
+//! "errors_per_second": {policy: [[t_s, n], ...]}, "shares": {policy:
+//! {backend: share %}}, "events": [[t_s, "degrade b0"], ...]}}`. Shares are
+//! of requests sent in a backend's reference phase: the steady phase (before
+//! the first event) for the initial backends, the phase after its join for a
+//! joiner. Latency percentiles are over answered requests, from the scheduled
+//! arrival (queueing included); errors = timeouts + failed calls.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use lb_tests::harness::{bin, ctl, Daemon, Proc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Runs a balancing-quality scenario for every policy and writes the table.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Scenario file (TOML).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Policies to compare (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "round_robin,weighted,load_aware,least_active,fastest_response,p2c"
+    )]
+    policies: Vec<String>,
+    /// A third of the duration (events scaled alike), at most 2 s of warm-up.
+    #[arg(long)]
+    quick: bool,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Only parse and check the scenario, print it, and exit.
+    #[arg(long)]
+    check: bool,
+    /// Output directory.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendSpec {
+    id: String,
+    #[serde(default = "default_slots")]
+    slots: u32,
+    service_ms: f64,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    cold_factor: Option<f64>,
+    #[serde(default)]
+    cold_for: Option<String>,
+}
+
+fn default_slots() -> u32 {
+    8
+}
+
+impl BackendSpec {
+    fn capacity(&self) -> f64 {
+        f64::from(self.slots) * 1000.0 / self.service_ms
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum BackendRef {
+    Id(String),
+    Spec(BackendSpec),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventSpec {
+    at: String,
+    kind: String,
+    #[serde(default)]
+    backend: Option<BackendRef>,
+    #[serde(default)]
+    service_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    name: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default = "default_service")]
+    service: String,
+    clients: u32,
+    load: f64,
+    warmup: String,
+    duration: String,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default)]
+    timeout: Option<String>,
+    backends: Vec<BackendSpec>,
+    #[serde(default)]
+    events: Vec<EventSpec>,
+    #[serde(default)]
+    notes: Vec<String>,
+}
+
+fn default_service() -> String {
+    "work".into()
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Degrade { backend: String, service_ms: f64 },
+    Kill { backend: String },
+    Join(BackendSpec),
+    RestartBalancer,
+}
+
+impl Event {
+    fn label(&self) -> String {
+        match self {
+            Event::Degrade {
+                backend,
+                service_ms,
+            } => format!("degrade {backend} to {service_ms} ms"),
+            Event::Kill { backend } => format!("kill {backend}"),
+            Event::Join(b) => format!("join {}", b.id),
+            Event::RestartBalancer => "restart-balancer".into(),
+        }
+    }
+}
+
+/// A checked scenario, durations parsed (and scaled by `--quick`).
+#[derive(Debug, Clone)]
+struct Scenario {
+    name: String,
+    title: String,
+    service: String,
+    clients: u32,
+    load: f64,
+    warmup: Duration,
+    duration: Duration,
+    seed: u64,
+    timeout: Duration,
+    backends: Vec<BackendSpec>,
+    events: Vec<(Duration, Event)>,
+    notes: Vec<String>,
+}
+
+impl Scenario {
+    fn capacity(&self) -> f64 {
+        self.backends.iter().map(BackendSpec::capacity).sum()
+    }
+
+    fn rate(&self) -> f64 {
+        self.load * self.capacity()
+    }
+}
+
+/// Parses `250ms`, `3s`, `1.5s`, `2m` (a bare number is seconds).
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("{s:?} is not a duration"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        bail!("{s:?} is not a duration");
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn check_backend(b: &BackendSpec) -> anyhow::Result<()> {
+    if b.id.is_empty() {
+        bail!("a backend has an empty id");
+    }
+    if b.slots == 0 || !(b.service_ms.is_finite() && b.service_ms > 0.0) {
+        bail!("backend {}: slots and service_ms must be positive", b.id);
+    }
+    if let Some(c) = &b.cold_for {
+        parse_duration(c).with_context(|| format!("backend {}: cold_for", b.id))?;
+    }
+    Ok(())
+}
+
+fn load_scenario(path: &Path, quick: bool, seed: Option<u64>) -> anyhow::Result<Scenario> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let f: ScenarioFile =
+        toml::from_str(&text).with_context(|| format!("bad scenario {}", path.display()))?;
+    let mut warmup = parse_duration(&f.warmup).context("warmup")?;
+    let mut duration = parse_duration(&f.duration).context("duration")?;
+    let scale = if quick { 1.0 / 3.0 } else { 1.0 };
+    if quick {
+        warmup = warmup.min(Duration::from_secs(2));
+        duration = duration.mul_f64(scale);
+    }
+    if f.clients == 0 || !(f.load.is_finite() && f.load > 0.0) || f.backends.is_empty() {
+        bail!("clients, load and backends must be positive / non-empty");
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for b in &f.backends {
+        check_backend(b)?;
+        if ids.contains(&b.id) {
+            bail!("backend id {} is used twice", b.id);
+        }
+        ids.push(b.id.clone());
+    }
+    let mut events = Vec::new();
+    let mut degraded: Vec<String> = Vec::new();
+    for e in &f.events {
+        let at = parse_duration(&e.at)
+            .with_context(|| format!("event at {:?}", e.at))?
+            .mul_f64(scale);
+        if at >= duration {
+            bail!("event {} at {:?} is after the end of the run", e.kind, e.at);
+        }
+        let id = |r: &Option<BackendRef>| -> anyhow::Result<String> {
+            match r {
+                Some(BackendRef::Id(id)) if ids.contains(id) => Ok(id.clone()),
+                Some(BackendRef::Id(id)) => bail!("event {}: unknown backend {id}", e.kind),
+                _ => bail!("event {} needs `backend = \"ID\"`", e.kind),
+            }
+        };
+        let ev = match e.kind.as_str() {
+            "degrade" => {
+                let backend = id(&e.backend)?;
+                if degraded.contains(&backend) {
+                    bail!("backend {backend} degrades twice (one degrade per backend)");
+                }
+                degraded.push(backend.clone());
+                let service_ms = e
+                    .service_ms
+                    .filter(|m| m.is_finite() && *m > 0.0)
+                    .ok_or_else(|| anyhow!("degrade needs a positive service_ms"))?;
+                Event::Degrade {
+                    backend,
+                    service_ms,
+                }
+            }
+            "kill" => Event::Kill {
+                backend: id(&e.backend)?,
+            },
+            "join" => match &e.backend {
+                Some(BackendRef::Spec(b)) => {
+                    check_backend(b)?;
+                    if ids.contains(&b.id) {
+                        bail!("join: backend id {} is used twice", b.id);
+                    }
+                    ids.push(b.id.clone());
+                    Event::Join(b.clone())
+                }
+                _ => bail!("join needs `backend = {{ id = ..., service_ms = ... }}`"),
+            },
+            "restart-balancer" => Event::RestartBalancer,
+            k => bail!("unknown event kind {k:?} (degrade, kill, join, restart-balancer)"),
+        };
+        events.push((at, ev));
+    }
+    events.sort_by_key(|(at, _)| *at);
+    Ok(Scenario {
+        name: f.name,
+        title: f.title,
+        service: f.service,
+        clients: f.clients,
+        load: f.load,
+        warmup,
+        duration,
+        seed: seed.unwrap_or(f.seed),
+        timeout: match &f.timeout {
+            Some(t) => parse_duration(t)?,
+            None => Duration::from_secs(1),
+        },
+        backends: f.backends,
+        events,
+        notes: f.notes,
+    })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn sleep_until_unix_ms(t: u64) {
+    let now = unix_ms();
+    if t > now {
+        std::thread::sleep(Duration::from_millis(t - now));
+    }
+}
+
+/// CPU seconds (user + system) of a live process, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((t(11)? + t(12)?) / 100.0)
+}
+
+/// What one contender is: the lb policy to set, the client mode, the weights.
+struct Contender {
+    name: String,
+    lb_policy: String,
+    p2c: bool,
+    capacity_weights: bool,
+}
+
+fn contender(name: &str) -> Contender {
+    match name {
+        "weighted" => Contender {
+            name: name.into(),
+            lb_policy: "weighted_round_robin".into(),
+            p2c: false,
+            capacity_weights: true,
+        },
+        // The daemon's list only gives p2c its membership; round robin keeps it plain.
+        "p2c" => Contender {
+            name: name.into(),
+            lb_policy: "round_robin".into(),
+            p2c: true,
+            capacity_weights: false,
+        },
+        other => Contender {
+            name: other.into(),
+            lb_policy: other.into(),
+            p2c: false,
+            capacity_weights: false,
+        },
+    }
+}
+
+/// One policy's run: the loadgen's result and what lb-bench saw around it.
+struct PolicyRun {
+    run: Value,
+    max_queue: u64,
+    backend_stats: Vec<Value>,
+    /// (event label, how late it was applied, ms).
+    event_lateness: Vec<(String, f64)>,
+    /// CPU seconds per process kind over the run (processes alive at the end).
+    cpu: BTreeMap<String, f64>,
+    restart_ms: Vec<f64>,
+}
+
+struct Farm<'a> {
+    sc: &'a Scenario,
+    c: &'a Contender,
+    daemon_addr: String,
+    dir: PathBuf,
+    /// Wall-clock start of the measured run.
+    measured_unix_ms: u64,
+}
+
+impl Farm<'_> {
+    fn spawn_backend(&self, b: &BackendSpec) -> anyhow::Result<Proc> {
+        let weight = if self.c.capacity_weights {
+            b.weight
+                .unwrap_or_else(|| b.capacity().round().clamp(1.0, 10_000.0) as u32)
+        } else {
+            1
+        };
+        let mut args: Vec<String> = vec![
+            "--daemon".into(),
+            self.daemon_addr.clone(),
+            "--service".into(),
+            self.sc.service.clone(),
+            "--id".into(),
+            b.id.clone(),
+            "--slots".into(),
+            b.slots.to_string(),
+            "--service-ms".into(),
+            b.service_ms.to_string(),
+            "--weight".into(),
+            weight.to_string(),
+            "--stats-out".into(),
+            self.dir
+                .join(format!("{}.stats.json", b.id))
+                .display()
+                .to_string(),
+        ];
+        for (at, e) in &self.sc.events {
+            if let Event::Degrade {
+                backend,
+                service_ms,
+            } = e
+            {
+                if *backend == b.id {
+                    args.push("--degrade-at-unix-ms".into());
+                    args.push((self.measured_unix_ms + at.as_millis() as u64).to_string());
+                    args.push("--degrade-to-ms".into());
+                    args.push(service_ms.to_string());
+                }
+            }
+        }
+        if let (Some(f), Some(d)) = (b.cold_factor, &b.cold_for) {
+            args.push("--cold-factor".into());
+            args.push(f.to_string());
+            args.push("--cold-for-ms".into());
+            args.push(parse_duration(d)?.as_millis().to_string());
+        }
+        Proc::spawn(
+            &bin("lb-backend")?,
+            &args,
+            self.dir.join(format!("{}.log", b.id)),
+            Duration::from_secs(20),
+        )
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s.success());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("lb-loadgen did not finish within {limit:?}");
+        }
+        // No async exit notification for a child in std; a bounded poll.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<PolicyRun> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let data = dir.join("data");
+    let mut daemon = Daemon::start(&data, "127.0.0.1:0", &[])?;
+    let daemon_addr = daemon.addr();
+    ctl(&daemon_addr, &["set-policy", &sc.service, &c.lb_policy])?;
+
+    // The warm-up starts a few seconds from now, once everything is up.
+    let start_unix_ms = unix_ms() + 1500 + 100 * sc.backends.len() as u64;
+    let farm = Farm {
+        sc,
+        c,
+        daemon_addr: daemon_addr.clone(),
+        dir: dir.clone(),
+        measured_unix_ms: start_unix_ms + sc.warmup.as_millis() as u64,
+    };
+    let mut procs: BTreeMap<String, Proc> = BTreeMap::new();
+    for b in &sc.backends {
+        procs.insert(b.id.clone(), farm.spawn_backend(b)?);
+    }
+
+    let run_path = dir.join("run.json");
+    let lg_log = std::fs::File::create(dir.join("loadgen.log"))?;
+    let mut loadgen = Command::new(bin("lb-loadgen")?)
+        .args([
+            "--daemon",
+            &daemon_addr,
+            "--service",
+            &sc.service,
+            "--clients",
+            &sc.clients.to_string(),
+            "--rate",
+            &sc.rate().to_string(),
+            "--duration",
+            &format!("{}ms", sc.duration.as_millis()),
+            "--warmup",
+            &format!("{}ms", sc.warmup.as_millis()),
+            "--seed",
+            &sc.seed.to_string(),
+            "--client-mode",
+            if c.p2c { "p2c" } else { "lb" },
+            "--timeout",
+            &format!("{}ms", sc.timeout.as_millis()),
+            "--start-at-unix-ms",
+            &start_unix_ms.to_string(),
+            "--min-servers",
+            &sc.backends.len().to_string(),
+            "--out",
+            &run_path.display().to_string(),
+        ])
+        .args(if sc.events.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                "--phases".to_string(),
+                sc.events
+                    .iter()
+                    .map(|(at, _)| format!("{}ms", at.as_millis()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(lg_log.try_clone()?)
+        .stderr(lg_log)
+        .spawn()
+        .context("cannot start lb-loadgen")?;
+
+    let mut event_lateness = Vec::new();
+    let mut restart_ms = Vec::new();
+    for (at, e) in &sc.events {
+        let t = farm.measured_unix_ms + at.as_millis() as u64;
+        if let Event::Degrade { .. } = e {
+            continue; // scheduled inside the backend
+        }
+        sleep_until_unix_ms(t);
+        let late = unix_ms().saturating_sub(t) as f64;
+        match e {
+            Event::Kill { backend } => {
+                if let Some(mut p) = procs.remove(backend) {
+                    p.kill9();
+                }
+            }
+            Event::Join(b) => {
+                procs.insert(b.id.clone(), farm.spawn_backend(b)?);
+            }
+            Event::RestartBalancer => {
+                daemon.proc.kill9();
+                let t0 = Instant::now();
+                daemon = Daemon::start(&data, &daemon_addr, &[])
+                    .context("restarting lb-server on the same port")?;
+                restart_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            Event::Degrade { .. } => {}
+        }
+        event_lateness.push((e.label(), late));
+    }
+
+    let limit = sc.warmup + sc.duration + sc.timeout + Duration::from_secs(40);
+    let ok = wait_child(&mut loadgen, limit)?;
+    let lg_text = std::fs::read_to_string(dir.join("loadgen.log")).unwrap_or_default();
+    if !ok {
+        bail!("lb-loadgen failed:\n{lg_text}");
+    }
+    let run: Value = serde_json::from_str(
+        &std::fs::read_to_string(&run_path).context("lb-loadgen wrote no result")?,
+    )?;
+
+    let mut cpu = BTreeMap::new();
+    if let Some(s) = cpu_seconds(daemon.proc.pid()) {
+        cpu.insert("lb-server".to_string(), s);
+    }
+    let backend_cpu: f64 = procs.values().filter_map(|p| cpu_seconds(p.pid())).sum();
+    cpu.insert("lb-backend (all)".to_string(), backend_cpu);
+    if let Some(s) = run.get("cpu_s").and_then(Value::as_f64) {
+        cpu.insert("lb-loadgen".to_string(), s);
+    }
+
+    for p in procs.values_mut() {
+        let _ = p.terminate(Duration::from_secs(3));
+    }
+    let _ = daemon.proc.terminate(Duration::from_secs(5));
+
+    // Largest queue on any backend during the measured run.
+    let (from_s, to_s) = (
+        farm.measured_unix_ms / 1000,
+        (farm.measured_unix_ms + sc.duration.as_millis() as u64) / 1000,
+    );
+    let mut backend_stats = Vec::new();
+    let mut max_queue = 0u64;
+    let mut ids: Vec<String> = sc.backends.iter().map(|b| b.id.clone()).collect();
+    for (_, e) in &sc.events {
+        if let Event::Join(b) = e {
+            ids.push(b.id.clone());
+        }
+    }
+    for id in ids {
+        let Ok(text) = std::fs::read_to_string(dir.join(format!("{id}.stats.json"))) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if let Some(q) = v.get("max_queue").and_then(Value::as_array) {
+            for e in q {
+                let s = e.get(0).and_then(Value::as_u64).unwrap_or(0);
+                let n = e.get(1).and_then(Value::as_u64).unwrap_or(0);
+                if (from_s..=to_s).contains(&s) {
+                    max_queue = max_queue.max(n);
+                }
+            }
+        }
+        backend_stats.push(v);
+    }
+
+    // Keep the raw run and the logs of a failed or surprising run for reading.
+    let keep = out_dir.join(format!("quality-{}", sc.name));
+    std::fs::create_dir_all(&keep)?;
+    std::fs::write(
+        keep.join(format!("{}.run.json", c.name)),
+        serde_json::to_string_pretty(&run)?,
+    )?;
+    Ok(PolicyRun {
+        run,
+        max_queue,
+        backend_stats,
+        event_lateness,
+        cpu,
+        restart_ms,
+    })
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({model}), {mem_gib:.0} GiB, Linux {}, loopback only",
+        kernel.trim()
+    )
+}
+
+fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn num(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn count(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Share (%) of the requests of `phase` sent to `id`.
+fn share(phase: &Value, id: &str) -> f64 {
+    let n = phase
+        .get("backends")
+        .and_then(|b| b.get(id))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let total: u64 = phase
+        .get("backends")
+        .and_then(Value::as_object)
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * n as f64 / total as f64
+    }
+}
+
+fn ratio(a: f64, b: Option<f64>) -> Value {
+    match b {
+        Some(b) if b > 0.0 => json!(r3(a / b)),
+        _ => Value::Null,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    lb_tests::cli::init_tracing("info");
+    let args = Args::parse();
+    let sc = load_scenario(&args.scenario, args.quick, args.seed)?;
+    if args.check {
+        println!(
+            "{}: {} backends, capacity {:.0} req/s, offered {:.0} req/s, {} events",
+            sc.name,
+            sc.backends.len(),
+            sc.capacity(),
+            sc.rate(),
+            sc.events.len()
+        );
+        return Ok(());
+    }
+    for name in ["lb-server", "lb-backend", "lb-loadgen"] {
+        bin(name)?;
+    }
+    std::fs::create_dir_all(&args.out)?;
+    eprintln!(
+        "scenario {}: {} backends, capacity {:.0} req/s, offered {:.0} req/s, {} clients, warm-up {:?}, run {:?}, seed {}{}",
+        sc.name,
+        sc.backends.len(),
+        sc.capacity(),
+        sc.rate(),
+        sc.clients,
+        sc.warmup,
+        sc.duration,
+        sc.seed,
+        if args.quick { " (--quick)" } else { "" }
+    );
+
+    let mut runs: Vec<(Contender, PolicyRun)> = Vec::new();
+    for p in &args.policies {
+        let c = contender(p);
+        eprintln!("== {} ...", c.name);
+        let r = run_policy(&sc, &c, &args.out).with_context(|| format!("policy {p}"))?;
+        eprintln!(
+            "   p50 {} ms, p99 {} ms, errors {}, max queue {}",
+            num(&r.run, "p50_ms"),
+            num(&r.run, "p99_ms"),
+            count(&r.run, "errors"),
+            r.max_queue
+        );
+        runs.push((c, r));
+    }
+
+    // Phases and their labels.
+    let mut phase_labels = vec!["steady".to_string()];
+    for (_, e) in &sc.events {
+        phase_labels.push(format!("after {}", e.label()));
+    }
+    let empty = Vec::new();
+    let phases_of = |r: &PolicyRun| -> Vec<Value> {
+        r.run
+            .get("phases")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty)
+            .clone()
+    };
+    // Each backend's reference phase: steady for the initial ones, the phase
+    // after its join for a joiner.
+    let total_cap = sc.capacity();
+    let mut share_cols: Vec<(String, usize, Option<f64>)> = sc
+        .backends
+        .iter()
+        .map(|b| (b.id.clone(), 0, Some(100.0 * b.capacity() / total_cap)))
+        .collect();
+    for (i, (_, e)) in sc.events.iter().enumerate() {
+        if let Event::Join(b) = e {
+            share_cols.push((b.id.clone(), i + 1, None));
+        }
+    }
+
+    let mut columns: Vec<String> = [
+        "policy",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "timeouts",
+        "max queue",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (id, phase, cap) in &share_cols {
+        columns.push(match cap {
+            Some(c) => format!("{id} share % (capacity {c:.1})"),
+            None => format!("{id} share % ({})", phase_labels[*phase]),
+        });
+    }
+    columns.push("worst share/capacity (steady)".into());
+    for (i, l) in phase_labels.iter().enumerate() {
+        let from = phases_of(&runs[0].1)
+            .get(i)
+            .map(|p| num(p, "from_s"))
+            .unwrap_or(0.0);
+        columns.push(format!("p99 ms {l} (from {from:.0}s)"));
+    }
+    for l in &phase_labels[1..] {
+        columns.push(format!("errors {l}"));
+    }
+    columns.extend(
+        [
+            "p99 ÷ round_robin",
+            "p99 ÷ p2c",
+            "errors ÷ round_robin",
+            "errors ÷ p2c",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+
+    let base = |name: &str, k: &str| -> Option<f64> {
+        runs.iter()
+            .find(|(c, _)| c.name == name)
+            .map(|(_, r)| num(&r.run, k))
+    };
+    let mut rows = Vec::new();
+    let mut p99_series = serde_json::Map::new();
+    let mut err_series = serde_json::Map::new();
+    let mut shares = serde_json::Map::new();
+    for (c, r) in &runs {
+        let phases = phases_of(r);
+        let mut row = vec![
+            json!(c.name),
+            json!(r1(num(&r.run, "p50_ms"))),
+            json!(r1(num(&r.run, "p99_ms"))),
+            json!(r1(num(&r.run, "p999_ms"))),
+            json!(count(&r.run, "errors")),
+            json!(count(&r.run, "timeouts")),
+            json!(r.max_queue),
+        ];
+        let mut s = serde_json::Map::new();
+        let mut worst: f64 = 0.0;
+        for (id, phase, cap) in &share_cols {
+            let sh = phases.get(*phase).map(|p| share(p, id)).unwrap_or(0.0);
+            row.push(json!(r1(sh)));
+            s.insert(id.clone(), json!(r1(sh)));
+            if let Some(cap) = cap {
+                worst = worst.max(sh / cap);
+            }
+        }
+        shares.insert(c.name.clone(), Value::Object(s));
+        row.push(json!(r3(worst)));
+        for i in 0..phase_labels.len() {
+            row.push(json!(r1(phases
+                .get(i)
+                .map(|p| num(p, "p99_ms"))
+                .unwrap_or(0.0))));
+        }
+        for i in 1..phase_labels.len() {
+            row.push(json!(phases
+                .get(i)
+                .map(|p| count(p, "errors"))
+                .unwrap_or(0)));
+        }
+        let (p99, errs) = (num(&r.run, "p99_ms"), num(&r.run, "errors"));
+        row.push(ratio(p99, base("round_robin", "p99_ms")));
+        row.push(ratio(p99, base("p2c", "p99_ms")));
+        row.push(ratio(errs, base("round_robin", "errors")));
+        row.push(ratio(errs, base("p2c", "errors")));
+        rows.push(Value::Array(row));
+        p99_series.insert(
+            c.name.clone(),
+            r.run.get("p99_per_second").cloned().unwrap_or(json!([])),
+        );
+        err_series.insert(
+            c.name.clone(),
+            r.run.get("errors_per_second").cloned().unwrap_or(json!([])),
+        );
+    }
+
+    // Notes: what was run, and the benchmark's own limits.
+    let mut notes: Vec<String> = Vec::new();
+    notes.push(format!(
+        "{} backends ({}), capacity {:.0} req/s; {} independent clients; open-loop Poisson arrivals at {:.0} % of capacity = {:.0} req/s; warm-up {:.0} s (not measured), measured {:.0} s; seed {} (same arrival times, clients and service demands for every policy); timeout {} ms counted as an error{}.",
+        sc.backends.len(),
+        sc.backends
+            .iter()
+            .map(|b| format!("{} {}×{} ms", b.id, b.slots, b.service_ms))
+            .collect::<Vec<_>>()
+            .join(", "),
+        sc.capacity(),
+        sc.clients,
+        sc.load * 100.0,
+        sc.rate(),
+        sc.warmup.as_secs_f64(),
+        sc.duration.as_secs_f64(),
+        sc.seed,
+        sc.timeout.as_millis(),
+        if args.quick { "; --quick (a third of the scenario's duration)" } else { "" }
+    ));
+    if !sc.events.is_empty() {
+        notes.push(format!(
+            "Events (from the start of the measured run): {}.",
+            sc.events
+                .iter()
+                .map(|(at, e)| format!("{:.1} s {}", at.as_secs_f64(), e.label()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    notes.push("Real processes on 127.0.0.1: one lb-server (defaults: 250 ms load reports, 1 s client stats), one lb-backend process per backend (FIFO slots, exponential service times as timers, not CPU), one lb-loadgen process holding every client. Latency runs from the scheduled arrival to the reply (queueing and the generator's own lateness included); percentiles are over answered requests; errors = timeouts + failed calls.".into());
+    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1.".into());
+    let delays: Vec<String> = runs
+        .iter()
+        .map(|(c, r)| {
+            let d = r.run.get("send_delay_ms");
+            let g = |k: &str| {
+                d.and_then(|d| d.get(k))
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
+            };
+            format!("{} {:.2}/{:.2}/{:.1}", c.name, g("p50"), g("p99"), g("max"))
+        })
+        .collect();
+    notes.push(format!(
+        "Load generator lateness (request started vs. scheduled, ms, p50/p99/max over warm-up + run): {}.",
+        delays.join("; ")
+    ));
+    let phase_delays: Vec<String> = runs
+        .iter()
+        .map(|(c, r)| {
+            let d: Vec<String> = phases_of(r)
+                .iter()
+                .map(|p| format!("{:.2}", num(p, "send_delay_p99_ms")))
+                .collect();
+            format!("{} {}", c.name, d.join(" / "))
+        })
+        .collect();
+    notes.push(format!(
+        "Lateness p99 by phase, ms ({}): {}.",
+        phase_labels.join(" / "),
+        phase_delays.join("; ")
+    ));
+    let cpu: Vec<String> = runs
+        .iter()
+        .map(|(c, r)| {
+            let span = sc.warmup.as_secs_f64() + sc.duration.as_secs_f64();
+            format!(
+                "{} {}",
+                c.name,
+                r.cpu
+                    .iter()
+                    .map(|(k, v)| format!("{k} {:.2} cores", v / span))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    notes.push(format!(
+        "CPU used (average over warm-up + run, 2 cores available; lb-server and backends counted for processes alive at the end): {}.",
+        cpu.join("; ")
+    ));
+    let realized: Vec<String> = runs
+        .iter()
+        .map(|(c, r)| {
+            format!(
+                "{} {}",
+                c.name,
+                r.backend_stats
+                    .iter()
+                    .map(|v| format!(
+                        "{} {:.2}",
+                        v.get("id").and_then(Value::as_str).unwrap_or("?"),
+                        num(v, "service_ms_realized_mean")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        })
+        .collect();
+    notes.push(format!(
+        "Realized mean service time of completed requests per backend over its whole life, ms (the model's timer overshoot is calibrated away; a degraded backend mixes both means, and a backend whose requests time out keeps only the shorter ones): {}.",
+        realized.join("; ")
+    ));
+    let late: Vec<String> = runs
+        .iter()
+        .filter(|(_, r)| !r.event_lateness.is_empty())
+        .map(|(c, r)| {
+            format!(
+                "{} {}",
+                c.name,
+                r.event_lateness
+                    .iter()
+                    .map(|(l, ms)| format!("{l} +{ms:.0} ms"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    if !late.is_empty() {
+        notes.push(format!(
+            "Events applied by lb-bench, lateness vs. schedule: {}.",
+            late.join("; ")
+        ));
+    }
+    let restarts: Vec<String> = runs
+        .iter()
+        .filter(|(_, r)| !r.restart_ms.is_empty())
+        .map(|(c, r)| {
+            format!(
+                "{} {}",
+                c.name,
+                r.restart_ms
+                    .iter()
+                    .map(|ms| format!("{ms:.0} ms"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    if !restarts.is_empty() {
+        notes.push(format!(
+            "lb-server restart (spawn to listening, same port and data dir): {}.",
+            restarts.join("; ")
+        ));
+    }
+    notes.extend(sc.notes.iter().cloned());
+
+    let events: Vec<Value> = sc
+        .events
+        .iter()
+        .map(|(at, e)| json!([r3(at.as_secs_f64()), e.label()]))
+        .collect();
+    let command = format!(
+        "target/release/lb-bench --scenario {}{}{}",
+        args.scenario.display(),
+        if args.policies.join(",")
+            == "round_robin,weighted,load_aware,least_active,fastest_response,p2c"
+        {
+            String::new()
+        } else {
+            format!(" --policies {}", args.policies.join(","))
+        },
+        if args.quick { " --quick" } else { "" }
+    );
+    let result = json!({
+        "bench": format!("quality-{}", sc.name),
+        "title": if sc.title.is_empty() { format!("Balancing quality, {}", sc.name) } else { sc.title.clone() },
+        "command": command,
+        "machine": machine(),
+        "columns": columns,
+        "rows": rows,
+        "notes": notes,
+        "series": {
+            "p99_per_second": p99_series,
+            "errors_per_second": err_series,
+            "shares": shares,
+            "events": events,
+        },
+    });
+    let path = args.out.join(format!("quality-{}.json", sc.name));
+    std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+
+    // A table a person can read.
+    println!("| {} |", columns.join(" | "));
+    println!("|{}|", vec!["---"; columns.len()].join("|"));
+    for row in &rows {
+        let cells: Vec<String> = row
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        Value::Null => "-".into(),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("| {} |", cells.join(" | "));
+    }
+    for n in &notes {
+        println!("- {n}");
+    }
+    println!("wrote {}", path.display());
+    Ok(())
+}
