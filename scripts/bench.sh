@@ -26,7 +26,11 @@ for a in "$@"; do
     esac
 done
 
+# A quick run compares the three rows that define the result (the static
+# baseline, our default, the client-side peer); a full run compares them all.
+quality_policies=()
 if [ "$quick" = 1 ]; then
+    quality_policies=(--policies round_robin,load_aware,p2c)
     base=target/bench-quick
     results=$base/results
     plots=$base/plots
@@ -105,7 +109,7 @@ if [ -x "$bin/lb-bench" ]; then
         skip "quality" "no scripts/scenarios/*.toml"
     fi
     for s in "${scenarios[@]}"; do
-        run "quality $(basename "$s" .toml)" "$bin/lb-bench" --scenario "$s" --out "$results" "${q[@]}"
+        run "quality $(basename "$s" .toml)" "$bin/lb-bench" --scenario "$s" --out "$results" "${q[@]}" "${quality_policies[@]}"
     done
 else
     skip "quality" "$bin/lb-bench not built yet"
