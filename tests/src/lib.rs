@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`echo`]: generated types of the example service (`tests/proto/echo.proto`).
+//! - [`bench`]: what the benchmark binaries share (the machine description).
 //! - [`cli`]: logging set-up and signal handling shared by the binaries.
 //! - [`harness`]: start, kill (-9), terminate (SIGTERM) and restart real processes;
 //!   each prints `... listening on ADDR` on stdout, which the harness waits for.
@@ -20,5 +21,6 @@ pub mod echo {
     tonic::include_proto!("lb.example.v1");
 }
 
+pub mod bench;
 pub mod cli;
 pub mod harness;

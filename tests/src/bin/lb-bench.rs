@@ -87,6 +87,7 @@
 //! joiner. Latency percentiles are over answered requests, from the scheduled
 //! arrival (queueing included); errors = timeouts + failed calls.
 
+use lb_tests::bench::machine;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -697,36 +698,6 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
         cpu,
         restart_ms,
     })
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0 / 1024.0)
-        .unwrap_or(0.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{cores} cores ({model}), {mem_gib:.0} GiB, Linux {}, loopback only",
-        kernel.trim()
-    )
 }
 
 fn r1(x: f64) -> f64 {

@@ -19,6 +19,7 @@
 //! is bounded in count and time. Build with `--release` for figures worth
 //! quoting: `cargo build --release -p lb-tests -p lb-server`.
 
+use lb_tests::bench::machine;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -168,32 +169,6 @@ impl Table {
 fn num(x: f64, d: i32) -> Value {
     let f = 10f64.powi(d);
     json!((x * f).round() / f)
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    format!("{cores} cores ({model}), {mem_gib:.0} GiB, Linux {kernel}, loopback only")
 }
 
 /// p50, p99, max of `v` (nearest rank).

@@ -16,6 +16,7 @@
 //!
 //! `target/release/lb-hop --calls 5000 --out bench/results`
 
+use lb_tests::bench::machine;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -293,28 +294,6 @@ fn summary(v: &[f64]) -> (f64, f64, f64) {
         s[rank.clamp(1, s.len()) - 1]
     };
     (q(0.5), q(0.99), s.iter().sum::<f64>() / s.len() as f64)
-}
-
-/// "2 cores, AMD EPYC, Linux 6.18" from /proc.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| {
-            let s = s.trim();
-            // "6.18.44-fc-v657" → "6.18"
-            s.split('.').take(2).collect::<Vec<_>>().join(".")
-        })
-        .unwrap_or_default();
-    format!("{cores} cores, {cpu}, Linux {kernel}")
 }
 
 fn round(x: f64, digits: i32) -> f64 {

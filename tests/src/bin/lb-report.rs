@@ -33,6 +33,7 @@
 //!
 //! `target/release/lb-report --results bench/results --out BENCHMARKS.md --plots bench/plots`
 
+use lb_tests::bench::machine;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -1604,37 +1605,6 @@ fn round_sig(x: f64, sig: i32) -> f64 {
     }
     let d = sig - 1 - x.abs().log10().floor() as i32;
     round(x, d.max(0))
-}
-
-/// "2 cores, AMD EPYC, 24 GiB, Linux 6.18" from /proc.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            let kb: f64 = s
-                .lines()
-                .find(|l| l.starts_with("MemTotal:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some(format!(", {:.0} GiB", kb / 1024.0 / 1024.0))
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().split('.').take(2).collect::<Vec<_>>().join("."))
-        .unwrap_or_default();
-    format!("{cores} cores, {cpu}{mem}, Linux {kernel}")
 }
 
 fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
