@@ -33,3 +33,25 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// Runs a backend's server until SIGINT/SIGTERM, then shuts down in the order
+/// lb expects: drain first (leave every list, via the reporter), then stop
+/// serving, each step bounded. `serve` gets the future that tells the server
+/// to stop.
+pub async fn serve_then_drain<F>(
+    reporter: lb_client::Reporter,
+    serve: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+) where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let bound = std::time::Duration::from_secs(2);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(Box::pin(async {
+        let _ = stop_rx.await;
+    })));
+    shutdown_signal().await;
+    reporter.shutdown(bound).await;
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(bound, server).await;
+}

@@ -6,7 +6,6 @@
 //! `echo-backend --daemon 127.0.0.1:7400 --service echo --id b1 --weight 2`
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -77,22 +76,17 @@ async fn main() -> anyhow::Result<()> {
     let reporter = Reporter::start(reg, ReporterOptions::new(&args.daemon));
 
     println!("echo-backend listening on {addr}");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .layer(reporter.layer())
-        .add_service(EchoServer::new(EchoService { id: args.id }))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
-    let server = tokio::spawn(server);
-    lb_tests::cli::shutdown_signal().await;
-    // Drain first: leave every list, then stop serving.
-    reporter.shutdown(Duration::from_secs(2)).await;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let layer = reporter.layer();
+    lb_tests::cli::serve_then_drain(reporter, |stop| {
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(EchoServer::new(EchoService { id: args.id }))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stop,
+            )
+    })
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

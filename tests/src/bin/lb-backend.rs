@@ -416,21 +416,17 @@ async fn main() -> anyhow::Result<()> {
     let reporter = Reporter::start(reg, opts);
 
     println!("lb-backend listening on {addr}");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(100_000))
-        .add_service(WorkServer::new(WorkService(Arc::clone(&model))))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
-    let server = tokio::spawn(server);
-    lb_tests::cli::shutdown_signal().await;
-    reporter.shutdown(Duration::from_secs(2)).await;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let service = WorkServer::new(WorkService(Arc::clone(&model)));
+    lb_tests::cli::serve_then_drain(reporter, |stop| {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(100_000))
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stop,
+            )
+    })
+    .await;
     if let Some(path) = &args.stats_out {
         write_stats(&model, path);
     }
