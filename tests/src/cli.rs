@@ -15,24 +15,8 @@ pub fn init_tracing(default: &str) {
         .init();
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
+/// Resolves on SIGINT or SIGTERM (the daemon's own trigger).
+pub use lb_server::server::shutdown_signal;
 
 /// Runs a backend's server until SIGINT/SIGTERM, then shuts down in the order
 /// lb expects: drain first (leave every list, via the reporter), then stop
