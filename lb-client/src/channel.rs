@@ -95,6 +95,10 @@ fn fail(status: tonic::Status) -> ResponseFuture {
     Box::pin(std::future::ready(Err(status.into())))
 }
 
+/// Metadata keys with this prefix carry request labels for routing rules:
+/// `lb-label-group: B` is the label `group=B`.
+pub const LABEL_PREFIX: &str = "lb-label-";
+
 impl Service<http::Request<Body>> for LbChannel {
     type Response = http::Response<Body>;
     type Error = BoxError;
@@ -106,19 +110,36 @@ impl Service<http::Request<Body>> for LbChannel {
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> ResponseFuture {
-        let ep = match self.subscription.pick() {
+        // Request labels for routing rules travel as `lb-label-<key>` metadata.
+        let labels: Vec<(&str, &str)> = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = k.as_str().strip_prefix(LABEL_PREFIX)?;
+                Some((key, v.to_str().ok()?))
+            })
+            .collect();
+        let picked = if labels.is_empty() {
+            self.subscription.pick()
+        } else {
+            self.subscription.pick_with(&labels)
+        };
+        drop(labels);
+        let ep = match picked {
             Ok(ep) => ep,
             Err(NoPick::Dropped) => return fail(tonic::Status::unavailable("dropped by balancer")),
             Err(NoPick::Empty) => return fail(tonic::Status::unavailable("no backend available")),
+            Err(NoPick::NoRoute) => {
+                return fail(tonic::Status::unavailable(
+                    "the request's route matches no instance",
+                ))
+            }
         };
         let start = Instant::now();
         let mut channel = match self.channel_for(ep.address()) {
             Ok(ch) => ch,
             Err(e) => {
-                ep.record(Outcome {
-                    ok: false,
-                    latency: start.elapsed(),
-                });
+                ep.record(Outcome::failure(14, start.elapsed()));
                 return fail(tonic::Status::unavailable(format!(
                     "bad backend address {:?}: {e}",
                     ep.address()
@@ -143,15 +164,20 @@ impl Service<http::Request<Body>> for LbChannel {
                     // A trailers-only error response carries grpc-status in the
                     // headers; a normal one reports it in trailers, which we do not
                     // wait for (the body belongs to the caller).
-                    let ok = resp
+                    let code = resp
                         .headers()
                         .get("grpc-status")
-                        .is_none_or(|s| s.as_bytes() == b"0");
-                    ep.record(Outcome { ok, latency });
+                        .and_then(|s| s.to_str().ok()?.parse::<u32>().ok())
+                        .unwrap_or(0);
+                    ep.record(if code == 0 {
+                        Outcome::success(latency)
+                    } else {
+                        Outcome::failure(code, latency)
+                    });
                     Ok(resp)
                 }
                 Err(e) => {
-                    ep.record(Outcome { ok: false, latency });
+                    ep.record(Outcome::failure(14, latency));
                     Err(e.into())
                 }
             }

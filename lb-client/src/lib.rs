@@ -12,7 +12,7 @@
 //! let sub = lb_client::subscribe("echo", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
 //! let ep = sub.pick()?;
 //! // ... call ep.address() ...
-//! sub.report(&ep, lb_client::Outcome { ok: true, latency: std::time::Duration::from_millis(3) });
+//! sub.report(&ep, lb_client::Outcome::success(std::time::Duration::from_millis(3)));
 //! # Ok(()) }
 //! ```
 //!
@@ -20,8 +20,14 @@
 //! - [`list`]: [`PickList`] and [`Endpoint`], the list a client follows, and the pick hot path.
 //! - [`subscription`]: [`subscribe`], [`Subscription`] and the background task
 //!   (connect, stream lists, reconnect, send call stats).
-//! - [`channel`]: [`LbChannel`], a `tower::Service` for tonic clients that picks per request.
+//! - [`channel`]: [`LbChannel`], a `tower::Service` for tonic clients that picks per request
+//!   (request labels for routing rules as `lb-label-*` metadata).
+//! - [`call`]: [`Subscription::call`] and friends: calls under the daemon's cluster
+//!   modes ([`CallSettings`]), on the route the request's labels select.
 //! - [`backoff`]: jittered exponential [`Backoff`] for reconnects (pure).
+//! - [`budget`]: [`RetryBudget`], retries allowed as a fraction of recent requests (Finagle-style).
+//! - [`cluster`]: Dubbo-style cluster modes ([`Mode`]: failover, failfast, failsafe,
+//!   forking/hedging, broadcast) run by [`cluster::call`] over a [`Picker`].
 //! - [`reporter`]: the backend side: [`Reporter`] registers and streams [`LoadSample`]s.
 //! - [`inflight`]: [`InFlight`] request counter and [`InFlightLayer`] for tonic servers.
 //! - [`cpu`]: process CPU utilization from `/proc/self/stat` ([`CpuSampler`]).
@@ -31,7 +37,10 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod budget;
+pub mod call;
 pub mod channel;
+pub mod cluster;
 pub mod cpu;
 pub mod inflight;
 pub mod list;
@@ -40,9 +49,14 @@ pub mod reporter;
 pub mod subscription;
 
 pub use backoff::Backoff;
+pub use budget::{BudgetConfig, RetryBudget};
+pub use call::{CallSettings, Planned};
 pub use channel::LbChannel;
+pub use cluster::{
+    Broadcast, BroadcastReport, CallError, ClusterError, Collect, Failover, Mode, Picker,
+};
 pub use cpu::CpuSampler;
 pub use inflight::{InFlight, InFlightGuard, InFlightLayer};
-pub use list::{CallCounts, Endpoint, NoPick, Outcome, PickList};
+pub use list::{CallCounts, Endpoint, NoPick, Outcome, PickList, Route, RouteSpec};
 pub use reporter::{Error as ReporterError, LoadSample, Registration, Reporter, ReporterOptions};
 pub use subscription::{subscribe, ClientOptions, Error, Subscription};

@@ -12,6 +12,8 @@
 //! over.
 
 use std::collections::HashMap;
+
+use crate::call::CallSettings;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +55,9 @@ pub enum NoPick {
     /// locally without retrying elsewhere.
     #[error("dropped by balancer")]
     Dropped,
+    /// The request matched a strict routing rule that selects no instance.
+    #[error("the request's route matches no instance")]
+    NoRoute,
 }
 
 /// The outcome of one call, reported back with [`crate::Subscription::report`].
@@ -62,7 +67,32 @@ pub struct Outcome {
     pub ok: bool,
     /// Time from sending the call to its response.
     pub latency: Duration,
+    /// For a failure, its gRPC status code (1..=16); 0 counts as UNKNOWN.
+    pub code: u32,
 }
+
+impl Outcome {
+    /// A successful call.
+    pub fn success(latency: Duration) -> Outcome {
+        Outcome {
+            ok: true,
+            latency,
+            code: 0,
+        }
+    }
+
+    /// A failed call with gRPC status `code` (e.g. 14 for UNAVAILABLE).
+    pub fn failure(code: u32, latency: Duration) -> Outcome {
+        Outcome {
+            ok: false,
+            latency,
+            code,
+        }
+    }
+}
+
+/// gRPC status codes 0..=16.
+pub const STATUS_CODES: usize = 17;
 
 /// Call counters of one endpoint, as read by [`Endpoint::counts`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,6 +105,10 @@ pub struct CallCounts {
     pub failed: u64,
     /// Sum of latencies of finished calls, in microseconds.
     pub latency_sum_us: u64,
+    /// Of `failed`, how many by gRPC status code (index = code).
+    pub failed_by_code: [u64; STATUS_CODES],
+    /// The current run of consecutive failures (not reset by reading).
+    pub consecutive_failures: u64,
 }
 
 impl CallCounts {
@@ -97,6 +131,8 @@ pub struct Endpoint {
     calls_finished: AtomicU64,
     calls_failed: AtomicU64,
     latency_sum_us: AtomicU64,
+    failed_by_code: [AtomicU64; STATUS_CODES],
+    consecutive: AtomicU64,
 }
 
 impl Endpoint {
@@ -113,6 +149,8 @@ impl Endpoint {
             calls_finished: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
             latency_sum_us: AtomicU64::new(0),
+            failed_by_code: std::array::from_fn(|_| AtomicU64::new(0)),
+            consecutive: AtomicU64::new(0),
         }
     }
 
@@ -179,27 +217,72 @@ impl Endpoint {
             finished: self.calls_finished.load(Relaxed),
             failed: self.calls_failed.load(Relaxed),
             latency_sum_us: self.latency_sum_us.load(Relaxed),
+            failed_by_code: std::array::from_fn(|i| self.failed_by_code[i].load(Relaxed)),
+            consecutive_failures: self.consecutive.load(Relaxed),
         }
     }
 
     /// Reads and resets the counters, for a stats report.
+    /// The failure run is reported only with calls that finished in the
+    /// interval, so an old run is not reported again after an idle spell.
+    ///
+    /// A call recorded while the counters are read may land half in this
+    /// report: whatever would make `failed` exceed `finished` (or the codes
+    /// exceed `failed`) is put back for the next report, so every report is
+    /// consistent (the daemon refuses inconsistent ones).
     pub(crate) fn take_counts(&self) -> CallCounts {
+        let finished = self.calls_finished.swap(0, Relaxed);
+        let mut failed = self.calls_failed.swap(0, Relaxed);
+        if failed > finished {
+            self.calls_failed.fetch_add(failed - finished, Relaxed);
+            failed = finished;
+        }
+        let mut failed_by_code: [u64; STATUS_CODES] =
+            std::array::from_fn(|i| self.failed_by_code[i].swap(0, Relaxed));
+        let mut excess = failed_by_code.iter().sum::<u64>().saturating_sub(failed);
+        for (i, n) in failed_by_code.iter_mut().enumerate() {
+            let back = excess.min(*n);
+            if back > 0 {
+                self.failed_by_code[i].fetch_add(back, Relaxed);
+                *n -= back;
+                excess -= back;
+            }
+        }
         CallCounts {
             started: self.calls_started.swap(0, Relaxed),
-            finished: self.calls_finished.swap(0, Relaxed),
-            failed: self.calls_failed.swap(0, Relaxed),
+            finished,
+            failed,
             latency_sum_us: self.latency_sum_us.swap(0, Relaxed),
+            failed_by_code,
+            consecutive_failures: if finished > 0 {
+                self.consecutive.load(Relaxed)
+            } else {
+                0
+            },
         }
     }
 
     /// Records a finished call.
     pub(crate) fn record(&self, outcome: Outcome) {
-        self.calls_finished.fetch_add(1, Relaxed);
-        if !outcome.ok {
+        if outcome.ok {
+            self.consecutive.store(0, Relaxed);
+        } else {
             self.calls_failed.fetch_add(1, Relaxed);
+            self.consecutive.fetch_add(1, Relaxed);
+            let code = match outcome.code as usize {
+                0 => 2, // UNKNOWN
+                c => c.min(STATUS_CODES - 1),
+            };
+            self.failed_by_code[code].fetch_add(1, Relaxed);
         }
+        self.calls_finished.fetch_add(1, Relaxed);
         let us = u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX);
         self.latency_sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// The same backend (instance and address), whatever its tier or token.
+    pub fn same_server(&self, other: &Endpoint) -> bool {
+        self.instance_id == other.instance_id && self.address == other.address
     }
 
     /// Same server, same routing data: counters may carry over.
@@ -213,21 +296,197 @@ impl Endpoint {
     }
 }
 
+/// One ordered lane of a list (the default one, or a route's): the entries of
+/// its first tier, which picks cycle through, and the entries of later tiers,
+/// which only failover reaches.
+#[derive(Debug)]
+struct Lane {
+    /// Indices into the servers: first-tier entries (and drop entries).
+    order: Box<[u32]>,
+    /// Later tiers' entries, tier by tier, each in the daemon's order.
+    spill: Box<[u32]>,
+    /// Starts at 0 for every new list: the daemon already rotated it for us.
+    cursor: AtomicUsize,
+}
+
+impl Lane {
+    /// Splits `order` (validated indices) by the servers' tiers.
+    fn new(order: Vec<u32>, servers: &[Endpoint]) -> Lane {
+        let tier = |i: u32| servers[i as usize].tier;
+        let first = order
+            .iter()
+            .filter(|&&i| !servers[i as usize].drop)
+            .map(|&i| tier(i))
+            .min()
+            .unwrap_or(0);
+        let (now, mut later): (Vec<u32>, Vec<u32>) = order
+            .into_iter()
+            .partition(|&i| servers[i as usize].drop || tier(i) == first);
+        later.sort_by_key(|&i| tier(i)); // stable: keeps the order within a tier
+        Lane {
+            order: now.into_boxed_slice(),
+            spill: later.into_boxed_slice(),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    fn empty() -> Lane {
+        Lane::new(Vec::new(), &[])
+    }
+
+    fn pick(&self, servers: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+        let len = self.order.len();
+        if len == 0 {
+            return Err(NoPick::Empty);
+        }
+        let i = self.cursor.fetch_add(1, Relaxed) % len;
+        // Indices were validated against the servers at construction.
+        let ep = &servers[self.order[i] as usize];
+        if ep.drop {
+            return Err(NoPick::Dropped);
+        }
+        ep.calls_started.fetch_add(1, Relaxed);
+        Ok(Arc::clone(ep))
+    }
+
+    /// The next first-tier entry not in `tried`; then later tiers in order.
+    fn pick_untried(
+        &self,
+        servers: &[Arc<Endpoint>],
+        tried: &[Arc<Endpoint>],
+    ) -> Result<Arc<Endpoint>, NoPick> {
+        if tried.is_empty() {
+            return self.pick(servers);
+        }
+        let fresh = |i: &u32| {
+            let ep = &servers[*i as usize];
+            !ep.drop
+                && !tried
+                    .iter()
+                    .any(|t| Arc::ptr_eq(t, ep) || t.same_server(ep))
+        };
+        let len = self.order.len();
+        let start = if len == 0 {
+            0
+        } else {
+            self.cursor.fetch_add(1, Relaxed) % len
+        };
+        let found = self.order[start..]
+            .iter()
+            .chain(&self.order[..start])
+            .chain(self.spill.iter())
+            .find(|i| fresh(i));
+        match found {
+            Some(&i) => {
+                let ep = &servers[i as usize];
+                ep.calls_started.fetch_add(1, Relaxed);
+                Ok(Arc::clone(ep))
+            }
+            None => Err(NoPick::Empty),
+        }
+    }
+
+    /// Every distinct non-drop endpoint, first tier first.
+    fn distinct(&self, servers: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+        let mut out: Vec<Arc<Endpoint>> = Vec::new();
+        for &i in self.order.iter().chain(self.spill.iter()) {
+            let ep = &servers[i as usize];
+            if !ep.drop && !out.iter().any(|e| Arc::ptr_eq(e, ep)) {
+                out.push(Arc::clone(ep));
+            }
+        }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty() && self.spill.is_empty()
+    }
+}
+
+/// A routing rule the daemon sent: requests whose labels include every pair
+/// of `request` follow its own lane.
+#[derive(Debug)]
+pub struct Route {
+    name: String,
+    request: Box<[(String, String)]>,
+    lane: Lane,
+    strict: bool,
+}
+
+impl Route {
+    /// The rule's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether a request with `labels` takes this route.
+    pub fn matches(&self, labels: &[(&str, &str)]) -> bool {
+        self.request
+            .iter()
+            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    }
+
+    /// The route selects no instance and must not fall back.
+    fn fails(&self) -> bool {
+        self.strict && self.lane.is_empty()
+    }
+}
+
+/// A route as the daemon describes it, for [`PickList::with_routes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// The rule's name.
+    pub name: String,
+    /// Request labels that select it (all must be equal).
+    pub request: Vec<(String, String)>,
+    /// Indices into the list's servers.
+    pub order: Vec<u32>,
+    /// An empty `order` fails the request instead of falling back.
+    pub strict: bool,
+}
+
+/// Which lane of a list a call follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaneRef {
+    /// The default order.
+    Default,
+    /// Route number `i`.
+    Route(usize),
+}
+
 /// An ordered server list: follow `order` round-robin.
 #[derive(Debug)]
 pub struct PickList {
     version: u64,
     servers: Vec<Arc<Endpoint>>,
-    /// Indices into `servers`, validated at construction.
-    order: Box<[u32]>,
-    /// Starts at 0 for every new list: the daemon already rotated it for us.
-    cursor: AtomicUsize,
+    /// The default lane.
+    lane: Lane,
+    /// Routes on request labels, first match wins.
+    routes: Box<[Route]>,
     /// Hash policies: key hash → index into `servers` (empty otherwise).
     affinity: Box<[u32]>,
+    /// What a call does across instances (cluster modes), from the daemon.
+    settings: Arc<CallSettings>,
+}
+
+fn check_indices(order: &[u32], servers: usize) -> Result<(), Error> {
+    match order
+        .iter()
+        .enumerate()
+        .find(|(_, &i)| i as usize >= servers)
+    {
+        Some((position, &index)) => Err(Error::OrderOutOfRange {
+            position,
+            index,
+            servers,
+        }),
+        None => Ok(()),
+    }
 }
 
 impl PickList {
     /// Builds a list from distinct `servers` and `order` (indices into `servers`).
+    /// Entries of servers in a later tier than the first are kept for failover.
     ///
     /// This is also the way to pick without a [`crate::Subscription`] (tests,
     /// static configurations): build a list, then call [`PickList::pick`].
@@ -236,23 +495,37 @@ impl PickList {
         servers: Vec<Endpoint>,
         order: Vec<u32>,
     ) -> Result<PickList, Error> {
-        if let Some((position, &index)) = order
-            .iter()
-            .enumerate()
-            .find(|(_, &i)| i as usize >= servers.len())
-        {
-            return Err(Error::OrderOutOfRange {
-                position,
-                index,
-                servers: servers.len(),
-            });
+        PickList::with_routes(version, servers, order, Vec::new())
+    }
+
+    /// [`PickList::from_parts`] with routes on request labels.
+    pub fn with_routes(
+        version: u64,
+        servers: Vec<Endpoint>,
+        order: Vec<u32>,
+        routes: Vec<RouteSpec>,
+    ) -> Result<PickList, Error> {
+        check_indices(&order, servers.len())?;
+        for r in &routes {
+            check_indices(&r.order, servers.len())?;
         }
+        let lane = Lane::new(order, &servers);
+        let routes = routes
+            .into_iter()
+            .map(|r| Route {
+                name: r.name,
+                request: r.request.into_boxed_slice(),
+                lane: Lane::new(r.order, &servers),
+                strict: r.strict,
+            })
+            .collect();
         Ok(PickList {
             version,
             servers: servers.into_iter().map(Arc::new).collect(),
-            order: order.into_boxed_slice(),
-            cursor: AtomicUsize::new(0),
+            lane,
+            routes,
             affinity: Box::new([]),
+            settings: Arc::default(),
         })
     }
 
@@ -271,6 +544,17 @@ impl PickList {
         }
         self.affinity = affinity.into_boxed_slice();
         Ok(self)
+    }
+
+    /// Sets the cluster modes calls on this list follow.
+    pub fn with_settings(mut self, settings: CallSettings) -> PickList {
+        self.settings = Arc::new(settings);
+        self
+    }
+
+    /// The cluster modes calls on this list follow.
+    pub fn settings(&self) -> &CallSettings {
+        &self.settings
     }
 
     /// Whether the list carries an affinity table (a hash policy is in force).
@@ -299,9 +583,10 @@ impl PickList {
         PickList {
             version: 0,
             servers: Vec::new(),
-            order: Box::new([]),
-            cursor: AtomicUsize::new(0),
+            lane: Lane::empty(),
+            routes: Box::new([]),
             affinity: Box::new([]),
+            settings: Arc::default(),
         }
     }
 
@@ -328,18 +613,61 @@ impl PickList {
     /// The next entry in order. Lock-free and allocation-free: one atomic add on
     /// the cursor, one on the endpoint's `calls_started`, one refcount increment.
     pub fn pick(&self) -> Result<Arc<Endpoint>, NoPick> {
-        let len = self.order.len();
-        if len == 0 {
-            return Err(NoPick::Empty);
+        self.lane.pick(&self.servers)
+    }
+
+    /// The lane a request with `labels` follows: the first route that
+    /// matches, or the default; `Err(NoRoute)` for a strict route that
+    /// selects nothing.
+    pub(crate) fn lane_for(&self, labels: &[(&str, &str)]) -> Result<LaneRef, NoPick> {
+        match self.routes.iter().position(|r| r.matches(labels)) {
+            Some(i) if self.routes[i].fails() => Err(NoPick::NoRoute),
+            Some(i) if self.routes[i].lane.is_empty() => Ok(LaneRef::Default),
+            Some(i) => Ok(LaneRef::Route(i)),
+            None => Ok(LaneRef::Default),
         }
-        let i = self.cursor.fetch_add(1, Relaxed) % len;
-        // `order` was validated against `servers` in `from_parts`.
-        let ep = &self.servers[self.order[i] as usize];
-        if ep.drop {
-            return Err(NoPick::Dropped);
+    }
+
+    fn lane(&self, at: LaneRef) -> &Lane {
+        match at {
+            LaneRef::Route(i) => self.routes.get(i).map_or(&self.lane, |r| &r.lane),
+            LaneRef::Default => &self.lane,
         }
-        ep.calls_started.fetch_add(1, Relaxed);
-        Ok(Arc::clone(ep))
+    }
+
+    /// Picks for a request carrying `labels`: the first route whose labels
+    /// all match, else the default order. Lock-free and allocation-free.
+    pub fn pick_with(&self, labels: &[(&str, &str)]) -> Result<Arc<Endpoint>, NoPick> {
+        let at = self.lane_for(labels)?;
+        self.lane(at).pick(&self.servers)
+    }
+
+    /// The next entry of lane `at` that is not in `tried`, spilling to later
+    /// tiers when the first is exhausted (failover).
+    pub(crate) fn pick_untried(
+        &self,
+        at: LaneRef,
+        tried: &[Arc<Endpoint>],
+    ) -> Result<Arc<Endpoint>, NoPick> {
+        self.lane(at).pick_untried(&self.servers, tried)
+    }
+
+    /// Every distinct non-drop endpoint of lane `at` (broadcast).
+    pub(crate) fn distinct(&self, at: LaneRef) -> Vec<Arc<Endpoint>> {
+        self.lane(at).distinct(&self.servers)
+    }
+
+    /// The route named `name`, by position.
+    pub(crate) fn route_named(&self, name: &str) -> Option<LaneRef> {
+        self.routes
+            .iter()
+            .position(|r| r.name == name)
+            .map(LaneRef::Route)
+    }
+
+    /// The routes on request labels, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
     /// The version the daemon gave this list (0 for fallback lists).
@@ -347,14 +675,15 @@ impl PickList {
         self.version
     }
 
-    /// Number of entries in `order` (shares, drop entries included).
+    /// Number of entries picks cycle through (the first tier's shares, drop
+    /// entries included).
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.lane.order.len()
     }
 
     /// True when there is nothing to pick.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.lane.order.is_empty()
     }
 
     /// The distinct endpoints (drop entries included).
@@ -362,9 +691,9 @@ impl PickList {
         &self.servers
     }
 
-    /// The entries in pick order.
+    /// The entries picks cycle through, in order.
     pub fn entries(&self) -> impl Iterator<Item = &Arc<Endpoint>> + '_ {
-        self.order.iter().map(|&i| &self.servers[i as usize])
+        self.lane.order.iter().map(|&i| &self.servers[i as usize])
     }
 
     /// Distinct addresses of the non-drop servers, sorted.
@@ -475,10 +804,7 @@ mod tests {
     fn adopt_keeps_counters_of_unchanged_endpoints() {
         let old = abc();
         let a = old.pick().unwrap();
-        old.servers()[0].record(Outcome {
-            ok: false,
-            latency: Duration::from_millis(3),
-        });
+        old.servers()[0].record(Outcome::failure(14, Duration::from_millis(3)));
         let mut new = PickList::from_parts(
             2,
             vec![

@@ -14,7 +14,12 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::list::{self, Endpoint, PickList};
+use std::time::Duration;
+
+use crate::budget::BudgetConfig;
+use crate::call::{CallSettings, Planned};
+use crate::cluster::{self, Mode};
+use crate::list::{self, Endpoint, PickList, RouteSpec};
 use crate::reporter::{Directive, LoadSample, Outgoing, Registration};
 use crate::subscription::{StatsReport, Update};
 
@@ -32,8 +37,110 @@ impl TryFrom<v1::ServerList> for PickList {
 
     fn try_from(list: v1::ServerList) -> Result<Self, Error> {
         let servers = list.servers.into_iter().map(endpoint).collect();
-        let l = PickList::from_parts(list.version, servers, list.order)?;
-        Ok(l.with_affinity(list.affinity)?)
+        let routes = list
+            .routes
+            .into_iter()
+            .map(|r| RouteSpec {
+                name: r.name,
+                request: r.request.into_iter().collect(),
+                order: r.order,
+                strict: r.strict,
+            })
+            .collect();
+        let l = PickList::with_routes(list.version, servers, list.order, routes)?;
+        let settings = list.cluster.map(settings).unwrap_or_default();
+        Ok(l.with_affinity(list.affinity)?.with_settings(settings))
+    }
+}
+
+/// The daemon's cluster modes. A mode this build does not know falls back to
+/// the default (failover): the daemon validated it, so it is newer than us.
+fn settings(c: v1::ClusterConfig) -> CallSettings {
+    let d = BudgetConfig::default();
+    CallSettings {
+        default: c.default_mode.map(planned).unwrap_or_default(),
+        methods: c
+            .methods
+            .into_iter()
+            .map(|(k, m)| (k, planned(m)))
+            .collect(),
+        budget: BudgetConfig {
+            percent: c
+                .budget_percent
+                .map_or(d.percent, |p| f64::from(p.min(100)) / 100.0),
+            min_per_sec: c.budget_min_per_sec.unwrap_or(d.min_per_sec),
+            ..d
+        },
+    }
+}
+
+fn planned(m: v1::ClusterMode) -> Planned {
+    use v1::cluster_mode::{Collect as C, Kind as K};
+    let broadcast = || cluster::Broadcast {
+        collect: match C::try_from(m.collect) {
+            Ok(C::All) => cluster::Collect::All,
+            Ok(C::None) => cluster::Collect::None,
+            _ => cluster::Collect::First,
+        },
+        max_failure_percent: m.max_failure_percent.min(100),
+    };
+    match K::try_from(m.kind) {
+        Ok(K::Failfast) => Planned::Mode(Mode::Failfast),
+        Ok(K::Failsafe) => Planned::Mode(Mode::Failsafe),
+        Ok(K::Forking) => Planned::Mode(Mode::Forking { k: m.forks.max(1) }),
+        Ok(K::Broadcast) => Planned::Mode(Mode::Broadcast(broadcast())),
+        Ok(K::Multicast) => Planned::Multicast {
+            route: m.route.clone(),
+            broadcast: broadcast(),
+        },
+        Ok(K::Failover) | Err(_) => {
+            let backoff = Duration::from_millis(u64::from(m.backoff_ms));
+            let max = match m.backoff_max_ms {
+                0 => backoff * 10,
+                ms => Duration::from_millis(u64::from(ms)),
+            };
+            let retry_on: Vec<tonic::Code> = m.retry_on.iter().filter_map(|n| code(n)).collect();
+            Planned::Mode(Mode::Failover(cluster::Failover {
+                attempts: m.attempts.max(1),
+                backoff,
+                backoff_max: max.max(backoff),
+                retry_on: if retry_on.is_empty() {
+                    vec![tonic::Code::Unavailable]
+                } else {
+                    retry_on
+                },
+            }))
+        }
+    }
+}
+
+/// A gRPC status name ("UNAVAILABLE") as its code.
+fn code(name: &str) -> Option<tonic::Code> {
+    (1..=16)
+        .map(tonic::Code::from_i32)
+        .find(|c| status_name(*c).eq_ignore_ascii_case(name))
+}
+
+fn status_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -77,6 +184,14 @@ impl From<StatsReport> for v1::ClientStats {
                     calls_finished: c.finished,
                     calls_failed: c.failed,
                     latency_sum_us: c.latency_sum_us,
+                    failed_by_code: c
+                        .failed_by_code
+                        .iter()
+                        .enumerate()
+                        .filter(|(code, n)| *code > 0 && **n > 0)
+                        .map(|(code, &n)| (code as u32, n))
+                        .collect(),
+                    consecutive_failures: c.consecutive_failures,
                 })
                 .collect(),
             dropped: s.dropped,
@@ -218,6 +333,7 @@ mod tests {
             servers: vec![server("a", false), server("d", true)],
             order: vec![0, 1, 0],
             affinity: vec![],
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(list.version(), 9);
@@ -231,12 +347,84 @@ mod tests {
     }
 
     #[test]
+    fn converts_routes_tiers_and_cluster_modes() {
+        use v1::cluster_mode::Kind;
+        let mut far = server("b", false);
+        far.tier = 1;
+        let list = PickList::try_from(v1::ServerList {
+            version: 3,
+            servers: vec![server("a", false), far, server("c", false)],
+            order: vec![0, 1, 0, 2],
+            routes: vec![v1::Route {
+                name: "canary".into(),
+                request: [("group".to_string(), "B".to_string())].into(),
+                order: vec![2],
+                strict: true,
+            }],
+            cluster: Some(v1::ClusterConfig {
+                default_mode: Some(v1::ClusterMode {
+                    kind: Kind::Failover as i32,
+                    attempts: 4,
+                    backoff_ms: 5,
+                    retry_on: vec!["UNAVAILABLE".into(), "deadline_exceeded".into()],
+                    ..Default::default()
+                }),
+                methods: [(
+                    "/a.B/C".to_string(),
+                    v1::ClusterMode {
+                        kind: Kind::Forking as i32,
+                        forks: 3,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                budget_percent: Some(50),
+                budget_min_per_sec: None,
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        // b is in tier 1: picks skip it, failover reaches it last.
+        let picks: Vec<String> = (0..3)
+            .map(|_| list.pick().unwrap().instance_id().to_owned())
+            .collect();
+        assert_eq!(picks, ["a", "a", "c"]);
+        assert_eq!(list.len(), 3);
+        assert_eq!(
+            list.pick_with(&[("group", "B")]).unwrap().instance_id(),
+            "c"
+        );
+        assert_eq!(
+            list.pick_with(&[("group", "A")]).unwrap().instance_id(),
+            "a"
+        );
+        assert_eq!(list.routes()[0].name(), "canary");
+        let s = list.settings();
+        match s.mode_for("/x.Y/Z") {
+            Planned::Mode(Mode::Failover(f)) => {
+                assert_eq!(f.attempts, 4);
+                assert_eq!(f.backoff, Duration::from_millis(5));
+                assert_eq!(f.backoff_max, Duration::from_millis(50));
+                assert_eq!(
+                    f.retry_on,
+                    [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.mode_for("/a.B/C"), &Planned::Mode(Mode::Forking { k: 3 }));
+        assert_eq!(s.budget.percent, 0.5);
+        assert_eq!(s.budget.min_per_sec, 10);
+    }
+
+    #[test]
     fn rejects_out_of_range_affinity() {
         let err = PickList::try_from(v1::ServerList {
             version: 1,
             servers: vec![server("a", false)],
             order: vec![0],
             affinity: vec![0, 0, 3],
+            ..Default::default()
         })
         .unwrap_err();
         assert!(matches!(
@@ -252,6 +440,7 @@ mod tests {
             servers: vec![server("a", false)],
             order: vec![0, 7],
             affinity: vec![],
+            ..Default::default()
         })
         .unwrap_err();
         assert!(matches!(

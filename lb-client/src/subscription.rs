@@ -27,6 +27,7 @@ use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::budget::{BudgetConfig, RetryBudget};
 use crate::channel::{self, LbChannel};
 use crate::list::{CallCounts, Endpoint, NoPick, Outcome, PickList};
 use crate::pb;
@@ -150,6 +151,8 @@ struct Shared {
     streams: AtomicU64,
     dropped: AtomicU64,
     no_backend: AtomicU64,
+    /// The retry budget, rebuilt when the daemon changes its settings.
+    budget: std::sync::Mutex<(BudgetConfig, Arc<RetryBudget>)>,
 }
 
 impl Shared {
@@ -241,6 +244,10 @@ impl Subscription {
             streams: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             no_backend: AtomicU64::new(0),
+            budget: std::sync::Mutex::new((
+                BudgetConfig::default(),
+                Arc::new(RetryBudget::new(BudgetConfig::default())),
+            )),
         });
         let inner = Arc::new(Handle {
             shared,
@@ -271,14 +278,36 @@ impl Subscription {
         self.count(self.inner.shared.list.load().pick_for_key(key))
     }
 
-    fn count(&self, r: Result<Arc<Endpoint>, NoPick>) -> Result<Arc<Endpoint>, NoPick> {
+    /// Picks for a request carrying `labels`: the first routing rule whose
+    /// request labels all match selects the order, else the default one.
+    /// Lock-free and allocation-free.
+    pub fn pick_with(&self, labels: &[(&str, &str)]) -> Result<Arc<Endpoint>, NoPick> {
+        self.count(self.inner.shared.list.load().pick_with(labels))
+    }
+
+    pub(crate) fn count(&self, r: Result<Arc<Endpoint>, NoPick>) -> Result<Arc<Endpoint>, NoPick> {
         let shared = &self.inner.shared;
         match r {
             Err(NoPick::Dropped) => shared.dropped.fetch_add(1, Relaxed),
-            Err(NoPick::Empty) => shared.no_backend.fetch_add(1, Relaxed),
+            Err(NoPick::Empty | NoPick::NoRoute) => shared.no_backend.fetch_add(1, Relaxed),
             Ok(_) => 0,
         };
         r
+    }
+
+    /// The service's retry budget under the daemon's current settings.
+    pub(crate) fn budget(&self) -> Arc<RetryBudget> {
+        let want = self.inner.shared.list.load().settings().budget.clone();
+        let mut b = self
+            .inner
+            .shared
+            .budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.0 != want {
+            *b = (want.clone(), Arc::new(RetryBudget::new(want)));
+        }
+        Arc::clone(&b.1)
     }
 
     /// Records the outcome of a call made to `ep` (from [`Subscription::pick`]).
@@ -607,13 +636,7 @@ mod tests {
         assert_eq!(outcomes.iter().filter(|r| r.is_ok()).count(), 2);
         assert_eq!(sub.dropped(), 4);
         let ep = sub.current().servers()[0].clone();
-        sub.report(
-            &ep,
-            Outcome {
-                ok: true,
-                latency: Duration::from_micros(5),
-            },
-        );
+        sub.report(&ep, Outcome::success(Duration::from_micros(5)));
         assert_eq!(ep.counts().finished, 1);
 
         let empty = Subscription::detached(PickList::empty());

@@ -8,7 +8,7 @@
 use lb_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{EngineHandle, ServiceView};
+use crate::engine::{EngineHandle, RoutingChange, ServiceView};
 use crate::model::{check_id, check_service, check_weight, FieldError, InstanceKey};
 use crate::pb::{engine_status, instance_status, invalid, service_status};
 use crate::policy::ServicePolicy;
@@ -147,5 +147,73 @@ impl pb::admin_server::Admin for AdminApi {
         let r = request.into_inner();
         let key = key(r.service, r.instance_id)?;
         self.set_override(key, None, Some(r.drain)).await
+    }
+
+    async fn put_rule(
+        &self,
+        request: Request<pb::PutRuleRequest>,
+    ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let r = request.into_inner();
+        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        let rule = crate::pb::rule(r.rule, "rule").map_err(invalid)?;
+        let position = match r.position {
+            Some(p) if p as usize >= crate::routing::MAX_RULES => {
+                return Err(invalid(FieldError::new(
+                    "position",
+                    format!("{p} is outside 0..{}", crate::routing::MAX_RULES),
+                )))
+            }
+            p => p.map(|p| p as usize),
+        };
+        self.routing(r.service, RoutingChange::PutRule { rule, position })
+            .await
+    }
+
+    async fn delete_rule(
+        &self,
+        request: Request<pb::DeleteRuleRequest>,
+    ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let r = request.into_inner();
+        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        if r.name.is_empty() {
+            return Err(invalid(FieldError::new("name", "must not be empty")));
+        }
+        self.routing(r.service, RoutingChange::DeleteRule(r.name))
+            .await
+    }
+
+    async fn set_cluster(
+        &self,
+        request: Request<pb::SetClusterRequest>,
+    ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let r = request.into_inner();
+        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        // Multicast routes are checked against the service's rules by the
+        // engine; everything else is checked here.
+        let routes: Vec<String> = r
+            .cluster
+            .iter()
+            .flat_map(|c| c.default_mode.iter().chain(c.methods.values()))
+            .map(|m| m.route.clone())
+            .filter(|r| !r.is_empty())
+            .collect();
+        let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+        let cluster = crate::pb::cluster_config(r.cluster, &routes, "cluster").map_err(invalid)?;
+        self.routing(r.service, RoutingChange::Cluster(cluster))
+            .await
+    }
+}
+
+impl AdminApi {
+    async fn routing(
+        &self,
+        service: String,
+        change: RoutingChange,
+    ) -> Result<Response<pb::ServiceStatus>, Status> {
+        self.engine
+            .set_routing(service.clone(), change)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(service_status(&self.view(&service).await?)))
     }
 }

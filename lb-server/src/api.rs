@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
 use crate::engine::{Attached, Directive, EngineHandle};
-use crate::model::InstanceKey;
+use crate::model::{ClientIdentity, InstanceKey};
 use crate::pb::{self as conv, engine_status, invalid};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -282,6 +282,7 @@ impl pb::balancer_server::Balancer for BalancerApi {
             tx,
             plans,
             service,
+            client,
             seq,
             self.config.stats_interval,
             self.stop.clone(),
@@ -298,6 +299,7 @@ async fn client_session(
     tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
     mut plans: watch::Receiver<std::sync::Arc<crate::engine::Published>>,
     service: String,
+    client: ClientIdentity,
     seq: u64,
     stats_interval: Duration,
     stop: watch::Receiver<bool>,
@@ -308,7 +310,7 @@ async fn client_session(
     'send: loop {
         let published = plans.borrow_and_update().clone();
         let msg = pb::SubscribeResponse {
-            list: Some(conv::server_list(&published, seq)),
+            list: Some(conv::server_list(&published, seq, &client)),
             stats_interval_ms,
         };
         // A client that stops reading must not hold up shutdown.

@@ -70,6 +70,97 @@ pub enum CtlCommand {
         /// Instance id.
         instance: String,
     },
+    /// Add a routing rule, or replace the rule of the same name (persisted;
+    /// pushed to clients at once). Rules are tried in order; the first whose
+    /// conditions all hold picks the instances.
+    ///
+    /// Example (A/B test): `ctl set-rule shop ab --when group=B --select group=B --exclusive`
+    SetRule {
+        /// Service name.
+        service: String,
+        /// Rule name (unique in the service).
+        name: String,
+        /// Request label the call must carry, `key=value` (repeatable).
+        #[arg(long = "when", value_parser = parse_param)]
+        when: Vec<(String, String)>,
+        /// Subscriber label the client must have, `key=value` (repeatable;
+        /// `zone=` matches the client's zone).
+        #[arg(long = "when-client", value_parser = parse_param)]
+        when_client: Vec<(String, String)>,
+        /// Only this client id.
+        #[arg(long = "client-id", default_value = "")]
+        client_id: String,
+        /// Instance label to select, `key=value` (repeatable; `zone=` matches
+        /// the instance's zone).
+        #[arg(long = "select", value_parser = parse_param, conflicts_with = "instance")]
+        select: Vec<(String, String)>,
+        /// One instance id (direct routing, for debugging).
+        #[arg(long)]
+        instance: Option<String>,
+        /// The selected instances serve only traffic matching this rule.
+        #[arg(long)]
+        exclusive: bool,
+        /// When nothing is selected, fail the call instead of using the default list.
+        #[arg(long)]
+        strict: bool,
+        /// Position in the rule order (0 = first).
+        #[arg(long)]
+        position: Option<u32>,
+    },
+    /// Remove a routing rule.
+    DeleteRule {
+        /// Service name.
+        service: String,
+        /// Rule name.
+        name: String,
+    },
+    /// Set what a failed call does next (cluster mode), for the whole service
+    /// or one method; executed by lb-client's `Subscription::call`.
+    ///
+    /// Modes: failover (default: --attempts 3), failfast, failsafe,
+    /// forking (--forks K), broadcast, multicast (--route RULE).
+    SetCluster {
+        /// Service name.
+        service: String,
+        /// Mode: failover, failfast, failsafe, forking, broadcast, multicast.
+        mode: String,
+        /// Only for this method ("/package.Service/Method"); default: the service.
+        #[arg(long)]
+        method: Option<String>,
+        /// failover: total attempts (1..=10).
+        #[arg(long)]
+        attempts: Option<u32>,
+        /// failover: base backoff in ms (doubling, jittered).
+        #[arg(long)]
+        backoff_ms: Option<u32>,
+        /// failover: largest backoff in ms.
+        #[arg(long)]
+        backoff_max_ms: Option<u32>,
+        /// failover: status names to retry (repeatable; default UNAVAILABLE).
+        #[arg(long = "retry-on")]
+        retry_on: Vec<String>,
+        /// forking: instances at once (2..=10).
+        #[arg(long)]
+        forks: Option<u32>,
+        /// broadcast/multicast: first, all or none.
+        #[arg(long)]
+        collect: Option<String>,
+        /// broadcast/multicast: fail above this percentage of failures.
+        #[arg(long)]
+        max_failure_percent: Option<u32>,
+        /// multicast: the routing rule whose instances are called.
+        #[arg(long)]
+        route: Option<String>,
+        /// Retry budget: retries may add this % of calls (0..=100).
+        #[arg(long)]
+        budget_percent: Option<u32>,
+        /// Retry budget: plus this many retries per second.
+        #[arg(long)]
+        budget_min_per_sec: Option<u32>,
+        /// Remove the method's own mode (it follows the service's again).
+        #[arg(long, requires = "method")]
+        clear: bool,
+    },
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -162,8 +253,238 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .into_inner();
             print_instances(&[i]);
         }
+        CtlCommand::SetRule {
+            service,
+            name,
+            when,
+            when_client,
+            client_id,
+            select,
+            instance,
+            exclusive,
+            strict,
+            position,
+        } => {
+            let s = client
+                .put_rule(pb::PutRuleRequest {
+                    service,
+                    rule: Some(pb::Rule {
+                        name,
+                        when_request: when.into_iter().collect(),
+                        when_client: when_client.into_iter().collect(),
+                        when_client_id: client_id,
+                        select: select.into_iter().collect(),
+                        instance: instance.unwrap_or_default(),
+                        exclusive,
+                        strict,
+                    }),
+                    position,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            print_service(&s);
+        }
+        CtlCommand::DeleteRule { service, name } => {
+            let s = client
+                .delete_rule(pb::DeleteRuleRequest { service, name })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            print_service(&s);
+        }
+        CtlCommand::SetCluster {
+            service,
+            mode,
+            method,
+            attempts,
+            backoff_ms,
+            backoff_max_ms,
+            retry_on,
+            forks,
+            collect,
+            max_failure_percent,
+            route,
+            budget_percent,
+            budget_min_per_sec,
+            clear,
+        } => {
+            use pb::cluster_mode::{Collect, Kind};
+            let current = client
+                .get_service(pb::GetServiceRequest {
+                    service: service.clone(),
+                })
+                .await
+                .ok()
+                .and_then(|s| s.into_inner().cluster)
+                .unwrap_or_default();
+            let kind = match mode.as_str() {
+                "failover" => Kind::Failover,
+                "failfast" => Kind::Failfast,
+                "failsafe" => Kind::Failsafe,
+                "forking" => Kind::Forking,
+                "broadcast" => Kind::Broadcast,
+                "multicast" => Kind::Multicast,
+                other => return Err(format!("unknown mode {other:?}: failover, failfast, failsafe, forking, broadcast or multicast")),
+            };
+            let collect = match collect.as_deref() {
+                None | Some("first") => Collect::First,
+                Some("all") => Collect::All,
+                Some("none") => Collect::None,
+                Some(other) => return Err(format!("--collect {other:?}: first, all or none")),
+            };
+            let failover = kind == Kind::Failover;
+            let m = pb::ClusterMode {
+                kind: kind as i32,
+                attempts: attempts.unwrap_or(if failover { 3 } else { 0 }),
+                backoff_ms: backoff_ms.unwrap_or(if failover { 10 } else { 0 }),
+                backoff_max_ms: backoff_max_ms.unwrap_or(0),
+                retry_on,
+                forks: forks.unwrap_or(if kind == Kind::Forking { 2 } else { 0 }),
+                collect: collect as i32,
+                max_failure_percent: max_failure_percent.unwrap_or(0),
+                route: route.unwrap_or_default(),
+            };
+            let mut cfg = current;
+            match (method, clear) {
+                (Some(method), true) => {
+                    cfg.methods.remove(&method);
+                }
+                (Some(method), false) => {
+                    cfg.methods.insert(method, m);
+                }
+                (None, _) => cfg.default_mode = Some(m),
+            }
+            if budget_percent.is_some() {
+                cfg.budget_percent = budget_percent;
+            }
+            if budget_min_per_sec.is_some() {
+                cfg.budget_min_per_sec = budget_min_per_sec;
+            }
+            let s = client
+                .set_cluster(pb::SetClusterRequest {
+                    service,
+                    cluster: Some(cfg),
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            print_service(&s);
+        }
     }
     Ok(())
+}
+
+fn show_labels(m: &std::collections::HashMap<String, String>) -> String {
+    let sorted: BTreeMap<_, _> = m.iter().collect();
+    sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn show_mode(m: &pb::ClusterMode) -> String {
+    use pb::cluster_mode::{Collect, Kind};
+    match Kind::try_from(m.kind) {
+        Ok(Kind::Failover) => format!(
+            "failover attempts={} backoff={}ms..{}ms retry_on={}",
+            m.attempts,
+            m.backoff_ms,
+            if m.backoff_max_ms == 0 {
+                m.backoff_ms * 10
+            } else {
+                m.backoff_max_ms
+            },
+            if m.retry_on.is_empty() {
+                "UNAVAILABLE".to_string()
+            } else {
+                m.retry_on.join(",")
+            }
+        ),
+        Ok(Kind::Failfast) => "failfast".into(),
+        Ok(Kind::Failsafe) => "failsafe".into(),
+        Ok(Kind::Forking) => format!("forking forks={}", m.forks),
+        Ok(k @ (Kind::Broadcast | Kind::Multicast)) => format!(
+            "{} collect={} max_failure_percent={}{}",
+            if k == Kind::Broadcast {
+                "broadcast"
+            } else {
+                "multicast"
+            },
+            match Collect::try_from(m.collect) {
+                Ok(Collect::All) => "all",
+                Ok(Collect::None) => "none",
+                _ => "first",
+            },
+            m.max_failure_percent,
+            if m.route.is_empty() {
+                String::new()
+            } else {
+                format!(" route={}", m.route)
+            }
+        ),
+        Err(_) => format!("unknown mode {}", m.kind),
+    }
+}
+
+fn print_routing(s: &pb::ServiceStatus) {
+    if let Some(c) = &s.cluster {
+        let d = c.default_mode.clone().unwrap_or_default();
+        println!(
+            "cluster   {} (retry budget {}% + {}/s)",
+            show_mode(&d),
+            c.budget_percent.unwrap_or(20),
+            c.budget_min_per_sec.unwrap_or(10)
+        );
+        let methods: BTreeMap<_, _> = c.methods.iter().collect();
+        for (m, mode) in methods {
+            println!("  {m}: {}", show_mode(mode));
+        }
+    }
+    if s.drop_fraction > 0.0 || s.utilization > 0.0 {
+        println!(
+            "shedding  utilization {:.1}%, dropping {:.1}% of calls",
+            s.utilization * 100.0,
+            s.drop_fraction * 100.0
+        );
+    }
+    if s.rules.is_empty() {
+        return;
+    }
+    println!("rules     (first match wins)");
+    for (i, rs) in s.rules.iter().enumerate() {
+        let r = rs.rule.clone().unwrap_or_default();
+        let mut when = Vec::new();
+        if !r.when_request.is_empty() {
+            when.push(format!("request {}", show_labels(&r.when_request)));
+        }
+        if !r.when_client.is_empty() {
+            when.push(format!("client {}", show_labels(&r.when_client)));
+        }
+        if !r.when_client_id.is_empty() {
+            when.push(format!("client_id {}", r.when_client_id));
+        }
+        let target = if r.instance.is_empty() {
+            format!("select {}", show_labels(&r.select))
+        } else {
+            format!("instance {}", r.instance)
+        };
+        println!(
+            "  {i}. {:<16} when {} -> {}{}{}  [{} instance(s){}]",
+            r.name,
+            when.join(" and "),
+            target,
+            if r.exclusive { " exclusive" } else { "" },
+            if r.strict { " strict" } else { "" },
+            rs.selected,
+            if rs.selected == 0 {
+                ": MATCHES NO INSTANCE"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 fn print_service(s: &pb::ServiceStatus) {
@@ -184,6 +505,7 @@ fn print_service(s: &pb::ServiceStatus) {
         "clients   {} dropped, {} with no backend",
         s.dropped, s.no_backend
     );
+    print_routing(s);
     print_instances(&s.instances);
 }
 
@@ -223,7 +545,21 @@ fn print_instances(list: &[pb::InstanceStatus]) {
             i.calls_finished,
             i.calls_failed,
             i.latency_ewma_ms,
-            if i.drained { "  DRAINED" } else { "" }
+            match (i.drained, i.health.as_str()) {
+                (true, _) => "  DRAINED".to_string(),
+                (false, "ejected") => format!(
+                    "  EJECTED {:.1}s more ({}x)",
+                    i.ejected_for_ms as f64 / 1000.0,
+                    i.times_ejected
+                ),
+                (false, "circuit_open") => "  CIRCUIT OPEN".to_string(),
+                _ => String::new(),
+            }
         );
+        if !i.failed_by_code.is_empty() {
+            let codes: BTreeMap<_, _> = i.failed_by_code.iter().collect();
+            let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+            println!("{:<20} failures by status code: {}", "", codes.join(" "));
+        }
     }
 }

@@ -26,14 +26,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::cluster::ClusterConfig;
 use crate::config::Config;
-use crate::model::{ClientStats, InstanceKey, InstanceSpec, Load};
+use crate::health::HostStatus;
+use crate::model::{ClientStats, FieldError, InstanceKey, InstanceSpec, Load};
 use crate::policy::{self, PolicyKind, ServicePlan, ServicePolicy};
 use crate::registry::{Attachment, OutcomeTotals, Override, Registry, RegistryError};
+use crate::routing::{self, Rule};
 use crate::store::{Store, StoreError};
 
 /// How often the engine looks for expired instances.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
+/// How often outlier detection evaluates the outcomes of the last interval
+/// (Envoy's `interval`; ours is shorter because stats arrive every second).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// Most commands applied in one batch (one flush).
 const MAX_BATCH: usize = 1024;
 
@@ -142,6 +148,26 @@ pub enum EngineError {
     /// No such instance: check the service and instance id (`ctl get SERVICE`).
     #[error("{0}")]
     NotFound(String),
+    /// The change is invalid in the context of the service's other settings
+    /// (e.g. a duplicate rule name, a multicast mode naming a missing rule).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+}
+
+/// A change to a service's routing settings.
+#[derive(Debug, Clone)]
+pub enum RoutingChange {
+    /// Add a rule, or replace the rule of the same name; `position` moves it.
+    PutRule {
+        /// The rule (checked on its own by the edge).
+        rule: Rule,
+        /// Where to put it (0 = first); `None`: last, or its current place.
+        position: Option<usize>,
+    },
+    /// Remove a rule by name.
+    DeleteRule(String),
+    /// Replace the cluster modes (checked on their own by the edge).
+    Cluster(ClusterConfig),
 }
 
 /// What the engine tells a backend's stream.
@@ -173,6 +199,14 @@ pub struct ServiceView {
     pub no_backend: u64,
     /// Every registered instance, drained ones included.
     pub instances: Vec<InstanceView>,
+    /// Routing rules, with how many instances each selects now.
+    pub rules: Vec<(Rule, usize)>,
+    /// Cluster modes.
+    pub cluster: ClusterConfig,
+    /// Load shedding: the fraction dropped now.
+    pub drop_fraction: f64,
+    /// Mean fresh reported utilization.
+    pub utilization: f64,
 }
 
 /// An instance as `ctl get` shows it.
@@ -194,6 +228,12 @@ pub struct InstanceView {
     pub outcomes: OutcomeTotals,
     /// Latency estimate now, µs.
     pub latency_us: Option<f64>,
+    /// Outlier detection and circuit state.
+    pub health: HostStatus,
+    /// While ejected: how long until re-admission.
+    pub ejected_for: Option<Duration>,
+    /// Cumulative client-reported failures by status code.
+    pub failed_by_code: BTreeMap<u32, u64>,
 }
 
 #[cfg(test)]
@@ -403,6 +443,15 @@ pub enum Command {
         /// The views.
         reply: oneshot::Sender<Vec<ServiceView>>,
     },
+    /// Changes a service's rules or cluster modes.
+    SetRouting {
+        /// The service.
+        service: String,
+        /// The change.
+        change: RoutingChange,
+        /// Done once durable.
+        reply: Reply<()>,
+    },
     /// Stop changing state: the daemon is shutting down, and streams closing
     /// because of that must not deregister their instances.
     Freeze {
@@ -475,6 +524,20 @@ impl EngineHandle {
             key,
             weight,
             drained,
+            reply,
+        })
+        .await
+    }
+
+    /// Changes a service's routing settings; see [`Command::SetRouting`].
+    pub async fn set_routing(
+        &self,
+        service: String,
+        change: RoutingChange,
+    ) -> Result<(), EngineError> {
+        self.ask(|reply| Command::SetRouting {
+            service,
+            change,
             reply,
         })
         .await
@@ -575,6 +638,8 @@ struct Actor {
     last_plan: HashMap<String, Instant>,
     wrote: bool,
     sweeps: u64,
+    /// When outlier detection next runs over the interval's outcomes.
+    next_health: Instant,
 }
 
 /// Loads the store, publishes the restored plans and starts the engine task.
@@ -592,6 +657,10 @@ pub async fn start(
     let mut registry = Registry::with_default_policy(default_policy.clone());
     for (service, policy) in store.policies(&default_policy)? {
         registry.set_policy(&service, policy);
+    }
+    for (service, (rules, cluster)) in store.routing()? {
+        registry.set_rules(&service, rules);
+        registry.set_cluster(&service, cluster);
     }
     let now = Instant::now();
     for (key, o) in store.overrides()? {
@@ -619,6 +688,7 @@ pub async fn start(
         last_plan: HashMap::new(),
         wrote: false,
         sweeps: 0,
+        next_health: now + HEALTH_INTERVAL,
     };
     actor.publish(now);
     tracing::info!(
@@ -691,10 +761,15 @@ impl Actor {
             Command::Report { key, session, load } => {
                 // A stale session's report is a race with its removal; the
                 // stream has been (or is being) told via its directives.
-                if self.registry.report(&key, session, load, now).is_ok()
-                    && self.registry.policy(&key.service).kind.uses_load()
-                {
-                    self.dirty.insert(key.service);
+                if let Ok(circuit) = self.registry.report(&key, session, load, now) {
+                    if circuit {
+                        self.urgent.insert(key.service);
+                    } else {
+                        let p = self.registry.policy(&key.service);
+                        if p.kind.uses_load() || p.shed.target > 0.0 {
+                            self.dirty.insert(key.service);
+                        }
+                    }
                 }
             }
             Command::Detach { key, session } => {
@@ -770,11 +845,26 @@ impl Actor {
                 pending.push(Pending::Deregister(reply, r));
             }
             Command::Stats { service, stats } => {
-                self.registry.record_stats(&service, &stats, now);
-                let p = self.registry.policy(&service);
-                if p.kind == PolicyKind::FastestResponse || p.outcome.enabled {
-                    self.dirty.insert(service);
+                if self.registry.record_stats(&service, &stats, now) {
+                    self.urgent.insert(service);
+                } else {
+                    let p = self.registry.policy(&service);
+                    if p.kind == PolicyKind::FastestResponse || p.outcome.enabled {
+                        self.dirty.insert(service);
+                    }
                 }
+            }
+            Command::SetRouting {
+                service,
+                change,
+                reply,
+            } => {
+                let r = if self.frozen {
+                    Err(EngineError::ShuttingDown)
+                } else {
+                    self.set_routing(service, change)
+                };
+                pending.push(Pending::Done(reply, r));
             }
             Command::Freeze { reply } => {
                 self.frozen = true;
@@ -870,6 +960,51 @@ impl Actor {
         Ok(o)
     }
 
+    /// Applies a routing change after checking it against the service's
+    /// other settings; persisted before it is applied.
+    fn set_routing(&mut self, service: String, change: RoutingChange) -> Result<(), EngineError> {
+        let (mut rules, mut cluster) = match self.registry.service(&service) {
+            Some(s) => (s.rules.clone(), s.cluster.clone()),
+            None => (Vec::new(), ClusterConfig::default()),
+        };
+        match change {
+            RoutingChange::PutRule { rule, position } => {
+                let at = rules.iter().position(|r| r.name == rule.name);
+                if let Some(i) = at {
+                    rules.remove(i);
+                }
+                let i = position.or(at).unwrap_or(rules.len()).min(rules.len());
+                rules.insert(i, rule);
+            }
+            RoutingChange::DeleteRule(name) => {
+                let Some(i) = rules.iter().position(|r| r.name == name) else {
+                    return Err(EngineError::NotFound(format!(
+                        "no rule {name:?} in service {service:?}"
+                    )));
+                };
+                if cluster.routes().any(|r| r == name) {
+                    return Err(FieldError::new(
+                        "name",
+                        format!("rule {name:?} is the route of a multicast mode; change the cluster modes first"),
+                    )
+                    .into());
+                }
+                rules.remove(i);
+            }
+            RoutingChange::Cluster(c) => cluster = c,
+        }
+        routing::check(&rules)?;
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        cluster.check(&names).map_err(|e| e.within("cluster"))?;
+        self.store.put_routing(&service, &rules, &cluster)?;
+        self.wrote = true;
+        tracing::info!(%service, rules = rules.len(), "routing set");
+        self.registry.set_rules(&service, rules);
+        self.registry.set_cluster(&service, cluster);
+        self.urgent.insert(service);
+        Ok(())
+    }
+
     fn inspect(&self, only: Option<&str>, now: Instant) -> Vec<ServiceView> {
         let mut names: BTreeSet<String> =
             self.registry.services().map(|(n, _)| n.clone()).collect();
@@ -912,7 +1047,36 @@ impl Actor {
                                 .map(|l| (l.load.clone(), now.saturating_duration_since(l.at))),
                             outcomes: i.outcomes,
                             latency_us: latency.get(i.spec.instance_id.as_str()).copied(),
+                            health: svc.health.status(&i.spec.instance_id, now),
+                            ejected_for: svc
+                                .health
+                                .status(&i.spec.instance_id, now)
+                                .ejected_until
+                                .filter(|t| *t > now)
+                                .map(|t| t - now),
+                            failed_by_code: svc
+                                .failed_by_code
+                                .get(&i.spec.instance_id)
+                                .cloned()
+                                .unwrap_or_default(),
                         }
+                    })
+                    .collect();
+                let route_servers: Vec<routing::RouteServer<'_>> = svc
+                    .instances
+                    .values()
+                    .map(|i| routing::RouteServer {
+                        instance_id: &i.spec.instance_id,
+                        zone: &i.spec.zone,
+                        labels: &i.spec.labels,
+                    })
+                    .collect();
+                let rules = svc
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        let n = routing::selected(r, &route_servers);
+                        (r.clone(), n)
                     })
                     .collect();
                 Some(ServiceView {
@@ -923,6 +1087,10 @@ impl Actor {
                     dropped: svc.dropped,
                     no_backend: svc.no_backend,
                     instances,
+                    rules,
+                    cluster: svc.cluster.clone(),
+                    drop_fraction: plan.map_or(0.0, |p| p.drop_fraction),
+                    utilization: svc.utilization(now).unwrap_or(0.0),
                     name,
                 })
             })
@@ -944,6 +1112,15 @@ impl Actor {
         self.sweeps += 1;
         if self.sweeps.is_multiple_of(50) {
             self.hub.collect_garbage();
+        }
+        if !self.frozen
+            && (now >= self.next_health
+                || self.registry.next_readmission().is_some_and(|t| t <= now))
+        {
+            self.next_health = now + HEALTH_INTERVAL;
+            for service in self.registry.evaluate_health(now) {
+                self.urgent.insert(service);
+            }
         }
         if self.frozen || self.registry.next_expiry().is_none_or(|t| t > now) {
             return;
@@ -983,9 +1160,27 @@ impl Actor {
 
     fn plan(&mut self, service: &str, now: Instant, hysteresis: Option<f64>) {
         let policy = self.registry.policy(service);
+        let drop = self
+            .registry
+            .step_shedding(service, self.config.report_interval, now);
         let cands = self.registry.candidates(service, now);
-        let plan = policy::plan(&cands, &policy, now);
-        let ramping = plan.ramping;
+        let mut plan = policy::plan_shedding(&cands, &policy, drop, now);
+        if let Some(svc) = self.registry.service(service) {
+            plan.rules = Arc::new(svc.rules.clone());
+            plan.cluster = Arc::new(svc.cluster.clone());
+            let mut zones: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for i in svc.instances.values() {
+                if !self.registry.override_of(&i.spec.key()).drained {
+                    zones.entry(i.spec.zone.clone()).or_default().1 += 1;
+                }
+            }
+            for c in &cands {
+                zones.entry(c.spec.zone.clone()).or_default().0 += 1;
+            }
+            plan.zones = zones;
+        }
+        plan.panic_threshold = policy.panic_threshold;
+        let ramping = plan.ramping || drop > 0.0;
         let n = cands.len();
         self.last_plan.insert(service.to_string(), now);
         if self.hub.publish(service, plan, hysteresis) {

@@ -13,7 +13,13 @@
 //! - [`registry`]: pure state machine of services, instances, liveness and outcomes.
 //! - [`policy`]: the pure policy engine: `plan()` and `client_order()`, with one
 //!   module per algorithm (see its own map).
-//! - [`store`]: sled persistence of registrations, policies and the generation.
+//! - [`routing`]: pure routing rules (per-subscriber default list and
+//!   per-request routes, exclusive and strict) and locality tiers with a panic threshold.
+//! - [`health`]: pure outlier ejection from client-reported outcomes and a
+//!   utilization circuit breaker, per service.
+//! - [`cluster`]: cluster modes (failover, failfast, failsafe, forking,
+//!   broadcast, multicast) and their validation; executed by lb-client.
+//! - [`store`]: sled persistence of registrations, policies, routing and the generation.
 //! - [`sim`]: deterministic virtual-time simulator driving the real registry and
 //!   policy engine with modelled backends and clients (see `lb-sim`).
 //! - [`model`]: domain types and the documented limits of every field.
@@ -23,13 +29,16 @@
 
 pub mod admin;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod engine;
+pub mod health;
 pub mod model;
 pub mod pb;
 pub mod policy;
 pub mod registry;
+pub mod routing;
 pub mod server;
 pub mod sim;
 pub mod store;

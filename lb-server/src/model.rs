@@ -218,6 +218,10 @@ pub struct InstanceOutcomes {
     pub calls_failed: u64,
     /// Sum of finished calls' latencies, µs.
     pub latency_sum_us: u64,
+    /// Of the failed calls, how many ended with each gRPC status code.
+    pub failed_by_code: BTreeMap<u32, u64>,
+    /// The client's current run of consecutive failures on this instance.
+    pub consecutive_failures: u64,
 }
 
 /// One ClientStats message.
@@ -247,6 +251,26 @@ impl ClientStats {
                 return Err(FieldError::new(
                     format!("instances[{i}].calls_failed"),
                     "greater than calls_finished",
+                ));
+            }
+            let field = || format!("instances[{i}].failed_by_code");
+            let mut by_code: u64 = 0;
+            for (&code, &n) in &s.failed_by_code {
+                if !(1..=16).contains(&code) {
+                    return Err(FieldError::new(
+                        format!("{}[{code}]", field()),
+                        "not a gRPC error status code (1..=16)",
+                    ));
+                }
+                by_code = by_code.saturating_add(n);
+            }
+            if by_code > s.calls_failed {
+                return Err(FieldError::new(
+                    field(),
+                    format!(
+                        "counts add up to {by_code}, more than calls_failed ({})",
+                        s.calls_failed
+                    ),
                 ));
             }
         }

@@ -9,14 +9,16 @@ use std::time::Duration;
 use lb_proto::v1 as pb;
 use tonic::Status;
 
+use crate::cluster;
 use crate::engine::{EngineError, InstanceView, Published, ServiceView};
 use crate::model::{
     ClientIdentity, ClientStats, FieldError, InstanceKey, InstanceOutcomes, InstanceSpec, Load,
     MAX_TTL, MIN_TTL,
 };
-use crate::policy::client_order;
+use crate::policy::view::client_view;
 use crate::registry::Attachment;
 use crate::registry::RegistryError;
+use crate::routing;
 
 /// A bad field, as the status a caller sees.
 pub fn invalid(e: FieldError) -> Status {
@@ -35,6 +37,7 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::Store(e) => Status::unavailable(format!("not persisted: {e}")),
         EngineError::ShuttingDown => Status::unavailable("lb-server is shutting down"),
         EngineError::NotFound(what) => Status::not_found(what),
+        EngineError::Invalid(e) => invalid(e),
     }
 }
 
@@ -129,6 +132,8 @@ pub fn stats(s: pb::ClientStats, field: &str) -> Result<ClientStats, FieldError>
                 calls_finished: i.calls_finished,
                 calls_failed: i.calls_failed,
                 latency_sum_us: i.latency_sum_us,
+                failed_by_code: i.failed_by_code.into_iter().collect(),
+                consecutive_failures: i.consecutive_failures,
             })
             .collect(),
         dropped: s.dropped,
@@ -138,26 +143,223 @@ pub fn stats(s: pb::ClientStats, field: &str) -> Result<ClientStats, FieldError>
     Ok(st)
 }
 
+/// A `ClusterMode` under `field`, validated against the service's rule names.
+pub fn cluster_mode(m: pb::ClusterMode, rules: &[&str]) -> Result<cluster::Mode, FieldError> {
+    use pb::cluster_mode::{Collect as C, Kind as K};
+    let kind = match K::try_from(m.kind) {
+        Ok(K::Failover) => cluster::Kind::Failover,
+        Ok(K::Failfast) => cluster::Kind::Failfast,
+        Ok(K::Failsafe) => cluster::Kind::Failsafe,
+        Ok(K::Forking) => cluster::Kind::Forking,
+        Ok(K::Broadcast) => cluster::Kind::Broadcast,
+        Ok(K::Multicast) => cluster::Kind::Multicast,
+        Err(_) => {
+            return Err(FieldError::new(
+                "kind",
+                format!("{} is not a known mode", m.kind),
+            ))
+        }
+    };
+    let collect = match C::try_from(m.collect) {
+        Ok(C::First) => cluster::Collect::First,
+        Ok(C::All) => cluster::Collect::All,
+        Ok(C::None) => cluster::Collect::None,
+        Err(_) => {
+            return Err(FieldError::new(
+                "collect",
+                format!("{} is not FIRST, ALL or NONE", m.collect),
+            ))
+        }
+    };
+    let mode = cluster::Mode {
+        kind,
+        attempts: m.attempts,
+        backoff_ms: m.backoff_ms,
+        backoff_max_ms: m.backoff_max_ms,
+        retry_on: m.retry_on.iter().map(|r| r.to_ascii_uppercase()).collect(),
+        forks: m.forks,
+        collect,
+        max_failure_percent: m.max_failure_percent,
+        route: m.route,
+    };
+    mode.check(rules)?;
+    Ok(mode)
+}
+
+/// A `ClusterConfig`, validated against the service's rule names.
+pub fn cluster_config(
+    c: Option<pb::ClusterConfig>,
+    rules: &[&str],
+    field: &str,
+) -> Result<cluster::ClusterConfig, FieldError> {
+    let c = c.ok_or_else(|| FieldError::new(field, "missing"))?;
+    let d = cluster::ClusterConfig::default();
+    let default = match c.default_mode {
+        Some(m) => {
+            cluster_mode(m, rules).map_err(|e| e.within(&format!("{field}.default_mode")))?
+        }
+        None => d.default,
+    };
+    if c.methods.len() > cluster::MAX_METHODS {
+        return Err(FieldError::new(
+            format!("{field}.methods"),
+            format!(
+                "{} entries, more than {}",
+                c.methods.len(),
+                cluster::MAX_METHODS
+            ),
+        ));
+    }
+    let mut methods = std::collections::BTreeMap::new();
+    for (k, m) in c.methods {
+        let mode =
+            cluster_mode(m, rules).map_err(|e| e.within(&format!("{field}.methods[{k:?}]")))?;
+        methods.insert(k, mode);
+    }
+    let cfg = cluster::ClusterConfig {
+        default,
+        methods,
+        budget_percent: c.budget_percent.unwrap_or(d.budget_percent),
+        budget_min_per_sec: c.budget_min_per_sec.unwrap_or(d.budget_min_per_sec),
+    };
+    cfg.check(rules).map_err(|e| e.within(field))?;
+    Ok(cfg)
+}
+
+/// A domain cluster mode, as the wire message.
+pub fn cluster_mode_pb(m: &cluster::Mode) -> pb::ClusterMode {
+    use pb::cluster_mode::{Collect as C, Kind as K};
+    pb::ClusterMode {
+        kind: match m.kind {
+            cluster::Kind::Failover => K::Failover,
+            cluster::Kind::Failfast => K::Failfast,
+            cluster::Kind::Failsafe => K::Failsafe,
+            cluster::Kind::Forking => K::Forking,
+            cluster::Kind::Broadcast => K::Broadcast,
+            cluster::Kind::Multicast => K::Multicast,
+        } as i32,
+        attempts: m.attempts,
+        backoff_ms: m.backoff_ms,
+        backoff_max_ms: m.backoff_max_ms,
+        retry_on: m.retry_on.clone(),
+        forks: m.forks,
+        collect: match m.collect {
+            cluster::Collect::First => C::First,
+            cluster::Collect::All => C::All,
+            cluster::Collect::None => C::None,
+        } as i32,
+        max_failure_percent: m.max_failure_percent,
+        route: m.route.clone(),
+    }
+}
+
+/// A domain cluster config, as the wire message.
+pub fn cluster_config_pb(c: &cluster::ClusterConfig) -> pb::ClusterConfig {
+    pb::ClusterConfig {
+        default_mode: Some(cluster_mode_pb(&c.default)),
+        methods: c
+            .methods
+            .iter()
+            .map(|(k, m)| (k.clone(), cluster_mode_pb(m)))
+            .collect(),
+        budget_percent: Some(c.budget_percent),
+        budget_min_per_sec: Some(c.budget_min_per_sec),
+    }
+}
+
+/// A `Rule`, validated on its own (the rule set is checked as a whole by the engine).
+pub fn rule(r: Option<pb::Rule>, field: &str) -> Result<routing::Rule, FieldError> {
+    let r = r.ok_or_else(|| FieldError::new(field, "missing"))?;
+    let target = match (r.select.is_empty(), r.instance.is_empty()) {
+        (false, true) => routing::Target::Selector(r.select.into_iter().collect()),
+        (true, false) => routing::Target::Instance(r.instance),
+        (true, true) => {
+            return Err(FieldError::new(
+                format!("{field}.select"),
+                "set either select (labels) or instance (an instance id)",
+            ))
+        }
+        (false, false) => {
+            return Err(FieldError::new(
+                format!("{field}.instance"),
+                "set either select or instance, not both",
+            ))
+        }
+    };
+    let rule = routing::Rule {
+        name: r.name,
+        when: routing::Match {
+            request: r.when_request.into_iter().collect(),
+            client: r.when_client.into_iter().collect(),
+            client_id: r.when_client_id,
+        },
+        target,
+        exclusive: r.exclusive,
+        strict: r.strict,
+    };
+    routing::check(std::slice::from_ref(&rule)).map_err(|e| {
+        // check() names fields as `rules[0].…`; here the rule stands alone.
+        FieldError::new(
+            e.field
+                .strip_prefix("rules[0]")
+                .map_or(e.field.clone(), |f| format!("{field}{f}")),
+            e.reason,
+        )
+    })?;
+    Ok(rule)
+}
+
+/// A domain rule, as the wire message.
+pub fn rule_pb(r: &routing::Rule) -> pb::Rule {
+    let (select, instance) = match &r.target {
+        routing::Target::Selector(s) => (s.clone().into_iter().collect(), String::new()),
+        routing::Target::Instance(i) => (Default::default(), i.clone()),
+    };
+    pb::Rule {
+        name: r.name.clone(),
+        when_request: r.when.request.clone().into_iter().collect(),
+        when_client: r.when.client.clone().into_iter().collect(),
+        when_client_id: r.when.client_id.clone(),
+        select,
+        instance,
+        exclusive: r.exclusive,
+        strict: r.strict,
+    }
+}
+
 /// The list one client sees: the plan arranged for this client (see
 /// [`crate::policy::client_order`]), with the affinity table if any.
-pub fn server_list(p: &Published, client_seq: u64) -> pb::ServerList {
+pub fn server_list(p: &Published, client_seq: u64, client: &ClientIdentity) -> pb::ServerList {
+    let view = client_view(&p.plan, p.version, client_seq, client);
     pb::ServerList {
         version: p.version,
         servers: p
             .plan
             .servers
             .iter()
-            .map(|s| pb::Server {
+            .enumerate()
+            .map(|(i, s)| pb::Server {
                 instance_id: s.instance_id.clone(),
                 address: s.address.clone(),
                 zone: s.zone.clone(),
-                tier: s.tier,
+                tier: view.tiers.get(i).copied().unwrap_or(0),
                 drop: s.drop,
                 token: s.token.clone(),
             })
             .collect(),
-        order: client_order(&p.plan, p.version, client_seq),
+        order: view.order,
         affinity: p.plan.affinity.clone(),
+        routes: view
+            .routes
+            .into_iter()
+            .map(|r| pb::Route {
+                name: r.name,
+                request: r.request.into_iter().collect(),
+                order: r.order,
+                strict: r.strict,
+            })
+            .collect(),
+        cluster: Some(cluster_config_pb(&p.plan.cluster)),
     }
 }
 
@@ -197,6 +399,17 @@ pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
         calls_finished: i.outcomes.calls_finished,
         calls_failed: i.outcomes.calls_failed,
         latency_ewma_ms: i.latency_us.map_or(0.0, |us| us / 1000.0),
+        health: if i.ejected_for.is_some() {
+            "ejected"
+        } else if i.health.circuit_open {
+            "circuit_open"
+        } else {
+            "ok"
+        }
+        .to_string(),
+        ejected_for_ms: i.ejected_for.map_or(0, |d| d.as_millis() as u64),
+        times_ejected: i.health.times_ejected,
+        failed_by_code: i.failed_by_code.clone().into_iter().collect(),
     }
 }
 
@@ -214,6 +427,17 @@ pub fn service_status(v: &ServiceView) -> pb::ServiceStatus {
         max_share_error: v.max_share_error,
         dropped: v.dropped,
         no_backend: v.no_backend,
+        rules: v
+            .rules
+            .iter()
+            .map(|(r, n)| pb::RuleStatus {
+                rule: Some(rule_pb(r)),
+                selected: *n as u32,
+            })
+            .collect(),
+        cluster: Some(cluster_config_pb(&v.cluster)),
+        drop_fraction: v.drop_fraction,
+        utilization: v.utilization,
     }
 }
 
@@ -251,6 +475,7 @@ mod tests {
             tier: 0,
             drop: false,
             token: String::new(),
+            labels: Default::default(),
         };
         let p = Published {
             version: 9,
@@ -261,8 +486,9 @@ mod tests {
                 ..ServicePlan::default()
             },
         };
-        let a = server_list(&p, 0);
-        let b = server_list(&p, 1);
+        let c = ClientIdentity::default();
+        let a = server_list(&p, 0, &c);
+        let b = server_list(&p, 1, &c);
         // Both are rotations of the period, and they differ.
         let period = [0, 1, 1, 1, 0, 1, 1, 1];
         assert!(period.windows(4).any(|w| w == a.order.as_slice()));

@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::cluster::ClusterConfig;
+use crate::health::Detector;
 use crate::model::{ClientStats, InstanceKey, InstanceSpec, Load};
 use crate::policy::ewma::LatencyEwma;
 use crate::policy::{outcome, Candidate, LoadState, ServicePolicy};
+use crate::routing::Rule;
 
 /// What keeps an instance in the lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +107,42 @@ pub struct Service {
     pub dropped: u64,
     /// Calls clients could not place (empty list).
     pub no_backend: u64,
+    /// Routing rules, in order (persisted).
+    pub rules: Vec<Rule>,
+    /// Cluster modes (persisted).
+    pub cluster: ClusterConfig,
+    /// Outlier detection and circuit breaking.
+    pub health: Detector,
+    /// Load shedding: the fraction of calls dropped now.
+    pub drop_fraction: f64,
+    /// When `drop_fraction` was last stepped.
+    pub shed_at: Option<Instant>,
+    /// Cumulative client-reported failures by gRPC status code, per instance.
+    pub failed_by_code: BTreeMap<String, BTreeMap<u32, u64>>,
+}
+
+impl Service {
+    /// Nothing but defaults: the service can be forgotten once it has no instance.
+    fn is_default(&self, policy: &ServicePolicy) -> bool {
+        self.instances.is_empty()
+            && self.policy == *policy
+            && self.rules.is_empty()
+            && self.cluster == ClusterConfig::default()
+    }
+
+    /// Mean reported utilization over the instances with a fresh report.
+    pub fn utilization(&self, now: Instant) -> Option<f64> {
+        let expiry = self.policy.load_aware.expiry;
+        let (sum, n) = self
+            .instances
+            .values()
+            .filter_map(|i| i.load.as_ref())
+            .filter(|l| now.saturating_duration_since(l.at) <= expiry)
+            .fold((0.0, 0usize), |(s, n), l| {
+                (s + l.load.cpu_utilization, n + 1)
+            });
+        (n > 0).then(|| sum / n as f64)
+    }
 }
 
 /// Why a change was refused.
@@ -201,17 +240,29 @@ impl Registry {
         } else {
             known.iter().sum::<f64>() / known.len() as f64
         };
-        s.instances
+        let live: Vec<&Instance> = s
+            .instances
             .values()
+            .filter(|i| !self.overrides.get(&i.spec.key()).is_some_and(|o| o.drained))
+            .collect();
+        // Envoy's panic threshold: when too few instances are healthy, use
+        // them all rather than overload the few.
+        let healthy = live
+            .iter()
+            .filter(|i| s.health.available(&i.spec.instance_id, now))
+            .count();
+        let panic = (healthy as f64) < s.policy.panic_threshold * live.len() as f64;
+        let readmit_window = s.policy.readmit_window;
+        live.into_iter()
             .filter_map(|i| {
+                if !panic && !s.health.available(&i.spec.instance_id, now) {
+                    return None;
+                }
                 let o = self
                     .overrides
                     .get(&i.spec.key())
                     .copied()
                     .unwrap_or_default();
-                if o.drained {
-                    return None;
-                }
                 let weight = o.weight.unwrap_or(i.spec.weight);
                 Some(Candidate {
                     spec: &i.spec,
@@ -220,6 +271,10 @@ impl Registry {
                     efficient: i.efficient * f64::from(weight) / f64::from(i.spec.weight.max(1)),
                     latency_us: i.latency.map(|l| l.estimate(now, decay, prior)),
                     active_since: i.active_since,
+                    readmitted: s
+                        .health
+                        .readmitted_at(&i.spec.instance_id)
+                        .filter(|t| now.saturating_duration_since(*t) < readmit_window),
                 })
             })
             .collect()
@@ -372,14 +427,16 @@ impl Registry {
         );
     }
 
-    /// Records a load report from stream `session`, which must own the instance.
+    /// Records a load report from stream `session`, which must own the
+    /// instance. Returns whether the instance's circuit opened or closed
+    /// (utilization ceiling), which changes the list at once.
     pub fn report(
         &mut self,
         key: &InstanceKey,
         session: u64,
         load: Load,
         now: Instant,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<bool, RegistryError> {
         let inst = self
             .services
             .get_mut(&key.service)
@@ -389,13 +446,19 @@ impl Registry {
         // A gap longer than the TTL would have expired the instance, so any
         // previous report belongs to the same unbroken run.
         let since = inst.load.as_ref().map_or(now, |l| l.since);
+        let utilization = load.cpu_utilization;
         inst.load = Some(LoadState {
             load,
             at: now,
             since,
         });
         inst.expires = now + inst.ttl;
-        Ok(())
+        let Some(svc) = self.services.get_mut(&key.service) else {
+            return Ok(false);
+        };
+        Ok(svc
+            .health
+            .utilization(&key.instance_id, utilization, &svc.policy.health, now))
     }
 
     /// Stream `session` broke: remove its instance if it still owns it.
@@ -410,7 +473,7 @@ impl Registry {
     pub fn remove(&mut self, key: &InstanceKey) -> Option<Instance> {
         let svc = self.services.get_mut(&key.service)?;
         let removed = svc.instances.remove(&key.instance_id);
-        if svc.instances.is_empty() && svc.policy == self.default_policy {
+        if svc.is_default(&self.default_policy) {
             self.services.remove(&key.service);
         }
         removed
@@ -443,10 +506,36 @@ impl Registry {
     /// Adds a client's outcome report: totals, the efficient weight (when the
     /// service uses outcome weights) and the latency EWMA. Entries for
     /// instances that are gone (the list moved on) are ignored.
-    pub fn record_stats(&mut self, service: &str, stats: &ClientStats, now: Instant) {
+    ///
+    /// Returns whether outlier detection ejected an instance (a list change).
+    pub fn record_stats(&mut self, service: &str, stats: &ClientStats, now: Instant) -> bool {
         let Some(svc) = self.services.get_mut(service) else {
-            return;
+            return false;
         };
+        let mut ejected = false;
+        for s in &stats.instances {
+            if !svc.instances.contains_key(&s.instance_id) {
+                continue;
+            }
+            if !s.failed_by_code.is_empty() {
+                let m = svc.failed_by_code.entry(s.instance_id.clone()).or_default();
+                for (&code, &n) in &s.failed_by_code {
+                    let e = m.entry(code).or_insert(0);
+                    *e = e.saturating_add(n);
+                }
+            }
+            ejected |= svc
+                .health
+                .record(
+                    &s.instance_id,
+                    s.calls_finished,
+                    s.calls_failed,
+                    s.consecutive_failures,
+                    &svc.policy.health,
+                    now,
+                )
+                .is_some();
+        }
         svc.dropped = svc.dropped.saturating_add(stats.dropped);
         svc.no_backend = svc.no_backend.saturating_add(stats.no_backend);
         let policy = &svc.policy;
@@ -474,6 +563,66 @@ impl Registry {
                 }
             }
         }
+        ejected
+    }
+
+    /// Sets a service's routing rules (checked by the caller).
+    pub fn set_rules(&mut self, service: &str, rules: Vec<Rule>) {
+        self.service_mut(service).rules = rules;
+    }
+
+    /// Sets a service's cluster modes (checked by the caller).
+    pub fn set_cluster(&mut self, service: &str, cluster: ClusterConfig) {
+        self.service_mut(service).cluster = cluster;
+    }
+
+    /// Runs every service's periodic outlier detection and re-admissions;
+    /// returns the services whose lists change.
+    pub fn evaluate_health(&mut self, now: Instant) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (name, svc) in &mut self.services {
+            let ids = svc.instances.keys().cloned();
+            svc.health.set_hosts(ids);
+            let events = svc.health.evaluate(&svc.policy.health, now);
+            for e in &events {
+                tracing::info!(service = %name, event = ?e, "health");
+            }
+            if !events.is_empty() {
+                changed.push(name.clone());
+            }
+        }
+        changed
+    }
+
+    /// The earliest moment an ejection ends, over every service.
+    pub fn next_readmission(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .filter_map(|s| s.health.next_deadline())
+            .min()
+    }
+
+    /// Steps a service's load-shedding controller (at most once per `step`);
+    /// returns the drop fraction in force.
+    pub fn step_shedding(&mut self, service: &str, step: Duration, now: Instant) -> f64 {
+        let Some(svc) = self.services.get_mut(service) else {
+            return 0.0;
+        };
+        let cfg = &svc.policy.shed;
+        if cfg.target <= 0.0 {
+            svc.drop_fraction = 0.0;
+            return 0.0;
+        }
+        if svc
+            .shed_at
+            .is_some_and(|t| now.saturating_duration_since(t) < step)
+        {
+            return svc.drop_fraction;
+        }
+        let util = svc.utilization(now).unwrap_or(0.0);
+        svc.drop_fraction = crate::policy::shed::next_drop(svc.drop_fraction, util, cfg);
+        svc.shed_at = Some(now);
+        svc.drop_fraction
     }
 }
 
@@ -592,6 +741,7 @@ mod tests {
                     calls_finished: 2,
                     calls_failed: 1,
                     latency_sum_us: 10,
+                    ..Default::default()
                 },
                 InstanceOutcomes {
                     instance_id: "gone".into(),

@@ -10,16 +10,19 @@
 //!
 //! Trees: `instances` and `overrides` (key `service \0 instance_id`),
 //! `policies` (key `service`; the policy's name and its parameters as text,
-//! re-validated on load), `meta` (key `generation`, a big-endian u64).
+//! re-validated on load), `routing` (key `service`; routing rules and
+//! cluster modes), `meta` (key `generation`, a big-endian u64).
 
 use std::path::Path;
 use std::time::Duration;
 
 use prost::Message;
 
+use crate::cluster::ClusterConfig;
 use crate::model::{InstanceKey, InstanceSpec};
 use crate::policy::ServicePolicy;
 use crate::registry::Override;
+use crate::routing::Rule;
 
 /// A store failure. The daemon cannot promise durability, so the caller's
 /// change is refused with `unavailable`; check the disk under `--data-dir`.
@@ -68,6 +71,20 @@ struct StoredOverride {
     drained: bool,
 }
 
+/// A service's routing rules and cluster modes. The rule and mode messages
+/// are the wire API's (`lb.v1.Rule`, `lb.v1.ClusterConfig`), which only
+/// grows compatibly; they are re-validated on load like everything else.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredRouting {
+    #[prost(message, repeated, tag = "1")]
+    rules: Vec<lb_proto::v1::Rule>,
+    #[prost(message, optional, tag = "2")]
+    cluster: Option<lb_proto::v1::ClusterConfig>,
+}
+
+/// A service's routing settings, as loaded from the store.
+pub type Routing = (Vec<Rule>, ClusterConfig);
+
 /// The daemon's durable state.
 #[derive(Clone)]
 pub struct Store {
@@ -75,6 +92,7 @@ pub struct Store {
     instances: sled::Tree,
     policies: sled::Tree,
     overrides: sled::Tree,
+    routing: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -112,6 +130,7 @@ impl Store {
             instances: db.open_tree("instances")?,
             policies: db.open_tree("policies")?,
             overrides: db.open_tree("overrides")?,
+            routing: db.open_tree("routing")?,
             meta: db.open_tree("meta")?,
             db,
         })
@@ -261,6 +280,59 @@ impl Store {
                     },
                 )),
                 Err(e) => tracing::warn!(%key, error = %e, "skipping undecodable override"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes (not yet durably) a service's rules and cluster modes; with
+    /// none of either, deletes the record.
+    pub fn put_routing(
+        &self,
+        service: &str,
+        rules: &[Rule],
+        cluster: &ClusterConfig,
+    ) -> Result<(), StoreError> {
+        if rules.is_empty() && *cluster == ClusterConfig::default() {
+            self.routing.remove(service.as_bytes())?;
+            return Ok(());
+        }
+        let rec = StoredRouting {
+            rules: rules.iter().map(crate::pb::rule_pb).collect(),
+            cluster: Some(crate::pb::cluster_config_pb(cluster)),
+        };
+        self.routing
+            .insert(service.as_bytes(), rec.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Every stored service's rules and cluster modes, re-validated (a record
+    /// that no longer validates is skipped with a warning).
+    pub fn routing(&self) -> Result<Vec<(String, Routing)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.routing.iter() {
+            let (k, v) = item?;
+            let service = String::from_utf8_lossy(&k).into_owned();
+            let parsed = StoredRouting::decode(v.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    let rules = r
+                        .rules
+                        .into_iter()
+                        .map(|x| crate::pb::rule(Some(x), "rule"))
+                        .collect::<Result<Vec<Rule>, _>>()
+                        .map_err(|e| e.to_string())?;
+                    crate::routing::check(&rules).map_err(|e| e.to_string())?;
+                    let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+                    let cluster = crate::pb::cluster_config(r.cluster, &names, "cluster")
+                        .map_err(|e| e.to_string())?;
+                    Ok((rules, cluster))
+                });
+            match parsed {
+                Ok(x) => out.push((service, x)),
+                Err(e) => {
+                    tracing::warn!(%service, error = %e, "skipping unreadable routing record")
+                }
             }
         }
         Ok(out)

@@ -965,6 +965,7 @@ async fn subscribe_lists_and_stats() {
             calls_finished: 9,
             calls_failed: 1,
             latency_sum_us: 9_000,
+            ..Default::default()
         }],
         dropped: 0,
         no_backend: 2,
@@ -982,6 +983,7 @@ async fn subscribe_lists_and_stats() {
             calls_finished: 4,
             calls_failed: 5,
             latency_sum_us: 100,
+            ..Default::default()
         }],
         ..Default::default()
     }))

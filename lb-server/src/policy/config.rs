@@ -13,9 +13,12 @@ use std::time::Duration;
 use crate::config::parse_duration;
 use crate::model::FieldError;
 
+use crate::health::HealthConfig;
+
 use super::chash;
 use super::load_aware::LoadAware;
 use super::outcome::OutcomeWeights;
+use super::shed::{self, ShedConfig};
 use super::slow_start::SlowStart;
 
 /// Default and upper bound of a list's length (entries in one period).
@@ -112,6 +115,28 @@ impl PolicyKind {
     }
 }
 
+/// Health and shedding parameters (every policy), and the `HealthConfig` /
+/// `ShedConfig` field each sets (for error messages).
+const HEALTH_PARAMS: [(&str, &str); 14] = [
+    ("panic_threshold", "panic_threshold"),
+    ("readmit_window", "readmit_window"),
+    ("eject_consecutive", "consecutive_failures"),
+    ("eject_failure_percent", "failure_percent"),
+    ("eject_failure_min_requests", "failure_min_requests"),
+    ("eject_success_rate_stdev", "success_rate_stdev"),
+    (
+        "eject_success_rate_min_requests",
+        "success_rate_min_requests",
+    ),
+    ("eject_success_rate_min_hosts", "success_rate_min_hosts"),
+    ("eject_base_time", "base_ejection"),
+    ("eject_max_time", "max_ejection"),
+    ("eject_max_percent", "max_ejection_percent"),
+    ("utilization_ceiling", "utilization_ceiling"),
+    ("shed_target", "target"),
+    ("shed_max_drop", "max_drop"),
+];
+
 /// Parameters every policy takes.
 const COMMON_PARAMS: [&str; 10] = [
     "max_list_len",
@@ -149,6 +174,15 @@ pub struct ServicePolicy {
     pub chash: chash::Params,
     /// fastest_response's EWMA time constant.
     pub ewma_decay: Duration,
+    /// Outlier ejection and circuit breaking.
+    pub health: HealthConfig,
+    /// Load shedding.
+    pub shed: ShedConfig,
+    /// Below this fraction of healthy instances, ejections are ignored (and
+    /// a zone's clients spill to every zone): Envoy's panic threshold.
+    pub panic_threshold: f64,
+    /// A re-admitted instance ramps up over this window (slow start).
+    pub readmit_window: Duration,
 }
 
 impl Default for ServicePolicy {
@@ -223,6 +257,10 @@ impl ServicePolicy {
             },
             chash: chash::Params::default(),
             ewma_decay: Duration::from_secs(10),
+            health: HealthConfig::default(),
+            shed: ShedConfig::default(),
+            panic_threshold: 0.5,
+            readmit_window: Duration::from_secs(5),
         }
     }
 
@@ -244,7 +282,10 @@ impl ServicePolicy {
         p.max_list_len = base.max_list_len;
         for (k, v) in params {
             let k = k.as_str();
-            if !COMMON_PARAMS.contains(&k) && !kind.own_params().contains(&k) {
+            if !COMMON_PARAMS.contains(&k)
+                && !HEALTH_PARAMS.iter().any(|(p, _)| *p == k)
+                && !kind.own_params().contains(&k)
+            {
                 let owner = ALL_POLICIES.iter().find(|o| o.own_params().contains(&k));
                 return Err(bad(
                     k,
@@ -313,6 +354,38 @@ impl ServicePolicy {
                 self.load_aware.drain_horizon =
                     duration(k, v, Duration::from_millis(10), Duration::from_secs(60))?
             }
+            "panic_threshold" => self.panic_threshold = number(k, v, 0.0, 100.0)? / 100.0,
+            "readmit_window" => self.readmit_window = duration(k, v, Duration::ZERO, hour)?,
+            "eject_consecutive" => {
+                self.health.consecutive_failures = number(k, v, 0.0, 1e6)? as u32
+            }
+            "eject_failure_percent" => {
+                self.health.failure_percent = number(k, v, 0.0, 100.0)? as u32
+            }
+            "eject_failure_min_requests" => {
+                self.health.failure_min_requests = number(k, v, 0.0, 1e9)? as u64
+            }
+            "eject_success_rate_stdev" => {
+                self.health.success_rate_stdev = number(k, v, 0.0, 100.0)?
+            }
+            "eject_success_rate_min_requests" => {
+                self.health.success_rate_min_requests = number(k, v, 0.0, 1e9)? as u64
+            }
+            "eject_success_rate_min_hosts" => {
+                self.health.success_rate_min_hosts = number(k, v, 1.0, 1e6)? as usize
+            }
+            "eject_base_time" => {
+                self.health.base_ejection = duration(k, v, Duration::from_millis(100), 24 * hour)?
+            }
+            "eject_max_time" => {
+                self.health.max_ejection = duration(k, v, Duration::from_millis(100), 24 * hour)?
+            }
+            "eject_max_percent" => {
+                self.health.max_ejection_percent = number(k, v, 0.0, 100.0)? as u32
+            }
+            "utilization_ceiling" => self.health.utilization_ceiling = number(k, v, 0.0, 16.0)?,
+            "shed_target" => self.shed.target = number(k, v, 0.0, 1.0)?,
+            "shed_max_drop" => self.shed.max_drop = number(k, v, 0.0, shed::MAX_DROP_LIMIT)?,
             _ => return Err(bad(k, "unknown parameter")),
         }
         Ok(())
@@ -326,6 +399,18 @@ impl ServicePolicy {
         if self.load_aware.expiry <= self.load_aware.blackout {
             return Err(bad("expiry", "must be longer than blackout"));
         }
+        let param = |field: &str| {
+            HEALTH_PARAMS
+                .iter()
+                .find(|(_, f)| *f == field)
+                .map_or(field.to_string(), |(p, _)| p.to_string())
+        };
+        self.health
+            .check()
+            .map_err(|e| bad(&param(&e.field), e.reason))?;
+        self.shed
+            .check()
+            .map_err(|e| bad(&param(&e.field), e.reason))?;
         Ok(())
     }
 
@@ -357,6 +442,33 @@ impl ServicePolicy {
             "outcome_success_step",
             self.outcome.success_step.to_string(),
         );
+        let h = &self.health;
+        put(
+            "panic_threshold",
+            (self.panic_threshold * 100.0).to_string(),
+        );
+        put("readmit_window", show_duration(self.readmit_window));
+        put("eject_consecutive", h.consecutive_failures.to_string());
+        put("eject_failure_percent", h.failure_percent.to_string());
+        put(
+            "eject_failure_min_requests",
+            h.failure_min_requests.to_string(),
+        );
+        put("eject_success_rate_stdev", h.success_rate_stdev.to_string());
+        put(
+            "eject_success_rate_min_requests",
+            h.success_rate_min_requests.to_string(),
+        );
+        put(
+            "eject_success_rate_min_hosts",
+            h.success_rate_min_hosts.to_string(),
+        );
+        put("eject_base_time", show_duration(h.base_ejection));
+        put("eject_max_time", show_duration(h.max_ejection));
+        put("eject_max_percent", h.max_ejection_percent.to_string());
+        put("utilization_ceiling", h.utilization_ceiling.to_string());
+        put("shed_target", self.shed.target.to_string());
+        put("shed_max_drop", self.shed.max_drop.to_string());
         match self.kind {
             PolicyKind::ConsistentHash => {
                 put(
@@ -408,6 +520,21 @@ Parameters of every policy:
   outcome_floor=0.05         lowest efficient weight, fraction of the weight (0.001..=1)
   outcome_failure_step=0.1   weight fraction lost per failed call (0..=1)
   outcome_success_step=0.01  weight fraction regained per successful call (0..=1)
+Health, ejection and load shedding (every policy):
+  eject_consecutive=5        eject after a client reports this many consecutive failures (0 = off)
+  eject_failure_percent=85   eject when this % of an interval's calls failed (0..=100, 0 = off) ...
+  eject_failure_min_requests=20  ... with at least this many calls
+  eject_success_rate_stdev=1.9   eject below mean - this x stdev of success rates (0 = off) ...
+  eject_success_rate_min_requests=50  ... over instances with this many calls ...
+  eject_success_rate_min_hosts=5      ... when at least this many have them
+  eject_base_time=10s        ejection time = this x times ejected ...
+  eject_max_time=300s        ... capped at this
+  eject_max_percent=50       at most this % of instances out at once (at least one may be)
+  readmit_window=5s          a re-admitted instance ramps up over this window (slow start)
+  utilization_ceiling=0      take out an instance reporting utilization >= this until <= this - 0.1 (0 = off)
+  panic_threshold=50         below this % healthy, use every instance (ejections ignored; zones spill)
+  shed_target=0              drop calls so the service's mean utilization stays at this (0..=1, 0 = off)
+  shed_max_drop=0.9          most of the calls ever dropped (0..=0.99)
 consistent_hash:
   algorithm=maglev           maglev or ring
   table_size=0               lookup table size, a prime (0 = smallest prime >= 100 x instances; ..=1000003)

@@ -19,7 +19,9 @@
 //! smooth WRR), [`random`], [`chash`] (ring and Maglev with bounded load),
 //! [`least`] (least connections / least active), [`ewma`] (fastest response),
 //! [`load_aware`] (gRPC's ORCA formula), [`outcome`] (dynamic weights from call
-//! results), [`slow_start`] (Envoy's ramp).
+//! results), [`slow_start`] (Envoy's ramp), [`shed`] (the drop fraction for
+//! load shedding with grpclb drop entries), [`view`] (one subscriber's view:
+//! routing rules and locality tiers applied).
 
 pub mod chash;
 pub mod config;
@@ -28,15 +30,22 @@ pub mod least;
 pub mod load_aware;
 pub mod outcome;
 pub mod random;
+pub mod shed;
 pub mod slow_start;
 pub mod swrr;
+pub mod view;
 
 pub use config::{PolicyKind, ServicePolicy, ALL_POLICIES, DEFAULT_MAX_LIST_LEN};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use tokio::time::Instant;
 
+use crate::cluster::ClusterConfig;
 use crate::model::{InstanceSpec, Load};
+use crate::routing::Rule;
 
 /// Entries a random policy draws per client when the weighted period is shorter.
 const MIN_RANDOM_LEN: usize = 256;
@@ -69,6 +78,9 @@ pub struct Candidate<'a> {
     /// When it became active (new, or back from a drain), for slow start;
     /// `None` when it is fully warm.
     pub active_since: Option<Instant>,
+    /// When outlier detection last re-admitted it (ramped over the policy's
+    /// `readmit_window`); `None` if never, or long enough ago.
+    pub readmitted: Option<Instant>,
 }
 
 /// A distinct server in a plan.
@@ -86,6 +98,23 @@ pub struct PlanServer {
     pub drop: bool,
     /// Opaque per-instance token.
     pub token: String,
+    /// The instance's labels (routing rules select on them).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl PlanServer {
+    /// The drop entry's server: clients fail calls that land on it.
+    pub fn drop_entry() -> PlanServer {
+        PlanServer {
+            instance_id: String::new(),
+            address: String::new(),
+            zone: String::new(),
+            tier: 0,
+            drop: true,
+            token: String::new(),
+            labels: BTreeMap::new(),
+        }
+    }
 }
 
 /// How each client's order is made from the plan's period.
@@ -118,12 +147,24 @@ pub struct ServicePlan {
     /// Some weight is still ramping (slow start): re-plan later even if
     /// nothing else changes.
     pub ramping: bool,
+    /// Load shedding: the fraction of the period that is drop entries.
+    pub drop_fraction: f64,
+    /// The service's routing rules, in order.
+    pub rules: Arc<Vec<Rule>>,
+    /// The service's cluster modes.
+    pub cluster: Arc<ClusterConfig>,
+    /// Per zone: (instances in the list, instances registered), for locality
+    /// tiers and their panic threshold.
+    pub zones: BTreeMap<String, (usize, usize)>,
+    /// Below this healthy fraction a zone's clients use every zone at once.
+    pub panic_threshold: f64,
 }
 
 impl ServicePlan {
     /// Whether a client would see the same list (ignores accounting fields).
     pub fn same_list(&self, other: &ServicePlan) -> bool {
-        self.servers == other.servers
+        self.same_routing(other)
+            && self.servers == other.servers
             && self.order == other.order
             && self.affinity == other.affinity
             && self.arrangement == other.arrangement
@@ -133,7 +174,8 @@ impl ServicePlan {
     /// Same servers and arrangement, and every weight within `hysteresis`
     /// (a fraction) of `other`'s: not worth pushing.
     pub fn close_to(&self, other: &ServicePlan, hysteresis: f64) -> bool {
-        self.servers == other.servers
+        self.same_routing(other)
+            && self.servers == other.servers
             && self.arrangement == other.arrangement
             && self.affinity == other.affinity
             && self.weights.len() == other.weights.len()
@@ -142,6 +184,14 @@ impl ServicePlan {
                 .iter()
                 .zip(&other.weights)
                 .all(|(a, b)| (a - b).abs() <= hysteresis * b.abs())
+    }
+
+    /// Same rules, cluster modes and locality inputs.
+    fn same_routing(&self, other: &ServicePlan) -> bool {
+        self.rules == other.rules
+            && self.cluster == other.cluster
+            && self.zones == other.zones
+            && self.panic_threshold == other.panic_threshold
     }
 
     /// Each server's share of the period's entries.
@@ -198,6 +248,17 @@ fn base_weights(cands: &[&Candidate<'_>], policy: &ServicePolicy, now: Instant) 
 
 /// Computes the plan for one service. `candidates` may come in any order.
 pub fn plan(candidates: &[Candidate<'_>], policy: &ServicePolicy, now: Instant) -> ServicePlan {
+    plan_shedding(candidates, policy, 0.0, now)
+}
+
+/// [`plan`] with load shedding: `drop_fraction` of the period becomes drop
+/// entries (a last server with `drop` set), interleaved smoothly.
+pub fn plan_shedding(
+    candidates: &[Candidate<'_>],
+    policy: &ServicePolicy,
+    drop_fraction: f64,
+    now: Instant,
+) -> ServicePlan {
     let mut cands: Vec<&Candidate<'_>> = candidates.iter().collect();
     cands.sort_by(|a, b| a.spec.instance_id.cmp(&b.spec.instance_id));
     let servers: Vec<PlanServer> = cands
@@ -209,11 +270,18 @@ pub fn plan(candidates: &[Candidate<'_>], policy: &ServicePolicy, now: Instant) 
             tier: 0,
             drop: false,
             token: String::new(),
+            labels: c.spec.labels.clone(),
         })
         .collect();
     if cands.is_empty() {
         return ServicePlan::default();
     }
+    let mut servers = servers;
+    let drop_fraction = if drop_fraction.is_finite() {
+        drop_fraction.clamp(0.0, shed::MAX_DROP_LIMIT)
+    } else {
+        0.0
+    };
     let base = base_weights(&cands, policy, now);
     let mut ramping = false;
     let mut modified = false;
@@ -231,6 +299,18 @@ pub fn plan(candidates: &[Candidate<'_>], policy: &ServicePolicy, now: Instant) 
                     x *= f;
                 }
             }
+            if let Some(since) = c.readmitted {
+                let ramp = slow_start::SlowStart {
+                    window: policy.readmit_window,
+                    ..policy.slow_start
+                };
+                let f = slow_start::factor(&ramp, now.saturating_duration_since(since));
+                if f < 1.0 {
+                    ramping = true;
+                    modified = true;
+                    x *= f;
+                }
+            }
             if policy.outcome.enabled {
                 let f = outcome::factor(f64::from(c.weight), c.efficient);
                 if f < 1.0 {
@@ -242,6 +322,13 @@ pub fn plan(candidates: &[Candidate<'_>], policy: &ServicePolicy, now: Instant) 
         })
         .collect();
     load_aware::normalise(&mut w);
+    if drop_fraction > 0.0 {
+        // The drop server's weight makes it `drop_fraction` of the total.
+        let sum: f64 = w.iter().sum();
+        w.push(sum * drop_fraction / (1.0 - drop_fraction));
+        servers.push(PlanServer::drop_entry());
+        modified = true;
+    }
 
     let max_len = policy.max_list_len as usize;
     // Static policies with nothing modifying them keep their exact integer
@@ -270,7 +357,7 @@ pub fn plan(candidates: &[Candidate<'_>], policy: &ServicePolicy, now: Instant) 
     };
     let e = swrr::expand(&ints, max_len);
     let total = e.order.len().max(1) as f64;
-    let mut counts = vec![0u64; cands.len()];
+    let mut counts = vec![0u64; w.len()];
     for &i in &e.order {
         counts[i as usize] += 1;
     }
@@ -303,6 +390,8 @@ pub fn plan(candidates: &[Candidate<'_>], policy: &ServicePolicy, now: Instant) 
         arrangement,
         max_share_error,
         ramping,
+        drop_fraction,
+        ..ServicePlan::default()
     }
 }
 
@@ -377,6 +466,7 @@ mod tests {
             efficient: f64::from(s.weight),
             latency_us: None,
             active_since: None,
+            readmitted: None,
         }
     }
 

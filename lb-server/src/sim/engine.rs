@@ -144,6 +144,7 @@ impl Engine {
                     calls_finished: t.finished,
                     calls_failed: t.failed,
                     latency_sum_us: t.latency_sum_us,
+                    ..InstanceOutcomes::default()
                 })
                 .collect(),
             dropped: 0,

@@ -1001,6 +1001,7 @@ fn plan_micros(kind: &str) -> anyhow::Result<f64> {
             efficient: f64::from(s.weight),
             latency_us: None,
             active_since: None,
+            readmitted: None,
         })
         .collect();
     let mut v = Vec::new();

@@ -390,9 +390,10 @@ impl Client {
                 };
                 sub.report(
                     &ep,
-                    Outcome {
-                        ok: status == Status::Ok,
-                        latency: sent.elapsed(),
+                    if status == Status::Ok {
+                        Outcome::success(sent.elapsed())
+                    } else {
+                        Outcome::failure(14, sent.elapsed())
                     },
                 );
                 (status, Some(backend))

@@ -1,0 +1,196 @@
+//! Calls under the daemon's cluster modes: [`Subscription::call`] runs one
+//! logical call as the service (or method) is configured on the daemon:
+//! failover, failfast, failsafe, forking, broadcast or multicast, with request
+//! labels choosing the routing rule. The executors live in [`crate::cluster`];
+//! this module binds them to a subscription's current list.
+//!
+//! ```no_run
+//! # async fn demo(sub: lb_client::Subscription) -> Result<(), Box<dyn std::error::Error>> {
+//! // Any async call over the picked endpoint's address (here a tonic channel).
+//! let reply: String = sub
+//!     .call("/echo.Echo/Say", &[("group", "B")], |ep| async move {
+//!         let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", ep.address()))
+//!             .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+//!             .connect()
+//!             .await
+//!             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+//!         let _ = ch; // ... make the call with a generated client ...
+//!         Ok::<_, tonic::Status>(String::from("reply"))
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::budget::BudgetConfig;
+use crate::cluster::{self, BroadcastReport, CallError, ClusterError, Mode, Picker};
+use crate::list::{Endpoint, LaneRef, NoPick, Outcome, PickList};
+use crate::subscription::Subscription;
+
+/// A mode as the daemon configures it: a cluster mode, or a broadcast over
+/// one routing rule's instances.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    /// Run under this mode on the request's route.
+    Mode(Mode),
+    /// Broadcast to the instances of the routing rule named `route`.
+    Multicast {
+        /// The rule's name.
+        route: String,
+        /// How results are collected and judged.
+        broadcast: cluster::Broadcast,
+    },
+}
+
+impl Default for Planned {
+    fn default() -> Self {
+        Planned::Mode(Mode::default())
+    }
+}
+
+/// The cluster modes of a service, as pushed by the daemon with the list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CallSettings {
+    /// The service's mode.
+    pub default: Planned,
+    /// Per-method modes, by "/package.Service/Method".
+    pub methods: HashMap<String, Planned>,
+    /// The retry budget.
+    pub budget: BudgetConfig,
+}
+
+impl CallSettings {
+    /// The mode for `method` (the service's when it has none of its own).
+    pub fn mode_for(&self, method: &str) -> &Planned {
+        self.methods.get(method).unwrap_or(&self.default)
+    }
+}
+
+/// A [`Picker`] over one lane of one list snapshot.
+struct LanePicker<'a> {
+    list: &'a PickList,
+    lane: LaneRef,
+    sub: &'a Subscription,
+}
+
+impl Picker for LanePicker<'_> {
+    fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+        let r = self.list.pick_untried(self.lane, tried);
+        // Only a first attempt that finds nothing counts for the daemon;
+        // a failover that ran out of instances is the call's failure.
+        if tried.is_empty() {
+            self.sub.count(r)
+        } else {
+            r
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<Endpoint>> {
+        self.list.distinct(self.lane)
+    }
+
+    fn report(&self, ep: &Endpoint, outcome: Outcome) {
+        self.sub.report(ep, outcome);
+    }
+}
+
+impl Subscription {
+    /// Runs one logical call of `method` ("/package.Service/Method") under
+    /// the mode the daemon configured for it, on the route `labels` select.
+    /// `f` makes one attempt against the endpoint it is given; outcomes are
+    /// recorded and reported to the daemon. Failsafe swallows errors and
+    /// returns `T::default()`; broadcast and multicast return the first
+    /// success once every instance answered (use [`Subscription::broadcast`]
+    /// for every answer).
+    pub async fn call<T, E, F, Fut>(
+        &self,
+        method: &str,
+        labels: &[(&str, &str)],
+        f: F,
+    ) -> Result<T, ClusterError<E>>
+    where
+        T: Default,
+        E: CallError,
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let list = self.current();
+        let planned = list.settings().mode_for(method).clone();
+        let (lane, mode) = match planned {
+            Planned::Mode(m) => (list.lane_for(labels), m),
+            Planned::Multicast { route, broadcast } => (
+                list.route_named(&route).ok_or(NoPick::NoRoute),
+                Mode::Broadcast(broadcast),
+            ),
+        };
+        let lane = match lane {
+            Ok(l) => l,
+            Err(e) => {
+                self.count(Err(e)).ok();
+                return match mode {
+                    Mode::Failsafe => Ok(T::default()),
+                    _ => Err(ClusterError::NoPick(e)),
+                };
+            }
+        };
+        let picker = LanePicker {
+            list: &list,
+            lane,
+            sub: self,
+        };
+        let budget = self.budget();
+        cluster::call(&picker, &mode, &budget, f).await
+    }
+
+    /// Calls every instance of the route `labels` select, concurrently, and
+    /// returns each one's result; fails when more than `max_failure_percent`
+    /// of them fail. Dropping the future cancels every attempt still running.
+    pub async fn broadcast<T, E, F, Fut>(
+        &self,
+        labels: &[(&str, &str)],
+        cfg: &cluster::Broadcast,
+        f: F,
+    ) -> Result<BroadcastReport<T, E>, ClusterError<E>>
+    where
+        E: CallError,
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let list = self.current();
+        let lane = list.lane_for(labels).map_err(ClusterError::NoPick)?;
+        let picker = LanePicker {
+            list: &list,
+            lane,
+            sub: self,
+        };
+        cluster::broadcast(&picker, cfg, f).await
+    }
+
+    /// Calls every instance the routing rule `route` selects (multicast), as
+    /// [`Subscription::broadcast`] does.
+    pub async fn multicast<T, E, F, Fut>(
+        &self,
+        route: &str,
+        cfg: &cluster::Broadcast,
+        f: F,
+    ) -> Result<BroadcastReport<T, E>, ClusterError<E>>
+    where
+        E: CallError,
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let list = self.current();
+        let lane = list
+            .route_named(route)
+            .ok_or(ClusterError::NoPick(NoPick::NoRoute))?;
+        let picker = LanePicker {
+            list: &list,
+            lane,
+            sub: self,
+        };
+        cluster::broadcast(&picker, cfg, f).await
+    }
+}

@@ -1,0 +1,1267 @@
+//! Cluster modes: what one logical call does across instances.
+//!
+//! The modes are Dubbo's cluster fault-tolerance strategies (Apache Dubbo,
+//! *Cluster* / "fault tolerance strategy": `failover`, `failfast`, `failsafe`,
+//! `forking`, `broadcast`), executed by the client around its own call
+//! closure:
+//!
+//! - [`Mode::Failover`] (the default): on a retryable error, retry on a
+//!   different instance after a jittered exponential backoff, up to a number of
+//!   attempts.
+//! - [`Mode::Failfast`]: one attempt; its error is the call's error.
+//! - [`Mode::Failsafe`]: one attempt; an error is logged and swallowed
+//!   (`T::default()` is returned), for calls whose result does not matter.
+//! - [`Mode::Forking`]: start `k` attempts on `k` distinct instances at once;
+//!   the first success wins and the others are cancelled. This is also gRPC's
+//!   *hedging* (proposal A6, *gRPC Retry Design*), with a hedging delay of 0.
+//! - [`Mode::Broadcast`]: call every instance; see [`broadcast`] for the
+//!   per-instance results.
+//!
+//! Retries and extra hedges draw on a [`RetryBudget`] (every call deposits
+//! once), so a failing service sees at most `percent` more load, not
+//! `attempts ×` more.
+//!
+//! Concurrent attempts (forking, broadcast) run inside the caller's future,
+//! without `tokio::spawn`: dropping the call's future drops every attempt, so
+//! nothing keeps running behind a cancelled call. Every finished attempt is
+//! reported to the [`Picker`] with its latency; a cancelled attempt is not
+//! reported.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::budget::RetryBudget;
+use crate::list::{Endpoint, NoPick, Outcome};
+
+/// Where a cluster call gets its instances, and where it reports outcomes.
+pub trait Picker: Send + Sync {
+    /// An endpoint for one attempt: the next in order, skipping any endpoint
+    /// in `tried` (same instance: see [`tried_contains`]) while an untried
+    /// non-drop endpoint exists; when all were tried, `Err(NoPick::Empty)`.
+    /// Landing on a drop entry is `Err(NoPick::Dropped)`.
+    fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick>;
+    /// Every distinct non-drop endpoint (for broadcast), in list order.
+    fn all(&self) -> Vec<Arc<Endpoint>>;
+    /// Records a finished attempt's outcome (the caller's stats).
+    fn report(&self, ep: &Endpoint, outcome: Outcome);
+}
+
+/// Whether `ep` is in `tried`: the same `Arc`, or the same instance id and
+/// address. A helper for [`Picker::pick_untried`] implementations.
+pub fn tried_contains(tried: &[Arc<Endpoint>], ep: &Endpoint) -> bool {
+    tried.iter().any(|t| {
+        std::ptr::eq(Arc::as_ptr(t), ep)
+            || (t.instance_id() == ep.instance_id() && t.address() == ep.address())
+    })
+}
+
+/// Classifies an error for retries.
+pub trait CallError {
+    /// The gRPC code of the error; `None` when it has none (never retried).
+    fn code(&self) -> Option<tonic::Code>;
+}
+
+impl CallError for tonic::Status {
+    fn code(&self) -> Option<tonic::Code> {
+        Some(tonic::Status::code(self))
+    }
+}
+
+/// What a call does across instances.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// Retry retryable errors on other instances (the default).
+    Failover(Failover),
+    /// One attempt; its error is returned.
+    Failfast,
+    /// One attempt; an error (or no instance) is logged at debug and swallowed:
+    /// the call returns `T::default()`.
+    Failsafe,
+    /// Hedging: start `k` attempts on `k` distinct instances at once (fewer
+    /// when fewer instances exist or the budget refuses); the first `Ok` wins
+    /// and the others are cancelled. Fails only when every attempt fails (with
+    /// the last error). `k = 0` acts as 1.
+    Forking {
+        /// Attempts started at once.
+        k: u32,
+    },
+    /// Call every instance concurrently.
+    Broadcast(Broadcast),
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::Failover(Failover::default())
+    }
+}
+
+/// Failover parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failover {
+    /// Total attempts, the first included (0 acts as 1).
+    pub attempts: u32,
+    /// Ceiling of the first backoff (full jitter: the delay is uniform in
+    /// `[0, ceiling]`, the ceiling doubling per retry).
+    pub backoff: Duration,
+    /// Largest backoff ceiling.
+    pub backoff_max: Duration,
+    /// Codes worth retrying elsewhere.
+    pub retry_on: Vec<tonic::Code>,
+}
+
+impl Default for Failover {
+    /// Three attempts (Dubbo's `retries=2`), backoff 50 ms doubling up to 1 s,
+    /// retry on `UNAVAILABLE` only.
+    fn default() -> Self {
+        Failover {
+            attempts: 3,
+            backoff: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            retry_on: vec![tonic::Code::Unavailable],
+        }
+    }
+}
+
+/// Broadcast parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Broadcast {
+    /// What [`call`] returns on success.
+    pub collect: Collect,
+    /// 0..=100: the broadcast fails when more than this percentage of the
+    /// instances fail (0: any failure fails it).
+    pub max_failure_percent: u32,
+}
+
+/// What [`call`] returns for a successful broadcast. [`broadcast`] always
+/// returns every instance's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Collect {
+    /// The first `Ok` answer in endpoint order (`T::default()` if none).
+    First,
+    /// Every answer is wanted: [`call`] can only return one, so it behaves as
+    /// `First`; use [`broadcast`] for all of them.
+    #[default]
+    All,
+    /// Only success or failure matters: [`call`] returns `T::default()`.
+    None,
+}
+
+/// Why a cluster call failed.
+#[derive(Debug)]
+pub enum ClusterError<E> {
+    /// No instance for the first attempt: an empty list, or a drop entry (the
+    /// balancer is shedding load; drops are never retried elsewhere).
+    NoPick(NoPick),
+    /// The last attempt's error.
+    Call {
+        /// The error.
+        error: E,
+        /// Attempts started.
+        attempts: u32,
+        /// The instance that returned `error` (its id, or its address when it
+        /// has no id).
+        instance: String,
+    },
+    /// A retry (or hedge) was wanted but the retry budget refused it.
+    BudgetExhausted {
+        /// The last attempt's error.
+        error: E,
+        /// Attempts started.
+        attempts: u32,
+    },
+    /// Too many broadcast attempts failed.
+    Broadcast {
+        /// Instances that failed.
+        failed: usize,
+        /// Instances called.
+        total: usize,
+    },
+}
+
+impl<E> ClusterError<E> {
+    /// The underlying call error, if any.
+    pub fn error(&self) -> Option<&E> {
+        match self {
+            ClusterError::Call { error, .. } | ClusterError::BudgetExhausted { error, .. } => {
+                Some(error)
+            }
+            ClusterError::NoPick(_) | ClusterError::Broadcast { .. } => None,
+        }
+    }
+
+    /// The underlying call error, if any, by value.
+    pub fn into_error(self) -> Option<E> {
+        match self {
+            ClusterError::Call { error, .. } | ClusterError::BudgetExhausted { error, .. } => {
+                Some(error)
+            }
+            ClusterError::NoPick(_) | ClusterError::Broadcast { .. } => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for ClusterError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterError::NoPick(n) => write!(f, "no instance: {n}"),
+            ClusterError::Call {
+                error,
+                attempts,
+                instance,
+            } => write!(
+                f,
+                "call failed after {attempts} attempt(s), last on {instance}: {error}"
+            ),
+            ClusterError::BudgetExhausted { error, attempts } => write!(
+                f,
+                "retry budget exhausted after {attempts} attempt(s): {error}"
+            ),
+            ClusterError::Broadcast { failed, total } => {
+                write!(f, "broadcast failed on {failed} of {total} instances")
+            }
+        }
+    }
+}
+
+impl<E: fmt::Display + fmt::Debug> std::error::Error for ClusterError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClusterError::NoPick(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl From<ClusterError<tonic::Status>> for tonic::Status {
+    /// Call errors pass through; no instance and broadcast failures become
+    /// `UNAVAILABLE`.
+    fn from(e: ClusterError<tonic::Status>) -> Self {
+        match e {
+            ClusterError::Call { error, .. } | ClusterError::BudgetExhausted { error, .. } => error,
+            other => tonic::Status::unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Every instance's result of a [`broadcast`].
+#[derive(Debug)]
+pub struct BroadcastReport<T, E> {
+    /// One per instance, in endpoint order ([`Picker::all`]).
+    pub results: Vec<(Arc<Endpoint>, Result<T, E>)>,
+}
+
+impl<T, E> BroadcastReport<T, E> {
+    /// Instances that failed.
+    pub fn failed(&self) -> usize {
+        self.results.iter().filter(|(_, r)| r.is_err()).count()
+    }
+
+    /// The first `Ok` answer in endpoint order.
+    pub fn into_first_ok(self) -> Option<T> {
+        self.results.into_iter().find_map(|(_, r)| r.ok())
+    }
+}
+
+/// The name of an instance in errors: its id, or its address without one.
+fn instance_name(ep: &Endpoint) -> String {
+    if ep.instance_id().is_empty() {
+        ep.address().to_owned()
+    } else {
+        ep.instance_id().to_owned()
+    }
+}
+
+/// Runs one attempt and reports its outcome. If this future is dropped before
+/// the attempt finishes, nothing is reported.
+async fn attempt<P, T, E, Fut>(
+    picker: &P,
+    ep: Arc<Endpoint>,
+    fut: Fut,
+) -> (Arc<Endpoint>, Result<T, E>)
+where
+    P: Picker + ?Sized,
+    E: CallError,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    let r = fut.await;
+    let latency = start.elapsed();
+    let outcome = match &r {
+        Ok(_) => Outcome::success(latency),
+        Err(e) => Outcome::failure(e.code().map_or(2, |c| c as u32), latency),
+    };
+    picker.report(&ep, outcome);
+    (ep, r)
+}
+
+/// One logical call under `mode`: `f` runs one attempt against the endpoint it
+/// is given. Deposits once into `budget`; every retry or extra hedge withdraws
+/// from it.
+///
+/// For [`Mode::Broadcast`], waits for every instance, then returns according
+/// to [`Broadcast::collect`] or [`ClusterError::Broadcast`].
+pub async fn call<P, T, E, F, Fut>(
+    picker: &P,
+    mode: &Mode,
+    budget: &RetryBudget,
+    mut f: F,
+) -> Result<T, ClusterError<E>>
+where
+    P: Picker + ?Sized,
+    T: Default,
+    E: CallError,
+    F: FnMut(Arc<Endpoint>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    budget.deposit();
+    match mode {
+        Mode::Failover(cfg) => failover(picker, cfg, budget, f).await,
+        Mode::Failfast => {
+            let ep = picker.pick_untried(&[]).map_err(ClusterError::NoPick)?;
+            let fut = f(Arc::clone(&ep));
+            let (ep, r) = attempt(picker, ep, fut).await;
+            r.map_err(|error| ClusterError::Call {
+                error,
+                attempts: 1,
+                instance: instance_name(&ep),
+            })
+        }
+        Mode::Failsafe => {
+            let ep = match picker.pick_untried(&[]) {
+                Ok(ep) => ep,
+                Err(no) => {
+                    tracing::debug!(error = %no, "failsafe call: no instance, ignored");
+                    return Ok(T::default());
+                }
+            };
+            let fut = f(Arc::clone(&ep));
+            match attempt(picker, ep, fut).await {
+                (_, Ok(v)) => Ok(v),
+                (ep, Err(e)) => {
+                    tracing::debug!(
+                        instance = %instance_name(&ep),
+                        code = ?e.code(),
+                        "failsafe call failed, ignored"
+                    );
+                    Ok(T::default())
+                }
+            }
+        }
+        Mode::Forking { k } => forking(picker, (*k).max(1), budget, f).await,
+        Mode::Broadcast(cfg) => {
+            let report = broadcast(picker, cfg, f).await?;
+            Ok(match cfg.collect {
+                Collect::First | Collect::All => report.into_first_ok().unwrap_or_default(),
+                Collect::None => T::default(),
+            })
+        }
+    }
+}
+
+async fn failover<P, T, E, F, Fut>(
+    picker: &P,
+    cfg: &Failover,
+    budget: &RetryBudget,
+    mut f: F,
+) -> Result<T, ClusterError<E>>
+where
+    P: Picker + ?Sized,
+    E: CallError,
+    F: FnMut(Arc<Endpoint>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let max_attempts = cfg.attempts.max(1);
+    let backoff = Backoff {
+        initial: cfg.backoff,
+        max: cfg.backoff_max,
+        multiplier: 2.0,
+    };
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut ep = picker.pick_untried(&tried).map_err(ClusterError::NoPick)?;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let fut = f(Arc::clone(&ep));
+        let error = match attempt(picker, ep, fut).await {
+            (_, Ok(v)) => return Ok(v),
+            (failed, Err(error)) => {
+                ep = failed;
+                error
+            }
+        };
+        let retryable = error.code().is_some_and(|c| cfg.retry_on.contains(&c));
+        if !retryable || attempts >= max_attempts {
+            return Err(ClusterError::Call {
+                error,
+                attempts,
+                instance: instance_name(&ep),
+            });
+        }
+        tried.push(Arc::clone(&ep));
+        // Pick before withdrawing: with no other instance there is no retry,
+        // so neither a token nor a backoff is spent. Any NoPick here (all
+        // tried, or a drop entry: the balancer sheds the retry) ends the call
+        // with the last error.
+        let next = match picker.pick_untried(&tried) {
+            Ok(next) => next,
+            Err(_) => {
+                return Err(ClusterError::Call {
+                    error,
+                    attempts,
+                    instance: instance_name(&ep),
+                })
+            }
+        };
+        if !budget.try_withdraw() {
+            return Err(ClusterError::BudgetExhausted { error, attempts });
+        }
+        // The thread RNG is not held across the await (the future stays Send).
+        let delay = backoff.delay(attempts - 1, &mut rand::rng());
+        tracing::debug!(
+            failed = %instance_name(&ep),
+            next = %instance_name(&next),
+            code = ?error.code(),
+            ?delay,
+            attempt = attempts + 1,
+            "failover: retrying on another instance"
+        );
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        ep = next;
+    }
+}
+
+async fn forking<P, T, E, F, Fut>(
+    picker: &P,
+    k: u32,
+    budget: &RetryBudget,
+    mut f: F,
+) -> Result<T, ClusterError<E>>
+where
+    P: Picker + ?Sized,
+    E: CallError,
+    F: FnMut(Arc<Endpoint>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let first = picker.pick_untried(&[]).map_err(ClusterError::NoPick)?;
+    let mut tried = vec![first];
+    let mut refused = false;
+    while tried.len() < k as usize {
+        // Fewer instances than k (or a drop entry): hedge on what we have.
+        let Ok(ep) = picker.pick_untried(&tried) else {
+            break;
+        };
+        if !budget.try_withdraw() {
+            refused = true;
+            break;
+        }
+        tried.push(ep);
+    }
+    let mut running: FuturesUnordered<_> = tried
+        .into_iter()
+        .map(|ep| {
+            let fut = f(Arc::clone(&ep));
+            attempt(picker, ep, fut)
+        })
+        .collect();
+    let attempts = u32::try_from(running.len()).unwrap_or(u32::MAX);
+    let mut last = None;
+    while let Some((ep, r)) = running.next().await {
+        match r {
+            // Returning drops `running`, which cancels the other attempts.
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some((ep, e)),
+        }
+    }
+    match last {
+        Some((_, error)) if refused => Err(ClusterError::BudgetExhausted { error, attempts }),
+        Some((ep, error)) => Err(ClusterError::Call {
+            error,
+            attempts,
+            instance: instance_name(&ep),
+        }),
+        // At least one attempt ran, so this is unreachable; be total anyway.
+        None => Err(ClusterError::NoPick(NoPick::Empty)),
+    }
+}
+
+/// Calls every instance ([`Picker::all`]) concurrently and waits for all of
+/// them. Fails with [`ClusterError::Broadcast`] when
+/// `failed × 100 > max_failure_percent × total`, with
+/// `ClusterError::NoPick(NoPick::Empty)` when there is no instance.
+///
+/// The attempts run inside this future (no `tokio::spawn`): dropping it cancels
+/// every attempt still running.
+pub async fn broadcast<P, T, E, F, Fut>(
+    picker: &P,
+    cfg: &Broadcast,
+    mut f: F,
+) -> Result<BroadcastReport<T, E>, ClusterError<E>>
+where
+    P: Picker + ?Sized,
+    E: CallError,
+    F: FnMut(Arc<Endpoint>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let endpoints = picker.all();
+    let total = endpoints.len();
+    if total == 0 {
+        return Err(ClusterError::NoPick(NoPick::Empty));
+    }
+    let mut running: FuturesUnordered<_> = endpoints
+        .into_iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            let fut = f(Arc::clone(&ep));
+            let a = attempt(picker, ep, fut);
+            async move { (i, a.await) }
+        })
+        .collect();
+    let mut done = Vec::with_capacity(total);
+    while let Some(d) = running.next().await {
+        done.push(d);
+    }
+    // Back to endpoint order.
+    done.sort_unstable_by_key(|(i, _)| *i);
+    let results: Vec<_> = done.into_iter().map(|(_, r)| r).collect();
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    let allowed = u64::from(cfg.max_failure_percent.min(100)) * total as u64;
+    if failed as u64 * 100 > allowed {
+        return Err(ClusterError::Broadcast { failed, total });
+    }
+    Ok(BroadcastReport { results })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::BudgetConfig;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Mutex;
+    use tokio::time::sleep;
+    use tonic::{Code, Status};
+
+    /// Round robin over a fixed list, recording reports.
+    struct TestPicker {
+        eps: Vec<Arc<Endpoint>>,
+        cursor: AtomicUsize,
+        reports: Mutex<Vec<(String, Outcome)>>,
+    }
+
+    impl TestPicker {
+        fn new(ids: &[&str]) -> Self {
+            TestPicker::with(
+                ids.iter()
+                    .map(|id| {
+                        if *id == "DROP" {
+                            Endpoint::drop_entry()
+                        } else {
+                            Endpoint::new(*id, format!("{id}:80"))
+                        }
+                    })
+                    .collect(),
+            )
+        }
+
+        fn with(eps: Vec<Endpoint>) -> Self {
+            TestPicker {
+                eps: eps.into_iter().map(Arc::new).collect(),
+                cursor: AtomicUsize::new(0),
+                reports: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn reports(&self) -> Vec<(String, bool)> {
+            self.reports
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, o)| (id.clone(), o.ok))
+                .collect()
+        }
+
+        fn latencies(&self) -> Vec<Duration> {
+            self.reports
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, o)| o.latency)
+                .collect()
+        }
+    }
+
+    impl Picker for TestPicker {
+        fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+            for _ in 0..self.eps.len() {
+                let i = self.cursor.fetch_add(1, SeqCst) % self.eps.len();
+                let ep = &self.eps[i];
+                if ep.is_drop() {
+                    return Err(NoPick::Dropped);
+                }
+                if !tried_contains(tried, ep) {
+                    return Ok(Arc::clone(ep));
+                }
+            }
+            Err(NoPick::Empty)
+        }
+
+        fn all(&self) -> Vec<Arc<Endpoint>> {
+            self.eps.iter().filter(|e| !e.is_drop()).cloned().collect()
+        }
+
+        fn report(&self, ep: &Endpoint, outcome: Outcome) {
+            self.reports
+                .lock()
+                .unwrap()
+                .push((ep.instance_id().to_owned(), outcome));
+        }
+    }
+
+    /// Flips its flag when dropped (finished or cancelled).
+    struct DropGuard(Arc<AtomicBool>);
+
+    impl Drop for DropGuard {
+        fn drop(&mut self) {
+            self.0.store(true, SeqCst);
+        }
+    }
+
+    fn failover(attempts: u32) -> Mode {
+        Mode::Failover(Failover {
+            attempts,
+            ..Failover::default()
+        })
+    }
+
+    fn budget() -> RetryBudget {
+        RetryBudget::new(BudgetConfig::default())
+    }
+
+    /// Records which instances were called, in order.
+    fn log() -> Arc<Mutex<Vec<String>>> {
+        Arc::new(Mutex::new(Vec::new()))
+    }
+
+    fn calls(log: &Mutex<Vec<String>>) -> Vec<String> {
+        log.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_retries_on_another_instance_and_succeeds() {
+        let p = TestPicker::new(&["a", "b", "c"]);
+        let seen = log();
+        let r: Result<String, _> = call(&p, &failover(3), &budget(), |ep| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(ep.instance_id().to_owned());
+                sleep(Duration::from_millis(5)).await;
+                if ep.instance_id() == "a" {
+                    Err(Status::unavailable("down"))
+                } else {
+                    Ok(format!("from {}", ep.instance_id()))
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), "from b");
+        assert_eq!(calls(&seen), ["a", "b"]);
+        assert_eq!(p.reports(), [("a".into(), false), ("b".into(), true)]);
+        assert_eq!(p.latencies(), [Duration::from_millis(5); 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_never_reuses_an_instance_and_stops_after_attempts() {
+        // a appears twice in order; the retry must skip it.
+        let p = TestPicker::new(&["a", "a", "b", "c", "d"]);
+        let seen = log();
+        let r: Result<(), _> = call(&p, &failover(3), &budget(), |ep| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(ep.instance_id().to_owned());
+                Err(Status::unavailable(ep.instance_id().to_owned()))
+            }
+        })
+        .await;
+        assert_eq!(calls(&seen), ["a", "b", "c"]);
+        match r.unwrap_err() {
+            ClusterError::Call {
+                error,
+                attempts,
+                instance,
+            } => {
+                assert_eq!((attempts, instance.as_str()), (3, "c"));
+                assert_eq!(error.message(), "c");
+            }
+            e => panic!("unexpected {e}"),
+        }
+        assert_eq!(p.reports().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_stops_when_every_instance_was_tried() {
+        let p = TestPicker::new(&["a", "b"]);
+        let n = AtomicUsize::new(0);
+        let r: Result<(), _> = call(&p, &failover(5), &budget(), |_| {
+            n.fetch_add(1, SeqCst);
+            async { Err(Status::unavailable("down")) }
+        })
+        .await;
+        assert_eq!(n.load(SeqCst), 2);
+        assert!(matches!(r, Err(ClusterError::Call { attempts: 2, .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_backs_off_between_attempts() {
+        let p = TestPicker::new(&["a", "b", "c"]);
+        let mode = Mode::Failover(Failover {
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(150),
+            retry_on: vec![Code::Unavailable],
+        });
+        let start = Instant::now();
+        let r: Result<(), _> = call(&p, &mode, &budget(), |_| async {
+            Err(Status::unavailable("x"))
+        })
+        .await;
+        assert!(r.is_err());
+        // Full jitter: at most 100 ms then 150 ms (capped).
+        assert!(start.elapsed() <= Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_does_not_retry_other_codes() {
+        let p = TestPicker::new(&["a", "b"]);
+        let n = AtomicUsize::new(0);
+        let r: Result<(), _> = call(&p, &failover(3), &budget(), |_| {
+            n.fetch_add(1, SeqCst);
+            async { Err(Status::invalid_argument("bad")) }
+        })
+        .await;
+        assert_eq!(n.load(SeqCst), 1);
+        match r.unwrap_err() {
+            ClusterError::Call {
+                error, attempts, ..
+            } => {
+                assert_eq!(error.code(), Code::InvalidArgument);
+                assert_eq!(attempts, 1);
+            }
+            e => panic!("unexpected {e}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_retries_configured_codes() {
+        let p = TestPicker::new(&["a", "b"]);
+        let mode = Mode::Failover(Failover {
+            retry_on: vec![Code::ResourceExhausted],
+            ..Failover::default()
+        });
+        let r = call(&p, &mode, &budget(), |ep| async move {
+            if ep.instance_id() == "a" {
+                Err(Status::resource_exhausted("busy"))
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_pick_is_not_retried() {
+        let n = AtomicUsize::new(0);
+        for mode in [failover(3), Mode::Failfast, Mode::Forking { k: 2 }] {
+            // The drop entry comes first; b exists but must not be tried.
+            let p = TestPicker::new(&["DROP", "b"]);
+            let r: Result<u8, ClusterError<Status>> = call(&p, &mode, &budget(), |_| {
+                n.fetch_add(1, SeqCst);
+                async { Ok(1) }
+            })
+            .await;
+            assert!(
+                matches!(r, Err(ClusterError::NoPick(NoPick::Dropped))),
+                "{mode:?}"
+            );
+            assert!(p.reports().is_empty());
+        }
+        assert_eq!(n.load(SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_entry_on_a_retry_ends_with_the_last_error() {
+        let p = TestPicker::new(&["a", "DROP", "b"]);
+        let n = AtomicUsize::new(0);
+        let r: Result<(), _> = call(&p, &failover(3), &budget(), |_| {
+            n.fetch_add(1, SeqCst);
+            async { Err(Status::unavailable("down")) }
+        })
+        .await;
+        assert_eq!(n.load(SeqCst), 1);
+        assert!(matches!(r, Err(ClusterError::Call { attempts: 1, .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_list_is_no_pick() {
+        let p = TestPicker::new(&[]);
+        for mode in [failover(3), Mode::Failfast, Mode::Forking { k: 3 }] {
+            let r: Result<(), ClusterError<Status>> =
+                call(&p, &mode, &budget(), |_| async { Ok(()) }).await;
+            assert!(matches!(r, Err(ClusterError::NoPick(NoPick::Empty))));
+        }
+        let r: Result<(), ClusterError<Status>> = call(
+            &p,
+            &Mode::Broadcast(Broadcast::default()),
+            &budget(),
+            |_| async { Ok(()) },
+        )
+        .await;
+        assert!(matches!(r, Err(ClusterError::NoPick(NoPick::Empty))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_budget_caps_retries_and_refills_after_ttl() {
+        let p = TestPicker::new(&["a", "b", "c"]);
+        let b = RetryBudget::new(BudgetConfig {
+            percent: 0.2,
+            min_per_sec: 1,
+            ttl: Duration::from_secs(10),
+        });
+        let mode = Mode::Failover(Failover {
+            attempts: 3,
+            backoff: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+            retry_on: vec![Code::Unavailable],
+        });
+        let attempts = AtomicUsize::new(0);
+        let mut exhausted = 0;
+        let run = || async {
+            call(&p, &mode, &b, |_| {
+                attempts.fetch_add(1, SeqCst);
+                async { Err::<(), _>(Status::unavailable("down")) }
+            })
+            .await
+        };
+        for _ in 0..100 {
+            match run().await {
+                Err(ClusterError::BudgetExhausted { .. }) => exhausted += 1,
+                Err(ClusterError::Call { attempts: 3, .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let retries = attempts.load(SeqCst) - 100;
+        // percent × requests + min_per_sec × ttl = 20 + 10.
+        assert_eq!(retries, 30);
+        assert!(exhausted >= 85, "{exhausted}");
+        assert_eq!(b.balance(), 0);
+        let before = attempts.load(SeqCst);
+        assert!(matches!(
+            run().await,
+            Err(ClusterError::BudgetExhausted { attempts: 1, .. })
+        ));
+        assert_eq!(attempts.load(SeqCst) - before, 1);
+
+        // After ttl everything expired: the reserve is back.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(b.balance(), 10);
+        let before = attempts.load(SeqCst);
+        assert!(matches!(
+            run().await,
+            Err(ClusterError::Call { attempts: 3, .. })
+        ));
+        assert_eq!(attempts.load(SeqCst) - before, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failfast_makes_one_attempt() {
+        let p = TestPicker::new(&["a", "b"]);
+        let n = AtomicUsize::new(0);
+        let r: Result<(), _> = call(&p, &Mode::Failfast, &budget(), |_| {
+            n.fetch_add(1, SeqCst);
+            async { Err(Status::unavailable("down")) }
+        })
+        .await;
+        assert_eq!(n.load(SeqCst), 1);
+        match r.unwrap_err() {
+            ClusterError::Call {
+                attempts, instance, ..
+            } => assert_eq!((attempts, instance.as_str()), (1, "a")),
+            e => panic!("unexpected {e}"),
+        }
+        assert_eq!(p.reports(), [("a".into(), false)]);
+        let ok = call(&p, &Mode::Failfast, &budget(), |ep| async move {
+            Ok::<_, Status>(ep.instance_id().to_owned())
+        })
+        .await;
+        assert_eq!(ok.unwrap(), "b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failsafe_returns_default_on_error() {
+        let p = TestPicker::new(&["a", "b"]);
+        let n = AtomicUsize::new(0);
+        let r: Result<Vec<u8>, ClusterError<Status>> = call(&p, &Mode::Failsafe, &budget(), |_| {
+            n.fetch_add(1, SeqCst);
+            async { Err(Status::unavailable("down")) }
+        })
+        .await;
+        assert_eq!(r.unwrap(), Vec::<u8>::new());
+        assert_eq!(n.load(SeqCst), 1);
+        assert_eq!(p.reports(), [("a".into(), false)]);
+        let ok = call(&p, &Mode::Failsafe, &budget(), |_| async {
+            Ok::<_, Status>(vec![1u8])
+        })
+        .await;
+        assert_eq!(ok.unwrap(), [1]);
+        let empty = TestPicker::new(&[]);
+        let r: Result<u32, ClusterError<Status>> =
+            call(&empty, &Mode::Failsafe, &budget(), |_| async { Ok(5) }).await;
+        assert_eq!(r.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forking_first_success_wins_and_losers_are_cancelled() {
+        let p = TestPicker::new(&["slow", "fast", "other"]);
+        let slow_dropped = Arc::new(AtomicBool::new(false));
+        let slow_finished = Arc::new(AtomicBool::new(false));
+        let started = log();
+        let start = Instant::now();
+        let r = call(&p, &Mode::Forking { k: 2 }, &budget(), |ep| {
+            // Only the slow attempt carries a guard.
+            let guard = (ep.instance_id() == "slow").then(|| DropGuard(Arc::clone(&slow_dropped)));
+            let finished = Arc::clone(&slow_finished);
+            let started = Arc::clone(&started);
+            async move {
+                started.lock().unwrap().push(ep.instance_id().to_owned());
+                if ep.instance_id() == "slow" {
+                    let _guard = guard;
+                    sleep(Duration::from_secs(1)).await;
+                    finished.store(true, SeqCst);
+                    Ok::<_, Status>("slow")
+                } else {
+                    sleep(Duration::from_millis(10)).await;
+                    Ok("fast")
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), "fast");
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        let mut s = calls(&started);
+        s.sort();
+        assert_eq!(s, ["fast", "slow"]);
+        assert!(slow_dropped.load(SeqCst), "the loser was dropped");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!slow_finished.load(SeqCst), "the loser never finished");
+        // Only the winner was reported.
+        assert_eq!(p.reports(), [("fast".into(), true)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forking_fails_only_when_all_fail() {
+        let p = TestPicker::new(&["a", "b", "c"]);
+        // One failure fast, the success later: still a success.
+        let r = call(&p, &Mode::Forking { k: 3 }, &budget(), |ep| async move {
+            match ep.instance_id() {
+                "a" => Err(Status::unavailable("a")),
+                "b" => {
+                    sleep(Duration::from_millis(20)).await;
+                    Ok(2)
+                }
+                _ => {
+                    sleep(Duration::from_millis(50)).await;
+                    Err(Status::unavailable("c"))
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 2);
+        assert_eq!(
+            p.reports(),
+            [("a".into(), false), ("b".into(), true)],
+            "c was cancelled, not reported"
+        );
+
+        let p = TestPicker::new(&["a", "b", "c"]);
+        let r: Result<(), _> = call(&p, &Mode::Forking { k: 3 }, &budget(), |ep| async move {
+            let ms = match ep.instance_id() {
+                "a" => 30,
+                "b" => 10,
+                _ => 20,
+            };
+            sleep(Duration::from_millis(ms)).await;
+            Err(Status::unavailable(ep.instance_id().to_owned()))
+        })
+        .await;
+        match r.unwrap_err() {
+            ClusterError::Call {
+                error,
+                attempts,
+                instance,
+            } => {
+                assert_eq!(attempts, 3);
+                assert_eq!((instance.as_str(), error.message()), ("a", "a"));
+            }
+            e => panic!("unexpected {e}"),
+        }
+        assert_eq!(p.reports().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forking_uses_distinct_instances_and_the_budget() {
+        // Fewer instances than k: one attempt per instance.
+        let p = TestPicker::new(&["a", "a", "b"]);
+        let seen = log();
+        let r: Result<(), _> = call(&p, &Mode::Forking { k: 5 }, &budget(), |ep| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(ep.instance_id().to_owned());
+                Err(Status::unavailable("x"))
+            }
+        })
+        .await;
+        assert!(matches!(r, Err(ClusterError::Call { attempts: 2, .. })));
+        let mut s = calls(&seen);
+        s.sort();
+        assert_eq!(s, ["a", "b"]);
+
+        // An empty budget allows no extra hedge.
+        let p = TestPicker::new(&["a", "b", "c"]);
+        let none = RetryBudget::new(BudgetConfig {
+            percent: 0.0,
+            min_per_sec: 0,
+            ttl: Duration::from_secs(10),
+        });
+        let n = AtomicUsize::new(0);
+        let r: Result<(), _> = call(&p, &Mode::Forking { k: 3 }, &none, |_| {
+            n.fetch_add(1, SeqCst);
+            async { Err(Status::unavailable("x")) }
+        })
+        .await;
+        assert_eq!(n.load(SeqCst), 1);
+        assert!(matches!(
+            r,
+            Err(ClusterError::BudgetExhausted { attempts: 1, .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcast_reaches_every_instance() {
+        let p = TestPicker::new(&["a", "DROP", "b", "c"]);
+        let cfg = Broadcast {
+            collect: Collect::All,
+            max_failure_percent: 50,
+        };
+        let report = broadcast(&p, &cfg, |ep| async move {
+            // Finish in reverse order to show results keep endpoint order.
+            let ms = match ep.instance_id() {
+                "a" => 30,
+                "b" => 20,
+                _ => 10,
+            };
+            sleep(Duration::from_millis(ms)).await;
+            if ep.instance_id() == "b" {
+                Err(Status::internal("b broke"))
+            } else {
+                Ok(ep.instance_id().to_owned())
+            }
+        })
+        .await
+        .unwrap();
+        let got: Vec<(&str, Result<&str, Code>)> = report
+            .results
+            .iter()
+            .map(|(ep, r)| (ep.instance_id(), r.as_deref().map_err(|e| e.code())))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", Ok("a")), ("b", Err(Code::Internal)), ("c", Ok("c")),]
+        );
+        assert_eq!(report.failed(), 1);
+        let mut reports = p.reports();
+        reports.sort();
+        assert_eq!(
+            reports,
+            [("a".into(), true), ("b".into(), false), ("c".into(), true)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcast_failure_threshold() {
+        let p = TestPicker::new(&["a", "b", "c", "d"]);
+        let cfg = Broadcast {
+            collect: Collect::None,
+            max_failure_percent: 25,
+        };
+        let failing = |bad: &'static [&'static str]| {
+            move |ep: Arc<Endpoint>| async move {
+                if bad.contains(&ep.instance_id()) {
+                    Err(Status::unavailable("down"))
+                } else {
+                    Ok(1u32)
+                }
+            }
+        };
+        let r = broadcast(&p, &cfg, failing(&["c"])).await.unwrap();
+        assert_eq!(r.failed(), 1);
+        assert_eq!(r.results.len(), 4);
+        let r = broadcast(&p, &cfg, failing(&["b", "c"])).await;
+        assert!(matches!(
+            r,
+            Err(ClusterError::Broadcast {
+                failed: 2,
+                total: 4
+            })
+        ));
+        // Through `call`: Collect::None answers T::default().
+        let m = Mode::Broadcast(cfg.clone());
+        assert_eq!(call(&p, &m, &budget(), failing(&["c"])).await.unwrap(), 0);
+        // max 0 %: any failure fails.
+        let strict = Mode::Broadcast(Broadcast {
+            collect: Collect::First,
+            max_failure_percent: 0,
+        });
+        assert!(matches!(
+            call(&p, &strict, &budget(), failing(&["d"])).await,
+            Err(ClusterError::Broadcast {
+                failed: 1,
+                total: 4
+            })
+        ));
+        assert_eq!(call(&p, &strict, &budget(), failing(&[])).await.unwrap(), 1);
+        // max 100 %: never fails.
+        let lax = Mode::Broadcast(Broadcast {
+            collect: Collect::First,
+            max_failure_percent: 100,
+        });
+        assert_eq!(
+            call(&p, &lax, &budget(), failing(&["a", "b", "c", "d"]))
+                .await
+                .unwrap(),
+            0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcast_call_returns_first_ok_in_endpoint_order() {
+        let p = TestPicker::new(&["a", "b", "c"]);
+        let m = Mode::Broadcast(Broadcast {
+            collect: Collect::First,
+            max_failure_percent: 50,
+        });
+        let r = call(&p, &m, &budget(), |ep| async move {
+            let ms = if ep.instance_id() == "c" { 1 } else { 10 };
+            sleep(Duration::from_millis(ms)).await;
+            if ep.instance_id() == "a" {
+                Err(Status::unavailable("a"))
+            } else {
+                Ok(ep.instance_id().to_owned())
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), "b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_broadcast_cancels_every_attempt() {
+        let p = TestPicker::new(&["a", "b", "c", "d"]);
+        let started = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let flags: Vec<Arc<AtomicBool>> =
+            (0..4).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let mut next = 0;
+        let cfg = Broadcast::default();
+        let fut = broadcast(&p, &cfg, |ep| {
+            let guard = DropGuard(Arc::clone(&flags[next]));
+            next += 1;
+            let started = Arc::clone(&started);
+            let finished = Arc::clone(&finished);
+            async move {
+                let _guard = guard;
+                started.fetch_add(1, SeqCst);
+                // "a" answers quickly, the others hang.
+                let ms = if ep.instance_id() == "a" { 1 } else { 60_000 };
+                sleep(Duration::from_millis(ms)).await;
+                finished.fetch_add(1, SeqCst);
+                Ok::<_, Status>(())
+            }
+        });
+        tokio::select! {
+            _ = fut => panic!("the broadcast should still be waiting"),
+            _ = sleep(Duration::from_millis(100)) => {}
+        }
+        // The select dropped the broadcast future.
+        assert_eq!(started.load(SeqCst), 4);
+        assert_eq!(finished.load(SeqCst), 1);
+        assert!(
+            flags.iter().all(|f| f.load(SeqCst)),
+            "every attempt dropped"
+        );
+        tokio::time::advance(Duration::from_secs(120)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(finished.load(SeqCst), 1, "nothing kept running");
+        assert_eq!(p.reports(), [("a".into(), true)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_once_per_call() {
+        let p = TestPicker::new(&["a", "b", "c"]);
+        let b = RetryBudget::new(BudgetConfig {
+            percent: 1.0,
+            min_per_sec: 0,
+            ttl: Duration::from_secs(10),
+        });
+        let r = call(&p, &failover(3), &b, |ep| async move {
+            if ep.instance_id() == "c" {
+                Ok(())
+            } else {
+                Err(Status::unavailable("x"))
+            }
+        })
+        .await;
+        // One deposit (1 retry's worth), then the first retry took it and the
+        // second found the budget empty.
+        assert!(matches!(
+            r,
+            Err(ClusterError::BudgetExhausted { attempts: 2, .. })
+        ));
+        assert_eq!(b.balance(), 0);
+    }
+
+    #[test]
+    fn call_future_is_send() {
+        fn check<F: Future + Send>(_: &F) {}
+        let p = TestPicker::new(&["a"]);
+        let b = RetryBudget::unlimited();
+        let dynp: &dyn Picker = &p;
+        for mode in [Mode::default(), Mode::Forking { k: 2 }] {
+            let fut = call(dynp, &mode, &b, |_| async { Ok::<u8, Status>(1) });
+            check(&fut);
+        }
+    }
+
+    #[test]
+    fn errors_display_and_convert() {
+        let e: ClusterError<Status> = ClusterError::Call {
+            error: Status::unavailable("down"),
+            attempts: 2,
+            instance: "a".into(),
+        };
+        assert!(e.to_string().contains("2 attempt(s), last on a"));
+        assert_eq!(e.error().map(|s| s.code()), Some(Code::Unavailable));
+        let s: Status = ClusterError::<Status>::NoPick(NoPick::Dropped).into();
+        assert_eq!(s.code(), Code::Unavailable);
+        let boxed: Box<dyn std::error::Error> = Box::new(ClusterError::<Status>::Broadcast {
+            failed: 2,
+            total: 4,
+        });
+        assert_eq!(boxed.to_string(), "broadcast failed on 2 of 4 instances");
+    }
+}

@@ -1,0 +1,338 @@
+//! Load shedding: the fraction of a service's calls its clients should drop
+//! when the whole service is over its utilization target.
+//!
+//! Sources:
+//! - gRPC's grpclb protocol (`grpc/grpc`, `src/proto/grpc/lb/v1/load_balancer.proto`,
+//!   `Server.drop`): a server list may contain *drop entries*; a client whose
+//!   round robin lands on one fails that call locally, without touching a
+//!   backend, and counts it in `ClientStats.calls_finished_with_drop`. The
+//!   fraction of drop entries in the list is the fraction of calls shed, so
+//!   the daemon sheds by adding [`drop_entries`] entries to a period.
+//! - Multiplicative admission control, as in the Google SRE book, chapter 21
+//!   "Handling Overload", *Client-side throttling*: clients reject a fraction
+//!   of requests locally, computed from how much the backend has been
+//!   accepting, so overload is cut at the source instead of by the backend
+//!   spending work on requests it will fail. The multiplicative adjustment is
+//!   the "multiplicative decrease" half of AIMD (TCP congestion control,
+//!   RFC 5681), made proportional: here the signal is the service's mean
+//!   reported utilization `u` against a `target`.
+//!
+//! The controller works on the admitted fraction `a = 1 − drop`:
+//!
+//! ```text
+//! a*   = min(1, a × target / u)       the admission that would bring u to target
+//!                                      (u scales with admitted load), 1 when u = 0
+//! a'   = a + smoothing × (a* − a)     EWMA, so one noisy report does not swing it
+//! drop = clamp(1 − a', 0, max_drop)   and drops below MIN_DROP snap to 0
+//! ```
+//!
+//! With utilization proportional to admitted load (`u = L × a` for an offered
+//! load `L` in units of capacity) `a* = target / L` whatever `a` is, so `a`
+//! converges geometrically (factor `1 − smoothing` per step) to the admission
+//! that puts utilization exactly at target; when `u < target`, `a* = 1` and
+//! the drop decays toward 0 by the same factor, reaching exactly 0 once it is
+//! below [`MIN_DROP`]. `max_drop` keeps some traffic flowing however bad the
+//! reports look (a service reporting absurd utilization must not black-hole).
+//!
+//! Robustness: a target that is not finite and positive turns shedding off
+//! (drop 0); a non-finite or negative utilization leaves the drop unchanged;
+//! a non-finite or negative previous drop counts as 0; a non-finite
+//! `max_drop` means the default and it is clamped to `0..=MAX_DROP_LIMIT`; a
+//! smoothing outside `(0, 1]` means the default.
+
+use crate::model::FieldError;
+
+/// Drops below this are rounded to none, so shedding really ends.
+pub const MIN_DROP: f64 = 1e-3;
+/// The largest drop fraction ever used (a drop of 1 would need infinitely
+/// many drop entries).
+pub const MAX_DROP_LIMIT: f64 = 0.99;
+
+const DEFAULT_MAX_DROP: f64 = 0.9;
+const DEFAULT_SMOOTHING: f64 = 0.5;
+
+/// Load shedding settings of one service.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShedConfig {
+    /// Aggregate utilization target, `(0, 1]`; 0 = off (the default).
+    pub target: f64,
+    /// Largest fraction of calls ever dropped (default 0.9).
+    pub max_drop: f64,
+    /// EWMA weight of the new estimate, `(0, 1]` (default 0.5).
+    pub smoothing: f64,
+}
+
+impl Default for ShedConfig {
+    fn default() -> Self {
+        ShedConfig {
+            target: 0.0,
+            max_drop: DEFAULT_MAX_DROP,
+            smoothing: DEFAULT_SMOOTHING,
+        }
+    }
+}
+
+impl ShedConfig {
+    /// Checks every field's range; the field names are the struct's.
+    pub fn check(&self) -> Result<(), FieldError> {
+        let t = self.target;
+        if !t.is_finite() || !(0.0..=1.0).contains(&t) {
+            return Err(FieldError::new(
+                "target",
+                format!("{t} is outside (0, 1] (0 = off)"),
+            ));
+        }
+        let m = self.max_drop;
+        if !m.is_finite() || !(0.0..=MAX_DROP_LIMIT).contains(&m) {
+            return Err(FieldError::new(
+                "max_drop",
+                format!("{m} is outside 0..={MAX_DROP_LIMIT}"),
+            ));
+        }
+        let s = self.smoothing;
+        if !(s > 0.0 && s <= 1.0) {
+            return Err(FieldError::new(
+                "smoothing",
+                format!("{s} is outside (0, 1]"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The next drop fraction, from the previous one and the service's mean
+/// reported utilization (see the module docs). Always in `[0, max_drop]`.
+pub fn next_drop(prev: f64, utilization: f64, cfg: &ShedConfig) -> f64 {
+    let target = cfg.target;
+    if !(target.is_finite() && target > 0.0) {
+        return 0.0;
+    }
+    let max_drop = if cfg.max_drop.is_finite() {
+        cfg.max_drop.clamp(0.0, MAX_DROP_LIMIT)
+    } else {
+        DEFAULT_MAX_DROP
+    };
+    let smoothing = if cfg.smoothing.is_finite() && cfg.smoothing > 0.0 {
+        cfg.smoothing.min(1.0)
+    } else {
+        DEFAULT_SMOOTHING
+    };
+    let prev = if prev.is_finite() {
+        prev.clamp(0.0, max_drop)
+    } else {
+        0.0
+    };
+    if !utilization.is_finite() || utilization < 0.0 {
+        return prev;
+    }
+    let admitted = 1.0 - prev;
+    let wanted = if utilization > 0.0 {
+        (admitted * target / utilization).min(1.0)
+    } else {
+        1.0
+    };
+    let next = admitted + smoothing * (wanted - admitted);
+    let drop = (1.0 - next).clamp(0.0, max_drop);
+    if drop < MIN_DROP {
+        0.0
+    } else {
+        drop
+    }
+}
+
+/// Drop entries to add to a period of `n` entries so that drops are the
+/// fraction `drop` of the new period: `round(n × drop / (1 − drop))`.
+/// 0 for an empty period or a drop that is not finite and positive; `drop` is
+/// capped at [`MAX_DROP_LIMIT`].
+pub fn drop_entries(n: usize, drop: f64) -> usize {
+    if n == 0 || !drop.is_finite() || drop <= 0.0 {
+        return 0;
+    }
+    let d = drop.min(MAX_DROP_LIMIT);
+    // Finite and at most 99 n: the cast saturates at worst.
+    (n as f64 * d / (1.0 - d)).round() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cfg(target: f64) -> ShedConfig {
+        ShedConfig {
+            target,
+            ..ShedConfig::default()
+        }
+    }
+
+    /// Runs the controller against a service whose utilization is
+    /// `offered × (1 − drop) / capacity`, returning the final drop.
+    fn settle(mut drop: f64, offered: f64, capacity: f64, cfg: &ShedConfig, steps: usize) -> f64 {
+        for _ in 0..steps {
+            drop = next_drop(drop, offered * (1.0 - drop) / capacity, cfg);
+        }
+        drop
+    }
+
+    #[test]
+    fn off_by_default() {
+        assert_eq!(ShedConfig::default().target, 0.0);
+        assert_eq!(next_drop(0.5, 3.0, &ShedConfig::default()), 0.0);
+        assert_eq!(ShedConfig::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn converges_to_target_and_recovers() {
+        let c = cfg(0.8);
+        for offered in [1.0, 1.2, 2.0, 4.0, 7.0] {
+            let drop = settle(0.0, offered, 1.0, &c, 40);
+            let u = offered * (1.0 - drop);
+            assert!(
+                (u - 0.8).abs() <= 0.05 * 0.8,
+                "offered {offered}: drop {drop} u {u}"
+            );
+            // Steady: another step barely moves it.
+            assert!((next_drop(drop, u, &c) - drop).abs() < 1e-6);
+            // Load falls below the target: back to exactly no drops.
+            let back = settle(drop, 0.5, 1.0, &c, 20);
+            assert_eq!(back, 0.0, "offered {offered}");
+        }
+        // Capacity in other units.
+        let drop = settle(0.0, 300.0, 100.0, &cfg(0.6), 40);
+        assert!((300.0 * (1.0 - drop) / 100.0 - 0.6).abs() <= 0.03);
+    }
+
+    #[test]
+    fn known_steps() {
+        let c = cfg(0.8);
+        // u = 1.6 with nothing dropped: wants half admitted; smoothing 0.5 → 0.75.
+        assert!((next_drop(0.0, 1.6, &c) - 0.25).abs() < 1e-12);
+        // At target: unchanged.
+        assert!((next_drop(0.25, 0.8, &c) - 0.25).abs() < 1e-12);
+        // Below target: halves toward 0.
+        assert!((next_drop(0.4, 0.1, &c) - 0.2).abs() < 1e-12);
+        // Idle: decays too.
+        assert!((next_drop(0.4, 0.0, &c) - 0.2).abs() < 1e-12);
+        // Never above max_drop.
+        assert_eq!(settle(0.0, 100.0, 1.0, &c, 50), 0.9);
+    }
+
+    #[test]
+    fn bad_inputs_are_safe() {
+        let c = cfg(0.8);
+        assert_eq!(next_drop(0.3, f64::NAN, &c), 0.3, "no change");
+        assert_eq!(next_drop(0.3, f64::INFINITY, &c), 0.3);
+        assert_eq!(next_drop(0.3, -1.0, &c), 0.3);
+        assert_eq!(next_drop(f64::NAN, 0.5, &c), 0.0, "bad prev counts as 0");
+        assert_eq!(next_drop(-0.5, 0.5, &c), 0.0);
+        assert_eq!(
+            next_drop(5.0, f64::NAN, &c),
+            0.9,
+            "prev clamped to max_drop"
+        );
+        for t in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            assert_eq!(next_drop(0.5, 2.0, &cfg(t)), 0.0, "target {t}: off");
+        }
+        let weird = ShedConfig {
+            target: 0.8,
+            max_drop: f64::NAN,
+            smoothing: f64::NAN,
+        };
+        assert!(
+            (next_drop(0.0, 1.6, &weird) - 0.25).abs() < 1e-12,
+            "defaults"
+        );
+        let too_much = ShedConfig { max_drop: 5.0, ..c };
+        assert_eq!(settle(0.0, 1e9, 1.0, &too_much, 100), MAX_DROP_LIMIT);
+        assert_eq!(drop_entries(10, f64::NAN), 0);
+        assert_eq!(drop_entries(10, -0.2), 0);
+        assert_eq!(drop_entries(10, 1.0), 990);
+        assert_eq!(drop_entries(10, f64::INFINITY), 0);
+        assert_eq!(drop_entries(0, 0.5), 0);
+    }
+
+    #[test]
+    fn drop_entry_counts() {
+        assert_eq!(drop_entries(10, 0.5), 10);
+        assert_eq!(drop_entries(9, 0.25), 3);
+        assert_eq!(drop_entries(4, 0.9), 36);
+        assert_eq!(drop_entries(100, 0.0), 0);
+        assert_eq!(drop_entries(100, 0.001), 0);
+    }
+
+    #[test]
+    fn config_check_names_the_field() {
+        let field = |c: ShedConfig| c.check().map_err(|e| e.field);
+        assert_eq!(field(cfg(0.8)), Ok(()));
+        assert_eq!(field(cfg(1.5)), Err("target".into()));
+        assert_eq!(field(cfg(f64::NAN)), Err("target".into()));
+        let c = cfg(0.8);
+        assert_eq!(
+            field(ShedConfig { max_drop: 1.0, ..c }),
+            Err("max_drop".into())
+        );
+        assert_eq!(
+            field(ShedConfig {
+                max_drop: -0.1,
+                ..c
+            }),
+            Err("max_drop".into())
+        );
+        assert_eq!(
+            field(ShedConfig {
+                smoothing: 0.0,
+                ..c
+            }),
+            Err("smoothing".into())
+        );
+        assert_eq!(
+            field(ShedConfig {
+                smoothing: 1.5,
+                ..c
+            }),
+            Err("smoothing".into())
+        );
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        #[test]
+        fn drop_entries_hit_the_fraction(n in 1usize..5000, drop in 0.0f64..0.99) {
+            let k = drop_entries(n, drop);
+            let total = (n + k) as f64;
+            let got = k as f64 / total;
+            prop_assert!((got - drop).abs() <= 1.0 / total, "n {} drop {} k {} got {}", n, drop, k, got);
+        }
+
+        #[test]
+        fn always_in_range(
+            prev in prop_oneof![-1.0f64..2.0, Just(f64::NAN), Just(f64::INFINITY)],
+            u in prop_oneof![0.0f64..20.0, Just(f64::NAN), Just(-1.0), Just(f64::INFINITY)],
+            target in 0.0f64..1.0,
+            max_drop in 0.0f64..0.99,
+            smoothing in 0.01f64..1.0,
+        ) {
+            let c = ShedConfig { target, max_drop, smoothing };
+            let d = next_drop(prev, u, &c);
+            prop_assert!(d.is_finite() && d >= 0.0 && d <= max_drop, "{}", d);
+        }
+
+        #[test]
+        fn settles_within_five_percent(
+            target in 0.3f64..=1.0,
+            // Offered load from just over target to the most max_drop can shed.
+            over in 1.01f64..9.5,
+            smoothing in 0.2f64..=1.0,
+            start in 0.0f64..0.9,
+        ) {
+            let c = ShedConfig { target, max_drop: 0.9, smoothing };
+            let offered = target * over;
+            let drop = settle(start, offered, 1.0, &c, 200);
+            let u = offered * (1.0 - drop);
+            prop_assert!((u - target).abs() <= 0.05 * target, "drop {} u {}", drop, u);
+            let back = settle(drop, target * 0.5, 1.0, &c, 200);
+            prop_assert_eq!(back, 0.0);
+        }
+    }
+}

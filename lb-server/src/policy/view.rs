@@ -1,0 +1,291 @@
+//! One subscriber's view of a plan: the period arranged for it
+//! ([`super::client_order`]), filtered by the routing rules that apply to it,
+//! with each server's locality tier for this client's zone, and one order per
+//! routing rule the client evaluates on request labels.
+//!
+//! Routing is a filter before balancing (the seeds' routing notes; Dubbo's
+//! router chain): filtering the client's arrangement of the smooth period keeps
+//! the remaining servers' relative shares and their interleaving. Drop entries
+//! (load shedding) survive every filter, so each route sheds the same fraction.
+
+use std::collections::BTreeMap;
+
+use crate::model::ClientIdentity;
+use crate::routing::{self, RouteServer, Subscriber};
+
+use super::{client_order, ServicePlan};
+
+/// A route the client evaluates per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewRoute {
+    /// The rule's name.
+    pub name: String,
+    /// Request labels that select it.
+    pub request: BTreeMap<String, String>,
+    /// Indices into the plan's servers.
+    pub order: Vec<u32>,
+    /// An empty `order` fails the request instead of falling back.
+    pub strict: bool,
+}
+
+/// What one subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    /// Per plan server: its tier for this client (0 = use first).
+    pub tiers: Vec<u32>,
+    /// Indices into the plan's servers, in order (default route).
+    pub order: Vec<u32>,
+    /// Routes on request labels, in rule order.
+    pub routes: Vec<ViewRoute>,
+}
+
+/// The view of `plan` (published as `version`) for subscriber `seq`.
+pub fn client_view(
+    plan: &ServicePlan,
+    version: u64,
+    seq: u64,
+    client: &ClientIdentity,
+) -> ClientView {
+    let base = client_order(plan, version, seq);
+    let zones: Vec<&str> = plan.servers.iter().map(|s| s.zone.as_str()).collect();
+    let tiers = if client.zone.is_empty() || plan.zones.len() <= 1 {
+        vec![0; plan.servers.len()]
+    } else {
+        let mut t = routing::tiers(&zones, &client.zone, &plan.zones, plan.panic_threshold);
+        // Drop entries stay in the first tier: shedding applies everywhere.
+        for (i, s) in plan.servers.iter().enumerate() {
+            if s.drop {
+                if let Some(x) = t.get_mut(i) {
+                    *x = 0;
+                }
+            }
+        }
+        t
+    };
+    if plan.rules.is_empty() {
+        return ClientView {
+            tiers,
+            order: base,
+            routes: Vec::new(),
+        };
+    }
+    // Routing sees the real servers only; drop entries are kept by `keep`.
+    let real: Vec<usize> = (0..plan.servers.len())
+        .filter(|&i| !plan.servers[i].drop)
+        .collect();
+    let route_servers: Vec<RouteServer<'_>> = real
+        .iter()
+        .map(|&i| {
+            let s = &plan.servers[i];
+            RouteServer {
+                instance_id: &s.instance_id,
+                zone: &s.zone,
+                labels: &s.labels,
+            }
+        })
+        .collect();
+    let sub = Subscriber {
+        client_id: &client.client_id,
+        zone: &client.zone,
+        labels: &client.labels,
+    };
+    let routing = routing::for_client(&plan.rules, &route_servers, &sub);
+    // Membership over the plan's servers (drop entries always members).
+    let members = |set: &[bool]| -> Vec<bool> {
+        let mut m: Vec<bool> = plan.servers.iter().map(|s| s.drop).collect();
+        for (k, &i) in real.iter().enumerate() {
+            if set.get(k).copied().unwrap_or(false) {
+                m[i] = true;
+            }
+        }
+        m
+    };
+    let keep = |m: &[bool]| -> Vec<u32> {
+        // With nothing but drop entries left, the route has no instance.
+        if !m
+            .iter()
+            .zip(&plan.servers)
+            .any(|(&inside, s)| inside && !s.drop)
+        {
+            return Vec::new();
+        }
+        base.iter()
+            .copied()
+            .filter(|&i| m.get(i as usize).copied().unwrap_or(false))
+            .collect()
+    };
+    let order = keep(&members(&routing.default));
+    let routes = routing
+        .routes
+        .iter()
+        .map(|r| ViewRoute {
+            name: r.name.clone(),
+            request: r.request.clone(),
+            order: keep(&members(&r.members)),
+            strict: r.strict,
+        })
+        .collect();
+    ClientView {
+        tiers,
+        order,
+        routes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PlanServer;
+    use crate::routing::{Match, Rule, Target};
+    use std::sync::Arc;
+
+    fn server(id: &str, zone: &str, labels: &[(&str, &str)]) -> PlanServer {
+        PlanServer {
+            instance_id: id.into(),
+            address: format!("127.0.0.1:1{}", id.len()),
+            zone: zone.into(),
+            tier: 0,
+            drop: false,
+            token: String::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn plan(servers: Vec<PlanServer>, rules: Vec<Rule>) -> ServicePlan {
+        let n = servers.len() as u32;
+        let mut zones = BTreeMap::new();
+        for s in servers.iter().filter(|s| !s.drop) {
+            let e = zones.entry(s.zone.clone()).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += 1;
+        }
+        ServicePlan {
+            weights: vec![1.0; n as usize],
+            order: (0..n).collect(),
+            servers,
+            rules: Arc::new(rules),
+            zones,
+            panic_threshold: 0.5,
+            ..ServicePlan::default()
+        }
+    }
+
+    fn client(zone: &str, kv: &[(&str, &str)]) -> ClientIdentity {
+        ClientIdentity {
+            client_id: "c1".into(),
+            zone: zone.into(),
+            labels: labels(kv),
+        }
+    }
+
+    fn ids(p: &ServicePlan, order: &[u32]) -> Vec<String> {
+        let mut v: Vec<String> = order
+            .iter()
+            .map(|&i| p.servers[i as usize].instance_id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn ab_rule_splits_by_request_label_and_reserves_group_b() {
+        let p = plan(
+            vec![
+                server("a1", "", &[("group", "A")]),
+                server("a2", "", &[("group", "A")]),
+                server("b1", "", &[("group", "B")]),
+            ],
+            vec![Rule {
+                name: "ab".into(),
+                when: Match {
+                    request: labels(&[("group", "B")]),
+                    ..Match::default()
+                },
+                target: Target::Selector(labels(&[("group", "B")])),
+                exclusive: true,
+                strict: false,
+            }],
+        );
+        let v = client_view(&p, 1, 0, &client("", &[]));
+        assert_eq!(ids(&p, &v.order), ["a1", "a2"]);
+        assert_eq!(v.routes.len(), 1);
+        assert_eq!(ids(&p, &v.routes[0].order), ["b1"]);
+        assert_eq!(v.routes[0].request, labels(&[("group", "B")]));
+    }
+
+    #[test]
+    fn client_label_rule_replaces_the_default_list() {
+        let p = plan(
+            vec![server("x", "", &[("vip", "true")]), server("y", "", &[])],
+            vec![Rule {
+                name: "vip".into(),
+                when: Match {
+                    client: labels(&[("tier", "vip")]),
+                    ..Match::default()
+                },
+                target: Target::Selector(labels(&[("vip", "true")])),
+                exclusive: true,
+                strict: false,
+            }],
+        );
+        let vip = client_view(&p, 1, 0, &client("", &[("tier", "vip")]));
+        assert_eq!(ids(&p, &vip.order), ["x"]);
+        let other = client_view(&p, 1, 0, &client("", &[]));
+        assert_eq!(ids(&p, &other.order), ["y"]);
+        assert!(other.routes.is_empty());
+    }
+
+    #[test]
+    fn drop_entries_survive_routing() {
+        let mut servers = vec![
+            server("a", "", &[("g", "1")]),
+            server("b", "", &[("g", "2")]),
+        ];
+        servers.push(PlanServer::drop_entry());
+        let p = plan(
+            servers,
+            vec![Rule {
+                name: "r".into(),
+                when: Match {
+                    request: labels(&[("g", "2")]),
+                    ..Match::default()
+                },
+                target: Target::Selector(labels(&[("g", "2")])),
+                exclusive: false,
+                strict: true,
+            }],
+        );
+        let v = client_view(&p, 1, 0, &client("", &[]));
+        assert_eq!(v.order.len(), 3);
+        let r = &v.routes[0].order;
+        assert_eq!(r.len(), 2);
+        assert!(r.contains(&2), "the drop entry stays: {r:?}");
+    }
+
+    #[test]
+    fn tiers_put_the_clients_zone_first() {
+        let p = plan(
+            vec![
+                server("a", "z1", &[]),
+                server("b", "z1", &[]),
+                server("c", "z2", &[]),
+            ],
+            vec![],
+        );
+        let v = client_view(&p, 1, 0, &client("z1", &[]));
+        assert_eq!(v.tiers, [0, 0, 1]);
+        let v = client_view(&p, 1, 0, &client("z2", &[]));
+        assert_eq!(v.tiers, [1, 1, 0]);
+        let v = client_view(&p, 1, 0, &client("", &[]));
+        assert_eq!(v.tiers, [0, 0, 0]);
+    }
+}
