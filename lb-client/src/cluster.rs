@@ -68,9 +68,29 @@ pub trait CallError {
 }
 
 impl CallError for tonic::Status {
+    /// The status code, except that a transport failure tonic reports as
+    /// UNKNOWN (a connection reset or refused under the call) counts as
+    /// UNAVAILABLE, as gRPC defines it.
     fn code(&self) -> Option<tonic::Code> {
-        Some(tonic::Status::code(self))
+        let code = tonic::Status::code(self);
+        if code == tonic::Code::Unknown && is_transport(self) {
+            return Some(tonic::Code::Unavailable);
+        }
+        Some(code)
     }
+}
+
+/// Whether the status came from the transport (its source chain holds a
+/// tonic transport error or an I/O error).
+fn is_transport(s: &tonic::Status) -> bool {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(err) = e {
+        if err.is::<tonic::transport::Error>() || err.is::<std::io::Error>() {
+            return true;
+        }
+        e = err.source();
+    }
+    false
 }
 
 /// What a call does across instances.

@@ -116,7 +116,12 @@ impl Hub {
                 tx.send_replace(Arc::new(Published { version, plan }));
                 true
             }
-            None if plan.servers.is_empty() => false,
+            None if plan.servers.is_empty()
+                && plan.rules.is_empty()
+                && *plan.cluster == ClusterConfig::default() =>
+            {
+                false
+            }
             None => {
                 let version = self.next_version();
                 let (tx, _) = watch::channel(Arc::new(Published { version, plan }));
@@ -658,9 +663,11 @@ pub async fn start(
     for (service, policy) in store.policies(&default_policy)? {
         registry.set_policy(&service, policy);
     }
+    let mut routed = Vec::new();
     for (service, (rules, cluster)) in store.routing()? {
         registry.set_rules(&service, rules);
         registry.set_cluster(&service, cluster);
+        routed.push(service);
     }
     let now = Instant::now();
     for (key, o) in store.overrides()? {
@@ -669,7 +676,7 @@ pub async fn start(
     let deadline = now + config.restore_grace;
     let restored = store.instances()?;
     let count = restored.len();
-    let mut dirty = BTreeSet::new();
+    let mut dirty: BTreeSet<String> = routed.into_iter().collect();
     for (spec, ttl) in restored {
         dirty.insert(spec.service.clone());
         registry.restore(spec, ttl, deadline);

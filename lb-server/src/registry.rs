@@ -122,6 +122,11 @@ pub struct Service {
 }
 
 impl Service {
+    /// Tells outlier detection the current membership.
+    fn sync_health(&mut self) {
+        self.health.set_hosts(self.instances.keys().cloned());
+    }
+
     /// Nothing but defaults: the service can be forgotten once it has no instance.
     fn is_default(&self, policy: &ServicePolicy) -> bool {
         self.instances.is_empty()
@@ -410,6 +415,7 @@ impl Registry {
                 let mut i = Instance::new(spec, attachment, ttl, expires);
                 i.active_since = Some(now);
                 svc.instances.insert(i.spec.instance_id.clone(), i);
+                svc.sync_health();
                 Registered {
                     persist: true,
                     replaced_session: None,
@@ -425,6 +431,7 @@ impl Registry {
             spec.instance_id.clone(),
             Instance::new(spec, Attachment::Restored, ttl, deadline),
         );
+        svc.sync_health();
     }
 
     /// Records a load report from stream `session`, which must own the
@@ -473,6 +480,7 @@ impl Registry {
     pub fn remove(&mut self, key: &InstanceKey) -> Option<Instance> {
         let svc = self.services.get_mut(&key.service)?;
         let removed = svc.instances.remove(&key.instance_id);
+        svc.sync_health();
         if svc.is_default(&self.default_policy) {
             self.services.remove(&key.service);
         }

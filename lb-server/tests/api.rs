@@ -1148,3 +1148,238 @@ async fn report_interval_fits_within_the_ttl() {
     drop(b);
     d.stop().await;
 }
+
+async fn admin(addr: SocketAddr) -> lb_proto::v1::admin_client::AdminClient<Channel> {
+    lb_proto::v1::admin_client::AdminClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn busy(utilization: f64) -> LoadReport {
+    LoadReport {
+        cpu_utilization: utilization,
+        ..Default::default()
+    }
+}
+
+/// 13. Load shedding: above the target utilization the list carries drop
+///     entries (the drop fraction visible in GetService); below it they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloaded_service_gets_drop_entries_until_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |c| {
+        c.report_interval = Duration::from_millis(20);
+    })
+    .await;
+    let mut adm = admin(d.addr).await;
+    adm.set_policy(lb_proto::v1::SetPolicyRequest {
+        service: SERVICE.into(),
+        policy: Some(lb_proto::v1::Policy {
+            name: "round_robin".into(),
+            params: HashMap::from([("shed_target".to_string(), "0.5".to_string())]),
+        }),
+    })
+    .await
+    .unwrap();
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let a = attach(d.addr, instance(SERVICE, "a", 7001, 1), 0).await;
+    let b = attach(d.addr, instance(SERVICE, "b", 7002, 1), 0).await;
+    next_list_where(&mut sub, WAIT, |l| l.servers.len() == 2).await;
+    let report = |u: f64| {
+        let (a, b) = (a.tx.clone(), b.tx.clone());
+        async move {
+            a.send(report_msg(busy(u))).await.unwrap();
+            b.send(report_msg(busy(u))).await.unwrap();
+        }
+    };
+    // Saturated: the controller admits less each report interval.
+    let drops = |l: &ServerList| {
+        let d: Vec<u32> = l
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.drop)
+            .map(|(i, _)| i as u32)
+            .collect();
+        l.order.iter().filter(|i| d.contains(i)).count() as f64 / l.order.len().max(1) as f64
+    };
+    let deadline = Instant::now() + WAIT;
+    let shedding = loop {
+        report(1.0).await;
+        let l = next_list(&mut sub).await;
+        assert_well_formed(&l);
+        if drops(&l) > 0.3 {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no drop entries after {WAIT:?}");
+    };
+    // Every drop server is a pure drop entry; the real servers keep equal shares.
+    assert!(shedding
+        .servers
+        .iter()
+        .filter(|s| s.drop)
+        .all(|s| s.address.is_empty()));
+    assert!(shares(&shedding, "a").abs_diff(shares(&shedding, "b")) <= 1);
+    let status = adm
+        .get_service(lb_proto::v1::GetServiceRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.drop_fraction > 0.0, "{status:?}");
+    assert!((status.utilization - 1.0).abs() < 1e-9);
+    // Recovered: the drop entries go away.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        report(0.1).await;
+        let l = next_list(&mut sub).await;
+        if drops(&l) == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still dropping after {WAIT:?}");
+    }
+    drop((a, b, sub));
+    d.stop().await;
+}
+
+/// 14. Routing rules and cluster modes: bad ones are refused with the field
+///     and nothing is persisted; good ones survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rules_and_cluster_modes_are_refused_and_not_persisted() {
+    use lb_proto::v1::{
+        cluster_mode::Kind, ClusterConfig, ClusterMode, PutRuleRequest, Rule, SetClusterRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut adm = admin(d.addr).await;
+    let rule = |name: &str, when: &[(&str, &str)], select: &[(&str, &str)]| Rule {
+        name: name.into(),
+        when_request: when
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        select: select
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let put = |r: Rule| PutRuleRequest {
+        service: SERVICE.into(),
+        rule: Some(r),
+        position: None,
+    };
+    let good = rule("ab", &[("group", "B")], &[("group", "B")]);
+    adm.put_rule(put(good.clone())).await.unwrap();
+    let bad_rules = [
+        (rule("", &[("g", "1")], &[("g", "1")]), "rule.name"),
+        (rule("x y", &[("g", "1")], &[("g", "1")]), "rule.name"),
+        (rule("x", &[], &[("g", "1")]), "rule.when"),
+        (rule("x", &[("g", "1")], &[]), "rule.select"),
+        (rule("x", &[("", "1")], &[("g", "1")]), "rule.when"),
+        (
+            Rule {
+                instance: "i".into(),
+                ..rule("x", &[("g", "1")], &[("g", "1")])
+            },
+            "rule.instance",
+        ),
+    ];
+    for (r, field) in bad_rules {
+        let s = adm.put_rule(put(r)).await.unwrap_err();
+        assert_status(&s, Code::InvalidArgument, field);
+    }
+    let s = adm
+        .put_rule(PutRuleRequest {
+            position: Some(64),
+            ..put(rule("x", &[("g", "1")], &[("g", "1")]))
+        })
+        .await
+        .unwrap_err();
+    assert_field(&s, "position");
+    let mode = |kind: Kind, attempts: u32| ClusterMode {
+        kind: kind as i32,
+        attempts,
+        ..Default::default()
+    };
+    let set = |m: ClusterMode| SetClusterRequest {
+        service: SERVICE.into(),
+        cluster: Some(ClusterConfig {
+            default_mode: Some(m),
+            ..Default::default()
+        }),
+    };
+    for (m, field) in [
+        (mode(Kind::Failover, 0), "cluster.default_mode.attempts"),
+        (mode(Kind::Failover, 11), "cluster.default_mode.attempts"),
+        (mode(Kind::Failfast, 3), "cluster.default_mode.attempts"),
+        (
+            ClusterMode {
+                kind: Kind::Broadcast as i32,
+                max_failure_percent: 101,
+                ..Default::default()
+            },
+            "cluster.default_mode.max_failure_percent",
+        ),
+        (
+            ClusterMode {
+                kind: Kind::Multicast as i32,
+                route: "nope".into(),
+                ..Default::default()
+            },
+            "cluster.default_mode.route",
+        ),
+        (
+            ClusterMode {
+                kind: 99,
+                ..Default::default()
+            },
+            "cluster.default_mode.kind",
+        ),
+        (
+            ClusterMode {
+                retry_on: vec!["SOMETIMES".into()],
+                ..mode(Kind::Failover, 2)
+            },
+            "cluster.default_mode.retry_on[0]",
+        ),
+    ] {
+        let s = adm.set_cluster(set(m)).await.unwrap_err();
+        assert_status(&s, Code::InvalidArgument, field);
+    }
+    let s = adm
+        .set_cluster(SetClusterRequest {
+            service: SERVICE.into(),
+            cluster: Some(ClusterConfig {
+                budget_percent: Some(150),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_field(&s, "cluster.budget_percent");
+    adm.set_cluster(set(mode(Kind::Failover, 5))).await.unwrap();
+    d.stop().await;
+
+    // Only the good settings were persisted.
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut adm = admin(d.addr).await;
+    let status = adm
+        .get_service(lb_proto::v1::GetServiceRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rules: Vec<Rule> = status.rules.into_iter().filter_map(|r| r.rule).collect();
+    assert_eq!(rules, [good]);
+    let cluster = status.cluster.unwrap();
+    assert_eq!(cluster.default_mode.unwrap().attempts, 5);
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    let l = next_list(&mut sub).await;
+    assert_eq!(l.routes.len(), 1);
+    assert_eq!(l.cluster.unwrap().default_mode.unwrap().attempts, 5);
+    drop(sub);
+    d.stop().await;
+}

@@ -12,7 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
 use anyhow::{anyhow, bail, Context, Result};
+use lb_client::{subscribe, ClientOptions, PickList, Subscription};
+
+use crate::echo::echo_client::EchoClient;
+use crate::echo::WhoamiRequest;
 
 /// Where the workspace's binaries of the running profile are.
 pub fn bin_dir() -> PathBuf {
@@ -247,4 +254,88 @@ pub fn ctl(daemon: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How long e2e tests wait for a condition.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The distinct instance ids of a list.
+pub fn ids(list: &PickList) -> BTreeSet<String> {
+    list.servers()
+        .iter()
+        .map(|e| e.instance_id().to_string())
+        .collect()
+}
+
+/// A set of names.
+pub fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// A daemon and its backends, in one temporary directory.
+pub struct Cluster {
+    /// Holds the data directory and the logs.
+    pub dir: tempfile::TempDir,
+    /// The lb-server.
+    pub daemon: Daemon,
+    /// echo-backends by instance id.
+    pub backends: BTreeMap<String, Proc>,
+}
+
+impl Cluster {
+    /// Starts lb-server with `daemon_flags`, then each backend.
+    pub fn start(daemon_flags: &[&str], backends: &[BackendSpec]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", daemon_flags)
+            .expect("start lb-server");
+        let mut c = Cluster {
+            dir,
+            daemon,
+            backends: BTreeMap::new(),
+        };
+        for b in backends {
+            c.add(b);
+        }
+        c
+    }
+
+    /// Starts one more backend.
+    pub fn add(&mut self, b: &BackendSpec) {
+        let p = b
+            .start(&self.daemon.addr(), self.dir.path())
+            .expect("start echo-backend");
+        self.backends.insert(b.id.clone(), p);
+    }
+
+    /// Subscribes to `service` on this daemon.
+    pub async fn client(&self, service: &str) -> Subscription {
+        subscribe(service, ClientOptions::new(self.daemon.addr()))
+            .await
+            .expect("subscribe")
+    }
+}
+
+/// Waits until the list holds exactly `want`.
+pub async fn wait_ids(sub: &Subscription, want: &BTreeSet<String>) -> Arc<PickList> {
+    match sub.wait_for(WAIT, |l| ids(l) == *want).await {
+        Ok(l) => l,
+        Err(_) => panic!(
+            "list never became {want:?}; last: {:?}",
+            ids(&sub.current())
+        ),
+    }
+}
+
+/// Makes `n` sequential Whoami calls through lb-client; counts answers per instance.
+pub async fn call(sub: &Subscription, n: usize) -> (BTreeMap<String, u64>, u64) {
+    let mut client = EchoClient::new(sub.channel());
+    let mut counts = BTreeMap::new();
+    let mut errors = 0;
+    for _ in 0..n {
+        match client.whoami(WhoamiRequest {}).await {
+            Ok(r) => *counts.entry(r.into_inner().instance_id).or_insert(0) += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    (counts, errors)
 }

@@ -2,88 +2,16 @@
 //! processes registering through the reporter, and lb-client in this process
 //! making real gRPC calls to the backends it picks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use lb_client::{subscribe, ClientOptions, PickList, Subscription};
 use lb_tests::echo::echo_client::EchoClient;
 use lb_tests::echo::WhoamiRequest;
-use lb_tests::harness::{ctl, wait_until, BackendSpec, Daemon, Proc};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn ids(list: &PickList) -> BTreeSet<String> {
-    list.servers()
-        .iter()
-        .map(|e| e.instance_id().to_string())
-        .collect()
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    daemon: Daemon,
-    backends: BTreeMap<String, Proc>,
-}
-
-impl Cluster {
-    fn start(daemon_flags: &[&str], backends: &[BackendSpec]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", daemon_flags)
-            .expect("start lb-server");
-        let mut c = Cluster {
-            dir,
-            daemon,
-            backends: BTreeMap::new(),
-        };
-        for b in backends {
-            c.add(b);
-        }
-        c
-    }
-
-    fn add(&mut self, b: &BackendSpec) {
-        let p = b
-            .start(&self.daemon.addr(), self.dir.path())
-            .expect("start echo-backend");
-        self.backends.insert(b.id.clone(), p);
-    }
-
-    async fn client(&self, service: &str) -> Subscription {
-        subscribe(service, ClientOptions::new(self.daemon.addr()))
-            .await
-            .expect("subscribe")
-    }
-}
-
-async fn wait_ids(sub: &Subscription, want: &BTreeSet<String>) -> Arc<PickList> {
-    match sub.wait_for(WAIT, |l| ids(l) == *want).await {
-        Ok(l) => l,
-        Err(_) => panic!(
-            "list never became {want:?}; last: {:?}",
-            ids(&sub.current())
-        ),
-    }
-}
-
-/// Makes `n` sequential Whoami calls through lb-client; counts answers per instance.
-async fn call(sub: &Subscription, n: usize) -> (BTreeMap<String, u64>, u64) {
-    let mut client = EchoClient::new(sub.channel());
-    let mut counts = BTreeMap::new();
-    let mut errors = 0;
-    for _ in 0..n {
-        match client.whoami(WhoamiRequest {}).await {
-            Ok(r) => *counts.entry(r.into_inner().instance_id).or_insert(0) += 1,
-            Err(_) => errors += 1,
-        }
-    }
-    (counts, errors)
-}
+use lb_tests::harness::{
+    call, ctl, ids, set, wait_ids, wait_until, BackendSpec, Cluster, Daemon, WAIT,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_backends_shares_match_weights() {

@@ -38,6 +38,10 @@ struct Args {
     /// Labels to register with, `key=value` (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Fault injection: while this file exists, every call fails with
+    /// UNAVAILABLE (tests of ejection and failover).
+    #[arg(long)]
+    fail_while: Option<std::path::PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -48,11 +52,18 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 struct EchoService {
     id: String,
+    fail_while: Option<std::path::PathBuf>,
 }
 
 #[tonic::async_trait]
 impl Echo for EchoService {
     async fn whoami(&self, _: Request<WhoamiRequest>) -> Result<Response<WhoamiReply>, Status> {
+        if self.fail_while.as_ref().is_some_and(|p| p.exists()) {
+            return Err(Status::unavailable(format!(
+                "{}: injected failure",
+                self.id
+            )));
+        }
         Ok(Response::new(WhoamiReply {
             instance_id: self.id.clone(),
         }))
@@ -80,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
     lb_tests::cli::serve_then_drain(reporter, |stop| {
         tonic::transport::Server::builder()
             .layer(layer)
-            .add_service(EchoServer::new(EchoService { id: args.id }))
+            .add_service(EchoServer::new(EchoService {
+                id: args.id,
+                fail_while: args.fail_while,
+            }))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stop,
