@@ -30,7 +30,7 @@ done
 # baseline, our default, the client-side peer); a full run compares them all.
 quality_policies=()
 if [ "$quick" = 1 ]; then
-    quality_policies=(--policies round_robin,load_aware,p2c)
+    quality_policies=(--policies round_robin,load_aware,load_aware+shed,p2c)
     base=target/bench-quick
     results=$base/results
     plots=$base/plots

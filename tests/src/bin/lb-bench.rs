@@ -22,8 +22,12 @@
 //! registered with a static weight equal to its true capacity (the best any
 //! static configuration can do), and `p2c` = tower's p2c balancer with
 //! PeakEWMA inside each client, which takes only the membership from its lb
-//! subscription and sees only its own calls. Default:
-//! `round_robin,weighted,load_aware,least_active,fastest_response,p2c`.
+//! subscription and sees only its own calls. `POLICY+shed` is POLICY with
+//! load shedding on (`shed_target=0.9`: the daemon adds drop entries so the
+//! farm's mean utilization stays at 90 %; dropped calls count as errors).
+//! Default: `round_robin,weighted,load_aware,load_aware+shed,least_active,fastest_response,p2c`.
+//! lb's clients run every call under the service's cluster mode (failover
+//! by default: a call cut by a killed backend is retried on another one).
 //! `--quick` runs a third of the duration (events scaled alike) and at most
 //! 2 s of warm-up.
 //!
@@ -109,7 +113,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "round_robin,weighted,load_aware,least_active,fastest_response,p2c"
+        default_value = "round_robin,weighted,load_aware,load_aware+shed,least_active,fastest_response,p2c"
     )]
     policies: Vec<String>,
     /// A third of the duration (events scaled alike), at most 2 s of warm-up.
@@ -405,15 +409,25 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 struct Contender {
     name: String,
     lb_policy: String,
+    /// `-p name=value` arguments of `ctl set-policy`.
+    params: Vec<String>,
     p2c: bool,
     capacity_weights: bool,
 }
 
 fn contender(name: &str) -> Contender {
+    if let Some(base) = name.strip_suffix("+shed") {
+        return Contender {
+            name: name.into(),
+            params: vec!["-p".into(), "shed_target=0.9".into()],
+            ..contender(base)
+        };
+    }
     match name {
         "weighted" => Contender {
             name: name.into(),
             lb_policy: "weighted_round_robin".into(),
+            params: Vec::new(),
             p2c: false,
             capacity_weights: true,
         },
@@ -421,12 +435,14 @@ fn contender(name: &str) -> Contender {
         "p2c" => Contender {
             name: name.into(),
             lb_policy: "round_robin".into(),
+            params: Vec::new(),
             p2c: true,
             capacity_weights: false,
         },
         other => Contender {
             name: other.into(),
             lb_policy: other.into(),
+            params: Vec::new(),
             p2c: false,
             capacity_weights: false,
         },
@@ -532,7 +548,9 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
     let data = dir.join("data");
     let mut daemon = Daemon::start(&data, "127.0.0.1:0", &[])?;
     let daemon_addr = daemon.addr();
-    ctl(&daemon_addr, &["set-policy", &sc.service, &c.lb_policy])?;
+    let mut set = vec!["set-policy", sc.service.as_str(), c.lb_policy.as_str()];
+    set.extend(c.params.iter().map(String::as_str));
+    ctl(&daemon_addr, &set)?;
 
     // The warm-up starts a few seconds from now, once everything is up.
     let start_unix_ms = unix_ms() + 1500 + 100 * sc.backends.len() as u64;
@@ -845,6 +863,11 @@ fn main() -> anyhow::Result<()> {
     for l in &phase_labels[1..] {
         columns.push(format!("errors {l}"));
     }
+    // Calls that failed outright (not timeouts of an over-capacity farm):
+    // what failover is for.
+    for l in &phase_labels[1..] {
+        columns.push(format!("failed {l} (not timeouts)"));
+    }
     columns.extend(
         [
             "p99 ÷ round_robin",
@@ -898,6 +921,12 @@ fn main() -> anyhow::Result<()> {
             row.push(json!(phases
                 .get(i)
                 .map(|p| count(p, "errors"))
+                .unwrap_or(0)));
+        }
+        for i in 1..phase_labels.len() {
+            row.push(json!(phases
+                .get(i)
+                .map(|p| count(p, "failed") + count(p, "no_backend"))
                 .unwrap_or(0)));
         }
         let (p99, errs) = (num(&r.run, "p99_ms"), num(&r.run, "errors"));

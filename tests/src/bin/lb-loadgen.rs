@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use lb_client::{subscribe, ClientOptions, Outcome, Subscription};
+use lb_client::{subscribe, ClientOptions, Subscription};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -262,6 +262,25 @@ impl Service<http::Request<Body>> for P2cService {
     }
 }
 
+/// The method lb's clients call (its cluster mode is looked up by this path).
+const WORK_METHOD: &str = "/lb.bench.v1.Work/Do";
+
+/// The client of `addr`, connected lazily once and shared.
+fn cached_client(
+    channels: &Mutex<HashMap<String, WorkClient<Channel>>>,
+    addr: &str,
+) -> Result<WorkClient<Channel>, tonic::Status> {
+    let mut m = channels.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(c) = m.get(addr) {
+        return Ok(c.clone());
+    }
+    let c = WorkClient::new(
+        channel(addr).map_err(|e| tonic::Status::unavailable(format!("{addr}: {e}")))?,
+    );
+    m.insert(addr.to_string(), c.clone());
+    Ok(c)
+}
+
 fn channel(addr: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
@@ -358,45 +377,30 @@ impl Client {
         let req = DoRequest { work };
         match self {
             Client::Lb { sub, channels } => {
-                let Ok(ep) = sub.pick() else {
-                    return (Status::NoBackend, None);
-                };
-                let backend: Arc<str> = Arc::from(ep.instance_id());
-                let cached = channels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(ep.address())
-                    .cloned();
-                let mut client = match cached {
-                    Some(c) => c,
-                    None => match channel(ep.address()) {
-                        Ok(ch) => {
-                            let c = WorkClient::new(ch);
-                            channels
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(ep.address().to_string(), c.clone());
-                            c
+                // One logical call under the service's cluster mode (failover
+                // by default: a call cut by a killed backend is retried on
+                // another one); the deadline covers every attempt.
+                let last: Mutex<Option<Arc<str>>> = Mutex::new(None);
+                let r = tokio::time::timeout_at(
+                    deadline,
+                    sub.call(WORK_METHOD, &[], |ep| {
+                        *last.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(Arc::from(ep.instance_id()));
+                        let client = cached_client(channels, ep.address());
+                        async move {
+                            let mut client = client?;
+                            Ok::<_, tonic::Status>(client.r#do(req).await?.into_inner())
                         }
-                        Err(_) => return (Status::Failed, Some(backend)),
-                    },
-                };
-                let sent = Instant::now();
-                let r = tokio::time::timeout_at(deadline, client.r#do(req)).await;
-                let status = match r {
-                    Ok(Ok(_)) => Status::Ok,
-                    Ok(Err(_)) => Status::Failed,
-                    Err(_) => Status::Timeout,
-                };
-                sub.report(
-                    &ep,
-                    if status == Status::Ok {
-                        Outcome::success(sent.elapsed())
-                    } else {
-                        Outcome::failure(14, sent.elapsed())
-                    },
-                );
-                (status, Some(backend))
+                    }),
+                )
+                .await;
+                let tried = last.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                match r {
+                    Ok(Ok(reply)) => (Status::Ok, Some(Arc::from(reply.backend_id.as_str()))),
+                    Ok(Err(lb_client::ClusterError::NoPick(_))) => (Status::NoBackend, None),
+                    Ok(Err(_)) => (Status::Failed, tried),
+                    Err(_) => (Status::Timeout, tried),
+                }
             }
             Client::P2c { client, .. } => {
                 let picked = Picked::default();

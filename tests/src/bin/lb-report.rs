@@ -971,7 +971,8 @@ fn goals(res: &Results) -> Vec<Goal> {
             return Some((format!("{e:.0}"), e == 0.0));
         }
         let col = h
-            .col(|c| c.starts_with("errors") && c.contains("kill"))
+            .col(|c| c.starts_with("failed") && c.contains("kill"))
+            .or_else(|| h.col(|c| c.starts_with("errors") && c.contains("kill")))
             .or_else(|| h.col(|c| c.contains("failed")))
             .or_else(|| h.col(|c| c.starts_with("errors")))?;
         let me = ours(h);
