@@ -52,7 +52,7 @@ impl Default for Planned {
 }
 
 /// The cluster modes of a service, as pushed by the daemon with the list.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallSettings {
     /// The service's mode.
     pub default: Planned,
@@ -60,6 +60,24 @@ pub struct CallSettings {
     pub methods: HashMap<String, Planned>,
     /// The retry budget.
     pub budget: BudgetConfig,
+}
+
+impl Default for CallSettings {
+    /// The daemon's defaults (it does not send them): failover, 3 attempts,
+    /// 10 ms backoff doubling to 100 ms, on UNAVAILABLE; a budget of 20 % of
+    /// the calls plus 10 retries per second.
+    fn default() -> Self {
+        CallSettings {
+            default: Planned::Mode(Mode::Failover(cluster::Failover {
+                attempts: 3,
+                backoff: std::time::Duration::from_millis(10),
+                backoff_max: std::time::Duration::from_millis(100),
+                retry_on: vec![tonic::Code::Unavailable],
+            })),
+            methods: HashMap::new(),
+            budget: BudgetConfig::default(),
+        }
+    }
 }
 
 impl CallSettings {

@@ -58,7 +58,10 @@ impl TryFrom<v1::ServerList> for PickList {
 fn settings(c: v1::ClusterConfig) -> CallSettings {
     let d = BudgetConfig::default();
     CallSettings {
-        default: c.default_mode.map(planned).unwrap_or_default(),
+        default: c
+            .default_mode
+            .map(planned)
+            .unwrap_or_else(|| CallSettings::default().default),
         methods: c
             .methods
             .into_iter()

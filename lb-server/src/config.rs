@@ -32,6 +32,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long a new stream may take to send its first message.
     pub first_message_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -47,6 +49,7 @@ impl Config {
             max_list_len: DEFAULT_MAX_LIST_LEN,
             drain_timeout: Duration::from_secs(5),
             first_message_timeout: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 }

@@ -298,6 +298,18 @@ impl Detector {
 
     /// Sets the current membership: new ids start healthy, removed ones are
     /// forgotten (including their multiplier).
+    /// Adds one host to the membership (no-op if known).
+    pub fn add_host(&mut self, id: &str) {
+        if !self.hosts.contains_key(id) {
+            self.hosts.insert(id.to_string(), Host::default());
+        }
+    }
+
+    /// Removes one host from the membership.
+    pub fn remove_host(&mut self, id: &str) {
+        self.hosts.remove(id);
+    }
+
     pub fn set_hosts(&mut self, ids: impl IntoIterator<Item = String>) {
         let mut next: BTreeMap<String, Host> =
             ids.into_iter().map(|id| (id, Host::default())).collect();

@@ -22,6 +22,7 @@
 //! - [`store`]: sled persistence of registrations, policies, routing and the generation.
 //! - [`sim`]: deterministic virtual-time simulator driving the real registry and
 //!   policy engine with modelled backends and clients (see `lb-sim`).
+//! - [`metrics`]: Prometheus text metrics (`--metrics-listen`), rendered from the engine's views.
 //! - [`model`]: domain types and the documented limits of every field.
 //! - [`config`]: daemon settings and duration parsing.
 
@@ -34,6 +35,7 @@ pub mod config;
 pub mod ctl;
 pub mod engine;
 pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod pb;
 pub mod policy;

@@ -65,6 +65,9 @@ struct Args {
     /// How long a graceful shutdown waits for open calls.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -97,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_list_len = args.max_list_len;
     config.default_policy = args.default_policy;
     config.drain_timeout = args.drain_timeout;
+    config.metrics_listen = args.metrics_listen;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

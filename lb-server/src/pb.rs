@@ -359,7 +359,10 @@ pub fn server_list(p: &Published, client_seq: u64, client: &ClientIdentity) -> p
                 strict: r.strict,
             })
             .collect(),
-        cluster: Some(cluster_config_pb(&p.plan.cluster)),
+        // The default modes are lb-client's defaults too: not sent, so the
+        // common list stays as small and cheap as it was.
+        cluster: (*p.plan.cluster != cluster::ClusterConfig::default())
+            .then(|| cluster_config_pb(&p.plan.cluster)),
     }
 }
 

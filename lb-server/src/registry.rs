@@ -122,11 +122,6 @@ pub struct Service {
 }
 
 impl Service {
-    /// Tells outlier detection the current membership.
-    fn sync_health(&mut self) {
-        self.health.set_hosts(self.instances.keys().cloned());
-    }
-
     /// Nothing but defaults: the service can be forgotten once it has no instance.
     fn is_default(&self, policy: &ServicePolicy) -> bool {
         self.instances.is_empty()
@@ -414,8 +409,8 @@ impl Registry {
             None => {
                 let mut i = Instance::new(spec, attachment, ttl, expires);
                 i.active_since = Some(now);
+                svc.health.add_host(&i.spec.instance_id);
                 svc.instances.insert(i.spec.instance_id.clone(), i);
-                svc.sync_health();
                 Registered {
                     persist: true,
                     replaced_session: None,
@@ -426,12 +421,13 @@ impl Registry {
 
     /// Puts an instance loaded from the store back, until `deadline`.
     pub fn restore(&mut self, spec: InstanceSpec, ttl: Duration, deadline: Instant) {
+        let spec_id = spec.instance_id.clone();
         let svc = self.service_mut(&spec.service);
         svc.instances.insert(
             spec.instance_id.clone(),
             Instance::new(spec, Attachment::Restored, ttl, deadline),
         );
-        svc.sync_health();
+        svc.health.add_host(&spec_id);
     }
 
     /// Records a load report from stream `session`, which must own the
@@ -480,7 +476,7 @@ impl Registry {
     pub fn remove(&mut self, key: &InstanceKey) -> Option<Instance> {
         let svc = self.services.get_mut(&key.service)?;
         let removed = svc.instances.remove(&key.instance_id);
-        svc.sync_health();
+        svc.health.remove_host(&key.instance_id);
         if svc.is_default(&self.default_policy) {
             self.services.remove(&key.service);
         }
@@ -589,8 +585,7 @@ impl Registry {
     pub fn evaluate_health(&mut self, now: Instant) -> Vec<String> {
         let mut changed = Vec::new();
         for (name, svc) in &mut self.services {
-            let ids = svc.instances.keys().cloned();
-            svc.health.set_hosts(ids);
+            // Membership is kept in step by register/restore/remove.
             let events = svc.health.evaluate(&svc.policy.health, now);
             for e in &events {
                 tracing::info!(service = %name, event = ?e, "health");

@@ -30,6 +30,14 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// `--metrics-listen` could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Runs the daemon on `listener` until `shutdown` resolves, then drains.
@@ -38,9 +46,31 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let store = Store::open(&config.data_dir)?;
     let (engine, engine_task) = engine::start(store, config.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(listener) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        }
+        let e = engine.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            move || crate::metrics::page(e.clone()),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let (close_tx, close_rx) = oneshot::channel::<()>();
 
     let registry = RegistryServer::new(RegistryApi::new(

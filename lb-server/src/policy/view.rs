@@ -47,10 +47,10 @@ pub fn client_view(
     client: &ClientIdentity,
 ) -> ClientView {
     let base = client_order(plan, version, seq);
-    let zones: Vec<&str> = plan.servers.iter().map(|s| s.zone.as_str()).collect();
     let tiers = if client.zone.is_empty() || plan.zones.len() <= 1 {
         vec![0; plan.servers.len()]
     } else {
+        let zones: Vec<&str> = plan.servers.iter().map(|s| s.zone.as_str()).collect();
         let mut t = routing::tiers(&zones, &client.zone, &plan.zones, plan.panic_threshold);
         // Drop entries stay in the first tier: shedding applies everywhere.
         for (i, s) in plan.servers.iter().enumerate() {

@@ -1,0 +1,334 @@
+//! Prometheus metrics: `GET /metrics` on `--metrics-listen`, in the text
+//! exposition format (version 0.0.4, prometheus.io/docs/instrumenting/exposition_formats).
+//!
+//! The figures are the engine's views (what `lb-server ctl get` shows), rendered
+//! by the pure [`render`]; the listener is a minimal HTTP/1.1 responder (one
+//! request per connection, then close), enough for a Prometheus scraper or curl
+//! without a web framework.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::engine::{EngineHandle, ServiceView};
+
+/// Longest request head read before answering.
+const MAX_REQUEST: usize = 8 * 1024;
+/// A scraper that sends nothing for this long is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics of `views`, in the text exposition format.
+pub fn render(views: &[ServiceView]) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    let svc = |v: &ServiceView| format!("service=\"{}\"", esc(&v.name));
+    let per_service = |f: &dyn Fn(&ServiceView) -> f64| -> Vec<(String, f64)> {
+        views.iter().map(|v| (svc(v), f(v))).collect()
+    };
+    let inst = |v: &ServiceView, id: &str| format!("{},instance=\"{}\"", svc(v), esc(id));
+    let per_instance = |f: &dyn Fn(&crate::engine::InstanceView) -> f64| -> Vec<(String, f64)> {
+        views
+            .iter()
+            .flat_map(|v| {
+                v.instances
+                    .iter()
+                    .map(move |i| (inst(v, &i.spec.instance_id), f(i)))
+            })
+            .collect()
+    };
+    family(
+        "lb_service_instances",
+        "gauge",
+        "Registered instances.",
+        per_service(&|v| v.instances.len() as f64),
+    );
+    family(
+        "lb_service_list_version",
+        "gauge",
+        "Version of the list subscribers get.",
+        per_service(&|v| v.version as f64),
+    );
+    family(
+        "lb_service_dropped_total",
+        "counter",
+        "Calls clients failed locally on drop entries (load shedding).",
+        per_service(&|v| v.dropped as f64),
+    );
+    family(
+        "lb_service_no_backend_total",
+        "counter",
+        "Calls clients could not place (empty list or a strict route with no instance).",
+        per_service(&|v| v.no_backend as f64),
+    );
+    family(
+        "lb_service_drop_fraction",
+        "gauge",
+        "Fraction of calls the list drops now (load shedding).",
+        per_service(&|v| v.drop_fraction),
+    );
+    family(
+        "lb_service_utilization",
+        "gauge",
+        "Mean reported utilization of the service's instances.",
+        per_service(&|v| v.utilization),
+    );
+    let rules = |f: &dyn Fn(usize) -> f64| -> Vec<(String, f64)> {
+        views
+            .iter()
+            .flat_map(|v| {
+                v.rules
+                    .iter()
+                    .map(move |(r, n)| (format!("{},rule=\"{}\"", svc(v), esc(&r.name)), f(*n)))
+            })
+            .collect()
+    };
+    family(
+        "lb_rule_selected_instances",
+        "gauge",
+        "Instances a routing rule selects.",
+        rules(&|n| n as f64),
+    );
+    family(
+        "lb_rule_matches_no_instance",
+        "gauge",
+        "1 when a routing rule selects no instance (flagged).",
+        rules(&|n| if n == 0 { 1.0 } else { 0.0 }),
+    );
+    family(
+        "lb_instance_share",
+        "gauge",
+        "Share of the list's entries.",
+        per_instance(&|i| i.share),
+    );
+    family(
+        "lb_instance_effective_weight",
+        "gauge",
+        "Weight the policy gave the instance (mean 1).",
+        per_instance(&|i| i.effective_weight),
+    );
+    family(
+        "lb_instance_calls_total",
+        "counter",
+        "Calls clients finished on the instance.",
+        per_instance(&|i| i.outcomes.calls_finished as f64),
+    );
+    family(
+        "lb_instance_failed_total",
+        "counter",
+        "Calls that failed on the instance.",
+        per_instance(&|i| i.outcomes.calls_failed as f64),
+    );
+    family(
+        "lb_instance_ejected",
+        "gauge",
+        "1 while outlier detection has ejected the instance.",
+        per_instance(&|i| if i.ejected_for.is_some() { 1.0 } else { 0.0 }),
+    );
+    family(
+        "lb_instance_circuit_open",
+        "gauge",
+        "1 while the instance is out for reporting utilization above the ceiling.",
+        per_instance(&|i| if i.health.circuit_open { 1.0 } else { 0.0 }),
+    );
+    family(
+        "lb_instance_times_ejected",
+        "gauge",
+        "Ejections counted towards the next ejection's length.",
+        per_instance(&|i| f64::from(i.health.times_ejected)),
+    );
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` resolves; `body` renders
+/// the page for each scrape.
+pub async fn serve<B, F>(listener: TcpListener, body: B, stop: impl Future<Output = ()>)
+where
+    B: Fn() -> F + Clone + Send + 'static,
+    F: Future<Output = String> + Send,
+{
+    tokio::pin!(stop);
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = &mut stop => return,
+        };
+        let Ok((mut sock, _)) = conn else { continue };
+        let body = body.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(512);
+            let mut chunk = [0u8; 1024];
+            // Read the request head (up to the blank line), bounded in size and time.
+            let head = tokio::time::timeout(READ_TIMEOUT, async {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(head, Ok(true)) {
+                return;
+            }
+            let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+            let (status, ctype, text) =
+                if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+                    ("200 OK", "text/plain; version=0.0.4", body().await)
+                } else {
+                    (
+                        "404 Not Found",
+                        "text/plain",
+                        "only GET /metrics is served here\n".to_string(),
+                    )
+                };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+/// The metrics page of `engine` (empty when it is stopping).
+pub async fn page(engine: EngineHandle) -> String {
+    match engine.inspect(None).await {
+        Ok(views) => render(&views),
+        Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterConfig;
+    use crate::engine::InstanceView;
+    use crate::health::HostStatus;
+    use crate::model::InstanceSpec;
+    use crate::policy::ServicePolicy;
+    use crate::registry::{Attachment, OutcomeTotals, Override};
+    use crate::routing::{Match, Rule, Target};
+
+    fn view() -> ServiceView {
+        let spec = InstanceSpec {
+            service: "shop".into(),
+            instance_id: "b\"1".into(),
+            address: "127.0.0.1:1".into(),
+            zone: String::new(),
+            weight: 1,
+            labels: Default::default(),
+            version: String::new(),
+        };
+        let rule = |name: &str| Rule {
+            name: name.into(),
+            when: Match {
+                request: [("g".to_string(), "B".to_string())].into(),
+                ..Match::default()
+            },
+            target: Target::Selector([("g".to_string(), "B".to_string())].into()),
+            exclusive: false,
+            strict: false,
+        };
+        ServiceView {
+            name: "shop".into(),
+            policy: ServicePolicy::default(),
+            version: 7,
+            list_len: 4,
+            max_share_error: 0.0,
+            dropped: 12,
+            no_backend: 1,
+            instances: vec![InstanceView {
+                spec,
+                attachment: Attachment::Lease,
+                over: Override::default(),
+                effective_weight: 1.0,
+                share: 0.75,
+                load: None,
+                outcomes: OutcomeTotals {
+                    calls_finished: 40,
+                    calls_failed: 3,
+                    ..OutcomeTotals::default()
+                },
+                latency_us: None,
+                health: HostStatus {
+                    times_ejected: 2,
+                    ..HostStatus::default()
+                },
+                ejected_for: Some(Duration::from_secs(3)),
+                failed_by_code: Default::default(),
+            }],
+            rules: vec![(rule("ab"), 1), (rule("ghost"), 0)],
+            cluster: ClusterConfig::default(),
+            drop_fraction: 0.25,
+            utilization: 0.95,
+        }
+    }
+
+    #[test]
+    fn renders_every_family_with_escaped_labels() {
+        let text = render(&[view()]);
+        for line in [
+            "lb_service_dropped_total{service=\"shop\"} 12",
+            "lb_service_drop_fraction{service=\"shop\"} 0.25",
+            "lb_service_list_version{service=\"shop\"} 7",
+            "lb_rule_matches_no_instance{service=\"shop\",rule=\"ghost\"} 1",
+            "lb_rule_matches_no_instance{service=\"shop\",rule=\"ab\"} 0",
+            "lb_instance_share{service=\"shop\",instance=\"b\\\"1\"} 0.75",
+            "lb_instance_ejected{service=\"shop\",instance=\"b\\\"1\"} 1",
+            "lb_instance_failed_total{service=\"shop\",instance=\"b\\\"1\"} 3",
+            "# TYPE lb_instance_calls_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_get_metrics_and_404_otherwise() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            || async { "lb_x 1\n".to_string() },
+            async {
+                stop_rx.await.ok();
+            },
+        ));
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nlb_x 1\n"), "{ok}");
+        let nf = get("/").await;
+        assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+}
