@@ -177,14 +177,7 @@ impl Subscription {
         F: FnMut(Arc<Endpoint>) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let list = self.current();
-        let lane = list.lane_for(labels).map_err(ClusterError::NoPick)?;
-        let picker = LanePicker {
-            list: &list,
-            lane,
-            sub: self,
-        };
-        cluster::broadcast(&picker, cfg, f).await
+        self.fan_out(|l| l.lane_for(labels), cfg, f).await
     }
 
     /// Calls every instance the routing rule `route` selects (multicast), as
@@ -200,10 +193,24 @@ impl Subscription {
         F: FnMut(Arc<Endpoint>) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.fan_out(|l| l.route_named(route).ok_or(NoPick::NoRoute), cfg, f)
+            .await
+    }
+
+    /// Broadcast over the lane `lane` chooses in the current list.
+    async fn fan_out<T, E, F, Fut>(
+        &self,
+        lane: impl FnOnce(&PickList) -> Result<LaneRef, NoPick>,
+        cfg: &cluster::Broadcast,
+        f: F,
+    ) -> Result<BroadcastReport<T, E>, ClusterError<E>>
+    where
+        E: CallError,
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let list = self.current();
-        let lane = list
-            .route_named(route)
-            .ok_or(ClusterError::NoPick(NoPick::NoRoute))?;
+        let lane = lane(&list).map_err(ClusterError::NoPick)?;
         let picker = LanePicker {
             list: &list,
             lane,
