@@ -69,11 +69,11 @@ pub trait CallError {
 
 impl CallError for tonic::Status {
     /// The status code, except that a transport failure tonic reports as
-    /// UNKNOWN (a connection reset or refused under the call) counts as
-    /// UNAVAILABLE, as gRPC defines it.
+    /// UNKNOWN or CANCELLED (a connection reset, refused or closed under the
+    /// call) counts as UNAVAILABLE, as gRPC defines it.
     fn code(&self) -> Option<tonic::Code> {
         let code = tonic::Status::code(self);
-        if code == tonic::Code::Unknown && is_transport(self) {
+        if matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled) && is_transport(self) {
             return Some(tonic::Code::Unavailable);
         }
         Some(code)
