@@ -892,8 +892,25 @@ async fn ingest(
             format!("{reporters} ReportLoad streams over {nchan} HTTP/2 connections, one instance each, over {nsvc} services (default policy load_aware, so reports re-plan, damped at 50 ms with 5 % hysteresis); {nsubs} raw Subscribe streams over 8 more connections follow the services."),
             format!("Each stream sends reports back to back for {seconds} s; HTTP/2 flow control and the daemon's bounded queues are the only pacing. {sent} reports were sent; the clock stops when the daemon has detached every instance, which it does for each stream after applying all of its reports (one engine queue, in order): {t_applied:.2} s after the start for a {t_window:.2} s window."),
             format!("CPU from utime+stime in /proc/<pid>/stat (100 Hz ticks) over that time. The load generator runs on the same {cores} cores, so the daemon gets at most {cores} − {bench_cores:.2} cores: the figure is a lower bound of what the daemon would absorb alone."),
-            "Path of a report in the daemon: hyper/h2 decode → per-stream session task → conversion and validation → an await on the engine's bounded mpsc (one Command per report) → the single engine task applies it to the registry and marks the service for a damped re-plan. The daemon used under one core of the two while a backlog was queued, which points at the serial part (the single engine task, one channel send and one registry update per report) rather than at decoding; this is reasoning from the CPU figures, not a profile. Batching reports per stream before the engine, or a sharded load table outside it, would lift it.".to_string(),
-            format!("When the window closed, {} reports had been sent but not yet applied: they queued inside the daemon (HTTP/2 receive windows and decoded-message buffers), which is most of its RSS peak; the daemon does not push back on a reporter until those windows fill.", sent_by_window.saturating_sub((rate * t_window) as u64)),
+            "Path of a report in the daemon: hyper/h2 decode → per-stream session task → conversion and validation → an await on the engine's bounded mpsc (one Command per report) → the single engine task applies it to the registry and marks the service for a damped re-plan. Which stage limits the rate is not profiled here; the serial part (one engine task, one channel send and one registry update per report) is the likely one. Batching reports per stream before the engine, or a sharded load table outside it, would lift it.".to_string(),
+            {
+                // What the daemon can hold unread: its HTTP/2 connection
+                // windows (1 MiB each, lb-server's setting) over encoded reports.
+                use prost::Message as _;
+                let report_bytes = lb_proto::v1::ReportLoadRequest {
+                    msg: Some(lb_proto::v1::report_load_request::Msg::Report(
+                        lb_proto::v1::LoadReport {
+                            cpu_utilization: 0.5,
+                            active_requests: 7,
+                            ..Default::default()
+                        },
+                    )),
+                }
+                .encoded_len()
+                    + 5; // gRPC message prefix
+                let held = nchan as u64 * (1 << 20) / report_bytes as u64;
+                format!("When the window closed, {} reports had been handed to the transport but not yet applied. The daemon can hold at most about {held} of them unread (its {nchan} connection receive windows of 1 MiB over {report_bytes}-byte reports) plus a bounded engine queue; the rest were still in this process's HTTP/2 send buffers. Flow control, not the daemon's memory, absorbed the backlog.", sent_by_window.saturating_sub((rate * t_window) as u64))
+            },
         ],
     }
     .emit(out)?;
