@@ -1035,6 +1035,7 @@ impl Actor {
                     .instances
                     .values()
                     .map(|i| {
+                        let health = svc.health.status(&i.spec.instance_id, now);
                         let at = plan.and_then(|p| {
                             p.servers
                                 .iter()
@@ -1054,13 +1055,8 @@ impl Actor {
                                 .map(|l| (l.load.clone(), now.saturating_duration_since(l.at))),
                             outcomes: i.outcomes,
                             latency_us: latency.get(i.spec.instance_id.as_str()).copied(),
-                            health: svc.health.status(&i.spec.instance_id, now),
-                            ejected_for: svc
-                                .health
-                                .status(&i.spec.instance_id, now)
-                                .ejected_until
-                                .filter(|t| *t > now)
-                                .map(|t| t - now),
+                            ejected_for: health.ejected_until.filter(|t| *t > now).map(|t| t - now),
+                            health,
                             failed_by_code: svc
                                 .failed_by_code
                                 .get(&i.spec.instance_id)

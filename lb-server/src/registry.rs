@@ -240,29 +240,30 @@ impl Registry {
         } else {
             known.iter().sum::<f64>() / known.len() as f64
         };
-        let live: Vec<&Instance> = s
+        // Each non-drained instance with its override and whether outlier
+        // detection lets it in (each looked up once).
+        let live: Vec<(&Instance, Override, bool)> = s
             .instances
             .values()
-            .filter(|i| !self.overrides.get(&i.spec.key()).is_some_and(|o| o.drained))
-            .collect();
-        // Envoy's panic threshold: when too few instances are healthy, use
-        // them all rather than overload the few.
-        let healthy = live
-            .iter()
-            .filter(|i| s.health.available(&i.spec.instance_id, now))
-            .count();
-        let panic = (healthy as f64) < s.policy.panic_threshold * live.len() as f64;
-        let readmit_window = s.policy.readmit_window;
-        live.into_iter()
             .filter_map(|i| {
-                if !panic && !s.health.available(&i.spec.instance_id, now) {
-                    return None;
-                }
                 let o = self
                     .overrides
                     .get(&i.spec.key())
                     .copied()
                     .unwrap_or_default();
+                (!o.drained).then(|| (i, o, s.health.available(&i.spec.instance_id, now)))
+            })
+            .collect();
+        // Envoy's panic threshold: when too few instances are healthy, use
+        // them all rather than overload the few.
+        let healthy = live.iter().filter(|(_, _, ok)| *ok).count();
+        let panic = (healthy as f64) < s.policy.panic_threshold * live.len() as f64;
+        let readmit_window = s.policy.readmit_window;
+        live.into_iter()
+            .filter_map(|(i, o, ok)| {
+                if !panic && !ok {
+                    return None;
+                }
                 let weight = o.weight.unwrap_or(i.spec.weight);
                 Some(Candidate {
                     spec: &i.spec,
