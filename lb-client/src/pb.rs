@@ -119,32 +119,7 @@ fn planned(m: v1::ClusterMode) -> Planned {
 
 /// A gRPC status name ("UNAVAILABLE") as its code.
 fn code(name: &str) -> Option<tonic::Code> {
-    (1..=16)
-        .map(tonic::Code::from_i32)
-        .find(|c| status_name(*c).eq_ignore_ascii_case(name))
-}
-
-fn status_name(c: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match c {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
+    lb_proto::status::code(name).map(|c| tonic::Code::from_i32(c as i32))
 }
 
 fn endpoint(s: v1::Server) -> Endpoint {

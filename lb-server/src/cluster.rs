@@ -27,26 +27,6 @@ pub const MAX_METHOD_LEN: usize = 256;
 /// Largest `budget_min_per_sec`.
 pub const MAX_BUDGET_MIN_PER_SEC: u32 = 100_000;
 
-/// gRPC status codes by name, as `retry_on` accepts them (OK excluded).
-pub const STATUS_NAMES: [(&str, u32); 16] = [
-    ("CANCELLED", 1),
-    ("UNKNOWN", 2),
-    ("INVALID_ARGUMENT", 3),
-    ("DEADLINE_EXCEEDED", 4),
-    ("NOT_FOUND", 5),
-    ("ALREADY_EXISTS", 6),
-    ("PERMISSION_DENIED", 7),
-    ("RESOURCE_EXHAUSTED", 8),
-    ("FAILED_PRECONDITION", 9),
-    ("ABORTED", 10),
-    ("OUT_OF_RANGE", 11),
-    ("UNIMPLEMENTED", 12),
-    ("INTERNAL", 13),
-    ("UNAVAILABLE", 14),
-    ("DATA_LOSS", 15),
-    ("UNAUTHENTICATED", 16),
-];
-
 /// Which mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
@@ -215,7 +195,7 @@ impl Mode {
                 ));
             }
             for (i, name) in self.retry_on.iter().enumerate() {
-                if status_code(name).is_none() {
+                if lb_proto::status::code(name).is_none() {
                     return Err(FieldError::new(
                         format!("retry_on[{i}]"),
                         format!(
@@ -374,14 +354,6 @@ fn check_method(m: &str) -> Result<(), String> {
     }
 }
 
-/// The code of a status name ("UNAVAILABLE" → 14).
-pub fn status_code(name: &str) -> Option<u32> {
-    STATUS_NAMES
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|&(_, c)| c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +470,5 @@ mod tests {
             ..ClusterConfig::default()
         };
         assert_eq!(c.check(&[]).unwrap_err().field, "budget_percent");
-        assert_eq!(status_code("unavailable"), Some(14));
     }
 }

@@ -5,12 +5,16 @@
 //!   (`Registry`: `ReportLoad`, `Register`, `Deregister`) and the client side
 //!   (`Balancer`: `Subscribe`).
 //!
+//! - [`keyhash`]: the request-key hash shared by the daemon and clients.
+//! - [`status`]: gRPC status names and codes (cluster modes' `retry_on`).
+//!
 //! Only the edges of `lb-server` and `lb-client` (their `pb.rs` modules) use these
 //! types; the cores work on domain types.
 
 #![forbid(unsafe_code)]
 
 pub mod keyhash;
+pub mod status;
 
 /// Package `lb.v1`.
 #[allow(missing_docs, clippy::all)]
