@@ -1,7 +1,7 @@
-//! Compiles `lb/v1/*.proto` with protox (pure Rust), so no system `protoc` is needed.
+//! Compiles `lb/v1/lb.proto` and `grpc/lb/v1/load_balancer.proto` with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["lb/v1/lb.proto"];
+    let files = ["lb/v1/lb.proto", "grpc/lb/v1/load_balancer.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

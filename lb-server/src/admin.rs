@@ -202,6 +202,34 @@ impl pb::admin_server::Admin for AdminApi {
         self.routing(r.service, RoutingChange::Cluster(cluster))
             .await
     }
+
+    async fn put_static(
+        &self,
+        request: Request<pb::PutStaticRequest>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let spec =
+            crate::pb::instance(request.into_inner().instance, "instance").map_err(invalid)?;
+        let key = spec.key();
+        self.engine.put_static(spec).await.map_err(engine_status)?;
+        Ok(Response::new(instance_of(
+            self.view(&key.service).await?,
+            &key,
+        )?))
+    }
+
+    async fn remove_static(
+        &self,
+        request: Request<pb::RemoveStaticRequest>,
+    ) -> Result<Response<pb::RemoveStaticResponse>, Status> {
+        let r = request.into_inner();
+        let key = key(r.service, r.instance_id)?;
+        let existed = self
+            .engine
+            .remove_static(key)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(pb::RemoveStaticResponse { existed }))
+    }
 }
 
 impl AdminApi {

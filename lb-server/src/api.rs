@@ -29,7 +29,7 @@ use crate::pb::{self as conv, engine_status, invalid};
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Waits for a stream's first message, bounded by `limit` and by shutdown.
-async fn first_message<T>(
+pub(crate) async fn first_message<T>(
     inbound: &mut Streaming<T>,
     limit: Duration,
     stop: &watch::Receiver<bool>,
@@ -51,7 +51,7 @@ async fn first_message<T>(
 }
 
 /// Resolves once the daemon starts shutting down.
-async fn stopping(mut stop: watch::Receiver<bool>) {
+pub(crate) async fn stopping(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

@@ -29,9 +29,9 @@ use tokio::time::Instant;
 use crate::cluster::ClusterConfig;
 use crate::config::Config;
 use crate::health::HostStatus;
-use crate::model::{ClientStats, FieldError, InstanceKey, InstanceSpec, Load};
+use crate::model::{ClientStats, FieldError, GrpclbStats, InstanceKey, InstanceSpec, Load};
 use crate::policy::{self, PolicyKind, ServicePlan, ServicePolicy};
-use crate::registry::{Attachment, OutcomeTotals, Override, Registry, RegistryError};
+use crate::registry::{Attachment, GrpclbTotals, OutcomeTotals, Override, Registry, RegistryError};
 use crate::routing::{self, Rule};
 use crate::store::{Store, StoreError};
 
@@ -58,6 +58,27 @@ pub struct Hub {
     plans: Mutex<HashMap<String, watch::Sender<Arc<Published>>>>,
     next_version: AtomicU64,
     next_client: AtomicU64,
+    /// Open grpc.lb.v1 streams per service (for `ctl get`).
+    grpclb: Mutex<HashMap<String, u32>>,
+}
+
+/// Counts one open grpc.lb.v1 stream of a service while it lives.
+#[derive(Debug)]
+pub struct GrpclbStream {
+    hub: Arc<Hub>,
+    service: String,
+}
+
+impl Drop for GrpclbStream {
+    fn drop(&mut self) {
+        let mut open = self.hub.grpclb.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.service) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.service);
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -67,7 +88,24 @@ impl Hub {
             plans: Mutex::new(HashMap::new()),
             next_version: AtomicU64::new(generation << 32),
             next_client: AtomicU64::new(0),
+            grpclb: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts a grpc.lb.v1 stream on `service` until the guard is dropped.
+    pub fn grpclb_stream(self: &Arc<Self>, service: &str) -> GrpclbStream {
+        let mut open = self.grpclb.lock().unwrap_or_else(|e| e.into_inner());
+        *open.entry(service.to_string()).or_default() += 1;
+        GrpclbStream {
+            hub: self.clone(),
+            service: service.to_string(),
+        }
+    }
+
+    /// grpc.lb.v1 streams open on `service` now.
+    pub fn grpclb_streams(&self, service: &str) -> u32 {
+        let open = self.grpclb.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(service).copied().unwrap_or(0)
     }
 
     fn plans(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Arc<Published>>>> {
@@ -212,6 +250,10 @@ pub struct ServiceView {
     pub drop_fraction: f64,
     /// Mean fresh reported utilization.
     pub utilization: f64,
+    /// What stock gRPC clients reported.
+    pub grpclb: GrpclbTotals,
+    /// grpc.lb.v1 streams open on the service now.
+    pub grpclb_streams: u32,
 }
 
 /// An instance as `ctl get` shows it.
@@ -255,6 +297,7 @@ mod tests {
             weight: 1,
             labels: BTreeMap::new(),
             version: String::new(),
+            token: String::new(),
         }
     }
 
@@ -412,6 +455,27 @@ pub enum Command {
         key: InstanceKey,
         /// Whether it existed.
         reply: Reply<bool>,
+    },
+    /// An operator adds or updates a static instance.
+    PutStatic {
+        /// The instance.
+        spec: InstanceSpec,
+        /// Done once durable.
+        reply: Reply<()>,
+    },
+    /// An operator removes a static instance.
+    RemoveStatic {
+        /// The instance.
+        key: InstanceKey,
+        /// Whether it existed.
+        reply: Reply<bool>,
+    },
+    /// A stock client's grpclb stats (`grpc.lb.v1.ClientStats`).
+    GrpclbStats {
+        /// The service the client follows.
+        service: String,
+        /// What it reported.
+        stats: GrpclbStats,
     },
     /// A client's call statistics.
     Stats {
@@ -597,6 +661,21 @@ impl EngineHandle {
         self.ask(|reply| Command::Deregister { key, reply }).await
     }
 
+    /// Adds or updates a static instance; see [`Command::PutStatic`].
+    pub async fn put_static(&self, spec: InstanceSpec) -> Result<(), EngineError> {
+        self.ask(|reply| Command::PutStatic { spec, reply }).await
+    }
+
+    /// Removes a static instance; see [`Command::RemoveStatic`].
+    pub async fn remove_static(&self, key: InstanceKey) -> Result<bool, EngineError> {
+        self.ask(|reply| Command::RemoveStatic { key, reply }).await
+    }
+
+    /// Passes a stock client's grpclb stats on.
+    pub async fn grpclb_stats(&self, service: String, stats: GrpclbStats) {
+        let _ = self.tx.send(Command::GrpclbStats { service, stats }).await;
+    }
+
     /// Passes a client's stats on.
     pub async fn stats(&self, service: String, stats: ClientStats) {
         let _ = self.tx.send(Command::Stats { service, stats }).await;
@@ -615,6 +694,16 @@ impl EngineHandle {
 /// one, but at least three reports per TTL so one late report is not fatal.
 fn report_interval(configured: Duration, ttl: Duration) -> Duration {
     configured.min(ttl / 3).max(Duration::from_millis(10))
+}
+
+/// How a registration keeps its instance alive.
+enum Via {
+    /// A `ReportLoad` stream, reached through its directive channel.
+    Stream(mpsc::Sender<Directive>),
+    /// A `Register` lease.
+    Lease,
+    /// An operator's static instance: no TTL.
+    Static,
 }
 
 enum Pending {
@@ -752,7 +841,7 @@ impl Actor {
                 let ttl = ttl.unwrap_or(self.config.default_ttl);
                 let key = spec.key();
                 let r = self
-                    .register(spec, Some(ttl), Some(directives), now)
+                    .register(spec, Some(ttl), Via::Stream(directives), now)
                     .map(|session| Attached {
                         session,
                         report_interval: report_interval(self.config.report_interval, ttl),
@@ -762,8 +851,29 @@ impl Actor {
             }
             Command::Lease { spec, ttl, reply } => {
                 let ttl = ttl.unwrap_or(self.config.default_ttl);
-                let r = self.register(spec, Some(ttl), None, now).map(|_| ttl);
+                let r = self.register(spec, Some(ttl), Via::Lease, now).map(|_| ttl);
                 pending.push(Pending::Lease(reply, r));
+            }
+            Command::PutStatic { spec, reply } => {
+                let r = self.register(spec, None, Via::Static, now).map(|_| ());
+                pending.push(Pending::Done(reply, r));
+            }
+            Command::RemoveStatic { key, reply } => {
+                let r = match self.registry.instance(&key).map(|i| i.attachment) {
+                    _ if self.frozen => Err(EngineError::ShuttingDown),
+                    None => Ok(false),
+                    Some(Attachment::Static) => {
+                        self.registry.remove(&key);
+                        tracing::info!(service = %key.service, instance = %key.instance_id, "static instance removed");
+                        self.forget(&key);
+                        Ok(true)
+                    }
+                    Some(_) => Err(RegistryError::NotStatic(key.instance_id.clone()).into()),
+                };
+                pending.push(Pending::Deregister(reply, r));
+            }
+            Command::GrpclbStats { service, stats } => {
+                self.registry.record_grpclb(&service, &stats);
             }
             Command::Report { key, session, load } => {
                 // A stale session's report is a race with its removal; the
@@ -880,31 +990,41 @@ impl Actor {
         }
     }
 
-    /// Registers (stream when `ended` is given, lease otherwise); returns the
-    /// stream session (0 for a lease).
+    /// Registers a stream, a lease or a static instance; returns the stream
+    /// session (0 for the others).
     fn register(
         &mut self,
         spec: InstanceSpec,
         ttl: Option<Duration>,
-        directives: Option<mpsc::Sender<Directive>>,
+        via: Via,
         now: Instant,
     ) -> Result<u64, EngineError> {
         if self.frozen {
             return Err(EngineError::ShuttingDown);
         }
-        let ttl = ttl.unwrap_or(self.config.default_ttl);
-        let persist = self
-            .registry
-            .check_register(&spec, ttl, directives.is_some(), now)?;
+        let (ttl, kind) = match via {
+            Via::Static => (Duration::ZERO, Attachment::Static),
+            Via::Lease => (ttl.unwrap_or(self.config.default_ttl), Attachment::Lease),
+            Via::Stream(_) => (
+                ttl.unwrap_or(self.config.default_ttl),
+                Attachment::Stream { session: 0 },
+            ),
+        };
+        let persist = self.registry.check_register(&spec, ttl, kind, now)?;
         if persist {
             // Written before applying: a store error leaves memory untouched.
-            self.store.put_instance(&spec, ttl)?;
+            let stored_ttl = (kind != Attachment::Static).then_some(ttl);
+            self.store.put_instance(&spec, stored_ttl)?;
             self.wrote = true;
         }
         let key = spec.key();
         self.urgent.insert(spec.service.clone());
-        let (attachment, session) = match directives {
-            Some(directives) => {
+        let (attachment, session) = match via {
+            Via::Static => {
+                tracing::info!(service = %key.service, instance = %key.instance_id, address = %spec.address, "static instance set");
+                (Attachment::Static, 0)
+            }
+            Via::Stream(directives) => {
                 let session = self.next_session;
                 self.next_session += 1;
                 self.end_session(
@@ -914,7 +1034,7 @@ impl Actor {
                 self.sessions.insert(key.clone(), (session, directives));
                 (Attachment::Stream { session }, session)
             }
-            None => {
+            Via::Lease => {
                 self.end_session(&key, "replaced by a Register lease for this instance");
                 (Attachment::Lease, 0)
             }
@@ -1094,6 +1214,8 @@ impl Actor {
                     cluster: svc.cluster.clone(),
                     drop_fraction: plan.map_or(0.0, |p| p.drop_fraction),
                     utilization: svc.utilization(now).unwrap_or(0.0),
+                    grpclb: svc.grpclb.clone(),
+                    grpclb_streams: self.hub.grpclb_streams(&name),
                     name,
                 })
             })

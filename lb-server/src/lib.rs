@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`server`]: `run()`: opens the store, starts the engine, serves gRPC, drains on shutdown.
 //! - [`api`]: the tonic services (thin shells): `Registry` (backends) and `Balancer` (clients).
+//! - [`grpclb`]: the `grpc.lb.v1` front end (`BalanceLoad`) for stock gRPC
+//!   clients' grpclb policy: the same plans as lists of IPs, tokens and drop entries.
 //! - [`admin`]: the `Admin` service (operators), a thin shell over the engine's views and commands.
 //! - [`ctl`]: `lb-server ctl …`, the operator CLI over `Admin`.
 //! - [`pb`]: protobuf ⇄ domain conversion; where bad input becomes `invalid_argument`.
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod engine;
+pub mod grpclb;
 pub mod health;
 pub mod metrics;
 pub mod model;

@@ -87,6 +87,30 @@ pub fn render(views: &[ServiceView]) -> String {
         "Mean reported utilization of the service's instances.",
         per_service(&|v| v.utilization),
     );
+    family(
+        "lb_grpclb_streams",
+        "gauge",
+        "grpc.lb.v1 (stock client) streams open on the service.",
+        per_service(&|v| f64::from(v.grpclb_streams)),
+    );
+    family(
+        "lb_grpclb_calls_started_total",
+        "counter",
+        "Calls stock grpclb clients reported starting.",
+        per_service(&|v| v.grpclb.calls_started as f64),
+    );
+    family(
+        "lb_grpclb_calls_known_received_total",
+        "counter",
+        "Calls stock grpclb clients reported as received by a backend.",
+        per_service(&|v| v.grpclb.known_received as f64),
+    );
+    family(
+        "lb_grpclb_calls_failed_to_send_total",
+        "counter",
+        "Calls stock grpclb clients could not send to a backend.",
+        per_service(&|v| v.grpclb.failed_to_send as f64),
+    );
     let rules = |f: &dyn Fn(usize) -> f64| -> Vec<(String, f64)> {
         views
             .iter()
@@ -235,6 +259,7 @@ mod tests {
             weight: 1,
             labels: Default::default(),
             version: String::new(),
+            token: String::new(),
         };
         let rule = |name: &str| Rule {
             name: name.into(),
@@ -278,6 +303,11 @@ mod tests {
             cluster: ClusterConfig::default(),
             drop_fraction: 0.25,
             utilization: 0.95,
+            grpclb: crate::registry::GrpclbTotals {
+                calls_started: 30,
+                ..Default::default()
+            },
+            grpclb_streams: 2,
         }
     }
 
@@ -288,6 +318,8 @@ mod tests {
             "lb_service_dropped_total{service=\"shop\"} 12",
             "lb_service_drop_fraction{service=\"shop\"} 0.25",
             "lb_service_list_version{service=\"shop\"} 7",
+            "lb_grpclb_streams{service=\"shop\"} 2",
+            "lb_grpclb_calls_started_total{service=\"shop\"} 30",
             "lb_rule_matches_no_instance{service=\"shop\",rule=\"ghost\"} 1",
             "lb_rule_matches_no_instance{service=\"shop\",rule=\"ab\"} 0",
             "lb_instance_share{service=\"shop\",instance=\"b\\\"1\"} 0.75",

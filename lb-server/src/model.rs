@@ -38,6 +38,11 @@ pub const MIN_TTL: Duration = Duration::from_millis(100);
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// Most per-instance entries in one ClientStats message.
 pub const MAX_STATS_ENTRIES: usize = 10_000;
+/// Longest instance token, in bytes (grpclb: "must be less than 50 bytes").
+pub const MAX_TOKEN_LEN: usize = 49;
+/// The token of drop entries (load shedding), in lists and in grpclb's
+/// per-token drop counts.
+pub const DROP_TOKEN: &str = "lb-drop";
 
 /// A value that broke a rule: which field, and why. Becomes `invalid_argument`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,9 +102,21 @@ pub struct InstanceSpec {
     pub labels: BTreeMap<String, String>,
     /// Build version.
     pub version: String,
+    /// Token clients attach as `lb-token`; empty = [`derived_token`].
+    pub token: String,
 }
 
 impl InstanceSpec {
+    /// The token clients attach to calls: the registered one, or one derived
+    /// from the service and instance id.
+    pub fn effective_token(&self) -> String {
+        if self.token.is_empty() {
+            derived_token(&self.service, &self.instance_id)
+        } else {
+            self.token.clone()
+        }
+    }
+
     /// This instance's key.
     pub fn key(&self) -> InstanceKey {
         InstanceKey {
@@ -122,6 +139,7 @@ impl InstanceSpec {
                 format!("longer than {MAX_VERSION_LEN} bytes"),
             ));
         }
+        check_token(&self.token).map_err(|e| FieldError::new("token", e))?;
         Ok(())
     }
 }
@@ -278,6 +296,57 @@ impl ClientStats {
     }
 }
 
+/// Most per-token drop entries in one grpclb ClientStats message.
+pub const MAX_DROP_TOKENS: usize = 64;
+
+/// One grpclb `ClientStats` message from a stock gRPC client: counts since its
+/// previous report, for the whole client (grpclb does not split them by server).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrpclbStats {
+    /// Calls started.
+    pub calls_started: u64,
+    /// Calls finished (drops included).
+    pub calls_finished: u64,
+    /// Calls that never reached a server (drops excluded).
+    pub failed_to_send: u64,
+    /// Calls known to have reached a server.
+    pub known_received: u64,
+    /// Dropped calls, by the drop entry's token.
+    pub dropped_by_token: Vec<(String, u64)>,
+}
+
+impl GrpclbStats {
+    /// Checks the token list's size and each token's syntax.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.dropped_by_token.len() > MAX_DROP_TOKENS {
+            return Err(FieldError::new(
+                "calls_finished_with_drop",
+                format!(
+                    "{} entries, more than {MAX_DROP_TOKENS}",
+                    self.dropped_by_token.len()
+                ),
+            ));
+        }
+        for (i, (token, _)) in self.dropped_by_token.iter().enumerate() {
+            let field = || format!("calls_finished_with_drop[{i}].load_balance_token");
+            if token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(FieldError::new(
+                    field(),
+                    format!("not a token (up to {MAX_TOKEN_LEN} bytes of printable ASCII)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls dropped, all tokens together.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_by_token
+            .iter()
+            .fold(0u64, |s, (_, n)| s.saturating_add(*n))
+    }
+}
+
 fn check_name_chars(s: &str, extra: &[u8]) -> Result<(), String> {
     match s
         .bytes()
@@ -320,6 +389,35 @@ pub fn check_zone(s: &str) -> Result<(), String> {
         return Err(format!("{} bytes, longer than {MAX_ZONE_LEN}", s.len()));
     }
     check_name_chars(s, b"")
+}
+
+/// An instance token: up to 49 bytes of printable ASCII without spaces
+/// (it travels as gRPC metadata), not the drop entries' token; may be empty.
+pub fn check_token(s: &str) -> Result<(), String> {
+    if s.len() > MAX_TOKEN_LEN {
+        return Err(format!("{} bytes, longer than {MAX_TOKEN_LEN}", s.len()));
+    }
+    if let Some(b) = s.bytes().find(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "byte 0x{b:02x} is not printable ASCII (spaces are not allowed either)"
+        ));
+    }
+    if s == DROP_TOKEN {
+        return Err(format!("{DROP_TOKEN:?} is reserved for drop entries"));
+    }
+    Ok(())
+}
+
+/// The token of an instance that registered none: `t` and 16 hex digits of
+/// lb's key hash (`lb_proto::keyhash`, a fixed function) of
+/// `service NUL instance_id`, so it is the same across restarts and
+/// re-registrations and for every daemon.
+pub fn derived_token(service: &str, instance_id: &str) -> String {
+    let mut key = Vec::with_capacity(service.len() + 1 + instance_id.len());
+    key.extend_from_slice(service.as_bytes());
+    key.push(0);
+    key.extend_from_slice(instance_id.as_bytes());
+    format!("t{:016x}", lb_proto::keyhash::hash(&key))
 }
 
 /// A static weight: `1..=MAX_WEIGHT`.

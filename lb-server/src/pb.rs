@@ -17,7 +17,6 @@ use crate::model::{
 };
 use crate::policy::view::client_view;
 use crate::registry::Attachment;
-use crate::registry::RegistryError;
 use crate::routing;
 
 /// A bad field, as the status a caller sees.
@@ -28,12 +27,7 @@ pub fn invalid(e: FieldError) -> Status {
 /// An engine refusal, as the status a caller sees.
 pub fn engine_status(e: EngineError) -> Status {
     match e {
-        EngineError::Registry(
-            e @ (RegistryError::AddressConflict { .. } | RegistryError::StreamOwned(_)),
-        ) => Status::failed_precondition(e.to_string()),
-        EngineError::Registry(e @ RegistryError::NotAttached(_)) => {
-            Status::failed_precondition(e.to_string())
-        }
+        EngineError::Registry(e) => Status::failed_precondition(e.to_string()),
         EngineError::Store(e) => Status::unavailable(format!("not persisted: {e}")),
         EngineError::ShuttingDown => Status::unavailable("lb-server is shutting down"),
         EngineError::NotFound(what) => Status::not_found(what),
@@ -52,6 +46,7 @@ pub fn instance(i: Option<pb::Instance>, field: &str) -> Result<InstanceSpec, Fi
         weight: i.weight,
         labels: i.labels.into_iter().collect(),
         version: i.version,
+        token: i.token,
     };
     spec.check().map_err(|e| e.within(field))?;
     Ok(spec)
@@ -389,6 +384,7 @@ pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
             Attachment::Stream { .. } => "stream",
             Attachment::Lease => "lease",
             Attachment::Restored => "restored",
+            Attachment::Static => "static",
         }
         .to_string(),
         static_weight: i.spec.weight,
@@ -413,6 +409,7 @@ pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
         ejected_for_ms: i.ejected_for.map_or(0, |d| d.as_millis() as u64),
         times_ejected: i.health.times_ejected,
         failed_by_code: i.failed_by_code.clone().into_iter().collect(),
+        token: i.spec.effective_token(),
     }
 }
 
@@ -441,6 +438,14 @@ pub fn service_status(v: &ServiceView) -> pb::ServiceStatus {
         cluster: Some(cluster_config_pb(&v.cluster)),
         drop_fraction: v.drop_fraction,
         utilization: v.utilization,
+        grpclb: Some(pb::GrpclbStats {
+            streams: v.grpclb_streams,
+            calls_started: v.grpclb.calls_started,
+            calls_finished: v.grpclb.calls_finished,
+            calls_failed_to_send: v.grpclb.failed_to_send,
+            calls_known_received: v.grpclb.known_received,
+            dropped_by_token: v.grpclb.dropped_by_token.clone().into_iter().collect(),
+        }),
     }
 }
 

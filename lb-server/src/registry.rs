@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::cluster::ClusterConfig;
 use crate::health::Detector;
-use crate::model::{ClientStats, InstanceKey, InstanceSpec, Load};
+use crate::model::{ClientStats, GrpclbStats, InstanceKey, InstanceSpec, Load, MAX_DROP_TOKENS};
 use crate::policy::ewma::LatencyEwma;
 use crate::policy::{outcome, Candidate, LoadState, ServicePolicy};
 use crate::routing::Rule;
@@ -31,6 +31,9 @@ pub enum Attachment {
     Lease,
     /// Loaded from the store after a restart, waiting for its backend to return.
     Restored,
+    /// Added by an operator, with no backend process behind it: never
+    /// expires, removed only by an operator.
+    Static,
 }
 
 /// Totals of what clients reported for one instance since it registered.
@@ -119,6 +122,24 @@ pub struct Service {
     pub shed_at: Option<Instant>,
     /// Cumulative client-reported failures by gRPC status code, per instance.
     pub failed_by_code: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// What stock gRPC clients reported (grpc.lb.v1), cumulative.
+    pub grpclb: GrpclbTotals,
+}
+
+/// Cumulative grpclb client stats of one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrpclbTotals {
+    /// Calls started.
+    pub calls_started: u64,
+    /// Calls finished.
+    pub calls_finished: u64,
+    /// Calls that never reached a server (drops excluded).
+    pub failed_to_send: u64,
+    /// Calls known to have reached a server.
+    pub known_received: u64,
+    /// Dropped calls by token; at most [`MAX_DROP_TOKENS`] tokens, later
+    /// ones are counted under `"other"`.
+    pub dropped_by_token: BTreeMap<String, u64>,
 }
 
 impl Service {
@@ -165,6 +186,17 @@ pub enum RegistryError {
         "instance_id: {0:?} is kept alive by a ReportLoad stream; it cannot also hold a lease"
     )]
     StreamOwned(String),
+    /// A backend tried to register over a static instance (or an operator
+    /// tried to make a backend's live instance static).
+    #[error("instance_id: {0:?} is a static instance; remove it (`lb-server ctl remove-static`) or use another id")]
+    StaticOwned(String),
+    /// An operator tried to add a static instance under the id of a live
+    /// backend's registration.
+    #[error("instance_id: {0:?} is registered by a running backend; deregister it first or use another id")]
+    BackendOwned(String),
+    /// `remove-static` named an instance a backend registered.
+    #[error("instance_id: {0:?} was registered by a backend, not added as static; it leaves when its backend deregisters")]
+    NotStatic(String),
     /// The stream is no longer the one that owns the instance (it expired, was
     /// deregistered or replaced by a newer stream): register again.
     #[error("instance {0:?} is no longer registered on this stream; register again")]
@@ -340,17 +372,33 @@ impl Registry {
     /// A live instance (stream or lease, not yet expired) keeps its address: a
     /// second registration with another address is refused. A restored or
     /// expired one may be taken over by anyone.
+    ///
+    /// Static instances and backends' registrations do not replace each
+    /// other: a backend cannot register over a static instance, and a static
+    /// instance cannot take the id of a live registration (a restored one it
+    /// may take over). A static instance may change its address.
     pub fn check_register(
         &self,
         spec: &InstanceSpec,
         ttl: Duration,
-        stream: bool,
+        attachment: Attachment,
         now: Instant,
     ) -> Result<bool, RegistryError> {
         let Some(cur) = self.instance(&spec.key()) else {
             return Ok(true);
         };
+        let requested_static = attachment == Attachment::Static;
+        if cur.attachment == Attachment::Static {
+            if !requested_static {
+                return Err(RegistryError::StaticOwned(spec.instance_id.clone()));
+            }
+            return Ok(cur.spec != *spec);
+        }
         let live = cur.expires > now && cur.attachment != Attachment::Restored;
+        if live && requested_static {
+            return Err(RegistryError::BackendOwned(spec.instance_id.clone()));
+        }
+        let stream = matches!(attachment, Attachment::Stream { .. });
         if live && cur.spec.address != spec.address {
             return Err(RegistryError::AddressConflict {
                 instance_id: spec.instance_id.clone(),
@@ -361,7 +409,7 @@ impl Registry {
         if live && !stream && matches!(cur.attachment, Attachment::Stream { .. }) {
             return Err(RegistryError::StreamOwned(spec.instance_id.clone()));
         }
-        Ok(cur.spec != *spec || cur.ttl != ttl)
+        Ok(cur.spec != *spec || cur.ttl != ttl || requested_static)
     }
 
     /// Applies a registration that [`Registry::check_register`] accepted.
@@ -420,14 +468,16 @@ impl Registry {
         }
     }
 
-    /// Puts an instance loaded from the store back, until `deadline`.
-    pub fn restore(&mut self, spec: InstanceSpec, ttl: Duration, deadline: Instant) {
+    /// Puts an instance loaded from the store back, until `deadline`; a
+    /// static one (`ttl` `None`) for good.
+    pub fn restore(&mut self, spec: InstanceSpec, ttl: Option<Duration>, deadline: Instant) {
         let spec_id = spec.instance_id.clone();
         let svc = self.service_mut(&spec.service);
-        svc.instances.insert(
-            spec.instance_id.clone(),
-            Instance::new(spec, Attachment::Restored, ttl, deadline),
-        );
+        let instance = match ttl {
+            Some(ttl) => Instance::new(spec, Attachment::Restored, ttl, deadline),
+            None => Instance::new(spec, Attachment::Static, Duration::ZERO, deadline),
+        };
+        svc.instances.insert(spec_id.clone(), instance);
         svc.health.add_host(&spec_id);
     }
 
@@ -490,7 +540,7 @@ impl Registry {
             .services
             .values()
             .flat_map(|s| s.instances.values())
-            .filter(|i| i.expires <= now)
+            .filter(|i| i.expires <= now && i.attachment != Attachment::Static)
             .map(|i| i.spec.key())
             .collect();
         for k in &expired {
@@ -504,6 +554,7 @@ impl Registry {
         self.services
             .values()
             .flat_map(|s| s.instances.values())
+            .filter(|i| i.attachment != Attachment::Static)
             .map(|i| i.expires)
             .min()
     }
@@ -606,27 +657,52 @@ impl Registry {
             .min()
     }
 
+    /// Adds a stock client's grpclb stats to its service's totals; drops also
+    /// count in the service's `dropped`. Stats for an unknown service are ignored.
+    pub fn record_grpclb(&mut self, service: &str, stats: &GrpclbStats) {
+        let Some(svc) = self.services.get_mut(service) else {
+            return;
+        };
+        let g = &mut svc.grpclb;
+        g.calls_started = g.calls_started.saturating_add(stats.calls_started);
+        g.calls_finished = g.calls_finished.saturating_add(stats.calls_finished);
+        g.failed_to_send = g.failed_to_send.saturating_add(stats.failed_to_send);
+        g.known_received = g.known_received.saturating_add(stats.known_received);
+        for (token, n) in &stats.dropped_by_token {
+            let key = if g.dropped_by_token.contains_key(token)
+                || g.dropped_by_token.len() < MAX_DROP_TOKENS
+            {
+                token.clone()
+            } else {
+                "other".to_string()
+            };
+            let slot = g.dropped_by_token.entry(key).or_default();
+            *slot = slot.saturating_add(*n);
+        }
+        svc.dropped = svc.dropped.saturating_add(stats.dropped());
+    }
+
     /// Steps a service's load-shedding controller (at most once per `step`);
     /// returns the drop fraction in force.
     pub fn step_shedding(&mut self, service: &str, step: Duration, now: Instant) -> f64 {
         let Some(svc) = self.services.get_mut(service) else {
             return 0.0;
         };
+        use crate::policy::shed;
         let cfg = &svc.policy.shed;
         if cfg.target <= 0.0 {
             svc.drop_fraction = 0.0;
-            return 0.0;
+            return shed::with_floor(0.0, cfg);
         }
         if svc
             .shed_at
-            .is_some_and(|t| now.saturating_duration_since(t) < step)
+            .is_none_or(|t| now.saturating_duration_since(t) >= step)
         {
-            return svc.drop_fraction;
+            let util = svc.utilization(now).unwrap_or(0.0);
+            svc.drop_fraction = shed::next_drop(svc.drop_fraction, util, cfg);
+            svc.shed_at = Some(now);
         }
-        let util = svc.utilization(now).unwrap_or(0.0);
-        svc.drop_fraction = crate::policy::shed::next_drop(svc.drop_fraction, util, cfg);
-        svc.shed_at = Some(now);
-        svc.drop_fraction
+        shed::with_floor(svc.drop_fraction, cfg)
     }
 }
 
@@ -644,25 +720,86 @@ mod tests {
             weight: 1,
             labels: BTreeMap::new(),
             version: String::new(),
+            token: String::new(),
         }
     }
 
     const TTL: Duration = Duration::from_secs(5);
+    const STREAM: Attachment = Attachment::Stream { session: 1 };
+
+    #[test]
+    fn static_instances_never_expire_and_do_not_mix_with_backends() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        let s = spec("s", "127.0.0.1:1");
+        assert_eq!(
+            r.check_register(&s, Duration::ZERO, Attachment::Static, now),
+            Ok(true)
+        );
+        r.apply_register(s.clone(), Duration::ZERO, Attachment::Static, now);
+        // A backend cannot take a static instance's id, by stream or lease.
+        for via in [STREAM, Attachment::Lease] {
+            assert_eq!(
+                r.check_register(&s, TTL, via, now),
+                Err(RegistryError::StaticOwned("s".into()))
+            );
+        }
+        // An operator may move it; the same spec again is not rewritten.
+        let moved = spec("s", "127.0.0.1:2");
+        assert_eq!(
+            r.check_register(&moved, Duration::ZERO, Attachment::Static, now),
+            Ok(true)
+        );
+        assert_eq!(
+            r.check_register(&s, Duration::ZERO, Attachment::Static, now),
+            Ok(false)
+        );
+        // It outlives any lease: nothing expires, and no expiry is scheduled.
+        let much_later = now + Duration::from_secs(86_400);
+        assert!(r.expire(much_later).is_empty());
+        assert_eq!(r.next_expiry(), None);
+        assert!(r.instance(&s.key()).is_some());
+        // A live backend's id cannot become static; a restored one can.
+        let b = spec("b", "127.0.0.1:3");
+        r.apply_register(b.clone(), TTL, STREAM, now);
+        assert_eq!(
+            r.check_register(&b, Duration::ZERO, Attachment::Static, now),
+            Err(RegistryError::BackendOwned("b".into()))
+        );
+        let c = spec("c", "127.0.0.1:4");
+        r.restore(c.clone(), Some(TTL), now + TTL);
+        assert_eq!(
+            r.check_register(&c, Duration::ZERO, Attachment::Static, now),
+            Ok(true)
+        );
+        // Restored static instances come back static.
+        let d = spec("d", "127.0.0.1:5");
+        r.restore(d.clone(), None, now);
+        assert_eq!(
+            r.instance(&d.key()).map(|i| i.attachment),
+            Some(Attachment::Static)
+        );
+        assert_eq!(
+            r.expire(much_later).len(),
+            2,
+            "b and c expire, s and d stay"
+        );
+    }
 
     #[test]
     fn live_instance_keeps_its_address() {
         let now = Instant::now();
         let mut r = Registry::new();
         let a = spec("a", "127.0.0.1:1");
-        assert_eq!(r.check_register(&a, TTL, true, now), Ok(true));
+        assert_eq!(r.check_register(&a, TTL, STREAM, now), Ok(true));
         r.apply_register(a.clone(), TTL, Attachment::Stream { session: 1 }, now);
         let moved = spec("a", "127.0.0.1:2");
         assert!(matches!(
-            r.check_register(&moved, TTL, true, now),
+            r.check_register(&moved, TTL, STREAM, now),
             Err(RegistryError::AddressConflict { .. })
         ));
         // Same address: a reconnect; takes over the session, nothing to persist.
-        assert_eq!(r.check_register(&a, TTL, true, now), Ok(false));
+        assert_eq!(r.check_register(&a, TTL, STREAM, now), Ok(false));
         let reg = r.apply_register(a, TTL, Attachment::Stream { session: 2 }, now);
         assert_eq!(reg.replaced_session, Some(1));
         assert!(!reg.persist);
@@ -677,22 +814,22 @@ mod tests {
         assert!(r.detach(&key, 2));
         assert!(r.instance(&key).is_none());
         // Once gone, the id is free for any address.
-        assert_eq!(r.check_register(&moved, TTL, true, now), Ok(true));
+        assert_eq!(r.check_register(&moved, TTL, STREAM, now), Ok(true));
     }
 
     #[test]
     fn expired_or_restored_ids_can_move() {
         let now = Instant::now();
         let mut r = Registry::new();
-        r.restore(spec("a", "127.0.0.1:1"), TTL, now + TTL);
+        r.restore(spec("a", "127.0.0.1:1"), Some(TTL), now + TTL);
         assert_eq!(
-            r.check_register(&spec("a", "127.0.0.1:2"), TTL, true, now),
+            r.check_register(&spec("a", "127.0.0.1:2"), TTL, STREAM, now),
             Ok(true)
         );
         r.apply_register(spec("b", "127.0.0.1:3"), TTL, Attachment::Lease, now);
         let later = now + TTL;
         assert_eq!(
-            r.check_register(&spec("b", "127.0.0.1:4"), TTL, false, later),
+            r.check_register(&spec("b", "127.0.0.1:4"), TTL, Attachment::Lease, later),
             Ok(true)
         );
     }
@@ -704,7 +841,7 @@ mod tests {
         let a = spec("a", "127.0.0.1:1");
         r.apply_register(a.clone(), TTL, Attachment::Stream { session: 7 }, now);
         assert_eq!(
-            r.check_register(&a, TTL, false, now),
+            r.check_register(&a, TTL, Attachment::Lease, now),
             Err(RegistryError::StreamOwned("a".into()))
         );
     }

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use lb_proto::grpclb::load_balancer_server::LoadBalancerServer;
 use lb_proto::v1::{
     admin_server::AdminServer, balancer_server::BalancerServer, registry_server::RegistryServer,
 };
@@ -18,6 +19,7 @@ use crate::admin::AdminApi;
 use crate::api::{BalancerApi, RegistryApi};
 use crate::config::Config;
 use crate::engine;
+use crate::grpclb::GrpclbApi;
 use crate::store::{Store, StoreError};
 
 /// Why the daemon could not run.
@@ -78,7 +80,16 @@ pub async fn run(
         config.clone(),
         stop_rx.clone(),
     ));
-    let balancer = BalancerServer::new(BalancerApi::new(engine.clone(), config.clone(), stop_rx));
+    let balancer = BalancerServer::new(BalancerApi::new(
+        engine.clone(),
+        config.clone(),
+        stop_rx.clone(),
+    ));
+    let grpclb = LoadBalancerServer::new(GrpclbApi::new(
+        engine.clone(),
+        config.clone(),
+        stop_rx.clone(),
+    ));
     let admin = AdminServer::new(AdminApi::new(engine.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
@@ -93,6 +104,7 @@ pub async fn run(
         .initial_connection_window_size(Some(1024 * 1024))
         .add_service(registry)
         .add_service(balancer)
+        .add_service(grpclb)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = close_rx.await;

@@ -1,4 +1,5 @@
-//! Persistence in sled: registrations (with static weights), per-service policy
+//! Persistence in sled: registrations (with static weights; static instances
+//! flagged as such), per-service policy
 //! settings, operator overrides (weight, drain), and the daemon's generation
 //! counter.
 //!
@@ -52,6 +53,11 @@ struct StoredInstance {
     version: String,
     #[prost(uint64, tag = "8")]
     ttl_ms: u64,
+    #[prost(string, tag = "9")]
+    token: String,
+    /// Added by an operator: restored as static, never expires.
+    #[prost(bool, tag = "10")]
+    is_static: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -151,8 +157,13 @@ impl Store {
         Ok(next)
     }
 
-    /// Writes (not yet durably) an instance's registration.
-    pub fn put_instance(&self, spec: &InstanceSpec, ttl: Duration) -> Result<(), StoreError> {
+    /// Writes (not yet durably) an instance's registration; `ttl` is `None`
+    /// for a static instance.
+    pub fn put_instance(
+        &self,
+        spec: &InstanceSpec,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
         let rec = StoredInstance {
             service: spec.service.clone(),
             instance_id: spec.instance_id.clone(),
@@ -161,7 +172,9 @@ impl Store {
             weight: spec.weight,
             labels: spec.labels.clone(),
             version: spec.version.clone(),
-            ttl_ms: ttl.as_millis() as u64,
+            ttl_ms: ttl.map_or(0, |t| t.as_millis() as u64),
+            token: spec.token.clone(),
+            is_static: ttl.is_none(),
         };
         self.instances.insert(
             instance_key(&spec.service, &spec.instance_id),
@@ -180,7 +193,8 @@ impl Store {
     /// Every stored registration that still passes validation. Records that do
     /// not decode or validate (written by a broken or newer build) are skipped
     /// with a warning rather than served.
-    pub fn instances(&self) -> Result<Vec<(InstanceSpec, Duration)>, StoreError> {
+    /// The TTL is `None` for a static instance.
+    pub fn instances(&self) -> Result<Vec<(InstanceSpec, Option<Duration>)>, StoreError> {
         let mut out = Vec::new();
         for item in self.instances.iter() {
             let (k, v) = item?;
@@ -199,12 +213,14 @@ impl Store {
                 weight: rec.weight,
                 labels: rec.labels,
                 version: rec.version,
+                token: rec.token,
             };
             if let Err(e) = spec.check() {
                 tracing::warn!(key = ?String::from_utf8_lossy(&k), error = %e, "skipping invalid instance record");
                 continue;
             }
-            out.push((spec, Duration::from_millis(rec.ttl_ms)));
+            let ttl = (!rec.is_static).then(|| Duration::from_millis(rec.ttl_ms));
+            out.push((spec, ttl));
         }
         Ok(out)
     }
@@ -361,14 +377,20 @@ mod tests {
             weight: 7,
             labels: BTreeMap::from([("group".into(), "B".into())]),
             version: "1.2".into(),
+            token: String::new(),
         };
+        let mut fixed = spec.clone();
+        fixed.instance_id = "s".into();
+        fixed.token = "tok-1".into();
         {
             let s = Store::open(dir.path()).unwrap();
             assert_eq!(s.next_generation().unwrap(), 1);
-            s.put_instance(&spec, Duration::from_secs(3)).unwrap();
+            s.put_instance(&spec, Some(Duration::from_secs(3))).unwrap();
+            s.put_instance(&fixed, None).unwrap();
             let mut other = spec.clone();
             other.instance_id = "b".into();
-            s.put_instance(&other, Duration::from_secs(3)).unwrap();
+            s.put_instance(&other, Some(Duration::from_secs(3)))
+                .unwrap();
             s.delete_instance(&other.key()).unwrap();
             s.put_policy("svc", &ServicePolicy::default()).unwrap();
             s.put_override(
@@ -385,7 +407,7 @@ mod tests {
         assert_eq!(s.next_generation().unwrap(), 2);
         assert_eq!(
             s.instances().unwrap(),
-            vec![(spec.clone(), Duration::from_secs(3))]
+            vec![(spec.clone(), Some(Duration::from_secs(3))), (fixed, None)]
         );
         assert_eq!(
             s.policies(&ServicePolicy::default()).unwrap(),

@@ -117,7 +117,7 @@ impl PolicyKind {
 
 /// Health and shedding parameters (every policy), and the `HealthConfig` /
 /// `ShedConfig` field each sets (for error messages).
-const HEALTH_PARAMS: [(&str, &str); 14] = [
+const HEALTH_PARAMS: [(&str, &str); 15] = [
     ("panic_threshold", "panic_threshold"),
     ("readmit_window", "readmit_window"),
     ("eject_consecutive", "consecutive_failures"),
@@ -135,6 +135,7 @@ const HEALTH_PARAMS: [(&str, &str); 14] = [
     ("utilization_ceiling", "utilization_ceiling"),
     ("shed_target", "target"),
     ("shed_max_drop", "max_drop"),
+    ("shed_floor", "floor"),
 ];
 
 /// Parameters every policy takes.
@@ -386,6 +387,7 @@ impl ServicePolicy {
             "utilization_ceiling" => self.health.utilization_ceiling = number(k, v, 0.0, 16.0)?,
             "shed_target" => self.shed.target = number(k, v, 0.0, 1.0)?,
             "shed_max_drop" => self.shed.max_drop = number(k, v, 0.0, shed::MAX_DROP_LIMIT)?,
+            "shed_floor" => self.shed.floor = number(k, v, 0.0, shed::MAX_DROP_LIMIT)?,
             _ => return Err(bad(k, "unknown parameter")),
         }
         Ok(())
@@ -469,6 +471,7 @@ impl ServicePolicy {
         put("utilization_ceiling", h.utilization_ceiling.to_string());
         put("shed_target", self.shed.target.to_string());
         put("shed_max_drop", self.shed.max_drop.to_string());
+        put("shed_floor", self.shed.floor.to_string());
         match self.kind {
             PolicyKind::ConsistentHash => {
                 put(
@@ -535,6 +538,7 @@ Health, ejection and load shedding (every policy):
   panic_threshold=50         below this % healthy, use every instance (ejections ignored; zones spill)
   shed_target=0              drop calls so the service's mean utilization stays at this (0..=1, 0 = off)
   shed_max_drop=0.9          most of the calls ever dropped (0..=0.99)
+  shed_floor=0               always drop at least this fraction of calls, whatever the load (0..=0.99)
 consistent_hash:
   algorithm=maglev           maglev or ring
   table_size=0               lookup table size, a prime (0 = smallest prime >= 100 x instances; ..=1000003)

@@ -111,7 +111,7 @@ impl PlanServer {
             zone: String::new(),
             tier: 0,
             drop: true,
-            token: String::new(),
+            token: crate::model::DROP_TOKEN.to_string(),
             labels: BTreeMap::new(),
         }
     }
@@ -269,7 +269,7 @@ pub fn plan_shedding(
             zone: c.spec.zone.clone(),
             tier: 0,
             drop: false,
-            token: String::new(),
+            token: c.spec.effective_token(),
             labels: c.spec.labels.clone(),
         })
         .collect();
@@ -455,6 +455,7 @@ mod tests {
             weight: w,
             labels: BTreeMap::new(),
             version: String::new(),
+            token: String::new(),
         }
     }
 

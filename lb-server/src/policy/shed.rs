@@ -60,6 +60,11 @@ pub struct ShedConfig {
     pub max_drop: f64,
     /// EWMA weight of the new estimate, `(0, 1]` (default 0.5).
     pub smoothing: f64,
+    /// Operator-directed drops: at least this fraction is always dropped,
+    /// `0..=MAX_DROP_LIMIT`, with or without a target (default 0). Envoy's
+    /// `drop_overloads` and a grpclb balancer's fixed drop entries serve the
+    /// same purpose: shed a known share during an incident.
+    pub floor: f64,
 }
 
 impl Default for ShedConfig {
@@ -68,6 +73,7 @@ impl Default for ShedConfig {
             target: 0.0,
             max_drop: DEFAULT_MAX_DROP,
             smoothing: DEFAULT_SMOOTHING,
+            floor: 0.0,
         }
     }
 }
@@ -87,6 +93,13 @@ impl ShedConfig {
             return Err(FieldError::new(
                 "max_drop",
                 format!("{m} is outside 0..={MAX_DROP_LIMIT}"),
+            ));
+        }
+        let f = self.floor;
+        if !f.is_finite() || !(0.0..=MAX_DROP_LIMIT).contains(&f) {
+            return Err(FieldError::new(
+                "floor",
+                format!("{f} is outside 0..={MAX_DROP_LIMIT}"),
             ));
         }
         let s = self.smoothing;
@@ -140,6 +153,17 @@ pub fn next_drop(prev: f64, utilization: f64, cfg: &ShedConfig) -> f64 {
     }
 }
 
+/// The drop fraction in force: the controller's `adaptive` drop, raised to
+/// the operator's floor (a floor that is not finite counts as 0).
+pub fn with_floor(adaptive: f64, cfg: &ShedConfig) -> f64 {
+    let floor = if cfg.floor.is_finite() {
+        cfg.floor.clamp(0.0, MAX_DROP_LIMIT)
+    } else {
+        0.0
+    };
+    adaptive.max(floor)
+}
+
 /// Drop entries to add to a period of `n` entries so that drops are the
 /// fraction `drop` of the new period: `round(n × drop / (1 − drop))`.
 /// 0 for an empty period or a drop that is not finite and positive; `drop` is
@@ -172,6 +196,21 @@ mod tests {
             drop = next_drop(drop, offered * (1.0 - drop) / capacity, cfg);
         }
         drop
+    }
+
+    #[test]
+    fn the_floor_raises_the_drop_and_is_checked() {
+        let mut c = cfg(0.0);
+        assert_eq!(with_floor(0.1, &c), 0.1);
+        c.floor = 0.25;
+        assert_eq!(with_floor(0.0, &c), 0.25);
+        assert_eq!(with_floor(0.4, &c), 0.4);
+        c.floor = f64::NAN;
+        assert_eq!(with_floor(0.1, &c), 0.1);
+        assert_eq!(c.check().unwrap_err().field, "floor");
+        c.floor = 1.0;
+        assert_eq!(with_floor(0.0, &c), MAX_DROP_LIMIT);
+        assert_eq!(c.check().unwrap_err().field, "floor");
     }
 
     #[test]
@@ -237,6 +276,7 @@ mod tests {
             target: 0.8,
             max_drop: f64::NAN,
             smoothing: f64::NAN,
+            floor: 0.0,
         };
         assert!(
             (next_drop(0.0, 1.6, &weird) - 0.25).abs() < 1e-12,
@@ -313,7 +353,7 @@ mod tests {
             max_drop in 0.0f64..0.99,
             smoothing in 0.01f64..1.0,
         ) {
-            let c = ShedConfig { target, max_drop, smoothing };
+            let c = ShedConfig { target, max_drop, smoothing, floor: 0.0 };
             let d = next_drop(prev, u, &c);
             prop_assert!(d.is_finite() && d >= 0.0 && d <= max_drop, "{}", d);
         }
@@ -326,7 +366,7 @@ mod tests {
             smoothing in 0.2f64..=1.0,
             start in 0.0f64..0.9,
         ) {
-            let c = ShedConfig { target, max_drop: 0.9, smoothing };
+            let c = ShedConfig { target, max_drop: 0.9, smoothing, floor: 0.0 };
             let offered = target * over;
             let drop = settle(start, offered, 1.0, &c, 200);
             let u = offered * (1.0 - drop);

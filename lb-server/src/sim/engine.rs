@@ -112,6 +112,7 @@ impl Engine {
             weight,
             labels: Default::default(),
             version: String::new(),
+            token: String::new(),
         };
         let now = self.at(now);
         self.reg
