@@ -193,6 +193,7 @@ impl From<&Registration> for v1::Registration {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 version: r.version.clone(),
+                token: r.token.clone(),
             }),
             ttl_ms: r
                 .ttl

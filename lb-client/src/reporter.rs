@@ -55,6 +55,9 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
     /// Free-form build version.
     pub version: String,
+    /// Token clients send with each call as `lb-token` metadata (up to 49
+    /// bytes of printable ASCII); empty = the daemon derives a stable one.
+    pub token: String,
     /// How long the daemon waits for a report before dropping the instance;
     /// `None` = the daemon's default.
     pub ttl: Option<Duration>,
@@ -75,6 +78,7 @@ impl Registration {
             weight: 1,
             labels: BTreeMap::new(),
             version: String::new(),
+            token: String::new(),
             ttl: None,
         }
     }

@@ -161,6 +161,38 @@ pub enum CtlCommand {
         #[arg(long, requires = "method")]
         clear: bool,
     },
+    /// Add or update a static instance: one with no backend process behind
+    /// it (persisted; never expires; removed only by remove-static).
+    ///
+    /// Example: `ctl put-static echo.example.com legacy-1 10.0.0.7:50051 --weight 2`
+    PutStatic {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        instance: String,
+        /// Where clients connect: host:port.
+        address: String,
+        /// Weight (1..=10000).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Zone.
+        #[arg(long, default_value = "")]
+        zone: String,
+        /// Label, `key=value` (repeatable).
+        #[arg(long = "label", value_parser = parse_param)]
+        labels: Vec<(String, String)>,
+        /// Token sent to the backend as `lb-token` (default: derived from
+        /// the service and instance id).
+        #[arg(long, default_value = "")]
+        token: String,
+    },
+    /// Remove a static instance.
+    RemoveStatic {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        instance: String,
+    },
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -371,6 +403,48 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .into_inner();
             print_service(&s);
         }
+        CtlCommand::PutStatic {
+            service,
+            instance,
+            address,
+            weight,
+            zone,
+            labels,
+            token,
+        } => {
+            let i = client
+                .put_static(pb::PutStaticRequest {
+                    instance: Some(pb::Instance {
+                        service,
+                        instance_id: instance,
+                        address,
+                        zone,
+                        weight,
+                        labels: labels.into_iter().collect(),
+                        version: String::new(),
+                        token,
+                    }),
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            print_instances(&[i]);
+        }
+        CtlCommand::RemoveStatic { service, instance } => {
+            let r = client
+                .remove_static(pb::RemoveStaticRequest {
+                    service,
+                    instance_id: instance.clone(),
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            if r.existed {
+                println!("removed {instance}");
+            } else {
+                println!("no instance {instance}: nothing to remove");
+            }
+        }
     }
     Ok(())
 }
@@ -505,6 +579,23 @@ fn print_service(s: &pb::ServiceStatus) {
         "clients   {} dropped, {} with no backend",
         s.dropped, s.no_backend
     );
+    if let Some(g) = s
+        .grpclb
+        .as_ref()
+        .filter(|g| g.streams > 0 || g.calls_started > 0)
+    {
+        let drops: BTreeMap<_, _> = g.dropped_by_token.iter().collect();
+        let drops: Vec<String> = drops.iter().map(|(t, n)| format!("{t}:{n}")).collect();
+        println!(
+            "grpclb    {} stream(s); calls {} started, {} finished, {} known received, {} failed to send; dropped {}",
+            g.streams,
+            g.calls_started,
+            g.calls_finished,
+            g.calls_known_received,
+            g.calls_failed_to_send,
+            if drops.is_empty() { "0".to_string() } else { drops.join(" ") }
+        );
+    }
     print_routing(s);
     print_instances(&s.instances);
 }
@@ -556,6 +647,7 @@ fn print_instances(list: &[pb::InstanceStatus]) {
                 _ => String::new(),
             }
         );
+        println!("{:<20} token {}", "", i.token);
         if !i.failed_by_code.is_empty() {
             let codes: BTreeMap<_, _> = i.failed_by_code.iter().collect();
             let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();

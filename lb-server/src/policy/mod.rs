@@ -327,7 +327,6 @@ pub fn plan_shedding(
         let sum: f64 = w.iter().sum();
         w.push(sum * drop_fraction / (1.0 - drop_fraction));
         servers.push(PlanServer::drop_entry());
-        modified = true;
     }
 
     let max_len = policy.max_list_len as usize;
@@ -343,8 +342,18 @@ pub fn plan_shedding(
                 | PolicyKind::Hash
                 | PolicyKind::ConsistentHash
         );
-    let ints: Vec<u32> = if exact {
-        base.iter().map(|&x| x.round().max(1.0) as u32).collect()
+    let exact_ints = exact
+        .then(|| {
+            let ints: Vec<u32> = base.iter().map(|&x| x.round().max(1.0) as u32).collect();
+            if drop_fraction > 0.0 {
+                exact_drops(ints, drop_fraction, max_len)
+            } else {
+                Some(ints)
+            }
+        })
+        .flatten();
+    let ints: Vec<u32> = if let Some(ints) = exact_ints {
+        ints
     } else {
         let sum: f64 = w.iter().sum();
         w.iter()
@@ -393,6 +402,29 @@ pub fn plan_shedding(
         drop_fraction,
         ..ServicePlan::default()
     }
+}
+
+/// Exact integer weights with the drop server's entry count appended: the
+/// period scaled by the smallest factor (up to 64, within `max_len`) that
+/// puts the drops within 1 % of `drop`, so a static service keeps a short
+/// period (weights 1,3,1 at drop 0.5: 5 drop entries in a period of 10).
+/// `None` when no factor does (the caller quantises instead).
+fn exact_drops(mut ints: Vec<u32>, drop: f64, max_len: usize) -> Option<Vec<u32>> {
+    let n: f64 = ints.iter().map(|&x| f64::from(x)).sum();
+    let x = n * drop / (1.0 - drop);
+    let off = |k: f64| ((k * x) - (k * x).round()).abs() / (k * x);
+    let mut k = 1.0;
+    while off(k) > 0.01 {
+        k += 1.0;
+        if k > 64.0 || k * (n + x) > max_len as f64 {
+            return None;
+        }
+    }
+    for v in ints.iter_mut() {
+        *v = v.saturating_mul(k as u32);
+    }
+    ints.push((k * x).round().clamp(1.0, f64::from(u32::MAX)) as u32);
+    Some(ints)
 }
 
 /// The order client number `client_seq` follows for the plan published as
@@ -479,6 +511,21 @@ mod tests {
 
     fn kind(k: PolicyKind) -> ServicePolicy {
         ServicePolicy::with_kind(k)
+    }
+
+    #[test]
+    fn static_weights_with_drops_keep_a_short_exact_period() {
+        assert_eq!(
+            exact_drops(vec![1, 3, 1], 0.5, 1024),
+            Some(vec![1, 3, 1, 5])
+        );
+        assert_eq!(
+            exact_drops(vec![1, 3, 1], 0.25, 1024),
+            Some(vec![3, 9, 3, 5])
+        );
+        // No short period is within 1 %: the plan quantises instead.
+        assert_eq!(exact_drops(vec![1, 1], 0.001, 1024), None);
+        assert_eq!(exact_drops(vec![1, 1], 0.2, 2), None);
     }
 
     #[test]

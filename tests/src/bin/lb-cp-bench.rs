@@ -991,6 +991,7 @@ fn plan_micros(kind: &str) -> anyhow::Result<f64> {
             weight: 1 + (i % 5) as u32,
             labels: BTreeMap::new(),
             version: String::new(),
+            token: String::new(),
         })
         .collect();
     let earlier = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
