@@ -1,7 +1,8 @@
 //! `echo-backend`: the example backend. Serves `lb.example.v1.Echo` (Whoami
-//! answers with its instance id), registers with lb through the reporter in
-//! lb-client, counts in-flight requests with its tower layer, and drains
-//! (deregisters) on SIGINT/SIGTERM before exiting.
+//! answers with its instance id and the `lb-token` the call carried),
+//! registers with lb through the reporter in lb-client, counts in-flight
+//! requests with its tower layer, and drains (deregisters) on SIGINT/SIGTERM
+//! before exiting.
 //!
 //! `echo-backend --daemon 127.0.0.1:7400 --service echo --id b1 --weight 2`
 
@@ -57,7 +58,13 @@ struct EchoService {
 
 #[tonic::async_trait]
 impl Echo for EchoService {
-    async fn whoami(&self, _: Request<WhoamiRequest>) -> Result<Response<WhoamiReply>, Status> {
+    async fn whoami(&self, req: Request<WhoamiRequest>) -> Result<Response<WhoamiReply>, Status> {
+        let lb_token = req
+            .metadata()
+            .get("lb-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         if self.fail_while.as_ref().is_some_and(|p| p.exists()) {
             return Err(Status::unavailable(format!(
                 "{}: injected failure",
@@ -66,6 +73,7 @@ impl Echo for EchoService {
         }
         Ok(Response::new(WhoamiReply {
             instance_id: self.id.clone(),
+            lb_token,
         }))
     }
 }

@@ -1,0 +1,276 @@
+//! A stock gRPC client follows lb through grpc.lb.v1: unmodified grpcio
+//! (gRPC's C-core) with its built-in `grpclb` policy, finding the balancer
+//! through DNS SRV records served on loopback, calling real `echo-backend`
+//! processes on distinct loopback IPs. The Python side is
+//! `tests/python/grpclb_client.py`; its virtualenv (pinned grpcio and dnslib)
+//! is made by `scripts/python-env.sh` on first use.
+//!
+//! grpclb's pitfall: a client that never engages grpclb silently uses the
+//! name's A records. The name's A record points at a separate fallback
+//! backend (127.0.0.20), and every phase asserts it got nothing, except the
+//! one where the daemon sends `fallback_response` on purpose.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lb_proto::v1 as pb;
+use lb_tests::harness::{ctl, BackendSpec, Cluster};
+use serde::Deserialize;
+
+/// The DNS name stock clients dial, and the service it maps to.
+const NAME: &str = "echo.test";
+/// How long a phase may take to converge.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// The result of one batch of calls.
+#[derive(Debug, Deserialize, Default)]
+struct Batch {
+    ok: BTreeMap<String, u64>,
+    tokens: BTreeMap<String, String>,
+    errors: BTreeMap<String, u64>,
+    details: Vec<String>,
+}
+
+impl Batch {
+    fn errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// The grpcio client process.
+struct StockClient {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl StockClient {
+    fn start(lb_port: u16, target_port: u16, fallback_ip: &str) -> StockClient {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let env = Command::new("bash")
+            .arg(root.join("scripts/python-env.sh"))
+            .output()
+            .expect("run scripts/python-env.sh");
+        assert!(
+            env.status.success(),
+            "scripts/python-env.sh failed (it needs python3 with venv, and PyPI): {}",
+            String::from_utf8_lossy(&env.stderr)
+        );
+        let python = String::from_utf8_lossy(&env.stdout).trim().to_string();
+        let mut child = Command::new(python)
+            .arg(root.join("tests/python/grpclb_client.py"))
+            .args(["--name", NAME])
+            .args(["--lb-port", &lb_port.to_string()])
+            .args(["--target-port", &target_port.to_string()])
+            .args(["--fallback-ip", fallback_ip])
+            // C-core's info lines (fallback entered and left) are expected here.
+            .env("GRPC_VERBOSITY", "ERROR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the grpcio client");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut c = StockClient {
+            child,
+            stdin,
+            stdout,
+        };
+        let hello: serde_json::Value = serde_json::from_str(&c.line()).expect("a JSON hello");
+        assert!(hello["dns_port"].as_u64().is_some(), "{hello}");
+        c
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).expect("read the client");
+        assert!(n > 0, "the grpcio client exited");
+        line
+    }
+
+    /// `n` sequential calls.
+    fn calls(&mut self, n: u64) -> Batch {
+        writeln!(self.stdin, r#"{{"cmd":"calls","n":{n}}}"#).expect("write the client");
+        self.stdin.flush().expect("flush");
+        serde_json::from_str(&self.line()).expect("a JSON batch")
+    }
+
+    /// Makes batches of `n` calls until one satisfies `pred`, within
+    /// [`CONVERGE`]; returns it, or fails with the last batch.
+    fn until(&mut self, what: &str, n: u64, pred: impl Fn(&Batch) -> bool) -> Batch {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let b = self.calls(n);
+            if pred(&b) {
+                return b;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not seen within {CONVERGE:?}; last batch of {n}: {b:?}"
+            );
+        }
+    }
+}
+
+impl Drop for StockClient {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, r#"{{"cmd":"quit"}}"#);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn on(service: &str, id: &str, weight: u32, ip: &str) -> BackendSpec {
+    let mut b = BackendSpec::new(service, id, weight);
+    b.extra = vec!["--listen".into(), format!("{ip}:0")];
+    b
+}
+
+fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+async fn status(daemon: &str) -> pb::ServiceStatus {
+    let mut admin = pb::admin_client::AdminClient::connect(format!("http://{daemon}"))
+        .await
+        .expect("connect admin");
+    admin
+        .get_service(pb::GetServiceRequest {
+            service: NAME.into(),
+        })
+        .await
+        .expect("get the service")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_grpcio_client_follows_lb_through_grpclb() {
+    let mut c = Cluster::start(
+        &["--stats-interval", "200ms"],
+        &[
+            on(NAME, "b1", 1, "127.0.0.11"),
+            on(NAME, "b2", 3, "127.0.0.12"),
+            // Registers elsewhere; added to NAME below as a static instance.
+            on("static.backing", "s13", 1, "127.0.0.13"),
+            // The A-record (fallback) backend: must see nothing while grpclb works.
+            on("fallback.only", "fallback", 1, "127.0.0.20"),
+        ],
+    );
+    let daemon = c.daemon.addr();
+    ctl(&daemon, &["set-policy", NAME, "weighted_round_robin"]).expect("set-policy");
+    let s13 = c.backends["s13"].addr.to_string();
+    ctl(&daemon, &["put-static", NAME, "s13", &s13, "--weight", "2"]).expect("put-static");
+    let fallback_port = c.backends["fallback"].addr.port();
+    let mut client = StockClient::start(c.daemon.proc.addr.port(), fallback_port, "127.0.0.20");
+
+    // Weights 1:3:2 over a period of 6: 60 calls once every backend is
+    // connected are exactly 10/30/20, and the fallback backend gets none.
+    let b = client.until("shares 1:3:2", 60, |b| {
+        b.ok == counts(&[("b1", 10), ("b2", 30), ("s13", 20)])
+    });
+    assert_eq!(b.errors(), 0, "{b:?}");
+    // Each backend received its own lb-token from the stock client.
+    let st = status(&daemon).await;
+    for i in &st.instances {
+        assert_eq!(b.tokens.get(&i.instance_id), Some(&i.token), "{b:?}");
+    }
+
+    // An operator's weight change reaches the stock client.
+    ctl(&daemon, &["set-weight", NAME, "b1", "3"]).expect("set-weight");
+    client.until("shares 3:3:2 after set-weight", 80, |b| {
+        b.ok == counts(&[("b1", 30), ("b2", 30), ("s13", 20)])
+    });
+
+    // A quarter of the calls dropped: the list is 24 entries and 8 drops,
+    // so any 64 calls are 16 drops (UNAVAILABLE) and 18/18/12 served.
+    ctl(
+        &daemon,
+        &[
+            "set-policy",
+            NAME,
+            "weighted_round_robin",
+            "-p",
+            "shed_floor=0.25",
+        ],
+    )
+    .expect("set-policy shed_floor");
+    let dropped = client.until("a quarter dropped", 64, |b| b.errors() == 16);
+    assert_eq!(
+        dropped.errors,
+        counts(&[("UNAVAILABLE", 16)]),
+        "{dropped:?}"
+    );
+    assert!(
+        dropped.details.iter().all(|d| d.contains("drop")),
+        "drops say so: {dropped:?}"
+    );
+    assert_eq!(
+        dropped.ok,
+        counts(&[("b1", 18), ("b2", 18), ("s13", 12)]),
+        "{dropped:?}"
+    );
+    let more = client.calls(64);
+    assert_eq!(more.errors, counts(&[("UNAVAILABLE", 16)]), "{more:?}");
+    ctl(
+        &daemon,
+        &[
+            "set-policy",
+            NAME,
+            "weighted_round_robin",
+            "-p",
+            "shed_floor=0",
+        ],
+    )
+    .expect("set-policy without drops");
+    client.until("no more drops", 80, |b| b.errors() == 0 && b.ok.len() == 3);
+
+    // ClientStats arrive: the stream is counted, calls are counted, and
+    // drops are attributed to the drop entries' token (at least the 32
+    // dropped in the two checked batches; drops of the converging batches
+    // count too).
+    let deadline = Instant::now() + CONVERGE;
+    let g = loop {
+        let g = status(&daemon).await.grpclb.unwrap_or_default();
+        let drops = g.dropped_by_token.get("lb-drop").copied().unwrap_or(0);
+        if (g.streams >= 1 && g.calls_started >= 200 && drops >= 32) || Instant::now() > deadline {
+            break g;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(g.streams >= 1, "{g:?}");
+    assert!(g.calls_started >= 200, "{g:?}");
+    assert!(g.calls_known_received >= 160, "{g:?}");
+    assert!(
+        g.dropped_by_token.get("lb-drop").copied().unwrap_or(0) >= 32,
+        "{g:?}"
+    );
+    let shown = ctl(&daemon, &["get", NAME]).expect("ctl get");
+    assert!(shown.contains("grpclb    1 stream(s)"), "{shown}");
+    assert!(shown.contains("lb-drop:"), "{shown}");
+
+    // Nothing usable: the daemon sends fallback_response and the client uses
+    // the name's A record; instances back: the list again.
+    for id in ["b1", "b2"] {
+        ctl(&daemon, &["drain", NAME, id]).expect("drain");
+    }
+    ctl(&daemon, &["remove-static", NAME, "s13"]).expect("remove-static");
+    client.until("fallback to the A record", 20, |b| {
+        b.ok == counts(&[("fallback", 20)])
+    });
+    for id in ["b1", "b2"] {
+        ctl(&daemon, &["undrain", NAME, id]).expect("undrain");
+    }
+    client.until("back on the list after fallback", 60, |b| {
+        b.ok == counts(&[("b1", 30), ("b2", 30)])
+    });
+
+    // The daemon dies: the client keeps the last list.
+    c.daemon.proc.kill9();
+    let after = client.calls(60);
+    assert_eq!(after.ok, counts(&[("b1", 30), ("b2", 30)]), "{after:?}");
+    assert_eq!(after.errors(), 0, "{after:?}");
+}
