@@ -144,25 +144,40 @@ fn lease(instance: Instance, ttl_ms: u32) -> RegisterRequest {
     }
 }
 
-/// Opens a ReportLoad stream whose first request is `first`. Keep the sender
-/// to keep the request side open; dropping it ends the stream.
+/// The request sender and the response stream (or refusal) of a
+/// bidirectional stream opened by `call` with `first` as its first request.
+/// Keep the sender to keep the request side open; dropping it ends the stream.
+type Opened<Req, Resp> = (mpsc::Sender<Req>, Result<Streaming<Resp>, Status>);
+
+/// Opens a bidirectional stream with `call`, `first` already queued; `what`
+/// names the RPC in the timeout message.
+async fn open_with<Req, Resp, Fut>(
+    what: &str,
+    first: Req,
+    call: impl FnOnce(ReceiverStream<Req>) -> Fut,
+) -> Opened<Req, Resp>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<Streaming<Resp>>, Status>>,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let r = timeout(WAIT, call(ReceiverStream::new(rx)))
+        .await
+        .unwrap_or_else(|_| panic!("{what} answers within 5 s"))
+        .map(|r| r.into_inner());
+    (tx, r)
+}
+
+/// Opens a ReportLoad stream whose first request is `first`.
 async fn open_report_stream(
     addr: SocketAddr,
     first: ReportLoadRequest,
-) -> (
-    mpsc::Sender<ReportLoadRequest>,
-    Result<Streaming<ReportLoadResponse>, Status>,
-) {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(first).await.unwrap();
-    let r = timeout(
-        WAIT,
-        registry(addr).await.report_load(ReceiverStream::new(rx)),
-    )
+) -> Opened<ReportLoadRequest, ReportLoadResponse> {
+    let mut client = registry(addr).await;
+    open_with("ReportLoad", first, |rx| async move {
+        client.report_load(rx).await
+    })
     .await
-    .expect("ReportLoad answers within 5 s")
-    .map(|r| r.into_inner());
-    (tx, r)
 }
 
 /// A backend attached through ReportLoad: the request sender, the response
@@ -210,20 +225,12 @@ fn stats_msg(stats: ClientStats) -> SubscribeRequest {
 async fn subscribe_with(
     addr: SocketAddr,
     first: SubscribeRequest,
-) -> (
-    mpsc::Sender<SubscribeRequest>,
-    Result<Streaming<SubscribeResponse>, Status>,
-) {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(first).await.unwrap();
-    let r = timeout(
-        WAIT,
-        balancer(addr).await.subscribe(ReceiverStream::new(rx)),
-    )
+) -> Opened<SubscribeRequest, SubscribeResponse> {
+    let mut client = balancer(addr).await;
+    open_with("Subscribe", first, |rx| async move {
+        client.subscribe(rx).await
+    })
     .await
-    .expect("Subscribe answers within 5 s")
-    .map(|r| r.into_inner());
-    (tx, r)
 }
 
 /// Subscribes to `service` with a valid identity. The request side stays
@@ -1416,20 +1423,14 @@ fn grpclb_stats(stats: lb_proto::grpclb::ClientStats) -> LoadBalanceRequest {
 async fn balance_load(
     addr: SocketAddr,
     first: LoadBalanceRequest,
-) -> (
-    mpsc::Sender<LoadBalanceRequest>,
-    Result<Streaming<LoadBalanceResponse>, Status>,
-) {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(first).await.unwrap();
+) -> Opened<LoadBalanceRequest, LoadBalanceResponse> {
     let mut client = LoadBalancerClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let r = timeout(WAIT, client.balance_load(ReceiverStream::new(rx)))
-        .await
-        .expect("BalanceLoad answers within 5 s")
-        .map(|r| r.into_inner());
-    (tx, r)
+    open_with("BalanceLoad", first, |rx| async move {
+        client.balance_load(rx).await
+    })
+    .await
 }
 
 /// The next grpclb response that `pred` accepts, skipping others.

@@ -187,17 +187,15 @@ async fn stock_grpcio_client_follows_lb_through_grpclb() {
 
     // A quarter of the calls dropped: the list is 24 entries and 8 drops,
     // so any 64 calls are 16 drops (UNAVAILABLE) and 18/18/12 served.
-    ctl(
-        &daemon,
-        &[
-            "set-policy",
-            NAME,
-            "weighted_round_robin",
-            "-p",
-            "shed_floor=0.25",
-        ],
-    )
-    .expect("set-policy shed_floor");
+    let shed_floor = |f: &str| {
+        let p = format!("shed_floor={f}");
+        ctl(
+            &daemon,
+            &["set-policy", NAME, "weighted_round_robin", "-p", &p],
+        )
+        .expect("set-policy shed_floor")
+    };
+    shed_floor("0.25");
     let dropped = client.until("a quarter dropped", 64, |b| b.errors() == 16);
     assert_eq!(
         dropped.errors,
@@ -215,17 +213,7 @@ async fn stock_grpcio_client_follows_lb_through_grpclb() {
     );
     let more = client.calls(64);
     assert_eq!(more.errors, counts(&[("UNAVAILABLE", 16)]), "{more:?}");
-    ctl(
-        &daemon,
-        &[
-            "set-policy",
-            NAME,
-            "weighted_round_robin",
-            "-p",
-            "shed_floor=0",
-        ],
-    )
-    .expect("set-policy without drops");
+    shed_floor("0");
     client.until("no more drops", 80, |b| b.errors() == 0 && b.ok.len() == 3);
 
     // ClientStats arrive: the stream is counted, calls are counted, and
