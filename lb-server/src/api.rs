@@ -11,6 +11,7 @@
 //! nothing is deregistered by the shutdown itself.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lb_proto::v1 as pb;
@@ -169,6 +170,68 @@ async fn attach_and_follow(
     backend_session(engine, inbound, tx, directives, key, attached, stop).await;
 }
 
+/// Most reports of one stream coalesced into one engine update.
+const MAX_COALESCE: u64 = 1024;
+
+/// One read from a backend's stream.
+type Msg = Result<Option<pb::ReportLoadRequest>, Status>;
+
+/// The stashed message if there is one, else the stream's next.
+async fn next_message(
+    inbound: &mut Streaming<pb::ReportLoadRequest>,
+    stash: &mut Option<Msg>,
+) -> Msg {
+    match stash.take() {
+        Some(m) => m,
+        None => inbound.message().await,
+    }
+}
+
+/// Coalesces reports: a load report is a snapshot that the next one
+/// supersedes, so when more reports from this stream have already arrived
+/// (a backlog), only the newest valid one goes to the engine. Every report is
+/// still decoded and validated. The first message that is not a valid report
+/// is stashed for the caller, which handles (or refuses) it next, in order.
+/// Returns the newest report and how many valid reports it stands for.
+async fn newest_report(
+    inbound: &mut Streaming<pb::ReportLoadRequest>,
+    stash: &mut Option<Msg>,
+    mut latest: crate::model::Load,
+) -> (crate::model::Load, u64) {
+    let mut n = 1;
+    // Bounded, so a stream that never runs dry still gets its newest load
+    // applied (and this task still yields) every so often.
+    while n < MAX_COALESCE {
+        // Only what is already buffered: never wait here.
+        let next = tokio::select! {
+            biased;
+            m = inbound.message() => m,
+            () = std::future::ready(()) => return (latest, n),
+        };
+        match next {
+            Ok(Some(pb::ReportLoadRequest {
+                msg: Some(BackendMsg::Report(r)),
+            })) => match conv::load(r.clone(), "report") {
+                Ok(load) => {
+                    latest = load;
+                    n += 1;
+                }
+                Err(_) => {
+                    *stash = Some(Ok(Some(pb::ReportLoadRequest {
+                        msg: Some(BackendMsg::Report(r)),
+                    })));
+                    return (latest, n);
+                }
+            },
+            other => {
+                *stash = Some(other);
+                return (latest, n);
+            }
+        }
+    }
+    (latest, n)
+}
+
 /// Follows one backend's stream after its registration.
 async fn backend_session(
     engine: EngineHandle,
@@ -182,14 +245,22 @@ async fn backend_session(
     let session = attached.session;
     let stop = stopping(stop);
     tokio::pin!(stop);
+    // A message read ahead while coalescing reports, handled next.
+    let mut stash: Option<Msg> = None;
     // What to tell the backend when the loop ends, and whether the engine
     // still has to hear that this stream is gone.
     let (farewell, detach) = loop {
         tokio::select! {
-            msg = inbound.message() => match msg {
+            msg = next_message(&mut inbound, &mut stash) => match msg {
                 Ok(Some(m)) => match m.msg {
                     Some(BackendMsg::Report(r)) => match conv::load(r, "report") {
-                        Ok(load) => engine.report(key.clone(), session, load).await,
+                        Ok(load) => {
+                            let (load, n) = newest_report(&mut inbound, &mut stash, load).await;
+                            let hub = engine.hub();
+                            hub.reports_received.fetch_add(n, Ordering::Relaxed);
+                            hub.reports_applied.fetch_add(1, Ordering::Relaxed);
+                            engine.report(key.clone(), session, load).await
+                        }
                         Err(e) => break (Some(invalid(e)), true),
                     },
                     Some(BackendMsg::Drain(_)) => {

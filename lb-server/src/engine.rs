@@ -60,6 +60,11 @@ pub struct Hub {
     next_client: AtomicU64,
     /// Open grpc.lb.v1 streams per service (for `ctl get`).
     grpclb: Mutex<HashMap<String, u32>>,
+    /// Load reports received and validated, all streams.
+    pub reports_received: AtomicU64,
+    /// Of those, reports handed to the engine (the rest were superseded by
+    /// a newer report of the same stream that had already arrived).
+    pub reports_applied: AtomicU64,
 }
 
 /// Counts one open grpc.lb.v1 stream of a service while it lives.
@@ -89,6 +94,8 @@ impl Hub {
             next_version: AtomicU64::new(generation << 32),
             next_client: AtomicU64::new(0),
             grpclb: Mutex::new(HashMap::new()),
+            reports_received: AtomicU64::new(0),
+            reports_applied: AtomicU64::new(0),
         }
     }
 

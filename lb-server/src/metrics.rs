@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -234,9 +235,29 @@ where
 /// The metrics page of `engine` (empty when it is stopping).
 pub async fn page(engine: EngineHandle) -> String {
     match engine.inspect(None).await {
-        Ok(views) => render(&views),
+        Ok(views) => {
+            let hub = engine.hub();
+            let mut page = render(&views);
+            page.push_str(&render_ingest(
+                hub.reports_received.load(Ordering::Relaxed),
+                hub.reports_applied.load(Ordering::Relaxed),
+            ));
+            page
+        }
         Err(_) => String::new(),
     }
+}
+
+/// The daemon-wide load-report counters.
+fn render_ingest(received: u64, applied: u64) -> String {
+    format!(
+        "# HELP lb_load_reports_received_total Load reports received and validated.\n\
+         # TYPE lb_load_reports_received_total counter\n\
+         lb_load_reports_received_total {received}\n\
+         # HELP lb_load_reports_applied_total Load reports applied; the others were superseded by a newer report of the same stream that had already arrived.\n\
+         # TYPE lb_load_reports_applied_total counter\n\
+         lb_load_reports_applied_total {applied}\n"
+    )
 }
 
 #[cfg(test)]
@@ -309,6 +330,16 @@ mod tests {
             },
             grpclb_streams: 2,
         }
+    }
+
+    #[test]
+    fn renders_the_ingest_counters() {
+        let text = render_ingest(10, 4);
+        assert!(text
+            .lines()
+            .any(|l| l == "lb_load_reports_received_total 10"));
+        assert!(text.lines().any(|l| l == "lb_load_reports_applied_total 4"));
+        assert!(text.contains("# TYPE lb_load_reports_applied_total counter\n"));
     }
 
     #[test]

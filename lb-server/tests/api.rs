@@ -1838,3 +1838,58 @@ async fn static_instances_persist_and_never_expire() {
     drop(list_stream);
     d.stop().await;
 }
+
+/// 18. A backlog of load reports on one stream: every report is validated,
+///     the newest is the one in force, and a bad report behind valid ones
+///     still ends the stream with its field named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_backlogs_apply_the_newest_and_still_refuse_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let b = attach(d.addr, instance(SERVICE, "a", 81, 1), 60_000).await;
+    let report = |active: u64| {
+        report_msg(LoadReport {
+            active_requests: active,
+            ..good_load()
+        })
+    };
+    for i in 1..=500 {
+        b.tx.send(report(i)).await.unwrap();
+    }
+    let mut adm = admin(d.addr).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = adm
+            .get_service(lb_proto::v1::GetServiceRequest {
+                service: SERVICE.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let active = st.instances[0].load.as_ref().map(|l| l.active_requests);
+        if active == Some(500) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "newest report not applied: {active:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    let mut stream = b.stream;
+    for i in 1..=100 {
+        b.tx.send(report(i)).await.unwrap();
+    }
+    b.tx.send(report_msg(LoadReport {
+        cpu_utilization: f64::NAN,
+        ..good_load()
+    }))
+    .await
+    .unwrap();
+    for i in 1..=100 {
+        // The stream may already be closing; later sends may fail.
+        let _ = b.tx.send(report(i)).await;
+    }
+    assert_field(&stream_error(&mut stream).await, "report.cpu_utilization");
+    d.stop().await;
+}

@@ -1074,9 +1074,10 @@ fn goals(res: &Results) -> Vec<Goal> {
         let v = p
             .metric("reports_per_s")
             .or_else(|| {
-                p.row_nums(p.row_with(&["reports applied per second"])?)
-                    .first()
-                    .copied()
+                let row = p
+                    .row_with(&["reports ingested per second"])
+                    .or_else(|| p.row_with(&["reports applied per second"]))?;
+                p.row_nums(row).first().copied()
             })
             .or_else(|| {
                 let col = p.col(|c| c.contains("reports/s") || c.contains("reports per"))?;
