@@ -1645,8 +1645,21 @@ struct RunInfo {
 impl RunInfo {
     fn detect() -> Self {
         let commit = command_output("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
-        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
-            .is_some_and(|s| !s.is_empty());
+        // The run's own outputs (results, plots, this page) do not make the
+        // measured code "uncommitted".
+        let dirty = command_output(
+            "git",
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!bench",
+                ":!BENCHMARKS.md",
+            ],
+        )
+        .is_some_and(|s| !s.is_empty());
         RunInfo {
             machine: machine(),
             date: today(),
