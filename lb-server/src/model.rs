@@ -107,6 +107,16 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
+    /// The spec with its token filled in ([`derived_token`] when none was
+    /// registered). The edges and the store call this once per registration,
+    /// so plans copy the token instead of hashing for every server.
+    pub fn with_token(mut self) -> Self {
+        if self.token.is_empty() {
+            self.token = derived_token(&self.service, &self.instance_id);
+        }
+        self
+    }
+
     /// The token clients attach to calls: the registered one, or one derived
     /// from the service and instance id.
     pub fn effective_token(&self) -> String {

@@ -49,7 +49,7 @@ pub fn instance(i: Option<pb::Instance>, field: &str) -> Result<InstanceSpec, Fi
         token: i.token,
     };
     spec.check().map_err(|e| e.within(field))?;
-    Ok(spec)
+    Ok(spec.with_token())
 }
 
 /// A TTL in ms (0 = the daemon's default), validated.

@@ -220,7 +220,7 @@ impl Store {
                 continue;
             }
             let ttl = (!rec.is_static).then(|| Duration::from_millis(rec.ttl_ms));
-            out.push((spec, ttl));
+            out.push((spec.with_token(), ttl));
         }
         Ok(out)
     }
@@ -407,7 +407,11 @@ mod tests {
         assert_eq!(s.next_generation().unwrap(), 2);
         assert_eq!(
             s.instances().unwrap(),
-            vec![(spec.clone(), Some(Duration::from_secs(3))), (fixed, None)]
+            vec![
+                // Loaded with its token filled in (derived: none was registered).
+                (spec.clone().with_token(), Some(Duration::from_secs(3))),
+                (fixed, None)
+            ]
         );
         assert_eq!(
             s.policies(&ServicePolicy::default()).unwrap(),
