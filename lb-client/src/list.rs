@@ -16,7 +16,10 @@ use std::collections::HashMap;
 use crate::call::CallSettings;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Up to this many servers, [`PickList::adopt`] matches by scanning.
+const SMALL_LIST: usize = 16;
 
 /// Why a list could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -307,6 +310,31 @@ struct Lane {
     spill: Box<[u32]>,
     /// Starts at 0 for every new list: the daemon already rotated it for us.
     cursor: AtomicUsize,
+    /// `order.len()` and its reciprocal for [`fast_rem`].
+    len: u32,
+    magic: u64,
+}
+
+/// The reciprocal of `d` for [`fast_rem`] (0 for `d` = 0, which is never used).
+fn rem_magic(d: u32) -> u64 {
+    if d == 0 {
+        0
+    } else {
+        (u64::MAX / u64::from(d)).wrapping_add(1)
+    }
+}
+
+/// `a % d` by two multiplications instead of a division (a pick is a few
+/// nanoseconds, and a 64-bit division is a good part of that).
+///
+/// Source: D. Lemire, O. Kaser, N. Kurz, "Faster Remainder by Direct
+/// Computation: Applications to Compilers and Software Libraries" (2019),
+/// `fastmod_u32`: with `M = ⌊(2⁶⁴ − 1) / d⌋ + 1`, `a mod d = ⌊((M·a mod 2⁶⁴) · d) / 2⁶⁴⌋`
+/// for every 32-bit `a` and `d`.
+#[inline]
+fn fast_rem(a: u32, magic: u64, d: u32) -> usize {
+    let low = magic.wrapping_mul(u64::from(a));
+    ((u128::from(low) * u128::from(d)) >> 64) as usize
 }
 
 impl Lane {
@@ -314,11 +342,7 @@ impl Lane {
     fn new(order: Vec<u32>, servers: &[Endpoint]) -> Lane {
         if servers.iter().all(|s| s.tier == 0) {
             // The common case: one tier, nothing to split.
-            return Lane {
-                order: order.into_boxed_slice(),
-                spill: Box::new([]),
-                cursor: AtomicUsize::new(0),
-            };
+            return Lane::from_parts(order.into_boxed_slice(), Box::new([]));
         }
         let tier = |i: u32| servers[i as usize].tier;
         let first = order
@@ -331,11 +355,29 @@ impl Lane {
             .into_iter()
             .partition(|&i| servers[i as usize].drop || tier(i) == first);
         later.sort_by_key(|&i| tier(i)); // stable: keeps the order within a tier
+        Lane::from_parts(now.into_boxed_slice(), later.into_boxed_slice())
+    }
+
+    fn from_parts(order: Box<[u32]>, spill: Box<[u32]>) -> Lane {
+        // Lists are capped far below 2³² entries (the daemon sends at most
+        // 65,536), so the length fits; a longer one would only be cut short.
+        let len = u32::try_from(order.len()).unwrap_or(u32::MAX);
         Lane {
-            order: now.into_boxed_slice(),
-            spill: later.into_boxed_slice(),
+            order,
+            spill,
             cursor: AtomicUsize::new(0),
+            len,
+            magic: rem_magic(len),
         }
+    }
+
+    /// The cursor's next position in `order` (which must not be empty). The
+    /// cursor's low 32 bits are used: every 2³² picks the rotation restarts
+    /// once, a single skip in four billion.
+    #[inline]
+    fn next(&self) -> usize {
+        let c = self.cursor.fetch_add(1, Relaxed) as u32;
+        fast_rem(c, self.magic, self.len)
     }
 
     fn empty() -> Lane {
@@ -343,11 +385,30 @@ impl Lane {
     }
 
     fn pick(&self, servers: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
-        let len = self.order.len();
-        if len == 0 {
+        if self.order.is_empty() {
             return Err(NoPick::Empty);
         }
-        let i = self.cursor.fetch_add(1, Relaxed) % len;
+        self.take(servers, self.next())
+    }
+
+    /// [`Lane::pick`] with the caller's own cursor instead of the shared one.
+    #[inline]
+    fn pick_at(
+        &self,
+        servers: &[Arc<Endpoint>],
+        cursor: &mut u32,
+    ) -> Result<Arc<Endpoint>, NoPick> {
+        if self.order.is_empty() {
+            return Err(NoPick::Empty);
+        }
+        let i = fast_rem(*cursor, self.magic, self.len);
+        *cursor = cursor.wrapping_add(1);
+        self.take(servers, i)
+    }
+
+    /// The entry at position `i` (below the order's length).
+    #[inline]
+    fn take(&self, servers: &[Arc<Endpoint>], i: usize) -> Result<Arc<Endpoint>, NoPick> {
         // Indices were validated against the servers at construction.
         let ep = &servers[self.order[i] as usize];
         if ep.drop {
@@ -374,11 +435,7 @@ impl Lane {
                     .any(|t| Arc::ptr_eq(t, ep) || t.same_server(ep))
         };
         let len = self.order.len();
-        let start = if len == 0 {
-            0
-        } else {
-            self.cursor.fetch_add(1, Relaxed) % len
-        };
+        let start = if len == 0 { 0 } else { self.next() };
         let found = self.order[start..]
             .iter()
             .chain(&self.order[..start])
@@ -475,6 +532,8 @@ pub struct PickList {
     affinity: Box<[u32]>,
     /// What a call does across instances (cluster modes), from the daemon.
     settings: Arc<CallSettings>,
+    /// When a subscription installed this list (None for lists built by hand).
+    installed_at: Option<Instant>,
 }
 
 fn check_indices(order: &[u32], servers: usize) -> Result<(), Error> {
@@ -534,6 +593,7 @@ impl PickList {
             routes,
             affinity: Box::new([]),
             settings: Arc::default(),
+            installed_at: None,
         })
     }
 
@@ -595,6 +655,7 @@ impl PickList {
             routes: Box::new([]),
             affinity: Box::new([]),
             settings: Arc::default(),
+            installed_at: None,
         }
     }
 
@@ -641,6 +702,13 @@ impl PickList {
             LaneRef::Route(i) => self.routes.get(i).map_or(&self.lane, |r| &r.lane),
             LaneRef::Default => &self.lane,
         }
+    }
+
+    /// [`PickList::pick`] with the caller's cursor (a thread's own, see
+    /// `Subscription::pick`) in place of the list's shared one.
+    #[inline]
+    pub(crate) fn pick_at(&self, cursor: &mut u32) -> Result<Arc<Endpoint>, NoPick> {
+        self.lane.pick_at(&self.servers, cursor)
     }
 
     /// Picks for a request carrying `labels`: the first route whose labels
@@ -717,23 +785,53 @@ impl PickList {
         v
     }
 
+    /// When a subscription installed this list, for the list's age (None for
+    /// a list built by hand that no subscription installed).
+    pub fn installed_at(&self) -> Option<Instant> {
+        self.installed_at
+    }
+
+    /// Stamps the moment a subscription installs the list.
+    pub(crate) fn mark_installed(&mut self, at: Instant) {
+        self.installed_at = Some(at);
+    }
+
     /// Reuses `previous`'s endpoint for every unchanged server so its counters
     /// carry over. Returns the endpoints of `previous` that were not reused (their
     /// unreported counters still need sending).
     pub fn adopt(&mut self, previous: &PickList) -> Vec<Arc<Endpoint>> {
-        // Keyed by instance id; empty ids (drops, fallback) are never matched so a
+        // Matched by instance id; empty ids (drops, fallback) are never matched so a
         // fallback address does not masquerade as a daemon-known instance.
-        let mut old: HashMap<&str, &Arc<Endpoint>> = previous
-            .servers
-            .iter()
-            .filter(|e| !e.instance_id.is_empty())
-            .map(|e| (e.instance_id.as_str(), e))
-            .collect();
-        for slot in &mut self.servers {
-            if let Some(prev) = old.get(slot.instance_id.as_str()) {
-                if prev.same_as(slot) {
-                    *slot = Arc::clone(prev);
-                    old.remove(slot.instance_id.as_str());
+        let known = |e: &&Arc<Endpoint>| !e.instance_id.is_empty();
+        if previous.servers.len() <= SMALL_LIST {
+            // Few servers (the common case): a scan beats hashing every id.
+            let mut taken = [false; SMALL_LIST];
+            for slot in &mut self.servers {
+                let found = previous
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .find(|(i, e)| !taken[*i] && known(e) && e.instance_id == slot.instance_id);
+                if let Some((i, prev)) = found {
+                    if prev.same_as(slot) {
+                        *slot = Arc::clone(prev);
+                        taken[i] = true;
+                    }
+                }
+            }
+        } else {
+            let mut old: HashMap<&str, &Arc<Endpoint>> = previous
+                .servers
+                .iter()
+                .filter(known)
+                .map(|e| (e.instance_id.as_str(), e))
+                .collect();
+            for slot in &mut self.servers {
+                if let Some(prev) = old.get(slot.instance_id.as_str()) {
+                    if prev.same_as(slot) {
+                        *slot = Arc::clone(prev);
+                        old.remove(slot.instance_id.as_str());
+                    }
                 }
             }
         }
@@ -761,6 +859,29 @@ mod tests {
             vec![0, 1, 0, 2, 0],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn fast_rem_is_the_remainder() {
+        for d in [
+            1u32,
+            2,
+            3,
+            7,
+            10,
+            13,
+            100,
+            1023,
+            1024,
+            65_536,
+            99_991,
+            u32::MAX,
+        ] {
+            let m = rem_magic(d);
+            for a in (0..2000u32).chain([u32::MAX - 1, u32::MAX, 1 << 31, 123_456_789]) {
+                assert_eq!(fast_rem(a, m, d), (a % d) as usize, "{a} % {d}");
+            }
+        }
     }
 
     #[test]

@@ -2,9 +2,15 @@
 //! [`Subscription`].
 //!
 //! State is a writer/reader pair: the task is the only writer and swaps whole
-//! [`PickList`]s into an `ArcSwap`; `pick()` only loads it (lock-free). A `watch`
-//! channel carries a generation counter so [`Subscription::wait_for`] can wake on
-//! every swap.
+//! [`PickList`]s into an `ArcSwap`, then bumps an install counter; `pick()`
+//! reads the counter and, while it has not moved, picks from the list its
+//! thread already holds (a small per-thread cache), else loads the `ArcSwap`
+//! (lock-free either way). Each thread follows the order with its own cursor
+//! (kept in that cache, starting at a per-thread offset), as Envoy's worker
+//! threads each run their own balancer: every thread's picks keep the
+//! weights exactly over a period, and threads do not contend on a shared
+//! cursor. A `watch` channel carries a generation counter so
+//! [`Subscription::wait_for`] can wake on every swap.
 //!
 //! The task connects to a daemon, opens `Balancer/Subscribe`, installs each list
 //! (ignoring older versions, except the first list of a new stream: the daemon
@@ -13,9 +19,12 @@
 //! so calls keep flowing while the daemon is away, and reconnects with jittered
 //! backoff ([`crate::Backoff`]), trying the configured daemons in turn.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,10 +150,53 @@ pub(crate) struct Update {
     pub(crate) stats_interval_ms: u32,
 }
 
+/// Distinct ids for subscriptions' shared states (0 is never used: it marks
+/// an empty cache slot).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Lists this thread picked from lately, direct-mapped by subscription id; a
+/// stale or foreign slot is reloaded.
+const CACHE_SLOTS: usize = 4;
+
+/// One cached list and this thread's cursor in it.
+struct CacheSlot {
+    /// The subscription's id (0: empty).
+    id: u64,
+    /// Its install count when the list was loaded.
+    installs: u64,
+    list: Option<Arc<PickList>>,
+    /// This thread's position in the list's default order.
+    cursor: u32,
+    /// This thread's number among the subscription's picking threads: the
+    /// first starts every new list at its first entry, as the daemon means
+    /// it; later ones start spread around it (a golden-ratio stride), so a
+    /// client's threads do not all begin on the same entry.
+    ordinal: u32,
+}
+
+const EMPTY_SLOT: CacheSlot = CacheSlot {
+    id: 0,
+    installs: 0,
+    list: None,
+    cursor: 0,
+    ordinal: 0,
+};
+
+thread_local! {
+    static PICK_CACHE: RefCell<[CacheSlot; CACHE_SLOTS]> =
+        const { RefCell::new([EMPTY_SLOT; CACHE_SLOTS]) };
+}
+
 /// State shared by the handles and the task.
 struct Shared {
     service: String,
+    /// Unique over the process (the per-thread cache's key).
+    id: u64,
     list: ArcSwap<PickList>,
+    /// Lists installed so far; bumped after every swap (the cache's check).
+    installs: AtomicU64,
+    /// Threads that have picked from this subscription (their ordinals).
+    threads: AtomicU32,
     /// Bumped on every list swap; `wait_for` watches it.
     generation: watch::Sender<u64>,
     connected: AtomicBool,
@@ -156,8 +208,45 @@ struct Shared {
 }
 
 impl Shared {
-    fn install(&self, list: PickList) {
+    /// Runs `f` on the current list: this thread's cached copy while no list
+    /// was installed since it was cached, else a fresh load (which refills
+    /// the cache). The count is read before the list, and `install` swaps
+    /// before counting, so a cached list is never older than the count says.
+    #[inline]
+    fn with_list<R>(&self, f: impl Fn(&PickList, Option<&mut u32>) -> R) -> R {
+        let installs = self.installs.load(Acquire);
+        PICK_CACHE
+            .try_with(|cache| {
+                // Not re-entered: `f` is a pick, which never picks again.
+                let mut cache = cache.try_borrow_mut().ok()?;
+                let slot = &mut cache[(self.id as usize) % CACHE_SLOTS];
+                if slot.id != self.id || slot.installs != installs || slot.list.is_none() {
+                    let ordinal = if slot.id == self.id {
+                        slot.ordinal
+                    } else {
+                        self.threads.fetch_add(1, Relaxed)
+                    };
+                    *slot = CacheSlot {
+                        id: self.id,
+                        installs,
+                        list: Some(self.list.load_full()),
+                        cursor: ordinal.wrapping_mul(0x9E37_79B9),
+                        ordinal,
+                    };
+                }
+                let list = slot.list.as_deref()?;
+                Some(f(list, Some(&mut slot.cursor)))
+            })
+            .ok()
+            .flatten()
+            // No thread-local storage (thread teardown) or a nested call.
+            .unwrap_or_else(|| f(&self.list.load(), None))
+    }
+
+    fn install(&self, mut list: PickList) {
+        list.mark_installed(std::time::Instant::now());
         self.list.store(Arc::new(list));
+        self.installs.fetch_add(1, Release);
         self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
@@ -238,7 +327,10 @@ impl Subscription {
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             service: service.to_owned(),
+            id: NEXT_ID.fetch_add(1, Relaxed),
             list: ArcSwap::from_pointee(list),
+            installs: AtomicU64::new(0),
+            threads: AtomicU32::new(0),
             generation: watch::Sender::new(0),
             connected: AtomicBool::new(false),
             streams: AtomicU64::new(0),
@@ -267,7 +359,10 @@ impl Subscription {
     /// A drop entry or an empty list is counted (see [`Subscription::dropped`],
     /// [`Subscription::no_backend`]) and reported to the daemon.
     pub fn pick(&self) -> Result<Arc<Endpoint>, NoPick> {
-        self.count(self.inner.shared.list.load().pick())
+        self.count(self.inner.shared.with_list(|l, cursor| match cursor {
+            Some(c) => l.pick_at(c),
+            None => l.pick(),
+        }))
     }
 
     /// Picks for a request key (a user id, a source address, ...): under a
@@ -275,14 +370,14 @@ impl Subscription {
     /// the same key to the same backend; under other policies this is
     /// [`Subscription::pick`]. Lock-free and allocation-free.
     pub fn pick_for_key(&self, key: &[u8]) -> Result<Arc<Endpoint>, NoPick> {
-        self.count(self.inner.shared.list.load().pick_for_key(key))
+        self.count(self.inner.shared.with_list(|l, _| l.pick_for_key(key)))
     }
 
     /// Picks for a request carrying `labels`: the first routing rule whose
     /// request labels all match selects the order, else the default one.
     /// Lock-free and allocation-free.
     pub fn pick_with(&self, labels: &[(&str, &str)]) -> Result<Arc<Endpoint>, NoPick> {
-        self.count(self.inner.shared.list.load().pick_with(labels))
+        self.count(self.inner.shared.with_list(|l, _| l.pick_with(labels)))
     }
 
     pub(crate) fn count(&self, r: Result<Arc<Endpoint>, NoPick>) -> Result<Arc<Endpoint>, NoPick> {
@@ -694,6 +789,44 @@ mod tests {
         tokio::task::yield_now().await;
         shared.install(PickList::from_parts(3, vec![], vec![]).unwrap());
         assert_eq!(waiter.await.unwrap().unwrap().version(), 3);
+    }
+
+    fn ids(sub: &Subscription, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| sub.pick().unwrap().instance_id().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn each_thread_follows_the_order_and_sees_new_lists_at_once() {
+        let abc = |v| {
+            PickList::from_parts(
+                v,
+                vec![
+                    Endpoint::new("a", "x:1"),
+                    Endpoint::new("b", "x:2"),
+                    Endpoint::new("c", "x:3"),
+                ],
+                vec![0, 1, 0, 2],
+            )
+            .unwrap()
+        };
+        let sub = Subscription::detached(abc(1));
+        // The first picking thread starts at the list's first entry.
+        assert_eq!(ids(&sub, 6), ["a", "b", "a", "c", "a", "b"]);
+        // Another thread has its own cursor: exact shares over its periods.
+        let other = std::thread::scope(|s| s.spawn(|| ids(&sub, 8)).join().unwrap());
+        let count = |x: &str| other.iter().filter(|i| *i == x).count();
+        assert_eq!((count("a"), count("b"), count("c")), (4, 2, 2));
+        // A new list is used from the next pick on, from its first entry.
+        sub.inner
+            .shared
+            .install(PickList::from_parts(2, vec![Endpoint::new("d", "x:4")], vec![0]).unwrap());
+        assert_eq!(ids(&sub, 2), ["d", "d"]);
+        sub.inner.shared.install(abc(3));
+        assert_eq!(ids(&sub, 4), ["a", "b", "a", "c"]);
+        // Every pick counted on its endpoint.
+        assert_eq!(sub.current().servers()[0].counts().started, 2);
     }
 
     #[test]

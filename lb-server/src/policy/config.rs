@@ -23,6 +23,8 @@ use super::slow_start::SlowStart;
 
 /// Default and upper bound of a list's length (entries in one period).
 pub const DEFAULT_MAX_LIST_LEN: u32 = 1024;
+/// Default `list_precision`: a fifth of a percent of the calls.
+pub const DEFAULT_LIST_PRECISION: f64 = 0.002;
 /// Largest `max_list_len` accepted.
 pub const MAX_LIST_LEN: u32 = 65_536;
 
@@ -139,8 +141,9 @@ const HEALTH_PARAMS: [(&str, &str); 15] = [
 ];
 
 /// Parameters every policy takes.
-const COMMON_PARAMS: [&str; 10] = [
+const COMMON_PARAMS: [&str; 11] = [
     "max_list_len",
+    "list_precision",
     "min_plan_interval",
     "hysteresis",
     "slow_start_window",
@@ -159,6 +162,10 @@ pub struct ServicePolicy {
     pub kind: PolicyKind,
     /// Cap on a list's length; longer periods are scaled down.
     pub max_list_len: u32,
+    /// Computed (non-integer) weights are listed in the shortest period whose
+    /// every share is within this much of the computed one (a fraction of
+    /// all calls), up to `max_list_len`; 0 always uses `max_list_len`.
+    pub list_precision: f64,
     /// Load- and outcome-driven re-plans happen at most this often (damping;
     /// membership and operator changes are always immediate).
     pub min_plan_interval: Duration,
@@ -246,6 +253,7 @@ impl ServicePolicy {
         ServicePolicy {
             kind,
             max_list_len: DEFAULT_MAX_LIST_LEN,
+            list_precision: DEFAULT_LIST_PRECISION,
             min_plan_interval: Duration::from_millis(50),
             hysteresis: 0.05,
             slow_start: SlowStart::default(),
@@ -308,6 +316,7 @@ impl ServicePolicy {
             "max_list_len" => {
                 self.max_list_len = number(k, v, 1.0, f64::from(MAX_LIST_LEN))? as u32;
             }
+            "list_precision" => self.list_precision = number(k, v, 0.0, 0.05)?,
             "min_plan_interval" => {
                 self.min_plan_interval = duration(k, v, Duration::ZERO, Duration::from_secs(10))?
             }
@@ -423,6 +432,7 @@ impl ServicePolicy {
             m.insert(k.to_string(), v);
         };
         put("max_list_len", self.max_list_len.to_string());
+        put("list_precision", self.list_precision.to_string());
         put("min_plan_interval", show_duration(self.min_plan_interval));
         put("hysteresis", self.hysteresis.to_string());
         put("slow_start_window", show_duration(self.slow_start.window));
@@ -514,6 +524,7 @@ impl ServicePolicy {
 pub const PARAMS_HELP: &str = "\
 Parameters of every policy:
   max_list_len=1024          entries in one list period (1..=65536)
+  list_precision=0.002       computed weights: shortest period with every share within this of the target (0..=0.05; 0 = always max_list_len)
   min_plan_interval=50ms     damping: load/outcome re-plans at most this often (0..=10s)
   hysteresis=0.05            do not push a re-plan whose weights moved less than this fraction (0..=0.5)
   slow_start_window=0s       ramp new/recovered instances over this window (0 = off; ..=1h)

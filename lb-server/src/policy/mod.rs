@@ -12,7 +12,8 @@
 //!
 //! Weights flow: base weights from the policy ([`PolicyKind`]) → times the
 //! slow-start ramp ([`slow_start`]) → times the outcome factor ([`outcome`]) →
-//! normalised to mean 1 → quantised into at most `max_list_len` entries and
+//! normalised to mean 1 → quantised into the shortest period within
+//! `list_precision` (at most `max_list_len` entries) and
 //! interleaved by smooth weighted round robin ([`swrr`]).
 //!
 //! Modules: [`config`] (policies and their parameters), [`swrr`] (nginx's
@@ -355,14 +356,7 @@ pub fn plan_shedding(
     let ints: Vec<u32> = if let Some(ints) = exact_ints {
         ints
     } else {
-        let sum: f64 = w.iter().sum();
-        w.iter()
-            .map(|&x| {
-                ((x / sum) * max_len as f64)
-                    .round()
-                    .clamp(1.0, f64::from(u32::MAX)) as u32
-            })
-            .collect()
+        swrr::shortest(&w, max_len, policy.list_precision)
     };
     let e = swrr::expand(&ints, max_len);
     let total = e.order.len().max(1) as f64;

@@ -124,6 +124,45 @@ pub fn smooth_sequence(weights: &[u64]) -> Vec<u32> {
     order
 }
 
+/// Integer weights for computed (real-valued) `weights`: the shortest period
+/// of at most `max_len` entries in which every server's share is within
+/// `precision` of its intended one (Webster's rounding, every server at least
+/// one entry). Load-driven weights are estimates that move with every report,
+/// so listing them to a part in a thousand buys nothing but longer lists, and
+/// every subscriber decodes its list on every push. `precision` 0, or no
+/// period short enough, gives the `max_len`-entry rounding.
+///
+/// Source: Webster / Sainte-Laguë apportionment (round each quota to the
+/// nearest integer); the search for the shortest period that meets a bound is
+/// ours.
+pub fn shortest(weights: &[f64], max_len: usize, precision: f64) -> Vec<u32> {
+    let sum: f64 = weights.iter().sum();
+    let round = |len: usize| -> Vec<u32> {
+        weights
+            .iter()
+            .map(|&x| {
+                let q = if sum > 0.0 { x / sum } else { 0.0 };
+                (q * len as f64).round().clamp(1.0, f64::from(u32::MAX)) as u32
+            })
+            .collect()
+    };
+    if precision > 0.0 && sum > 0.0 {
+        for len in weights.len().max(1)..max_len {
+            let ints = round(len);
+            let total: f64 = ints.iter().map(|&k| f64::from(k)).sum();
+            let worst = weights
+                .iter()
+                .zip(&ints)
+                .map(|(&x, &k)| (x / sum - f64::from(k) / total).abs())
+                .fold(0.0, f64::max);
+            if worst <= precision {
+                return ints;
+            }
+        }
+    }
+    round(max_len)
+}
+
 /// Reduces, caps and expands `weights` into one smooth period.
 pub fn expand(weights: &[u32], max_len: usize) -> Expansion {
     let reduced = reduce(weights, max_len);
@@ -164,6 +203,30 @@ mod tests {
         // nginx's own documentation example: weights 5,1,1 give a a b a c a a.
         let e = expand(&[5, 1, 1], 1024);
         assert_eq!(e.order, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn shortest_period_within_precision() {
+        // Capacity-like weights: exact in 14 entries.
+        assert_eq!(
+            shortest(&[0.8, 0.8, 0.4, 0.4, 0.2, 0.2], 1024, 0.002),
+            [4, 4, 2, 2, 1, 1]
+        );
+        // Noisy estimates of the same: a short period, each share within 0.2 %.
+        let w = [0.2861, 0.2807, 0.1452, 0.1409, 0.0741, 0.0730];
+        let ints = shortest(&w, 1024, 0.002);
+        let total: u32 = ints.iter().sum();
+        assert!(total < 200, "period {total}");
+        let sum: f64 = w.iter().sum();
+        for (x, k) in w.iter().zip(&ints) {
+            assert!((x / sum - f64::from(*k) / f64::from(total)).abs() <= 0.002);
+        }
+        // Precision 0: always the full-length rounding.
+        let full = shortest(&w, 1024, 0.0);
+        assert!(full.iter().sum::<u32>() >= 1020);
+        // A tiny weight keeps one entry; equal weights need one entry each.
+        assert_eq!(shortest(&[1.0, 1.0, 1.0, 1.0], 1024, 0.002), [1, 1, 1, 1]);
+        assert!(shortest(&[1.0, 1e-9], 16, 0.002).iter().all(|&k| k >= 1));
     }
 
     #[test]

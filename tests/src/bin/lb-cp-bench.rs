@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ use lb_proto::v1::{
 };
 use lb_tests::harness::Daemon;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -105,6 +105,14 @@ enum Cmd {
     },
     /// All three, one after the other.
     All,
+    /// The plain-TCP push server of the propagation baseline (started by
+    /// `propagation` as a child process; not for direct use).
+    #[command(hide = true)]
+    PushFloorServer {
+        /// Bytes pushed to every connection per change.
+        #[arg(long)]
+        payload: usize,
+    },
 }
 
 // ------------------------------------------------------------------ results
@@ -200,6 +208,26 @@ fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
 }
 
 const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU time of every thread of `pid` so far, in ns (the first field of each
+/// /proc/<pid>/task/*/schedstat: time on a CPU), finer than `cpu_ticks`.
+fn cpu_ns(pid: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = t?.path().join("schedstat");
+        // A thread may exit between the listing and the read.
+        let Ok(s) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let ns: u64 = s
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| anyhow!("empty {}", path.display()))?
+            .parse()?;
+        total += ns;
+    }
+    Ok(total)
+}
 
 /// A field of /proc/<pid>/status in MiB (VmRSS, VmHWM).
 fn status_mib(pid: &str, field: &str) -> anyhow::Result<f64> {
@@ -362,9 +390,11 @@ where
     Ok(())
 }
 
-/// One timed change: arms a waiter per subscriber, then runs `change`; returns
-/// each subscriber's latency (ms) from just before the change until it held a
-/// list satisfying `pred`.
+/// One timed change: runs `change`, then returns each subscriber's latency
+/// (ms) from just before the change until it installed a list satisfying
+/// `pred` (the list's own install stamp, [`PickList::installed_at`], so the
+/// waiting here costs the subscribers nothing: one task checks them in turn
+/// and sleeps only on one that does not hold the list yet).
 async fn timed_change<P, F>(subs: &[Subscription], pred: P, change: F) -> anyhow::Result<Vec<f64>>
 where
     P: Fn(&PickList) -> bool + Clone + Send + Sync + 'static,
@@ -373,28 +403,143 @@ where
     if subs.iter().any(|s| pred(&s.current())) {
         bail!("a subscriber already holds the list the change is meant to produce");
     }
-    let n = subs.len();
-    let armed = Arc::new(AtomicUsize::new(0));
-    let ready = Arc::new(Notify::new());
-    let mut set = JoinSet::new();
-    for s in subs {
-        let (s, p, armed, ready) = (s.clone(), pred.clone(), armed.clone(), ready.clone());
-        set.spawn(async move {
-            if armed.fetch_add(1, Relaxed) + 1 == n {
-                ready.notify_one();
-            }
-            s.wait_for(WAIT, p).await.map(|_| Instant::now())
-        });
-    }
-    ready.notified().await;
     let t0 = Instant::now();
     change.await?;
-    let mut out = Vec::with_capacity(n);
-    while let Some(r) = set.join_next().await {
-        let t = r?.context("a subscriber never received the new list")?;
-        out.push(t.saturating_duration_since(t0).as_secs_f64() * 1e3);
+    let mut out = Vec::with_capacity(subs.len());
+    for s in subs {
+        let list = s
+            .wait_for(WAIT, &pred)
+            .await
+            .context("a subscriber never received the new list")?;
+        let at = list
+            .installed_at()
+            .ok_or_else(|| anyhow!("a daemon list without an install stamp"))?;
+        out.push(at.saturating_duration_since(t0).as_secs_f64() * 1e3);
     }
     Ok(out)
+}
+
+/// The bytes one list of the propagation service takes on the wire: the
+/// encoded SubscribeResponse, its 5-byte gRPC prefix and a 9-byte HTTP/2
+/// DATA frame header.
+async fn subscribe_response_len(ch: &Channel) -> anyhow::Result<usize> {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(SubscribeRequest {
+        msg: Some(subscribe_request::Msg::Subscribe(
+            lb_proto::v1::Subscription {
+                service: PROP_SVC.into(),
+                client: Some(ClientIdentity {
+                    client_id: "size-probe".into(),
+                    ..Default::default()
+                }),
+            },
+        )),
+    })
+    .await?;
+    let mut stream = BalancerClient::new(ch.clone())
+        .subscribe(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = stream.message().await?.ok_or_else(|| anyhow!("no list"))?;
+    Ok(prost::Message::encoded_len(&first) + 5 + 9)
+}
+
+/// The transport floor of propagation: the same fan-out with nothing but
+/// tokio and TCP. A child process (this binary, `push-floor-server`) holds one
+/// task per accepted connection, each woken through a `watch` like the
+/// daemon's subscriber sessions; a line on its stdin is a change, after which
+/// every task writes `payload` bytes (the size of one encoded list) to its
+/// connection. Here, one reader task per connection reads them and stamps the
+/// arrival. No HTTP/2, no protobuf, no lists: what is left is tokio's wakeups
+/// and the kernel's loopback TCP, on the same two cores.
+mod floor {
+    use super::*;
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+
+    pub async fn serve(payload: usize) -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?.port());
+        let (tx, rx) = watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let _ = conn.set_nodelay(true);
+                let mut rx = rx.clone();
+                rx.mark_unchanged();
+                tokio::spawn(async move {
+                    let buf = vec![7u8; payload];
+                    while rx.changed().await.is_ok() {
+                        if conn.write_all(&buf).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while lines.next_line().await?.is_some() {
+            tx.send_modify(|v| *v += 1);
+        }
+        Ok(())
+    }
+
+    /// Per-subscriber latencies (ms) of `changes` pushes to `n` connections.
+    pub async fn measure(n: usize, changes: usize, payload: usize) -> anyhow::Result<Vec<f64>> {
+        let exe = std::env::current_exe()?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["push-floor-server", "--payload", &payload.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let port: u16 = BufReader::new(stdout)
+            .lines()
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow!("the floor server printed no port"))?
+            .trim()
+            .parse()?;
+        // Each reader reports (change number, arrival) for every push.
+        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+        for _ in 0..n {
+            let mut conn = TcpStream::connect(("127.0.0.1", port)).await?;
+            conn.set_nodelay(true)?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; payload];
+                let mut change = 0;
+                while conn.read_exact(&mut buf).await.is_ok() {
+                    change += 1;
+                    if tx.send((change, Instant::now())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut out = Vec::with_capacity(n * changes);
+        for c in 1..=changes {
+            let t0 = Instant::now();
+            stdin.write_all(b"go\n").await?;
+            stdin.flush().await?;
+            for _ in 0..n {
+                let (got, at) = tokio::time::timeout(WAIT, rx.recv())
+                    .await
+                    .context("a floor reader never got its push")?
+                    .ok_or_else(|| anyhow!("the floor readers stopped"))?;
+                if got != c {
+                    bail!("floor reader got change {got} during change {c}");
+                }
+                out.push(at.saturating_duration_since(t0).as_secs_f64() * 1e3);
+            }
+        }
+        drop(stdin);
+        let _ = child.kill().await;
+        Ok(out)
+    }
 }
 
 const PROP_SVC: &str = "prop";
@@ -403,11 +548,14 @@ const NBACKENDS: usize = 4;
 /// The per-kind latencies (ms) for one set of subscribers.
 struct KindResults {
     weight: Vec<f64>,
+    /// CPU µs per delivered list during the weight changes: (daemon, this process).
+    cpu_per_list: (f64, f64),
     dies: Vec<f64>,
     load: Vec<f64>,
 }
 
 async fn run_kinds(
+    daemon_pid: &str,
     subs: &[Subscription],
     admin: &mut AdminClient<Channel>,
     ch: &Channel,
@@ -422,6 +570,7 @@ async fn run_kinds(
 
     // (a) Admin weight change: b0 between 10 (share 10/13) and 1 (share 1/4).
     let mut weight = Vec::new();
+    let cpu0 = (cpu_ns(daemon_pid)?, cpu_ns("self")?);
     for t in 0..changes {
         let heavy = t % 2 == 0;
         let mut a = admin.clone();
@@ -432,6 +581,11 @@ async fn run_kinds(
             .await?,
         );
     }
+    let lists = (changes * subs.len()) as f64;
+    let cpu_per_list = (
+        (cpu_ns(daemon_pid)? - cpu0.0) as f64 / 1e3 / lists,
+        (cpu_ns("self")? - cpu0.1) as f64 / 1e3 / lists,
+    );
     set_weight(admin, svc, "b0", 0).await?;
     all_hold(subs, move |l| full(l) && share(l, "b0") < 0.5).await?;
 
@@ -489,7 +643,12 @@ async fn run_kinds(
             .await?,
         );
     }
-    Ok(KindResults { weight, dies, load })
+    Ok(KindResults {
+        weight,
+        cpu_per_list,
+        dies,
+        load,
+    })
 }
 
 async fn open_subs(addr: &str, n: usize) -> anyhow::Result<Vec<Subscription>> {
@@ -518,7 +677,8 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
 
     eprintln!("propagation: 1 subscriber (baseline), {changes} changes per kind");
     let one = open_subs(&addr, 1).await?;
-    let base = run_kinds(&one, &mut admin, &ch, &mut backends, changes).await?;
+    let pid = daemon.proc.pid().to_string();
+    let base = run_kinds(&pid, &one, &mut admin, &ch, &mut backends, changes).await?;
     one.iter().for_each(Subscription::close);
     drop(one);
 
@@ -526,8 +686,15 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
     let t = Instant::now();
     let subs = open_subs(&addr, n).await?;
     let open_s = t.elapsed().as_secs_f64();
-    let many = run_kinds(&subs, &mut admin, &ch, &mut backends, changes).await?;
+    let many = run_kinds(&pid, &subs, &mut admin, &ch, &mut backends, changes).await?;
     subs.iter().for_each(Subscription::close);
+    drop(subs);
+
+    // The size of one list as the subscribers received it, on the wire.
+    let payload = subscribe_response_len(&ch).await?;
+    eprintln!("propagation: transport floor, {n} plain TCP connections, {payload} bytes a push");
+    let floor1 = floor::measure(1, changes, payload).await?;
+    let floor = floor::measure(n, changes, payload).await?;
 
     let mut rows = Vec::new();
     for (name, b, m) in [
@@ -560,6 +727,21 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
             json!("p99 ≤ 5 ms"),
         ]);
     }
+    {
+        let (b50, _, _) = stats(&floor1);
+        let (p50, p99, max) = stats(&floor);
+        rows.push(vec![
+            json!("baseline: transport floor (plain TCP push, same fan-out, no gRPC)"),
+            json!(n),
+            num(p50, 2),
+            num(p99, 2),
+            num(max, 2),
+            num(b50, 2),
+            num(p50 / b50, 2),
+            json!(""),
+        ]);
+    }
+    let (_, floor99, _) = stats(&floor);
     let met = [&many.weight, &many.dies, &many.load]
         .iter()
         .all(|v| stats(v).1 <= 5.0);
@@ -579,9 +761,11 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
         rows,
         notes: vec![
             format!("{n} lb-client subscriptions in the bench process (one HTTP/2 connection each, opened in {open_s:.1} s) follow one service of {NBACKENDS} backends; the backends are ReportLoad streams opened by the bench."),
-            format!("{changes} changes per kind; each row pools every subscriber × change sample ({} samples). The clock starts just before the change is issued (the Admin RPC, dropping the stream, sending the report) and stops when a subscriber's list satisfies a content predicate (b0's share, or the victim absent), awaited with Subscription::wait_for on all subscribers at once.", n * changes),
+            format!("{changes} changes per kind; each row pools every subscriber × change sample ({} samples). The clock starts just before the change is issued (the Admin RPC, dropping the stream, sending the report) and stops at the moment a subscriber installed a list satisfying a content predicate (b0's share, or the victim absent): the list's own stamp (PickList::installed_at), read afterwards, so measuring adds no waiter tasks to the subscribers' work.", n * changes),
+            format!("CPU per delivered list during the weight changes ({} lists; sum of /proc/<pid>/task/*/schedstat): lb-server {:.1} µs (build, encode, HTTP/2 send), bench process {:.1} µs (HTTP/2 receive, decode, adopt, install) per subscriber and change.", n * changes, many.cpu_per_list.0, many.cpu_per_list.1),
             "Baseline (same run, same daemon): the same changes observed by a single subscriber; ratio = p50 with all subscribers / p50 with one.".to_string(),
-            "The daemon and the bench process share the machine's cores: every subscriber's list is encoded by the daemon and decoded, adopted (PickList::adopt) and installed by its own lb-client task (one HTTP/2 connection each), and each waiter is woken, all on the same cores. A system-wide perf profile of a 1,000-subscriber run put more CPU in the bench process (the 1,000 clients) than in lb-server, so the figure is bounded by co-locating 1,000 clients with the daemon; in deployment each client decodes only its own list.".to_string(),
+            "The daemon and the bench process share the machine's cores: every subscriber's list is encoded by the daemon and decoded, adopted (PickList::adopt) and installed by its own lb-client task (one HTTP/2 connection each), all on the same cores. With the CPU per list above, 1,000 subscribers need (daemon + clients) × 1,000 of CPU time on 2 cores, which bounds the p99 from below; in deployment each client decodes only its own list.".to_string(),
+            format!("Transport floor (same run): {n} TCP connections to a second process of this binary, one tokio task per connection woken through a watch channel (as the daemon's sessions are), each writing {payload} bytes (one encoded list with its HTTP/2 and gRPC framing) per change; {n} reader tasks here. Its p99 ({floor99:.2} ms) is what loopback TCP and tokio cost for this fan-out on these cores before any gRPC, HTTP/2 or list work; the gRPC rows' p99 ÷ the floor's: {:.1} / {:.1} / {:.1}.", stats(&many.weight).1 / floor99, stats(&many.dies).1 / floor99, stats(&many.load).1 / floor99),
             format!("Goal p99 ≤ 5 ms: {}.", if met { "met for every kind" } else { "NOT met for every kind (see p99)" }),
         ],
     }
@@ -1316,6 +1500,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let (i, s, c) = sc(instances, subscribers, changes);
             scale(i, services, s, c, &args.out).await
         }
+        Cmd::PushFloorServer { payload } => floor::serve(payload).await,
         Cmd::All => {
             let (n, c) = prop(None, None);
             propagation(n, c, &args.out).await?;
