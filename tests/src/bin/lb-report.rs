@@ -1733,7 +1733,12 @@ quality against peers with real processes, the simulator's policy comparison, an
 the control plane (pick, propagation, ingest, scale, restart, hop cost).\n\n",
     );
     s.push_str("Run them all, then regenerate this page and its plots:\n\n```sh\nscripts/bench.sh            # full run: bench/results/*.json, bench/plots/*.svg, BENCHMARKS.md\nscripts/bench.sh --quick    # smoke run (< 5 min): everything under target/bench-quick/\n```\n\n");
-    let _ = writeln!(s, "- Machine: {}; loopback only.", ctx.machine);
+    let loopback = if ctx.machine.contains("loopback only") {
+        ""
+    } else {
+        "; loopback only"
+    };
+    let _ = writeln!(s, "- Machine: {}{loopback}.", ctx.machine);
     let _ = writeln!(s, "- Date: {}.", ctx.date);
     if !ctx.commit.is_empty() {
         let _ = writeln!(s, "- Commit: `{}`.", ctx.commit);
