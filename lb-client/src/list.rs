@@ -802,44 +802,44 @@ impl PickList {
     pub fn adopt(&mut self, previous: &PickList) -> Vec<Arc<Endpoint>> {
         // Matched by instance id; empty ids (drops, fallback) are never matched so a
         // fallback address does not masquerade as a daemon-known instance.
-        let known = |e: &&Arc<Endpoint>| !e.instance_id.is_empty();
-        if previous.servers.len() <= SMALL_LIST {
-            // Few servers (the common case): a scan beats hashing every id.
-            let mut taken = [false; SMALL_LIST];
-            for slot in &mut self.servers {
-                let found = previous
+        // Ids are distinct within a list; few servers (the common case) are
+        // found by a scan, which beats hashing every id.
+        let by_id: Option<HashMap<&str, usize>> =
+            (previous.servers.len() > SMALL_LIST).then(|| {
+                previous
                     .servers
                     .iter()
                     .enumerate()
-                    .find(|(i, e)| !taken[*i] && known(e) && e.instance_id == slot.instance_id);
-                if let Some((i, prev)) = found {
-                    if prev.same_as(slot) {
-                        *slot = Arc::clone(prev);
-                        taken[i] = true;
-                    }
-                }
+                    .filter(|(_, e)| !e.instance_id.is_empty())
+                    .map(|(i, e)| (e.instance_id.as_str(), i))
+                    .collect()
+            });
+        let mut reused = vec![false; previous.servers.len()];
+        for slot in &mut self.servers {
+            if slot.instance_id.is_empty() {
+                continue;
             }
-        } else {
-            let mut old: HashMap<&str, &Arc<Endpoint>> = previous
-                .servers
-                .iter()
-                .filter(known)
-                .map(|e| (e.instance_id.as_str(), e))
-                .collect();
-            for slot in &mut self.servers {
-                if let Some(prev) = old.get(slot.instance_id.as_str()) {
-                    if prev.same_as(slot) {
-                        *slot = Arc::clone(prev);
-                        old.remove(slot.instance_id.as_str());
-                    }
+            let at = match &by_id {
+                Some(m) => m.get(slot.instance_id.as_str()).copied(),
+                None => previous
+                    .servers
+                    .iter()
+                    .position(|e| e.instance_id == slot.instance_id),
+            };
+            if let Some(i) = at {
+                let prev = &previous.servers[i];
+                if !reused[i] && prev.same_as(slot) {
+                    *slot = Arc::clone(prev);
+                    reused[i] = true;
                 }
             }
         }
         previous
             .servers
             .iter()
-            .filter(|e| !self.servers.iter().any(|n| Arc::ptr_eq(n, e)))
-            .cloned()
+            .zip(&reused)
+            .filter(|(_, &r)| !r)
+            .map(|(e, _)| Arc::clone(e))
             .collect()
     }
 }
@@ -954,6 +954,44 @@ mod tests {
         assert_eq!(ids, ["b", "c"]);
         // A fresh list starts at the head of its order.
         assert_eq!(new.pick().unwrap().instance_id(), "a");
+    }
+
+    #[test]
+    fn adopt_matches_the_same_by_scan_and_by_map() {
+        // Below and above SMALL_LIST: odd ids kept, even ids re-addressed,
+        // plus a drop entry and a fallback address that must never match.
+        for n in [6, SMALL_LIST + 8] {
+            let list = |moved: bool| {
+                let mut servers: Vec<Endpoint> = (0..n)
+                    .map(|i| {
+                        let port = if moved && i % 2 == 0 { 2 } else { 1 };
+                        Endpoint::new(format!("s{i}"), format!("10.0.0.{i}:{port}"))
+                    })
+                    .collect();
+                servers.push(Endpoint::drop_entry());
+                servers.push(Endpoint::new("", "10.9.9.9:1"));
+                let order = (0..servers.len() as u32).collect();
+                PickList::from_parts(1, servers, order).unwrap()
+            };
+            let old = list(false);
+            let mut new = list(true);
+            let retired = new.adopt(&old);
+            for i in 0..n {
+                assert_eq!(
+                    Arc::ptr_eq(&new.servers()[i], &old.servers()[i]),
+                    i % 2 == 1,
+                    "n={n} s{i}"
+                );
+            }
+            assert!(!Arc::ptr_eq(&new.servers()[n], &old.servers()[n]));
+            assert!(!Arc::ptr_eq(&new.servers()[n + 1], &old.servers()[n + 1]));
+            let mut ids: Vec<&str> = retired.iter().map(|e| e.instance_id()).collect();
+            ids.sort();
+            let mut want: Vec<String> = (0..n).step_by(2).map(|i| format!("s{i}")).collect();
+            want.extend([String::new(), String::new()]);
+            want.sort();
+            assert_eq!(ids, want, "n={n}");
+        }
     }
 
     #[test]

@@ -423,25 +423,43 @@ where
 /// encoded SubscribeResponse, its 5-byte gRPC prefix and a 9-byte HTTP/2
 /// DATA frame header.
 async fn subscribe_response_len(ch: &Channel) -> anyhow::Result<usize> {
+    let (_tx, _stream, first) = open_raw(ch.clone(), PROP_SVC.into(), "size-probe".into()).await?;
+    Ok(prost::Message::encoded_len(&first) + 5 + 9)
+}
+
+/// Opens one raw Subscribe stream to `service` as `client_id`: the request
+/// sender (the stream lives while it does), the stream, and its first message.
+async fn open_raw(
+    ch: Channel,
+    service: String,
+    client_id: String,
+) -> anyhow::Result<(
+    mpsc::Sender<SubscribeRequest>,
+    tonic::Streaming<lb_proto::v1::SubscribeResponse>,
+    lb_proto::v1::SubscribeResponse,
+)> {
     let (tx, rx) = mpsc::channel(1);
     tx.send(SubscribeRequest {
         msg: Some(subscribe_request::Msg::Subscribe(
             lb_proto::v1::Subscription {
-                service: PROP_SVC.into(),
+                service,
                 client: Some(ClientIdentity {
-                    client_id: "size-probe".into(),
+                    client_id,
                     ..Default::default()
                 }),
             },
         )),
     })
     .await?;
-    let mut stream = BalancerClient::new(ch.clone())
+    let mut stream = BalancerClient::new(ch)
         .subscribe(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let first = stream.message().await?.ok_or_else(|| anyhow!("no list"))?;
-    Ok(prost::Message::encoded_len(&first) + 5 + 9)
+    let first = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("the stream ended before its first list"))?;
+    Ok((tx, stream, first))
 }
 
 /// The transport floor of propagation: the same fan-out with nothing but
@@ -815,28 +833,8 @@ impl RawSubs {
             let service = services[svc].clone();
             let client_id = format!("{tag}-{i}");
             opening.spawn(async move {
-                let (tx, rx) = mpsc::channel(1);
-                tx.send(SubscribeRequest {
-                    msg: Some(subscribe_request::Msg::Subscribe(
-                        lb_proto::v1::Subscription {
-                            service,
-                            client: Some(ClientIdentity {
-                                client_id,
-                                ..Default::default()
-                            }),
-                        },
-                    )),
-                })
-                .await?;
-                let mut stream = BalancerClient::new(ch)
-                    .subscribe(ReceiverStream::new(rx))
-                    .await?
-                    .into_inner();
-                let first = stream
-                    .message()
-                    .await?
-                    .and_then(|m| m.list)
-                    .ok_or_else(|| anyhow!("no first list"))?;
+                let (tx, stream, first) = open_raw(ch, service, client_id).await?;
+                let first = first.list.ok_or_else(|| anyhow!("no first list"))?;
                 anyhow::Ok((svc, tx, stream, first))
             });
             while opening.len() >= 256 {
