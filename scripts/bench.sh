@@ -127,6 +127,10 @@ if [ -x "$bin/lb-sim" ]; then
         --report-interval 1s --json "$results/sim-variant-report-1s.json"
     run "simulator A58 alone" "$bin/lb-sim" --policies load_aware \
         --param active_weighting=false --json "$results/sim-variant-a58.json"
+    run "simulator shedding by backlog" "$bin/lb-sim" --policies load_aware \
+        --param shed_delay=100ms --json "$results/sim-variant-shed-delay.json"
+    run "simulator shedding by utilization" "$bin/lb-sim" --policies load_aware \
+        --param shed_target=0.9 --json "$results/sim-variant-shed-target.json"
 else
     skip "simulator" "$bin/lb-sim not built"
 fi

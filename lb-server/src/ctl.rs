@@ -518,8 +518,9 @@ fn print_routing(s: &pb::ServiceStatus) {
     }
     if s.drop_fraction > 0.0 || s.utilization > 0.0 {
         println!(
-            "shedding  utilization {:.1}%, dropping {:.1}% of calls",
+            "shedding  utilization {:.1}%, backlog {:.0} ms, dropping {:.1}% of calls",
             s.utilization * 100.0,
+            s.backlog_seconds * 1000.0,
             s.drop_fraction * 100.0
         );
     }

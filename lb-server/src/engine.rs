@@ -257,6 +257,8 @@ pub struct ServiceView {
     pub drop_fraction: f64,
     /// Mean fresh reported utilization.
     pub utilization: f64,
+    /// Seconds the reported backlog takes to drain (0 if unknown).
+    pub backlog_seconds: f64,
     /// What stock gRPC clients reported.
     pub grpclb: GrpclbTotals,
     /// grpc.lb.v1 streams open on the service now.
@@ -495,8 +497,8 @@ pub enum Command {
     SetPolicy {
         /// The service.
         service: String,
-        /// The policy.
-        policy: ServicePolicy,
+        /// The policy (boxed: it is by far the largest command).
+        policy: Box<ServicePolicy>,
         /// Done once durable.
         reply: Reply<()>,
     },
@@ -583,7 +585,7 @@ impl EngineHandle {
     ) -> Result<(), EngineError> {
         self.ask(|reply| Command::SetPolicy {
             service,
-            policy,
+            policy: Box::new(policy),
             reply,
         })
         .await
@@ -890,7 +892,7 @@ impl Actor {
                         self.urgent.insert(key.service);
                     } else {
                         let p = self.registry.policy(&key.service);
-                        if p.kind.uses_load() || p.shed.target > 0.0 {
+                        if p.kind.uses_load() || crate::policy::shed::adaptive(&p.shed) {
                             self.dirty.insert(key.service);
                         }
                     }
@@ -917,7 +919,7 @@ impl Actor {
                         .map(|()| {
                             tracing::info!(%service, policy = policy.kind.name(), "policy set");
                             self.wrote = true;
-                            self.registry.set_policy(&service, policy);
+                            self.registry.set_policy(&service, *policy);
                             self.urgent.insert(service);
                         })
                 };
@@ -1209,6 +1211,7 @@ impl Actor {
                         (r.clone(), n)
                     })
                     .collect();
+                let seen = svc.shed_signal(now);
                 Some(ServiceView {
                     policy: svc.policy.clone(),
                     version: published.as_ref().map_or(0, |p| p.version),
@@ -1220,7 +1223,8 @@ impl Actor {
                     rules,
                     cluster: svc.cluster.clone(),
                     drop_fraction: plan.map_or(0.0, |p| p.drop_fraction),
-                    utilization: svc.utilization(now).unwrap_or(0.0),
+                    utilization: seen.utilization.unwrap_or(0.0),
+                    backlog_seconds: seen.backlog.unwrap_or(0.0),
                     grpclb: svc.grpclb.clone(),
                     grpclb_streams: self.hub.grpclb_streams(&name),
                     name,

@@ -89,6 +89,12 @@ pub fn render(views: &[ServiceView]) -> String {
         per_service(&|v| v.utilization),
     );
     family(
+        "lb_service_backlog_seconds",
+        "gauge",
+        "Seconds the instances' reported requests take to drain at their full rates.",
+        per_service(&|v| v.backlog_seconds),
+    );
+    family(
         "lb_grpclb_streams",
         "gauge",
         "grpc.lb.v1 (stock client) streams open on the service.",
@@ -324,6 +330,7 @@ mod tests {
             cluster: ClusterConfig::default(),
             drop_fraction: 0.25,
             utilization: 0.95,
+            backlog_seconds: 0.125,
             grpclb: crate::registry::GrpclbTotals {
                 calls_started: 30,
                 ..Default::default()
@@ -348,6 +355,7 @@ mod tests {
         for line in [
             "lb_service_dropped_total{service=\"shop\"} 12",
             "lb_service_drop_fraction{service=\"shop\"} 0.25",
+            "lb_service_backlog_seconds{service=\"shop\"} 0.125",
             "lb_service_list_version{service=\"shop\"} 7",
             "lb_grpclb_streams{service=\"shop\"} 2",
             "lb_grpclb_calls_started_total{service=\"shop\"} 30",

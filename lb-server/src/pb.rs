@@ -438,6 +438,7 @@ pub fn service_status(v: &ServiceView) -> pb::ServiceStatus {
         cluster: Some(cluster_config_pb(&v.cluster)),
         drop_fraction: v.drop_fraction,
         utilization: v.utilization,
+        backlog_seconds: v.backlog_seconds,
         grpclb: Some(pb::GrpclbStats {
             streams: v.grpclb_streams,
             calls_started: v.grpclb.calls_started,

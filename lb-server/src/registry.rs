@@ -151,18 +151,41 @@ impl Service {
             && self.cluster == ClusterConfig::default()
     }
 
-    /// Mean reported utilization over the instances with a fresh report.
-    pub fn utilization(&self, now: Instant) -> Option<f64> {
+    /// What the shedding controller sees over the instances with a fresh
+    /// report: their mean utilization, and how long their reported requests
+    /// take to drain at their full rates (`Σ active / Σ μ`, counting only
+    /// instances that report qps; `None` if none does, or if requests are
+    /// reported while nothing completes).
+    pub fn shed_signal(&self, now: Instant) -> crate::policy::shed::Signal {
         let expiry = self.policy.load_aware.expiry;
-        let (sum, n) = self
+        let (mut util, mut n, mut active, mut rate, mut rated) = (0.0, 0usize, 0.0, 0.0, 0usize);
+        for l in self
             .instances
             .values()
             .filter_map(|i| i.load.as_ref())
             .filter(|l| now.saturating_duration_since(l.at) <= expiry)
-            .fold((0.0, 0usize), |(s, n), l| {
-                (s + l.load.cpu_utilization, n + 1)
-            });
-        (n > 0).then(|| sum / n as f64)
+        {
+            util += l.load.cpu_utilization;
+            n += 1;
+            if let Some(mu) =
+                crate::policy::load_aware::full_rate(l.load.qps, l.load.cpu_utilization)
+            {
+                active += l.load.active_requests as f64;
+                rate += mu;
+                rated += 1;
+            } else if l.load.qps == Some(0.0) && l.load.active_requests == 0 {
+                // Idle and saying so: no backlog.
+                rated += 1;
+            }
+        }
+        crate::policy::shed::Signal {
+            utilization: (n > 0).then(|| util / n as f64),
+            backlog: match (rated, rate > 0.0) {
+                (0, _) => None,
+                (_, true) => Some(active / rate),
+                (_, false) => Some(0.0),
+            },
+        }
     }
 }
 
@@ -690,7 +713,7 @@ impl Registry {
         };
         use crate::policy::shed;
         let cfg = &svc.policy.shed;
-        if cfg.target <= 0.0 {
+        if !shed::adaptive(cfg) {
             svc.drop_fraction = 0.0;
             return shed::with_floor(0.0, cfg);
         }
@@ -698,8 +721,8 @@ impl Registry {
             .shed_at
             .is_none_or(|t| now.saturating_duration_since(t) >= step)
         {
-            let util = svc.utilization(now).unwrap_or(0.0);
-            svc.drop_fraction = shed::next_drop(svc.drop_fraction, util, cfg);
+            let seen = svc.shed_signal(now);
+            svc.drop_fraction = shed::next_drop(svc.drop_fraction, seen, cfg);
             svc.shed_at = Some(now);
         }
         shed::with_floor(svc.drop_fraction, cfg)

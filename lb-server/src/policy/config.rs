@@ -119,7 +119,7 @@ impl PolicyKind {
 
 /// Health and shedding parameters (every policy), and the `HealthConfig` /
 /// `ShedConfig` field each sets (for error messages).
-const HEALTH_PARAMS: [(&str, &str); 15] = [
+const HEALTH_PARAMS: [(&str, &str); 16] = [
     ("panic_threshold", "panic_threshold"),
     ("readmit_window", "readmit_window"),
     ("eject_consecutive", "consecutive_failures"),
@@ -136,6 +136,7 @@ const HEALTH_PARAMS: [(&str, &str); 15] = [
     ("eject_max_percent", "max_ejection_percent"),
     ("utilization_ceiling", "utilization_ceiling"),
     ("shed_target", "target"),
+    ("shed_delay", "delay"),
     ("shed_max_drop", "max_drop"),
     ("shed_floor", "floor"),
 ];
@@ -395,6 +396,9 @@ impl ServicePolicy {
             }
             "utilization_ceiling" => self.health.utilization_ceiling = number(k, v, 0.0, 16.0)?,
             "shed_target" => self.shed.target = number(k, v, 0.0, 1.0)?,
+            "shed_delay" => {
+                self.shed.delay = duration(k, v, Duration::ZERO, Duration::from_secs(60))?
+            }
             "shed_max_drop" => self.shed.max_drop = number(k, v, 0.0, shed::MAX_DROP_LIMIT)?,
             "shed_floor" => self.shed.floor = number(k, v, 0.0, shed::MAX_DROP_LIMIT)?,
             _ => return Err(bad(k, "unknown parameter")),
@@ -480,6 +484,7 @@ impl ServicePolicy {
         put("eject_max_percent", h.max_ejection_percent.to_string());
         put("utilization_ceiling", h.utilization_ceiling.to_string());
         put("shed_target", self.shed.target.to_string());
+        put("shed_delay", show_duration(self.shed.delay));
         put("shed_max_drop", self.shed.max_drop.to_string());
         put("shed_floor", self.shed.floor.to_string());
         match self.kind {
@@ -548,6 +553,7 @@ Health, ejection and load shedding (every policy):
   utilization_ceiling=0      take out an instance reporting utilization >= this until <= this - 0.1 (0 = off)
   panic_threshold=50         below this % healthy, use every instance (ejections ignored; zones spill)
   shed_target=0              drop calls so the service's mean utilization stays at this (0..=1, 0 = off)
+  shed_delay=0s              drop calls so the service's reported backlog drains within this (0 = off; ..=60s)
   shed_max_drop=0.9          most of the calls ever dropped (0..=0.99)
   shed_floor=0               always drop at least this fraction of calls, whatever the load (0..=0.99)
 consistent_hash:

@@ -105,6 +105,18 @@ pub struct Report {
     pub static_weight: f64,
 }
 
+/// What a backend would serve fully busy, by Little's law: `qps /
+/// utilization`, with utilization taken within `[0.05, 1]` so a near-idle
+/// backend's noise does not inflate it. `None` without a positive, finite qps.
+pub fn full_rate(qps: Option<f64>, utilization: f64) -> Option<f64> {
+    let u = if utilization.is_finite() {
+        utilization.clamp(0.05, 1.0)
+    } else {
+        1.0
+    };
+    qps.filter(|q| q.is_finite() && *q > 0.0).map(|q| q / u)
+}
+
 /// Normalises positive weights to mean 1.0, in place.
 ///
 /// Entries that are not finite and positive count as missing and get the mean
@@ -228,9 +240,8 @@ pub fn weights(p: &LoadAware, reports: &[Option<Report>], now: Instant) -> Vec<f
             let Some(r) = r.as_ref().filter(|r| fresh(r)) else {
                 continue;
             };
-            let rate = match r.qps {
-                Some(q) if q.is_finite() && q > 0.0 => q / r.utilization.clamp(0.05, 1.0),
-                _ => continue,
+            let Some(rate) = full_rate(r.qps, r.utilization) else {
+                continue;
             };
             let drain = r.active_requests as f64 / rate;
             let m = if horizon > 0.0 {

@@ -14,31 +14,58 @@
 //!   accepting, so overload is cut at the source instead of by the backend
 //!   spending work on requests it will fail. The multiplicative adjustment is
 //!   the "multiplicative decrease" half of AIMD (TCP congestion control,
-//!   RFC 5681), made proportional: here the signal is the service's mean
-//!   reported utilization `u` against a `target`.
+//!   RFC 5681), made proportional.
+//! - The backlog signal follows CoDel (Nichols and Jacobson, "Controlling Queue
+//!   Delay", ACM Queue 10(5), 2012; RFC 8289): judge overload by how long
+//!   requests wait, not by how busy the server is. A server that is 100 % busy
+//!   with short queues is doing its best work; one whose queue keeps growing is
+//!   overloaded, and utilization (which stops at 1) cannot tell the two apart.
+//!
+//! Each step the controller turns what the backends reported into a
+//! *pressure* `p`, 1 meaning "exactly at the limit", from up to two terms:
+//!
+//! ```text
+//! utilization term  u / target             (when target > 0) u = mean reported utilization
+//! backlog term      backlog / delay        (when delay > 0)  backlog = Σ active / Σ μ
+//! p = the larger of the terms in use
+//! ```
+//!
+//! `backlog` is how long the service's reported requests (queued and in
+//! service) take to drain at the rate the backends serve fully busy,
+//! `μ = qps / utilization` (Little's law, as in [`super::load_aware`]). When
+//! the admitted load exceeds what the service can serve it grows without
+//! bound, whatever the utilization says; below that it stays near the mean
+//! service time. So a `delay` target sheds only what the service cannot
+//! serve, while a utilization target keeps headroom and sheds earlier.
 //!
 //! The controller works on the admitted fraction `a = 1 − drop`:
 //!
 //! ```text
-//! a*   = min(1, a × target / u)       the admission that would bring u to target
-//!                                      (u scales with admitted load), 1 when u = 0
+//! a*   = min(1, a / p)                the admission that would bring p to 1
+//!                                      (each term scales with admitted load), 1 when p = 0
 //! a'   = a + smoothing × (a* − a)     EWMA, so one noisy report does not swing it
 //! drop = clamp(1 − a', 0, max_drop)   and drops below MIN_DROP snap to 0
 //! ```
 //!
 //! With utilization proportional to admitted load (`u = L × a` for an offered
-//! load `L` in units of capacity) `a* = target / L` whatever `a` is, so `a`
-//! converges geometrically (factor `1 − smoothing` per step) to the admission
-//! that puts utilization exactly at target; when `u < target`, `a* = 1` and
-//! the drop decays toward 0 by the same factor, reaching exactly 0 once it is
-//! below [`MIN_DROP`]. `max_drop` keeps some traffic flowing however bad the
+//! load `L` in units of capacity) and only the utilization term, `a* = target /
+//! L` whatever `a` is, so `a` converges geometrically (factor `1 − smoothing`
+//! per step) to the admission that puts utilization exactly at target; when
+//! `p < 1`, the drop decays toward 0 by the same factor, reaching exactly 0
+//! once it is below [`MIN_DROP`]. The backlog term is an integrator: it rises
+//! while the service is over capacity, so the drop settles where the backlog
+//! stops growing, at about the excess offered load, and the backlog stays
+//! near `delay`. `max_drop` keeps some traffic flowing however bad the
 //! reports look (a service reporting absurd utilization must not black-hole).
 //!
-//! Robustness: a target that is not finite and positive turns shedding off
-//! (drop 0); a non-finite or negative utilization leaves the drop unchanged;
-//! a non-finite or negative previous drop counts as 0; a non-finite
-//! `max_drop` means the default and it is clamped to `0..=MAX_DROP_LIMIT`; a
-//! smoothing outside `(0, 1]` means the default.
+//! Robustness: with neither a positive target nor a positive delay shedding is
+//! off (drop 0); a term whose input is missing, not finite or negative is left
+//! out, and with no term left the drop is unchanged; a non-finite or negative
+//! previous drop counts as 0; a non-finite `max_drop` means the default and it
+//! is clamped to `0..=MAX_DROP_LIMIT`; a smoothing outside `(0, 1]` means the
+//! default.
+
+use std::time::Duration;
 
 use crate::model::FieldError;
 
@@ -56,6 +83,9 @@ const DEFAULT_SMOOTHING: f64 = 0.5;
 pub struct ShedConfig {
     /// Aggregate utilization target, `(0, 1]`; 0 = off (the default).
     pub target: f64,
+    /// Backlog target: shed when the service's reported requests would take
+    /// longer than this to drain; zero = off (the default).
+    pub delay: Duration,
     /// Largest fraction of calls ever dropped (default 0.9).
     pub max_drop: f64,
     /// EWMA weight of the new estimate, `(0, 1]` (default 0.5).
@@ -71,6 +101,7 @@ impl Default for ShedConfig {
     fn default() -> Self {
         ShedConfig {
             target: 0.0,
+            delay: Duration::ZERO,
             max_drop: DEFAULT_MAX_DROP,
             smoothing: DEFAULT_SMOOTHING,
             floor: 0.0,
@@ -113,11 +144,46 @@ impl ShedConfig {
     }
 }
 
-/// The next drop fraction, from the previous one and the service's mean
-/// reported utilization (see the module docs). Always in `[0, max_drop]`.
-pub fn next_drop(prev: f64, utilization: f64, cfg: &ShedConfig) -> f64 {
+/// What the controller sees of a service at one step.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Signal {
+    /// Mean reported utilization of the instances with a fresh report.
+    pub utilization: Option<f64>,
+    /// Seconds the reported backlog takes to drain (see the module docs).
+    pub backlog: Option<f64>,
+}
+
+/// Whether `cfg` sheds by load at all (a floor alone needs no controller).
+pub fn adaptive(cfg: &ShedConfig) -> bool {
+    (cfg.target.is_finite() && cfg.target > 0.0) || !cfg.delay.is_zero()
+}
+
+/// The pressure of `seen` against `cfg`'s limits (1 = at the limit), or
+/// `None` when no term in use has a usable input.
+pub fn pressure(seen: Signal, cfg: &ShedConfig) -> Option<f64> {
+    let usable = |x: Option<f64>| x.filter(|v| v.is_finite() && *v >= 0.0);
     let target = cfg.target;
-    if !(target.is_finite() && target > 0.0) {
+    let by_utilization = if target.is_finite() && target > 0.0 {
+        usable(seen.utilization).map(|u| u / target)
+    } else {
+        None
+    };
+    let by_backlog = if cfg.delay.is_zero() {
+        None
+    } else {
+        usable(seen.backlog).map(|b| b / cfg.delay.as_secs_f64())
+    };
+    match (by_utilization, by_backlog) {
+        (Some(u), Some(b)) => Some(u.max(b)),
+        (one, other) => one.or(other),
+    }
+    .filter(|p| p.is_finite())
+}
+
+/// The next drop fraction, from the previous one and what the backends
+/// reported (see the module docs). Always in `[0, max_drop]`.
+pub fn next_drop(prev: f64, seen: Signal, cfg: &ShedConfig) -> f64 {
+    if !adaptive(cfg) {
         return 0.0;
     }
     let max_drop = if cfg.max_drop.is_finite() {
@@ -135,12 +201,12 @@ pub fn next_drop(prev: f64, utilization: f64, cfg: &ShedConfig) -> f64 {
     } else {
         0.0
     };
-    if !utilization.is_finite() || utilization < 0.0 {
+    let Some(p) = pressure(seen, cfg) else {
         return prev;
-    }
+    };
     let admitted = 1.0 - prev;
-    let wanted = if utilization > 0.0 {
-        (admitted * target / utilization).min(1.0)
+    let wanted = if p > 0.0 {
+        (admitted / p).min(1.0)
     } else {
         1.0
     };
@@ -182,6 +248,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn util(u: f64) -> Signal {
+        Signal {
+            utilization: Some(u),
+            backlog: None,
+        }
+    }
+
+    fn backlog(seconds: f64) -> Signal {
+        Signal {
+            utilization: Some(1.0),
+            backlog: Some(seconds),
+        }
+    }
+
     fn cfg(target: f64) -> ShedConfig {
         ShedConfig {
             target,
@@ -193,7 +273,7 @@ mod tests {
     /// `offered × (1 − drop) / capacity`, returning the final drop.
     fn settle(mut drop: f64, offered: f64, capacity: f64, cfg: &ShedConfig, steps: usize) -> f64 {
         for _ in 0..steps {
-            drop = next_drop(drop, offered * (1.0 - drop) / capacity, cfg);
+            drop = next_drop(drop, util(offered * (1.0 - drop) / capacity), cfg);
         }
         drop
     }
@@ -216,7 +296,7 @@ mod tests {
     #[test]
     fn off_by_default() {
         assert_eq!(ShedConfig::default().target, 0.0);
-        assert_eq!(next_drop(0.5, 3.0, &ShedConfig::default()), 0.0);
+        assert_eq!(next_drop(0.5, util(3.0), &ShedConfig::default()), 0.0);
         assert_eq!(ShedConfig::default().check(), Ok(()));
     }
 
@@ -231,7 +311,7 @@ mod tests {
                 "offered {offered}: drop {drop} u {u}"
             );
             // Steady: another step barely moves it.
-            assert!((next_drop(drop, u, &c) - drop).abs() < 1e-6);
+            assert!((next_drop(drop, util(u), &c) - drop).abs() < 1e-6);
             // Load falls below the target: back to exactly no drops.
             let back = settle(drop, 0.5, 1.0, &c, 20);
             assert_eq!(back, 0.0, "offered {offered}");
@@ -245,41 +325,136 @@ mod tests {
     fn known_steps() {
         let c = cfg(0.8);
         // u = 1.6 with nothing dropped: wants half admitted; smoothing 0.5 → 0.75.
-        assert!((next_drop(0.0, 1.6, &c) - 0.25).abs() < 1e-12);
+        assert!((next_drop(0.0, util(1.6), &c) - 0.25).abs() < 1e-12);
         // At target: unchanged.
-        assert!((next_drop(0.25, 0.8, &c) - 0.25).abs() < 1e-12);
+        assert!((next_drop(0.25, util(0.8), &c) - 0.25).abs() < 1e-12);
         // Below target: halves toward 0.
-        assert!((next_drop(0.4, 0.1, &c) - 0.2).abs() < 1e-12);
+        assert!((next_drop(0.4, util(0.1), &c) - 0.2).abs() < 1e-12);
         // Idle: decays too.
-        assert!((next_drop(0.4, 0.0, &c) - 0.2).abs() < 1e-12);
+        assert!((next_drop(0.4, util(0.0), &c) - 0.2).abs() < 1e-12);
         // Never above max_drop.
         assert_eq!(settle(0.0, 100.0, 1.0, &c, 50), 0.9);
+    }
+
+    fn by_delay(ms: u64) -> ShedConfig {
+        ShedConfig {
+            delay: Duration::from_millis(ms),
+            ..ShedConfig::default()
+        }
+    }
+
+    #[test]
+    fn backlog_known_steps() {
+        let c = by_delay(100);
+        assert!(adaptive(&c) && !adaptive(&ShedConfig::default()));
+        // Twice the delay: wants half admitted; smoothing 0.5 → 0.75.
+        assert!((next_drop(0.0, backlog(0.2), &c) - 0.25).abs() < 1e-12);
+        // At the delay: unchanged, however busy.
+        assert!((next_drop(0.25, backlog(0.1), &c) - 0.25).abs() < 1e-12);
+        // Well under it: the drop decays (a* = min(1, 0.6 / 0.5) = 1).
+        assert!((next_drop(0.4, backlog(0.05), &c) - 0.2).abs() < 1e-12);
+        // Utilization alone never sheds when only the delay is set.
+        let busy = Signal {
+            utilization: Some(1.0),
+            backlog: Some(0.0),
+        };
+        assert_eq!(next_drop(0.0, busy, &c), 0.0);
+        // Both terms: the larger pressure wins.
+        let both = ShedConfig { target: 0.8, ..c };
+        let seen = Signal {
+            utilization: Some(0.4),
+            backlog: Some(0.2),
+        };
+        assert_eq!(pressure(seen, &both), Some(2.0));
+        let seen = Signal {
+            utilization: Some(1.6),
+            backlog: Some(0.05),
+        };
+        assert_eq!(pressure(seen, &both), Some(2.0));
+        // A missing or bad term is left out; with none left, no change.
+        let seen = Signal {
+            utilization: Some(1.6),
+            backlog: Some(f64::NAN),
+        };
+        assert_eq!(pressure(seen, &both), Some(2.0));
+        assert_eq!(pressure(Signal::default(), &both), None);
+        assert_eq!(next_drop(0.3, Signal::default(), &c), 0.3);
+        assert_eq!(next_drop(0.3, backlog(-1.0), &c), 0.3);
+        assert_eq!(next_drop(0.3, backlog(f64::INFINITY), &c), 0.3);
+    }
+
+    /// A fluid model of an overloaded service: work arrives at `offered` ×
+    /// the admitted fraction (in units of capacity) and is served at 1; the
+    /// backlog the controller sees is the queued work plus one mean service
+    /// time in progress. Stepped every 250 ms, like the daemon's reports.
+    #[test]
+    fn backlog_sheds_the_excess_and_keeps_the_queue_near_the_delay() {
+        let c = by_delay(100);
+        let (service, dt) = (0.02, 0.25);
+        for offered in [1.1, 1.3, 2.0, 4.0] {
+            let (mut drop, mut queued, mut admitted_sum, mut worst) = (0.0, 0.0f64, 0.0, 0.0f64);
+            let steps = 400;
+            for step in 0..steps {
+                let admitted = offered * (1.0 - drop);
+                queued = (queued + (admitted - 1.0) * dt).max(0.0);
+                if step >= steps / 2 {
+                    admitted_sum += admitted;
+                    worst = worst.max(queued);
+                }
+                drop = next_drop(drop, backlog(queued + service), &c);
+            }
+            let mean_admitted = admitted_sum / (steps / 2) as f64;
+            // Admits the capacity on average (within 5 %): sheds about the
+            // excess only.
+            assert!(
+                (mean_admitted - 1.0).abs() <= 0.05,
+                "offered {offered}: admitted {mean_admitted}"
+            );
+            // The queue stays bounded near the delay.
+            // The queue stays near the delay; the loop's swing grows with
+            // the overload (its gain is the offered load), yet even 4× over
+            // capacity it stays well inside a 1 s deadline.
+            let bound = if offered <= 2.0 { 0.2 } else { 0.5 };
+            assert!(worst <= bound, "offered {offered}: queue {worst} s");
+            // Load falls under capacity: the queue drains and drops end.
+            for _ in 0..100 {
+                let admitted = 0.7 * (1.0 - drop);
+                queued = (queued + (admitted - 1.0) * dt).max(0.0);
+                drop = next_drop(drop, backlog(queued + service), &c);
+            }
+            assert_eq!(drop, 0.0, "offered {offered}");
+        }
     }
 
     #[test]
     fn bad_inputs_are_safe() {
         let c = cfg(0.8);
-        assert_eq!(next_drop(0.3, f64::NAN, &c), 0.3, "no change");
-        assert_eq!(next_drop(0.3, f64::INFINITY, &c), 0.3);
-        assert_eq!(next_drop(0.3, -1.0, &c), 0.3);
-        assert_eq!(next_drop(f64::NAN, 0.5, &c), 0.0, "bad prev counts as 0");
-        assert_eq!(next_drop(-0.5, 0.5, &c), 0.0);
+        assert_eq!(next_drop(0.3, util(f64::NAN), &c), 0.3, "no change");
+        assert_eq!(next_drop(0.3, util(f64::INFINITY), &c), 0.3);
+        assert_eq!(next_drop(0.3, util(-1.0), &c), 0.3);
         assert_eq!(
-            next_drop(5.0, f64::NAN, &c),
+            next_drop(f64::NAN, util(0.5), &c),
+            0.0,
+            "bad prev counts as 0"
+        );
+        assert_eq!(next_drop(-0.5, util(0.5), &c), 0.0);
+        assert_eq!(
+            next_drop(5.0, util(f64::NAN), &c),
             0.9,
             "prev clamped to max_drop"
         );
         for t in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
-            assert_eq!(next_drop(0.5, 2.0, &cfg(t)), 0.0, "target {t}: off");
+            assert_eq!(next_drop(0.5, util(2.0), &cfg(t)), 0.0, "target {t}: off");
         }
         let weird = ShedConfig {
             target: 0.8,
+            delay: Duration::ZERO,
             max_drop: f64::NAN,
             smoothing: f64::NAN,
             floor: 0.0,
         };
         assert!(
-            (next_drop(0.0, 1.6, &weird) - 0.25).abs() < 1e-12,
+            (next_drop(0.0, util(1.6), &weird) - 0.25).abs() < 1e-12,
             "defaults"
         );
         let too_much = ShedConfig { max_drop: 5.0, ..c };
@@ -353,8 +528,8 @@ mod tests {
             max_drop in 0.0f64..0.99,
             smoothing in 0.01f64..1.0,
         ) {
-            let c = ShedConfig { target, max_drop, smoothing, floor: 0.0 };
-            let d = next_drop(prev, u, &c);
+            let c = ShedConfig { target, max_drop, smoothing, floor: 0.0, ..ShedConfig::default() };
+            let d = next_drop(prev, util(u), &c);
             prop_assert!(d.is_finite() && d >= 0.0 && d <= max_drop, "{}", d);
         }
 
@@ -366,7 +541,7 @@ mod tests {
             smoothing in 0.2f64..=1.0,
             start in 0.0f64..0.9,
         ) {
-            let c = ShedConfig { target, max_drop: 0.9, smoothing, floor: 0.0 };
+            let c = ShedConfig { target, max_drop: 0.9, smoothing, floor: 0.0, ..ShedConfig::default() };
             let offered = target * over;
             let drop = settle(start, offered, 1.0, &c, 200);
             let u = offered * (1.0 - drop);

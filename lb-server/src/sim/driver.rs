@@ -114,7 +114,7 @@ pub(super) fn run(
     let n = specs.len();
     let ids: Vec<String> = (0..n).map(|i| format!("b{i:02}")).collect();
     let t0 = tokio::time::Instant::from_std(std::time::Instant::now());
-    let engine = Engine::new(contender.policy.clone(), t0);
+    let engine = Engine::new(contender.policy.clone(), t0, sc.report_interval);
     let min_plan_ns = ns(engine.min_plan_interval());
     let warmup = ns(sc.warmup);
     // Events sorted by time; ties keep the scenario's order (as `all_backends`).

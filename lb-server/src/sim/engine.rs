@@ -70,6 +70,8 @@ pub struct Engine {
     t0: Instant,
     current: Option<ServicePlan>,
     version: u64,
+    /// How often the shedding controller steps (the daemon's report interval).
+    shed_step: Duration,
 }
 
 fn key(id: &str) -> InstanceKey {
@@ -80,8 +82,9 @@ fn key(id: &str) -> InstanceKey {
 }
 
 impl Engine {
-    /// A registry whose service uses `policy`; virtual time 0 is `t0`.
-    pub fn new(policy: ServicePolicy, t0: Instant) -> Self {
+    /// A registry whose service uses `policy`; virtual time 0 is `t0`; load
+    /// shedding steps once per `report_interval`, as in the daemon.
+    pub fn new(policy: ServicePolicy, t0: Instant, report_interval: Duration) -> Self {
         let mut reg = Registry::new();
         reg.set_policy(SERVICE, policy.clone());
         Engine {
@@ -90,6 +93,7 @@ impl Engine {
             t0,
             current: None,
             version: 0,
+            shed_step: report_interval,
         }
     }
 
@@ -167,9 +171,12 @@ impl Engine {
     /// are still ramping (slow start: plan again later even if nothing changes).
     pub fn replan(&mut self, now: u64, urgent: bool) -> (Option<Published>, bool) {
         let now = self.at(now);
+        let drop = self.reg.step_shedding(SERVICE, self.shed_step, now);
         let cands = self.reg.candidates(SERVICE, now);
-        let plan = policy::plan(&cands, &self.policy, now);
-        let ramping = plan.ramping;
+        let plan = policy::plan_shedding(&cands, &self.policy, drop, now);
+        // While shedding, plan again even if nothing else changes, so the
+        // controller keeps stepping (the daemon does the same).
+        let ramping = plan.ramping || drop > 0.0;
         if let Some(cur) = &self.current {
             if cur.same_list(&plan) || (!urgent && plan.close_to(cur, self.policy.hysteresis)) {
                 return (None, ramping);

@@ -23,8 +23,10 @@
 //! static configuration can do), and `p2c` = tower's p2c balancer with
 //! PeakEWMA inside each client, which takes only the membership from its lb
 //! subscription and sees only its own calls. `POLICY+shed` is POLICY with
-//! load shedding on (`shed_target=0.9`: the daemon adds drop entries so the
-//! farm's mean utilization stays at 90 %; dropped calls count as errors).
+//! load shedding by backlog on (`shed_delay=100ms`: the daemon adds drop
+//! entries when the farm's reported requests would take longer than 100 ms to
+//! drain, so only what the farm cannot serve is shed; dropped calls count as
+//! errors).
 //! Default: `round_robin,weighted,load_aware,load_aware+shed,least_active,fastest_response,p2c`.
 //! lb's clients run every call under the service's cluster mode (failover
 //! by default: a call cut by a killed backend is retried on another one).
@@ -419,7 +421,7 @@ fn contender(name: &str) -> Contender {
     if let Some(base) = name.strip_suffix("+shed") {
         return Contender {
             name: name.into(),
-            params: vec!["-p".into(), "shed_target=0.9".into()],
+            params: vec!["-p".into(), "shed_delay=100ms".into()],
             ..contender(base)
         };
     }
@@ -976,7 +978,7 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     notes.push("Real processes on 127.0.0.1: one lb-server (defaults: 250 ms load reports, 1 s client stats), one lb-backend process per backend (FIFO slots, exponential service times as timers, not CPU), one lb-loadgen process holding every client. Latency runs from the scheduled arrival to the reply (queueing and the generator's own lateness included); percentiles are over answered requests; errors = timeouts + failed calls.".into());
-    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1.".into());
+    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors).".into());
     let delays: Vec<String> = runs
         .iter()
         .map(|(c, r)| {
