@@ -313,6 +313,9 @@ struct Lane {
     /// `order.len()` and its reciprocal for [`fast_rem`].
     len: u32,
     magic: u64,
+    /// Whether `order` holds a drop entry (most lists do not: their picks
+    /// skip reading the entry's flag).
+    drops: bool,
 }
 
 /// The reciprocal of `d` for [`fast_rem`] (0 for `d` = 0, which is never used).
@@ -340,9 +343,10 @@ fn fast_rem(a: u32, magic: u64, d: u32) -> usize {
 impl Lane {
     /// Splits `order` (validated indices) by the servers' tiers.
     fn new(order: Vec<u32>, servers: &[Endpoint]) -> Lane {
+        let drops = order.iter().any(|&i| servers[i as usize].drop);
         if servers.iter().all(|s| s.tier == 0) {
             // The common case: one tier, nothing to split.
-            return Lane::from_parts(order.into_boxed_slice(), Box::new([]));
+            return Lane::from_parts(order.into_boxed_slice(), Box::new([]), drops);
         }
         let tier = |i: u32| servers[i as usize].tier;
         let first = order
@@ -355,10 +359,10 @@ impl Lane {
             .into_iter()
             .partition(|&i| servers[i as usize].drop || tier(i) == first);
         later.sort_by_key(|&i| tier(i)); // stable: keeps the order within a tier
-        Lane::from_parts(now.into_boxed_slice(), later.into_boxed_slice())
+        Lane::from_parts(now.into_boxed_slice(), later.into_boxed_slice(), drops)
     }
 
-    fn from_parts(order: Box<[u32]>, spill: Box<[u32]>) -> Lane {
+    fn from_parts(order: Box<[u32]>, spill: Box<[u32]>, drops: bool) -> Lane {
         // Lists are capped far below 2³² entries (the daemon sends at most
         // 65,536), so the length fits; a longer one would only be cut short.
         let len = u32::try_from(order.len()).unwrap_or(u32::MAX);
@@ -368,6 +372,7 @@ impl Lane {
             cursor: AtomicUsize::new(0),
             len,
             magic: rem_magic(len),
+            drops,
         }
     }
 
@@ -391,18 +396,33 @@ impl Lane {
         self.take(servers, self.next())
     }
 
+    /// Where a cursor numbered `seed` starts: `seed mod len` (0 when empty).
+    fn start(&self, seed: u32) -> u32 {
+        if self.len == 0 {
+            0
+        } else {
+            fast_rem(seed, self.magic, self.len) as u32
+        }
+    }
+
     /// [`Lane::pick`] with the caller's own cursor instead of the shared one.
+    /// The cursor is a position in the order, kept below its length (one
+    /// that is not counts as 0), so moving on is a compare, not a remainder.
     #[inline]
     fn pick_at(
         &self,
         servers: &[Arc<Endpoint>],
         cursor: &mut u32,
     ) -> Result<Arc<Endpoint>, NoPick> {
-        if self.order.is_empty() {
+        let len = self.order.len();
+        if len == 0 {
             return Err(NoPick::Empty);
         }
-        let i = fast_rem(*cursor, self.magic, self.len);
-        *cursor = cursor.wrapping_add(1);
+        let at = *cursor as usize;
+        let i = if at < len { at } else { 0 };
+        let next = i + 1;
+        // Below the length, which fits a u32 (see `from_parts`).
+        *cursor = if next < len { next as u32 } else { 0 };
         self.take(servers, i)
     }
 
@@ -411,7 +431,7 @@ impl Lane {
     fn take(&self, servers: &[Arc<Endpoint>], i: usize) -> Result<Arc<Endpoint>, NoPick> {
         // Indices were validated against the servers at construction.
         let ep = &servers[self.order[i] as usize];
-        if ep.drop {
+        if self.drops && ep.drop {
             return Err(NoPick::Dropped);
         }
         ep.calls_started.fetch_add(1, Relaxed);
@@ -709,6 +729,12 @@ impl PickList {
     #[inline]
     pub(crate) fn pick_at(&self, cursor: &mut u32) -> Result<Arc<Endpoint>, NoPick> {
         self.lane.pick_at(&self.servers, cursor)
+    }
+
+    /// Where a thread's cursor numbered `seed` starts in the default order
+    /// (see [`PickList::pick_at`]).
+    pub(crate) fn cursor_start(&self, seed: u32) -> u32 {
+        self.lane.start(seed)
     }
 
     /// Picks for a request carrying `labels`: the first route whose labels

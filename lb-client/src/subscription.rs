@@ -226,11 +226,12 @@ impl Shared {
                     } else {
                         self.threads.fetch_add(1, Relaxed)
                     };
+                    let list = self.list.load_full();
                     *slot = CacheSlot {
                         id: self.id,
                         installs,
-                        list: Some(self.list.load_full()),
-                        cursor: ordinal.wrapping_mul(0x9E37_79B9),
+                        cursor: list.cursor_start(ordinal.wrapping_mul(0x9E37_79B9)),
+                        list: Some(list),
                         ordinal,
                     };
                 }
@@ -827,6 +828,30 @@ mod tests {
         assert_eq!(ids(&sub, 4), ["a", "b", "a", "c"]);
         // Every pick counted on its endpoint.
         assert_eq!(sub.current().servers()[0].counts().started, 2);
+    }
+
+    #[test]
+    fn a_thread_cursor_lands_on_drop_entries_in_order() {
+        let list = PickList::from_parts(
+            1,
+            vec![Endpoint::new("a", "x:1"), Endpoint::drop_entry()],
+            vec![0, 1, 0],
+        )
+        .unwrap();
+        let sub = Subscription::detached(list);
+        let got: Vec<Option<String>> = (0..7)
+            .map(|_| sub.pick().ok().map(|e| e.instance_id().to_owned()))
+            .collect();
+        let a = || Some("a".to_string());
+        assert_eq!(got, [a(), None, a(), a(), None, a(), a()]);
+        assert_eq!(sub.dropped(), 2);
+        assert_eq!(sub.current().servers()[0].counts().started, 5);
+        // A cursor past a shorter list's end starts it over.
+        let mut cursor = 5;
+        let short = sub.current();
+        assert_eq!(short.pick_at(&mut cursor).unwrap().instance_id(), "a");
+        assert_eq!(cursor, 1);
+        assert_eq!(short.cursor_start(0x9E37_79B9), 0x9E37_79B9 % 3);
     }
 
     #[test]
