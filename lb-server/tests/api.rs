@@ -1170,29 +1170,53 @@ fn busy(utilization: f64) -> LoadReport {
     }
 }
 
+/// A daemon reporting every 20 ms whose service is round_robin with one
+/// shedding parameter set, a subscriber, and backends "a" and "b" attached
+/// and listed.
+struct Shedding {
+    d: Daemon,
+    adm: lb_proto::v1::admin_client::AdminClient<Channel>,
+    sub: Streaming<SubscribeResponse>,
+    a: Backend,
+    b: Backend,
+}
+
+impl Shedding {
+    async fn start(dir: &Path, param: &str, value: &str) -> Shedding {
+        let d = Daemon::start(dir, |c| {
+            c.report_interval = Duration::from_millis(20);
+        })
+        .await;
+        let mut adm = admin(d.addr).await;
+        adm.set_policy(lb_proto::v1::SetPolicyRequest {
+            service: SERVICE.into(),
+            policy: Some(lb_proto::v1::Policy {
+                name: "round_robin".into(),
+                params: HashMap::from([(param.to_string(), value.to_string())]),
+            }),
+        })
+        .await
+        .unwrap();
+        let mut sub = subscribe(d.addr, SERVICE).await;
+        let a = attach(d.addr, instance(SERVICE, "a", 7001, 1), 0).await;
+        let b = attach(d.addr, instance(SERVICE, "b", 7002, 1), 0).await;
+        next_list_where(&mut sub, WAIT, |l| l.servers.len() == 2).await;
+        Shedding { d, adm, sub, a, b }
+    }
+}
+
 /// 13. Load shedding: above the target utilization the list carries drop
 ///     entries (the drop fraction visible in GetService); below it they go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overloaded_service_gets_drop_entries_until_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path(), |c| {
-        c.report_interval = Duration::from_millis(20);
-    })
-    .await;
-    let mut adm = admin(d.addr).await;
-    adm.set_policy(lb_proto::v1::SetPolicyRequest {
-        service: SERVICE.into(),
-        policy: Some(lb_proto::v1::Policy {
-            name: "round_robin".into(),
-            params: HashMap::from([("shed_target".to_string(), "0.5".to_string())]),
-        }),
-    })
-    .await
-    .unwrap();
-    let mut sub = subscribe(d.addr, SERVICE).await;
-    let a = attach(d.addr, instance(SERVICE, "a", 7001, 1), 0).await;
-    let b = attach(d.addr, instance(SERVICE, "b", 7002, 1), 0).await;
-    next_list_where(&mut sub, WAIT, |l| l.servers.len() == 2).await;
+    let Shedding {
+        d,
+        mut adm,
+        mut sub,
+        a,
+        b,
+    } = Shedding::start(dir.path(), "shed_target", "0.5").await;
     let report = |u: f64| {
         let (a, b) = (a.tx.clone(), b.tx.clone());
         async move {
@@ -1263,24 +1287,13 @@ async fn service_status(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_growing_backlog_gets_drop_entries_until_it_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path(), |c| {
-        c.report_interval = Duration::from_millis(20);
-    })
-    .await;
-    let mut adm = admin(d.addr).await;
-    adm.set_policy(lb_proto::v1::SetPolicyRequest {
-        service: SERVICE.into(),
-        policy: Some(lb_proto::v1::Policy {
-            name: "round_robin".into(),
-            params: HashMap::from([("shed_delay".to_string(), "100ms".to_string())]),
-        }),
-    })
-    .await
-    .unwrap();
-    let mut sub = subscribe(d.addr, SERVICE).await;
-    let a = attach(d.addr, instance(SERVICE, "a", 7001, 1), 0).await;
-    let b = attach(d.addr, instance(SERVICE, "b", 7002, 1), 0).await;
-    next_list_where(&mut sub, WAIT, |l| l.servers.len() == 2).await;
+    let Shedding {
+        d,
+        mut adm,
+        mut sub,
+        a,
+        b,
+    } = Shedding::start(dir.path(), "shed_delay", "100ms").await;
     // Each backend serves 200/s fully busy (qps 100 at utilization 0.5, or
     // 200 at 1.0): `active` requests drain in active / 200 s.
     let report = |utilization: f64, qps: f64, active: u64| {

@@ -747,39 +747,20 @@ fn sim_section(sim: &SimSet, plots: &[(String, String)]) -> Option<String> {
     };
     let mut rows = Vec::new();
     rows.extend(variant("250 ms reports (default)", "", Some(r)));
-    rows.extend(variant(
-        "",
-        "`--report-interval 1s`",
-        sim.variants.get("report-1s"),
-    ));
-    rows.extend(variant(
-        "",
-        "`--param active_weighting=false` (A58 alone)",
-        sim.variants.get("a58"),
-    ));
-    rows.extend(variant(
-        "shedding by backlog, ",
-        "`--param shed_delay=100ms` (the `+shed` rows)",
-        sim.variants.get("shed-delay"),
-    ));
-    rows.extend(variant(
-        "shedding by utilization, ",
-        "`--param shed_target=0.9`",
-        sim.variants.get("shed-target"),
-    ));
+    for (key, label, flag, note) in SIM_VARIANTS {
+        let shown = format!("`{}`{note}", flag.trim_start());
+        rows.extend(variant(label, &shown, sim.variants.get(key)));
+    }
     s.push_str("\nWhat shaped the defaults (same command with the flag shown");
     if !sim.variants.is_empty() {
         let cmds: Vec<String> = sim
             .variants
             .iter()
             .map(|(k, v)| {
-                let flag = match k.as_str() {
-                    "report-1s" => " --report-interval 1s",
-                    "a58" => " --param active_weighting=false",
-                    "shed-delay" => " --param shed_delay=100ms",
-                    "shed-target" => " --param shed_target=0.9",
-                    _ => "",
-                };
+                let flag = SIM_VARIANTS
+                    .iter()
+                    .find(|(key, ..)| key == k)
+                    .map_or("", |(_, _, flag, _)| flag);
                 format!(
                     "`{}`",
                     sim_command(v, "load_aware", flag, &format!("sim-variant-{k}"))
@@ -797,6 +778,25 @@ fn sim_section(sim: &SimSet, plots: &[(String, String)]) -> Option<String> {
     s.push('\n');
     Some(s)
 }
+
+/// The simulator variants `scripts/bench.sh` runs (`sim-variant-KEY.json`):
+/// key, label, the flag added to the command, a note after the flag.
+const SIM_VARIANTS: [(&str, &str, &str, &str); 4] = [
+    ("report-1s", "", " --report-interval 1s", ""),
+    ("a58", "", " --param active_weighting=false", " (A58 alone)"),
+    (
+        "shed-delay",
+        "shedding by backlog, ",
+        " --param shed_delay=100ms",
+        " (the `+shed` rows)",
+    ),
+    (
+        "shed-target",
+        "shedding by utilization, ",
+        " --param shed_target=0.9",
+        "",
+    ),
+];
 
 const SIM_INTRO: &str =
     "The simulator (`lb_server::sim`) is deterministic and runs in virtual time. It
