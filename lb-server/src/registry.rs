@@ -158,7 +158,8 @@ impl Service {
     /// reported while nothing completes).
     pub fn shed_signal(&self, now: Instant) -> crate::policy::shed::Signal {
         let expiry = self.policy.load_aware.expiry;
-        let (mut util, mut n, mut active, mut rate, mut rated) = (0.0, 0usize, 0.0, 0.0, 0usize);
+        // `known`: some instance tells its rate (or that it is idle).
+        let (mut util, mut n, mut active, mut rate, mut known) = (0.0, 0usize, 0.0, 0.0, false);
         for l in self
             .instances
             .values()
@@ -172,18 +173,18 @@ impl Service {
             {
                 active += l.load.active_requests as f64;
                 rate += mu;
-                rated += 1;
+                known = true;
             } else if l.load.qps == Some(0.0) && l.load.active_requests == 0 {
                 // Idle and saying so: no backlog.
-                rated += 1;
+                known = true;
             }
         }
         crate::policy::shed::Signal {
             utilization: (n > 0).then(|| util / n as f64),
-            backlog: match (rated, rate > 0.0) {
-                (0, _) => None,
-                (_, true) => Some(active / rate),
-                (_, false) => Some(0.0),
+            backlog: match (known, rate > 0.0) {
+                (false, _) => None,
+                (true, true) => Some(active / rate),
+                (true, false) => Some(0.0),
             },
         }
     }

@@ -153,21 +153,22 @@ pub struct Signal {
     pub backlog: Option<f64>,
 }
 
+/// The utilization target, if one is set (finite and positive).
+fn utilization_target(cfg: &ShedConfig) -> Option<f64> {
+    Some(cfg.target).filter(|t| t.is_finite() && *t > 0.0)
+}
+
 /// Whether `cfg` sheds by load at all (a floor alone needs no controller).
 pub fn adaptive(cfg: &ShedConfig) -> bool {
-    (cfg.target.is_finite() && cfg.target > 0.0) || !cfg.delay.is_zero()
+    utilization_target(cfg).is_some() || !cfg.delay.is_zero()
 }
 
 /// The pressure of `seen` against `cfg`'s limits (1 = at the limit), or
 /// `None` when no term in use has a usable input.
 pub fn pressure(seen: Signal, cfg: &ShedConfig) -> Option<f64> {
     let usable = |x: Option<f64>| x.filter(|v| v.is_finite() && *v >= 0.0);
-    let target = cfg.target;
-    let by_utilization = if target.is_finite() && target > 0.0 {
-        usable(seen.utilization).map(|u| u / target)
-    } else {
-        None
-    };
+    let by_utilization =
+        utilization_target(cfg).and_then(|t| usable(seen.utilization).map(|u| u / t));
     let by_backlog = if cfg.delay.is_zero() {
         None
     } else {
@@ -410,7 +411,6 @@ mod tests {
                 (mean_admitted - 1.0).abs() <= 0.05,
                 "offered {offered}: admitted {mean_admitted}"
             );
-            // The queue stays bounded near the delay.
             // The queue stays near the delay; the loop's swing grows with
             // the overload (its gain is the offered load), yet even 4× over
             // capacity it stays well inside a 1 s deadline.
