@@ -30,7 +30,7 @@ use crate::cluster::ClusterConfig;
 use crate::config::Config;
 use crate::health::HostStatus;
 use crate::model::{ClientStats, FieldError, GrpclbStats, InstanceKey, InstanceSpec, Load};
-use crate::policy::{self, PolicyKind, ServicePlan, ServicePolicy};
+use crate::policy::{PolicyKind, ServicePlan, ServicePolicy};
 use crate::registry::{Attachment, GrpclbTotals, OutcomeTotals, Override, Registry, RegistryError};
 use crate::routing::{self, Rule};
 use crate::store::{Store, StoreError};
@@ -1295,35 +1295,16 @@ impl Actor {
     }
 
     fn plan(&mut self, service: &str, now: Instant, hysteresis: Option<f64>) {
-        let policy = self.registry.policy(service);
-        let drop = self
+        let (plan, again) = self
             .registry
-            .step_shedding(service, self.config.report_interval, now);
-        let cands = self.registry.candidates(service, now);
-        let mut plan = policy::plan_shedding(&cands, &policy, drop, now);
-        if let Some(svc) = self.registry.service(service) {
-            plan.rules = Arc::new(svc.rules.clone());
-            plan.cluster = Arc::new(svc.cluster.clone());
-            let mut zones: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-            for i in svc.instances.values() {
-                if !self.registry.override_of(&i.spec.key()).drained {
-                    zones.entry(i.spec.zone.clone()).or_default().1 += 1;
-                }
-            }
-            for c in &cands {
-                zones.entry(c.spec.zone.clone()).or_default().0 += 1;
-            }
-            plan.zones = zones;
-        }
-        plan.panic_threshold = policy.panic_threshold;
-        let ramping = plan.ramping || drop > 0.0;
-        let n = cands.len();
+            .plan(service, self.config.report_interval, now);
+        let n = plan.servers.iter().filter(|s| !s.drop).count();
         self.last_plan.insert(service.to_string(), now);
         if self.hub.publish(service, plan, hysteresis) {
             tracing::debug!(%service, instances = n, "plan published");
         }
-        if ramping {
-            // Slow start moves weights with time alone: come back later.
+        if again {
+            // Slow start and shedding move the plan with time alone: come back later.
             self.dirty.insert(service.to_string());
         }
         if self.registry.service(service).is_none() {

@@ -8,6 +8,7 @@
 //! change durable in between and nothing half-applied is ever visible.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,7 +17,7 @@ use crate::cluster::ClusterConfig;
 use crate::health::Detector;
 use crate::model::{ClientStats, GrpclbStats, InstanceKey, InstanceSpec, Load, MAX_DROP_TOKENS};
 use crate::policy::ewma::LatencyEwma;
-use crate::policy::{outcome, Candidate, LoadState, ServicePolicy};
+use crate::policy::{outcome, Candidate, LoadState, ServicePlan, ServicePolicy};
 use crate::routing::Rule;
 
 /// What keeps an instance in the lists.
@@ -727,6 +728,43 @@ impl Registry {
             svc.shed_at = Some(now);
         }
         shed::with_floor(svc.drop_fraction, cfg)
+    }
+
+    /// A service's plan at `now`, as its subscribers get it: steps the
+    /// shedding controller (at most once per `shed_step`), plans the
+    /// candidates with the service's policy and adds its rules, cluster
+    /// modes, panic threshold and zone counts. Also returns whether to plan
+    /// again even if nothing else changes: while weights ramp (slow start) or
+    /// load is shed, time alone moves the plan. The daemon and the simulator
+    /// both plan through here, so they cannot drift apart.
+    pub fn plan(
+        &mut self,
+        service: &str,
+        shed_step: Duration,
+        now: Instant,
+    ) -> (ServicePlan, bool) {
+        let drop = self.step_shedding(service, shed_step, now);
+        let policy = self.policy(service);
+        let cands = self.candidates(service, now);
+        let mut plan = crate::policy::plan_shedding(&cands, &policy, drop, now);
+        plan.panic_threshold = policy.panic_threshold;
+        if let Some(svc) = self.services.get(service) {
+            plan.rules = Arc::new(svc.rules.clone());
+            plan.cluster = Arc::new(svc.cluster.clone());
+            // Per zone: (candidates, instances not drained by an operator).
+            let mut zones: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for i in svc.instances.values() {
+                if !self.override_of(&i.spec.key()).drained {
+                    zones.entry(i.spec.zone.clone()).or_default().1 += 1;
+                }
+            }
+            for c in &cands {
+                zones.entry(c.spec.zone.clone()).or_default().0 += 1;
+            }
+            plan.zones = zones;
+        }
+        let again = plan.ramping || drop > 0.0;
+        (plan, again)
     }
 }
 

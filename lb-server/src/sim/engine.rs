@@ -171,12 +171,7 @@ impl Engine {
     /// are still ramping (slow start: plan again later even if nothing changes).
     pub fn replan(&mut self, now: u64, urgent: bool) -> (Option<Published>, bool) {
         let now = self.at(now);
-        let drop = self.reg.step_shedding(SERVICE, self.shed_step, now);
-        let cands = self.reg.candidates(SERVICE, now);
-        let plan = policy::plan_shedding(&cands, &self.policy, drop, now);
-        // While shedding, plan again even if nothing else changes, so the
-        // controller keeps stepping (the daemon does the same).
-        let ramping = plan.ramping || drop > 0.0;
+        let (plan, ramping) = self.reg.plan(SERVICE, self.shed_step, now);
         if let Some(cur) = &self.current {
             if cur.same_list(&plan) || (!urgent && plan.close_to(cur, self.policy.hysteresis)) {
                 return (None, ramping);
