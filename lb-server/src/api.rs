@@ -10,21 +10,23 @@
 //! kinds of stream end with `unavailable`, after the engine has been frozen so
 //! nothing is deregistered by the shutdown itself.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use lb_proto::v1 as pb;
 use pb::report_load_request::Msg as BackendMsg;
 use pb::subscribe_request::Msg as ClientMsg;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
 use crate::engine::{Attached, Directive, EngineHandle};
-use crate::model::{ClientIdentity, InstanceKey};
+use crate::model::InstanceKey;
 use crate::pb::{self as conv, engine_status, invalid};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -346,76 +348,99 @@ impl pb::balancer_server::Balancer for BalancerApi {
         let plans = hub.subscribe(&service);
         let seq = hub.next_client_seq();
         tracing::debug!(%service, client = %client.client_id, seq, "client subscribed");
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(client_session(
+        // The lists go straight from the plan watch to the response body:
+        // HTTP/2 polls the stream when it can send and gets the newest plan
+        // (a stale one is skipped, never queued). Stats arrive rarely and are
+        // taken in by a task of their own, which also decides when and how
+        // the stream ends.
+        let (end_tx, end) = oneshot::channel();
+        tokio::spawn(client_inbound(
             self.engine.clone(),
             inbound,
-            tx,
-            plans,
             service,
-            client,
-            seq,
-            self.config.stats_interval,
+            end_tx,
             self.stop.clone(),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stats_interval_ms = self.config.stats_interval.as_millis() as u32;
+        let lists = WatchStream::new(plans).map(move |published| pb::SubscribeResponse {
+            list: Some(conv::server_list(&published, seq, &client)),
+            stats_interval_ms,
+        });
+        Ok(Response::new(Box::pin(ClientSession {
+            lists,
+            end,
+            ended: false,
+        })))
     }
 }
 
-/// Streams one client's lists and takes in its stats.
-#[allow(clippy::too_many_arguments)]
-async fn client_session(
+/// A client's response stream: its lists, until its inbound side ends it
+/// (see [`client_inbound`]) or the daemon stops publishing.
+struct ClientSession<S> {
+    lists: S,
+    /// `Some(status)`: end with that status; `None` (or the sender gone):
+    /// end quietly, the client went away.
+    end: oneshot::Receiver<Option<Status>>,
+    ended: bool,
+}
+
+impl<S> Stream for ClientSession<S>
+where
+    S: Stream<Item = pb::SubscribeResponse> + Unpin,
+{
+    type Item = Result<pb::SubscribeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        // The end goes first: a farewell is not held up behind a list.
+        if let Poll::Ready(end) = Pin::new(&mut self.end).poll(cx) {
+            self.ended = true;
+            return Poll::Ready(end.ok().flatten().map(Err));
+        }
+        match Pin::new(&mut self.lists).poll_next(cx) {
+            Poll::Ready(Some(list)) => Poll::Ready(Some(Ok(list))),
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(Status::unavailable("lb-server stopped"))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Takes in one client's stats; tells its response stream how to end: with
+/// a status on bad input or shutdown, quietly when the client goes away.
+async fn client_inbound(
     engine: EngineHandle,
     mut inbound: Streaming<pb::SubscribeRequest>,
-    tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
-    mut plans: watch::Receiver<std::sync::Arc<crate::engine::Published>>,
     service: String,
-    client: ClientIdentity,
-    seq: u64,
-    stats_interval: Duration,
+    mut end: oneshot::Sender<Option<Status>>,
     stop: watch::Receiver<bool>,
 ) {
     let stop = stopping(stop);
     tokio::pin!(stop);
-    let stats_interval_ms = stats_interval.as_millis() as u32;
-    'send: loop {
-        let published = plans.borrow_and_update().clone();
-        let msg = pb::SubscribeResponse {
-            list: Some(conv::server_list(&published, seq, &client)),
-            stats_interval_ms,
-        };
-        // A client that stops reading must not hold up shutdown.
+    let farewell = loop {
         tokio::select! {
-            sent = tx.send(Ok(msg)) => if sent.is_err() { return },
-            _ = &mut stop => return,
-        }
-        loop {
-            let farewell = tokio::select! {
-                changed = plans.changed() => match changed {
-                    Ok(()) => continue 'send,
-                    Err(_) => Status::unavailable("lb-server stopped"),
-                },
-                msg = inbound.message() => match msg {
-                    Ok(Some(m)) => match m.msg {
-                        Some(ClientMsg::Stats(s)) => match conv::stats(s, "stats") {
-                            Ok(stats) => {
-                                engine.stats(service.clone(), stats).await;
-                                continue;
-                            }
-                            Err(e) => invalid(e),
-                        },
-                        Some(ClientMsg::Subscribe(_)) => Status::failed_precondition(
-                            "already subscribed on this stream; open a new stream for another service",
-                        ),
-                        None => Status::invalid_argument("msg: missing"),
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.msg {
+                    Some(ClientMsg::Stats(s)) => match conv::stats(s, "stats") {
+                        Ok(stats) => engine.stats(service.clone(), stats).await,
+                        Err(e) => break Some(invalid(e)),
                     },
-                    // The client went away.
-                    Ok(None) | Err(_) => return,
+                    Some(ClientMsg::Subscribe(_)) => break Some(Status::failed_precondition(
+                        "already subscribed on this stream; open a new stream for another service",
+                    )),
+                    None => break Some(Status::invalid_argument("msg: missing")),
                 },
-                _ = &mut stop => Status::unavailable("lb-server is shutting down"),
-            };
-            let _ = tx.send(Err(farewell)).await;
-            return;
+                // The client went away.
+                Ok(None) | Err(_) => break None,
+            },
+            _ = &mut stop => break Some(Status::unavailable("lb-server is shutting down")),
+            // The response stream is gone (the client reset the call).
+            _ = end.closed() => return,
         }
-    }
+    };
+    let _ = end.send(farewell);
 }

@@ -450,7 +450,7 @@ async fn open_raw(
 /// The transport floor of propagation: the same fan-out with nothing but
 /// tokio and TCP. A child process (this binary, `push-floor-server`) holds one
 /// task per accepted connection, each woken through a `watch` like the
-/// daemon's subscriber sessions; a line on its stdin is a change, after which
+/// daemon's subscriber streams; a line on its stdin is a change, after which
 /// every task writes `payload` bytes (the size of one encoded list) to its
 /// connection. Here, one reader task per connection reads them and stamps the
 /// arrival. No HTTP/2, no protobuf, no lists: what is left is tokio's wakeups
@@ -460,6 +460,9 @@ mod floor {
     use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{TcpListener, TcpStream};
+
+    /// The byte a server task sends once it listens for changes.
+    const READY: u8 = 0xA5;
 
     pub async fn serve(payload: usize) -> anyhow::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -471,6 +474,11 @@ mod floor {
                 let mut rx = rx.clone();
                 rx.mark_unchanged();
                 tokio::spawn(async move {
+                    // From here on this task sees every change: say so, so
+                    // that no change is made before it was listening.
+                    if conn.write_all(&[READY]).await.is_err() {
+                        return;
+                    }
                     let buf = vec![7u8; payload];
                     while rx.changed().await.is_ok() {
                         if conn.write_all(&buf).await.is_err() {
@@ -487,8 +495,13 @@ mod floor {
         Ok(())
     }
 
-    /// Per-subscriber latencies (ms) of `changes` pushes to `n` connections.
-    pub async fn measure(n: usize, changes: usize, payload: usize) -> anyhow::Result<Vec<f64>> {
+    /// Per-subscriber latencies (ms) of `changes` pushes to `n` connections,
+    /// and the CPU µs per push of (the server process, this process).
+    pub async fn measure(
+        n: usize,
+        changes: usize,
+        payload: usize,
+    ) -> anyhow::Result<(Vec<f64>, (f64, f64))> {
         let exe = std::env::current_exe()?;
         let mut child = tokio::process::Command::new(exe)
             .args(["push-floor-server", "--payload", &payload.to_string()])
@@ -496,6 +509,10 @@ mod floor {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("the floor server exited at once"))?
+            .to_string();
         let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let port: u16 = BufReader::new(stdout)
@@ -505,13 +522,21 @@ mod floor {
             .ok_or_else(|| anyhow!("the floor server printed no port"))?
             .trim()
             .parse()?;
-        // Each reader reports (change number, arrival) for every push.
+        // Each reader reports (change number, arrival) for every push, and
+        // change 0 once its server task is listening.
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
         for _ in 0..n {
             let mut conn = TcpStream::connect(("127.0.0.1", port)).await?;
             conn.set_nodelay(true)?;
             let tx = tx.clone();
             tokio::spawn(async move {
+                let mut ready = [0u8; 1];
+                if conn.read_exact(&mut ready).await.is_err()
+                    || ready[0] != READY
+                    || tx.send((0, Instant::now())).is_err()
+                {
+                    return;
+                }
                 let mut buf = vec![0u8; payload];
                 let mut change = 0;
                 while conn.read_exact(&mut buf).await.is_ok() {
@@ -523,7 +548,19 @@ mod floor {
             });
         }
         drop(tx);
+        // The server accepts connections on its own time: a change made
+        // before a connection's task listens would never reach it.
+        for _ in 0..n {
+            let (got, _) = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .context("a floor connection was never accepted")?
+                .ok_or_else(|| anyhow!("the floor readers stopped"))?;
+            if got != 0 {
+                bail!("floor reader got change {got} before any change was made");
+            }
+        }
         let mut out = Vec::with_capacity(n * changes);
+        let cpu0 = (cpu_ns(&pid)?, cpu_ns("self")?);
         for c in 1..=changes {
             let t0 = Instant::now();
             stdin.write_all(b"go\n").await?;
@@ -539,9 +576,14 @@ mod floor {
                 out.push(at.saturating_duration_since(t0).as_secs_f64() * 1e3);
             }
         }
+        let pushes = (n * changes) as f64;
+        let cpu = (
+            (cpu_ns(&pid)? - cpu0.0) as f64 / 1e3 / pushes,
+            (cpu_ns("self")? - cpu0.1) as f64 / 1e3 / pushes,
+        );
         drop(stdin);
         let _ = child.kill().await;
-        Ok(out)
+        Ok((out, cpu))
     }
 }
 
@@ -696,8 +738,8 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
     // The size of one list as the subscribers received it, on the wire.
     let payload = subscribe_response_len(&ch).await?;
     eprintln!("propagation: transport floor, {n} plain TCP connections, {payload} bytes a push");
-    let floor1 = floor::measure(1, changes, payload).await?;
-    let floor = floor::measure(n, changes, payload).await?;
+    let (floor1, _) = floor::measure(1, changes, payload).await?;
+    let (floor, floor_cpu) = floor::measure(n, changes, payload).await?;
 
     let mut rows = Vec::new();
     for (name, b, m) in [
@@ -764,7 +806,7 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
             format!("CPU per delivered list during the weight changes ({} lists; sum of /proc/<pid>/task/*/schedstat): lb-server {:.1} µs (build, encode, HTTP/2 send), bench process {:.1} µs (HTTP/2 receive, decode, adopt, install) per subscriber and change.", n * changes, many.cpu_per_list.0, many.cpu_per_list.1),
             "Baseline (same run, same daemon): the same changes observed by a single subscriber; ratio = p50 with all subscribers / p50 with one.".to_string(),
             "The daemon and the bench process share the machine's cores: every subscriber's list is encoded by the daemon and decoded, adopted (PickList::adopt) and installed by its own lb-client task (one HTTP/2 connection each), all on the same cores. With the CPU per list above, 1,000 subscribers need (daemon + clients) × 1,000 of CPU time on 2 cores, which bounds the p99 from below; in deployment each client decodes only its own list.".to_string(),
-            format!("Transport floor (same run): {n} TCP connections to a second process of this binary, one tokio task per connection woken through a watch channel (as the daemon's sessions are), each writing {payload} bytes (one encoded list with its HTTP/2 and gRPC framing) per change; {n} reader tasks here. Its p99 ({floor99:.2} ms) is what loopback TCP and tokio cost for this fan-out on these cores before any gRPC, HTTP/2 or list work; the gRPC rows' p99 ÷ the floor's: {:.1} / {:.1} / {:.1}.", stats(&many.weight).1 / floor99, stats(&many.dies).1 / floor99, stats(&many.load).1 / floor99),
+            format!("Transport floor (same run): {n} TCP connections to a second process of this binary, one tokio task per connection woken through a watch channel (as the daemon's subscriber streams are), each writing {payload} bytes (one encoded list with its HTTP/2 and gRPC framing) per change; {n} reader tasks here. CPU per push: server {:.1} µs, readers {:.1} µs (against the lists' {:.1} and {:.1} above). Its p99 ({floor99:.2} ms) is what loopback TCP and tokio cost for this fan-out on these cores before any gRPC, HTTP/2 or list work; the gRPC rows' p99 ÷ the floor's: {:.1} / {:.1} / {:.1}.", floor_cpu.0, floor_cpu.1, many.cpu_per_list.0, many.cpu_per_list.1, stats(&many.weight).1 / floor99, stats(&many.dies).1 / floor99, stats(&many.load).1 / floor99),
             format!("Goal p99 ≤ 5 ms: {}.", if met { "met for every kind" } else { "NOT met for every kind (see p99)" }),
         ],
     }
@@ -1410,7 +1452,7 @@ async fn scale(
             format!("Instances are unary Register leases (TTL 1 h, weights 1–5, {per_svc} per service). Subscribers are raw Balancer.Subscribe streams from the bench process, {} per service, over {} HTTP/2 connections (lb-client opens one connection per subscription; raw streams keep {nsubs} subscribers within one process's means: the bench process held {bench_rss:.0} MiB).", nsubs / nsvc, sub_chans.len()),
             format!("RSS is VmRSS from /proc/<pid>/status; baseline = the idle daemon in the same run (after serving one RPC). Peak (VmHWM) with everything: {hwm:.1} MiB."),
             format!("The change: Admin.SetWeight on one instance of {target}, toggling 10 / 1, {changes} times; latency from issuing the RPC until each subscriber of {target} received a newer list. Baseline: the same change with a single subscriber before the others were opened (same registry)."),
-            "policy::plan is the daemon's pure planning step (lb_server::policy::plan) timed in this process on 100 candidates with load reports; median of 201 runs. The engine also builds each subscriber's order (client_order) when it pushes.".to_string(),
+            "policy::plan is the daemon's pure planning step (lb_server::policy::plan) timed in this process on 100 candidates with load reports; median of 201 runs. The daemon also builds each subscriber's own order (client_order) when its stream sends a list.".to_string(),
         ],
     }
     .emit(out)?;
