@@ -807,6 +807,15 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
             "Baseline (same run, same daemon): the same changes observed by a single subscriber; ratio = p50 with all subscribers / p50 with one.".to_string(),
             "The daemon and the bench process share the machine's cores: every subscriber's list is encoded by the daemon and decoded, adopted (PickList::adopt) and installed by its own lb-client task (one HTTP/2 connection each), all on the same cores. With the CPU per list above, 1,000 subscribers need (daemon + clients) × 1,000 of CPU time on 2 cores, which bounds the p99 from below; in deployment each client decodes only its own list.".to_string(),
             format!("Transport floor (same run): {n} TCP connections to a second process of this binary, one tokio task per connection woken through a watch channel (as the daemon's subscriber streams are), each writing {payload} bytes (one encoded list with its HTTP/2 and gRPC framing) per change; {n} reader tasks here. CPU per push: server {:.1} µs, readers {:.1} µs (against the lists' {:.1} and {:.1} above). Its p99 ({floor99:.2} ms) is what loopback TCP and tokio cost for this fan-out on these cores before any gRPC, HTTP/2 or list work; the gRPC rows' p99 ÷ the floor's: {:.1} / {:.1} / {:.1}.", floor_cpu.0, floor_cpu.1, many.cpu_per_list.0, many.cpu_per_list.1, stats(&many.weight).1 / floor99, stats(&many.dies).1 / floor99, stats(&many.load).1 / floor99),
+            {
+                // CPU time the machine needs to deliver one change to every
+                // subscriber, spread over its cores.
+                let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+                let per_list = many.cpu_per_list.0 + many.cpu_per_list.1;
+                let per_push = floor_cpu.0 + floor_cpu.1;
+                let ms = |us: f64| us * n as f64 / cores / 1e3;
+                format!("What limits it: CPU. Delivering one change to all {n} subscribers takes {per_list:.1} µs × {n} of CPU (daemon and clients), {:.1} ms on {cores} cores even if nothing waited; the bare TCP push takes {per_push:.1} µs × {n}, {:.1} ms. A p99 of 5 ms needs at most {:.1} µs per subscriber for both ends together; the plain TCP push alone takes {per_push:.1}.", ms(per_list), ms(per_push), 5e3 * cores / n as f64)
+            },
             format!("Goal p99 ≤ 5 ms: {}.", if met { "met for every kind" } else { "NOT met for every kind (see p99)" }),
         ],
     }
