@@ -214,6 +214,36 @@ fn cpu_ns(pid: &str) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// A starting point for CPU accounting of another process (`pid`) and this
+/// one, read together with [`cpu_ns`].
+struct CpuMark {
+    pid: String,
+    at: (u64, u64),
+}
+
+impl CpuMark {
+    fn start(pid: &str) -> anyhow::Result<CpuMark> {
+        Ok(CpuMark {
+            pid: pid.to_string(),
+            at: (cpu_ns(pid)?, cpu_ns("self")?),
+        })
+    }
+
+    /// CPU ns since the start: (that process, this one).
+    fn since_ns(&self) -> anyhow::Result<(u64, u64)> {
+        Ok((
+            cpu_ns(&self.pid)?.saturating_sub(self.at.0),
+            cpu_ns("self")?.saturating_sub(self.at.1),
+        ))
+    }
+
+    /// CPU µs per unit of work since the start: (that process, this one).
+    fn us_per(&self, units: f64) -> anyhow::Result<(f64, f64)> {
+        let (other, me) = self.since_ns()?;
+        Ok((other as f64 / 1e3 / units, me as f64 / 1e3 / units))
+    }
+}
+
 /// A field of /proc/<pid>/status in MiB (VmRSS, VmHWM).
 fn status_mib(pid: &str, field: &str) -> anyhow::Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -495,6 +525,28 @@ mod floor {
         Ok(())
     }
 
+    /// The arrival times of change `c` at all `n` readers (change 0: the
+    /// readers' server tasks are listening); `missing` says what a timeout means.
+    async fn arrivals(
+        rx: &mut mpsc::UnboundedReceiver<(usize, Instant)>,
+        n: usize,
+        c: usize,
+        missing: &'static str,
+    ) -> anyhow::Result<Vec<Instant>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (got, at) = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .context(missing)?
+                .ok_or_else(|| anyhow!("the floor readers stopped"))?;
+            if got != c {
+                bail!("floor reader got change {got} while change {c} was awaited");
+            }
+            out.push(at);
+        }
+        Ok(out)
+    }
+
     /// Per-subscriber latencies (ms) of `changes` pushes to `n` connections,
     /// and the CPU µs per push of (the server process, this process).
     pub async fn measure(
@@ -550,37 +602,18 @@ mod floor {
         drop(tx);
         // The server accepts connections on its own time: a change made
         // before a connection's task listens would never reach it.
-        for _ in 0..n {
-            let (got, _) = tokio::time::timeout(WAIT, rx.recv())
-                .await
-                .context("a floor connection was never accepted")?
-                .ok_or_else(|| anyhow!("the floor readers stopped"))?;
-            if got != 0 {
-                bail!("floor reader got change {got} before any change was made");
-            }
-        }
+        arrivals(&mut rx, n, 0, "a floor connection was never accepted").await?;
         let mut out = Vec::with_capacity(n * changes);
-        let cpu0 = (cpu_ns(&pid)?, cpu_ns("self")?);
+        let cpu = CpuMark::start(&pid)?;
         for c in 1..=changes {
             let t0 = Instant::now();
             stdin.write_all(b"go\n").await?;
             stdin.flush().await?;
-            for _ in 0..n {
-                let (got, at) = tokio::time::timeout(WAIT, rx.recv())
-                    .await
-                    .context("a floor reader never got its push")?
-                    .ok_or_else(|| anyhow!("the floor readers stopped"))?;
-                if got != c {
-                    bail!("floor reader got change {got} during change {c}");
-                }
+            for at in arrivals(&mut rx, n, c, "a floor reader never got its push").await? {
                 out.push(at.saturating_duration_since(t0).as_secs_f64() * 1e3);
             }
         }
-        let pushes = (n * changes) as f64;
-        let cpu = (
-            (cpu_ns(&pid)? - cpu0.0) as f64 / 1e3 / pushes,
-            (cpu_ns("self")? - cpu0.1) as f64 / 1e3 / pushes,
-        );
+        let cpu = cpu.us_per((n * changes) as f64)?;
         drop(stdin);
         let _ = child.kill().await;
         Ok((out, cpu))
@@ -615,7 +648,7 @@ async fn run_kinds(
 
     // (a) Admin weight change: b0 between 10 (share 10/13) and 1 (share 1/4).
     let mut weight = Vec::new();
-    let cpu0 = (cpu_ns(daemon_pid)?, cpu_ns("self")?);
+    let cpu = CpuMark::start(daemon_pid)?;
     for t in 0..changes {
         let heavy = t % 2 == 0;
         let mut a = admin.clone();
@@ -627,10 +660,7 @@ async fn run_kinds(
         );
     }
     let lists = (changes * subs.len()) as f64;
-    let cpu_per_list = (
-        (cpu_ns(daemon_pid)? - cpu0.0) as f64 / 1e3 / lists,
-        (cpu_ns("self")? - cpu0.1) as f64 / 1e3 / lists,
-    );
+    let cpu_per_list = cpu.us_per(lists)?;
     set_weight(admin, svc, "b0", 0).await?;
     all_hold(subs, move |l| full(l) && share(l, "b0") < 0.5).await?;
 
@@ -1033,7 +1063,7 @@ async fn ingest(
         "ingest: {reporters} reporters over {nchan} connections, {nsubs} subscribers, {seconds} s"
     );
     let lists0 = subs.as_ref().map_or(0, |s| s.lists.load(Relaxed));
-    let (d0, me0) = (cpu_ns(&pid)?, cpu_ns("self")?);
+    let cpu = CpuMark::start(&pid)?;
     let t0 = Instant::now();
     let window = Duration::from_secs_f64(seconds);
     start_tx.send_replace(Some(t0 + window));
@@ -1052,12 +1082,12 @@ async fn ingest(
         .await
         .context("the daemon did not apply every report within 30 s of the window")?;
     let t_applied = t0.elapsed().as_secs_f64();
-    let (d1, me1) = (cpu_ns(&pid)?, cpu_ns("self")?);
+    let (daemon_ns, bench_ns) = cpu.since_ns()?;
     drop(streams);
     let sent = total.load(Relaxed);
     let lists = subs.as_ref().map_or(0, |s| s.lists.load(Relaxed)) - lists0;
-    let daemon_cores = d1.saturating_sub(d0) as f64 / 1e9 / t_applied;
-    let bench_cores = me1.saturating_sub(me0) as f64 / 1e9 / t_applied;
+    let daemon_cores = daemon_ns as f64 / 1e9 / t_applied;
+    let bench_cores = bench_ns as f64 / 1e9 / t_applied;
     let rate = sent as f64 / t_applied;
     let rss_end = status_mib(&pid, "VmRSS")?;
     let per_core = rate / daemon_cores.max(1e-9);
