@@ -651,13 +651,13 @@ impl PickList {
     }
 
     /// Picks for a request key: with an affinity table, the server the table
-    /// assigns to `lb_proto::keyhash::hash(key)`; without one, the next entry
+    /// assigns to `lb_core::keyhash::hash(key)`; without one, the next entry
     /// as [`PickList::pick`] does. Lock-free and allocation-free as `pick`.
     pub fn pick_for_key(&self, key: &[u8]) -> Result<Arc<Endpoint>, NoPick> {
         if self.affinity.is_empty() {
             return self.pick();
         }
-        let slot = (lb_proto::keyhash::hash(key) % self.affinity.len() as u64) as usize;
+        let slot = (lb_core::keyhash::hash(key) % self.affinity.len() as u64) as usize;
         let ep = &self.servers[self.affinity[slot] as usize];
         if ep.drop {
             return Err(NoPick::Dropped);

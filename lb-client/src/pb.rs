@@ -119,7 +119,7 @@ fn planned(m: v1::ClusterMode) -> Planned {
 
 /// A gRPC status name ("UNAVAILABLE") as its code.
 fn code(name: &str) -> Option<tonic::Code> {
-    lb_proto::status::code(name).map(|c| tonic::Code::from_i32(c as i32))
+    lb_core::status::Code::error_named(name).map(|c| tonic::Code::from_i32(c.number() as i32))
 }
 
 fn endpoint(s: v1::Server) -> Endpoint {

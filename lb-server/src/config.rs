@@ -3,12 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::policy::{PolicyKind, DEFAULT_MAX_LIST_LEN};
-
-/// How often backends report by default: the load-driven policies react
-/// within one report, and the simulator showed 250 ms halving hetero-degrade's
-/// p99 after a backend slows down compared with 1 s (see BENCHMARKS.md).
-pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_millis(250);
+use lb_core::policy::{PolicyKind, DEFAULT_MAX_LIST_LEN};
+use lb_core::DEFAULT_REPORT_INTERVAL;
 
 /// Everything `run` needs besides its listener.
 #[derive(Debug, Clone)]
@@ -51,40 +47,5 @@ impl Config {
             first_message_timeout: Duration::from_secs(10),
             metrics_listen: None,
         }
-    }
-}
-
-/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number is milliseconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number followed by ms, s, m or h"))?;
-    let ms = match unit {
-        "" | "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?}: too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("99999999999999999999h").is_err());
     }
 }

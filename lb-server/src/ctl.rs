@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand};
 use lb_proto::v1::{self as pb, admin_client::AdminClient};
 
-use crate::policy::config::PARAMS_HELP;
+use lb_core::cluster::{Collect, Kind, Mode};
+use lb_core::policy::config::params_help;
+
+use crate::api::pb::v1::{cluster_mode, cluster_mode_pb};
 
 /// Flags shared by every `ctl` command.
 #[derive(Debug, Args)]
@@ -37,7 +40,7 @@ pub enum CtlCommand {
     /// Policies: round_robin, weighted_round_robin, random, weighted_random,
     /// hash, consistent_hash, least_connections, least_active,
     /// fastest_response, load_aware (the default).
-    #[command(after_help = PARAMS_HELP)]
+    #[command(after_help = params_help())]
     SetPolicy {
         /// Service name.
         service: String,
@@ -341,7 +344,6 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             budget_min_per_sec,
             clear,
         } => {
-            use pb::cluster_mode::{Collect, Kind};
             let current = client
                 .get_service(pb::GetServiceRequest {
                     service: service.clone(),
@@ -350,33 +352,19 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .ok()
                 .and_then(|s| s.into_inner().cluster)
                 .unwrap_or_default();
-            let kind = match mode.as_str() {
-                "failover" => Kind::Failover,
-                "failfast" => Kind::Failfast,
-                "failsafe" => Kind::Failsafe,
-                "forking" => Kind::Forking,
-                "broadcast" => Kind::Broadcast,
-                "multicast" => Kind::Multicast,
-                other => return Err(format!("unknown mode {other:?}: failover, failfast, failsafe, forking, broadcast or multicast")),
-            };
-            let collect = match collect.as_deref() {
-                None | Some("first") => Collect::First,
-                Some("all") => Collect::All,
-                Some("none") => Collect::None,
-                Some(other) => return Err(format!("--collect {other:?}: first, all or none")),
-            };
-            let failover = kind == Kind::Failover;
-            let m = pb::ClusterMode {
-                kind: kind as i32,
-                attempts: attempts.unwrap_or(if failover { 3 } else { 0 }),
-                backoff_ms: backoff_ms.unwrap_or(if failover { 10 } else { 0 }),
-                backoff_max_ms: backoff_max_ms.unwrap_or(0),
-                retry_on,
-                forks: forks.unwrap_or(if kind == Kind::Forking { 2 } else { 0 }),
-                collect: collect as i32,
-                max_failure_percent: max_failure_percent.unwrap_or(0),
-                route: route.unwrap_or_default(),
-            };
+            let m = mode_from_flags(
+                &mode,
+                ModeFlags {
+                    attempts,
+                    backoff_ms,
+                    backoff_max_ms,
+                    retry_on,
+                    forks,
+                    collect,
+                    max_failure_percent,
+                    route,
+                },
+            )?;
             let mut cfg = current;
             match (method, clear) {
                 (Some(method), true) => {
@@ -458,58 +446,82 @@ fn show_labels(m: &std::collections::HashMap<String, String>) -> String {
         .join(",")
 }
 
+/// `ctl set-cluster`'s mode flags (unset ones take the mode's defaults).
+struct ModeFlags {
+    attempts: Option<u32>,
+    backoff_ms: Option<u32>,
+    backoff_max_ms: Option<u32>,
+    retry_on: Vec<String>,
+    forks: Option<u32>,
+    collect: Option<String>,
+    max_failure_percent: Option<u32>,
+    route: Option<String>,
+}
+
+/// The mode `name` with the flags given, on top of the mode's defaults. A
+/// flag that does not belong to the mode is sent as given, and the daemon
+/// refuses it naming the field.
+fn mode_from_flags(name: &str, f: ModeFlags) -> Result<pb::ClusterMode, String> {
+    use pb::cluster_mode::Collect as C;
+    let kind = Kind::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown mode {name:?}: {}", known.join(", "))
+    })?;
+    let mut m = cluster_mode_pb(&Mode::of(kind));
+    if let Some(v) = f.attempts {
+        m.attempts = v;
+    }
+    if let Some(v) = f.backoff_ms {
+        m.backoff_ms = v;
+        // Unset, the ceiling follows the base (10 ×).
+        m.backoff_max_ms = 0;
+    }
+    if let Some(v) = f.backoff_max_ms {
+        m.backoff_max_ms = v;
+    }
+    if !f.retry_on.is_empty() {
+        m.retry_on = f.retry_on;
+    }
+    if let Some(v) = f.forks {
+        m.forks = v;
+    }
+    if let Some(c) = f.collect {
+        m.collect = match Collect::parse(&c) {
+            Some(Collect::First) => C::First,
+            Some(Collect::All) => C::All,
+            Some(Collect::None) => C::None,
+            None => return Err(format!("--collect {c:?}: first, all or none")),
+        } as i32;
+    }
+    if let Some(v) = f.max_failure_percent {
+        m.max_failure_percent = v;
+    }
+    if let Some(r) = f.route {
+        m.route = r;
+    }
+    Ok(m)
+}
+
+/// A mode as the daemon sent it, rendered from its domain value.
 fn show_mode(m: &pb::ClusterMode) -> String {
-    use pb::cluster_mode::{Collect, Kind};
-    match Kind::try_from(m.kind) {
-        Ok(Kind::Failover) => format!(
-            "failover attempts={} backoff={}ms..{}ms retry_on={}",
-            m.attempts,
-            m.backoff_ms,
-            if m.backoff_max_ms == 0 {
-                m.backoff_ms * 10
-            } else {
-                m.backoff_max_ms
-            },
-            if m.retry_on.is_empty() {
-                "UNAVAILABLE".to_string()
-            } else {
-                m.retry_on.join(",")
-            }
-        ),
-        Ok(Kind::Failfast) => "failfast".into(),
-        Ok(Kind::Failsafe) => "failsafe".into(),
-        Ok(Kind::Forking) => format!("forking forks={}", m.forks),
-        Ok(k @ (Kind::Broadcast | Kind::Multicast)) => format!(
-            "{} collect={} max_failure_percent={}{}",
-            if k == Kind::Broadcast {
-                "broadcast"
-            } else {
-                "multicast"
-            },
-            match Collect::try_from(m.collect) {
-                Ok(Collect::All) => "all",
-                Ok(Collect::None) => "none",
-                _ => "first",
-            },
-            m.max_failure_percent,
-            if m.route.is_empty() {
-                String::new()
-            } else {
-                format!(" route={}", m.route)
-            }
-        ),
-        Err(_) => format!("unknown mode {}", m.kind),
+    // Modes of a multicast name their route, which this conversion is not
+    // asked to check against the service's rules.
+    let route = [m.route.as_str()];
+    match cluster_mode(m.clone(), &route) {
+        Ok(mode) => mode.to_string(),
+        Err(e) => format!("unreadable mode ({e})"),
     }
 }
 
 fn print_routing(s: &pb::ServiceStatus) {
     if let Some(c) = &s.cluster {
         let d = c.default_mode.clone().unwrap_or_default();
+        let budget = lb_core::cluster::Budget::default();
         println!(
             "cluster   {} (retry budget {}% + {}/s)",
             show_mode(&d),
-            c.budget_percent.unwrap_or(20),
-            c.budget_min_per_sec.unwrap_or(10)
+            c.budget_percent.unwrap_or(budget.percent),
+            c.budget_min_per_sec.unwrap_or(budget.min_per_sec)
         );
         let methods: BTreeMap<_, _> = c.methods.iter().collect();
         for (m, mode) in methods {

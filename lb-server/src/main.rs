@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lb_server::config::{parse_duration, Config};
+use lb_core::duration::parse as parse_duration;
+use lb_core::policy::PolicyKind;
+use lb_server::config::Config;
 use lb_server::ctl::CtlArgs;
-use lb_server::policy::PolicyKind;
 
 fn parse_policy(s: &str) -> Result<PolicyKind, String> {
     PolicyKind::parse(s).ok_or_else(|| format!("unknown policy {s:?}"))
@@ -59,7 +60,7 @@ struct Args {
     #[arg(long, default_value = "load_aware", value_parser = parse_policy)]
     default_policy: PolicyKind,
     /// Longest list (entries in one period) sent to clients.
-    #[arg(long, default_value_t = lb_server::policy::DEFAULT_MAX_LIST_LEN,
+    #[arg(long, default_value_t = lb_core::policy::DEFAULT_MAX_LIST_LEN,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_list_len: u32,
     /// How long a graceful shutdown waits for open calls.

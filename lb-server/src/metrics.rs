@@ -1,7 +1,8 @@
 //! Prometheus metrics: `GET /metrics` on `--metrics-listen`, in the text
 //! exposition format (version 0.0.4, prometheus.io/docs/instrumenting/exposition_formats).
 //!
-//! The figures are the engine's views (what `lb-server ctl get` shows), rendered
+//! The figures are the engine's views from its snapshot (what `lb-server ctl
+//! get` shows; a scrape never waits for the engine), rendered
 //! by the pure [`render`]; the listener is a minimal HTTP/1.1 responder (one
 //! request per connection, then close), enough for a Prometheus scraper or curl
 //! without a web framework.
@@ -14,7 +15,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::engine::{EngineHandle, ServiceView};
+use lb_core::inspect::{InstanceView, ServiceView};
+
+use crate::engine::EngineHandle;
 
 /// Longest request head read before answering.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -42,7 +45,7 @@ pub fn render(views: &[ServiceView]) -> String {
         views.iter().map(|v| (svc(v), f(v))).collect()
     };
     let inst = |v: &ServiceView, id: &str| format!("{},instance=\"{}\"", svc(v), esc(id));
-    let per_instance = |f: &dyn Fn(&crate::engine::InstanceView) -> f64| -> Vec<(String, f64)> {
+    let per_instance = |f: &dyn Fn(&InstanceView) -> f64| -> Vec<(String, f64)> {
         views
             .iter()
             .flat_map(|v| {
@@ -187,10 +190,9 @@ pub fn render(views: &[ServiceView]) -> String {
 
 /// Serves `GET /metrics` on `listener` until `stop` resolves; `body` renders
 /// the page for each scrape.
-pub async fn serve<B, F>(listener: TcpListener, body: B, stop: impl Future<Output = ()>)
+pub async fn serve<B>(listener: TcpListener, body: B, stop: impl Future<Output = ()>)
 where
-    B: Fn() -> F + Clone + Send + 'static,
-    F: Future<Output = String> + Send,
+    B: Fn() -> String + Clone + Send + 'static,
 {
     tokio::pin!(stop);
     loop {
@@ -220,7 +222,7 @@ where
             let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
             let (status, ctype, text) =
                 if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
-                    ("200 OK", "text/plain; version=0.0.4", body().await)
+                    ("200 OK", "text/plain; version=0.0.4", body())
                 } else {
                     (
                         "404 Not Found",
@@ -238,20 +240,15 @@ where
     }
 }
 
-/// The metrics page of `engine` (empty when it is stopping).
-pub async fn page(engine: EngineHandle) -> String {
-    match engine.inspect(None).await {
-        Ok(views) => {
-            let hub = engine.hub();
-            let mut page = render(&views);
-            page.push_str(&render_ingest(
-                hub.reports_received.load(Ordering::Relaxed),
-                hub.reports_applied.load(Ordering::Relaxed),
-            ));
-            page
-        }
-        Err(_) => String::new(),
-    }
+/// The metrics page of `engine`, from its latest snapshot.
+pub fn page(engine: &EngineHandle) -> String {
+    let hub = engine.hub();
+    let mut page = render(&engine.views(None));
+    page.push_str(&render_ingest(
+        hub.reports_received.load(Ordering::Relaxed),
+        hub.reports_applied.load(Ordering::Relaxed),
+    ));
+    page
 }
 
 /// The daemon-wide load-report counters.
@@ -269,13 +266,12 @@ fn render_ingest(received: u64, applied: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ClusterConfig;
-    use crate::engine::InstanceView;
-    use crate::health::HostStatus;
-    use crate::model::InstanceSpec;
-    use crate::policy::ServicePolicy;
-    use crate::registry::{Attachment, OutcomeTotals, Override};
-    use crate::routing::{Match, Rule, Target};
+    use lb_core::cluster::ClusterConfig;
+    use lb_core::health::HostStatus;
+    use lb_core::model::InstanceSpec;
+    use lb_core::policy::ServicePolicy;
+    use lb_core::registry::{Attachment, OutcomeTotals, Override};
+    use lb_core::routing::{Match, Rule, Target};
 
     fn view() -> ServiceView {
         let spec = InstanceSpec {
@@ -331,7 +327,7 @@ mod tests {
             drop_fraction: 0.25,
             utilization: 0.95,
             backlog_seconds: 0.125,
-            grpclb: crate::registry::GrpclbTotals {
+            grpclb: lb_core::registry::GrpclbTotals {
                 calls_started: 30,
                 ..Default::default()
             },
@@ -378,13 +374,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            || async { "lb_x 1\n".to_string() },
-            async {
-                stop_rx.await.ok();
-            },
-        ));
+        let server = tokio::spawn(serve(listener, || "lb_x 1\n".to_string(), async {
+            stop_rx.await.ok();
+        }));
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())

@@ -5,6 +5,7 @@
 //! to `drain_timeout` for in-flight calls, then let the engine flush and stop.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lb_proto::grpclb::load_balancer_server::LoadBalancerServer;
@@ -15,12 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::server::TcpIncoming;
 
-use crate::admin::AdminApi;
-use crate::api::{BalancerApi, RegistryApi};
+use crate::api::{AdminApi, BalancerApi, GrpclbApi, RegistryApi};
 use crate::config::Config;
 use crate::engine;
-use crate::grpclb::GrpclbApi;
-use crate::store::{Store, StoreError};
+use crate::store::{SledStore, StoreError};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +55,8 @@ pub async fn run(
         ),
         None => None,
     };
-    let store = Store::open(&config.data_dir)?;
-    let (engine, engine_task) = engine::start(store, config.clone()).await?;
+    let store = SledStore::open(&config.data_dir)?;
+    let (engine, engine_task) = engine::start(Arc::new(store), config.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(listener) = metrics {
         if let Ok(addr) = listener.local_addr() {
@@ -67,7 +66,7 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         tokio::spawn(crate::metrics::serve(
             listener,
-            move || crate::metrics::page(e.clone()),
+            move || crate::metrics::page(&e),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

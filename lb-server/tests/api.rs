@@ -51,7 +51,7 @@ impl Daemon {
         let mut config = Config::new(dir);
         config.drain_timeout = Duration::from_secs(3);
         // These tests check exact list shapes: static weights, no load policy.
-        config.default_policy = lb_server::policy::PolicyKind::WeightedRoundRobin;
+        config.default_policy = lb_core::policy::PolicyKind::WeightedRoundRobin;
         tweak(&mut config);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(lb_server::run(listener, config, async {

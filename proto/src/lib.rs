@@ -8,16 +8,10 @@
 //!   our wire-compatible copy of gRPC's load-balancer protocol
 //!   (`LoadBalancer`: `BalanceLoad`), for stock gRPC clients' `grpclb` policy.
 //!
-//! - [`keyhash`]: the request-key hash shared by the daemon and clients.
-//! - [`status`]: gRPC status names and codes (cluster modes' `retry_on`).
-//!
-//! Only the edges of `lb-server` and `lb-client` (their `pb.rs` modules) use these
-//! types; the cores work on domain types.
+//! Generated code only. The edges of `lb-server` and `lb-client` convert these
+//! types to and from `lb-core`'s domain types; nothing else uses them.
 
 #![forbid(unsafe_code)]
-
-pub mod keyhash;
-pub mod status;
 
 /// Package `lb.v1`.
 #[allow(missing_docs, clippy::all)]

@@ -385,22 +385,29 @@ async fn client_call_stats_reach_the_daemon_even_when_the_client_exits_at_once()
         lb_proto::v1::admin_client::AdminClient::connect(format!("http://{}", c.daemon.addr()))
             .await
             .expect("admin");
-    let s = admin
-        .get_service(lb_proto::v1::GetServiceRequest {
-            service: "echo".into(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
-    let per: BTreeMap<String, u64> = s
-        .instances
-        .iter()
-        .map(|i| (i.instance_id.clone(), i.calls_finished))
-        .collect();
-    assert_eq!(
-        per,
-        BTreeMap::from([("b1".into(), 30), ("b2".into(), 30), ("b3".into(), 30)])
-    );
+    // Admin reads come from the engine's snapshot, which shows client stats
+    // within its refresh interval (100 ms): wait for them, then check them.
+    let want = BTreeMap::from([("b1".into(), 30), ("b2".into(), 30), ("b3".into(), 30)]);
+    let deadline = std::time::Instant::now() + WAIT;
+    let (s, per) = loop {
+        let s = admin
+            .get_service(lb_proto::v1::GetServiceRequest {
+                service: "echo".into(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        let per: BTreeMap<String, u64> = s
+            .instances
+            .iter()
+            .map(|i| (i.instance_id.clone(), i.calls_finished))
+            .collect();
+        if per == want || std::time::Instant::now() >= deadline {
+            break (s, per);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(per, want);
     assert!(s
         .instances
         .iter()

@@ -1254,12 +1254,12 @@ async fn timed_admin_change(
 
 /// `policy::plan` on a 100-instance service, in-process: median µs.
 fn plan_micros(kind: &str) -> anyhow::Result<f64> {
-    use lb_server::model::{InstanceSpec, Load};
-    use lb_server::policy::{self, Candidate, LoadState, ServicePolicy};
+    use lb_core::model::{InstanceSpec, Load};
+    use lb_core::policy::{self, Candidate, LoadState, ServicePolicy};
     let base = ServicePolicy::default();
     let policy = ServicePolicy::parse(kind, &BTreeMap::new(), &base)
         .map_err(|e| anyhow!("policy {kind}: {e:?}"))?;
-    let now = tokio::time::Instant::now();
+    let now = Instant::now();
     let specs: Vec<InstanceSpec> = (0..100)
         .map(|i| InstanceSpec {
             service: "plan".into(),
@@ -1491,7 +1491,7 @@ async fn scale(
             format!("Instances are unary Register leases (TTL 1 h, weights 1–5, {per_svc} per service). Subscribers are raw Balancer.Subscribe streams from the bench process, {} per service, over {} HTTP/2 connections (lb-client opens one connection per subscription; raw streams keep {nsubs} subscribers within one process's means: the bench process held {bench_rss:.0} MiB).", nsubs / nsvc, sub_chans.len()),
             format!("RSS is VmRSS from /proc/<pid>/status; baseline = the idle daemon in the same run (after serving one RPC). Peak (VmHWM) with everything: {hwm:.1} MiB."),
             format!("The change: Admin.SetWeight on one instance of {target}, toggling 10 / 1, {changes} times; latency from issuing the RPC until each subscriber of {target} received a newer list. Baseline: the same change with a single subscriber before the others were opened (same registry)."),
-            "policy::plan is the daemon's pure planning step (lb_server::policy::plan) timed in this process on 100 candidates with load reports; median of 201 runs. The daemon also builds each subscriber's own order (client_order) when its stream sends a list.".to_string(),
+            "policy::plan is the daemon's pure planning step (lb_core::policy::plan) timed in this process on 100 candidates with load reports; median of 201 runs. The daemon also builds each subscriber's own order (client_order) when its stream sends a list.".to_string(),
         ],
     }
     .emit(out)?;

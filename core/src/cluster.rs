@@ -1,0 +1,549 @@
+//! Cluster modes: what a client does with a call across instances (Dubbo's
+//! cluster fault tolerance: failover, failfast, failsafe, forking, broadcast;
+//! multicast is broadcast over one routing rule's instances; forking is gRPC's
+//! hedging, A6). The daemon validates, stores and pushes these settings with
+//! the list; lb-client executes them (`lb_client::cluster`). Both use these
+//! types, so a default is written down once.
+//!
+//! Settings are per service with per-method overrides, plus the service's
+//! retry budget (Finagle's `RetryBudget`: retries may add a percentage of the
+//! calls plus a floor per second).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::model::FieldError;
+use crate::status::Code;
+
+/// Largest `attempts` for failover.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Largest `forks` for forking.
+pub const MAX_FORKS: u32 = 10;
+/// Largest base backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Largest backoff ceiling.
+pub const MAX_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A failover backoff ceiling left unset is this many times the base backoff.
+pub const BACKOFF_MAX_FACTOR: u32 = 10;
+/// Most per-method entries.
+pub const MAX_METHODS: usize = 256;
+/// Longest method path, bytes.
+pub const MAX_METHOD_LEN: usize = 256;
+/// Most `retry_on` codes (there are 16 error codes).
+pub const MAX_RETRY_ON: usize = 16;
+/// Largest retry budget floor, per second.
+pub const MAX_BUDGET_MIN_PER_SEC: u32 = 100_000;
+
+/// Which mode, by name (the CLI's and the wire's vocabulary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// Retry a retryable failure on another instance.
+    #[default]
+    Failover,
+    /// One attempt; the error goes to the caller.
+    Failfast,
+    /// One attempt; an error is swallowed, a default answer returned.
+    Failsafe,
+    /// `forks` attempts at once on distinct instances; first success wins.
+    Forking,
+    /// Every instance.
+    Broadcast,
+    /// Every instance a routing rule selects.
+    Multicast,
+}
+
+impl Kind {
+    /// Every kind, in documentation order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Failover,
+        Kind::Failfast,
+        Kind::Failsafe,
+        Kind::Forking,
+        Kind::Broadcast,
+        Kind::Multicast,
+    ];
+
+    /// The name used by `ctl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::Failfast => "failfast",
+            Kind::Failsafe => "failsafe",
+            Kind::Forking => "forking",
+            Kind::Broadcast => "broadcast",
+            Kind::Multicast => "multicast",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// What one logical call does across instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Retry retryable errors on other instances (the default).
+    Failover(Failover),
+    /// One attempt; its error is returned.
+    Failfast,
+    /// One attempt; an error (or no instance) is swallowed and a default
+    /// answer returned.
+    Failsafe,
+    /// Hedging: `forks` attempts on distinct instances at once (fewer when
+    /// fewer instances exist or the budget refuses); the first success wins
+    /// and the others are cancelled.
+    Forking {
+        /// Attempts started at once, `2..=MAX_FORKS`.
+        forks: u32,
+    },
+    /// Call every instance concurrently.
+    Broadcast(Broadcast),
+    /// Call every instance of one routing rule concurrently.
+    Multicast {
+        /// The routing rule whose instances are called.
+        route: String,
+        /// How results are collected and judged.
+        broadcast: Broadcast,
+    },
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::Failover(Failover::default())
+    }
+}
+
+/// Failover settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    /// Total attempts, the first included, `1..=MAX_ATTEMPTS`.
+    pub attempts: u32,
+    /// Ceiling of the first backoff (full jitter: the delay is uniform in
+    /// `[0, ceiling]`, the ceiling doubling per retry).
+    pub backoff: Duration,
+    /// Largest backoff ceiling (at least `backoff`).
+    pub backoff_max: Duration,
+    /// Codes worth retrying elsewhere (at least one).
+    pub retry_on: Vec<Code>,
+}
+
+impl Default for Failover {
+    /// Three attempts (Dubbo's `retries=2`), 10 ms backoff doubling to
+    /// 100 ms, retry on UNAVAILABLE only.
+    fn default() -> Self {
+        let backoff = Duration::from_millis(10);
+        Failover {
+            attempts: 3,
+            backoff,
+            backoff_max: backoff * BACKOFF_MAX_FACTOR,
+            retry_on: vec![Code::Unavailable],
+        }
+    }
+}
+
+/// Broadcast (and multicast) settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Broadcast {
+    /// What the caller gets on success.
+    pub collect: Collect,
+    /// `0..=100`: the broadcast fails when more than this percentage of the
+    /// instances fail (0: any failure fails it).
+    pub max_failure_percent: u32,
+}
+
+/// What a successful broadcast returns to `Subscription::call` (the
+/// broadcast API always has every instance's result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Collect {
+    /// The first success, in endpoint order.
+    #[default]
+    First,
+    /// Every answer is wanted (a single-answer call gets the first).
+    All,
+    /// Only success or failure matters: a default answer.
+    None,
+}
+
+impl Collect {
+    /// Every value.
+    pub const ALL: [Collect; 3] = [Collect::First, Collect::All, Collect::None];
+
+    /// The name used by `ctl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Collect::First => "first",
+            Collect::All => "all",
+            Collect::None => "none",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Collect> {
+        Collect::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+impl Mode {
+    /// `kind` with its settings at their defaults (multicast with no route,
+    /// which [`Mode::check`] refuses until one is set).
+    pub fn of(kind: Kind) -> Mode {
+        match kind {
+            Kind::Failover => Mode::default(),
+            Kind::Failfast => Mode::Failfast,
+            Kind::Failsafe => Mode::Failsafe,
+            Kind::Forking => Mode::Forking { forks: 2 },
+            Kind::Broadcast => Mode::Broadcast(Broadcast::default()),
+            Kind::Multicast => Mode::Multicast {
+                route: String::new(),
+                broadcast: Broadcast::default(),
+            },
+        }
+    }
+
+    /// Which kind this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Mode::Failover(_) => Kind::Failover,
+            Mode::Failfast => Kind::Failfast,
+            Mode::Failsafe => Kind::Failsafe,
+            Mode::Forking { .. } => Kind::Forking,
+            Mode::Broadcast(_) => Kind::Broadcast,
+            Mode::Multicast { .. } => Kind::Multicast,
+        }
+    }
+
+    /// Checks ranges; `rules` are the service's rule names (multicast must
+    /// name one). Field names are the wire message's (`attempts`,
+    /// `backoff_ms`, ...).
+    pub fn check(&self, rules: &[&str]) -> Result<(), FieldError> {
+        match self {
+            Mode::Failover(f) => f.check(),
+            Mode::Failfast | Mode::Failsafe => Ok(()),
+            Mode::Forking { forks } => {
+                if *forks < 2 || *forks > MAX_FORKS {
+                    return Err(FieldError::new(
+                        "forks",
+                        format!("{forks} is outside 2..={MAX_FORKS}"),
+                    ));
+                }
+                Ok(())
+            }
+            Mode::Broadcast(b) => b.check(),
+            Mode::Multicast { route, broadcast } => {
+                broadcast.check()?;
+                if route.is_empty() {
+                    return Err(FieldError::new(
+                        "route",
+                        "multicast needs the name of a routing rule",
+                    ));
+                }
+                if !rules.contains(&route.as_str()) {
+                    return Err(FieldError::new(
+                        "route",
+                        format!("no routing rule named {route:?} in this service"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Failover {
+    fn check(&self) -> Result<(), FieldError> {
+        if self.attempts == 0 || self.attempts > MAX_ATTEMPTS {
+            return Err(FieldError::new(
+                "attempts",
+                format!("{} is outside 1..={MAX_ATTEMPTS}", self.attempts),
+            ));
+        }
+        let ms = |d: Duration| d.as_millis();
+        if self.backoff > MAX_BACKOFF {
+            return Err(FieldError::new(
+                "backoff_ms",
+                format!("{} is outside 0..={}", ms(self.backoff), ms(MAX_BACKOFF)),
+            ));
+        }
+        if self.backoff_max < self.backoff || self.backoff_max > MAX_BACKOFF_MAX {
+            return Err(FieldError::new(
+                "backoff_max_ms",
+                format!(
+                    "{} is outside backoff_ms..={} ({}..={})",
+                    ms(self.backoff_max),
+                    ms(MAX_BACKOFF_MAX),
+                    ms(self.backoff),
+                    ms(MAX_BACKOFF_MAX)
+                ),
+            ));
+        }
+        if self.retry_on.is_empty() || self.retry_on.len() > MAX_RETRY_ON {
+            return Err(FieldError::new(
+                "retry_on",
+                format!("{} codes, not 1..={MAX_RETRY_ON}", self.retry_on.len()),
+            ));
+        }
+        if let Some(i) = self.retry_on.iter().position(|c| *c == Code::Ok) {
+            return Err(FieldError::new(
+                format!("retry_on[{i}]"),
+                "OK is not an error to retry",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Broadcast {
+    fn check(&self) -> Result<(), FieldError> {
+        if self.max_failure_percent > 100 {
+            return Err(FieldError::new(
+                "max_failure_percent",
+                format!("{} is outside 0..=100", self.max_failure_percent),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Mode {
+    /// As `ctl get` shows it: `failover attempts=3 backoff=10ms..100ms
+    /// retry_on=UNAVAILABLE`, `forking forks=2`, ...
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fan_out = |f: &mut fmt::Formatter<'_>, b: &Broadcast| {
+            write!(
+                f,
+                " collect={} max_failure_percent={}",
+                b.collect.name(),
+                b.max_failure_percent
+            )
+        };
+        f.write_str(self.kind().name())?;
+        match self {
+            Mode::Failover(o) => {
+                let codes: Vec<&str> = o.retry_on.iter().map(|c| c.name()).collect();
+                write!(
+                    f,
+                    " attempts={} backoff={}ms..{}ms retry_on={}",
+                    o.attempts,
+                    o.backoff.as_millis(),
+                    o.backoff_max.as_millis(),
+                    codes.join(",")
+                )
+            }
+            Mode::Failfast | Mode::Failsafe => Ok(()),
+            Mode::Forking { forks } => write!(f, " forks={forks}"),
+            Mode::Broadcast(b) => fan_out(f, b),
+            Mode::Multicast { route, broadcast } => {
+                fan_out(f, broadcast)?;
+                write!(f, " route={route}")
+            }
+        }
+    }
+}
+
+/// The retry budget: retries (and extra hedges) may add `percent` of the
+/// calls plus `min_per_sec` per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Percentage of the calls, `0..=100`.
+    pub percent: u32,
+    /// Retries per second always allowed.
+    pub min_per_sec: u32,
+}
+
+impl Default for Budget {
+    /// Finagle's defaults: 20 % of the calls plus 10 per second.
+    fn default() -> Self {
+        Budget {
+            percent: 20,
+            min_per_sec: 10,
+        }
+    }
+}
+
+/// A service's cluster settings (persisted, pushed with the list).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterConfig {
+    /// The service's mode.
+    pub default: Mode,
+    /// Per-method modes, by "/package.Service/Method".
+    pub methods: BTreeMap<String, Mode>,
+    /// The retry budget.
+    pub budget: Budget,
+}
+
+impl ClusterConfig {
+    /// Checks every field; `rules` are the service's rule names.
+    pub fn check(&self, rules: &[&str]) -> Result<(), FieldError> {
+        self.default
+            .check(rules)
+            .map_err(|e| e.within("default_mode"))?;
+        if self.methods.len() > MAX_METHODS {
+            return Err(FieldError::new(
+                "methods",
+                format!("{} entries, more than {MAX_METHODS}", self.methods.len()),
+            ));
+        }
+        for (m, mode) in &self.methods {
+            let field = format!("methods[{m:?}]");
+            check_method(m).map_err(|e| FieldError::new(field.clone(), e))?;
+            mode.check(rules).map_err(|e| e.within(&field))?;
+        }
+        if self.budget.percent > 100 {
+            return Err(FieldError::new(
+                "budget_percent",
+                format!("{} is outside 0..=100", self.budget.percent),
+            ));
+        }
+        if self.budget.min_per_sec > MAX_BUDGET_MIN_PER_SEC {
+            return Err(FieldError::new(
+                "budget_min_per_sec",
+                format!(
+                    "{} is outside 0..={MAX_BUDGET_MIN_PER_SEC}",
+                    self.budget.min_per_sec
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The mode for `method` (the service's when it has none of its own).
+    pub fn mode_for(&self, method: &str) -> &Mode {
+        self.methods.get(method).unwrap_or(&self.default)
+    }
+
+    /// Rule names the settings depend on (multicast routes).
+    pub fn routes(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.default)
+            .chain(self.methods.values())
+            .filter_map(|m| match m {
+                Mode::Multicast { route, .. } => Some(route.as_str()),
+                _ => None,
+            })
+    }
+}
+
+/// A method path: "/package.Service/Method".
+fn check_method(m: &str) -> Result<(), String> {
+    if m.len() > MAX_METHOD_LEN {
+        return Err(format!("longer than {MAX_METHOD_LEN} bytes"));
+    }
+    let Some(rest) = m.strip_prefix('/') else {
+        return Err("must look like /package.Service/Method".into());
+    };
+    match rest.split_once('/') {
+        Some((svc, method))
+            if !svc.is_empty()
+                && !method.is_empty()
+                && !method.contains('/')
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b)) =>
+        {
+            Ok(())
+        }
+        _ => Err("must look like /package.Service/Method".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failover(f: impl FnOnce(&mut Failover)) -> Mode {
+        let mut o = Failover::default();
+        f(&mut o);
+        Mode::Failover(o)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(ClusterConfig::default().check(&[]), Ok(()));
+        for k in Kind::ALL {
+            let mut m = Mode::of(k);
+            if let Mode::Multicast { route, .. } = &mut m {
+                *route = "r".into();
+            }
+            assert_eq!(m.check(&["r"]), Ok(()), "{k:?}");
+            assert_eq!(m.kind(), k);
+        }
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused() {
+        let bad = |m: Mode| m.check(&["r"]).unwrap_err().field;
+        assert_eq!(bad(failover(|f| f.attempts = 0)), "attempts");
+        assert_eq!(bad(failover(|f| f.attempts = 11)), "attempts");
+        assert_eq!(
+            bad(failover(|f| {
+                f.backoff = Duration::from_millis(50);
+                f.backoff_max = Duration::from_millis(10);
+            })),
+            "backoff_max_ms"
+        );
+        assert_eq!(bad(failover(|f| f.retry_on.clear())), "retry_on");
+        assert_eq!(
+            bad(failover(|f| f.retry_on = vec![Code::Ok])),
+            "retry_on[0]"
+        );
+        assert_eq!(bad(Mode::Forking { forks: 1 }), "forks");
+        assert_eq!(
+            bad(Mode::Broadcast(Broadcast {
+                max_failure_percent: 101,
+                ..Broadcast::default()
+            })),
+            "max_failure_percent"
+        );
+        assert_eq!(bad(Mode::of(Kind::Multicast)), "route");
+        assert_eq!(
+            bad(Mode::Multicast {
+                route: "other".into(),
+                broadcast: Broadcast::default()
+            }),
+            "route"
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_path() {
+        let mut c = ClusterConfig::default();
+        c.methods
+            .insert("/a.B/C".into(), failover(|f| f.attempts = 0));
+        assert_eq!(
+            c.check(&[]).unwrap_err().field,
+            "methods[\"/a.B/C\"].attempts"
+        );
+        let mut c = ClusterConfig::default();
+        c.methods.insert("nope".into(), Mode::default());
+        assert_eq!(c.check(&[]).unwrap_err().field, "methods[\"nope\"]");
+        let c = ClusterConfig {
+            budget: Budget {
+                percent: 101,
+                ..Budget::default()
+            },
+            ..ClusterConfig::default()
+        };
+        assert_eq!(c.check(&[]).unwrap_err().field, "budget_percent");
+    }
+
+    #[test]
+    fn modes_render_as_ctl_shows_them() {
+        assert_eq!(
+            Mode::default().to_string(),
+            "failover attempts=3 backoff=10ms..100ms retry_on=UNAVAILABLE"
+        );
+        assert_eq!(Mode::Forking { forks: 2 }.to_string(), "forking forks=2");
+        assert_eq!(
+            Mode::Multicast {
+                route: "ab".into(),
+                broadcast: Broadcast {
+                    collect: Collect::All,
+                    max_failure_percent: 25
+                }
+            }
+            .to_string(),
+            "multicast collect=all max_failure_percent=25 route=ab"
+        );
+    }
+}

@@ -1,0 +1,1041 @@
+//! The registry: which instances exist, what keeps each alive, their live load
+//! and the outcomes clients report for them.
+//!
+//! A synchronous state machine with an explicit `now` and no I/O: the engine
+//! task owns the only instance and decides, from what these methods return,
+//! what to persist and which services to re-plan. Changes are split into a
+//! fallible `check_*` and an infallible `apply_*`, so the engine can make the
+//! change durable in between and nothing half-applied is ever visible.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::time::Instant;
+
+use crate::cluster::ClusterConfig;
+use crate::health::{self, Detector};
+use crate::model::{ClientStats, GrpclbStats, InstanceKey, InstanceSpec, Load, MAX_DROP_TOKENS};
+use crate::policy::ewma::LatencyEwma;
+use crate::policy::{outcome, Candidate, LoadState, ServicePlan, ServicePolicy};
+use crate::routing::Rule;
+
+/// What keeps an instance in the lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// An open `ReportLoad` stream; `session` tells successive streams apart.
+    Stream {
+        /// The engine-assigned id of the stream.
+        session: u64,
+    },
+    /// A unary `Register` lease, renewed by registering again.
+    Lease,
+    /// Loaded from the store after a restart, waiting for its backend to return.
+    Restored,
+    /// Added by an operator, with no backend process behind it: never
+    /// expires, removed only by an operator.
+    Static,
+}
+
+/// Totals of what clients reported for one instance since it registered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeTotals {
+    /// Calls started.
+    pub calls_started: u64,
+    /// Calls finished.
+    pub calls_finished: u64,
+    /// Calls failed.
+    pub calls_failed: u64,
+    /// Sum of latencies, µs.
+    pub latency_sum_us: u64,
+}
+
+/// One registered instance.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// What it registered.
+    pub spec: InstanceSpec,
+    /// What keeps it alive.
+    pub attachment: Attachment,
+    /// How long it may stay silent.
+    pub ttl: Duration,
+    /// When it leaves unless renewed (a report, a lease renewal, a reattach).
+    pub expires: Instant,
+    /// Its latest load report.
+    pub load: Option<LoadState>,
+    /// What clients reported about it.
+    pub outcomes: OutcomeTotals,
+    /// Outcome-driven efficient weight (seed 000), in units of its weight.
+    pub efficient: f64,
+    /// Client-reported latency EWMA (fastest_response).
+    pub latency: Option<LatencyEwma>,
+    /// When it became active (registered, or undrained), for slow start;
+    /// `None` once it no longer matters (restored after a daemon restart).
+    pub active_since: Option<Instant>,
+}
+
+impl Instance {
+    fn new(spec: InstanceSpec, attachment: Attachment, ttl: Duration, expires: Instant) -> Self {
+        Instance {
+            efficient: f64::from(spec.weight),
+            spec,
+            attachment,
+            ttl,
+            expires,
+            load: None,
+            outcomes: OutcomeTotals::default(),
+            latency: None,
+            active_since: None,
+        }
+    }
+}
+
+/// What an operator set on an instance (persisted; outlives registrations,
+/// so a drained backend that restarts stays drained).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Override {
+    /// Replaces the registered weight.
+    pub weight: Option<u32>,
+    /// Out of every list; the backend is told to drain.
+    pub drained: bool,
+}
+
+/// One service: its instances and its policy.
+#[derive(Debug, Clone, Default)]
+pub struct Service {
+    /// Instances by id (shared with snapshots until one changes).
+    pub instances: BTreeMap<String, Arc<Instance>>,
+    /// Policy settings.
+    pub policy: ServicePolicy,
+    /// Calls clients dropped locally on drop entries.
+    pub dropped: u64,
+    /// Calls clients could not place (empty list).
+    pub no_backend: u64,
+    /// Routing rules, in order (persisted).
+    pub rules: Vec<Rule>,
+    /// Cluster modes (persisted).
+    pub cluster: ClusterConfig,
+    /// Outlier detection and circuit breaking.
+    pub health: Detector,
+    /// Load shedding: the fraction of calls dropped now.
+    pub drop_fraction: f64,
+    /// When `drop_fraction` was last stepped.
+    pub shed_at: Option<Instant>,
+    /// Cumulative client-reported failures by gRPC status code, per instance.
+    pub failed_by_code: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// What stock gRPC clients reported (grpc.lb.v1), cumulative.
+    pub grpclb: GrpclbTotals,
+}
+
+/// Cumulative grpclb client stats of one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrpclbTotals {
+    /// Calls started.
+    pub calls_started: u64,
+    /// Calls finished.
+    pub calls_finished: u64,
+    /// Calls that never reached a server (drops excluded).
+    pub failed_to_send: u64,
+    /// Calls known to have reached a server.
+    pub known_received: u64,
+    /// Dropped calls by token; at most [`MAX_DROP_TOKENS`] tokens, later
+    /// ones are counted under `"other"`.
+    pub dropped_by_token: BTreeMap<String, u64>,
+}
+
+impl Service {
+    /// Nothing but defaults: the service can be forgotten once it has no instance.
+    fn is_default(&self, policy: &ServicePolicy) -> bool {
+        self.instances.is_empty()
+            && self.policy == *policy
+            && self.rules.is_empty()
+            && self.cluster == ClusterConfig::default()
+    }
+
+    /// What the shedding controller sees over the instances with a fresh
+    /// report: their mean utilization, and how long their reported requests
+    /// take to drain at their full rates (`Σ active / Σ μ`, counting only
+    /// instances that report qps; `None` if none does, or if requests are
+    /// reported while nothing completes).
+    pub fn shed_signal(&self, now: Instant) -> crate::policy::shed::Signal {
+        let expiry = self.policy.load_aware.expiry;
+        // `known`: some instance tells its rate (or that it is idle).
+        let (mut util, mut n, mut active, mut rate, mut known) = (0.0, 0usize, 0.0, 0.0, false);
+        for l in self
+            .instances
+            .values()
+            .filter_map(|i| i.load.as_ref())
+            .filter(|l| now.saturating_duration_since(l.at) <= expiry)
+        {
+            util += l.load.cpu_utilization;
+            n += 1;
+            if let Some(mu) =
+                crate::policy::load_aware::full_rate(l.load.qps, l.load.cpu_utilization)
+            {
+                active += l.load.active_requests as f64;
+                rate += mu;
+                known = true;
+            } else if l.load.qps == Some(0.0) && l.load.active_requests == 0 {
+                // Idle and saying so: no backlog.
+                known = true;
+            }
+        }
+        crate::policy::shed::Signal {
+            utilization: (n > 0).then(|| util / n as f64),
+            backlog: match (known, rate > 0.0) {
+                (false, _) => None,
+                (true, true) => Some(active / rate),
+                (true, false) => Some(0.0),
+            },
+        }
+    }
+}
+
+/// Why a change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The id is taken by a live instance at another address: deregister it
+    /// first, or register under another id.
+    #[error("instance_id: {instance_id:?} is live at {existing}; deregister it first or use another id (got address {requested})")]
+    AddressConflict {
+        /// The contested id.
+        instance_id: String,
+        /// Address of the live instance.
+        existing: String,
+        /// Address asked for.
+        requested: String,
+    },
+    /// A unary lease was asked for an instance kept alive by a stream: use one
+    /// mechanism per instance.
+    #[error(
+        "instance_id: {0:?} is kept alive by a ReportLoad stream; it cannot also hold a lease"
+    )]
+    StreamOwned(String),
+    /// A backend tried to register over a static instance (or an operator
+    /// tried to make a backend's live instance static).
+    #[error("instance_id: {0:?} is a static instance; remove it (`lb-server ctl remove-static`) or use another id")]
+    StaticOwned(String),
+    /// An operator tried to add a static instance under the id of a live
+    /// backend's registration.
+    #[error("instance_id: {0:?} is registered by a running backend; deregister it first or use another id")]
+    BackendOwned(String),
+    /// `remove-static` named an instance a backend registered.
+    #[error("instance_id: {0:?} was registered by a backend, not added as static; it leaves when its backend deregisters")]
+    NotStatic(String),
+    /// The stream is no longer the one that owns the instance (it expired, was
+    /// deregistered or replaced by a newer stream): register again.
+    #[error("instance {0:?} is no longer registered on this stream; register again")]
+    NotAttached(String),
+}
+
+/// What an applied registration means for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    /// The spec or TTL differs from what the store holds: write it.
+    pub persist: bool,
+    /// A previous stream session this one replaced.
+    pub replaced_session: Option<u64>,
+}
+
+/// The registry of every service.
+///
+/// Cloning it is cheap: services, instances and the overrides sit behind
+/// `Arc`s and are copied on write (`Arc::make_mut`), so a clone shares
+/// everything until one side changes it, and then copies only the service
+/// (and the instance) that changed. The daemon's readers get their
+/// snapshots this way.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    services: BTreeMap<String, Arc<Service>>,
+    default_policy: ServicePolicy,
+    overrides: Arc<BTreeMap<InstanceKey, Override>>,
+}
+
+impl Registry {
+    /// An empty registry whose services start with the default policy.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// An empty registry whose services start with `policy`.
+    pub fn with_default_policy(policy: ServicePolicy) -> Self {
+        Registry {
+            services: BTreeMap::new(),
+            default_policy: policy,
+            overrides: Arc::default(),
+        }
+    }
+
+    /// A service, if known.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name).map(|s| &**s)
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> impl Iterator<Item = (&String, &Service)> {
+        self.services.iter().map(|(n, s)| (n, &**s))
+    }
+
+    /// One instance.
+    pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
+        self.services
+            .get(&key.service)?
+            .instances
+            .get(&key.instance_id)
+            .map(|i| &**i)
+    }
+
+    /// A known service, to change (copied first if a snapshot shares it).
+    fn known_mut(&mut self, service: &str) -> Option<&mut Service> {
+        self.services.get_mut(service).map(Arc::make_mut)
+    }
+
+    /// A registered instance, to change (copied first if shared).
+    fn instance_mut(&mut self, key: &InstanceKey) -> Option<&mut Instance> {
+        self.instance(key)?;
+        let svc = self.known_mut(&key.service)?;
+        svc.instances.get_mut(&key.instance_id).map(Arc::make_mut)
+    }
+
+    /// The candidates the policy may put in the service's list at `now`:
+    /// every instance but the drained ones, with overrides applied.
+    pub fn candidates(&self, service: &str, now: Instant) -> Vec<Candidate<'_>> {
+        let Some(s) = self.services.get(service) else {
+            return Vec::new();
+        };
+        let decay = s.policy.ewma_decay;
+        // Estimates relax toward the service's mean latency (re-probing).
+        let known: Vec<f64> = s
+            .instances
+            .values()
+            .filter_map(|i| i.latency.map(|l| l.estimate(now, decay, 0.0)))
+            .filter(|x| *x > 0.0)
+            .collect();
+        let prior = if known.is_empty() {
+            0.0
+        } else {
+            known.iter().sum::<f64>() / known.len() as f64
+        };
+        // Each non-drained instance with its override and whether outlier
+        // detection lets it in (each looked up once).
+        let live: Vec<(&Instance, Override, bool)> = s
+            .instances
+            .values()
+            .map(|i| &**i)
+            .filter_map(|i| {
+                let o = self
+                    .overrides
+                    .get(&i.spec.key())
+                    .copied()
+                    .unwrap_or_default();
+                (!o.drained).then(|| (i, o, s.health.available(&i.spec.instance_id, now)))
+            })
+            .collect();
+        // Envoy's panic threshold: when too few instances are healthy, use
+        // them all rather than overload the few.
+        let healthy = live.iter().filter(|(_, _, ok)| *ok).count();
+        let panic = (healthy as f64) < s.policy.panic_threshold * live.len() as f64;
+        let readmit_window = s.policy.readmit_window;
+        live.into_iter()
+            .filter_map(|(i, o, ok)| {
+                if !panic && !ok {
+                    return None;
+                }
+                let weight = o.weight.unwrap_or(i.spec.weight);
+                Some(Candidate {
+                    spec: &i.spec,
+                    weight,
+                    load: i.load.as_ref(),
+                    efficient: i.efficient * f64::from(weight) / f64::from(i.spec.weight.max(1)),
+                    latency_us: i.latency.map(|l| l.estimate(now, decay, prior)),
+                    active_since: i.active_since,
+                    readmitted: s
+                        .health
+                        .readmitted_at(&i.spec.instance_id)
+                        .filter(|t| now.saturating_duration_since(*t) < readmit_window),
+                })
+            })
+            .collect()
+    }
+
+    /// The operator's settings for an instance.
+    pub fn override_of(&self, key: &InstanceKey) -> Override {
+        self.overrides.get(key).copied().unwrap_or_default()
+    }
+
+    /// Every override, by instance.
+    pub fn overrides(&self) -> impl Iterator<Item = (&InstanceKey, &Override)> {
+        self.overrides.iter()
+    }
+
+    /// Sets (or, with the default, clears) an operator override. An instance
+    /// coming back from a drain restarts its slow-start ramp.
+    pub fn set_override(&mut self, key: &InstanceKey, o: Override, now: Instant) {
+        let was_drained = self.override_of(key).drained;
+        let overrides = Arc::make_mut(&mut self.overrides);
+        if o == Override::default() {
+            overrides.remove(key);
+        } else {
+            overrides.insert(key.clone(), o);
+        }
+        if was_drained && !o.drained {
+            if let Some(i) = self.instance_mut(key) {
+                i.active_since = Some(now);
+            }
+        }
+    }
+
+    /// The service's policy (the default for an unknown service).
+    pub fn policy(&self, service: &str) -> &ServicePolicy {
+        self.services
+            .get(service)
+            .map_or(&self.default_policy, |s| &s.policy)
+    }
+
+    /// A service to change, created with the default policy if unknown.
+    fn service_mut(&mut self, service: &str) -> &mut Service {
+        let default = &self.default_policy;
+        Arc::make_mut(self.services.entry(service.to_string()).or_insert_with(|| {
+            Arc::new(Service {
+                policy: default.clone(),
+                ..Service::default()
+            })
+        }))
+    }
+
+    /// Sets a service's policy.
+    pub fn set_policy(&mut self, service: &str, policy: ServicePolicy) {
+        self.service_mut(service).policy = policy;
+    }
+
+    /// May `spec` register as `attachment`? Returns whether the store must be
+    /// written (new instance, or spec/TTL changed).
+    ///
+    /// A live instance (stream or lease, not yet expired) keeps its address: a
+    /// second registration with another address is refused. A restored or
+    /// expired one may be taken over by anyone.
+    ///
+    /// Static instances and backends' registrations do not replace each
+    /// other: a backend cannot register over a static instance, and a static
+    /// instance cannot take the id of a live registration (a restored one it
+    /// may take over). A static instance may change its address.
+    pub fn check_register(
+        &self,
+        spec: &InstanceSpec,
+        ttl: Duration,
+        attachment: Attachment,
+        now: Instant,
+    ) -> Result<bool, RegistryError> {
+        let Some(cur) = self.instance(&spec.key()) else {
+            return Ok(true);
+        };
+        let requested_static = attachment == Attachment::Static;
+        if cur.attachment == Attachment::Static {
+            if !requested_static {
+                return Err(RegistryError::StaticOwned(spec.instance_id.clone()));
+            }
+            return Ok(cur.spec != *spec);
+        }
+        let live = cur.expires > now && cur.attachment != Attachment::Restored;
+        if live && requested_static {
+            return Err(RegistryError::BackendOwned(spec.instance_id.clone()));
+        }
+        let stream = matches!(attachment, Attachment::Stream { .. });
+        if live && cur.spec.address != spec.address {
+            return Err(RegistryError::AddressConflict {
+                instance_id: spec.instance_id.clone(),
+                existing: cur.spec.address.clone(),
+                requested: spec.address.clone(),
+            });
+        }
+        if live && !stream && matches!(cur.attachment, Attachment::Stream { .. }) {
+            return Err(RegistryError::StreamOwned(spec.instance_id.clone()));
+        }
+        Ok(cur.spec != *spec || cur.ttl != ttl || requested_static)
+    }
+
+    /// Applies a registration that [`Registry::check_register`] accepted.
+    pub fn apply_register(
+        &mut self,
+        spec: InstanceSpec,
+        ttl: Duration,
+        attachment: Attachment,
+        now: Instant,
+    ) -> Registered {
+        let svc = self.service_mut(&spec.service);
+        let expires = now + ttl;
+        match svc.instances.get_mut(&spec.instance_id).map(Arc::make_mut) {
+            Some(cur) => {
+                let persist = cur.spec != spec || cur.ttl != ttl;
+                let replaced_session = match (cur.attachment, attachment) {
+                    (Attachment::Stream { session: old }, Attachment::Stream { session: new })
+                        if old != new =>
+                    {
+                        Some(old)
+                    }
+                    _ => None,
+                };
+                if cur.spec.address != spec.address {
+                    cur.load = None;
+                    cur.outcomes = OutcomeTotals::default();
+                    cur.latency = None;
+                    cur.active_since = Some(now);
+                }
+                if cur.spec.weight != spec.weight {
+                    cur.efficient = f64::from(spec.weight);
+                }
+                if replaced_session.is_some() {
+                    // A new stream starts a new run of reports (blackout).
+                    cur.load = None;
+                }
+                cur.spec = spec;
+                cur.attachment = attachment;
+                cur.ttl = ttl;
+                cur.expires = expires;
+                Registered {
+                    persist,
+                    replaced_session,
+                }
+            }
+            None => {
+                let mut i = Instance::new(spec, attachment, ttl, expires);
+                i.active_since = Some(now);
+                svc.health.add_host(&i.spec.instance_id);
+                svc.instances
+                    .insert(i.spec.instance_id.clone(), Arc::new(i));
+                Registered {
+                    persist: true,
+                    replaced_session: None,
+                }
+            }
+        }
+    }
+
+    /// Puts an instance loaded from the store back, until `deadline`; a
+    /// static one (`ttl` `None`) for good.
+    pub fn restore(&mut self, spec: InstanceSpec, ttl: Option<Duration>, deadline: Instant) {
+        let spec_id = spec.instance_id.clone();
+        let svc = self.service_mut(&spec.service);
+        let instance = match ttl {
+            Some(ttl) => Instance::new(spec, Attachment::Restored, ttl, deadline),
+            None => Instance::new(spec, Attachment::Static, Duration::ZERO, deadline),
+        };
+        svc.instances.insert(spec_id.clone(), Arc::new(instance));
+        svc.health.add_host(&spec_id);
+    }
+
+    /// Records a load report from stream `session`, which must own the
+    /// instance. Returns whether the instance's circuit opened or closed
+    /// (utilization ceiling), which changes the list at once.
+    pub fn report(
+        &mut self,
+        key: &InstanceKey,
+        session: u64,
+        load: Load,
+        now: Instant,
+    ) -> Result<bool, RegistryError> {
+        if self
+            .instance(key)
+            .is_none_or(|i| i.attachment != Attachment::Stream { session })
+        {
+            return Err(RegistryError::NotAttached(key.instance_id.clone()));
+        }
+        let Some(svc) = self.known_mut(&key.service) else {
+            return Ok(false);
+        };
+        let Some(inst) = svc.instances.get_mut(&key.instance_id).map(Arc::make_mut) else {
+            return Ok(false);
+        };
+        // A gap longer than the TTL would have expired the instance, so any
+        // previous report belongs to the same unbroken run.
+        let since = inst.load.as_ref().map_or(now, |l| l.since);
+        let utilization = load.cpu_utilization;
+        inst.load = Some(LoadState {
+            load,
+            at: now,
+            since,
+        });
+        inst.expires = now + inst.ttl;
+        Ok(svc
+            .health
+            .utilization(&key.instance_id, utilization, &svc.policy.health, now))
+    }
+
+    /// Stream `session` broke: remove its instance if it still owns it.
+    pub fn detach(&mut self, key: &InstanceKey, session: u64) -> bool {
+        let owns = self
+            .instance(key)
+            .is_some_and(|i| i.attachment == Attachment::Stream { session });
+        owns && self.remove(key).is_some()
+    }
+
+    /// Removes an instance; returns it if it existed.
+    pub fn remove(&mut self, key: &InstanceKey) -> Option<Arc<Instance>> {
+        self.instance(key)?;
+        let svc = self.services.get_mut(&key.service).map(Arc::make_mut)?;
+        let removed = svc.instances.remove(&key.instance_id);
+        svc.health.remove_host(&key.instance_id);
+        if svc.is_default(&self.default_policy) {
+            self.services.remove(&key.service);
+        }
+        removed
+    }
+
+    /// Removes every instance whose time ran out; returns their keys.
+    pub fn expire(&mut self, now: Instant) -> Vec<InstanceKey> {
+        let expired: Vec<InstanceKey> = self
+            .services
+            .values()
+            .flat_map(|s| s.instances.values())
+            .filter(|i| i.expires <= now && i.attachment != Attachment::Static)
+            .map(|i| i.spec.key())
+            .collect();
+        for k in &expired {
+            self.remove(k);
+        }
+        expired
+    }
+
+    /// The earliest expiry, if any instance is registered.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .flat_map(|s| s.instances.values())
+            .filter(|i| i.attachment != Attachment::Static)
+            .map(|i| i.expires)
+            .min()
+    }
+
+    /// Adds a client's outcome report: totals, the efficient weight (when the
+    /// service uses outcome weights) and the latency EWMA. Entries for
+    /// instances that are gone (the list moved on) are ignored.
+    ///
+    /// Returns whether outlier detection ejected an instance (a list change).
+    pub fn record_stats(&mut self, service: &str, stats: &ClientStats, now: Instant) -> bool {
+        let Some(svc) = self.known_mut(service) else {
+            return false;
+        };
+        let mut ejected = false;
+        for s in &stats.instances {
+            if !svc.instances.contains_key(&s.instance_id) {
+                continue;
+            }
+            if !s.failed_by_code.is_empty() {
+                let m = svc.failed_by_code.entry(s.instance_id.clone()).or_default();
+                for (&code, &n) in &s.failed_by_code {
+                    let e = m.entry(code).or_insert(0);
+                    *e = e.saturating_add(n);
+                }
+            }
+            ejected |= svc
+                .health
+                .record(
+                    &s.instance_id,
+                    s.calls_finished,
+                    s.calls_failed,
+                    s.consecutive_failures,
+                    &svc.policy.health,
+                    now,
+                )
+                .is_some();
+        }
+        svc.dropped = svc.dropped.saturating_add(stats.dropped);
+        svc.no_backend = svc.no_backend.saturating_add(stats.no_backend);
+        let policy = &svc.policy;
+        for s in &stats.instances {
+            if let Some(i) = svc.instances.get_mut(&s.instance_id).map(Arc::make_mut) {
+                let o = &mut i.outcomes;
+                o.calls_started = o.calls_started.saturating_add(s.calls_started);
+                o.calls_finished = o.calls_finished.saturating_add(s.calls_finished);
+                o.calls_failed = o.calls_failed.saturating_add(s.calls_failed);
+                o.latency_sum_us = o.latency_sum_us.saturating_add(s.latency_sum_us);
+                let base = f64::from(i.spec.weight);
+                i.efficient = outcome::update(
+                    &policy.outcome,
+                    base,
+                    i.efficient,
+                    s.calls_finished.saturating_sub(s.calls_failed),
+                    s.calls_failed,
+                );
+                if s.calls_finished > 0 {
+                    let mean = s.latency_sum_us as f64 / s.calls_finished as f64;
+                    match &mut i.latency {
+                        Some(l) => l.observe(mean, s.calls_finished, now, policy.ewma_decay),
+                        None => i.latency = Some(LatencyEwma::new(mean, now)),
+                    }
+                }
+            }
+        }
+        ejected
+    }
+
+    /// Sets a service's routing rules (checked by the caller).
+    pub fn set_rules(&mut self, service: &str, rules: Vec<Rule>) {
+        self.service_mut(service).rules = rules;
+    }
+
+    /// Sets a service's cluster modes (checked by the caller).
+    pub fn set_cluster(&mut self, service: &str, cluster: ClusterConfig) {
+        self.service_mut(service).cluster = cluster;
+    }
+
+    /// Runs every service's periodic outlier detection and re-admissions;
+    /// returns the services whose lists change, with what happened in each.
+    pub fn evaluate_health(&mut self, now: Instant) -> Vec<(String, Vec<health::Event>)> {
+        let mut changed = Vec::new();
+        for (name, svc) in &mut self.services {
+            let svc = Arc::make_mut(svc);
+            // Membership is kept in step by register/restore/remove.
+            let events = svc.health.evaluate(&svc.policy.health, now);
+            if !events.is_empty() {
+                changed.push((name.clone(), events));
+            }
+        }
+        changed
+    }
+
+    /// The earliest moment an ejection ends, over every service.
+    pub fn next_readmission(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .filter_map(|s| s.health.next_deadline())
+            .min()
+    }
+
+    /// Adds a stock client's grpclb stats to its service's totals; drops also
+    /// count in the service's `dropped`. Stats for an unknown service are ignored.
+    pub fn record_grpclb(&mut self, service: &str, stats: &GrpclbStats) {
+        let Some(svc) = self.known_mut(service) else {
+            return;
+        };
+        let g = &mut svc.grpclb;
+        g.calls_started = g.calls_started.saturating_add(stats.calls_started);
+        g.calls_finished = g.calls_finished.saturating_add(stats.calls_finished);
+        g.failed_to_send = g.failed_to_send.saturating_add(stats.failed_to_send);
+        g.known_received = g.known_received.saturating_add(stats.known_received);
+        for (token, n) in &stats.dropped_by_token {
+            let key = if g.dropped_by_token.contains_key(token)
+                || g.dropped_by_token.len() < MAX_DROP_TOKENS
+            {
+                token.clone()
+            } else {
+                "other".to_string()
+            };
+            let slot = g.dropped_by_token.entry(key).or_default();
+            *slot = slot.saturating_add(*n);
+        }
+        svc.dropped = svc.dropped.saturating_add(stats.dropped());
+    }
+
+    /// Steps a service's load-shedding controller (at most once per `step`);
+    /// returns the drop fraction in force.
+    pub fn step_shedding(&mut self, service: &str, step: Duration, now: Instant) -> f64 {
+        use crate::policy::shed;
+        let Some(current) = self.services.get(service) else {
+            return 0.0;
+        };
+        // Only a step or a reset changes the service (and copies it if a
+        // snapshot shares it); most plans do neither.
+        let cfg = &current.policy.shed;
+        let adaptive = shed::adaptive(cfg);
+        let steps = adaptive
+            && current
+                .shed_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= step);
+        if steps || (!adaptive && current.drop_fraction != 0.0) {
+            let Some(svc) = self.known_mut(service) else {
+                return 0.0;
+            };
+            if steps {
+                let seen = svc.shed_signal(now);
+                svc.drop_fraction = shed::next_drop(svc.drop_fraction, seen, &svc.policy.shed);
+                svc.shed_at = Some(now);
+            } else {
+                svc.drop_fraction = 0.0;
+            }
+        }
+        let svc = &self.services[service];
+        shed::with_floor(
+            if adaptive { svc.drop_fraction } else { 0.0 },
+            &svc.policy.shed,
+        )
+    }
+
+    /// A service's plan at `now`, as its subscribers get it: steps the
+    /// shedding controller (at most once per `shed_step`), plans the
+    /// candidates with the service's policy and adds its rules, cluster
+    /// modes, panic threshold and zone counts. Also returns whether to plan
+    /// again even if nothing else changes: while weights ramp (slow start) or
+    /// load is shed, time alone moves the plan. The daemon and the simulator
+    /// both plan through here, so they cannot drift apart.
+    pub fn plan(
+        &mut self,
+        service: &str,
+        shed_step: Duration,
+        now: Instant,
+    ) -> (ServicePlan, bool) {
+        let drop = self.step_shedding(service, shed_step, now);
+        let policy = self.policy(service);
+        let cands = self.candidates(service, now);
+        let mut plan = crate::policy::plan_shedding(&cands, policy, drop, now);
+        plan.panic_threshold = policy.panic_threshold;
+        if let Some(svc) = self.services.get(service) {
+            plan.rules = Arc::new(svc.rules.clone());
+            plan.cluster = Arc::new(svc.cluster.clone());
+            // Per zone: (candidates, instances not drained by an operator).
+            let mut zones: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for i in svc.instances.values() {
+                if !self.override_of(&i.spec.key()).drained {
+                    zones.entry(i.spec.zone.clone()).or_default().1 += 1;
+                }
+            }
+            for c in &cands {
+                zones.entry(c.spec.zone.clone()).or_default().0 += 1;
+            }
+            plan.zones = zones;
+        }
+        let again = plan.ramping || drop > 0.0;
+        (plan, again)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstanceOutcomes;
+
+    fn spec(id: &str, addr: &str) -> InstanceSpec {
+        InstanceSpec {
+            service: "svc".into(),
+            instance_id: id.into(),
+            address: addr.into(),
+            zone: String::new(),
+            weight: 1,
+            labels: BTreeMap::new(),
+            version: String::new(),
+            token: String::new(),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(5);
+    const STREAM: Attachment = Attachment::Stream { session: 1 };
+
+    #[test]
+    fn static_instances_never_expire_and_do_not_mix_with_backends() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        let s = spec("s", "127.0.0.1:1");
+        assert_eq!(
+            r.check_register(&s, Duration::ZERO, Attachment::Static, now),
+            Ok(true)
+        );
+        r.apply_register(s.clone(), Duration::ZERO, Attachment::Static, now);
+        // A backend cannot take a static instance's id, by stream or lease.
+        for via in [STREAM, Attachment::Lease] {
+            assert_eq!(
+                r.check_register(&s, TTL, via, now),
+                Err(RegistryError::StaticOwned("s".into()))
+            );
+        }
+        // An operator may move it; the same spec again is not rewritten.
+        let moved = spec("s", "127.0.0.1:2");
+        assert_eq!(
+            r.check_register(&moved, Duration::ZERO, Attachment::Static, now),
+            Ok(true)
+        );
+        assert_eq!(
+            r.check_register(&s, Duration::ZERO, Attachment::Static, now),
+            Ok(false)
+        );
+        // It outlives any lease: nothing expires, and no expiry is scheduled.
+        let much_later = now + Duration::from_secs(86_400);
+        assert!(r.expire(much_later).is_empty());
+        assert_eq!(r.next_expiry(), None);
+        assert!(r.instance(&s.key()).is_some());
+        // A live backend's id cannot become static; a restored one can.
+        let b = spec("b", "127.0.0.1:3");
+        r.apply_register(b.clone(), TTL, STREAM, now);
+        assert_eq!(
+            r.check_register(&b, Duration::ZERO, Attachment::Static, now),
+            Err(RegistryError::BackendOwned("b".into()))
+        );
+        let c = spec("c", "127.0.0.1:4");
+        r.restore(c.clone(), Some(TTL), now + TTL);
+        assert_eq!(
+            r.check_register(&c, Duration::ZERO, Attachment::Static, now),
+            Ok(true)
+        );
+        // Restored static instances come back static.
+        let d = spec("d", "127.0.0.1:5");
+        r.restore(d.clone(), None, now);
+        assert_eq!(
+            r.instance(&d.key()).map(|i| i.attachment),
+            Some(Attachment::Static)
+        );
+        assert_eq!(
+            r.expire(much_later).len(),
+            2,
+            "b and c expire, s and d stay"
+        );
+    }
+
+    #[test]
+    fn a_clone_is_a_snapshot_that_shares_until_written() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        r.apply_register(spec("a", "127.0.0.1:1"), TTL, STREAM, now);
+        let mut other = spec("o", "127.0.0.1:9");
+        other.service = "other".into();
+        r.apply_register(other, TTL, Attachment::Lease, now);
+        let snap = r.clone();
+        let a = spec("a", "x:1").key();
+        let busy = Load {
+            active_requests: 5,
+            ..Load::default()
+        };
+        r.report(&a, 1, busy, now).unwrap();
+        r.apply_register(spec("b", "127.0.0.1:2"), TTL, Attachment::Lease, now);
+        r.set_override(
+            &a,
+            Override {
+                weight: Some(3),
+                drained: false,
+            },
+            now,
+        );
+        // The snapshot still shows the state it was taken at ...
+        assert!(snap.instance(&a).unwrap().load.is_none());
+        assert_eq!(snap.service("svc").unwrap().instances.len(), 1);
+        assert_eq!(snap.override_of(&a), Override::default());
+        // ... the registry moved on ...
+        assert_eq!(
+            r.instance(&a)
+                .unwrap()
+                .load
+                .as_ref()
+                .unwrap()
+                .load
+                .active_requests,
+            5
+        );
+        assert_eq!(r.service("svc").unwrap().instances.len(), 2);
+        // ... and what neither changed is still shared, not copied.
+        assert!(Arc::ptr_eq(&r.services["other"], &snap.services["other"]));
+        assert!(!Arc::ptr_eq(&r.services["svc"], &snap.services["svc"]));
+    }
+
+    #[test]
+    fn live_instance_keeps_its_address() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        let a = spec("a", "127.0.0.1:1");
+        assert_eq!(r.check_register(&a, TTL, STREAM, now), Ok(true));
+        r.apply_register(a.clone(), TTL, Attachment::Stream { session: 1 }, now);
+        let moved = spec("a", "127.0.0.1:2");
+        assert!(matches!(
+            r.check_register(&moved, TTL, STREAM, now),
+            Err(RegistryError::AddressConflict { .. })
+        ));
+        // Same address: a reconnect; takes over the session, nothing to persist.
+        assert_eq!(r.check_register(&a, TTL, STREAM, now), Ok(false));
+        let reg = r.apply_register(a, TTL, Attachment::Stream { session: 2 }, now);
+        assert_eq!(reg.replaced_session, Some(1));
+        assert!(!reg.persist);
+        // The old stream's reports and breakage no longer count.
+        let key = InstanceKey {
+            service: "svc".into(),
+            instance_id: "a".into(),
+        };
+        assert!(r.report(&key, 1, Load::default(), now).is_err());
+        assert!(!r.detach(&key, 1));
+        assert!(r.instance(&key).is_some());
+        assert!(r.detach(&key, 2));
+        assert!(r.instance(&key).is_none());
+        // Once gone, the id is free for any address.
+        assert_eq!(r.check_register(&moved, TTL, STREAM, now), Ok(true));
+    }
+
+    #[test]
+    fn expired_or_restored_ids_can_move() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        r.restore(spec("a", "127.0.0.1:1"), Some(TTL), now + TTL);
+        assert_eq!(
+            r.check_register(&spec("a", "127.0.0.1:2"), TTL, STREAM, now),
+            Ok(true)
+        );
+        r.apply_register(spec("b", "127.0.0.1:3"), TTL, Attachment::Lease, now);
+        let later = now + TTL;
+        assert_eq!(
+            r.check_register(&spec("b", "127.0.0.1:4"), TTL, Attachment::Lease, later),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn lease_cannot_take_a_streamed_instance() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        let a = spec("a", "127.0.0.1:1");
+        r.apply_register(a.clone(), TTL, Attachment::Stream { session: 7 }, now);
+        assert_eq!(
+            r.check_register(&a, TTL, Attachment::Lease, now),
+            Err(RegistryError::StreamOwned("a".into()))
+        );
+    }
+
+    #[test]
+    fn reports_extend_life_and_expiry_removes() {
+        let t0 = Instant::now();
+        let mut r = Registry::new();
+        let key = spec("a", "127.0.0.1:1").key();
+        r.apply_register(
+            spec("a", "127.0.0.1:1"),
+            TTL,
+            Attachment::Stream { session: 1 },
+            t0,
+        );
+        r.apply_register(spec("b", "127.0.0.1:2"), TTL, Attachment::Lease, t0);
+        let t1 = t0 + Duration::from_secs(4);
+        r.report(&key, 1, Load::default(), t1).unwrap();
+        assert_eq!(r.next_expiry(), Some(t0 + TTL));
+        let gone = r.expire(t0 + TTL);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].instance_id, "b");
+        assert!(r.expire(t1 + TTL - Duration::from_millis(1)).is_empty());
+        assert_eq!(r.expire(t1 + TTL).len(), 1);
+        assert!(r.service("svc").is_none());
+    }
+
+    #[test]
+    fn stats_accumulate_and_ignore_unknown_ids() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        r.apply_register(spec("a", "127.0.0.1:1"), TTL, Attachment::Lease, now);
+        let stats = ClientStats {
+            instances: vec![
+                InstanceOutcomes {
+                    instance_id: "a".into(),
+                    calls_started: 3,
+                    calls_finished: 2,
+                    calls_failed: 1,
+                    latency_sum_us: 10,
+                    ..Default::default()
+                },
+                InstanceOutcomes {
+                    instance_id: "gone".into(),
+                    calls_started: 9,
+                    ..Default::default()
+                },
+            ],
+            dropped: 4,
+            no_backend: 0,
+        };
+        r.record_stats("svc", &stats, now);
+        r.record_stats("svc", &stats, now);
+        let i = r.instance(&spec("a", "x:1").key()).unwrap();
+        assert_eq!(i.outcomes.calls_started, 6);
+        assert_eq!(i.outcomes.calls_failed, 2);
+        assert_eq!(r.service("svc").unwrap().dropped, 8);
+    }
+}

@@ -1,0 +1,160 @@
+//! `lb.v1.Balancer`, the client side: `Subscribe` streams the service's
+//! lists (each client its own arrangement of the plan) and takes in the
+//! client's call statistics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use lb_proto::v1 as pb;
+use pb::subscribe_request::Msg as ClientMsg;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::{invalid, v1 as conv};
+use super::{first_message, stopping, BoxStream};
+use crate::config::Config;
+use crate::engine::EngineHandle;
+
+/// The client side of the API.
+#[derive(Clone)]
+pub struct BalancerApi {
+    engine: EngineHandle,
+    config: Config,
+    stop: watch::Receiver<bool>,
+}
+
+impl BalancerApi {
+    /// A balancer service over `engine`; streams end when `stop` turns true.
+    pub fn new(engine: EngineHandle, config: Config, stop: watch::Receiver<bool>) -> Self {
+        BalancerApi {
+            engine,
+            config,
+            stop,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::balancer_server::Balancer for BalancerApi {
+    type SubscribeStream = BoxStream<pb::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first =
+            first_message(&mut inbound, self.config.first_message_timeout, &self.stop).await?;
+        let sub = match first.msg {
+            Some(ClientMsg::Subscribe(s)) => s,
+            Some(ClientMsg::Stats(_)) => {
+                return Err(Status::failed_precondition(
+                    "stats before subscription: the first message must carry `subscribe`",
+                ))
+            }
+            None => return Err(Status::invalid_argument("msg: missing")),
+        };
+        let (service, client) = conv::subscription(sub, "subscribe").map_err(invalid)?;
+        let hub = self.engine.hub();
+        let plans = hub.subscribe(&service);
+        let seq = hub.next_client_seq();
+        tracing::debug!(%service, client = %client.client_id, seq, "client subscribed");
+        // The lists go straight from the plan watch to the response body:
+        // HTTP/2 polls the stream when it can send and gets the newest plan
+        // (a stale one is skipped, never queued). Stats arrive rarely and are
+        // taken in by a task of their own, which also decides when and how
+        // the stream ends.
+        let (end_tx, end) = oneshot::channel();
+        tokio::spawn(client_inbound(
+            self.engine.clone(),
+            inbound,
+            service,
+            end_tx,
+            self.stop.clone(),
+        ));
+        let stats_interval_ms = self.config.stats_interval.as_millis() as u32;
+        let lists = WatchStream::new(plans).map(move |published| pb::SubscribeResponse {
+            list: Some(conv::server_list(&published, seq, &client)),
+            stats_interval_ms,
+        });
+        Ok(Response::new(Box::pin(ClientSession {
+            lists,
+            end,
+            ended: false,
+        })))
+    }
+}
+
+/// A client's response stream: its lists, until its inbound side ends it
+/// (see [`client_inbound`]) or the daemon stops publishing.
+struct ClientSession<S> {
+    lists: S,
+    /// `Some(status)`: end with that status; `None` (or the sender gone):
+    /// end quietly, the client went away.
+    end: oneshot::Receiver<Option<Status>>,
+    ended: bool,
+}
+
+impl<S> Stream for ClientSession<S>
+where
+    S: Stream<Item = pb::SubscribeResponse> + Unpin,
+{
+    type Item = Result<pb::SubscribeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        // The end goes first: a farewell is not held up behind a list.
+        if let Poll::Ready(end) = Pin::new(&mut self.end).poll(cx) {
+            self.ended = true;
+            return Poll::Ready(end.ok().flatten().map(Err));
+        }
+        match Pin::new(&mut self.lists).poll_next(cx) {
+            Poll::Ready(Some(list)) => Poll::Ready(Some(Ok(list))),
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(Status::unavailable("lb-server stopped"))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Takes in one client's stats; tells its response stream how to end: with
+/// a status on bad input or shutdown, quietly when the client goes away.
+async fn client_inbound(
+    engine: EngineHandle,
+    mut inbound: Streaming<pb::SubscribeRequest>,
+    service: String,
+    mut end: oneshot::Sender<Option<Status>>,
+    stop: watch::Receiver<bool>,
+) {
+    let stop = stopping(stop);
+    tokio::pin!(stop);
+    let farewell = loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.msg {
+                    Some(ClientMsg::Stats(s)) => match conv::stats(s, "stats") {
+                        Ok(stats) => engine.stats(service.clone(), stats).await,
+                        Err(e) => break Some(invalid(e)),
+                    },
+                    Some(ClientMsg::Subscribe(_)) => break Some(Status::failed_precondition(
+                        "already subscribed on this stream; open a new stream for another service",
+                    )),
+                    None => break Some(Status::invalid_argument("msg: missing")),
+                },
+                // The client went away.
+                Ok(None) | Err(_) => break None,
+            },
+            _ = &mut stop => break Some(Status::unavailable("lb-server is shutting down")),
+            // The response stream is gone (the client reset the call).
+            _ = end.closed() => return,
+        }
+    };
+    let _ = end.send(farewell);
+}

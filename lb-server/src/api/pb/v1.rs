@@ -1,0 +1,581 @@
+//! `lb.v1` ⇄ domain: inbound messages become `lb-core` types (validated:
+//! bad input becomes a [`FieldError`] naming the field by its dotted path
+//! from the request root), and plans and views become messages (a plan as
+//! one client's `ServerList`).
+
+use std::time::Duration;
+
+use lb_core::cluster::{self, Broadcast, ClusterConfig, Collect, Failover, Kind, Mode};
+use lb_core::inspect::{InstanceView, ServiceView};
+use lb_core::model::{
+    ClientIdentity, ClientStats, FieldError, InstanceKey, InstanceOutcomes, InstanceSpec, Load,
+    MAX_TTL, MIN_TTL,
+};
+use lb_core::policy::view::client_view;
+use lb_core::registry::Attachment;
+use lb_core::replan::Published;
+use lb_core::routing;
+use lb_core::status::Code;
+use lb_proto::v1 as pb;
+
+/// An `Instance` message under `field`, validated.
+pub fn instance(i: Option<pb::Instance>, field: &str) -> Result<InstanceSpec, FieldError> {
+    let i = i.ok_or_else(|| FieldError::new(field, "missing"))?;
+    let spec = InstanceSpec {
+        service: i.service,
+        instance_id: i.instance_id,
+        address: i.address,
+        zone: i.zone,
+        weight: i.weight,
+        labels: i.labels.into_iter().collect(),
+        version: i.version,
+        token: i.token,
+    };
+    spec.check().map_err(|e| e.within(field))?;
+    Ok(spec.with_token())
+}
+
+/// A TTL in ms (0 = the daemon's default), validated.
+pub fn ttl(ms: u32, field: &str) -> Result<Option<Duration>, FieldError> {
+    if ms == 0 {
+        return Ok(None);
+    }
+    let d = Duration::from_millis(u64::from(ms));
+    if d < MIN_TTL || d > MAX_TTL {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{ms} ms is outside {}..={} ms",
+                MIN_TTL.as_millis(),
+                MAX_TTL.as_millis()
+            ),
+        ));
+    }
+    Ok(Some(d))
+}
+
+/// A `LoadReport`, validated.
+pub fn load(r: pb::LoadReport, field: &str) -> Result<Load, FieldError> {
+    let l = Load {
+        cpu_utilization: r.cpu_utilization,
+        active_requests: r.active_requests,
+        qps: r.qps,
+        eps: r.eps,
+        mem_utilization: r.mem_utilization,
+        named_metrics: r.named_metrics.into_iter().collect(),
+    };
+    l.check().map_err(|e| e.within(field))?;
+    Ok(l)
+}
+
+/// The service and key of a `DeregisterRequest`, validated.
+pub fn deregister_key(r: pb::DeregisterRequest) -> Result<InstanceKey, FieldError> {
+    lb_core::model::check_service(&r.service).map_err(|e| FieldError::new("service", e))?;
+    lb_core::model::check_id(&r.instance_id).map_err(|e| FieldError::new("instance_id", e))?;
+    Ok(InstanceKey {
+        service: r.service,
+        instance_id: r.instance_id,
+    })
+}
+
+/// A `Subscription`, validated.
+pub fn subscription(
+    s: pb::Subscription,
+    field: &str,
+) -> Result<(String, ClientIdentity), FieldError> {
+    lb_core::model::check_service(&s.service)
+        .map_err(|e| FieldError::new(format!("{field}.service"), e))?;
+    let c = s
+        .client
+        .ok_or_else(|| FieldError::new(format!("{field}.client"), "missing"))?;
+    let id = ClientIdentity {
+        client_id: c.client_id,
+        zone: c.zone,
+        labels: c.labels.into_iter().collect(),
+    };
+    id.check()
+        .map_err(|e| e.within(&format!("{field}.client")))?;
+    Ok((s.service, id))
+}
+
+/// A `ClientStats`, validated.
+pub fn stats(s: pb::ClientStats, field: &str) -> Result<ClientStats, FieldError> {
+    let st = ClientStats {
+        instances: s
+            .instances
+            .into_iter()
+            .map(|i| InstanceOutcomes {
+                instance_id: i.instance_id,
+                calls_started: i.calls_started,
+                calls_finished: i.calls_finished,
+                calls_failed: i.calls_failed,
+                latency_sum_us: i.latency_sum_us,
+                failed_by_code: i.failed_by_code.into_iter().collect(),
+                consecutive_failures: i.consecutive_failures,
+            })
+            .collect(),
+        dropped: s.dropped,
+        no_backend: s.no_backend,
+    };
+    st.check().map_err(|e| e.within(field))?;
+    Ok(st)
+}
+
+/// A `ClusterMode`, validated against the service's rule names. Fields that
+/// do not belong to the mode's kind must be zero (a contradiction is refused,
+/// not ignored); unset failover fields take their documented defaults
+/// (`retry_on` empty: UNAVAILABLE; `backoff_max_ms` 0: 10 × `backoff_ms`).
+pub fn cluster_mode(m: pb::ClusterMode, rules: &[&str]) -> Result<Mode, FieldError> {
+    use pb::cluster_mode::{Collect as C, Kind as K};
+    let kind = match K::try_from(m.kind) {
+        Ok(K::Failover) => Kind::Failover,
+        Ok(K::Failfast) => Kind::Failfast,
+        Ok(K::Failsafe) => Kind::Failsafe,
+        Ok(K::Forking) => Kind::Forking,
+        Ok(K::Broadcast) => Kind::Broadcast,
+        Ok(K::Multicast) => Kind::Multicast,
+        Err(_) => {
+            return Err(FieldError::new(
+                "kind",
+                format!("{} is not a known mode", m.kind),
+            ))
+        }
+    };
+    let collect = match C::try_from(m.collect) {
+        Ok(C::First) => Collect::First,
+        Ok(C::All) => Collect::All,
+        Ok(C::None) => Collect::None,
+        Err(_) => {
+            return Err(FieldError::new(
+                "collect",
+                format!("{} is not FIRST, ALL or NONE", m.collect),
+            ))
+        }
+    };
+    let only = |field: &str, owner: &str| {
+        Err(FieldError::new(
+            field,
+            format!("only applies to {owner}, not {}", kind.name()),
+        ))
+    };
+    if kind != Kind::Failover {
+        if m.attempts != 0 {
+            return only("attempts", "failover");
+        }
+        if m.backoff_ms != 0 {
+            return only("backoff_ms", "failover");
+        }
+        if m.backoff_max_ms != 0 {
+            return only("backoff_max_ms", "failover");
+        }
+        if !m.retry_on.is_empty() {
+            return only("retry_on", "failover");
+        }
+    }
+    if kind != Kind::Forking && m.forks != 0 {
+        return only("forks", "forking");
+    }
+    let fan_out = matches!(kind, Kind::Broadcast | Kind::Multicast);
+    if !fan_out {
+        if m.max_failure_percent != 0 {
+            return only("max_failure_percent", "broadcast and multicast");
+        }
+        if collect != Collect::First {
+            return only("collect", "broadcast and multicast");
+        }
+    }
+    if kind != Kind::Multicast && !m.route.is_empty() {
+        return only("route", "multicast");
+    }
+    let broadcast = Broadcast {
+        collect,
+        max_failure_percent: m.max_failure_percent,
+    };
+    let mode = match kind {
+        Kind::Failover => {
+            let mut retry_on = Vec::new();
+            for (i, name) in m.retry_on.iter().enumerate() {
+                let code = Code::error_named(name).ok_or_else(|| {
+                    FieldError::new(
+                        format!("retry_on[{i}]"),
+                        format!("{name:?} is not a gRPC status name (e.g. UNAVAILABLE, DEADLINE_EXCEEDED)"),
+                    )
+                })?;
+                if !retry_on.contains(&code) {
+                    retry_on.push(code);
+                }
+            }
+            let d = Failover::default();
+            let backoff = Duration::from_millis(u64::from(m.backoff_ms));
+            Mode::Failover(Failover {
+                attempts: m.attempts,
+                backoff,
+                backoff_max: match m.backoff_max_ms {
+                    0 => (backoff * cluster::BACKOFF_MAX_FACTOR)
+                        .min(cluster::MAX_BACKOFF_MAX)
+                        .max(backoff),
+                    ms => Duration::from_millis(u64::from(ms)),
+                },
+                retry_on: if retry_on.is_empty() {
+                    d.retry_on
+                } else {
+                    retry_on
+                },
+            })
+        }
+        Kind::Failfast => Mode::Failfast,
+        Kind::Failsafe => Mode::Failsafe,
+        Kind::Forking => Mode::Forking { forks: m.forks },
+        Kind::Broadcast => Mode::Broadcast(broadcast),
+        Kind::Multicast => Mode::Multicast {
+            route: m.route,
+            broadcast,
+        },
+    };
+    mode.check(rules)?;
+    Ok(mode)
+}
+
+/// A `ClusterConfig`, validated against the service's rule names.
+pub fn cluster_config(
+    c: Option<pb::ClusterConfig>,
+    rules: &[&str],
+    field: &str,
+) -> Result<ClusterConfig, FieldError> {
+    let c = c.ok_or_else(|| FieldError::new(field, "missing"))?;
+    let d = ClusterConfig::default();
+    let default = match c.default_mode {
+        Some(m) => {
+            cluster_mode(m, rules).map_err(|e| e.within(&format!("{field}.default_mode")))?
+        }
+        None => d.default,
+    };
+    if c.methods.len() > cluster::MAX_METHODS {
+        return Err(FieldError::new(
+            format!("{field}.methods"),
+            format!(
+                "{} entries, more than {}",
+                c.methods.len(),
+                cluster::MAX_METHODS
+            ),
+        ));
+    }
+    let mut methods = std::collections::BTreeMap::new();
+    for (k, m) in c.methods {
+        let mode =
+            cluster_mode(m, rules).map_err(|e| e.within(&format!("{field}.methods[{k:?}]")))?;
+        methods.insert(k, mode);
+    }
+    let cfg = ClusterConfig {
+        default,
+        methods,
+        budget: cluster::Budget {
+            percent: c.budget_percent.unwrap_or(d.budget.percent),
+            min_per_sec: c.budget_min_per_sec.unwrap_or(d.budget.min_per_sec),
+        },
+    };
+    cfg.check(rules).map_err(|e| e.within(field))?;
+    Ok(cfg)
+}
+
+/// A domain cluster mode, as the wire message.
+pub fn cluster_mode_pb(m: &Mode) -> pb::ClusterMode {
+    use pb::cluster_mode::{Collect as C, Kind as K};
+    let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    let mut out = pb::ClusterMode {
+        kind: match m.kind() {
+            Kind::Failover => K::Failover,
+            Kind::Failfast => K::Failfast,
+            Kind::Failsafe => K::Failsafe,
+            Kind::Forking => K::Forking,
+            Kind::Broadcast => K::Broadcast,
+            Kind::Multicast => K::Multicast,
+        } as i32,
+        ..pb::ClusterMode::default()
+    };
+    let fan_out = |out: &mut pb::ClusterMode, b: &Broadcast| {
+        out.collect = match b.collect {
+            Collect::First => C::First,
+            Collect::All => C::All,
+            Collect::None => C::None,
+        } as i32;
+        out.max_failure_percent = b.max_failure_percent;
+    };
+    match m {
+        Mode::Failover(f) => {
+            out.attempts = f.attempts;
+            out.backoff_ms = ms(f.backoff);
+            out.backoff_max_ms = ms(f.backoff_max);
+            out.retry_on = f.retry_on.iter().map(|c| c.name().to_string()).collect();
+        }
+        Mode::Failfast | Mode::Failsafe => {}
+        Mode::Forking { forks } => out.forks = *forks,
+        Mode::Broadcast(b) => fan_out(&mut out, b),
+        Mode::Multicast { route, broadcast } => {
+            fan_out(&mut out, broadcast);
+            out.route = route.clone();
+        }
+    }
+    out
+}
+
+/// A domain cluster config, as the wire message.
+pub fn cluster_config_pb(c: &ClusterConfig) -> pb::ClusterConfig {
+    pb::ClusterConfig {
+        default_mode: Some(cluster_mode_pb(&c.default)),
+        methods: c
+            .methods
+            .iter()
+            .map(|(k, m)| (k.clone(), cluster_mode_pb(m)))
+            .collect(),
+        budget_percent: Some(c.budget.percent),
+        budget_min_per_sec: Some(c.budget.min_per_sec),
+    }
+}
+
+/// A `Rule`, validated on its own (the rule set is checked as a whole by the engine).
+pub fn rule(r: Option<pb::Rule>, field: &str) -> Result<routing::Rule, FieldError> {
+    let r = r.ok_or_else(|| FieldError::new(field, "missing"))?;
+    let target = match (r.select.is_empty(), r.instance.is_empty()) {
+        (false, true) => routing::Target::Selector(r.select.into_iter().collect()),
+        (true, false) => routing::Target::Instance(r.instance),
+        (true, true) => {
+            return Err(FieldError::new(
+                format!("{field}.select"),
+                "set either select (labels) or instance (an instance id)",
+            ))
+        }
+        (false, false) => {
+            return Err(FieldError::new(
+                format!("{field}.instance"),
+                "set either select or instance, not both",
+            ))
+        }
+    };
+    let rule = routing::Rule {
+        name: r.name,
+        when: routing::Match {
+            request: r.when_request.into_iter().collect(),
+            client: r.when_client.into_iter().collect(),
+            client_id: r.when_client_id,
+        },
+        target,
+        exclusive: r.exclusive,
+        strict: r.strict,
+    };
+    routing::check(std::slice::from_ref(&rule)).map_err(|e| {
+        // check() names fields as `rules[0].…`; here the rule stands alone.
+        FieldError::new(
+            e.field
+                .strip_prefix("rules[0]")
+                .map_or(e.field.clone(), |f| format!("{field}{f}")),
+            e.reason,
+        )
+    })?;
+    Ok(rule)
+}
+
+/// A domain rule, as the wire message.
+pub fn rule_pb(r: &routing::Rule) -> pb::Rule {
+    let (select, instance) = match &r.target {
+        routing::Target::Selector(s) => (s.clone().into_iter().collect(), String::new()),
+        routing::Target::Instance(i) => (Default::default(), i.clone()),
+    };
+    pb::Rule {
+        name: r.name.clone(),
+        when_request: r.when.request.clone().into_iter().collect(),
+        when_client: r.when.client.clone().into_iter().collect(),
+        when_client_id: r.when.client_id.clone(),
+        select,
+        instance,
+        exclusive: r.exclusive,
+        strict: r.strict,
+    }
+}
+
+/// The list one client sees: the plan arranged for this client (see
+/// [`lb_core::policy::client_order`]), with the affinity table if any.
+pub fn server_list(p: &Published, client_seq: u64, client: &ClientIdentity) -> pb::ServerList {
+    let view = client_view(&p.plan, p.version, client_seq, client);
+    pb::ServerList {
+        version: p.version,
+        servers: p
+            .plan
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| pb::Server {
+                instance_id: s.instance_id.clone(),
+                address: s.address.clone(),
+                zone: s.zone.clone(),
+                tier: view.tiers.get(i).copied().unwrap_or(0),
+                drop: s.drop,
+                token: s.token.clone(),
+            })
+            .collect(),
+        order: view.order,
+        affinity: p.plan.affinity.clone(),
+        routes: view
+            .routes
+            .into_iter()
+            .map(|r| pb::Route {
+                name: r.name,
+                request: r.request.into_iter().collect(),
+                order: r.order,
+                strict: r.strict,
+            })
+            .collect(),
+        // The default modes are lb-client's defaults too: not sent, so the
+        // common list stays as small and cheap as it was.
+        cluster: (*p.plan.cluster != ClusterConfig::default())
+            .then(|| cluster_config_pb(&p.plan.cluster)),
+    }
+}
+
+/// A domain load report, as the wire message.
+pub fn load_report(l: &Load) -> pb::LoadReport {
+    pb::LoadReport {
+        cpu_utilization: l.cpu_utilization,
+        active_requests: l.active_requests,
+        qps: l.qps,
+        eps: l.eps,
+        mem_utilization: l.mem_utilization,
+        named_metrics: l.named_metrics.clone().into_iter().collect(),
+    }
+}
+
+/// An engine view of an instance, as the admin API shows it.
+pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
+    pb::InstanceStatus {
+        instance_id: i.spec.instance_id.clone(),
+        address: i.spec.address.clone(),
+        zone: i.spec.zone.clone(),
+        labels: i.spec.labels.clone().into_iter().collect(),
+        attachment: match i.attachment {
+            Attachment::Stream { .. } => "stream",
+            Attachment::Lease => "lease",
+            Attachment::Restored => "restored",
+            Attachment::Static => "static",
+        }
+        .to_string(),
+        static_weight: i.spec.weight,
+        weight_override: i.over.weight.unwrap_or(0),
+        drained: i.over.drained,
+        effective_weight: i.effective_weight,
+        share: i.share,
+        load: i.load.as_ref().map(|(l, _)| load_report(l)),
+        load_age_ms: i.load.as_ref().map_or(0, |(_, age)| age.as_millis() as u64),
+        calls_started: i.outcomes.calls_started,
+        calls_finished: i.outcomes.calls_finished,
+        calls_failed: i.outcomes.calls_failed,
+        latency_ewma_ms: i.latency_us.map_or(0.0, |us| us / 1000.0),
+        health: if i.ejected_for.is_some() {
+            "ejected"
+        } else if i.health.circuit_open {
+            "circuit_open"
+        } else {
+            "ok"
+        }
+        .to_string(),
+        ejected_for_ms: i.ejected_for.map_or(0, |d| d.as_millis() as u64),
+        times_ejected: i.health.times_ejected,
+        failed_by_code: i.failed_by_code.clone().into_iter().collect(),
+        token: i.spec.effective_token(),
+    }
+}
+
+/// An engine view of a service, as the admin API shows it.
+pub fn service_status(v: &ServiceView) -> pb::ServiceStatus {
+    pb::ServiceStatus {
+        name: v.name.clone(),
+        policy: Some(pb::Policy {
+            name: v.policy.kind.name().to_string(),
+            params: v.policy.params().into_iter().collect(),
+        }),
+        instances: v.instances.iter().map(instance_status).collect(),
+        version: v.version,
+        list_len: v.list_len as u32,
+        max_share_error: v.max_share_error,
+        dropped: v.dropped,
+        no_backend: v.no_backend,
+        rules: v
+            .rules
+            .iter()
+            .map(|(r, n)| pb::RuleStatus {
+                rule: Some(rule_pb(r)),
+                selected: *n as u32,
+            })
+            .collect(),
+        cluster: Some(cluster_config_pb(&v.cluster)),
+        drop_fraction: v.drop_fraction,
+        utilization: v.utilization,
+        backlog_seconds: v.backlog_seconds,
+        grpclb: Some(pb::GrpclbStats {
+            streams: v.grpclb_streams,
+            calls_started: v.grpclb.calls_started,
+            calls_finished: v.grpclb.calls_finished,
+            calls_failed_to_send: v.grpclb.failed_to_send,
+            calls_known_received: v.grpclb.known_received,
+            dropped_by_token: v.grpclb.dropped_by_token.clone().into_iter().collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_core::policy::{PlanServer, ServicePlan};
+
+    #[test]
+    fn field_paths_in_errors() {
+        let e = instance(
+            Some(pb::Instance {
+                service: "s".into(),
+                instance_id: "i".into(),
+                address: "127.0.0.1:1".into(),
+                weight: 0,
+                ..Default::default()
+            }),
+            "register.instance",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "register.instance.weight");
+        let e = instance(None, "instance").unwrap_err();
+        assert_eq!(e.to_string(), "instance: missing");
+        assert_eq!(ttl(50, "ttl_ms").unwrap_err().field, "ttl_ms");
+        assert_eq!(ttl(0, "ttl_ms"), Ok(None));
+    }
+
+    #[test]
+    fn lists_are_rotated_per_client() {
+        let server = |id: &str| PlanServer {
+            instance_id: id.into(),
+            address: "127.0.0.1:1".into(),
+            zone: String::new(),
+            tier: 0,
+            drop: false,
+            token: String::new(),
+            labels: Default::default(),
+        };
+        let p = Published {
+            version: 9,
+            plan: ServicePlan {
+                servers: vec![server("a"), server("b")],
+                weights: vec![0.5, 1.5],
+                order: vec![0, 1, 1, 1],
+                ..ServicePlan::default()
+            },
+        };
+        let c = ClientIdentity::default();
+        let a = server_list(&p, 0, &c);
+        let b = server_list(&p, 1, &c);
+        // Both are rotations of the period, and they differ.
+        let period = [0, 1, 1, 1, 0, 1, 1, 1];
+        assert!(period.windows(4).any(|w| w == a.order.as_slice()));
+        assert_ne!(a.order, b.order);
+        let mut sorted = b.order.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![0, 1, 1, 1]);
+        assert_eq!(b.version, 9);
+    }
+}

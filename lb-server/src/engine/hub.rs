@@ -1,0 +1,139 @@
+//! Where plans are published: one `watch` channel per service, which every
+//! subscriber stream of that service follows (the newest plan wins; a slow
+//! stream skips plans, it never queues them). Also the daemon-wide counters
+//! the edges keep without asking the engine.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lb_core::policy::ServicePlan;
+use lb_core::replan::{should_publish, Planned, Published};
+use tokio::sync::watch;
+
+/// The plans of every service, and who follows them.
+#[derive(Debug)]
+pub struct Hub {
+    plans: Mutex<HashMap<String, watch::Sender<Arc<Published>>>>,
+    next_version: AtomicU64,
+    next_client: AtomicU64,
+    /// Open grpc.lb.v1 streams per service (for `ctl get`).
+    grpclb: Mutex<HashMap<String, u32>>,
+    /// Load reports received and validated, all streams.
+    pub reports_received: AtomicU64,
+    /// Of those, reports handed to the engine (the rest were superseded by
+    /// a newer report of the same stream that had already arrived).
+    pub reports_applied: AtomicU64,
+}
+
+/// Counts one open grpc.lb.v1 stream of a service while it lives.
+#[derive(Debug)]
+pub struct GrpclbStream {
+    hub: Arc<Hub>,
+    service: String,
+}
+
+impl Drop for GrpclbStream {
+    fn drop(&mut self) {
+        let mut open = lock(&self.hub.grpclb);
+        if let Some(n) = open.get_mut(&self.service) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.service);
+            }
+        }
+    }
+}
+
+/// Every operation on the hub's maps is a single insert, replace or remove,
+/// so a panic elsewhere cannot leave them inconsistent: poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// A hub whose versions start above every version of earlier generations.
+    pub fn new(generation: u64) -> Self {
+        Hub {
+            plans: Mutex::new(HashMap::new()),
+            next_version: AtomicU64::new(generation << 32),
+            next_client: AtomicU64::new(0),
+            grpclb: Mutex::new(HashMap::new()),
+            reports_received: AtomicU64::new(0),
+            reports_applied: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a grpc.lb.v1 stream on `service` until the guard is dropped.
+    pub fn grpclb_stream(self: &Arc<Self>, service: &str) -> GrpclbStream {
+        *lock(&self.grpclb).entry(service.to_string()).or_default() += 1;
+        GrpclbStream {
+            hub: self.clone(),
+            service: service.to_string(),
+        }
+    }
+
+    /// grpc.lb.v1 streams open on `service` now.
+    pub fn grpclb_streams(&self, service: &str) -> u32 {
+        lock(&self.grpclb).get(service).copied().unwrap_or(0)
+    }
+
+    fn next_version(&self) -> u64 {
+        self.next_version.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A sequence number for a new subscriber (its rotation of the list).
+    pub fn next_client_seq(&self) -> u64 {
+        self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Follows a service's plan; an unknown service starts with an empty plan.
+    pub fn subscribe(&self, service: &str) -> watch::Receiver<Arc<Published>> {
+        let mut plans = lock(&self.plans);
+        if let Some(tx) = plans.get(service) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(Published {
+            version: self.next_version(),
+            plan: ServicePlan::default(),
+        }));
+        plans.insert(service.to_string(), tx);
+        rx
+    }
+
+    /// The current plan of a service, if anyone published or subscribed to it.
+    pub fn current(&self, service: &str) -> Option<Arc<Published>> {
+        lock(&self.plans).get(service).map(|tx| tx.borrow().clone())
+    }
+
+    /// Publishes a plan the scheduler made if [`should_publish`] says so;
+    /// returns whether it did.
+    pub fn publish(&self, p: Planned) -> bool {
+        let mut plans = lock(&self.plans);
+        let tx = plans.get(&p.service);
+        let current = tx.map(|tx| tx.borrow().clone());
+        if !should_publish(current.as_deref().map(|c| &c.plan), &p.plan, p.hysteresis) {
+            return false;
+        }
+        let published = Arc::new(Published {
+            version: self.next_version(),
+            plan: p.plan,
+        });
+        match tx {
+            Some(tx) => {
+                tx.send_replace(published);
+            }
+            None => {
+                let (tx, _) = watch::channel(published);
+                plans.insert(p.service, tx);
+            }
+        }
+        true
+    }
+
+    /// Forgets services nobody follows and nobody serves.
+    pub fn collect_garbage(&self) {
+        lock(&self.plans)
+            .retain(|_, tx| tx.receiver_count() > 0 || !tx.borrow().plan.servers.is_empty());
+    }
+}

@@ -1,0 +1,140 @@
+//! The state the engine task owns, and the steps every command shares:
+//! register, forget, persist, tell a stream.
+//!
+//! Commands ([`super::cmd`]) change it through these methods; the actor
+//! ([`super::actor`]) runs them in batches and commits what they staged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lb_core::model::{InstanceKey, InstanceSpec};
+use lb_core::registry::{Attachment, Registry};
+use lb_core::replan::Replanner;
+use tokio::sync::mpsc;
+
+use super::{Directive, EngineError, Hub};
+use crate::config::Config;
+use crate::store::{self, Key, Record};
+
+/// How a registration keeps its instance alive.
+#[derive(Debug)]
+pub(crate) enum Via {
+    /// A `ReportLoad` stream, reached through its directive channel.
+    Stream(mpsc::Sender<Directive>),
+    /// A `Register` lease.
+    Lease,
+    /// An operator's static instance: no TTL.
+    Static,
+}
+
+/// What the engine task owns.
+pub struct State {
+    pub(crate) registry: Registry,
+    pub(crate) replanner: Replanner,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) config: Config,
+    /// The directive channel of every stream-attached instance.
+    sessions: HashMap<InstanceKey, (u64, mpsc::Sender<Directive>)>,
+    next_session: u64,
+    /// Shutting down: commands are refused, broken streams deregister nothing.
+    pub(crate) frozen: bool,
+    /// Store writes of the batch being applied, committed together.
+    pub(crate) writes: Vec<store::Write>,
+}
+
+impl State {
+    pub(crate) fn new(registry: Registry, hub: Arc<Hub>, config: Config) -> Self {
+        State {
+            registry,
+            replanner: Replanner::new(),
+            hub,
+            config,
+            sessions: HashMap::new(),
+            next_session: 1,
+            frozen: false,
+            writes: Vec::new(),
+        }
+    }
+
+    /// Stages a store write for this batch's commit.
+    pub(crate) fn persist(&mut self, w: store::Write) {
+        self.writes.push(w);
+    }
+
+    /// Registers a stream, a lease or a static instance; returns the stream
+    /// session (0 for the others). The registration is checked first, so a
+    /// refusal changes nothing.
+    pub(crate) fn register(
+        &mut self,
+        spec: InstanceSpec,
+        ttl: Option<Duration>,
+        via: Via,
+        now: Instant,
+    ) -> Result<u64, EngineError> {
+        let (ttl, kind) = match via {
+            Via::Static => (Duration::ZERO, Attachment::Static),
+            Via::Lease => (ttl.unwrap_or(self.config.default_ttl), Attachment::Lease),
+            Via::Stream(_) => (
+                ttl.unwrap_or(self.config.default_ttl),
+                Attachment::Stream { session: 0 },
+            ),
+        };
+        if self.registry.check_register(&spec, ttl, kind, now)? {
+            let stored_ttl = (kind != Attachment::Static).then_some(ttl);
+            self.persist(store::Write::put(Record::Instance {
+                spec: spec.clone(),
+                ttl: stored_ttl,
+            }));
+        }
+        let key = spec.key();
+        self.replanner.changed(&spec.service);
+        let (attachment, session) = match via {
+            Via::Static => {
+                tracing::info!(service = %key.service, instance = %key.instance_id, address = %spec.address, "static instance set");
+                (Attachment::Static, 0)
+            }
+            Via::Stream(directives) => {
+                let session = self.next_session;
+                self.next_session += 1;
+                self.end_session(
+                    &key,
+                    "replaced by a newer ReportLoad stream for this instance",
+                );
+                self.sessions.insert(key.clone(), (session, directives));
+                (Attachment::Stream { session }, session)
+            }
+            Via::Lease => {
+                self.end_session(&key, "replaced by a Register lease for this instance");
+                (Attachment::Lease, 0)
+            }
+        };
+        self.registry.apply_register(spec, ttl, attachment, now);
+        Ok(session)
+    }
+
+    /// Tells a stream its registration is over (if it has one) and forgets it.
+    pub(crate) fn end_session(&mut self, key: &InstanceKey, why: &str) {
+        if let Some((_, tx)) = self.sessions.remove(key) {
+            let _ = tx.try_send(Directive::End(why.to_string()));
+        }
+    }
+
+    /// Forgets a stream without telling it (it is gone, or asked to leave).
+    pub(crate) fn drop_session(&mut self, key: &InstanceKey) {
+        self.sessions.remove(key);
+    }
+
+    /// Tells an instance's stream, if it has one, that it was (un)drained.
+    pub(crate) fn tell_drain(&self, key: &InstanceKey, drained: bool) {
+        if let Some((_, tx)) = self.sessions.get(key) {
+            let _ = tx.try_send(Directive::Drain(drained));
+        }
+    }
+
+    /// Drops a removed instance's record and re-plans its service.
+    pub(crate) fn forget(&mut self, key: &InstanceKey) {
+        self.replanner.changed(&key.service);
+        self.persist(store::Write::delete(Key::Instance(key.clone())));
+    }
+}
