@@ -30,7 +30,7 @@ const BUCKETS: usize = 10;
 /// Shortest bucket, so a zero or tiny `ttl` cannot stall the window arithmetic.
 const MIN_BUCKET: Duration = Duration::from_millis(1);
 
-/// Retry budget parameters (Finagle's defaults).
+/// Retry budget parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetConfig {
     /// Retries allowed as a fraction of requests (0.2 = one retry per five
@@ -43,12 +43,24 @@ pub struct BudgetConfig {
     pub ttl: Duration,
 }
 
+/// How long a deposit or withdrawal counts unless set (Finagle's default).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
 impl Default for BudgetConfig {
+    /// The daemon's default budget ([`lb_core::cluster::Budget`]: 20 % of
+    /// the calls plus 10 retries per second) over a 10 s window.
     fn default() -> Self {
+        BudgetConfig::from(lb_core::cluster::Budget::default())
+    }
+}
+
+impl From<lb_core::cluster::Budget> for BudgetConfig {
+    /// A service's budget as the daemon configures it, over a 10 s window.
+    fn from(b: lb_core::cluster::Budget) -> Self {
         BudgetConfig {
-            percent: 0.2,
-            min_per_sec: 10,
-            ttl: Duration::from_secs(10),
+            percent: f64::from(b.percent) / 100.0,
+            min_per_sec: b.min_per_sec,
+            ttl: DEFAULT_TTL,
         }
     }
 }

@@ -21,71 +21,14 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::budget::BudgetConfig;
-use crate::cluster::{self, BroadcastReport, CallError, ClusterError, Mode, Picker};
+use lb_core::cluster::{Broadcast, Mode};
+
+use crate::cluster::{self, BroadcastReport, CallError, ClusterError, Picker};
 use crate::list::{Endpoint, LaneRef, NoPick, Outcome, PickList};
 use crate::subscription::Subscription;
-
-/// A mode as the daemon configures it: a cluster mode, or a broadcast over
-/// one routing rule's instances.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Planned {
-    /// Run under this mode on the request's route.
-    Mode(Mode),
-    /// Broadcast to the instances of the routing rule named `route`.
-    Multicast {
-        /// The rule's name.
-        route: String,
-        /// How results are collected and judged.
-        broadcast: cluster::Broadcast,
-    },
-}
-
-impl Default for Planned {
-    fn default() -> Self {
-        Planned::Mode(Mode::default())
-    }
-}
-
-/// The cluster modes of a service, as pushed by the daemon with the list.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CallSettings {
-    /// The service's mode.
-    pub default: Planned,
-    /// Per-method modes, by "/package.Service/Method".
-    pub methods: HashMap<String, Planned>,
-    /// The retry budget.
-    pub budget: BudgetConfig,
-}
-
-impl Default for CallSettings {
-    /// The daemon's defaults (it does not send them): failover, 3 attempts,
-    /// 10 ms backoff doubling to 100 ms, on UNAVAILABLE; a budget of 20 % of
-    /// the calls plus 10 retries per second.
-    fn default() -> Self {
-        CallSettings {
-            default: Planned::Mode(Mode::Failover(cluster::Failover {
-                attempts: 3,
-                backoff: std::time::Duration::from_millis(10),
-                backoff_max: std::time::Duration::from_millis(100),
-                retry_on: vec![tonic::Code::Unavailable],
-            })),
-            methods: HashMap::new(),
-            budget: BudgetConfig::default(),
-        }
-    }
-}
-
-impl CallSettings {
-    /// The mode for `method` (the service's when it has none of its own).
-    pub fn mode_for(&self, method: &str) -> &Planned {
-        self.methods.get(method).unwrap_or(&self.default)
-    }
-}
 
 /// A [`Picker`] over one lane of one list snapshot.
 struct LanePicker<'a> {
@@ -136,13 +79,10 @@ impl Subscription {
         Fut: Future<Output = Result<T, E>>,
     {
         let list = self.current();
-        let planned = list.settings().mode_for(method).clone();
-        let (lane, mode) = match planned {
-            Planned::Mode(m) => (list.lane_for(labels), m),
-            Planned::Multicast { route, broadcast } => (
-                list.route_named(&route).ok_or(NoPick::NoRoute),
-                Mode::Broadcast(broadcast),
-            ),
+        let mode = list.settings().mode_for(method);
+        let lane = match mode {
+            Mode::Multicast { route, .. } => list.route_named(route).ok_or(NoPick::NoRoute),
+            _ => list.lane_for(labels),
         };
         let lane = match lane {
             Ok(l) => l,
@@ -160,7 +100,7 @@ impl Subscription {
             sub: self,
         };
         let budget = self.budget();
-        cluster::call(&picker, &mode, &budget, f).await
+        cluster::call(&picker, mode, &budget, f).await
     }
 
     /// Calls every instance of the route `labels` select, concurrently, and
@@ -169,7 +109,7 @@ impl Subscription {
     pub async fn broadcast<T, E, F, Fut>(
         &self,
         labels: &[(&str, &str)],
-        cfg: &cluster::Broadcast,
+        cfg: &Broadcast,
         f: F,
     ) -> Result<BroadcastReport<T, E>, ClusterError<E>>
     where
@@ -185,7 +125,7 @@ impl Subscription {
     pub async fn multicast<T, E, F, Fut>(
         &self,
         route: &str,
-        cfg: &cluster::Broadcast,
+        cfg: &Broadcast,
         f: F,
     ) -> Result<BroadcastReport<T, E>, ClusterError<E>>
     where
@@ -201,7 +141,7 @@ impl Subscription {
     async fn fan_out<T, E, F, Fut>(
         &self,
         lane: impl FnOnce(&PickList) -> Result<LaneRef, NoPick>,
-        cfg: &cluster::Broadcast,
+        cfg: &Broadcast,
         f: F,
     ) -> Result<BroadcastReport<T, E>, ClusterError<E>>
     where

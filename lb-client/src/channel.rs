@@ -11,43 +11,20 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use lb_core::status::Code;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tower_service::Service;
 
+use crate::daemon::endpoint;
 use crate::list::{NoPick, Outcome};
 use crate::subscription::Subscription;
 
 /// The error type of [`LbChannel`]; a `tonic::Status` inside is surfaced as-is
 /// by generated clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A transport endpoint for `addr` ("host:port" or a full "http://host:port" URI)
-/// with the options every connection of this crate uses.
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?.tcp_nodelay(true))
-}
-
-/// Connects to a daemon. HTTP/2 keep-alive makes a silently vanished daemon (a
-/// partition, not a crash) break the stream within seconds instead of never.
-pub(crate) async fn connect(
-    addr: &str,
-    connect_timeout: Duration,
-) -> Result<Channel, tonic::transport::Error> {
-    endpoint(addr)?
-        .connect_timeout(connect_timeout)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-}
 
 /// A channel over the backends of a [`Subscription`]; cheap to clone. It holds
 /// the subscription, so the background task lives as long as any channel does.
@@ -65,14 +42,17 @@ impl std::fmt::Debug for LbChannel {
     }
 }
 
-impl LbChannel {
-    pub(crate) fn new(subscription: Subscription) -> Self {
+impl Subscription {
+    /// A tonic-compatible channel that picks a backend per request.
+    pub fn channel(&self) -> LbChannel {
         LbChannel {
-            subscription,
+            subscription: self.clone(),
             channels: Arc::default(),
         }
     }
+}
 
+impl LbChannel {
     fn channel_for(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(ch) = map.get(addr) {
@@ -139,7 +119,7 @@ impl Service<http::Request<Body>> for LbChannel {
         let mut channel = match self.channel_for(ep.address()) {
             Ok(ch) => ch,
             Err(e) => {
-                ep.record(Outcome::failure(14, start.elapsed()));
+                ep.record(Outcome::failure(Code::Unavailable, start.elapsed()));
                 return fail(tonic::Status::unavailable(format!(
                     "bad backend address {:?}: {e}",
                     ep.address()
@@ -168,8 +148,8 @@ impl Service<http::Request<Body>> for LbChannel {
                         .headers()
                         .get("grpc-status")
                         .and_then(|s| s.to_str().ok()?.parse::<u32>().ok())
-                        .unwrap_or(0);
-                    ep.record(if code == 0 {
+                        .map_or(Code::Ok, |n| Code::from_number(n).unwrap_or(Code::Unknown));
+                    ep.record(if code == Code::Ok {
                         Outcome::success(latency)
                     } else {
                         Outcome::failure(code, latency)
@@ -177,7 +157,7 @@ impl Service<http::Request<Body>> for LbChannel {
                     Ok(resp)
                 }
                 Err(e) => {
-                    ep.record(Outcome::failure(14, latency));
+                    ep.record(Outcome::failure(Code::Unavailable, latency));
                     Err(e.into())
                 }
             }

@@ -5,6 +5,9 @@
 //! `forking`, `broadcast`), executed by the client around its own call
 //! closure:
 //!
+//! The modes themselves ([`Mode`], with their settings and defaults) are
+//! `lb-core`'s, shared with the daemon that configures them:
+//!
 //! - [`Mode::Failover`] (the default): on a retryable error, retry on a
 //!   different instance after a jittered exponential backoff, up to a number of
 //!   attempts.
@@ -15,7 +18,9 @@
 //!   the first success wins and the others are cancelled. This is also gRPC's
 //!   *hedging* (proposal A6, *gRPC Retry Design*), with a hedging delay of 0.
 //! - [`Mode::Broadcast`]: call every instance; see [`broadcast`] for the
-//!   per-instance results.
+//!   per-instance results. [`Mode::Multicast`] is a broadcast over the
+//!   instances of one routing rule: the caller gives the picker for that
+//!   rule's lane.
 //!
 //! Retries and extra hedges draw on a [`RetryBudget`] (every call deposits
 //! once), so a failing service sees at most `percent` more load, not
@@ -30,10 +35,12 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
+
+use lb_core::cluster::{Broadcast, Collect, Failover, Mode};
+use lb_core::status::Code;
 
 use crate::backoff::Backoff;
 use crate::budget::RetryBudget;
@@ -64,17 +71,22 @@ pub fn tried_contains(tried: &[Arc<Endpoint>], ep: &Endpoint) -> bool {
 /// Classifies an error for retries.
 pub trait CallError {
     /// The gRPC code of the error; `None` when it has none (never retried).
-    fn code(&self) -> Option<tonic::Code>;
+    fn code(&self) -> Option<Code>;
+}
+
+/// A tonic code as lb's.
+pub fn code_of(c: tonic::Code) -> Code {
+    Code::from_number(c as u32).unwrap_or(Code::Unknown)
 }
 
 impl CallError for tonic::Status {
     /// The status code, except that a transport failure tonic reports as
     /// UNKNOWN or CANCELLED (a connection reset, refused or closed under the
     /// call) counts as UNAVAILABLE, as gRPC defines it.
-    fn code(&self) -> Option<tonic::Code> {
-        let code = tonic::Status::code(self);
-        if matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled) && is_transport(self) {
-            return Some(tonic::Code::Unavailable);
+    fn code(&self) -> Option<Code> {
+        let code = code_of(tonic::Status::code(self));
+        if matches!(code, Code::Unknown | Code::Cancelled) && is_transport(self) {
+            return Some(Code::Unavailable);
         }
         Some(code)
     }
@@ -91,85 +103,6 @@ fn is_transport(s: &tonic::Status) -> bool {
         e = err.source();
     }
     false
-}
-
-/// What a call does across instances.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Mode {
-    /// Retry retryable errors on other instances (the default).
-    Failover(Failover),
-    /// One attempt; its error is returned.
-    Failfast,
-    /// One attempt; an error (or no instance) is logged at debug and swallowed:
-    /// the call returns `T::default()`.
-    Failsafe,
-    /// Hedging: start `k` attempts on `k` distinct instances at once (fewer
-    /// when fewer instances exist or the budget refuses); the first `Ok` wins
-    /// and the others are cancelled. Fails only when every attempt fails (with
-    /// the last error). `k = 0` acts as 1.
-    Forking {
-        /// Attempts started at once.
-        k: u32,
-    },
-    /// Call every instance concurrently.
-    Broadcast(Broadcast),
-}
-
-impl Default for Mode {
-    fn default() -> Self {
-        Mode::Failover(Failover::default())
-    }
-}
-
-/// Failover parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Failover {
-    /// Total attempts, the first included (0 acts as 1).
-    pub attempts: u32,
-    /// Ceiling of the first backoff (full jitter: the delay is uniform in
-    /// `[0, ceiling]`, the ceiling doubling per retry).
-    pub backoff: Duration,
-    /// Largest backoff ceiling.
-    pub backoff_max: Duration,
-    /// Codes worth retrying elsewhere.
-    pub retry_on: Vec<tonic::Code>,
-}
-
-impl Default for Failover {
-    /// Three attempts (Dubbo's `retries=2`), backoff 50 ms doubling up to 1 s,
-    /// retry on `UNAVAILABLE` only.
-    fn default() -> Self {
-        Failover {
-            attempts: 3,
-            backoff: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(1),
-            retry_on: vec![tonic::Code::Unavailable],
-        }
-    }
-}
-
-/// Broadcast parameters.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Broadcast {
-    /// What [`call`] returns on success.
-    pub collect: Collect,
-    /// 0..=100: the broadcast fails when more than this percentage of the
-    /// instances fail (0: any failure fails it).
-    pub max_failure_percent: u32,
-}
-
-/// What [`call`] returns for a successful broadcast. [`broadcast`] always
-/// returns every instance's result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Collect {
-    /// The first `Ok` answer in endpoint order (`T::default()` if none).
-    First,
-    /// Every answer is wanted: [`call`] can only return one, so it behaves as
-    /// `First`; use [`broadcast`] for all of them.
-    #[default]
-    All,
-    /// Only success or failure matters: [`call`] returns `T::default()`.
-    None,
 }
 
 /// Why a cluster call failed.
@@ -314,7 +247,7 @@ where
     let latency = start.elapsed();
     let outcome = match &r {
         Ok(_) => Outcome::success(latency),
-        Err(e) => Outcome::failure(e.code().map_or(2, |c| c as u32), latency),
+        Err(e) => Outcome::failure(e.code().unwrap_or(Code::Unknown), latency),
     };
     picker.report(&ep, outcome);
     (ep, r)
@@ -324,8 +257,9 @@ where
 /// is given. Deposits once into `budget`; every retry or extra hedge withdraws
 /// from it.
 ///
-/// For [`Mode::Broadcast`], waits for every instance, then returns according
-/// to [`Broadcast::collect`] or [`ClusterError::Broadcast`].
+/// For [`Mode::Broadcast`] and [`Mode::Multicast`] (whose picker holds the
+/// rule's instances), waits for every instance, then returns according to
+/// [`Broadcast::collect`] or [`ClusterError::Broadcast`].
 pub async fn call<P, T, E, F, Fut>(
     picker: &P,
     mode: &Mode,
@@ -373,8 +307,8 @@ where
                 }
             }
         }
-        Mode::Forking { k } => forking(picker, (*k).max(1), budget, f).await,
-        Mode::Broadcast(cfg) => {
+        Mode::Forking { forks } => forking(picker, (*forks).max(1), budget, f).await,
+        Mode::Broadcast(cfg) | Mode::Multicast { broadcast: cfg, .. } => {
             let report = broadcast(picker, cfg, f).await?;
             Ok(match cfg.collect {
                 Collect::First | Collect::All => report.into_first_ok().unwrap_or_default(),
@@ -565,6 +499,7 @@ mod tests {
     use crate::budget::BudgetConfig;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
     use std::sync::Mutex;
+    use std::time::Duration;
     use tokio::time::sleep;
     use tonic::{Code, Status};
 
@@ -603,7 +538,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|(id, o)| (id.clone(), o.ok))
+                .map(|(id, o)| (id.clone(), o.is_ok()))
                 .collect()
         }
 
@@ -744,7 +679,7 @@ mod tests {
             attempts: 3,
             backoff: Duration::from_millis(100),
             backoff_max: Duration::from_millis(150),
-            retry_on: vec![Code::Unavailable],
+            retry_on: vec![lb_core::status::Code::Unavailable],
         });
         let start = Instant::now();
         let r: Result<(), _> = call(&p, &mode, &budget(), |_| async {
@@ -781,7 +716,7 @@ mod tests {
     async fn failover_retries_configured_codes() {
         let p = TestPicker::new(&["a", "b"]);
         let mode = Mode::Failover(Failover {
-            retry_on: vec![Code::ResourceExhausted],
+            retry_on: vec![lb_core::status::Code::ResourceExhausted],
             ..Failover::default()
         });
         let r = call(&p, &mode, &budget(), |ep| async move {
@@ -798,7 +733,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropped_pick_is_not_retried() {
         let n = AtomicUsize::new(0);
-        for mode in [failover(3), Mode::Failfast, Mode::Forking { k: 2 }] {
+        for mode in [failover(3), Mode::Failfast, Mode::Forking { forks: 2 }] {
             // The drop entry comes first; b exists but must not be tried.
             let p = TestPicker::new(&["DROP", "b"]);
             let r: Result<u8, ClusterError<Status>> = call(&p, &mode, &budget(), |_| {
@@ -831,7 +766,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn empty_list_is_no_pick() {
         let p = TestPicker::new(&[]);
-        for mode in [failover(3), Mode::Failfast, Mode::Forking { k: 3 }] {
+        for mode in [failover(3), Mode::Failfast, Mode::Forking { forks: 3 }] {
             let r: Result<(), ClusterError<Status>> =
                 call(&p, &mode, &budget(), |_| async { Ok(()) }).await;
             assert!(matches!(r, Err(ClusterError::NoPick(NoPick::Empty))));
@@ -858,7 +793,7 @@ mod tests {
             attempts: 3,
             backoff: Duration::ZERO,
             backoff_max: Duration::ZERO,
-            retry_on: vec![Code::Unavailable],
+            retry_on: vec![lb_core::status::Code::Unavailable],
         });
         let attempts = AtomicUsize::new(0);
         let mut exhausted = 0;
@@ -953,7 +888,7 @@ mod tests {
         let slow_finished = Arc::new(AtomicBool::new(false));
         let started = log();
         let start = Instant::now();
-        let r = call(&p, &Mode::Forking { k: 2 }, &budget(), |ep| {
+        let r = call(&p, &Mode::Forking { forks: 2 }, &budget(), |ep| {
             // Only the slow attempt carries a guard.
             let guard = (ep.instance_id() == "slow").then(|| DropGuard(Arc::clone(&slow_dropped)));
             let finished = Arc::clone(&slow_finished);
@@ -988,19 +923,24 @@ mod tests {
     async fn forking_fails_only_when_all_fail() {
         let p = TestPicker::new(&["a", "b", "c"]);
         // One failure fast, the success later: still a success.
-        let r = call(&p, &Mode::Forking { k: 3 }, &budget(), |ep| async move {
-            match ep.instance_id() {
-                "a" => Err(Status::unavailable("a")),
-                "b" => {
-                    sleep(Duration::from_millis(20)).await;
-                    Ok(2)
+        let r = call(
+            &p,
+            &Mode::Forking { forks: 3 },
+            &budget(),
+            |ep| async move {
+                match ep.instance_id() {
+                    "a" => Err(Status::unavailable("a")),
+                    "b" => {
+                        sleep(Duration::from_millis(20)).await;
+                        Ok(2)
+                    }
+                    _ => {
+                        sleep(Duration::from_millis(50)).await;
+                        Err(Status::unavailable("c"))
+                    }
                 }
-                _ => {
-                    sleep(Duration::from_millis(50)).await;
-                    Err(Status::unavailable("c"))
-                }
-            }
-        })
+            },
+        )
         .await;
         assert_eq!(r.unwrap(), 2);
         assert_eq!(
@@ -1010,15 +950,20 @@ mod tests {
         );
 
         let p = TestPicker::new(&["a", "b", "c"]);
-        let r: Result<(), _> = call(&p, &Mode::Forking { k: 3 }, &budget(), |ep| async move {
-            let ms = match ep.instance_id() {
-                "a" => 30,
-                "b" => 10,
-                _ => 20,
-            };
-            sleep(Duration::from_millis(ms)).await;
-            Err(Status::unavailable(ep.instance_id().to_owned()))
-        })
+        let r: Result<(), _> = call(
+            &p,
+            &Mode::Forking { forks: 3 },
+            &budget(),
+            |ep| async move {
+                let ms = match ep.instance_id() {
+                    "a" => 30,
+                    "b" => 10,
+                    _ => 20,
+                };
+                sleep(Duration::from_millis(ms)).await;
+                Err(Status::unavailable(ep.instance_id().to_owned()))
+            },
+        )
         .await;
         match r.unwrap_err() {
             ClusterError::Call {
@@ -1039,7 +984,7 @@ mod tests {
         // Fewer instances than k: one attempt per instance.
         let p = TestPicker::new(&["a", "a", "b"]);
         let seen = log();
-        let r: Result<(), _> = call(&p, &Mode::Forking { k: 5 }, &budget(), |ep| {
+        let r: Result<(), _> = call(&p, &Mode::Forking { forks: 5 }, &budget(), |ep| {
             let seen = Arc::clone(&seen);
             async move {
                 seen.lock().unwrap().push(ep.instance_id().to_owned());
@@ -1060,7 +1005,7 @@ mod tests {
             ttl: Duration::from_secs(10),
         });
         let n = AtomicUsize::new(0);
-        let r: Result<(), _> = call(&p, &Mode::Forking { k: 3 }, &none, |_| {
+        let r: Result<(), _> = call(&p, &Mode::Forking { forks: 3 }, &none, |_| {
             n.fetch_add(1, SeqCst);
             async { Err(Status::unavailable("x")) }
         })
@@ -1141,7 +1086,7 @@ mod tests {
             })
         ));
         // Through `call`: Collect::None answers T::default().
-        let m = Mode::Broadcast(cfg.clone());
+        let m = Mode::Broadcast(cfg);
         assert_eq!(call(&p, &m, &budget(), failing(&["c"])).await.unwrap(), 0);
         // max 0 %: any failure fails.
         let strict = Mode::Broadcast(Broadcast {
@@ -1261,7 +1206,7 @@ mod tests {
         let p = TestPicker::new(&["a"]);
         let b = RetryBudget::unlimited();
         let dynp: &dyn Picker = &p;
-        for mode in [Mode::default(), Mode::Forking { k: 2 }] {
+        for mode in [Mode::default(), Mode::Forking { forks: 2 }] {
             let fut = call(dynp, &mode, &b, |_| async { Ok::<u8, Status>(1) });
             check(&fut);
         }

@@ -17,21 +17,28 @@
 //! ```
 //!
 //! # Layout
-//! - [`list`]: [`PickList`] and [`Endpoint`], the list a client follows, and the pick hot path.
-//! - [`subscription`]: [`subscribe`], [`Subscription`] and the background task
-//!   (connect, stream lists, reconnect, send call stats).
-//! - [`channel`]: [`LbChannel`], a `tower::Service` for tonic clients that picks per request
-//!   (request labels for routing rules as `lb-label-*` metadata).
-//! - [`call`]: [`Subscription::call`] and friends: calls under the daemon's cluster
-//!   modes ([`CallSettings`]), on the route the request's labels select.
+//! The modules, lowest first; each uses only those above it (plus `lb-core`):
 //! - [`backoff`]: jittered exponential [`Backoff`] for reconnects (pure).
 //! - [`budget`]: [`RetryBudget`], retries allowed as a fraction of recent requests (Finagle-style).
-//! - [`cluster`]: Dubbo-style cluster modes ([`Mode`]: failover, failfast, failsafe,
-//!   forking/hedging, broadcast) run by [`cluster::call`] over a [`Picker`].
-//! - [`reporter`]: the backend side: [`Reporter`] registers and streams [`LoadSample`]s.
-//! - [`inflight`]: [`InFlight`] request counter and [`InFlightLayer`] for tonic servers.
 //! - [`cpu`]: process CPU utilization from `/proc/self/stat` ([`CpuSampler`]).
+//! - [`inflight`]: [`InFlight`] request counter and [`InFlightLayer`] for tonic servers.
+//! - [`list`]: [`PickList`] and [`Endpoint`], the list a client follows, and
+//!   the pick hot path; it knows nothing of calls or of the daemon.
+//! - [`cluster`]: the executors of `lb-core`'s cluster modes ([`Mode`]:
+//!   failover, failfast, failsafe, forking/hedging, broadcast, multicast),
+//!   run by [`cluster::call`] over a [`Picker`].
+//! - `protocol`: what client and daemon say to each other, as plain types
+//!   ([`Registration`], [`LoadSample`], stats and updates).
 //! - `pb`: the gRPC edge, the only module that touches `lb_proto` types.
+//! - `daemon`: the connection to daemons: dialing, and the two streams.
+//! - [`subscription`]: [`subscribe`], [`Subscription`] and the background task
+//!   (connect, stream lists, reconnect, send call stats).
+//! - [`channel`]: [`LbChannel`] (`Subscription::channel`), a `tower::Service`
+//!   for tonic clients that picks per request (request labels for routing
+//!   rules as `lb-label-*` metadata).
+//! - [`call`]: [`Subscription::call`] and friends: calls under the daemon's
+//!   cluster modes, on the route the request's labels select.
+//! - [`reporter`]: the backend side: [`Reporter`] registers and streams [`LoadSample`]s.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -42,21 +49,23 @@ pub mod call;
 pub mod channel;
 pub mod cluster;
 pub mod cpu;
+mod daemon;
 pub mod inflight;
 pub mod list;
 mod pb;
+mod protocol;
 pub mod reporter;
 pub mod subscription;
 
 pub use backoff::Backoff;
 pub use budget::{BudgetConfig, RetryBudget};
-pub use call::{CallSettings, Planned};
 pub use channel::LbChannel;
-pub use cluster::{
-    Broadcast, BroadcastReport, CallError, ClusterError, Collect, Failover, Mode, Picker,
-};
+pub use cluster::{BroadcastReport, CallError, ClusterError, Picker};
 pub use cpu::CpuSampler;
 pub use inflight::{InFlight, InFlightGuard, InFlightLayer};
+pub use lb_core::cluster::{Broadcast, ClusterConfig, Collect, Failover, Mode};
+pub use lb_core::status::Code;
 pub use list::{CallCounts, Endpoint, NoPick, Outcome, PickList, Route, RouteSpec};
-pub use reporter::{Error as ReporterError, LoadSample, Registration, Reporter, ReporterOptions};
+pub use protocol::{LoadSample, Registration};
+pub use reporter::{Error as ReporterError, Reporter, ReporterOptions};
 pub use subscription::{subscribe, ClientOptions, Error, Subscription};

@@ -12,11 +12,12 @@
 //! over.
 
 use std::collections::HashMap;
-
-use crate::call::CallSettings;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use lb_core::cluster::ClusterConfig;
+use lb_core::status::Code;
 
 /// Up to this many servers, [`PickList::adopt`] matches by scanning.
 const SMALL_LIST: usize = 16;
@@ -66,36 +67,42 @@ pub enum NoPick {
 /// The outcome of one call, reported back with [`crate::Subscription::report`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
-    /// The call succeeded.
-    pub ok: bool,
     /// Time from sending the call to its response.
     pub latency: Duration,
-    /// For a failure, its gRPC status code (1..=16); 0 counts as UNKNOWN.
-    pub code: u32,
+    /// How it ended: [`Code::Ok`] for a success.
+    pub code: Code,
 }
 
 impl Outcome {
     /// A successful call.
     pub fn success(latency: Duration) -> Outcome {
         Outcome {
-            ok: true,
             latency,
-            code: 0,
+            code: Code::Ok,
         }
     }
 
-    /// A failed call with gRPC status `code` (e.g. 14 for UNAVAILABLE).
-    pub fn failure(code: u32, latency: Duration) -> Outcome {
+    /// A failed call with status `code` (e.g. [`Code::Unavailable`]); a
+    /// failure reported as OK counts as UNKNOWN.
+    pub fn failure(code: Code, latency: Duration) -> Outcome {
         Outcome {
-            ok: false,
             latency,
-            code,
+            code: if code == Code::Ok {
+                Code::Unknown
+            } else {
+                code
+            },
         }
+    }
+
+    /// Whether the call succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.code == Code::Ok
     }
 }
 
-/// gRPC status codes 0..=16.
-pub const STATUS_CODES: usize = 17;
+/// gRPC status codes, OK included.
+pub const STATUS_CODES: usize = Code::ALL.len();
 
 /// Call counters of one endpoint, as read by [`Endpoint::counts`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -267,16 +274,12 @@ impl Endpoint {
 
     /// Records a finished call.
     pub(crate) fn record(&self, outcome: Outcome) {
-        if outcome.ok {
+        if outcome.is_ok() {
             self.consecutive.store(0, Relaxed);
         } else {
             self.calls_failed.fetch_add(1, Relaxed);
             self.consecutive.fetch_add(1, Relaxed);
-            let code = match outcome.code as usize {
-                0 => 2, // UNKNOWN
-                c => c.min(STATUS_CODES - 1),
-            };
-            self.failed_by_code[code].fetch_add(1, Relaxed);
+            self.failed_by_code[outcome.code as usize].fetch_add(1, Relaxed);
         }
         self.calls_finished.fetch_add(1, Relaxed);
         let us = u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX);
@@ -551,7 +554,7 @@ pub struct PickList {
     /// Hash policies: key hash → index into `servers` (empty otherwise).
     affinity: Box<[u32]>,
     /// What a call does across instances (cluster modes), from the daemon.
-    settings: Arc<CallSettings>,
+    settings: Arc<ClusterConfig>,
     /// When a subscription installed this list (None for lists built by hand).
     installed_at: Option<Instant>,
 }
@@ -635,13 +638,13 @@ impl PickList {
     }
 
     /// Sets the cluster modes calls on this list follow.
-    pub fn with_settings(mut self, settings: CallSettings) -> PickList {
+    pub fn with_settings(mut self, settings: ClusterConfig) -> PickList {
         self.settings = Arc::new(settings);
         self
     }
 
     /// The cluster modes calls on this list follow.
-    pub fn settings(&self) -> &CallSettings {
+    pub fn settings(&self) -> &ClusterConfig {
         &self.settings
     }
 
@@ -959,7 +962,10 @@ mod tests {
     fn adopt_keeps_counters_of_unchanged_endpoints() {
         let old = abc();
         let a = old.pick().unwrap();
-        old.servers()[0].record(Outcome::failure(14, Duration::from_millis(3)));
+        old.servers()[0].record(Outcome::failure(
+            Code::Unavailable,
+            Duration::from_millis(3),
+        ));
         let mut new = PickList::from_parts(
             2,
             vec![

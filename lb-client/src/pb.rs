@@ -1,41 +1,25 @@
-//! The gRPC edge: the only module that touches `lb_proto::v1`.
+//! The gRPC edge: the only module that touches `lb_proto` types.
 //!
-//! Converts daemon messages into domain types (`ServerList` → [`PickList`],
-//! `ReportLoadResponse` → [`Directive`]) and domain types into requests
-//! ([`Registration`], [`LoadSample`], [`StatsReport`]), and opens the two
-//! long-lived streams so the tasks never see generated types.
+//! Converts the daemon's messages into domain types (`ServerList` →
+//! [`PickList`] with `lb-core`'s cluster modes, `ReportLoadResponse` →
+//! `Directive`) and this crate's messages (`protocol`) into requests. The
+//! daemon validated what it sends; a list that does not hold together is
+//! refused here ([`list::Error`]) and the client keeps its previous one.
 
 use std::collections::HashMap;
-
-use lb_proto::v1;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
-use tonic::Status;
-
 use std::time::Duration;
 
-use crate::budget::BudgetConfig;
-use crate::call::{CallSettings, Planned};
-use crate::cluster::{self, Mode};
-use crate::list::{self, Endpoint, PickList, RouteSpec};
-use crate::reporter::{Directive, LoadSample, Outgoing, Registration};
-use crate::subscription::{StatsReport, Update};
+use lb_core::cluster::{self, Broadcast, Budget, ClusterConfig, Collect, Failover, Mode};
+use lb_core::status::Code;
+use lb_proto::v1;
 
-/// Why a daemon message was rejected.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Error {
-    /// The server list is inconsistent (see [`list::Error`]); the client keeps
-    /// its previous list. This is a daemon bug worth reporting.
-    #[error("malformed server list: {0}")]
-    InvalidList(#[from] list::Error),
-}
+use crate::list::{self, Endpoint, PickList, RouteSpec};
+use crate::protocol::{Directive, Identity, LoadSample, Registration, StatsReport, Update};
 
 impl TryFrom<v1::ServerList> for PickList {
-    type Error = Error;
+    type Error = list::Error;
 
-    fn try_from(list: v1::ServerList) -> Result<Self, Error> {
+    fn try_from(list: v1::ServerList) -> Result<Self, list::Error> {
         let servers = list.servers.into_iter().map(endpoint).collect();
         let routes = list
             .routes
@@ -48,78 +32,70 @@ impl TryFrom<v1::ServerList> for PickList {
             })
             .collect();
         let l = PickList::with_routes(list.version, servers, list.order, routes)?;
-        let settings = list.cluster.map(settings).unwrap_or_default();
+        let settings = list.cluster.map(cluster_config).unwrap_or_default();
         Ok(l.with_affinity(list.affinity)?.with_settings(settings))
     }
 }
 
-/// The daemon's cluster modes. A mode this build does not know falls back to
-/// the default (failover): the daemon validated it, so it is newer than us.
-fn settings(c: v1::ClusterConfig) -> CallSettings {
-    let d = BudgetConfig::default();
-    CallSettings {
-        default: c
-            .default_mode
-            .map(planned)
-            .unwrap_or_else(|| CallSettings::default().default),
-        methods: c
-            .methods
-            .into_iter()
-            .map(|(k, m)| (k, planned(m)))
-            .collect(),
-        budget: BudgetConfig {
-            percent: c
-                .budget_percent
-                .map_or(d.percent, |p| f64::from(p.min(100)) / 100.0),
+/// The daemon's cluster modes (it sends none when they are all defaults).
+fn cluster_config(c: v1::ClusterConfig) -> ClusterConfig {
+    let d = Budget::default();
+    ClusterConfig {
+        default: c.default_mode.map(mode).unwrap_or_default(),
+        methods: c.methods.into_iter().map(|(k, m)| (k, mode(m))).collect(),
+        budget: Budget {
+            percent: c.budget_percent.map_or(d.percent, |p| p.min(100)),
             min_per_sec: c.budget_min_per_sec.unwrap_or(d.min_per_sec),
-            ..d
         },
     }
 }
 
-fn planned(m: v1::ClusterMode) -> Planned {
+/// One mode. The daemon validated it; a mode this build does not know falls
+/// back to the default (failover), since it can only be newer than us, and
+/// unset failover fields take their documented defaults.
+fn mode(m: v1::ClusterMode) -> Mode {
     use v1::cluster_mode::{Collect as C, Kind as K};
-    let broadcast = || cluster::Broadcast {
+    let broadcast = || Broadcast {
         collect: match C::try_from(m.collect) {
-            Ok(C::All) => cluster::Collect::All,
-            Ok(C::None) => cluster::Collect::None,
-            _ => cluster::Collect::First,
+            Ok(C::All) => Collect::All,
+            Ok(C::None) => Collect::None,
+            _ => Collect::First,
         },
         max_failure_percent: m.max_failure_percent.min(100),
     };
     match K::try_from(m.kind) {
-        Ok(K::Failfast) => Planned::Mode(Mode::Failfast),
-        Ok(K::Failsafe) => Planned::Mode(Mode::Failsafe),
-        Ok(K::Forking) => Planned::Mode(Mode::Forking { k: m.forks.max(1) }),
-        Ok(K::Broadcast) => Planned::Mode(Mode::Broadcast(broadcast())),
-        Ok(K::Multicast) => Planned::Multicast {
+        Ok(K::Failfast) => Mode::Failfast,
+        Ok(K::Failsafe) => Mode::Failsafe,
+        Ok(K::Forking) => Mode::Forking { forks: m.forks },
+        Ok(K::Broadcast) => Mode::Broadcast(broadcast()),
+        Ok(K::Multicast) => Mode::Multicast {
             route: m.route.clone(),
             broadcast: broadcast(),
         },
         Ok(K::Failover) | Err(_) => {
+            let d = Failover::default();
             let backoff = Duration::from_millis(u64::from(m.backoff_ms));
-            let max = match m.backoff_max_ms {
-                0 => backoff * 10,
-                ms => Duration::from_millis(u64::from(ms)),
-            };
-            let retry_on: Vec<tonic::Code> = m.retry_on.iter().filter_map(|n| code(n)).collect();
-            Planned::Mode(Mode::Failover(cluster::Failover {
+            let retry_on: Vec<Code> = m
+                .retry_on
+                .iter()
+                .filter_map(|n| Code::error_named(n))
+                .collect();
+            Mode::Failover(Failover {
                 attempts: m.attempts.max(1),
                 backoff,
-                backoff_max: max.max(backoff),
+                backoff_max: match m.backoff_max_ms {
+                    0 => backoff * cluster::BACKOFF_MAX_FACTOR,
+                    ms => Duration::from_millis(u64::from(ms)),
+                }
+                .max(backoff),
                 retry_on: if retry_on.is_empty() {
-                    vec![tonic::Code::Unavailable]
+                    d.retry_on
                 } else {
                     retry_on
                 },
-            }))
+            })
         }
     }
-}
-
-/// A gRPC status name ("UNAVAILABLE") as its code.
-fn code(name: &str) -> Option<tonic::Code> {
-    lb_core::status::Code::error_named(name).map(|c| tonic::Code::from_i32(c.number() as i32))
 }
 
 fn endpoint(s: v1::Server) -> Endpoint {
@@ -229,65 +205,18 @@ impl From<LoadSample> for v1::LoadReport {
     }
 }
 
-fn identity(
-    client_id: &str,
-    zone: &str,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> v1::ClientIdentity {
-    v1::ClientIdentity {
-        client_id: client_id.to_owned(),
-        zone: zone.to_owned(),
-        labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    }
-}
-
-/// Opens `Balancer/Subscribe`: sends the subscription first, then every
-/// [`StatsReport`] from `stats`; yields the daemon's updates.
-pub(crate) async fn subscribe(
-    channel: Channel,
-    service: &str,
-    options: &crate::ClientOptions,
-    stats: mpsc::Receiver<StatsReport>,
-) -> Result<impl Stream<Item = Result<Update, Status>> + Unpin + Send + 'static, Status> {
-    let first = v1::SubscribeRequest {
-        msg: Some(v1::subscribe_request::Msg::Subscribe(v1::Subscription {
-            service: service.to_owned(),
-            client: Some(identity(&options.client_id, &options.zone, &options.labels)),
-        })),
-    };
-    let requests =
-        tokio_stream::once(first).chain(ReceiverStream::new(stats).map(|s| v1::SubscribeRequest {
-            msg: Some(v1::subscribe_request::Msg::Stats(s.into())),
-        }));
-    let response = v1::balancer_client::BalancerClient::new(channel)
-        .subscribe(requests)
-        .await?;
-    Ok(response.into_inner().map(|r| r.map(Update::from)))
-}
-
-/// Opens `Registry/ReportLoad`: sends the registration first, then every
-/// [`Outgoing`] message; yields the daemon's directives.
-pub(crate) async fn report_load(
-    channel: Channel,
-    registration: &Registration,
-    outgoing: mpsc::Receiver<Outgoing>,
-) -> Result<impl Stream<Item = Result<Directive, Status>> + Unpin + Send + 'static, Status> {
-    use v1::report_load_request::Msg;
-    let first = v1::ReportLoadRequest {
-        msg: Some(Msg::Register(registration.into())),
-    };
-    let requests = tokio_stream::once(first).chain(ReceiverStream::new(outgoing).map(|m| {
-        v1::ReportLoadRequest {
-            msg: Some(match m {
-                Outgoing::Report(s) => Msg::Report(s.into()),
-                Outgoing::Drain => Msg::Drain(v1::Drain {}),
-            }),
+impl From<Identity<'_>> for v1::ClientIdentity {
+    fn from(i: Identity<'_>) -> Self {
+        v1::ClientIdentity {
+            client_id: i.client_id.to_owned(),
+            zone: i.zone.to_owned(),
+            labels: i
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
-    }));
-    let response = v1::registry_client::RegistryClient::new(channel)
-        .report_load(requests)
-        .await?;
-    Ok(response.into_inner().map(|r| r.map(Directive::from)))
+    }
 }
 
 #[cfg(test)]
@@ -380,19 +309,16 @@ mod tests {
         assert_eq!(list.routes()[0].name(), "canary");
         let s = list.settings();
         match s.mode_for("/x.Y/Z") {
-            Planned::Mode(Mode::Failover(f)) => {
+            Mode::Failover(f) => {
                 assert_eq!(f.attempts, 4);
                 assert_eq!(f.backoff, Duration::from_millis(5));
                 assert_eq!(f.backoff_max, Duration::from_millis(50));
-                assert_eq!(
-                    f.retry_on,
-                    [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded]
-                );
+                assert_eq!(f.retry_on, [Code::Unavailable, Code::DeadlineExceeded]);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.mode_for("/a.B/C"), &Planned::Mode(Mode::Forking { k: 3 }));
-        assert_eq!(s.budget.percent, 0.5);
+        assert_eq!(s.mode_for("/a.B/C"), &Mode::Forking { forks: 3 });
+        assert_eq!(s.budget.percent, 50);
         assert_eq!(s.budget.min_per_sec, 10);
     }
 
@@ -408,7 +334,7 @@ mod tests {
         .unwrap_err();
         assert!(matches!(
             err,
-            Error::InvalidList(list::Error::AffinityOutOfRange { position: 2, .. })
+            list::Error::AffinityOutOfRange { position: 2, .. }
         ));
     }
 
@@ -422,10 +348,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(matches!(
-            err,
-            Error::InvalidList(list::Error::OrderOutOfRange { index: 7, .. })
-        ));
+        assert!(matches!(err, list::Error::OrderOutOfRange { index: 7, .. }));
     }
 
     #[test]

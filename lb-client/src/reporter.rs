@@ -10,7 +10,6 @@
 //! By default a sample is this process's CPU utilization ([`crate::CpuSampler`])
 //! plus the requests counted by [`Reporter::layer`].
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,10 +23,10 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::channel;
 use crate::cpu::CpuSampler;
+use crate::daemon;
 use crate::inflight::{InFlight, InFlightLayer};
-use crate::pb;
+use crate::protocol::{Directive, LoadSample, Outgoing, Registration};
 
 /// Why a reporter wait ended without success.
 #[derive(Debug, thiserror::Error)]
@@ -36,70 +35,6 @@ pub enum Error {
     /// reachable and look for a refusal logged at warn level.
     #[error("timed out waiting for the daemon to acknowledge the registration")]
     Timeout,
-}
-
-/// What a backend says about itself.
-#[derive(Clone, Debug)]
-pub struct Registration {
-    /// Service name.
-    pub service: String,
-    /// Unique within the service.
-    pub instance_id: String,
-    /// Where clients connect: "host:port".
-    pub address: String,
-    /// Locality (may be empty).
-    pub zone: String,
-    /// Static weight, 1..=10000.
-    pub weight: u32,
-    /// Labels routing rules may match.
-    pub labels: BTreeMap<String, String>,
-    /// Free-form build version.
-    pub version: String,
-    /// Token clients send with each call as `lb-token` metadata (up to 49
-    /// bytes of printable ASCII); empty = the daemon derives a stable one.
-    pub token: String,
-    /// How long the daemon waits for a report before dropping the instance;
-    /// `None` = the daemon's default.
-    pub ttl: Option<Duration>,
-}
-
-impl Registration {
-    /// Weight 1, everything else empty.
-    pub fn new(
-        service: impl Into<String>,
-        instance_id: impl Into<String>,
-        address: impl Into<String>,
-    ) -> Self {
-        Registration {
-            service: service.into(),
-            instance_id: instance_id.into(),
-            address: address.into(),
-            zone: String::new(),
-            weight: 1,
-            labels: BTreeMap::new(),
-            version: String::new(),
-            token: String::new(),
-            ttl: None,
-        }
-    }
-}
-
-/// Live load at one moment. Values outside the daemon's ranges are clamped
-/// before sending.
-#[derive(Clone, Debug, Default)]
-pub struct LoadSample {
-    /// Fraction of the machine's cores busy (1.0 = all).
-    pub cpu_utilization: f64,
-    /// Requests in flight.
-    pub active_requests: u64,
-    /// Requests per second.
-    pub qps: Option<f64>,
-    /// Errors per second.
-    pub eps: Option<f64>,
-    /// Fraction of memory in use.
-    pub mem_utilization: Option<f64>,
-    /// Up to 32 named metrics.
-    pub named_metrics: BTreeMap<String, f64>,
 }
 
 /// A load sampler, called once per report.
@@ -139,20 +74,6 @@ impl ReporterOptions {
             sampler: None,
         }
     }
-}
-
-/// A message to the daemon after the registration.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Report(LoadSample),
-    Drain,
-}
-
-/// What the daemon asks of the backend.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Directive {
-    pub(crate) report_interval_ms: u32,
-    pub(crate) drain: bool,
 }
 
 /// Used until the daemon names an interval.
@@ -395,7 +316,7 @@ impl Task {
         stop: &mut watch::Receiver<bool>,
     ) -> End {
         let (service, id) = (&self.registration.service, &self.registration.instance_id);
-        let connect = channel::connect(daemon, self.options.connect_timeout);
+        let connect = daemon::connect(daemon, self.options.connect_timeout);
         let channel = tokio::select! {
             _ = stopped(stop) => return End::Stopped,
             r = connect => match r {
@@ -413,7 +334,7 @@ impl Task {
         let (tx, rx) = mpsc::channel(4);
         let mut stream = tokio::select! {
             _ = stopped(stop) => return End::Stopped,
-            r = pb::report_load(channel, &self.registration, rx) => match r {
+            r = daemon::report_load(channel, &self.registration, rx) => match r {
                 Ok(s) => s,
                 Err(status) => {
                     warn!(%daemon, %service, instance = %id, code = ?status.code(), "registration refused: {}", status.message());

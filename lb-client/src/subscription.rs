@@ -37,9 +37,9 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::budget::{BudgetConfig, RetryBudget};
-use crate::channel::{self, LbChannel};
-use crate::list::{CallCounts, Endpoint, NoPick, Outcome, PickList};
-use crate::pb;
+use crate::daemon;
+use crate::list::{self, Endpoint, NoPick, Outcome, PickList};
+use crate::protocol::{Identity, StatsReport};
 
 /// Why a subscription could not be created, or a wait ended.
 #[derive(Debug, thiserror::Error)]
@@ -133,21 +133,6 @@ fn default_client_id() -> String {
         .take(96) // leaves room for the suffix under the 128-byte limit
         .collect();
     format!("{host}-{}-{}", std::process::id(), rand::random::<u32>())
-}
-
-/// Call outcomes to send in one `ClientStats`.
-#[derive(Debug, Default)]
-pub(crate) struct StatsReport {
-    pub(crate) instances: Vec<(String, CallCounts)>,
-    pub(crate) dropped: u64,
-    pub(crate) no_backend: u64,
-}
-
-/// One message from the daemon, decoded by `pb`.
-#[derive(Debug)]
-pub(crate) struct Update {
-    pub(crate) list: Option<Result<PickList, pb::Error>>,
-    pub(crate) stats_interval_ms: u32,
 }
 
 /// Distinct ids for subscriptions' shared states (0 is never used: it marks
@@ -292,7 +277,7 @@ pub async fn subscribe(service: &str, options: ClientOptions) -> Result<Subscrip
         return Err(Error::EmptyClientId);
     }
     for d in &options.daemons {
-        channel::endpoint(d).map_err(|source| Error::InvalidDaemon {
+        daemon::endpoint(d).map_err(|source| Error::InvalidDaemon {
             address: d.clone(),
             source,
         })?;
@@ -393,7 +378,7 @@ impl Subscription {
 
     /// The service's retry budget under the daemon's current settings.
     pub(crate) fn budget(&self) -> Arc<RetryBudget> {
-        let want = self.inner.shared.list.load().settings().budget.clone();
+        let want = BudgetConfig::from(self.inner.shared.list.load().settings().budget);
         let mut b = self
             .inner
             .shared
@@ -462,11 +447,6 @@ impl Subscription {
     /// Picks that found an empty list, since the start.
     pub fn no_backend(&self) -> u64 {
         self.inner.shared.no_backend.load(Relaxed)
-    }
-
-    /// A tonic-compatible channel that picks a backend per request.
-    pub fn channel(&self) -> LbChannel {
-        LbChannel::new(self.clone())
     }
 
     /// Stops the background task for every clone. The last list stays in place
@@ -544,7 +524,7 @@ impl Task {
         stop: &mut watch::Receiver<bool>,
     ) -> (bool, bool) {
         let service = self.shared.service.clone();
-        let connect = channel::connect(daemon, self.options.connect_timeout);
+        let connect = daemon::connect(daemon, self.options.connect_timeout);
         let connected = tokio::select! {
             _ = stopped(stop) => return (false, true),
             c = connect => c,
@@ -563,7 +543,12 @@ impl Task {
         };
         // Small: stats are best-effort and skipped when the stream is backed up.
         let (tx, rx) = mpsc::channel(4);
-        let mut stream = match pb::subscribe(channel, &service, &self.options, rx).await {
+        let client = Identity {
+            client_id: &self.options.client_id,
+            zone: &self.options.zone,
+            labels: &self.options.labels,
+        };
+        let mut stream = match daemon::subscribe(channel, &service, client, rx).await {
             Ok(s) => s,
             Err(status) => {
                 warn!(%daemon, %service, %status, "daemon refused the subscription");
@@ -634,7 +619,7 @@ impl Task {
     /// state (or we moved to another replica), and its view is the best one left.
     fn apply(
         &mut self,
-        list: Option<Result<PickList, pb::Error>>,
+        list: Option<Result<PickList, list::Error>>,
         first_list: &mut bool,
     ) -> Vec<Arc<Endpoint>> {
         let service = &self.shared.service;

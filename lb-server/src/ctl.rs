@@ -11,7 +11,7 @@ use lb_proto::v1::{self as pb, admin_client::AdminClient};
 use lb_core::cluster::{Collect, Kind, Mode};
 use lb_core::policy::config::params_help;
 
-use crate::api::pb::v1::{cluster_mode, cluster_mode_pb};
+use crate::pb::v1::{cluster_mode, cluster_mode_pb};
 
 /// Flags shared by every `ctl` command.
 #[derive(Debug, Args)]

@@ -8,8 +8,10 @@
 //! - [`server`]: `run()`: opens the store, starts the engine, serves gRPC,
 //!   drains on shutdown (the order written out there).
 //! - [`api`]: the gRPC services, thin shells (`Registry`, `Balancer`,
-//!   `Admin`, grpclb's `LoadBalancer`), and [`api::pb`], the only place wire
-//!   types become domain types (and bad input becomes `invalid_argument`).
+//!   `Admin`, grpclb's `LoadBalancer`).
+//! - [`pb`]: wire ⇄ domain conversion, the only place wire types become
+//!   domain types (and bad input becomes `invalid_argument`); it imports
+//!   nothing of this crate.
 //! - [`engine`]: the task that owns the registry, the re-plan scheduler and
 //!   the store; its commands ([`engine::cmd`]), the hub subscribers follow,
 //!   and the snapshot readers use.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod ctl;
 pub mod engine;
 pub mod metrics;
+pub mod pb;
 pub mod server;
 pub mod store;
 

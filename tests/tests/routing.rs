@@ -276,7 +276,7 @@ async fn failover_hides_a_killed_backend_under_continuous_load() {
     .expect("set-cluster");
     let sub = c.client("echo").await;
     wait_ids(&sub, &set(&["b1", "b2", "b3", "b4"])).await;
-    sub.wait_for(WAIT, |l| l.settings().budget.percent == 0.5)
+    sub.wait_for(WAIT, |l| l.settings().budget.percent == 50)
         .await
         .expect("budget");
 
@@ -379,7 +379,7 @@ async fn failing_instance_is_ejected_and_readmitted() {
     wait_ids(&sub, &set(&["b1", "b2", "b3"])).await;
     ctl(&daemon, &["set-cluster", "echo", "failfast"]).expect("failfast");
     sub.wait_for(WAIT, |l| {
-        *l.settings().mode_for(WHOAMI) == lb_client::Planned::Mode(lb_client::Mode::Failfast)
+        *l.settings().mode_for(WHOAMI) == lb_client::Mode::Failfast
     })
     .await
     .expect("failfast reaches the client");
@@ -522,7 +522,7 @@ async fn broadcast_and_multicast_reach_every_instance() {
     sub.wait_for(WAIT, |l| {
         matches!(
             l.settings().mode_for(WHOAMI),
-            lb_client::Planned::Multicast { .. }
+            lb_client::Mode::Multicast { .. }
         )
     })
     .await

@@ -13,12 +13,12 @@ use lb_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::engine_status;
-use super::pb::invalid;
-use super::pb::v1::{cluster_config, instance, instance_status, rule, service_status};
 use crate::engine::cmd::{
     PutStatic, RemoveStatic, RoutingChange, SetOverride, SetPolicy, SetRouting,
 };
 use crate::engine::EngineHandle;
+use crate::pb::invalid;
+use crate::pb::v1::{cluster_config, instance, instance_status, rule, service_status};
 
 /// The operator side of the API.
 #[derive(Clone)]

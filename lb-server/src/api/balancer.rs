@@ -13,10 +13,10 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::pb::{invalid, v1 as conv};
 use super::{first_message, stopping, BoxStream};
 use crate::config::Config;
 use crate::engine::EngineHandle;
+use crate::pb::{invalid, v1 as conv};
 
 /// The client side of the API.
 #[derive(Clone)]

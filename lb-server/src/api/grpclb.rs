@@ -8,7 +8,7 @@
 //! `doc/load-balancing.md`. The conversation on one stream:
 //!
 //! 1. The client sends `initial_request { name }`. The name is the target's
-//!    host, possibly with a port; [`service_for`](super::pb::grpclb::service_for) maps it to a service by
+//!    host, possibly with a port; [`service_for`](crate::pb::grpclb::service_for) maps it to a service by
 //!    dropping a trailing `:port` (so `echo.example.com:50051` follows the
 //!    service `echo.example.com`). Register services under the DNS name
 //!    stock clients dial.
@@ -60,11 +60,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::pb::grpclb::{literal, servers, service_for, stats};
-use super::pb::invalid;
 use super::{first_message, stopping};
 use crate::config::Config;
 use crate::engine::{EngineHandle, GrpclbStream};
+use crate::pb::grpclb::{literal, servers, service_for, stats};
+use crate::pb::invalid;
 
 /// How long a DNS answer for a hostname instance is used.
 pub const RESOLVE_TTL: Duration = Duration::from_secs(30);

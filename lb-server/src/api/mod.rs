@@ -1,17 +1,16 @@
 //! The gRPC edges, as thin shells (tonic-health's shape): decode and
-//! validate through [`pb`], run an engine command or follow the hub, encode.
+//! validate through [`crate::pb`], run an engine command or follow the hub,
+//! encode.
 //!
 //! - [`registry`]: `lb.v1.Registry`, the backend side (`ReportLoad`,
 //!   `Register`, `Deregister`).
 //! - [`balancer`]: `lb.v1.Balancer`, the client side (`Subscribe`).
 //! - [`admin`]: `lb.v1.Admin`, what `lb-server ctl` calls.
 //! - [`grpclb`]: `grpc.lb.v1.LoadBalancer`, for stock gRPC clients.
-//! - [`pb`]: wire ⇄ domain conversion, where bad input is stopped.
 
 pub mod admin;
 pub mod balancer;
 pub mod grpclb;
-pub mod pb;
 pub mod registry;
 
 use std::pin::Pin;
@@ -38,7 +37,7 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::Store(e) => Status::unavailable(format!("not persisted: {e}")),
         EngineError::ShuttingDown => Status::unavailable("lb-server is shutting down"),
         EngineError::NotFound(what) => Status::not_found(what),
-        EngineError::Invalid(e) => pb::invalid(e),
+        EngineError::Invalid(e) => crate::pb::invalid(e),
     }
 }
 

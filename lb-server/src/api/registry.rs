@@ -18,11 +18,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::pb::{invalid, v1 as conv};
 use super::{engine_status, first_message, stopping, BoxStream};
 use crate::config::Config;
 use crate::engine::cmd::{Attach, Attached, Deregister, Drain, Lease};
 use crate::engine::{Directive, EngineHandle};
+use crate::pb::{invalid, v1 as conv};
 
 /// The backend side of the API.
 #[derive(Clone)]

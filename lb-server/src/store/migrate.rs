@@ -15,7 +15,7 @@ use prost::Message;
 
 use super::record::{self, StoredInstance, StoredPolicy, REVISION_KEY};
 use super::{Record, StoreError};
-use crate::api::pb::v1 as pb;
+use crate::pb::v1 as pb;
 use lb_core::model::InstanceKey;
 
 /// The trees of layout 1.

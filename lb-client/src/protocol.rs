@@ -1,0 +1,111 @@
+//! What lb-client and the daemon say to each other, as plain types: a
+//! backend's [`Registration`] and its [`LoadSample`]s, the daemon's answers to
+//! a backend (`Directive`), a client's call statistics (`StatsReport`) and the
+//! daemon's updates to a client (`Update`). The gRPC edge (`pb`) converts them
+//! to and from the wire; the daemon connection (`daemon`) carries them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::list::{self, CallCounts, PickList};
+
+/// What a backend says about itself.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// Service name.
+    pub service: String,
+    /// Unique within the service.
+    pub instance_id: String,
+    /// Where clients connect: "host:port".
+    pub address: String,
+    /// Locality (may be empty).
+    pub zone: String,
+    /// Static weight, 1..=10000.
+    pub weight: u32,
+    /// Labels routing rules may match.
+    pub labels: BTreeMap<String, String>,
+    /// Free-form build version.
+    pub version: String,
+    /// Token clients send with each call as `lb-token` metadata (up to 49
+    /// bytes of printable ASCII); empty = the daemon derives a stable one.
+    pub token: String,
+    /// How long the daemon waits for a report before dropping the instance;
+    /// `None` = the daemon's default.
+    pub ttl: Option<Duration>,
+}
+
+impl Registration {
+    /// Weight 1, everything else empty.
+    pub fn new(
+        service: impl Into<String>,
+        instance_id: impl Into<String>,
+        address: impl Into<String>,
+    ) -> Self {
+        Registration {
+            service: service.into(),
+            instance_id: instance_id.into(),
+            address: address.into(),
+            zone: String::new(),
+            weight: 1,
+            labels: BTreeMap::new(),
+            version: String::new(),
+            token: String::new(),
+            ttl: None,
+        }
+    }
+}
+
+/// Live load at one moment. Values outside the daemon's ranges are clamped
+/// before sending.
+#[derive(Clone, Debug, Default)]
+pub struct LoadSample {
+    /// Fraction of the machine's cores busy (1.0 = all).
+    pub cpu_utilization: f64,
+    /// Requests in flight.
+    pub active_requests: u64,
+    /// Requests per second.
+    pub qps: Option<f64>,
+    /// Errors per second.
+    pub eps: Option<f64>,
+    /// Fraction of memory in use.
+    pub mem_utilization: Option<f64>,
+    /// Up to 32 named metrics.
+    pub named_metrics: BTreeMap<String, f64>,
+}
+
+/// A message to the daemon after the registration.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Report(LoadSample),
+    Drain,
+}
+
+/// What the daemon asks of the backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Directive {
+    pub(crate) report_interval_ms: u32,
+    pub(crate) drain: bool,
+}
+
+/// Call outcomes to send in one `ClientStats`.
+#[derive(Debug, Default)]
+pub(crate) struct StatsReport {
+    pub(crate) instances: Vec<(String, CallCounts)>,
+    pub(crate) dropped: u64,
+    pub(crate) no_backend: u64,
+}
+
+/// One message from the daemon, decoded by `pb`.
+#[derive(Debug)]
+pub(crate) struct Update {
+    pub(crate) list: Option<Result<PickList, list::Error>>,
+    pub(crate) stats_interval_ms: u32,
+}
+
+/// Who a client is, as its subscription tells the daemon.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Identity<'a> {
+    pub(crate) client_id: &'a str,
+    pub(crate) zone: &'a str,
+    pub(crate) labels: &'a BTreeMap<String, String>,
+}
