@@ -547,6 +547,84 @@ mod tests {
     }
 
     #[test]
+    fn cluster_modes_refuse_fields_of_other_modes_and_fill_defaults() {
+        use pb::cluster_mode::{Collect as C, Kind as K};
+        let wire = |kind: K| pb::ClusterMode {
+            kind: kind as i32,
+            ..pb::ClusterMode::default()
+        };
+        let bad = |m: pb::ClusterMode| cluster_mode(m, &["r"]).unwrap_err();
+        let e = bad(pb::ClusterMode {
+            attempts: 3,
+            forks: 2,
+            ..wire(K::Failover)
+        });
+        assert_eq!(e.field, "forks");
+        assert!(e.reason.contains("only applies to forking"), "{e}");
+        assert_eq!(
+            bad(pb::ClusterMode {
+                attempts: 3,
+                ..wire(K::Failfast)
+            })
+            .field,
+            "attempts"
+        );
+        assert_eq!(
+            bad(pb::ClusterMode {
+                collect: C::All as i32,
+                ..wire(K::Failsafe)
+            })
+            .field,
+            "collect"
+        );
+        assert_eq!(
+            bad(pb::ClusterMode {
+                route: "r".into(),
+                ..wire(K::Broadcast)
+            })
+            .field,
+            "route"
+        );
+        assert_eq!(
+            bad(pb::ClusterMode {
+                attempts: 3,
+                retry_on: vec!["SOMETIMES".into()],
+                ..wire(K::Failover)
+            })
+            .field,
+            "retry_on[0]"
+        );
+        // Unset failover fields take the documented defaults; repeats go.
+        let m = cluster_mode(
+            pb::ClusterMode {
+                attempts: 2,
+                backoff_ms: 20,
+                retry_on: vec!["unavailable".into(), "UNAVAILABLE".into()],
+                ..wire(K::Failover)
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            Mode::Failover(Failover {
+                attempts: 2,
+                backoff: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(200),
+                retry_on: vec![Code::Unavailable],
+            })
+        );
+        // Every mode survives the trip to the wire and back.
+        for kind in Kind::ALL {
+            let mut mode = Mode::of(kind);
+            if let Mode::Multicast { route, .. } = &mut mode {
+                *route = "r".into();
+            }
+            assert_eq!(cluster_mode(cluster_mode_pb(&mode), &["r"]), Ok(mode));
+        }
+    }
+
+    #[test]
     fn lists_are_rotated_per_client() {
         let server = |id: &str| PlanServer {
             instance_id: id.into(),
