@@ -107,6 +107,25 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
+    /// `instance_id` of `service` at `address`, weight 1, no zone, labels,
+    /// version or token (set the fields to change them).
+    pub fn new(
+        service: impl Into<String>,
+        instance_id: impl Into<String>,
+        address: impl Into<String>,
+    ) -> Self {
+        InstanceSpec {
+            service: service.into(),
+            instance_id: instance_id.into(),
+            address: address.into(),
+            zone: String::new(),
+            weight: 1,
+            labels: BTreeMap::new(),
+            version: String::new(),
+            token: String::new(),
+        }
+    }
+
     /// The spec with its token filled in ([`derived_token`] when none was
     /// registered). The edges and the store call this once per registration,
     /// so plans copy the token instead of hashing for every server.

@@ -805,16 +805,7 @@ mod tests {
     use crate::model::InstanceOutcomes;
 
     fn spec(id: &str, addr: &str) -> InstanceSpec {
-        InstanceSpec {
-            service: "svc".into(),
-            instance_id: id.into(),
-            address: addr.into(),
-            zone: String::new(),
-            weight: 1,
-            labels: BTreeMap::new(),
-            version: String::new(),
-            token: String::new(),
-        }
+        InstanceSpec::new("svc", id, addr)
     }
 
     const TTL: Duration = Duration::from_secs(5);

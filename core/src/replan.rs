@@ -204,16 +204,7 @@ mod tests {
     const STEP: Duration = Duration::from_millis(250);
 
     fn spec(id: &str) -> InstanceSpec {
-        InstanceSpec {
-            service: S.into(),
-            instance_id: id.into(),
-            address: "127.0.0.1:9".into(),
-            zone: String::new(),
-            weight: 1,
-            labels: Default::default(),
-            version: String::new(),
-            token: String::new(),
-        }
+        InstanceSpec::new(S, id, "127.0.0.1:9")
     }
 
     fn registry(kind: PolicyKind, now: Instant) -> Registry {

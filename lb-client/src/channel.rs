@@ -18,7 +18,7 @@ use tonic::body::Body;
 use tonic::transport::Channel;
 use tower_service::Service;
 
-use crate::daemon::endpoint;
+use crate::daemon::dial_target;
 use crate::list::{NoPick, Outcome};
 use crate::subscription::Subscription;
 
@@ -63,7 +63,7 @@ impl LbChannel {
         if map.len() >= current.servers().len() {
             map.retain(|a, _| current.servers().iter().any(|s| s.address() == a));
         }
-        let ch = endpoint(addr)?.connect_lazy();
+        let ch = dial_target(addr)?.connect_lazy();
         map.insert(addr.to_owned(), ch.clone());
         Ok(ch)
     }
@@ -176,16 +176,16 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_accepts_both_forms() {
+    fn dial_targets_accept_both_forms() {
         assert_eq!(
-            endpoint("127.0.0.1:7400").unwrap().uri().to_string(),
+            dial_target("127.0.0.1:7400").unwrap().uri().to_string(),
             "http://127.0.0.1:7400/"
         );
         assert_eq!(
-            endpoint("http://h:1").unwrap().uri().to_string(),
+            dial_target("http://h:1").unwrap().uri().to_string(),
             "http://h:1/"
         );
-        assert!(endpoint("not a uri").is_err());
+        assert!(dial_target("not a uri").is_err());
     }
 
     #[tokio::test]

@@ -10,20 +10,22 @@ use lb_proto::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint as Target};
 use tonic::Status;
 
 use crate::protocol::{Directive, Identity, Outgoing, Registration, StatsReport, Update};
 
-/// A transport endpoint for `addr` ("host:port" or a full "http://host:port" URI)
-/// with the options every connection of this crate uses.
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+/// Where to dial `addr` ("host:port" or a full "http://host:port" URI), with
+/// the options every connection of this crate uses, to a daemon or a backend.
+/// (tonic calls it an `Endpoint`; this crate's [`crate::Endpoint`] is a list
+/// entry.)
+pub(crate) fn dial_target(addr: &str) -> Result<Target, tonic::transport::Error> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
-    Ok(Endpoint::from_shared(uri)?.tcp_nodelay(true))
+    Ok(Target::from_shared(uri)?.tcp_nodelay(true))
 }
 
 /// Connects to a daemon. HTTP/2 keep-alive makes a silently vanished daemon (a
@@ -32,7 +34,7 @@ pub(crate) async fn connect(
     addr: &str,
     connect_timeout: Duration,
 ) -> Result<Channel, tonic::transport::Error> {
-    endpoint(addr)?
+    dial_target(addr)?
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))

@@ -20,7 +20,7 @@ impl TryFrom<v1::ServerList> for PickList {
     type Error = list::Error;
 
     fn try_from(list: v1::ServerList) -> Result<Self, list::Error> {
-        let servers = list.servers.into_iter().map(endpoint).collect();
+        let servers = list.servers.into_iter().map(Endpoint::from).collect();
         let routes = list
             .routes
             .into_iter()
@@ -98,14 +98,16 @@ fn mode(m: v1::ClusterMode) -> Mode {
     }
 }
 
-fn endpoint(s: v1::Server) -> Endpoint {
-    if s.drop {
-        return Endpoint::drop_entry();
+impl From<v1::Server> for Endpoint {
+    fn from(s: v1::Server) -> Endpoint {
+        if s.drop {
+            return Endpoint::drop_entry();
+        }
+        Endpoint::new(s.instance_id, s.address)
+            .with_zone(s.zone)
+            .with_tier(s.tier)
+            .with_token(s.token)
     }
-    Endpoint::new(s.instance_id, s.address)
-        .with_zone(s.zone)
-        .with_tier(s.tier)
-        .with_token(s.token)
 }
 
 impl From<v1::SubscribeResponse> for Update {

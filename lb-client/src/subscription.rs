@@ -277,7 +277,7 @@ pub async fn subscribe(service: &str, options: ClientOptions) -> Result<Subscrip
         return Err(Error::EmptyClientId);
     }
     for d in &options.daemons {
-        daemon::endpoint(d).map_err(|source| Error::InvalidDaemon {
+        daemon::dial_target(d).map_err(|source| Error::InvalidDaemon {
             address: d.clone(),
             source,
         })?;

@@ -105,14 +105,12 @@ impl Engine {
     /// Backend `index` opens its report stream `session` as `id`.
     pub fn register(&mut self, id: &str, index: usize, weight: u32, session: u64, now: u64) {
         let spec = InstanceSpec {
-            service: SERVICE.to_string(),
-            instance_id: id.to_string(),
-            address: format!("10.0.{}.{}:8080", index / 250, index % 250 + 1),
-            zone: String::new(),
             weight,
-            labels: Default::default(),
-            version: String::new(),
-            token: String::new(),
+            ..InstanceSpec::new(
+                SERVICE,
+                id,
+                format!("10.0.{}.{}:8080", index / 250, index % 250 + 1),
+            )
         };
         let now = self.at(now);
         self.reg

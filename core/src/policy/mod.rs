@@ -469,19 +469,13 @@ pub fn client_offset(seq: u64, len: usize) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::HashSet;
     use std::time::Duration;
 
     fn spec(id: &str, w: u32) -> InstanceSpec {
         InstanceSpec {
-            service: "s".into(),
-            instance_id: id.into(),
-            address: format!("127.0.0.1:{}", 1000 + w),
-            zone: String::new(),
             weight: w,
-            labels: BTreeMap::new(),
-            version: String::new(),
-            token: String::new(),
+            ..InstanceSpec::new("s", id, format!("127.0.0.1:{}", 1000 + w))
         }
     }
 

@@ -317,19 +317,9 @@ mod tests {
     use crate::store::SledStore;
     use lb_core::model::InstanceSpec;
     use lb_core::policy::PolicyKind;
-    use std::collections::BTreeMap;
 
     fn spec(id: &str) -> InstanceSpec {
-        InstanceSpec {
-            service: "svc".into(),
-            instance_id: id.into(),
-            address: "127.0.0.1:9".into(),
-            zone: String::new(),
-            weight: 1,
-            labels: BTreeMap::new(),
-            version: String::new(),
-            token: String::new(),
-        }
+        InstanceSpec::new("svc", id, "127.0.0.1:9")
     }
 
     fn busy(active: u64) -> Load {

@@ -222,17 +222,7 @@ mod tests {
     use std::time::Duration;
 
     fn spec(id: &str) -> InstanceSpec {
-        InstanceSpec {
-            service: "svc".into(),
-            instance_id: id.into(),
-            address: "127.0.0.1:9".into(),
-            zone: String::new(),
-            weight: 1,
-            labels: Default::default(),
-            version: String::new(),
-            token: String::new(),
-        }
-        .with_token()
+        InstanceSpec::new("svc", id, "127.0.0.1:9").with_token()
     }
 
     fn instance(id: &str) -> Record {
