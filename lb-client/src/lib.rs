@@ -29,8 +29,9 @@
 //!   run by [`cluster::call`] over a [`Picker`].
 //! - `protocol`: what client and daemon say to each other, as plain types
 //!   ([`Registration`], [`LoadSample`], stats and updates).
-//! - `pb`: the gRPC edge, the only module that touches `lb_proto` types.
-//! - `daemon`: the connection to daemons: dialing, and the two streams.
+//! - `pb`: the gRPC edge: `protocol` and list types to and from the wire.
+//! - `daemon`: the connection to daemons: dialing, and the two streams
+//!   (with `pb`, the only module that touches `lb_proto` types).
 //! - [`subscription`]: [`subscribe`], [`Subscription`] and the background task
 //!   (connect, stream lists, reconnect, send call stats).
 //! - [`channel`]: [`LbChannel`] (`Subscription::channel`), a `tower::Service`

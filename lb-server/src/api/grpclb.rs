@@ -8,7 +8,7 @@
 //! `doc/load-balancing.md`. The conversation on one stream:
 //!
 //! 1. The client sends `initial_request { name }`. The name is the target's
-//!    host, possibly with a port; [`service_for`](crate::pb::grpclb::service_for) maps it to a service by
+//!    host, possibly with a port; [`crate::pb::grpclb::service_for`] maps it to a service by
 //!    dropping a trailing `:port` (so `echo.example.com:50051` follows the
 //!    service `echo.example.com`). Register services under the DNS name
 //!    stock clients dial.

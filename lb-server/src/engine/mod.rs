@@ -5,7 +5,7 @@
 //! One way for data to flow (kube-runtime's reflector, with a writer task):
 //! the gRPC edges turn validated input into commands ([`cmd`]) and events
 //! (load reports, client stats, broken streams), sent over one channel; the
-//! engine task ([`actor`]) applies them in batches, commits the batch's
+//! engine task (`actor`) applies them in batches, commits the batch's
 //! store writes once (group commit) before any command in it is answered,
 //! re-plans what the batch changed through `lb_core::replan` and publishes
 //! plans in the [`Hub`], where subscriber streams pick them up; and it

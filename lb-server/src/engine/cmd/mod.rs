@@ -11,10 +11,10 @@
 //! Adding one: a type and its `impl Command` here, and the call at the edge
 //! (`engine.run(TheCommand { .. })`).
 //!
-//! - [`register`]: [`Attach`] (a `ReportLoad` stream), [`Lease`],
+//! - `register`: [`Attach`] (a `ReportLoad` stream), [`Lease`],
 //!   [`PutStatic`].
-//! - [`remove`]: [`Drain`] (a stream leaving), [`Deregister`], [`RemoveStatic`].
-//! - [`settings`]: [`SetPolicy`], [`SetOverride`], [`SetRouting`].
+//! - `remove`: [`Drain`] (a stream leaving), [`Deregister`], [`RemoveStatic`].
+//! - `settings`: [`SetPolicy`], [`SetOverride`], [`SetRouting`].
 
 mod register;
 mod remove;
