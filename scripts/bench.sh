@@ -3,7 +3,7 @@
 #
 # Installs what it needs (nginx for the hop-cost benchmark), builds release,
 # runs every benchmark (each writes JSON in the common format, see
-# tests/src/bin/lb-report.rs), then regenerates the report and its plots with
+# bench/src/bin/lb-report.rs), then regenerates the report and its plots with
 # lb-report. Loopback only; every run is bounded.
 #
 #   full:    results in bench/results/, plots in bench/plots/, BENCHMARKS.md

@@ -1,10 +1,8 @@
-//! Compiles the example `Echo` service and the benchmark's `Work` service
-//! with protox (no protoc needed).
+//! Compiles the example `Echo` service with protox (no protoc needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/echo.proto");
-    println!("cargo:rerun-if-changed=proto/bench.proto");
-    let fds = protox::compile(["proto/echo.proto", "proto/bench.proto"], ["proto"])?;
+    let fds = protox::compile(["proto/echo.proto"], ["proto"])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

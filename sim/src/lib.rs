@@ -35,11 +35,13 @@
 //!
 //! # Layout
 //! - [`scenario`]: backends, clients, load and timed events; `hetero-degrade`.
-//! - [`workload`]: arrivals and the exponential sampler; seeded RNG streams.
+//! - [`workload`]: Poisson arrivals (also `lb-loadgen`'s) and the exponential
+//!   sampler; seeded RNG streams.
 //! - [`backend`]: the backend queue model and its load report.
 //! - [`p2c`]: tower's p2c + Peak-EWMA, per client.
 //! - [`engine`]: the adapter to the registry and the policy engine.
-//! - [`metrics`]: results, the table and the JSON.
+//! - [`metrics`]: results, percentiles, the table (also `lb-report`'s) and
+//!   the JSON.
 //! - `driver`: the event loop.
 
 #![forbid(unsafe_code)]

@@ -1,5 +1,6 @@
 //! What a run measured, and how it is printed (a Markdown table) and saved
-//! (JSON, written by hand: the crate has no serde).
+//! (JSON, written by hand with fixed decimals). With the `serde` feature the
+//! table's figures ([`Summary`]) read back from that JSON.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -87,14 +88,20 @@ impl PolicyResult {
     }
 }
 
-/// Nearest-rank percentile of sorted nanosecond values, in ms.
-pub fn percentile_ms(sorted_ns: &[u64], q: f64) -> f64 {
-    if sorted_ns.is_empty() {
-        return 0.0;
+/// Nearest-rank percentile `q` (0 to 1) of sorted values: the smallest value
+/// with at least a fraction `q` of them at or below it; `None` when empty.
+pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
     }
     // The epsilon keeps 0.99 × 1000 (= 990.000…01 in floating point) at rank 990.
-    let rank = (q * sorted_ns.len() as f64 - 1e-9).ceil() as usize;
-    sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1e6
+    let rank = (q * sorted.len() as f64 - 1e-9).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Nearest-rank percentile of sorted nanosecond values, in ms (0 when empty).
+pub fn percentile_ms(sorted_ns: &[u64], q: f64) -> f64 {
+    nearest_rank(sorted_ns, q).map_or(0.0, |ns| ns as f64 / 1e6)
 }
 
 /// Every policy's result for one scenario and seed.
@@ -110,6 +117,153 @@ pub struct Report {
     pub rate: f64,
     /// One per contender, in the order asked.
     pub results: Vec<PolicyResult>,
+}
+
+/// What the comparison table shows of a [`Report`]: its figures under the
+/// names [`Report::to_json`] gives them. With the `serde` feature it reads
+/// back from that JSON (other fields ignored), which is how `lb-report`
+/// renders the simulator's table in BENCHMARKS.md.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+pub struct Summary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed of the arrivals.
+    pub seed: u64,
+    /// Measured run length, s.
+    pub duration_s: f64,
+    /// Offered load, req/s.
+    pub rate: f64,
+    /// One per contender, in the order asked.
+    pub results: Vec<PolicySummary>,
+}
+
+/// One policy's figures in a [`Summary`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+pub struct PolicySummary {
+    /// Contender name.
+    pub policy: String,
+    /// Median of answered requests, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, ms.
+    pub p999_ms: f64,
+    /// [`PolicyResult::errors`].
+    pub errors: u64,
+    /// Failed without a timeout (0 in JSON written before the field existed).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub failed: u64,
+    /// Not answered within the timeout.
+    pub timeouts: u64,
+    /// Most requests waiting on one backend.
+    pub max_queue: u64,
+    /// [`PolicyResult::share_error`].
+    pub share_error: f64,
+    /// Per backend, in index order.
+    pub backends: Vec<BackendSummary>,
+    /// Steady, then after each event.
+    pub phases: Vec<PhaseSummary>,
+}
+
+/// One backend in a [`PolicySummary`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+pub struct BackendSummary {
+    /// Instance id.
+    pub id: String,
+    /// Its share of the initial capacity (fraction).
+    pub capacity_share: f64,
+    /// Its share of the steady phase's requests (fraction).
+    pub steady_share: f64,
+}
+
+/// One phase in a [`PolicySummary`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+pub struct PhaseSummary {
+    /// Start, s from the start of the measured run.
+    pub from_s: f64,
+    /// 99th percentile of the answered ones, ms.
+    pub p99_ms: f64,
+}
+
+impl Summary {
+    /// The comparison table as `lb-sim` prints it: a line naming the run,
+    /// then a Markdown table with one row per policy.
+    pub fn table(&self) -> String {
+        let first = self.results.first();
+        let caps = first
+            .map(|r| {
+                r.backends
+                    .iter()
+                    .map(|b| pct(b.capacity_share))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let phases = first
+            .map(|r| {
+                r.phases
+                    .iter()
+                    .map(|p| format!("from {}s", p.from_s))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+            .unwrap_or_default();
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "scenario {}, seed {}, {} s measured, {:.0} req/s offered",
+            self.scenario, self.seed, self.duration_s, self.rate
+        );
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "| policy | p50 ms | p99 ms | p99.9 ms | errors | timeouts | max queue | share % (capacity: {caps}) | share err | p99 ms by phase ({phases}) |"
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---|---:|---|");
+        for r in &self.results {
+            let shares = r
+                .backends
+                .iter()
+                .map(|b| pct(b.steady_share))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(
+                t,
+                "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.3} | {} |",
+                r.policy,
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.errors,
+                r.timeouts,
+                r.max_queue,
+                shares,
+                r.share_error,
+                r.p99_by_phase()
+            );
+        }
+        t
+    }
+
+    /// The figures of the contender named `name`.
+    pub fn policy(&self, name: &str) -> Option<&PolicySummary> {
+        self.results.iter().find(|r| r.policy == name)
+    }
+}
+
+impl PolicySummary {
+    /// The p99 of each phase in whole ms: `23 / 870 / 995`.
+    pub fn p99_by_phase(&self) -> String {
+        self.phases
+            .iter()
+            .map(|p| format!("{:.0}", p.p99_ms))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -142,74 +296,52 @@ fn json_f64(x: f64) -> String {
 }
 
 impl Report {
-    /// A Markdown table: one row per policy.
+    /// A Markdown table: one row per policy ([`Summary::table`]).
     pub fn table(&self) -> String {
-        let caps = self
+        self.summary().table()
+    }
+
+    /// What the table shows, as the JSON holds it.
+    pub fn summary(&self) -> Summary {
+        let results = self
             .results
-            .first()
-            .map(|r| {
-                r.backends
+            .iter()
+            .map(|r| PolicySummary {
+                policy: r.policy.clone(),
+                p50_ms: r.p50_ms,
+                p99_ms: r.p99_ms,
+                p999_ms: r.p999_ms,
+                errors: r.errors(),
+                failed: r.failed,
+                timeouts: r.timeouts,
+                max_queue: r.max_queue,
+                share_error: r.share_error(),
+                backends: r
+                    .backends
                     .iter()
-                    .map(|b| pct(b.capacity_share))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
-        let phases = self
-            .results
-            .first()
-            .map(|r| {
-                r.phases
+                    .map(|b| BackendSummary {
+                        id: b.id.clone(),
+                        capacity_share: b.capacity_share,
+                        steady_share: b.steady_share,
+                    })
+                    .collect(),
+                phases: r
+                    .phases
                     .iter()
-                    .map(|p| format!("from {}s", p.from.as_secs_f64()))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
+                    .map(|p| PhaseSummary {
+                        from_s: p.from.as_secs_f64(),
+                        p99_ms: p.p99_ms,
+                    })
+                    .collect(),
             })
-            .unwrap_or_default();
-        let mut t = String::new();
-        let _ = writeln!(
-            t,
-            "scenario {}, seed {}, {} s measured, {:.0} req/s offered",
-            self.scenario,
-            self.seed,
-            self.duration.as_secs_f64(),
-            self.rate
-        );
-        let _ = writeln!(t);
-        let _ = writeln!(
-            t,
-            "| policy | p50 ms | p99 ms | p99.9 ms | errors | timeouts | max queue | share % (capacity: {caps}) | share err | p99 ms by phase ({phases}) |"
-        );
-        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---|---:|---|");
-        for r in &self.results {
-            let shares = r
-                .backends
-                .iter()
-                .map(|b| pct(b.steady_share))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let by_phase = r
-                .phases
-                .iter()
-                .map(|p| format!("{:.0}", p.p99_ms))
-                .collect::<Vec<_>>()
-                .join(" / ");
-            let _ = writeln!(
-                t,
-                "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.3} | {} |",
-                r.policy,
-                r.p50_ms,
-                r.p99_ms,
-                r.p999_ms,
-                r.errors(),
-                r.timeouts,
-                r.max_queue,
-                shares,
-                r.share_error(),
-                by_phase
-            );
+            .collect();
+        Summary {
+            scenario: self.scenario.clone(),
+            seed: self.seed,
+            duration_s: self.duration.as_secs_f64(),
+            rate: self.rate,
+            results,
         }
-        t
     }
 
     /// The report as a JSON object.

@@ -7,6 +7,8 @@
 //! the same on a given backend under every policy and the comparison between
 //! policies is not blurred by different service-time draws.
 
+use std::time::Duration;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -49,29 +51,49 @@ pub fn exponential(rng: &mut impl Rng, mean: f64) -> f64 {
     -mean * (1.0 - u).ln()
 }
 
+/// Poisson arrivals at `rate` per second from time 0 until `span`, in time
+/// order: each gap is an exponential draw from `rng`, and after it
+/// `request(at_ns, rng)` draws the rest of that request from the same stream.
+/// The simulator and the real benchmark's load generator (`lb-loadgen`) both
+/// plan their arrivals with it.
+pub fn poisson<R: Rng, T>(
+    rng: &mut R,
+    rate: f64,
+    span: Duration,
+    mut request: impl FnMut(u64, &mut R) -> T,
+) -> Vec<T> {
+    let end = span.as_nanos() as f64;
+    let mean_gap_ns = 1e9 / rate;
+    let mut arrivals = Vec::with_capacity((end / mean_gap_ns * 1.1) as usize + 16);
+    let mut t = 0.0;
+    loop {
+        t += exponential(rng, mean_gap_ns);
+        if t >= end {
+            break;
+        }
+        arrivals.push(request(t as u64, rng));
+    }
+    arrivals
+}
+
 impl Workload {
     /// Poisson arrivals at `scenario.rate()` over warm-up + duration, each sent
     /// by a uniformly chosen client.
     pub fn generate(scenario: &Scenario, seed: u64) -> Self {
         let mut rng = stream_rng(seed, ARRIVAL_STREAM);
-        let end = (scenario.warmup + scenario.duration).as_nanos() as f64;
-        let mean_gap_ns = 1e9 / scenario.rate();
         let clients = scenario.clients.max(1);
         let key_space = scenario.key_space.max(1);
-        let mut arrivals = Vec::with_capacity((end / mean_gap_ns * 1.1) as usize + 16);
-        let mut t = 0.0;
-        loop {
-            t += exponential(&mut rng, mean_gap_ns);
-            if t >= end {
-                break;
-            }
-            arrivals.push(Arrival {
-                at: t as u64,
+        let arrivals = poisson(
+            &mut rng,
+            scenario.rate(),
+            scenario.warmup + scenario.duration,
+            |at, rng| Arrival {
+                at,
                 client: rng.random_range(0..clients),
                 key: rng.random_range(0..key_space),
-                work: exponential(&mut rng, 1.0),
-            });
-        }
+                work: exponential(rng, 1.0),
+            },
+        );
         Workload { arrivals }
     }
 }
@@ -79,7 +101,6 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn exponential_mean_matches() {

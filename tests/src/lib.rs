@@ -1,17 +1,24 @@
 //! End-to-end support: the example `Echo` service and a harness that runs the
 //! real binaries (`lb-server`, `echo-backend`) as child processes on loopback.
+//! The benchmark tools (crate `lb-bench`, `bench/`) use the same harness.
 //!
 //! # Layout
 //! - [`echo`]: generated types of the example service (`tests/proto/echo.proto`).
-//! - [`bench`]: what the benchmark binaries share (the machine description).
-//! - [`cli`]: logging set-up and signal handling shared by the binaries.
+//! - [`cli`]: logging set-up and signal handling shared by the binaries
+//!   (these and the benchmark tools).
 //! - [`harness`]: start, kill (-9), terminate (SIGTERM) and restart real processes;
 //!   each prints `... listening on ADDR` on stdout, which the harness waits for.
-//! - binaries (`src/bin/`): `echo-backend` (an Echo server that registers with
-//!   lb and reports its load), `echo-client` (calls Echo through lb-client and
-//!   prints each backend's share), `lb-probe` (measures liveness and restart
-//!   times for BENCHMARKS.md).
-//! - tests (`tests/`): `e2e.rs`, scenarios with real processes.
+//! - binaries (`src/bin/`):
+//!   - `echo-backend`: an Echo server that registers with lb and reports its load;
+//!   - `echo-client`: calls Echo through lb-client and prints each backend's share.
+//! - tests (`tests/`):
+//!   - `e2e.rs`: shares by weight, backends killed (-9) and drained, the
+//!     daemon killed and restarted, `ctl` changes, the client's fallback;
+//!   - `routing.rs`: routing rules, failover under a kill, ejection and
+//!     re-admission, broadcast and multicast;
+//!   - `grpclb_stock.rs`: a stock grpcio client through grpclb (`python/`);
+//!   - `store_migration.rs`: a data directory in the first store layout
+//!     (`fixtures/`) opens with everything acknowledged.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +28,5 @@ pub mod echo {
     tonic::include_proto!("lb.example.v1");
 }
 
-pub mod bench;
 pub mod cli;
 pub mod harness;

@@ -4,9 +4,9 @@
 //! - the **common format** every benchmark writes:
 //!   `{"bench", "title", "command", "machine", "columns", "rows", "notes",
 //!   "series"?, "metrics"?}`; rendered as a section with a Markdown table;
-//! - `lb-probe --json` output (an array of figures) and `lb-sim --json` output
-//!   (`{"scenario", "results": [...]}`, see `lb_server::sim::metrics`), which
-//!   are converted here.
+//! - `lb-probe --json` output (an array of figures), converted here, and
+//!   `lb-sim --json` output (`{"scenario", "results": [...]}`), read back as
+//!   `lb_sim::metrics::Summary`, which renders its table as `lb-sim` prints it.
 //!
 //! Sections come in a fixed order: balancing quality (real processes), the
 //! simulator, pick, propagation, ingest, scale, liveness and restart, hop cost;
@@ -33,13 +33,15 @@
 //!
 //! `target/release/lb-report --results bench/results --out BENCHMARKS.md --plots bench/plots`
 
-use lb_tests::bench::machine;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use lb_bench::machine::machine;
+use lb_bench::stats::round;
+use lb_sim::metrics::{PolicySummary, Summary};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -177,51 +179,6 @@ fn num(v: &Value) -> Option<f64> {
     }
 }
 
-/// `lb-sim --json`, as `lb_server::sim::Report::to_json` writes it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-struct SimReport {
-    scenario: String,
-    seed: u64,
-    duration_s: f64,
-    rate: f64,
-    results: Vec<SimPolicy>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-struct SimPolicy {
-    policy: String,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    errors: u64,
-    #[serde(default)]
-    failed: u64,
-    timeouts: u64,
-    max_queue: u64,
-    share_error: f64,
-    backends: Vec<SimBackend>,
-    phases: Vec<SimPhase>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-struct SimBackend {
-    id: String,
-    capacity_share: f64,
-    steady_share: f64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-struct SimPhase {
-    from_s: f64,
-    p99_ms: f64,
-}
-
-impl SimReport {
-    fn policy(&self, name: &str) -> Option<&SimPolicy> {
-        self.results.iter().find(|r| r.policy == name)
-    }
-}
-
 /// One `lb-probe --json` figure.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 struct ProbeFigure {
@@ -239,11 +196,11 @@ struct ProbeFigure {
 /// The simulator's runs: the main comparison, other seeds, and variants.
 #[derive(Debug, Clone, Default)]
 struct SimSet {
-    main: Option<SimReport>,
+    main: Option<Summary>,
     /// `sim-seed*.json`.
-    seeds: Vec<SimReport>,
+    seeds: Vec<Summary>,
     /// `sim-variant-*.json`, by file stem.
-    variants: BTreeMap<String, SimReport>,
+    variants: BTreeMap<String, Summary>,
 }
 
 /// Everything read from the results directory.
@@ -301,7 +258,7 @@ fn load(dir: &Path) -> anyhow::Result<Results> {
 
 enum Input {
     Bench(Box<Bench>),
-    Sim(Box<SimReport>),
+    Sim(Box<Summary>),
 }
 
 fn classify(stem: &str, v: Value) -> anyhow::Result<Input> {
@@ -561,19 +518,11 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-fn phase_p99(p: &SimPolicy, i: usize) -> f64 {
+fn phase_p99(p: &PolicySummary, i: usize) -> f64 {
     p.phases.get(i).map_or(f64::NAN, |ph| ph.p99_ms)
 }
 
-fn by_phase(p: &SimPolicy) -> String {
-    p.phases
-        .iter()
-        .map(|ph| format!("{:.0}", ph.p99_ms))
-        .collect::<Vec<_>>()
-        .join(" / ")
-}
-
-fn sim_command(r: &SimReport, policies: &str, extra: &str, file: &str) -> String {
+fn sim_command(r: &Summary, policies: &str, extra: &str, file: &str) -> String {
     let mut c = format!("target/release/lb-sim --policies {policies}");
     if r.scenario != "hetero-degrade" {
         let _ = write!(c, " --scenario {}", r.scenario);
@@ -596,60 +545,7 @@ fn sim_section(sim: &SimSet, plots: &[(String, String)]) -> Option<String> {
     s.push_str("## Policies on `hetero-degrade`, simulated\n\n");
     s.push_str(SIM_INTRO);
     let _ = writeln!(s, "\n```sh\n{}\n```\n", sim_command(r, "all", "", "sim"));
-    let _ = writeln!(
-        s,
-        "scenario {}, seed {}, {} s measured, {:.0} req/s offered\n",
-        r.scenario, r.seed, r.duration_s, r.rate
-    );
-    let caps = r
-        .results
-        .first()
-        .map(|p| {
-            p.backends
-                .iter()
-                .map(|b| format!("{:.0}", b.capacity_share * 100.0))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
-    let phases = r
-        .results
-        .first()
-        .map(|p| {
-            p.phases
-                .iter()
-                .map(|ph| format!("from {}s", ph.from_s))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        })
-        .unwrap_or_default();
-    let _ = writeln!(
-        s,
-        "| policy | p50 ms | p99 ms | p99.9 ms | errors | timeouts | max queue | share % (capacity: {caps}) | share err | p99 ms by phase ({phases}) |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---:|---|");
-    for p in &r.results {
-        let shares = p
-            .backends
-            .iter()
-            .map(|b| format!("{:.0}", b.steady_share * 100.0))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let _ = writeln!(
-            s,
-            "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.3} | {} |",
-            p.policy,
-            p.p50_ms,
-            p.p99_ms,
-            p.p999_ms,
-            p.errors,
-            p.timeouts,
-            p.max_queue,
-            shares,
-            p.share_error,
-            by_phase(p)
-        );
-    }
+    s.push_str(&r.table());
     for (alt, link) in plots {
         let _ = writeln!(s, "\n![{alt}]({link})");
     }
@@ -695,9 +591,9 @@ fn sim_section(sim: &SimSet, plots: &[(String, String)]) -> Option<String> {
             fmt_int(w.errors),
         );
     }
-    let mut seeds: Vec<&SimReport> = sim.seeds.iter().collect();
+    let mut seeds: Vec<&Summary> = sim.seeds.iter().collect();
     seeds.sort_by_key(|r| r.seed);
-    let seed_rows: Vec<(u64, &SimPolicy, &SimPolicy)> = seeds
+    let seed_rows: Vec<(u64, &PolicySummary, &PolicySummary)> = seeds
         .iter()
         .filter_map(|r| Some((r.seed, r.policy("load_aware")?, r.policy("p2c_peak_ewma")?)))
         .collect();
@@ -706,7 +602,7 @@ fn sim_section(sim: &SimSet, plots: &[(String, String)]) -> Option<String> {
             .iter()
             .map(|(k, _, _)| format!("`--seed {k}`"))
             .collect();
-        let list = |f: &dyn Fn(&(u64, &SimPolicy, &SimPolicy)) -> String| {
+        let list = |f: &dyn Fn(&(u64, &PolicySummary, &PolicySummary)) -> String| {
             seed_rows.iter().map(f).collect::<Vec<_>>().join(" / ")
         };
         let _ = writeln!(
@@ -737,12 +633,12 @@ fn sim_section(sim: &SimSet, plots: &[(String, String)]) -> Option<String> {
     }
 
     // The variants behind the defaults.
-    let variant = |name: &str, flag: &str, rep: Option<&SimReport>| -> Option<String> {
+    let variant = |name: &str, flag: &str, rep: Option<&Summary>| -> Option<String> {
         let p = rep?.policy("load_aware")?;
         Some(format!(
             "| load_aware, {name}{flag} | {} | {} |",
             fmt_int(p.errors),
-            by_phase(p)
+            p.p99_by_phase()
         ))
     };
     let mut rows = Vec::new();
@@ -1569,7 +1465,7 @@ fn quality_plots(b: &Bench, dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>
 
 /// The simulator's plots: p99 by phase (steps) for the main contenders, and
 /// steady-phase shares.
-fn sim_plots(r: &SimReport, dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+fn sim_plots(r: &Summary, dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     const SHOWN: [&str; 6] = [
         "round_robin",
         "weighted_round_robin",
@@ -1578,7 +1474,7 @@ fn sim_plots(r: &SimReport, dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>
         "p2c_peak_ewma",
         "load_aware",
     ];
-    let picked: Vec<&SimPolicy> = SHOWN.iter().filter_map(|n| r.policy(n)).collect();
+    let picked: Vec<&PolicySummary> = SHOWN.iter().filter_map(|n| r.policy(n)).collect();
     let mut out = Vec::new();
     if picked.is_empty() {
         return Ok(out);
@@ -1657,11 +1553,6 @@ fn rel_link(from: &Path, target: &Path) -> String {
 // ---------------------------------------------------------------------------
 // The report
 // ---------------------------------------------------------------------------
-
-fn round(x: f64, digits: i32) -> f64 {
-    let m = 10f64.powi(digits);
-    (x * m).round() / m
-}
 
 /// Rounds to `sig` significant digits.
 fn round_sig(x: f64, sig: i32) -> f64 {
@@ -2059,6 +1950,61 @@ mod tests {
         let goals = md.find("## Goals").unwrap();
         assert!(quality < hop && hop < goals);
         assert!(md.contains("![alt](bench/plots/x-p99.svg)"));
+    }
+
+    #[test]
+    fn the_simulator_table_is_the_one_lb_sim_prints() {
+        use lb_sim::{BackendResult, PhaseResult, PolicyResult, Report};
+        use std::time::Duration;
+        let backend = |id: &str, cap: f64, steady: f64| BackendResult {
+            id: id.into(),
+            capacity_share: cap,
+            steady_share: steady,
+            requests: 100,
+            last_request: None,
+        };
+        let phase = |from: u64, p99: f64| PhaseResult {
+            from: Duration::from_secs(from),
+            requests: 50,
+            p50_ms: 5.0,
+            p99_ms: p99,
+            errors: 1,
+        };
+        let report = Report {
+            scenario: "hetero-degrade".into(),
+            seed: 1,
+            duration: Duration::from_secs(30),
+            rate: 1960.0,
+            results: vec![PolicyResult {
+                policy: "load_aware".into(),
+                requests: 100,
+                ok: 97,
+                p50_ms: 12.5,
+                p99_ms: 250.25,
+                p999_ms: 900.0,
+                max_ms: 999.0,
+                mean_ms: 20.0,
+                failed: 1,
+                timeouts: 2,
+                max_queue: 7,
+                backends: vec![backend("b00", 0.75, 0.5), backend("b01", 0.25, 0.5)],
+                phases: vec![phase(0, 20.0), phase(12, 250.0)],
+                plans: 3,
+            }],
+        };
+        let Input::Sim(read) =
+            classify("sim", serde_json::from_str(&report.to_json()).unwrap()).unwrap()
+        else {
+            panic!("lb-sim's JSON is the simulator's");
+        };
+        assert_eq!(*read, report.summary());
+        let sim = SimSet {
+            main: Some(*read),
+            ..SimSet::default()
+        };
+        let md = sim_section(&sim, &[]).unwrap();
+        assert!(md.contains(&report.table()), "{md}");
+        assert_eq!(sim.main.unwrap().results[0].failed, 1);
     }
 
     #[test]

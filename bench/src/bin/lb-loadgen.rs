@@ -33,13 +33,20 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
+use lb_bench::args::Target;
+use lb_bench::clock::unix_ms;
+use lb_bench::procfs::cpu_seconds;
+use lb_bench::stats::{percentile_ms, round};
+use lb_bench::work::work_client::WorkClient;
+use lb_bench::work::{DoRequest, WORK_METHOD};
 use lb_client::{subscribe, ClientOptions, Subscription};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use lb_core::duration::parse as parse_duration;
+use lb_sim::workload::{exponential, poisson, stream_rng, ARRIVAL_STREAM};
+use rand::Rng;
 use serde::Serialize;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
@@ -47,13 +54,6 @@ use tower::balance::p2c::Balance;
 use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::Service;
-
-#[allow(missing_docs, clippy::all)]
-mod bench {
-    tonic::include_proto!("lb.bench.v1");
-}
-use bench::work_client::WorkClient;
-use bench::DoRequest;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -69,12 +69,8 @@ enum Mode {
 /// Open-loop Poisson load over independent lb clients.
 #[derive(Debug, Parser)]
 struct Args {
-    /// lb-server address.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    daemon: String,
-    /// Service to call.
-    #[arg(long, default_value = "work")]
-    service: String,
+    #[command(flatten)]
+    target: Target,
     /// Independent clients (each its own subscription).
     #[arg(long, default_value_t = 16)]
     clients: u32,
@@ -111,49 +107,6 @@ struct Args {
     out: PathBuf,
 }
 
-/// Parses `250ms`, `3s`, `1.5s`, `2m` (a bare number is seconds).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Independent RNG streams from one seed (splitmix64 of seed and stream), as
-/// in the simulator.
-fn stream_rng(seed: u64, stream: u64) -> StdRng {
-    let mut z = seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    StdRng::seed_from_u64(z ^ (z >> 31))
-}
-
-fn exponential(rng: &mut impl Rng, mean: f64) -> f64 {
-    let u: f64 = rng.random();
-    -mean * (1.0 - u).ln()
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
     /// ns since the start of the warm-up.
@@ -162,24 +115,15 @@ struct Arrival {
     work: f64,
 }
 
+/// The run's arrivals from `seed`, drawn as the simulator draws its own
+/// (same RNG stream and generator; no request key).
 fn arrivals(seed: u64, rate: f64, span: Duration, clients: u32) -> Vec<Arrival> {
-    let mut rng = stream_rng(seed, 1);
-    let end = span.as_nanos() as f64;
-    let gap = 1e9 / rate;
-    let mut out = Vec::with_capacity((end / gap * 1.1) as usize + 16);
-    let mut t = 0.0;
-    loop {
-        t += exponential(&mut rng, gap);
-        if t >= end {
-            break;
-        }
-        out.push(Arrival {
-            at: t as u64,
-            client: rng.random_range(0..clients.max(1)),
-            work: exponential(&mut rng, 1.0),
-        });
-    }
-    out
+    let mut rng = stream_rng(seed, ARRIVAL_STREAM);
+    poisson(&mut rng, rate, span, |at, rng| Arrival {
+        at,
+        client: rng.random_range(0..clients.max(1)),
+        work: exponential(rng, 1.0),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,9 +205,6 @@ impl Service<http::Request<Body>> for P2cService {
         })
     }
 }
-
-/// The method lb's clients call (its cluster mode is looked up by this path).
-const WORK_METHOD: &str = "/lb.bench.v1.Work/Do";
 
 /// The client of `addr`, connected lazily once and shared.
 fn cached_client(
@@ -423,19 +364,6 @@ impl Client {
     }
 }
 
-/// Nearest-rank percentile of sorted nanoseconds, in ms.
-fn percentile_ms(sorted_ns: &[u64], q: f64) -> f64 {
-    if sorted_ns.is_empty() {
-        return 0.0;
-    }
-    let rank = (q * sorted_ns.len() as f64 - 1e-9).ceil() as usize;
-    sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1e6
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 #[derive(Debug, Serialize)]
 struct Summary {
     requests: u64,
@@ -495,17 +423,20 @@ fn summarize<'a>(recs: impl Iterator<Item = &'a Record>) -> Summary {
     }
     s.errors = s.requests - s.ok;
     delays.sort_unstable();
-    s.send_delay_p99_ms = round3(percentile_ms(&delays, 0.99));
+    s.send_delay_p99_ms = round(percentile_ms(&delays, 0.99), 3);
     lat.sort_unstable();
-    s.p50_ms = round3(percentile_ms(&lat, 0.50));
-    s.p99_ms = round3(percentile_ms(&lat, 0.99));
-    s.p999_ms = round3(percentile_ms(&lat, 0.999));
-    s.max_ms = round3(lat.last().copied().unwrap_or(0) as f64 / 1e6);
-    s.mean_ms = round3(if lat.is_empty() {
-        0.0
-    } else {
-        lat.iter().map(|&x| x as f64).sum::<f64>() / lat.len() as f64 / 1e6
-    });
+    s.p50_ms = round(percentile_ms(&lat, 0.50), 3);
+    s.p99_ms = round(percentile_ms(&lat, 0.99), 3);
+    s.p999_ms = round(percentile_ms(&lat, 0.999), 3);
+    s.max_ms = round(lat.last().copied().unwrap_or(0) as f64 / 1e6, 3);
+    s.mean_ms = round(
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat.iter().map(|&x| x as f64).sum::<f64>() / lat.len() as f64 / 1e6
+        },
+        3,
+    );
     s
 }
 
@@ -544,21 +475,6 @@ struct RunResult {
     errors_per_second: Vec<(u64, u64)>,
 }
 
-/// This process's CPU time from /proc/self/stat (utime + stime, 100 Hz ticks).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which is in parentheses).
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    (tick(11) + tick(12)) / 100.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     lb_tests::cli::init_tracing("warn");
@@ -571,9 +487,9 @@ async fn main() -> anyhow::Result<()> {
 
     let mut clients = Vec::with_capacity(args.clients as usize);
     for i in 0..args.clients.max(1) {
-        let mut opts = ClientOptions::new(&args.daemon);
+        let mut opts = ClientOptions::new(&args.target.daemon);
         opts.client_id = format!("loadgen-{}-{i}", std::process::id());
-        let sub = subscribe(&args.service, opts).await?;
+        let sub = subscribe(&args.target.service, opts).await?;
         let min = args.min_servers;
         sub.wait_for(Duration::from_secs(30), |l| l.servers().len() >= min)
             .await
@@ -672,7 +588,7 @@ async fn main() -> anyhow::Result<()> {
         ("max", delays.last().copied().unwrap_or(0) as f64 / 1e6),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), round3(v)))
+    .map(|(k, v)| (k.to_string(), round(v, 3)))
     .collect();
 
     let warm_ns = args.warmup.as_nanos() as u64;
@@ -732,7 +648,7 @@ async fn main() -> anyhow::Result<()> {
         .enumerate()
         .map(|(s, v)| {
             v.sort_unstable();
-            (s as u64, round3(percentile_ms(v, 0.99)))
+            (s as u64, round(percentile_ms(v, 0.99), 3))
         })
         .collect();
     let errors_per_second = err_sec
@@ -743,7 +659,7 @@ async fn main() -> anyhow::Result<()> {
 
     let result = RunResult {
         mode: args.client_mode,
-        service: args.service.clone(),
+        service: args.target.service.clone(),
         rate: args.rate,
         clients: args.clients,
         seed: args.seed,
@@ -753,7 +669,7 @@ async fn main() -> anyhow::Result<()> {
         arrivals_total: n,
         start_unix_ms: start_unix,
         send_delay_ms,
-        cpu_s: cpu_seconds(),
+        cpu_s: cpu_seconds("self").unwrap_or(0.0),
         summary: summarize(measured.iter().map(|(_, r)| *r)),
         phases,
         p99_per_second,

@@ -7,24 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use lb_bench::clock::unix_ms;
+use lb_bench::work::work_client::WorkClient;
+use lb_bench::work::DoRequest;
 use lb_tests::harness::{bin, Daemon, Proc};
 use serde_json::Value;
-
-#[allow(missing_docs, clippy::all)]
-mod bench {
-    tonic::include_proto!("lb.bench.v1");
-}
-use bench::work_client::WorkClient;
-use bench::DoRequest;
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn backend(daemon: &str, id: &str, extra: &[&str], dir: &Path) -> Proc {
     let mut args: Vec<String> = ["--daemon", daemon, "--service", "work", "--id", id]

@@ -1,4 +1,4 @@
-//! What the benchmark binaries share: a description of the machine they ran on.
+//! The machine a benchmark ran on, as every result names it.
 
 /// "2 cores (AMD EPYC), 24 GiB, Linux 6.18.44, loopback only", from /proc.
 pub fn machine() -> String {

@@ -11,12 +11,13 @@
 //!   Baseline in the same run: the same restart with an empty store.
 //!
 //! Prints a Markdown table and writes JSON to `--json` if given. Build with
-//! `--release` for figures worth quoting: `cargo run --release -p lb-tests --bin lb-probe`.
+//! `--release` for figures worth quoting: `cargo run --release -p lb-bench --bin lb-probe`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use lb_bench::stats::p50_p99_max;
 use lb_client::{subscribe, Backoff, ClientOptions};
 use lb_proto::v1::{registry_client::RegistryClient, Instance, RegisterRequest};
 use lb_tests::harness::{BackendSpec, Daemon};
@@ -42,12 +43,6 @@ struct Args {
     /// Write results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-}
-
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (p(0.5), p(0.99), v[v.len() - 1])
 }
 
 fn fast_client(daemon: &str) -> ClientOptions {
@@ -188,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
         if v.is_empty() {
             continue;
         }
-        let (p50, p99, max) = stats(v.clone());
+        let (p50, p99, max) = p50_p99_max(v);
         println!("| {name} | {} | {p50:.1} | {p99:.1} | {max:.1} |", v.len());
         json.push(format!(
             r#"{{"figure":"{key}","samples":{},"p50_ms":{p50:.3},"p99_ms":{p99:.3},"max_ms":{max:.3}}}"#,
@@ -196,14 +191,14 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     if !frozen.is_empty() {
-        let ratio = stats(live.clone()).0 / stats(frozen.clone()).0;
+        let ratio = p50_p99_max(&live).0 / p50_p99_max(&frozen).0;
         println!("| ratio of medians, kill / frozen | | {ratio:.5} | | |");
     }
     let mut baseline = None;
     for &n in &args.instances {
         let services = args.services.min(n).max(1);
         let r = restart(n, services, args.restarts).await?;
-        let (p50, p99, max) = stats(r.clone());
+        let (p50, p99, max) = p50_p99_max(&r);
         let ratio = match baseline {
             Some(b) if n > 0 => format!(" ({:.2}× the empty-store restart)", p50 / b),
             _ => String::new(),

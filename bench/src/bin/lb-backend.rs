@@ -30,32 +30,26 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use lb_bench::args::Target;
+use lb_bench::clock::unix_ms;
+use lb_bench::work::work_server::{Work, WorkServer};
+use lb_bench::work::{DoReply, DoRequest};
 use lb_client::{LoadSample, Registration, Reporter, ReporterOptions};
+use lb_sim::workload::exponential;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
-
-#[allow(missing_docs, clippy::all)]
-mod bench {
-    tonic::include_proto!("lb.bench.v1");
-}
-use bench::work_server::{Work, WorkServer};
-use bench::{DoReply, DoRequest};
 
 /// A modelled backend that registers with lb and reports its load.
 #[derive(Debug, Parser)]
 struct Args {
-    /// lb-server address.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    daemon: String,
-    /// Service to register in.
-    #[arg(long, default_value = "work")]
-    service: String,
+    #[command(flatten)]
+    target: Target,
     /// Instance id (unique within the service).
     #[arg(long)]
     id: String,
@@ -89,13 +83,6 @@ struct Args {
     /// Where to write the backend's counters (JSON), every second and at exit.
     #[arg(long)]
     stats_out: Option<PathBuf>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Counters, integrated exactly at every change.
@@ -287,12 +274,10 @@ impl Work for WorkService {
         let work = if work.is_finite() && work > 0.0 {
             work.min(50.0)
         } else {
-            let u: f64 = m
-                .rng
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .random();
-            -(1.0 - u).ln()
+            exponential(
+                &mut *m.rng.lock().unwrap_or_else(PoisonError::into_inner),
+                1.0,
+            )
         };
         // A free slot now (none can be free while others wait: permits go to
         // waiters first), else wait FIFO.
@@ -407,10 +392,10 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let mut reg = Registration::new(&args.service, &args.id, addr.to_string());
+    let mut reg = Registration::new(&args.target.service, &args.id, addr.to_string());
     reg.weight = args.weight;
     reg.version = env!("CARGO_PKG_VERSION").to_string();
-    let mut opts = ReporterOptions::new(&args.daemon);
+    let mut opts = ReporterOptions::new(&args.target.daemon);
     let m = Arc::clone(&model);
     opts.sampler = Some(Arc::new(move || m.acct().sample()));
     let reporter = Reporter::start(reg, opts);

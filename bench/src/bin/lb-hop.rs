@@ -16,13 +16,14 @@
 //!
 //! `target/release/lb-hop --calls 5000 --out bench/results`
 
-use lb_tests::bench::machine;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use lb_bench::machine::machine;
+use lb_bench::stats::{nearest_rank, round};
 use lb_client::{subscribe, ClientOptions};
 use lb_tests::echo::echo_client::EchoClient;
 use lb_tests::echo::WhoamiRequest;
@@ -285,20 +286,12 @@ async fn run_block(p: &mut Route, n: usize, measure: bool) {
     }
 }
 
-/// p50, p99, mean (nearest rank).
+/// p50, p99 (nearest rank) and mean; NaN when `v` is empty.
 fn summary(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    let q = |q: f64| {
-        let rank = (q * s.len() as f64 - 1e-9).ceil() as usize;
-        s[rank.clamp(1, s.len()) - 1]
-    };
+    let q = |q: f64| nearest_rank(&s, q).unwrap_or(f64::NAN);
     (q(0.5), q(0.99), s.iter().sum::<f64>() / s.len() as f64)
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let m = 10f64.powi(digits);
-    (x * m).round() / m
 }
 
 async fn measure(args: &Args, calls: usize, warmup: usize) -> anyhow::Result<()> {

@@ -17,9 +17,8 @@
 //!
 //! Each prints a Markdown table and writes `<out>/<name>.json`. Every load loop
 //! is bounded in count and time. Build with `--release` for figures worth
-//! quoting: `cargo build --release -p lb-tests -p lb-server`.
+//! quoting: `cargo build --release -p lb-bench -p lb-server`.
 
-use lb_tests::bench::machine;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -31,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
+use lb_bench::machine::machine;
+use lb_bench::stats::{p50_p99_max, round};
 use lb_client::{subscribe, ClientOptions, PickList, Subscription};
 use lb_proto::v1::{
     admin_client::AdminClient, balancer_client::BalancerClient, registry_client::RegistryClient,
@@ -175,19 +176,7 @@ impl Table {
 
 /// A number rounded to `d` decimals, as JSON.
 fn num(x: f64, d: i32) -> Value {
-    let f = 10f64.powi(d);
-    json!((x * f).round() / f)
-}
-
-/// p50, p99, max of `v` (nearest rank).
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (p(0.5), p(0.99), v[v.len() - 1])
+    json!(round(x, d))
 }
 
 // --------------------------------------------------------------- /proc
@@ -794,8 +783,8 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
             &floor,
         ),
     ] {
-        let (b50, _, _) = stats(b);
-        let (p50, p99, max) = stats(m);
+        let (b50, _, _) = p50_p99_max(b);
+        let (p50, p99, max) = p50_p99_max(m);
         let goal = if name.starts_with("baseline") {
             ""
         } else {
@@ -812,10 +801,10 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
             json!(goal),
         ]);
     }
-    let (_, floor99, _) = stats(&floor);
+    let (_, floor99, _) = p50_p99_max(&floor);
     let met = [&many.weight, &many.dies, &many.load]
         .iter()
-        .all(|v| stats(v).1 <= 5.0);
+        .all(|v| p50_p99_max(v).1 <= 5.0);
     Table {
         bench: "propagation",
         title: format!("Propagation of a change to {n} subscribers"),
@@ -836,7 +825,7 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
             format!("CPU per delivered list during the weight changes ({} lists; sum of /proc/<pid>/task/*/schedstat): lb-server {:.1} µs (build, encode, HTTP/2 send), bench process {:.1} µs (HTTP/2 receive, decode, adopt, install) per subscriber and change.", n * changes, many.cpu_per_list.0, many.cpu_per_list.1),
             "Baseline (same run, same daemon): the same changes observed by a single subscriber; ratio = p50 with all subscribers / p50 with one.".to_string(),
             "The daemon and the bench process share the machine's cores: every subscriber's list is encoded by the daemon and decoded, adopted (PickList::adopt) and installed by its own lb-client task (one HTTP/2 connection each), all on the same cores. With the CPU per list above, 1,000 subscribers need (daemon + clients) × 1,000 of CPU time on 2 cores, which bounds the p99 from below; in deployment each client decodes only its own list.".to_string(),
-            format!("Transport floor (same run): {n} TCP connections to a second process of this binary, one tokio task per connection woken through a watch channel (as the daemon's subscriber streams are), each writing {payload} bytes (one encoded list with its HTTP/2 and gRPC framing) per change; {n} reader tasks here. CPU per push: server {:.1} µs, readers {:.1} µs (against the lists' {:.1} and {:.1} above). Its p99 ({floor99:.2} ms) is what loopback TCP and tokio cost for this fan-out on these cores before any gRPC, HTTP/2 or list work; the gRPC rows' p99 ÷ the floor's: {:.1} / {:.1} / {:.1}.", floor_cpu.0, floor_cpu.1, many.cpu_per_list.0, many.cpu_per_list.1, stats(&many.weight).1 / floor99, stats(&many.dies).1 / floor99, stats(&many.load).1 / floor99),
+            format!("Transport floor (same run): {n} TCP connections to a second process of this binary, one tokio task per connection woken through a watch channel (as the daemon's subscriber streams are), each writing {payload} bytes (one encoded list with its HTTP/2 and gRPC framing) per change; {n} reader tasks here. CPU per push: server {:.1} µs, readers {:.1} µs (against the lists' {:.1} and {:.1} above). Its p99 ({floor99:.2} ms) is what loopback TCP and tokio cost for this fan-out on these cores before any gRPC, HTTP/2 or list work; the gRPC rows' p99 ÷ the floor's: {:.1} / {:.1} / {:.1}.", floor_cpu.0, floor_cpu.1, many.cpu_per_list.0, many.cpu_per_list.1, p50_p99_max(&many.weight).1 / floor99, p50_p99_max(&many.dies).1 / floor99, p50_p99_max(&many.load).1 / floor99),
             {
                 // CPU time the machine needs to deliver one change to every
                 // subscriber, spread over its cores.
@@ -1309,7 +1298,7 @@ fn plan_micros(kind: &str) -> anyhow::Result<f64> {
             bail!("empty plan for {kind}");
         }
     }
-    Ok(stats(&v).0)
+    Ok(p50_p99_max(&v).0)
 }
 
 async fn scale(
@@ -1386,25 +1375,20 @@ async fn scale(
         let weight = if t % 2 == 0 { 10 } else { 1 };
         lat.extend(timed_admin_change(&mut admin, target, target_id, weight, &mut watched).await?);
     }
-    let (b50, _, _) = stats(&base);
-    let (p50, p99, max) = stats(&lat);
+    let (b50, _, _) = p50_p99_max(&base);
+    let (p50, p99, max) = p50_p99_max(&lat);
     let mut plan_rows = Vec::new();
     for kind in ["weighted_round_robin", "load_aware", "consistent_hash"] {
         plan_rows.push((kind, plan_micros(kind)?));
     }
 
     let e = || json!("");
+    // A figure with one value and no baseline.
+    let single = |figure: String, value: Value, unit: &str| {
+        vec![json!(figure), value, e(), e(), json!(unit), e(), e(), e()]
+    };
     let mut rows = vec![
-        vec![
-            json!("daemon RSS, idle"),
-            num(rss_idle, 1),
-            e(),
-            e(),
-            json!("MiB"),
-            e(),
-            e(),
-            e(),
-        ],
+        single("daemon RSS, idle".into(), num(rss_idle, 1), "MiB"),
         vec![
             json!(format!(
                 "daemon RSS with {ninst} instances in {nsvc} services"
@@ -1429,31 +1413,19 @@ async fn scale(
             num(rss_full / rss_idle, 2),
             json!("≤ 500 MiB"),
         ],
-        vec![
-            json!(format!(
-                "registration of {ninst} instances (unary Register, 64 in flight)"
-            )),
+        single(
+            format!("registration of {ninst} instances (unary Register, 64 in flight)"),
             num(reg_s * 1e3, 0),
-            e(),
-            e(),
-            json!("ms"),
-            e(),
-            e(),
-            e(),
-        ],
-        vec![
-            json!(format!(
+            "ms",
+        ),
+        single(
+            format!(
                 "opening {nsubs} subscribers ({} connections) until each holds its list",
                 sub_chans.len()
-            )),
+            ),
             num(open_s * 1e3, 0),
-            e(),
-            e(),
-            json!("ms"),
-            e(),
-            e(),
-            e(),
-        ],
+            "ms",
+        ),
         vec![
             json!(format!(
                 "Admin.SetWeight in one service → all its {} subscribers hold the new list",
@@ -1469,18 +1441,11 @@ async fn scale(
         ],
     ];
     for (kind, us) in &plan_rows {
-        rows.push(vec![
-            json!(format!(
-                "policy::plan for a 100-instance service ({kind}), in-process"
-            )),
+        rows.push(single(
+            format!("policy::plan for a 100-instance service ({kind}), in-process"),
             num(*us, 1),
-            e(),
-            e(),
-            json!("µs"),
-            e(),
-            e(),
-            e(),
-        ]);
+            "µs",
+        ));
     }
     Table {
         bench: "scale",

@@ -93,14 +93,18 @@
 //! joiner. Latency percentiles are over answered requests, from the scheduled
 //! arrival (queueing included); errors = timeouts + failed calls.
 
-use lb_tests::bench::machine;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
+use lb_bench::args::DEFAULT_SERVICE;
+use lb_bench::clock::unix_ms;
+use lb_bench::machine::machine;
+use lb_bench::procfs::cpu_seconds;
+use lb_bench::stats::round;
 use lb_tests::harness::{bin, ctl, Daemon, Proc};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -199,7 +203,7 @@ struct ScenarioFile {
 }
 
 fn default_service() -> String {
-    "work".into()
+    DEFAULT_SERVICE.into()
 }
 
 fn default_seed() -> u64 {
@@ -255,26 +259,9 @@ impl Scenario {
     }
 }
 
-/// Parses `250ms`, `3s`, `1.5s`, `2m` (a bare number is seconds).
+/// A scenario's duration (`250ms`, `3s`, `2m`): [`lb_core::duration::parse`].
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (t, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| anyhow!("{s:?} is not a duration"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        bail!("{s:?} is not a duration");
-    }
-    Ok(Duration::from_secs_f64(v * mult))
+    lb_core::duration::parse(s).map_err(anyhow::Error::msg)
 }
 
 fn check_backend(b: &BackendSpec) -> anyhow::Result<()> {
@@ -384,27 +371,11 @@ fn load_scenario(path: &Path, quick: bool, seed: Option<u64>) -> anyhow::Result<
     })
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn sleep_until_unix_ms(t: u64) {
     let now = unix_ms();
     if t > now {
         std::thread::sleep(Duration::from_millis(t - now));
     }
-}
-
-/// CPU seconds (user + system) of a live process, from /proc.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    Some((t(11)? + t(12)?) / 100.0)
 }
 
 /// What one contender is: the lb policy to set, the client mode, the weights.
@@ -657,10 +628,13 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
     )?;
 
     let mut cpu = BTreeMap::new();
-    if let Some(s) = cpu_seconds(daemon.proc.pid()) {
+    if let Some(s) = cpu_seconds(&daemon.proc.pid().to_string()) {
         cpu.insert("lb-server".to_string(), s);
     }
-    let backend_cpu: f64 = procs.values().filter_map(|p| cpu_seconds(p.pid())).sum();
+    let backend_cpu: f64 = procs
+        .values()
+        .filter_map(|p| cpu_seconds(&p.pid().to_string()))
+        .sum();
     cpu.insert("lb-backend (all)".to_string(), backend_cpu);
     if let Some(s) = run.get("cpu_s").and_then(Value::as_f64) {
         cpu.insert("lb-loadgen".to_string(), s);
@@ -720,14 +694,6 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
     })
 }
 
-fn r1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn r3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 fn num(v: &Value, k: &str) -> f64 {
     v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
 }
@@ -757,7 +723,7 @@ fn share(phase: &Value, id: &str) -> f64 {
 
 fn ratio(a: f64, b: Option<f64>) -> Value {
     match b {
-        Some(b) if b > 0.0 => json!(r3(a / b)),
+        Some(b) if b > 0.0 => json!(round(a / b, 3)),
         _ => Value::Null,
     }
 }
@@ -894,9 +860,9 @@ fn main() -> anyhow::Result<()> {
         let phases = phases_of(r);
         let mut row = vec![
             json!(c.name),
-            json!(r1(num(&r.run, "p50_ms"))),
-            json!(r1(num(&r.run, "p99_ms"))),
-            json!(r1(num(&r.run, "p999_ms"))),
+            json!(round(num(&r.run, "p50_ms"), 1)),
+            json!(round(num(&r.run, "p99_ms"), 1)),
+            json!(round(num(&r.run, "p999_ms"), 1)),
             json!(count(&r.run, "errors")),
             json!(count(&r.run, "timeouts")),
             json!(r.max_queue),
@@ -905,19 +871,19 @@ fn main() -> anyhow::Result<()> {
         let mut worst: f64 = 0.0;
         for (id, phase, cap) in &share_cols {
             let sh = phases.get(*phase).map(|p| share(p, id)).unwrap_or(0.0);
-            row.push(json!(r1(sh)));
-            s.insert(id.clone(), json!(r1(sh)));
+            row.push(json!(round(sh, 1)));
+            s.insert(id.clone(), json!(round(sh, 1)));
             if let Some(cap) = cap {
                 worst = worst.max(sh / cap);
             }
         }
         shares.insert(c.name.clone(), Value::Object(s));
-        row.push(json!(r3(worst)));
+        row.push(json!(round(worst, 3)));
         for i in 0..phase_labels.len() {
-            row.push(json!(r1(phases
-                .get(i)
-                .map(|p| num(p, "p99_ms"))
-                .unwrap_or(0.0))));
+            row.push(json!(round(
+                phases.get(i).map(|p| num(p, "p99_ms")).unwrap_or(0.0),
+                1
+            )));
         }
         for i in 1..phase_labels.len() {
             row.push(json!(phases
@@ -1098,7 +1064,7 @@ fn main() -> anyhow::Result<()> {
     let events: Vec<Value> = sc
         .events
         .iter()
-        .map(|(at, e)| json!([r3(at.as_secs_f64()), e.label()]))
+        .map(|(at, e)| json!([round(at.as_secs_f64(), 3), e.label()]))
         .collect();
     let command = format!(
         "target/release/lb-bench --scenario {}{}{}",
