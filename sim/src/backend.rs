@@ -1,4 +1,4 @@
-//! The backend model of SCENARIOS.md: `slots` workers, a FIFO queue in front of
+//! The backend model of the benchmark plan: `slots` workers, a FIFO queue in front of
 //! them, and the load report a real backend would send.
 //!
 //! The model only tracks which request holds which slot; the simulator decides

@@ -39,7 +39,7 @@
 //!   sampler; seeded RNG streams.
 //! - [`backend`]: the backend queue model and its load report.
 //! - [`p2c`]: tower's p2c + Peak-EWMA, per client.
-//! - [`engine`]: the adapter to the registry and the policy engine.
+//! - [`engine`]: the adapter to lb-core (registry, re-plan scheduler, policies).
 //! - [`metrics`]: results, percentiles, the table (also `lb-report`'s) and
 //!   the JSON.
 //! - `driver`: the event loop.
@@ -98,7 +98,7 @@ pub struct Contender {
 
 impl Contender {
     /// `kind` with default parameters; `weighted_round_robin` gets capacity
-    /// weights (SCENARIOS.md's "weighted" row), every other policy weight 1.
+    /// weights (the benchmark plan's "weighted" row), every other policy weight 1.
     pub fn policy(kind: PolicyKind) -> Self {
         Contender {
             name: kind.name().to_string(),

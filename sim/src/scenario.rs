@@ -81,7 +81,7 @@ pub struct Scenario {
 pub const SCENARIOS: [&str; 2] = ["hetero-degrade", "uniform"];
 
 impl Scenario {
-    /// A scenario with no events and the SCENARIOS.md defaults around `backends`.
+    /// A scenario with no events and the benchmark plan's defaults around `backends`.
     pub fn new(name: &str, backends: Vec<BackendSpec>, duration: Duration) -> Self {
         Scenario {
             name: name.to_string(),

@@ -28,7 +28,7 @@ fn load_aware_beats_round_robin_on_hetero_degrade() {
         r.table()
     );
     // Before the kill capacity suffices, so each phase's p99 compares too
-    // (after it, SCENARIOS.md's farm is over capacity for every policy).
+    // (after it, the benchmark plan's farm is over capacity for every policy).
     for (phase, (a, b)) in la.phases.iter().zip(&rr.phases).take(2).enumerate() {
         assert!(
             a.p99_ms < b.p99_ms,

@@ -1,5 +1,5 @@
-//! `lb-backend`: one backend of the balancing-quality benchmark (SCENARIOS.md,
-//! family A). It serves `lb.bench.v1.Work/Do` with the backend model of the
+//! `lb-backend`: one backend of the balancing-quality benchmark (the benchmark
+//! plan, family A). It serves `lb.bench.v1.Work/Do` with the backend model of the
 //! scenarios: `--slots` workers; a request waits FIFO for a free slot (tokio's
 //! `Semaphore` is FIFO-fair), then holds it for an exponential service time
 //! whose mean is the backend's current `service_ms` (a timer, not CPU burn).

@@ -1,5 +1,5 @@
 //! `lb-bench`: the balancing-quality benchmark with real processes on
-//! 127.0.0.1 (`../shared/bench/SCENARIOS.md`, family A).
+//! 127.0.0.1 (the benchmark plan, family A).
 //!
 //! For each policy, one after the other: a fresh `lb-server` (temporary data
 //! directory), the service's policy set with `lb-server ctl set-policy`, one

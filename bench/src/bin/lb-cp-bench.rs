@@ -1,5 +1,5 @@
 //! `lb-cp-bench`: control-plane benchmarks of lb with a real `lb-server`
-//! process on 127.0.0.1 (SCENARIOS.md, section B).
+//! process on 127.0.0.1 (the benchmark plan, section B).
 //!
 //! - `propagation`: N lb-client subscriptions to one service; for each of
 //!   three kinds of change (admin weight change, a backend's stream breaks, a
@@ -1145,7 +1145,7 @@ async fn ingest(
         notes: vec![
             format!("{reporters} ReportLoad streams over {nchan} HTTP/2 connections, one instance each, over {nsvc} services (default policy load_aware, so reports re-plan, damped at 50 ms with 5 % hysteresis); {nsubs} raw Subscribe streams over 8 more connections follow the services."),
             format!("Each stream sends reports back to back for {seconds} s; HTTP/2 flow control and the daemon's bounded queues are the only pacing. {sent} reports were sent; the clock stops when the daemon has detached every instance, which it does for each stream after taking in all of its reports (one engine queue, in order): {t_applied:.2} s after the start for a {t_window:.2} s window."),
-            "A report is a snapshot of a backend's load that its next report supersedes. When a stream's reports arrive faster than the engine takes them, the daemon decodes and validates every one but hands the engine only the newest of those already buffered on that stream (lb-server/src/api.rs, newest_report). So the figure counts reports taken in, not registry updates; the two counters above show how many of each.".to_string(),
+            "A report is a snapshot of a backend's load that its next report supersedes. When a stream's reports arrive faster than the engine takes them, the daemon decodes and validates every one but hands the engine only the newest of those already buffered on that stream (lb-server/src/api/registry.rs, newest_report). So the figure counts reports taken in, not registry updates; the two counters above show how many of each.".to_string(),
             format!("CPU from /proc/<pid>/task/*/schedstat (ns on a CPU, every thread) over that time. The load generator runs on the same {cores} cores, so the daemon gets at most {cores} − {bench_cores:.2} cores: the figure is a lower bound of what the daemon would absorb alone."),
             "Path of a report in the daemon: hyper/h2 decode → per-stream session task → conversion and validation → (the newest of a stream's buffered reports) an await on the engine's bounded mpsc → the single engine task applies it to the registry and marks the service for a damped re-plan. Before coalescing (commit ec9915d and earlier) every report took the engine path and the same benchmark measured 211,551 reports/s with 1.2 daemon cores.".to_string(),
             {

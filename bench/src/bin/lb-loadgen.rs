@@ -1,5 +1,5 @@
 //! `lb-loadgen`: the load generator of the balancing-quality benchmark
-//! (SCENARIOS.md, family A).
+//! (the benchmark plan, family A).
 //!
 //! - **Open loop.** The Poisson arrival times are generated up front from
 //!   `--seed` (the same for every policy and mode), each with its client (one

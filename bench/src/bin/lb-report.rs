@@ -695,9 +695,9 @@ const SIM_VARIANTS: [(&str, &str, &str, &str); 4] = [
 ];
 
 const SIM_INTRO: &str =
-    "The simulator (`lb_server::sim`) is deterministic and runs in virtual time. It
-drives the real registry and policy engine (`plan`, `client_order`, damping,
-hysteresis, load shedding) with modelled backends and clients. The model follows SCENARIOS.md:
+    "The simulator (`lb-sim`, the `sim/` crate) is deterministic and runs in virtual
+time. It drives lb-core's registry, policy engine and re-plan scheduler (`plan`,
+`client_order`, damping, hysteresis, load shedding: the daemon's own code) with modelled backends and clients. The model follows the benchmark plan:
 - 6 backends, each with 8 slots, FIFO queueing and exponential service times;
   mean service time 10, 10, 20, 20, 40, 40 ms;
 - 16 clients, each following its own list;
@@ -707,7 +707,7 @@ hysteresis, load shedding) with modelled backends and clients. The model follows
 
 Every policy sees the same arrivals. Backends report every 250 ms (the daemon's
 default) and clients send stats every second. `weighted_round_robin` gets static
-weights equal to true capacity (SCENARIOS.md's \"weighted\" peer, the best a
+weights equal to true capacity (the benchmark plan's \"weighted\" peer, the best a
 static configuration can do); every other policy gets weight 1 and must find
 capacity itself. `p2c_peak_ewma` models tower's p2c + PeakEWMA inside each
 client, which sees only its own calls.
@@ -744,7 +744,7 @@ backlog takes to drain at its own rate (active / (qps / utilization)), measured
 against `drain_horizon` (500 ms). Normal queues barely move the weights; real
 backlogs are throttled until they drain. CI runs a 10 s version of this
 comparison, and a no-herding check on identical backends
-(`lb-server/tests/sim.rs`).
+(`sim/tests/sim.rs`).
 ";
 
 // ---------------------------------------------------------------------------
@@ -1634,7 +1634,7 @@ fn render(res: &Results, ctx: &RunInfo, plots: &BTreeMap<String, Vec<(String, St
         "Every figure here comes from a real run on this repository's code, with the command\n\
 that produced it; this page is generated from the JSON in `bench/results/` by\n\
 `lb-report`. Where a baseline makes sense, it was measured in the same run and is\n\
-given as a ratio. The benchmarks follow `../shared/bench/SCENARIOS.md`: balancing\n\
+given as a ratio. The benchmarks follow the project's benchmark plan: balancing\n\
 quality against peers with real processes, the simulator's policy comparison, and\n\
 the control plane (pick, propagation, ingest, scale, restart, hop cost).\n\n",
     );
