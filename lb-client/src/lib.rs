@@ -65,6 +65,7 @@ pub use cluster::{BroadcastReport, CallError, ClusterError, Picker};
 pub use cpu::CpuSampler;
 pub use inflight::{InFlight, InFlightGuard, InFlightLayer};
 pub use lb_core::cluster::{Broadcast, ClusterConfig, Collect, Failover, Mode};
+pub use lb_core::model::InstanceSpec;
 pub use lb_core::status::Code;
 pub use list::{CallCounts, Endpoint, NoPick, Outcome, PickList, Route, RouteSpec};
 pub use protocol::{LoadSample, Registration};

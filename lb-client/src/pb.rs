@@ -158,20 +158,21 @@ impl From<StatsReport> for v1::ClientStats {
 
 impl From<&Registration> for v1::Registration {
     fn from(r: &Registration) -> Self {
+        let i = &r.instance;
         v1::Registration {
             instance: Some(v1::Instance {
-                service: r.service.clone(),
-                instance_id: r.instance_id.clone(),
-                address: r.address.clone(),
-                zone: r.zone.clone(),
-                weight: r.weight,
-                labels: r
+                service: i.service.clone(),
+                instance_id: i.instance_id.clone(),
+                address: i.address.clone(),
+                zone: i.zone.clone(),
+                weight: i.weight,
+                labels: i
                     .labels
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
-                version: r.version.clone(),
-                token: r.token.clone(),
+                version: i.version.clone(),
+                token: i.token.clone(),
             }),
             ttl_ms: r
                 .ttl

@@ -7,49 +7,32 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use lb_core::model::InstanceSpec;
+
 use crate::list::{self, CallCounts, PickList};
 
-/// What a backend says about itself.
+/// What a backend registers: the instance (service, id, the address clients
+/// connect to, zone, static weight 1..=10000, labels, version, and the token
+/// clients send as `lb-token`, empty for one the daemon derives), and how
+/// long the daemon waits for a report.
 #[derive(Clone, Debug)]
 pub struct Registration {
-    /// Service name.
-    pub service: String,
-    /// Unique within the service.
-    pub instance_id: String,
-    /// Where clients connect: "host:port".
-    pub address: String,
-    /// Locality (may be empty).
-    pub zone: String,
-    /// Static weight, 1..=10000.
-    pub weight: u32,
-    /// Labels routing rules may match.
-    pub labels: BTreeMap<String, String>,
-    /// Free-form build version.
-    pub version: String,
-    /// Token clients send with each call as `lb-token` metadata (up to 49
-    /// bytes of printable ASCII); empty = the daemon derives a stable one.
-    pub token: String,
+    /// The instance, as the daemon records it.
+    pub instance: InstanceSpec,
     /// How long the daemon waits for a report before dropping the instance;
     /// `None` = the daemon's default.
     pub ttl: Option<Duration>,
 }
 
 impl Registration {
-    /// Weight 1, everything else empty.
+    /// Weight 1, everything else empty (set `instance`'s fields to change them).
     pub fn new(
         service: impl Into<String>,
         instance_id: impl Into<String>,
         address: impl Into<String>,
     ) -> Self {
         Registration {
-            service: service.into(),
-            instance_id: instance_id.into(),
-            address: address.into(),
-            zone: String::new(),
-            weight: 1,
-            labels: BTreeMap::new(),
-            version: String::new(),
-            token: String::new(),
+            instance: InstanceSpec::new(service, instance_id, address),
             ttl: None,
         }
     }

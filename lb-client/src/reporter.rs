@@ -129,7 +129,10 @@ impl Reporter {
         let (stop, stop_rx) = watch::channel(false);
         let mut seed = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(
-            &(&registration.service, &registration.instance_id),
+            &(
+                &registration.instance.service,
+                &registration.instance.instance_id,
+            ),
             &mut seed,
         );
         let task = Task {
@@ -315,7 +318,10 @@ impl Task {
         attempt: u32,
         stop: &mut watch::Receiver<bool>,
     ) -> End {
-        let (service, id) = (&self.registration.service, &self.registration.instance_id);
+        let (service, id) = (
+            &self.registration.instance.service,
+            &self.registration.instance.instance_id,
+        );
         let connect = daemon::connect(daemon, self.options.connect_timeout);
         let channel = tokio::select! {
             _ = stopped(stop) => return End::Stopped,
@@ -407,7 +413,7 @@ impl Task {
 
     fn apply(&self, d: Directive) {
         if d.drain && !self.shared.drain_requested.swap(true, Relaxed) {
-            info!(service = %self.registration.service, instance = %self.registration.instance_id, "daemon asked this backend to drain");
+            info!(service = %self.registration.instance.service, instance = %self.registration.instance.instance_id, "daemon asked this backend to drain");
         }
     }
 }

@@ -130,30 +130,9 @@ pub enum CtlCommand {
         /// Only for this method ("/package.Service/Method"); default: the service.
         #[arg(long)]
         method: Option<String>,
-        /// failover: total attempts (1..=10).
-        #[arg(long)]
-        attempts: Option<u32>,
-        /// failover: base backoff in ms (doubling, jittered).
-        #[arg(long)]
-        backoff_ms: Option<u32>,
-        /// failover: largest backoff in ms.
-        #[arg(long)]
-        backoff_max_ms: Option<u32>,
-        /// failover: status names to retry (repeatable; default UNAVAILABLE).
-        #[arg(long = "retry-on")]
-        retry_on: Vec<String>,
-        /// forking: instances at once (2..=10).
-        #[arg(long)]
-        forks: Option<u32>,
-        /// broadcast/multicast: first, all or none.
-        #[arg(long)]
-        collect: Option<String>,
-        /// broadcast/multicast: fail above this percentage of failures.
-        #[arg(long)]
-        max_failure_percent: Option<u32>,
-        /// multicast: the routing rule whose instances are called.
-        #[arg(long)]
-        route: Option<String>,
+        /// The mode's settings.
+        #[command(flatten)]
+        flags: ModeFlags,
         /// Retry budget: retries may add this % of calls (0..=100).
         #[arg(long)]
         budget_percent: Option<u32>,
@@ -332,14 +311,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             service,
             mode,
             method,
-            attempts,
-            backoff_ms,
-            backoff_max_ms,
-            retry_on,
-            forks,
-            collect,
-            max_failure_percent,
-            route,
+            flags,
             budget_percent,
             budget_min_per_sec,
             clear,
@@ -352,19 +324,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .ok()
                 .and_then(|s| s.into_inner().cluster)
                 .unwrap_or_default();
-            let m = mode_from_flags(
-                &mode,
-                ModeFlags {
-                    attempts,
-                    backoff_ms,
-                    backoff_max_ms,
-                    retry_on,
-                    forks,
-                    collect,
-                    max_failure_percent,
-                    route,
-                },
-            )?;
+            let m = mode_from_flags(&mode, flags)?;
             let mut cfg = current;
             match (method, clear) {
                 (Some(method), true) => {
@@ -446,16 +406,33 @@ fn show_labels(m: &std::collections::HashMap<String, String>) -> String {
         .join(",")
 }
 
-/// `ctl set-cluster`'s mode flags (unset ones take the mode's defaults).
-struct ModeFlags {
-    attempts: Option<u32>,
-    backoff_ms: Option<u32>,
-    backoff_max_ms: Option<u32>,
-    retry_on: Vec<String>,
-    forks: Option<u32>,
-    collect: Option<String>,
-    max_failure_percent: Option<u32>,
-    route: Option<String>,
+/// `ctl set-cluster`'s mode settings (unset ones take the mode's defaults).
+#[derive(Debug, Args)]
+pub struct ModeFlags {
+    /// failover: total attempts (1..=10).
+    #[arg(long)]
+    pub attempts: Option<u32>,
+    /// failover: base backoff in ms (doubling, jittered).
+    #[arg(long)]
+    pub backoff_ms: Option<u32>,
+    /// failover: largest backoff in ms.
+    #[arg(long)]
+    pub backoff_max_ms: Option<u32>,
+    /// failover: status names to retry (repeatable; default UNAVAILABLE).
+    #[arg(long = "retry-on")]
+    pub retry_on: Vec<String>,
+    /// forking: instances at once (2..=10).
+    #[arg(long)]
+    pub forks: Option<u32>,
+    /// broadcast/multicast: first, all or none.
+    #[arg(long)]
+    pub collect: Option<String>,
+    /// broadcast/multicast: fail above this percentage of failures.
+    #[arg(long)]
+    pub max_failure_percent: Option<u32>,
+    /// multicast: the routing rule whose instances are called.
+    #[arg(long)]
+    pub route: Option<String>,
 }
 
 /// The mode `name` with the flags given, on top of the mode's defaults. A

@@ -393,8 +393,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut reg = Registration::new(&args.target.service, &args.id, addr.to_string());
-    reg.weight = args.weight;
-    reg.version = env!("CARGO_PKG_VERSION").to_string();
+    reg.instance.weight = args.weight;
+    reg.instance.version = env!("CARGO_PKG_VERSION").to_string();
     let mut opts = ReporterOptions::new(&args.target.daemon);
     let m = Arc::clone(&model);
     opts.sampler = Some(Arc::new(move || m.acct().sample()));

@@ -88,10 +88,10 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
 
     let mut reg = Registration::new(&args.service, &args.id, addr.to_string());
-    reg.weight = args.weight;
-    reg.zone = args.zone;
-    reg.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
-    reg.version = env!("CARGO_PKG_VERSION").to_string();
+    reg.instance.weight = args.weight;
+    reg.instance.zone = args.zone;
+    reg.instance.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    reg.instance.version = env!("CARGO_PKG_VERSION").to_string();
     let reporter = Reporter::start(reg, ReporterOptions::new(&args.daemon));
 
     println!("echo-backend listening on {addr}");
