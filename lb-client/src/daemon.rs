@@ -80,7 +80,7 @@ pub(crate) async fn report_load(
     let requests = tokio_stream::once(first).chain(ReceiverStream::new(outgoing).map(|m| {
         v1::ReportLoadRequest {
             msg: Some(match m {
-                Outgoing::Report(s) => Msg::Report(s.into()),
+                Outgoing::Report(s) => Msg::Report(crate::pb::load_report(s)),
                 Outgoing::Drain => Msg::Drain(v1::Drain {}),
             }),
         }

@@ -181,30 +181,30 @@ impl From<&Registration> for v1::Registration {
     }
 }
 
-impl From<LoadSample> for v1::LoadReport {
-    /// Clamps to the daemon's documented ranges: a sampler glitch (NaN, a
-    /// negative rate) must not get the whole stream refused.
-    fn from(s: LoadSample) -> Self {
-        fn clamp(x: f64, hi: f64) -> f64 {
-            if x.is_finite() {
-                x.clamp(0.0, hi)
-            } else {
-                0.0
-            }
+/// A load sample as the wire message, clamped to the daemon's documented
+/// ranges (`lb_core::model`'s limits): a sampler glitch (NaN, a negative
+/// rate) must not get the whole stream refused.
+pub(crate) fn load_report(s: LoadSample) -> v1::LoadReport {
+    use lb_core::model::{MAX_ACTIVE_REQUESTS, MAX_NAMED_METRICS, MAX_RATE, MAX_UTILIZATION};
+    fn clamp(x: f64, hi: f64) -> f64 {
+        if x.is_finite() {
+            x.clamp(0.0, hi)
+        } else {
+            0.0
         }
-        v1::LoadReport {
-            cpu_utilization: clamp(s.cpu_utilization, 16.0),
-            active_requests: s.active_requests.min(10_000_000),
-            qps: s.qps.map(|x| clamp(x, 1e9)),
-            eps: s.eps.map(|x| clamp(x, 1e9)),
-            mem_utilization: s.mem_utilization.map(|x| clamp(x, 16.0)),
-            named_metrics: s
-                .named_metrics
-                .into_iter()
-                .filter(|(_, v)| v.is_finite())
-                .take(32)
-                .collect::<HashMap<_, _>>(),
-        }
+    }
+    v1::LoadReport {
+        cpu_utilization: clamp(s.cpu_utilization, MAX_UTILIZATION),
+        active_requests: s.active_requests.min(MAX_ACTIVE_REQUESTS),
+        qps: s.qps.map(|x| clamp(x, MAX_RATE)),
+        eps: s.eps.map(|x| clamp(x, MAX_RATE)),
+        mem_utilization: s.mem_utilization.map(|x| clamp(x, MAX_UTILIZATION)),
+        named_metrics: s
+            .named_metrics
+            .into_iter()
+            .filter(|(_, v)| v.is_finite())
+            .take(MAX_NAMED_METRICS)
+            .collect::<HashMap<_, _>>(),
     }
 }
 
@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn load_sample_is_clamped() {
-        let r = v1::LoadReport::from(LoadSample {
+        let r = load_report(LoadSample {
             cpu_utilization: f64::NAN,
             active_requests: u64::MAX,
             qps: Some(-3.0),

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lb_core::model::InstanceSpec;
+use lb_core::model::{InstanceSpec, Load};
 
 use crate::list::{self, CallCounts, PickList};
 
@@ -38,23 +38,10 @@ impl Registration {
     }
 }
 
-/// Live load at one moment. Values outside the daemon's ranges are clamped
-/// before sending.
-#[derive(Clone, Debug, Default)]
-pub struct LoadSample {
-    /// Fraction of the machine's cores busy (1.0 = all).
-    pub cpu_utilization: f64,
-    /// Requests in flight.
-    pub active_requests: u64,
-    /// Requests per second.
-    pub qps: Option<f64>,
-    /// Errors per second.
-    pub eps: Option<f64>,
-    /// Fraction of memory in use.
-    pub mem_utilization: Option<f64>,
-    /// Up to 32 named metrics.
-    pub named_metrics: BTreeMap<String, f64>,
-}
+/// A backend's live load at one moment: lb-core's [`Load`] (utilization,
+/// requests in flight, and optionally qps, eps, memory and up to 32 named
+/// metrics). Values outside the daemon's ranges are clamped before sending.
+pub type LoadSample = Load;
 
 /// A message to the daemon after the registration.
 #[derive(Debug)]
