@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Bytes that do not decode are the caller's error: see src/codec.rs.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::LbCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

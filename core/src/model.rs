@@ -54,19 +54,42 @@ pub struct FieldError {
     pub reason: String,
 }
 
+/// Longest field path, and longest reason, an error quotes back to a caller,
+/// in bytes: both may quote the input (a label key, a rejected value), and
+/// an unbounded quote turns a 1 MB label into a 1 MB error message.
+pub const MAX_QUOTE: usize = 256;
+
+/// `s` cut to at most `max` bytes (at a character boundary), marked with
+/// `…` and the original length when cut.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let len = s.len();
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.push_str(&format!("… ({len} bytes)"));
+    s
+}
+
 impl FieldError {
-    /// Builds an error for `field`.
+    /// Builds an error for `field`; both parts are cut to [`MAX_QUOTE`].
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         FieldError {
-            field: field.into(),
-            reason: reason.into(),
+            field: bounded(field.into(), MAX_QUOTE),
+            reason: bounded(reason.into(), MAX_QUOTE),
         }
     }
 
-    /// Prefixes the field path with `parent.`.
+    /// Prefixes the field path with `parent.` (itself cut to [`MAX_QUOTE`]:
+    /// a parent path may quote input too, e.g. a method name).
     pub fn within(mut self, parent: &str) -> Self {
+        let parent = bounded(parent.to_string(), MAX_QUOTE);
         self.field = if self.field.is_empty() {
-            parent.to_string()
+            parent
         } else if self.field.starts_with('[') {
             format!("{parent}{}", self.field)
         } else {
@@ -487,17 +510,30 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FieldError>
     Ok(())
 }
 
-/// An address clients can dial: `host:port` where host is an IPv4 address, a
-/// bracketed IPv6 address or a DNS name, and port is `1..=65535`.
+/// An address clients can dial: `host:port` where host is an IPv4 address
+/// (canonical dotted quad), a bracketed IPv6 address or a DNS name, and port
+/// is `1..=65535`. Refused: the unspecified, broadcast and multicast
+/// addresses (nothing can be dialled there), and numeric hosts that are not
+/// a canonical IPv4 address (`0`, `127.1`, `0x7f.1`, `2130706433`: resolvers
+/// read them as addresses, which hides where the traffic goes). Link-local
+/// addresses are valid here; the daemon refuses them for registrations
+/// unless told otherwise ([`is_link_local`]).
 pub fn check_address(s: &str) -> Result<(), String> {
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
         if sa.port() == 0 {
             return Err("port 0 is not dialable".into());
         }
-        if sa.ip().is_unspecified() {
-            return Err(format!("{} is not dialable (unspecified address)", sa.ip()));
-        }
-        return Ok(());
+        let ip = sa.ip();
+        let why = match ip {
+            _ if ip.is_unspecified() => Some("unspecified address"),
+            _ if ip.is_multicast() => Some("multicast address"),
+            std::net::IpAddr::V4(v4) if v4.is_broadcast() => Some("broadcast address"),
+            _ => None,
+        };
+        return match why {
+            Some(why) => Err(format!("{ip} is not dialable ({why})")),
+            None => Ok(()),
+        };
     }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(format!("{s:?} is not host:port"));
@@ -524,7 +560,37 @@ pub fn check_address(s: &str) -> Result<(), String> {
             return Err(format!("host {host:?} is not an IP address or DNS name"));
         }
     }
+    // A DNS name's last label is never all digits (RFC 3696 §2), and a
+    // `0x` label is a hexadecimal number to inet_aton: both are numeric
+    // addresses in disguise.
+    let numeric = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        || host.split('.').any(|l| {
+            l.len() > 1
+                && l[..2].eq_ignore_ascii_case("0x")
+                && l[2..].bytes().all(|b| b.is_ascii_hexdigit())
+        });
+    if numeric {
+        return Err(format!(
+            "host {host:?} is a numeric address but not a canonical IPv4 address (write it as a.b.c.d)"
+        ));
+    }
     Ok(())
+}
+
+/// Whether `address` (`host:port`) is an IP literal in the link-local
+/// ranges (169.254.0.0/16, fe80::/10): reachable only on one link, and the
+/// home of cloud metadata services (169.254.169.254).
+pub fn is_link_local(address: &str) -> bool {
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(sa) => match sa.ip() {
+            std::net::IpAddr::V4(v4) => v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        },
+        Err(_) => false,
+    }
 }
 
 fn check_fraction(v: f64, max: f64) -> Result<(), String> {
@@ -563,9 +629,29 @@ mod tests {
             "bad_host:80",
             "-x.example:80",
             "a b:80",
+            "0:80",
+            "127.1:80",
+            "0x7f.1:80",
+            "0x7f000001:80",
+            "2130706433:80",
+            "127.000.000.001:80",
+            "255.255.255.255:80",
+            "224.0.0.1:80",
+            "[ff02::1]:80",
+            "[::]:80",
         ] {
             assert!(check_address(bad).is_err(), "{bad}");
         }
+        // Valid, but the daemon refuses them for registrations by default.
+        for link_local in ["169.254.169.254:80", "[fe80::1]:80"] {
+            assert_eq!(check_address(link_local), Ok(()), "{link_local}");
+            assert!(is_link_local(link_local), "{link_local}");
+        }
+        assert!(!is_link_local("10.0.0.1:80"));
+        assert!(!is_link_local("host.example:80"));
+        // Digits are fine inside a name, just not as its last label.
+        assert_eq!(check_address("10x.example:80"), Ok(()));
+        assert_eq!(check_address("k8s-node-1.internal:443"), Ok(()));
     }
 
     #[test]
@@ -598,6 +684,31 @@ mod tests {
             ..Load::default()
         };
         assert_eq!(l.check().unwrap_err().field, "qps");
+    }
+
+    #[test]
+    fn errors_quote_at_most_a_bounded_prefix_of_the_input() {
+        let key = "k".repeat(1 << 20);
+        let mut labels = BTreeMap::new();
+        labels.insert(key.clone(), "v".into());
+        let e = check_labels(&labels)
+            .unwrap_err()
+            .within("register.instance.labels");
+        assert!(e.to_string().len() < 2 * MAX_QUOTE + 64, "{e}");
+        assert!(e.field.starts_with("register.instance.labels[\"kkk"));
+        // The cut says how long the quoted part was: the key, quoted, in [].
+        assert!(
+            e.field.ends_with(&format!("… ({} bytes)", key.len() + 4)),
+            "{e}"
+        );
+        let deep = e.within(&"m".repeat(1 << 20));
+        assert!(deep.field.len() < 3 * MAX_QUOTE, "{}", deep.field.len());
+        let e = FieldError::new(
+            "address",
+            format!("{:?} is not host:port", "é".repeat(1000)),
+        );
+        assert!(e.reason.len() <= MAX_QUOTE + 20);
+        assert!(e.reason.is_char_boundary(e.reason.len()));
     }
 
     #[test]

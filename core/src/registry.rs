@@ -451,7 +451,12 @@ impl Registry {
         if live && !stream && matches!(cur.attachment, Attachment::Stream { .. }) {
             return Err(RegistryError::StreamOwned(spec.instance_id.clone()));
         }
-        Ok(cur.spec != *spec || cur.ttl != ttl || requested_static)
+        // The record says how the instance is kept alive (a lease survives
+        // a restart for its TTL, a stream for the grace): a new way, or a
+        // restored instance coming back, is written again.
+        let kind_changed =
+            std::mem::discriminant(&cur.attachment) != std::mem::discriminant(&attachment);
+        Ok(cur.spec != *spec || cur.ttl != ttl || requested_static || kind_changed)
     }
 
     /// Applies a registration that [`Registry::check_register`] accepted.

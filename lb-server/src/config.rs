@@ -30,6 +30,9 @@ pub struct Config {
     pub first_message_timeout: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Accept registrations at link-local addresses (169.254.0.0/16,
+    /// fe80::/10), where cloud metadata services live.
+    pub allow_link_local: bool,
 }
 
 impl Config {
@@ -46,6 +49,7 @@ impl Config {
             drain_timeout: Duration::from_secs(5),
             first_message_timeout: Duration::from_secs(10),
             metrics_listen: None,
+            allow_link_local: false,
         }
     }
 }

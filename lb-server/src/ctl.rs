@@ -4,6 +4,7 @@
 //! lines), and exits non-zero with the daemon's message when it refuses.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 
 use clap::{Args, Subcommand};
 use lb_proto::v1::{self as pb, admin_client::AdminClient};
@@ -12,6 +13,25 @@ use lb_core::cluster::{Collect, Kind, Mode};
 use lb_core::policy::config::params_help;
 
 use crate::pb::v1::{cluster_mode, cluster_mode_pb};
+
+/// Prints one line of output. A closed stdout (`ctl services | head -1`)
+/// ends the command quietly, as a Unix tool does, instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+fn emit(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Flags shared by every `ctl` command.
 #[derive(Debug, Args)]
@@ -202,14 +222,20 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .await
                 .map_err(refused)?
                 .into_inner();
-            println!(
+            say!(
                 "{:<32} {:<22} {:>9} {:>22}",
-                "SERVICE", "POLICY", "INSTANCES", "VERSION"
+                "SERVICE",
+                "POLICY",
+                "INSTANCES",
+                "VERSION"
             );
             for s in r.services {
-                println!(
+                say!(
                     "{:<32} {:<22} {:>9} {:>22}",
-                    s.name, s.policy, s.instances, s.version
+                    s.name,
+                    s.policy,
+                    s.instances,
+                    s.version
                 );
             }
         }
@@ -388,9 +414,9 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .map_err(refused)?
                 .into_inner();
             if r.existed {
-                println!("removed {instance}");
+                say!("removed {instance}");
             } else {
-                println!("no instance {instance}: nothing to remove");
+                say!("no instance {instance}: nothing to remove");
             }
         }
     }
@@ -494,7 +520,7 @@ fn print_routing(s: &pb::ServiceStatus) {
     if let Some(c) = &s.cluster {
         let d = c.default_mode.clone().unwrap_or_default();
         let budget = lb_core::cluster::Budget::default();
-        println!(
+        say!(
             "cluster   {} (retry budget {}% + {}/s)",
             show_mode(&d),
             c.budget_percent.unwrap_or(budget.percent),
@@ -502,11 +528,11 @@ fn print_routing(s: &pb::ServiceStatus) {
         );
         let methods: BTreeMap<_, _> = c.methods.iter().collect();
         for (m, mode) in methods {
-            println!("  {m}: {}", show_mode(mode));
+            say!("  {m}: {}", show_mode(mode));
         }
     }
     if s.drop_fraction > 0.0 || s.utilization > 0.0 {
-        println!(
+        say!(
             "shedding  utilization {:.1}%, backlog {:.0} ms, dropping {:.1}% of calls",
             s.utilization * 100.0,
             s.backlog_seconds * 1000.0,
@@ -516,7 +542,7 @@ fn print_routing(s: &pb::ServiceStatus) {
     if s.rules.is_empty() {
         return;
     }
-    println!("rules     (first match wins)");
+    say!("rules     (first match wins)");
     for (i, rs) in s.rules.iter().enumerate() {
         let r = rs.rule.clone().unwrap_or_default();
         let mut when = Vec::new();
@@ -534,7 +560,7 @@ fn print_routing(s: &pb::ServiceStatus) {
         } else {
             format!("instance {}", r.instance)
         };
-        println!(
+        say!(
             "  {i}. {:<16} when {} -> {}{}{}  [{} instance(s){}]",
             r.name,
             when.join(" and "),
@@ -553,21 +579,22 @@ fn print_routing(s: &pb::ServiceStatus) {
 
 fn print_service(s: &pb::ServiceStatus) {
     let policy = s.policy.clone().unwrap_or_default();
-    println!("service   {}", s.name);
-    println!("policy    {}", policy.name);
+    say!("service   {}", s.name);
+    say!("policy    {}", policy.name);
     let params: BTreeMap<_, _> = policy.params.into_iter().collect();
     for (k, v) in params {
-        println!("  {k} = {v}");
+        say!("  {k} = {v}");
     }
-    println!(
+    say!(
         "list      version {}, {} entries, max share error {:.2}%",
         s.version,
         s.list_len,
         s.max_share_error * 100.0
     );
-    println!(
+    say!(
         "clients   {} dropped, {} with no backend",
-        s.dropped, s.no_backend
+        s.dropped,
+        s.no_backend
     );
     if let Some(g) = s
         .grpclb
@@ -576,7 +603,7 @@ fn print_service(s: &pb::ServiceStatus) {
     {
         let drops: BTreeMap<_, _> = g.dropped_by_token.iter().collect();
         let drops: Vec<String> = drops.iter().map(|(t, n)| format!("{t}:{n}")).collect();
-        println!(
+        say!(
             "grpclb    {} stream(s); calls {} started, {} finished, {} known received, {} failed to send; dropped {}",
             g.streams,
             g.calls_started,
@@ -591,7 +618,7 @@ fn print_service(s: &pb::ServiceStatus) {
 }
 
 fn print_instances(list: &[pb::InstanceStatus]) {
-    println!(
+    say!(
         "{:<20} {:<22} {:<9} {:>6} {:>8} {:>7} {:>6} {:>6} {:>7} {:>9} {:>8} {:>7}",
         "INSTANCE",
         "ADDRESS",
@@ -608,7 +635,7 @@ fn print_instances(list: &[pb::InstanceStatus]) {
     );
     for i in list {
         let load = i.load.clone().unwrap_or_default();
-        println!(
+        say!(
             "{:<20} {:<22} {:<9} {:>6} {:>8} {:>7.3} {:>6.1} {:>6.1} {:>7} {:>9} {:>8} {:>7.2}{}",
             i.instance_id,
             i.address,
@@ -637,11 +664,11 @@ fn print_instances(list: &[pb::InstanceStatus]) {
                 _ => String::new(),
             }
         );
-        println!("{:<20} token {}", "", i.token);
+        say!("{:<20} token {}", "", i.token);
         if !i.failed_by_code.is_empty() {
             let codes: BTreeMap<_, _> = i.failed_by_code.iter().collect();
             let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
-            println!("{:<20} failures by status code: {}", "", codes.join(" "));
+            say!("{:<20} failures by status code: {}", "", codes.join(" "));
         }
     }
 }

@@ -69,6 +69,10 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Accept backends registering link-local addresses (169.254.0.0/16,
+    /// fe80::/10; refused by default: cloud metadata services live there).
+    #[arg(long)]
+    allow_link_local: bool,
 }
 
 #[tokio::main]
@@ -102,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
     config.default_policy = args.default_policy;
     config.drain_timeout = args.drain_timeout;
     config.metrics_listen = args.metrics_listen;
+    config.allow_link_local = args.allow_link_local;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

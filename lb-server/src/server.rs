@@ -89,7 +89,7 @@ pub async fn run(
         config.clone(),
         stop_rx.clone(),
     ));
-    let admin = AdminServer::new(AdminApi::new(engine.clone()));
+    let admin = AdminServer::new(AdminApi::new(engine.clone(), config.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
         // A peer that vanishes without closing its connection (power loss,

@@ -8,10 +8,15 @@
 //!   our wire-compatible copy of gRPC's load-balancer protocol
 //!   (`LoadBalancer`: `BalanceLoad`), for stock gRPC clients' `grpclb` policy.
 //!
-//! Generated code only. The edges of `lb-server` and `lb-client` convert these
-//! types to and from `lb-core`'s domain types; nothing else uses them.
+//! - [`codec`]: prost's codec, with undecodable bytes as `invalid_argument`.
+//!
+//! Generated code, and the codec it uses. The edges of `lb-server` and
+//! `lb-client` convert these types to and from `lb-core`'s domain types;
+//! nothing else uses them.
 
 #![forbid(unsafe_code)]
+
+pub mod codec;
 
 /// Package `lb.v1`.
 #[allow(missing_docs, clippy::all)]

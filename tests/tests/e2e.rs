@@ -413,3 +413,23 @@ async fn client_call_stats_reach_the_daemon_even_when_the_client_exits_at_once()
         .iter()
         .all(|i| i.calls_failed == 0 && i.latency_ewma_ms > 0.0));
 }
+
+/// `lb-server ctl services | head -1` ends quietly when the reader goes
+/// away, as a Unix tool does, instead of panicking on the broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &[]).expect("daemon");
+    let mut child = std::process::Command::new(lb_tests::harness::bin("lb-server").expect("bin"))
+        .args(["ctl", "--server", &d.addr(), "services"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctl starts");
+    // Close the reading end before ctl has its answer to print.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("ctl ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -12,7 +12,8 @@ use lb_core::policy::ServicePolicy;
 use lb_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::engine_status;
+use super::{check_target, engine_status};
+use crate::config::Config;
 use crate::engine::cmd::{
     PutStatic, RemoveStatic, RoutingChange, SetOverride, SetPolicy, SetRouting,
 };
@@ -24,12 +25,13 @@ use crate::pb::v1::{cluster_config, instance, instance_status, rule, service_sta
 #[derive(Clone)]
 pub struct AdminApi {
     engine: EngineHandle,
+    config: Config,
 }
 
 impl AdminApi {
     /// An admin service over `engine`.
-    pub fn new(engine: EngineHandle) -> Self {
-        AdminApi { engine }
+    pub fn new(engine: EngineHandle, config: Config) -> Self {
+        AdminApi { engine, config }
     }
 
     fn view(&self, service: &str) -> Result<ServiceView, Status> {
@@ -213,6 +215,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::PutStaticRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let spec = instance(request.into_inner().instance, "instance").map_err(invalid)?;
+        check_target(&spec, &self.config, "instance")?;
         let key = spec.key();
         self.engine
             .run(PutStatic(spec))

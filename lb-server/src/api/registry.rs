@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{engine_status, first_message, stopping, BoxStream};
+use super::{check_target, engine_status, first_message, stopping, BoxStream};
 use crate::config::Config;
 use crate::engine::cmd::{Attach, Attached, Deregister, Drain, Lease};
 use crate::engine::{Directive, EngineHandle};
@@ -69,6 +69,7 @@ impl pb::registry_server::Registry for RegistryApi {
             None => return Err(Status::invalid_argument("msg: missing")),
         };
         let spec = conv::instance(reg.instance, "register.instance").map_err(invalid)?;
+        check_target(&spec, &self.config, "register.instance")?;
         let ttl = conv::ttl(reg.ttl_ms, "register.ttl_ms").map_err(invalid)?;
         let (tx, rx) = mpsc::channel(4);
         // Attach and follow the stream in a task of its own: if the backend
@@ -92,6 +93,7 @@ impl pb::registry_server::Registry for RegistryApi {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = request.into_inner();
         let spec = conv::instance(r.instance, "instance").map_err(invalid)?;
+        check_target(&spec, &self.config, "instance")?;
         let ttl = conv::ttl(r.ttl_ms, "ttl_ms").map_err(invalid)?;
         let granted = self
             .engine

@@ -23,7 +23,7 @@ use super::snapshot::{self, Snapshot};
 use super::state::State;
 use super::{now, EngineHandle, Hub};
 use crate::config::Config;
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Lifetime, Record, Store, StoreError};
 
 /// How often the engine looks for expired instances and due re-plans.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
@@ -127,9 +127,15 @@ pub async fn start(
                 replan.insert(service);
             }
             Record::Override { key, over } => registry.set_override(&key, over, now),
-            Record::Instance { spec, ttl } => {
+            Record::Instance { spec, lifetime } => {
                 replan.insert(spec.service.clone());
-                registry.restore(spec, ttl, deadline);
+                let (ttl, until) = match lifetime {
+                    Lifetime::Stream(ttl) => (Some(ttl), deadline),
+                    // The lease may have been renewed just before the stop.
+                    Lifetime::Lease(ttl) => (Some(ttl), deadline.max(now + ttl)),
+                    Lifetime::Static => (None, deadline),
+                };
+                registry.restore(spec, ttl, until);
                 restored += 1;
             }
         }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{Directive, EngineError, Hub};
 use crate::config::Config;
-use crate::store::{self, Key, Record};
+use crate::store::{self, Key, Lifetime, Record};
 
 /// How a registration keeps its instance alive.
 #[derive(Debug)]
@@ -81,10 +81,14 @@ impl State {
             ),
         };
         if self.registry.check_register(&spec, ttl, kind, now)? {
-            let stored_ttl = (kind != Attachment::Static).then_some(ttl);
+            let lifetime = match via {
+                Via::Static => Lifetime::Static,
+                Via::Lease => Lifetime::Lease(ttl),
+                Via::Stream(_) => Lifetime::Stream(ttl),
+            };
             self.persist(store::Write::put(Record::Instance {
                 spec: spec.clone(),
-                ttl: stored_ttl,
+                lifetime,
             }));
         }
         let key = spec.key();

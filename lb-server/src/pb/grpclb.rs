@@ -31,9 +31,14 @@ pub fn service_for(name: &str) -> Result<String, FieldError> {
             if !host.is_empty()
                 && !host.contains(':')
                 && !port.is_empty()
-                && port.len() <= 5
                 && port.bytes().all(|b| b.is_ascii_digit()) =>
         {
+            if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+                return Err(FieldError::new(
+                    field,
+                    format!("port {port:?} is not in 1..=65535"),
+                ));
+            }
             host
         }
         _ => name,
@@ -137,6 +142,11 @@ mod tests {
         assert!(service_for(&long).unwrap_err().reason.contains("longer"));
         // Not a port: kept, and then not a valid service name.
         assert!(service_for("echo:http").is_err());
+        // A port out of range is refused, not dropped.
+        for bad in ["echo:0", "echo:65536", "echo:999999"] {
+            let e = service_for(bad).unwrap_err();
+            assert!(e.reason.contains("1..=65535"), "{bad}: {e}");
+        }
         assert!(service_for("[::1]:80").is_err());
         assert!(service_for("bad name:80").is_err());
     }

@@ -113,12 +113,12 @@ pub enum Key {
 /// A stored value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    /// A registration with its TTL; `None` for a static instance.
+    /// A registration, and what keeps it alive.
     Instance {
         /// What registered.
         spec: InstanceSpec,
-        /// Its TTL; `None`: static, never expires.
-        ttl: Option<Duration>,
+        /// How it stays registered.
+        lifetime: Lifetime,
     },
     /// A service's policy.
     Policy {
@@ -157,6 +157,20 @@ impl Record {
             Record::Routing { service, .. } => Key::Routing(service.clone()),
         }
     }
+}
+
+/// How a stored instance stays registered, which decides how long it is
+/// kept after a restart before its backend must renew it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// A `ReportLoad` stream with this TTL: after a restart, kept for the
+    /// restore grace (every stream broke; a live backend reconnects at once).
+    Stream(Duration),
+    /// A `Register` lease with this TTL: after a restart, kept for the
+    /// larger of the grace and the TTL (the lease may have just been renewed).
+    Lease(Duration),
+    /// An operator's static instance: never expires.
+    Static,
 }
 
 /// A write's precondition.

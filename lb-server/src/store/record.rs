@@ -24,7 +24,7 @@ use lb_core::routing::{self, Match, Rule, Target};
 use lb_core::status::Code;
 use prost::Message;
 
-use super::{Key, Record, Revision};
+use super::{Key, Lifetime, Record, Revision};
 
 /// The layout version this module writes and reads.
 pub const LAYOUT: u32 = 2;
@@ -81,6 +81,10 @@ pub struct StoredInstance {
     /// Added by an operator: restored as static, never expires.
     #[prost(bool, tag = "10")]
     pub is_static: bool,
+    /// Kept alive by a unary lease rather than a stream (layout 2; layout 1
+    /// records, which lack it, read as streams).
+    #[prost(bool, tag = "11")]
+    pub lease: bool,
 }
 
 /// A policy: its name and every parameter as text (layout 1's message).
@@ -215,7 +219,7 @@ pub fn encode_key(key: &Key) -> Vec<u8> {
 /// A record's bytes, as written by the commit at `revision`.
 pub fn encode(record: &Record, revision: Revision) -> Vec<u8> {
     let body = match record {
-        Record::Instance { spec, ttl } => Body::Instance(StoredInstance {
+        Record::Instance { spec, lifetime } => Body::Instance(StoredInstance {
             service: spec.service.clone(),
             instance_id: spec.instance_id.clone(),
             address: spec.address.clone(),
@@ -223,9 +227,15 @@ pub fn encode(record: &Record, revision: Revision) -> Vec<u8> {
             weight: spec.weight,
             labels: spec.labels.clone(),
             version: spec.version.clone(),
-            ttl_ms: ttl.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            ttl_ms: match lifetime {
+                Lifetime::Stream(t) | Lifetime::Lease(t) => {
+                    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+                }
+                Lifetime::Static => 0,
+            },
             token: spec.token.clone(),
-            is_static: ttl.is_none(),
+            is_static: *lifetime == Lifetime::Static,
+            lease: matches!(lifetime, Lifetime::Lease(_)),
         }),
         Record::Policy { service, policy } => Body::Policy(StoredPolicy {
             kind: policy.kind.name().to_string(),
@@ -313,10 +323,15 @@ pub fn instance(rec: StoredInstance) -> Result<Record, FieldError> {
         token: rec.token,
     };
     spec.check()?;
-    let ttl = (!rec.is_static).then(|| Duration::from_millis(rec.ttl_ms));
+    let ttl = Duration::from_millis(rec.ttl_ms);
+    let lifetime = match (rec.is_static, rec.lease) {
+        (true, _) => Lifetime::Static,
+        (false, true) => Lifetime::Lease(ttl),
+        (false, false) => Lifetime::Stream(ttl),
+    };
     Ok(Record::Instance {
         spec: spec.with_token(),
-        ttl,
+        lifetime,
     })
 }
 
@@ -529,14 +544,16 @@ mod tests {
             version: "1.2".into(),
             token: "tok".into(),
         };
-        round_trip(Record::Instance {
-            spec: spec.clone(),
-            ttl: Some(Duration::from_secs(3)),
-        });
-        round_trip(Record::Instance {
-            spec: spec.clone(),
-            ttl: None,
-        });
+        for lifetime in [
+            Lifetime::Stream(Duration::from_secs(3)),
+            Lifetime::Lease(Duration::from_secs(3600)),
+            Lifetime::Static,
+        ] {
+            round_trip(Record::Instance {
+                spec: spec.clone(),
+                lifetime,
+            });
+        }
         round_trip(Record::Policy {
             service: "svc".into(),
             policy: Box::default(),

@@ -217,7 +217,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Key, Record};
+    use crate::store::{Key, Lifetime, Record};
     use lb_core::model::InstanceSpec;
     use std::time::Duration;
 
@@ -228,7 +228,7 @@ mod tests {
     fn instance(id: &str) -> Record {
         Record::Instance {
             spec: spec(id),
-            ttl: Some(Duration::from_secs(3)),
+            lifetime: Lifetime::Stream(Duration::from_secs(3)),
         }
     }
 

@@ -201,15 +201,13 @@ async fn static_instances_persist_and_never_expire() {
             .await
             .unwrap_err();
         assert_status(&refused, Code::FailedPrecondition, "static instance");
-        registry(d.addr)
-            .await
-            .register(lease(instance(GRPCLB_SERVICE, "leased", 92, 1), 60_000))
-            .await
-            .unwrap();
+        // A backend's instance (a stream: a lease would outlive the restart
+        // below for its TTL).
+        let _backend = attach(d.addr, instance(GRPCLB_SERVICE, "streamed", 92, 1), 0).await;
         let refused = adm
             .remove_static(lb_proto::v1::RemoveStaticRequest {
                 service: GRPCLB_SERVICE.into(),
-                instance_id: "leased".into(),
+                instance_id: "streamed".into(),
             })
             .await
             .unwrap_err();
@@ -220,8 +218,8 @@ async fn static_instances_persist_and_never_expire() {
         );
         d.stop().await;
     }
-    // After a restart with a short grace, the leased instance is gone once
-    // the grace ends; the static one stays, still static.
+    // After a restart with a short grace, the streamed instance is gone
+    // once the grace ends; the static one stays, still static.
     let d = Daemon::start(dir.path(), |c| c.restore_grace = Duration::from_millis(300)).await;
     let mut list_stream = subscribe(d.addr, GRPCLB_SERVICE).await;
     let list = next_list_where(&mut list_stream, WAIT, |l| ids(l) == ["s"]).await;

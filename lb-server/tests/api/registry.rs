@@ -104,6 +104,31 @@ async fn bad_registrations_are_refused_and_not_persisted() {
             "register.instance.address",
         ),
         (
+            "broadcast host",
+            with(|i| i.address = "255.255.255.255:80".into()),
+            "register.instance.address",
+        ),
+        (
+            "multicast host",
+            with(|i| i.address = "224.0.0.1:80".into()),
+            "register.instance.address",
+        ),
+        (
+            "numeric host that is not a dotted quad",
+            with(|i| i.address = "0x7f.1:80".into()),
+            "register.instance.address",
+        ),
+        (
+            "host 0",
+            with(|i| i.address = "0:80".into()),
+            "register.instance.address",
+        ),
+        (
+            "link-local host (cloud metadata)",
+            with(|i| i.address = "169.254.169.254:80".into()),
+            "register.instance.address",
+        ),
+        (
             "weight 0",
             with(|i| i.weight = 0),
             "register.instance.weight",
@@ -154,6 +179,40 @@ async fn bad_registrations_are_refused_and_not_persisted() {
     let list = next_list(&mut sub).await;
     assert!(list.servers.is_empty() && list.order.is_empty(), "{list:?}");
     drop(sub);
+    d.stop().await;
+}
+
+/// 2b. Refusals quote a bounded prefix of the input (a 1 MB label key does
+///     not come back as a 1 MB message); bytes that do not decode are the
+///     caller's error; link-local addresses register only when allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_registrations_get_short_invalid_argument_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut reg = registry(d.addr).await;
+    let mut huge = instance(SERVICE, "b1", 7001, 1);
+    huge.labels = HashMap::from([("k".repeat(1 << 20), "v".to_string())]);
+    let s = reg.register(lease(huge, 0)).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(
+        s.message().starts_with("instance.labels[\"kkk"),
+        "{}",
+        &s.message()[..80]
+    );
+    assert!(s.message().len() < 1024, "{} bytes", s.message().len());
+
+    let s = raw_unary(d.addr, "/lb.v1.Registry/Register", vec![0xff; 16]).await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("undecodable"), "{s:?}");
+    d.stop().await;
+
+    let d = Daemon::start(dir.path(), |c| c.allow_link_local = true).await;
+    let mut reg = registry(d.addr).await;
+    let mut meta = instance(SERVICE, "m1", 7001, 1);
+    meta.address = "169.254.10.1:8080".into();
+    reg.register(lease(meta, 0))
+        .await
+        .expect("link-local allowed by the flag");
     d.stop().await;
 }
 

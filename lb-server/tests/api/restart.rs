@@ -86,3 +86,30 @@ async fn reattached_backend_outlives_the_grace() {
     drop(sub);
     d.stop().await;
 }
+
+/// 10c. A lease outlives a restart for its TTL, not only the grace: a
+///      streamed instance leaves when the grace ends, a leased one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_keeps_its_ttl_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), |_| {}).await;
+    let mut reg = registry(d.addr).await;
+    reg.register(lease(instance(SERVICE, "leased", 7010, 1), 3_600_000))
+        .await
+        .expect("a one-hour lease");
+    let streamed = attach(d.addr, instance(SERVICE, "streamed", 7011, 1), 0).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    next_list_where(&mut sub, WAIT, |l| l.servers.len() == 2).await;
+    drop((sub, reg));
+    d.stop().await;
+    drop(streamed);
+
+    let d = Daemon::start(dir.path(), |c| c.restore_grace = Duration::from_millis(300)).await;
+    let mut sub = subscribe(d.addr, SERVICE).await;
+    assert_eq!(ids(&next_list(&mut sub).await), ["leased", "streamed"]);
+    // The grace ends: the stream's instance goes, the lease's stays.
+    let after = next_list_where(&mut sub, WAIT, |l| l.servers.len() < 2).await;
+    assert_eq!(ids(&after), ["leased"]);
+    drop(sub);
+    d.stop().await;
+}
