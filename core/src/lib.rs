@@ -22,6 +22,7 @@
 //! - [`keyhash`]: the request-key hash daemon and clients must agree on.
 //! - [`status`]: gRPC status codes and their names.
 //! - [`duration`]: `250ms` / `5s` durations, parsed and printed.
+//! - [`size`]: `512k` / `2MiB` byte sizes, parsed and printed.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ pub mod policy;
 pub mod registry;
 pub mod replan;
 pub mod routing;
+pub mod size;
 pub mod status;
 
 /// How often backends report load unless the daemon is told otherwise: the

@@ -33,6 +33,8 @@ pub struct Config {
     /// Accept registrations at link-local addresses (169.254.0.0/16,
     /// fe80::/10), where cloud metadata services live.
     pub allow_link_local: bool,
+    /// Free disk space the store keeps (commits are refused below it).
+    pub store_min_free: u64,
 }
 
 impl Config {
@@ -50,6 +52,7 @@ impl Config {
             first_message_timeout: Duration::from_secs(10),
             metrics_listen: None,
             allow_link_local: false,
+            store_min_free: crate::store::sled::DEFAULT_MIN_FREE,
         }
     }
 }

@@ -8,8 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lb_core::duration::parse as parse_duration;
 use lb_core::policy::PolicyKind;
+use lb_core::size::Bytes;
 use lb_server::config::Config;
 use lb_server::ctl::CtlArgs;
+use lb_server::store::sled::DEFAULT_MIN_FREE;
 
 fn parse_policy(s: &str) -> Result<PolicyKind, String> {
     PolicyKind::parse(s).ok_or_else(|| format!("unknown policy {s:?}"))
@@ -73,10 +75,28 @@ struct Args {
     /// fe80::/10; refused by default: cloud metadata services live there).
     #[arg(long)]
     allow_link_local: bool,
+    /// Free disk space the store keeps: below it, changes are refused
+    /// (`unavailable`, degraded mode) until space is freed (e.g. 4MiB, 512k;
+    /// 0 turns the check off).
+    #[arg(long, default_value_t = Bytes(DEFAULT_MIN_FREE))]
+    store_min_free: Bytes,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(daemon_or_ctl());
+    // A store wait that never returns (a disk that hangs) must not hold up
+    // the exit: everything acknowledged was flushed when it was acknowledged.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
+/// How long the exit waits for blocking work (a store flush) left running.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+async fn daemon_or_ctl() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Ctl(ctl)) = cli.command {
         if let Err(e) = lb_server::ctl::run(ctl).await {
@@ -107,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
     config.drain_timeout = args.drain_timeout;
     config.metrics_listen = args.metrics_listen;
     config.allow_link_local = args.allow_link_local;
+    config.store_min_free = args.store_min_free.0;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

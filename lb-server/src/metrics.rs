@@ -248,7 +248,24 @@ pub fn page(engine: &EngineHandle) -> String {
         hub.reports_received.load(Ordering::Relaxed),
         hub.reports_applied.load(Ordering::Relaxed),
     ));
+    page.push_str(&render_store(
+        hub.store.fault().is_some(),
+        hub.store.failures.load(Ordering::Relaxed),
+    ));
     page
+}
+
+/// The store's health: degraded while commits fail.
+fn render_store(degraded: bool, failures: u64) -> String {
+    format!(
+        "# HELP lb_store_degraded 1 while the store fails: changes are refused, lists and load reports go on.\n\
+         # TYPE lb_store_degraded gauge\n\
+         lb_store_degraded {}\n\
+         # HELP lb_store_failures_total Commits and recoveries of the store that failed.\n\
+         # TYPE lb_store_failures_total counter\n\
+         lb_store_failures_total {failures}\n",
+        u8::from(degraded)
+    )
 }
 
 /// The daemon-wide load-report counters.

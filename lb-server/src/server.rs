@@ -1,8 +1,9 @@
 //! `run(listener, config, shutdown)`: the whole daemon, given a bound listener.
 //!
 //! Shutdown order: freeze the engine (streams closing from now on must not
-//! deregister anything), tell every open stream to end, stop accepting, wait up
-//! to `drain_timeout` for in-flight calls, then let the engine flush and stop.
+//! deregister anything), tell every open stream to end, stop accepting, wait
+//! for in-flight calls, then let the engine flush and stop: all of it within
+//! `drain_timeout`, and one second more for the engine.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub enum ServerError {
     },
 }
 
+/// How long the engine may take to stop once the drain is over.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs the daemon on `listener` until `shutdown` resolves, then drains.
 pub async fn run(
     listener: TcpListener,
@@ -55,7 +59,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let store = SledStore::open(&config.data_dir)?;
+    let store = SledStore::open_with(&config.data_dir, config.store_min_free)?;
     let (engine, engine_task) = engine::start(Arc::new(store), config.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(listener) = metrics {
@@ -124,10 +128,18 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down");
-    engine.freeze().await;
+    // One deadline for the whole drain: SIGTERM ends the process within
+    // `drain_timeout` and [`STOP_GRACE`], whatever the store does.
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    if tokio::time::timeout_at(deadline, engine.freeze())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the engine did not freeze in time; stopping anyway");
+    }
     let _ = stop_tx.send(true);
     let _ = close_tx.send(());
-    match tokio::time::timeout(config.drain_timeout, &mut serve).await {
+    match tokio::time::timeout_at(deadline, &mut serve).await {
         Ok(Ok(r)) => r?,
         Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
         Err(_) => {
@@ -137,9 +149,12 @@ pub async fn run(
     }
     drop(engine);
     // The engine ends (after a final flush) once the last handle is gone.
-    if tokio::time::timeout(config.drain_timeout, engine_task)
-        .await
-        .is_err()
+    if tokio::time::timeout_at(
+        deadline.max(tokio::time::Instant::now()) + STOP_GRACE,
+        engine_task,
+    )
+    .await
+    .is_err()
     {
         tracing::warn!("engine did not stop in time");
     }

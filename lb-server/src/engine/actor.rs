@@ -32,6 +32,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// Most inputs applied in one batch (one commit).
 const MAX_BATCH: usize = 1024;
+/// Longest wait for the store: a commit or a recovery that takes longer is
+/// a failure (degraded mode), so a stuck disk cannot stall the engine.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a failing store is tried again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Inputs waiting for the engine before senders wait.
 const QUEUE: usize = 4096;
 
@@ -71,6 +76,11 @@ impl std::fmt::Debug for Input {
 struct Actor {
     st: State,
     store: Arc<dyn Store>,
+    /// Writes of events (a broken stream, an expiry) whose commit failed:
+    /// the facts stand, so they are written with the next commit.
+    unwritten: Vec<crate::store::Write>,
+    /// While the store is failing: when to try it again.
+    next_probe: Option<Instant>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// When the snapshot was last published.
     published: Instant,
@@ -81,11 +91,43 @@ struct Actor {
     next_health: Instant,
 }
 
-/// One batch's answers, waiting for its commit.
+/// One batch: its commands (run after its events), their answers waiting
+/// for the commit, and what to undo if the commit fails.
 #[derive(Default)]
 struct Batch {
+    commands: Vec<Box<dyn Dispatch>>,
     answers: Vec<Box<dyn Answer>>,
     frozen: Vec<oneshot::Sender<()>>,
+    /// The registry before the commands ran, and how many of the staged
+    /// writes came before them (the events').
+    before_commands: Option<(Registry, usize)>,
+}
+
+/// `op`, or a timeout error after [`STORE_TIMEOUT`].
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(STORE_TIMEOUT, op)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the store did not answer within {STORE_TIMEOUT:?}"),
+            )))
+        })
+}
+
+/// Keeps the last of several writes to one key (in their order): what a
+/// long degraded spell leaves unwritten stays bounded by the registry's size.
+fn supersede(writes: &mut Vec<crate::store::Write>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<_> = writes
+        .drain(..)
+        .rev()
+        .filter(|w| seen.insert(w.key.clone()))
+        .collect();
+    kept.reverse();
+    *writes = kept;
 }
 
 /// Loads the store, publishes the restored plans and starts the engine task.
@@ -94,13 +136,13 @@ pub async fn start(
     store: Arc<dyn Store>,
     config: Config,
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
-    let generation = store.next_generation().await?;
+    let generation = bounded(store.next_generation()).await?;
     let hub = Arc::new(Hub::new(generation));
     let default_policy = ServicePolicy {
         max_list_len: config.max_list_len,
         ..ServicePolicy::with_kind(config.default_policy)
     };
-    let loaded = store.load().await?;
+    let loaded = bounded(store.load()).await?;
     let now = now();
     let deadline = now + config.restore_grace;
     let mut registry = Registry::with_default_policy(default_policy.clone());
@@ -148,6 +190,8 @@ pub async fn start(
     let mut actor = Actor {
         st,
         store,
+        unwritten: Vec::new(),
+        next_probe: None,
         snapshot,
         published: now,
         stale: true,
@@ -191,6 +235,7 @@ impl Actor {
                     for input in buf.drain(..) {
                         self.apply(input, now, &mut batch);
                     }
+                    self.run_commands(&mut batch, now);
                 }
                 _ = sweep.tick() => self.sweep(now()),
             }
@@ -227,7 +272,7 @@ impl Actor {
                 st.registry.record_grpclb(&service, &stats);
                 self.stale = true;
             }
-            Input::Command(c) => batch.answers.push(c.dispatch(st, now)),
+            Input::Command(c) => batch.commands.push(c),
             Input::Freeze(reply) => {
                 st.frozen = true;
                 batch.frozen.push(reply);
@@ -289,17 +334,121 @@ impl Actor {
         self.stale = false;
     }
 
-    async fn finish(&mut self, batch: Batch, now: Instant) {
-        let new_plans = self.replan(now);
-        let writes = std::mem::take(&mut self.st.writes);
-        let committed = if writes.is_empty() {
-            Ok(())
-        } else {
-            self.store.commit(writes).await.map(|_| ()).map_err(|e| {
-                tracing::error!(error = %e, "commit failed; refusing this batch's changes");
-                e.to_string()
-            })
+    /// Runs the batch's commands, after its events (so that a failed commit
+    /// undoes the commands alone: events are facts that happened), from a
+    /// snapshot of the registry to return to.
+    fn run_commands(&mut self, batch: &mut Batch, now: Instant) {
+        if batch.commands.is_empty() {
+            return;
+        }
+        batch.before_commands = Some((self.st.registry.clone(), self.st.writes.len()));
+        for c in std::mem::take(&mut batch.commands) {
+            batch.answers.push(c.dispatch(&mut self.st, now));
+        }
+    }
+
+    /// Commits what the batch staged, with what earlier failed commits left
+    /// of events. A failed commit undoes the batch's commands (their callers
+    /// hear why), keeps its events' writes for the next commit, and puts the
+    /// engine in degraded mode: commands that would write are refused until
+    /// the store recovers (see [`Actor::probe`]).
+    async fn commit(&mut self, batch: &mut Batch, now: Instant) -> Result<(), String> {
+        let mut staged = std::mem::take(&mut self.st.writes);
+        let events = batch
+            .before_commands
+            .as_ref()
+            .map_or(staged.len(), |(_, n)| *n);
+        if let Some(cause) = self.st.fault.clone() {
+            // Only the probe writes while the store fails; commands that
+            // would write were refused (one that wrote anyway is undone).
+            let commands = staged.split_off(events);
+            self.unwritten.extend(staged);
+            supersede(&mut self.unwritten);
+            if commands.is_empty() {
+                return Ok(());
+            }
+            self.undo_commands(batch, now);
+            return Err(cause);
+        }
+        if staged.is_empty() && self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let mut writes = std::mem::take(&mut self.unwritten);
+        let carried = writes.len();
+        writes.extend(staged);
+        let Err(e) = bounded(self.store.commit(writes.clone())).await else {
+            return Ok(());
         };
+        let cause = e.to_string();
+        writes.truncate(carried + events);
+        self.unwritten = writes;
+        supersede(&mut self.unwritten);
+        self.undo_commands(batch, now);
+        self.degrade(&cause, now);
+        Err(cause)
+    }
+
+    /// Returns the registry to before the batch's commands (their callers
+    /// are told they failed) and re-plans every service from it.
+    fn undo_commands(&mut self, batch: &mut Batch, now: Instant) {
+        let Some((registry, _)) = batch.before_commands.take() else {
+            return;
+        };
+        self.st.registry = registry;
+        let services: Vec<String> = self
+            .st
+            .registry
+            .services()
+            .map(|(n, _)| n.clone())
+            .collect();
+        for service in &services {
+            self.st.replanner.changed(service);
+        }
+        self.replan(now);
+    }
+
+    /// Enters (or stays in) degraded mode for `cause`.
+    fn degrade(&mut self, cause: &str, now: Instant) {
+        self.st.hub.store.failed(cause);
+        if self.st.fault.is_none() {
+            tracing::error!(error = %cause, "store failing: changes are refused until it recovers; lists and load reports go on");
+        }
+        self.st.fault = Some(cause.to_string());
+        self.next_probe = Some(now + PROBE_INTERVAL);
+    }
+
+    /// In degraded mode, once per [`PROBE_INTERVAL`]: asks the store to
+    /// recover and, if it does, writes what events left unwritten and leaves
+    /// degraded mode.
+    async fn probe(&mut self, now: Instant) {
+        if self.next_probe.is_none_or(|t| now < t) {
+            return;
+        }
+        let mut result = bounded(self.store.recover()).await;
+        if result.is_ok() && !self.unwritten.is_empty() {
+            result = bounded(self.store.commit(self.unwritten.clone()))
+                .await
+                .map(|_| ());
+        }
+        match result.map_err(|e| e.to_string()) {
+            Ok(()) => {
+                self.unwritten.clear();
+                self.next_probe = None;
+                if let Some(cause) = self.st.fault.take() {
+                    tracing::info!(was = %cause, "store recovered: changes are accepted again");
+                }
+                self.st.hub.store.recovered();
+            }
+            Err(cause) => self.degrade(&cause, now),
+        }
+    }
+
+    async fn finish(&mut self, mut batch: Batch, now: Instant) {
+        let new_plans = self.replan(now);
+        let committed = self.commit(&mut batch, now).await;
+        if self.st.fault.is_some() {
+            self.probe(now).await;
+        }
         // Readers see a command's effect before its caller hears back, and
         // never an older state than the plans clients were just sent.
         let commands = !batch.answers.is_empty();

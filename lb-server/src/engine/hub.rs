@@ -24,6 +24,33 @@ pub struct Hub {
     /// Of those, reports handed to the engine (the rest were superseded by
     /// a newer report of the same stream that had already arrived).
     pub reports_applied: AtomicU64,
+    /// Whether the store is failing, for `/metrics`.
+    pub store: StoreHealth,
+}
+
+/// The store's health as the engine last saw it.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    /// Why it is failing, while it is.
+    fault: Mutex<Option<String>>,
+    /// Commits (and recoveries) that failed, since the start.
+    pub failures: AtomicU64,
+}
+
+impl StoreHealth {
+    pub(crate) fn failed(&self, cause: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.fault) = Some(cause.to_string());
+    }
+
+    pub(crate) fn recovered(&self) {
+        *lock(&self.fault) = None;
+    }
+
+    /// Why the store is failing, while it is.
+    pub fn fault(&self) -> Option<String> {
+        lock(&self.fault).clone()
+    }
 }
 
 /// Counts one open grpc.lb.v1 stream of a service while it lives.
@@ -61,6 +88,7 @@ impl Hub {
             grpclb: Mutex::new(HashMap::new()),
             reports_received: AtomicU64::new(0),
             reports_applied: AtomicU64::new(0),
+            store: StoreHealth::default(),
         }
     }
 

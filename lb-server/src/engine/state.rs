@@ -39,6 +39,8 @@ pub struct State {
     next_session: u64,
     /// Shutting down: commands are refused, broken streams deregister nothing.
     pub(crate) frozen: bool,
+    /// The store is failing (why): commands that would write are refused.
+    pub(crate) fault: Option<String>,
     /// Store writes of the batch being applied, committed together.
     pub(crate) writes: Vec<store::Write>,
 }
@@ -53,6 +55,7 @@ impl State {
             sessions: HashMap::new(),
             next_session: 1,
             frozen: false,
+            fault: None,
             writes: Vec::new(),
         }
     }

@@ -86,6 +86,47 @@ pub enum StoreError {
     /// A watcher fell too far behind and missed changes: load again.
     #[error("the watch fell behind by {0} changes; load again")]
     Lagged(u64),
+    /// The files of the store failed (a full disk, an I/O error): changes
+    /// are refused until writes succeed again.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store is being reopened after a failure: retry shortly.
+    #[error("the store is being reopened after a failure")]
+    Reopening,
+    /// The disk is (nearly) full: commits are refused before they write, and
+    /// accepted again once space is freed.
+    #[error(
+        "only {} free on the disk of {dir:?}, below the {} kept free (--store-min-free): free some space",
+        lb_core::size::approx(*available),
+        lb_core::size::show(*floor)
+    )]
+    NoSpace {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Bytes free.
+        available: u64,
+        /// Bytes kept free.
+        floor: u64,
+    },
+    /// After a failed write the store's files are still held by the failed
+    /// opening (sled cannot let go of them): only a restart reopens them.
+    /// Everything acknowledged is on disk.
+    #[error("the store under {dir:?} failed and its files are still held by the failed opening: restart lb-server to reopen them (every acknowledged change is on disk)")]
+    Stuck {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
+    /// The store's files do not hold what was committed to them (truncated,
+    /// replaced by an older copy): it is refused rather than served in part.
+    /// Restore the directory from a backup; to accept what it holds, remove
+    /// the file named in the message and start again.
+    #[error("the store under {dir:?} is damaged: {why}")]
+    Damaged {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The directory was written by a newer lb-server, in a layout this one
     /// cannot read: run that version, or point `--data-dir` elsewhere.
     #[error("the store is in layout version {found}, newer than this lb-server reads ({supported}); run the lb-server that wrote it, or use another --data-dir")]
@@ -262,4 +303,9 @@ pub trait Store: Send + Sync {
     /// no longer has them fails with [`StoreError::Compacted`]; a watcher
     /// that falls behind gets [`StoreError::Lagged`] and should load again.
     fn watch(&self, after: Revision) -> Result<EventStream, StoreError>;
+
+    /// After a failed commit: whatever it takes to write again (sled: reopen
+    /// the directory), then a write that proves it. `Ok` means commits can
+    /// succeed again; what failed before was never acknowledged.
+    fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

@@ -7,13 +7,24 @@
 //! then tells watchers: one commit at a time, so revisions and events are in
 //! order. The engine commits once per batch of commands (group commit).
 //!
+//! Faults: a commit is refused before it writes when the disk has less than
+//! `min_free` bytes left (the way Elasticsearch's flood-stage watermark turns
+//! an index read-only before the disk is full): sled is never handed a full
+//! disk, and writes resume as soon as space is freed. A write that fails all
+//! the same (another process filled the disk, an I/O error) leaves sled
+//! refusing every write; [`Store::recover`] then lets that opening go and
+//! reads the directory again. sled's own files are checked against a
+//! `committed-revision` marker at start, so a truncated or replaced store is
+//! refused instead of restored in part.
+//!
 //! Watching: sled is opened by one process at a time (its directory lock),
 //! so every change comes through [`Store::commit`] here and an in-process
 //! broadcast is a complete change feed. It keeps no history: a watch can
 //! start at the current revision only.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{broadcast, Mutex};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -28,6 +39,11 @@ use super::{
 /// Changes a watcher may fall behind by before it must load again.
 const WATCH_BACKLOG: usize = 4096;
 
+/// Free disk space below which commits are refused, unless configured: more
+/// than sled writes for any one commit the quotas allow (its log segments
+/// are 512 KiB).
+pub const DEFAULT_MIN_FREE: u64 = 4 << 20;
+
 /// The sled-backed [`Store`].
 #[derive(Clone)]
 pub struct SledStore {
@@ -35,13 +51,53 @@ pub struct SledStore {
 }
 
 struct Inner {
-    db: sled::Db,
-    records: sled::Tree,
-    meta: sled::Tree,
+    dir: PathBuf,
+    /// The open database; replaced by [`Store::recover`] (sled refuses every
+    /// write after an I/O error until it is reopened), `None` while that
+    /// happens.
+    open: RwLock<Option<Arc<Open>>>,
     /// Held for a whole commit: revisions are assigned, written, flushed and
     /// announced in order.
     commit: Mutex<()>,
     events: broadcast::Sender<Event>,
+    /// Commits are refused while the disk has less free space than this.
+    min_free: u64,
+    /// A sled operation failed: the opening must be replaced before the next
+    /// write.
+    failed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A failed opening can wait for good when dropped (see
+        // `SledStore::reopen`): never on the caller's thread.
+        if *self.failed.get_mut() {
+            let open = self
+                .open
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(open) = open {
+                let _ = release(open);
+            }
+        }
+    }
+}
+
+/// Drops a failed opening on a thread of its own.
+fn release(open: Arc<Open>) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name("lb-store-release".into())
+        .spawn(move || drop(open))
+        .map(|_| ())
+        .map_err(StoreError::Io)
+}
+
+/// One opening of the database.
+struct Open {
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
 }
 
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -51,14 +107,13 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
         .map(u64::from_be_bytes))
 }
 
-impl SledStore {
-    /// Opens (or creates) the store in `dir`, migrating a directory of the
-    /// first layout.
+impl Open {
+    /// Opens `dir`, migrating a directory of the first layout.
     ///
     /// If the directory's lock is held (another lb-server uses it, or a
-    /// previous one in this process is still letting go), retries for up to
-    /// two seconds before giving up with that error.
-    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+    /// previous opening in this process is still letting go), retries for up
+    /// to two seconds before giving up with that error.
+    fn at(dir: &Path) -> Result<Open, StoreError> {
         let mut tries = 0;
         let db = loop {
             // No background flusher: every acknowledged write is flushed
@@ -92,39 +147,132 @@ impl SledStore {
         // A migration interrupted after the layout was recorded leaves the
         // old trees behind; they are dropped only once the new ones are durable.
         migrate::drop_layout_1(&db)?;
-        let (events, _) = broadcast::channel(WATCH_BACKLOG);
-        Ok(SledStore {
-            inner: Arc::new(Inner {
-                db,
-                records,
-                meta,
-                commit: Mutex::new(()),
-                events,
-            }),
-        })
+        Ok(Open { db, records, meta })
     }
 
     fn revision(&self) -> Result<Revision, StoreError> {
-        Ok(read_u64(&self.inner.records, REVISION_KEY)?.unwrap_or(0))
+        Ok(read_u64(&self.records, REVISION_KEY)?.unwrap_or(0))
     }
 
     /// The revision that last wrote `key`, if it holds a record (0 for one
     /// that does not decode).
     fn revision_of(&self, key: &[u8]) -> Result<Option<Revision>, StoreError> {
         Ok(self
-            .inner
             .records
             .get(key)?
             .map(|v| record::revision(&v).unwrap_or(0)))
     }
 }
 
+impl SledStore {
+    /// Opens (or creates) the store in `dir` with [`DEFAULT_MIN_FREE`]; see
+    /// [`SledStore::open_with`].
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with(dir, DEFAULT_MIN_FREE)
+    }
+
+    /// Opens (or creates) the store in `dir`, migrating a directory of the
+    /// first layout (see [`Open::at`]); commits are refused while its disk
+    /// has less than `min_free` bytes free.
+    pub fn open_with(dir: &Path, min_free: u64) -> Result<SledStore, StoreError> {
+        let open = Open::at(dir)?;
+        let (events, _) = broadcast::channel(WATCH_BACKLOG);
+        Ok(SledStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                open: RwLock::new(Some(Arc::new(open))),
+                commit: Mutex::new(()),
+                events,
+                min_free,
+                failed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The database as now open.
+    fn db(&self) -> Result<Arc<Open>, StoreError> {
+        self.inner
+            .open
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+}
+
+/// The file next to sled's own that holds the last committed revision, as a
+/// decimal number: a store that comes back with an older revision lost
+/// commits (its files were truncated or replaced) and is refused at start.
+const COMMITTED_FILE: &str = "committed-revision";
+
+impl SledStore {
+    fn committed_path(&self) -> PathBuf {
+        self.inner.dir.join(COMMITTED_FILE)
+    }
+
+    /// Records `revision` as committed (write and rename: never a torn file).
+    fn mark_committed(&self, revision: Revision) -> Result<(), StoreError> {
+        let tmp = self.inner.dir.join(format!("{COMMITTED_FILE}.tmp"));
+        std::fs::write(&tmp, revision.to_string())?;
+        std::fs::rename(&tmp, self.committed_path())?;
+        Ok(())
+    }
+
+    /// The revision the marker says was committed, if there is a marker.
+    fn marked_revision(&self) -> Result<Option<Revision>, StoreError> {
+        match std::fs::read_to_string(self.committed_path()) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| StoreError::Damaged {
+                    dir: self.inner.dir.clone(),
+                    why: format!("{COMMITTED_FILE} holds {:?}, not a revision", bounded(text)),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Runs `op` on the database and flushes, on the blocking pool: sled's
+/// flush waits on the disk, and after an I/O error it can wait for good, so
+/// the caller's timeout must stay able to fire.
+async fn write_through(
+    open: &Arc<Open>,
+    op: impl FnOnce(&Open) -> Result<(), StoreError> + Send + 'static,
+) -> Result<(), StoreError> {
+    let open = Arc::clone(open);
+    tokio::task::spawn_blocking(move || {
+        op(&open)?;
+        open.db.flush()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+}
+
+fn bounded(s: String) -> String {
+    lb_core::model::bounded(s, 32)
+}
+
 impl Store for SledStore {
     fn load(&self) -> BoxFuture<'_, Result<Loaded, StoreError>> {
         Box::pin(async move {
-            let revision = self.revision()?;
+            let open = self.db()?;
+            let revision = open.revision()?;
+            if let Some(marked) = self.marked_revision()? {
+                if marked > revision {
+                    return Err(StoreError::Damaged {
+                        dir: self.inner.dir.clone(),
+                        why: format!(
+                            "it holds revision {revision}, but revision {marked} was committed ({COMMITTED_FILE}): its files lost commits"
+                        ),
+                    });
+                }
+            }
             let mut records = Vec::new();
-            for item in self.inner.records.iter() {
+            for item in open.records.iter() {
                 let (k, v) = item?;
                 if k.first() == Some(&META) {
                     continue;
@@ -144,9 +292,13 @@ impl Store for SledStore {
 
     fn next_generation(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let next = read_u64(&self.inner.meta, b"generation")?.unwrap_or(0) + 1;
-            self.inner.meta.insert("generation", &next.to_be_bytes())?;
-            self.inner.db.flush_async().await?;
+            let open = self.db()?;
+            let next = read_u64(&open.meta, b"generation")?.unwrap_or(0) + 1;
+            self.checked(write_through(&open, move |o| {
+                o.meta.insert("generation", &next.to_be_bytes())?;
+                Ok(())
+            }))
+            .await?;
             Ok(next)
         })
     }
@@ -154,12 +306,14 @@ impl Store for SledStore {
     fn commit(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Revision, StoreError>> {
         Box::pin(async move {
             let _one_at_a_time = self.inner.commit.lock().await;
-            let current = self.revision()?;
+            let open = self.db()?;
+            let current = open.revision()?;
             if writes.is_empty() {
                 return Ok(current);
             }
             let revision = current + 1;
             let mut batch = sled::Batch::default();
+            let mut bytes = 0;
             let mut events = Vec::with_capacity(writes.len());
             for w in writes {
                 let key = record::encode_key(&w.key);
@@ -170,7 +324,7 @@ impl Store for SledStore {
                 };
                 let found = match w.expect {
                     Expect::Any => None,
-                    _ => self.revision_of(&key)?,
+                    _ => open.revision_of(&key)?,
                 };
                 if !holds(found) {
                     return Err(StoreError::Conflict {
@@ -179,8 +333,13 @@ impl Store for SledStore {
                         found,
                     });
                 }
+                bytes += key.len();
                 match &w.value {
-                    Some(r) => batch.insert(key, record::encode(r, revision)),
+                    Some(r) => {
+                        let value = record::encode(r, revision);
+                        bytes += value.len();
+                        batch.insert(key, value);
+                    }
                     None => batch.remove(key),
                 }
                 events.push(Event {
@@ -190,8 +349,17 @@ impl Store for SledStore {
                 });
             }
             batch.insert(REVISION_KEY, &revision.to_be_bytes());
-            self.inner.records.apply_batch(batch)?;
-            self.inner.db.flush_async().await?;
+            self.check_space(bytes as u64)?;
+            self.checked(write_through(&open, move |o| {
+                o.records.apply_batch(batch)?;
+                Ok(())
+            }))
+            .await?;
+            // The commit is durable: a marker that cannot be written only
+            // weakens the damage check at the next start.
+            if let Err(e) = self.mark_committed(revision) {
+                tracing::warn!(error = %e, "could not record the committed revision");
+            }
             for e in events {
                 // No watcher is not an error.
                 let _ = self.inner.events.send(e);
@@ -204,13 +372,103 @@ impl Store for SledStore {
         // Subscribe before reading the revision: a commit in between is then
         // both newer than `current` and in the stream.
         let rx = self.inner.events.subscribe();
-        let current = self.revision()?;
+        let current = self.db()?.revision()?;
         if after != current {
             return Err(StoreError::Compacted { after, current });
         }
         Ok(Box::pin(BroadcastStream::new(rx).map(|r| {
             r.map_err(|BroadcastStreamRecvError::Lagged(n)| StoreError::Lagged(n))
         })))
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let _one_at_a_time = self.inner.commit.lock().await;
+            if self.inner.failed.load(Ordering::Acquire) {
+                self.reopen().await?;
+            }
+            // Prove a write goes through, if there is room for one.
+            self.check_space(0)?;
+            let open = self.db()?;
+            let revision = open.revision()?;
+            self.checked(write_through(&open, move |o| {
+                o.meta.insert("probe", &revision.to_be_bytes())?;
+                Ok(())
+            }))
+            .await
+        })
+    }
+}
+
+impl SledStore {
+    /// Refuses a commit of about `bytes` when it would leave the disk with
+    /// less than `min_free` bytes (an unknown amount of free space is not a
+    /// reason to refuse).
+    fn check_space(&self, bytes: u64) -> Result<(), StoreError> {
+        let floor = self.inner.min_free;
+        if floor == 0 {
+            return Ok(());
+        }
+        match fs2::available_space(&self.inner.dir) {
+            Ok(available) if available < floor.saturating_add(bytes) => Err(StoreError::NoSpace {
+                dir: self.inner.dir.clone(),
+                available,
+                floor,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot tell the free disk space");
+                Ok(())
+            }
+        }
+    }
+
+    /// `op`, remembering a failure: sled refuses every write after one, so
+    /// the next [`Store::recover`] reopens the directory. A write whose
+    /// caller gave up waiting (its future dropped) counts as failed too.
+    async fn checked(
+        &self,
+        op: impl std::future::Future<Output = Result<(), StoreError>>,
+    ) -> Result<(), StoreError> {
+        let was_failed = self.inner.failed.swap(true, Ordering::AcqRel);
+        let result = op.await;
+        if result.is_ok() && !was_failed {
+            self.inner.failed.store(false, Ordering::Release);
+        }
+        result
+    }
+
+    /// Lets the failed opening go and reads the directory again. What the
+    /// failed opening held unflushed was never acknowledged. Dropping a sled
+    /// database flushes it, which after an I/O error can wait for good: it
+    /// is dropped on a thread of its own, and if it keeps the directory's
+    /// lock, the store stays failed with what to do.
+    async fn reopen(&self) -> Result<(), StoreError> {
+        let old = self
+            .inner
+            .open
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            release(old)?;
+        }
+        let dir = self.inner.dir.clone();
+        let open = tokio::task::spawn_blocking(move || Open::at(&dir))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(|e| match e {
+                StoreError::Sled(ref s) if s.to_string().contains("could not acquire lock") => {
+                    StoreError::Stuck {
+                        dir: self.inner.dir.clone(),
+                    }
+                }
+                e => e,
+            })?;
+        *self.inner.open.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(open));
+        self.inner.failed.store(false, Ordering::Release);
+        tracing::info!(dir = %self.inner.dir.display(), "store reopened after a failure");
+        Ok(())
     }
 }
 
@@ -347,6 +605,48 @@ mod tests {
                 (3, Key::Instance(spec("a").key()), false),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_truncated_store_is_refused_not_restored_in_part() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for batch in 0..100 {
+                let writes = (0..8)
+                    .map(|i| Write::put(instance(&format!("i{batch}-{i}"))))
+                    .collect();
+                s.commit(writes).await.unwrap();
+            }
+            assert_eq!(s.load().await.unwrap().records.len(), 800);
+        }
+        // Cut the log in half and remove sled's snapshots, as a bad copy or
+        // a damaged disk would.
+        let db = dir.path().join("db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("snap."))
+            {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        let refused = match SledStore::open(dir.path()) {
+            Err(e) => e,
+            Ok(s) => match s.load().await {
+                Ok(l) => panic!("a damaged store restored {} records", l.records.len()),
+                Err(e) => e,
+            },
+        };
+        let msg = refused.to_string();
+        assert!(msg.contains("damaged") || msg.contains("corrupt"), "{msg}");
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub trait Command: Send + 'static {
     /// Checks the change against `st` and applies it at `now`, staging its
     /// store writes; a refusal must leave `st` as it was.
     fn apply(self, st: &mut State, now: Instant) -> Result<Self::Output, EngineError>;
+
+    /// Whether applying it would write to the store (while the store fails,
+    /// such commands are refused; the others, such as a lease renewal, run).
+    fn writes(&self, _st: &State, _now: Instant) -> bool {
+        true
+    }
 }
 
 /// A command on its way to the engine, with where its answer goes.
@@ -69,6 +75,10 @@ impl<C: Command> Dispatch for Envelope<C> {
         let Envelope { command, reply } = *self;
         let result = if st.frozen {
             Err(EngineError::ShuttingDown)
+        } else if let Some(cause) = st.fault.as_ref().filter(|_| command.writes(st, now)) {
+            Err(EngineError::Store(format!(
+                "the store is failing, changes are refused meanwhile: {cause}"
+            )))
         } else {
             command.apply(st, now)
         };

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use lb_core::model::InstanceSpec;
+use lb_core::registry::Attachment;
 use tokio::sync::mpsc;
 
 use super::Command;
@@ -43,6 +44,15 @@ fn report_interval(configured: Duration, ttl: Duration) -> Duration {
 impl Command for Attach {
     type Output = Attached;
 
+    fn writes(&self, st: &State, now: Instant) -> bool {
+        let ttl = self.ttl.unwrap_or(st.config.default_ttl);
+        let stream = Attachment::Stream { session: 0 };
+        !matches!(
+            st.registry.check_register(&self.spec, ttl, stream, now),
+            Ok(false)
+        )
+    }
+
     fn apply(self, st: &mut State, now: Instant) -> Result<Attached, EngineError> {
         let ttl = self.ttl.unwrap_or(st.config.default_ttl);
         let key = self.spec.key();
@@ -66,6 +76,15 @@ pub struct Lease {
 
 impl Command for Lease {
     type Output = Duration;
+
+    fn writes(&self, st: &State, now: Instant) -> bool {
+        let ttl = self.ttl.unwrap_or(st.config.default_ttl);
+        !matches!(
+            st.registry
+                .check_register(&self.spec, ttl, Attachment::Lease, now),
+            Ok(false)
+        )
+    }
 
     fn apply(self, st: &mut State, now: Instant) -> Result<Duration, EngineError> {
         let ttl = self.ttl.unwrap_or(st.config.default_ttl);
