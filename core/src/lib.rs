@@ -5,6 +5,7 @@
 //! the simulator (`lb-sim`) all build on it.
 //!
 //! # Layout
+//! - [`access`]: roles, service scopes and whether a grant covers a call.
 //! - [`model`]: domain types (instances, load reports, client stats) and the
 //!   limits every field off the network must obey ([`model::FieldError`]).
 //! - [`registry`]: the state machine of services, instances, liveness, load and
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod cluster;
 pub mod duration;
 pub mod health;

@@ -13,6 +13,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint as Target};
 use tonic::Status;
 
+use crate::credentials::{Authorize, Credentials};
 use crate::protocol::{Directive, Identity, Outgoing, Registration, StatsReport, Update};
 
 /// Where to dial `addr` ("host:port" or a full "http://host:port" URI), with
@@ -28,13 +29,27 @@ pub(crate) fn dial_target(addr: &str) -> Result<Target, tonic::transport::Error>
     Ok(Target::from_shared(uri)?.tcp_nodelay(true))
 }
 
-/// Connects to a daemon. HTTP/2 keep-alive makes a silently vanished daemon (a
-/// partition, not a crash) break the stream within seconds instead of never.
-pub(crate) async fn connect(
+/// Connects to a daemon, over TLS if `credentials` say so (a bare
+/// "host:port" is then dialled as https). HTTP/2 keep-alive makes a silently
+/// vanished daemon (a partition, not a crash) break the stream within
+/// seconds instead of never.
+pub async fn connect(
     addr: &str,
     connect_timeout: Duration,
+    credentials: &Credentials,
 ) -> Result<Channel, tonic::transport::Error> {
-    dial_target(addr)?
+    let target = match credentials.tls_config() {
+        Some(tls) => {
+            let uri = if addr.contains("://") {
+                addr.to_owned()
+            } else {
+                format!("https://{addr}")
+            };
+            dial_target(&uri)?.tls_config(tls)?
+        }
+        None => dial_target(addr)?,
+    };
+    target
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
@@ -46,6 +61,7 @@ pub(crate) async fn connect(
 /// [`StatsReport`] from `stats`; yields the daemon's updates.
 pub(crate) async fn subscribe(
     channel: Channel,
+    credentials: &Credentials,
     service: &str,
     client: Identity<'_>,
     stats: mpsc::Receiver<StatsReport>,
@@ -60,9 +76,10 @@ pub(crate) async fn subscribe(
         tokio_stream::once(first).chain(ReceiverStream::new(stats).map(|s| v1::SubscribeRequest {
             msg: Some(v1::subscribe_request::Msg::Stats(s.into())),
         }));
-    let response = v1::balancer_client::BalancerClient::new(channel)
-        .subscribe(requests)
-        .await?;
+    let response =
+        v1::balancer_client::BalancerClient::with_interceptor(channel, Authorize::new(credentials))
+            .subscribe(requests)
+            .await?;
     Ok(response.into_inner().map(|r| r.map(Update::from)))
 }
 
@@ -70,6 +87,7 @@ pub(crate) async fn subscribe(
 /// [`Outgoing`] message; yields the daemon's directives.
 pub(crate) async fn report_load(
     channel: Channel,
+    credentials: &Credentials,
     registration: &Registration,
     outgoing: mpsc::Receiver<Outgoing>,
 ) -> Result<impl Stream<Item = Result<Directive, Status>> + Unpin + Send + 'static, Status> {
@@ -85,8 +103,9 @@ pub(crate) async fn report_load(
             }),
         }
     }));
-    let response = v1::registry_client::RegistryClient::new(channel)
-        .report_load(requests)
-        .await?;
+    let response =
+        v1::registry_client::RegistryClient::with_interceptor(channel, Authorize::new(credentials))
+            .report_load(requests)
+            .await?;
     Ok(response.into_inner().map(|r| r.map(Directive::from)))
 }

@@ -27,11 +27,14 @@
 //! - [`cluster`]: the executors of `lb-core`'s cluster modes ([`Mode`]:
 //!   failover, failfast, failsafe, forking/hedging, broadcast, multicast),
 //!   run by [`cluster::call`] over a [`Picker`].
+//! - [`credentials`]: [`Credentials`] (a bearer token, TLS and a client
+//!   certificate) for daemons that require them.
 //! - `protocol`: what client and daemon say to each other, as plain types
 //!   ([`Registration`], [`LoadSample`], stats and updates).
 //! - `pb`: the gRPC edge: `protocol` and list types to and from the wire.
-//! - `daemon`: the connection to daemons: dialing, and the two streams
-//!   (with `pb`, the only module that touches `lb_proto` types).
+//! - [`daemon`]: the connection to daemons: dialing ([`daemon::connect`]),
+//!   and the two streams (with `pb`, the only module that touches `lb_proto`
+//!   types).
 //! - [`subscription`]: [`subscribe`], [`Subscription`] and the background task
 //!   (connect, stream lists, reconnect, send call stats).
 //! - [`channel`]: [`LbChannel`] (`Subscription::channel`), a `tower::Service`
@@ -50,7 +53,8 @@ pub mod call;
 pub mod channel;
 pub mod cluster;
 pub mod cpu;
-mod daemon;
+pub mod credentials;
+pub mod daemon;
 pub mod inflight;
 pub mod list;
 mod pb;
@@ -63,6 +67,7 @@ pub use budget::{BudgetConfig, RetryBudget};
 pub use channel::LbChannel;
 pub use cluster::{BroadcastReport, CallError, ClusterError, Picker};
 pub use cpu::CpuSampler;
+pub use credentials::Credentials;
 pub use inflight::{InFlight, InFlightGuard, InFlightLayer};
 pub use lb_core::cluster::{Broadcast, ClusterConfig, Collect, Failover, Mode};
 pub use lb_core::model::InstanceSpec;

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::cpu::CpuSampler;
+use crate::credentials::Credentials;
 use crate::daemon;
 use crate::inflight::{InFlight, InFlightLayer};
 use crate::protocol::{Directive, LoadSample, Outgoing, Registration};
@@ -51,6 +52,8 @@ pub struct ReporterOptions {
     pub connect_timeout: Duration,
     /// Replaces the default sampler (process CPU from /proc + the in-flight counter).
     pub sampler: Option<Sampler>,
+    /// A token and TLS settings, for daemons that require them.
+    pub credentials: Credentials,
 }
 
 impl std::fmt::Debug for ReporterOptions {
@@ -60,6 +63,7 @@ impl std::fmt::Debug for ReporterOptions {
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .field("sampler", &self.sampler.as_ref().map(|_| "custom"))
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -72,7 +76,14 @@ impl ReporterOptions {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(2),
             sampler: None,
+            credentials: Credentials::default(),
         }
+    }
+
+    /// The same options with `credentials`.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 }
 
@@ -322,7 +333,11 @@ impl Task {
             &self.registration.instance.service,
             &self.registration.instance.instance_id,
         );
-        let connect = daemon::connect(daemon, self.options.connect_timeout);
+        let connect = daemon::connect(
+            daemon,
+            self.options.connect_timeout,
+            &self.options.credentials,
+        );
         let channel = tokio::select! {
             _ = stopped(stop) => return End::Stopped,
             r = connect => match r {
@@ -340,7 +355,7 @@ impl Task {
         let (tx, rx) = mpsc::channel(4);
         let mut stream = tokio::select! {
             _ = stopped(stop) => return End::Stopped,
-            r = daemon::report_load(channel, &self.registration, rx) => match r {
+            r = daemon::report_load(channel, &self.options.credentials, &self.registration, rx) => match r {
                 Ok(s) => s,
                 Err(status) => {
                     warn!(%daemon, %service, instance = %id, code = ?status.code(), "registration refused: {}", status.message());

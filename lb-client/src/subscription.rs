@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::budget::{BudgetConfig, RetryBudget};
+use crate::credentials::Credentials;
 use crate::daemon;
 use crate::list::{self, Endpoint, NoPick, Outcome, PickList};
 use crate::protocol::{Identity, StatsReport};
@@ -87,6 +88,8 @@ pub struct ClientOptions {
     pub backoff: Backoff,
     /// Bound on establishing a connection to a daemon.
     pub connect_timeout: Duration,
+    /// A token and TLS settings, for daemons that require them.
+    pub credentials: Credentials,
 }
 
 impl ClientOptions {
@@ -96,6 +99,12 @@ impl ClientOptions {
             daemons: vec![daemon.into()],
             ..ClientOptions::default()
         }
+    }
+
+    /// The same options with `credentials`.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 }
 
@@ -109,6 +118,7 @@ impl Default for ClientOptions {
             fallback: Vec::new(),
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(2),
+            credentials: Credentials::default(),
         }
     }
 }
@@ -524,7 +534,11 @@ impl Task {
         stop: &mut watch::Receiver<bool>,
     ) -> (bool, bool) {
         let service = self.shared.service.clone();
-        let connect = daemon::connect(daemon, self.options.connect_timeout);
+        let connect = daemon::connect(
+            daemon,
+            self.options.connect_timeout,
+            &self.options.credentials,
+        );
         let connected = tokio::select! {
             _ = stopped(stop) => return (false, true),
             c = connect => c,
@@ -548,13 +562,15 @@ impl Task {
             zone: &self.options.zone,
             labels: &self.options.labels,
         };
-        let mut stream = match daemon::subscribe(channel, &service, client, rx).await {
-            Ok(s) => s,
-            Err(status) => {
-                warn!(%daemon, %service, %status, "daemon refused the subscription");
-                return (false, false);
-            }
-        };
+        let mut stream =
+            match daemon::subscribe(channel, &self.options.credentials, &service, client, rx).await
+            {
+                Ok(s) => s,
+                Err(status) => {
+                    warn!(%daemon, %service, %status, "daemon refused the subscription");
+                    return (false, false);
+                }
+            };
         self.shared.connected.store(true, Relaxed);
         self.shared.streams.fetch_add(1, Relaxed);
         info!(%daemon, %service, "subscribed to lb daemon");

@@ -6,6 +6,20 @@ use std::time::Duration;
 use lb_core::policy::{PolicyKind, DEFAULT_MAX_LIST_LEN};
 use lb_core::DEFAULT_REPORT_INTERVAL;
 
+/// Largest request message decoded, unless configured: requests are small
+/// (a registration with every label is about 20 KB; client stats at most a
+/// few hundred KB), so a quarter of gRPC's 4 MiB default.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+/// Concurrent streams per connection, unless configured (nginx's
+/// `http2_max_concurrent_streams` is 128; a client opens one stream per
+/// service it follows).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// How long a new stream may take to send its first message, unless
+/// configured (a client's first message goes out with the stream).
+pub const DEFAULT_FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent subscriptions of one client id, unless configured.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 256;
+
 /// Everything `run` needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -35,6 +49,36 @@ pub struct Config {
     pub allow_link_local: bool,
     /// Free disk space the store keeps (commits are refused below it).
     pub store_min_free: u64,
+    /// How callers authenticate.
+    pub auth: AuthConfig,
+    /// TLS on every listener (`None`: plaintext).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Accept-loop limits (connections, handshake deadline).
+    pub conn_limits: crate::listen::ConnLimits,
+    /// Largest request message decoded, in bytes.
+    pub max_message_size: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Concurrent subscriptions (lb.v1 and grpclb) of one client id.
+    pub max_subscriptions_per_client: usize,
+    /// Listen on a non-loopback address without TLS and authentication.
+    pub insecure: bool,
+}
+
+/// How callers authenticate (see [`crate::auth`]).
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Turn authentication on, generating the admin token in the data
+    /// directory if there is none (`--auth`).
+    pub required: bool,
+    /// The admin token's file (`--admin-token-file`): the file holds the
+    /// token itself.
+    pub admin_token_file: Option<PathBuf>,
+    /// Services whose lists grpclb serves without a token
+    /// (`--grpclb-anonymous`).
+    pub grpclb_anonymous: Vec<lb_core::access::Pattern>,
+    /// Per-token limits.
+    pub limits: crate::auth::TokenLimits,
 }
 
 impl Config {
@@ -49,10 +93,17 @@ impl Config {
             default_policy: PolicyKind::default(),
             max_list_len: DEFAULT_MAX_LIST_LEN,
             drain_timeout: Duration::from_secs(5),
-            first_message_timeout: Duration::from_secs(10),
+            first_message_timeout: DEFAULT_FIRST_MESSAGE_TIMEOUT,
             metrics_listen: None,
             allow_link_local: false,
             store_min_free: crate::store::sled::DEFAULT_MIN_FREE,
+            auth: AuthConfig::default(),
+            tls: None,
+            conn_limits: crate::listen::ConnLimits::default(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_subscriptions_per_client: DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT,
+            insecure: false,
         }
     }
 }

@@ -5,13 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use lb_proto::v1::{self as pb, admin_client::AdminClient};
 
+use lb_client::credentials::{Authorize, Credentials};
 use lb_core::cluster::{Collect, Kind, Mode};
 use lb_core::policy::config::params_help;
 
+use crate::auth::token;
 use crate::pb::v1::{cluster_mode, cluster_mode_pb};
 
 /// Prints one line of output. A closed stdout (`ctl services | head -1`)
@@ -39,6 +43,27 @@ pub struct CtlArgs {
     /// Address of the lb-server to talk to.
     #[arg(long, global = true, default_value = "127.0.0.1:7400")]
     pub server: String,
+    /// The daemon's data directory: on the daemon's machine, its generated
+    /// admin token (`admin.token`) is used when no other token is given.
+    #[arg(long, global = true, default_value = "lb-data")]
+    pub data_dir: PathBuf,
+    /// A file holding the bearer token to send (else `LB_TOKEN`, else the
+    /// data directory's admin token).
+    #[arg(long, global = true, env = "LB_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Dial the daemon over TLS, trusting this CA certificate (PEM).
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM) for a daemon that requires one (mTLS).
+    #[arg(long, global = true, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// The key of `--cert` (PEM).
+    #[arg(long, global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Check the daemon's certificate against this name instead of the
+    /// `--server` host.
+    #[arg(long, global = true, requires = "ca")]
+    pub tls_domain: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -47,6 +72,9 @@ pub struct CtlArgs {
 /// The `ctl` commands.
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
+    /// Create, list and revoke the tokens callers authenticate with.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// List services with their policy, instance count and list version.
     Services,
     /// Show a service: its policy with every parameter, and each instance's
@@ -197,6 +225,83 @@ pub enum CtlCommand {
     },
 }
 
+/// `ctl token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it (once: the daemon keeps only its digest).
+    ///
+    /// Example: `ctl token create --role backend --service 'shop-*' --name shop-deploy`
+    Create {
+        /// backend (register and report), client (subscribe, grpclb),
+        /// admin-read-only, or admin.
+        #[arg(long)]
+        role: String,
+        /// A service it covers, a name or a glob such as `shop-*`
+        /// (repeatable; backend and client roles need at least one).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// A unique name: what audit logs, `token list` and `token revoke`
+        /// call it.
+        #[arg(long)]
+        name: String,
+        /// Instead of a secret, grant the role to client certificates with
+        /// this identity (SPIFFE ID or subject; mTLS).
+        #[arg(long)]
+        identity: Option<String>,
+    },
+    /// List tokens: name, role, services, created, last used.
+    List,
+    /// Revoke a token: calls with it are refused and the streams it opened
+    /// end within a second.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
+/// The credentials `ctl` sends: the token from `--token-file`, `LB_TOKEN`,
+/// or the data directory's admin token (in that order), and TLS if `--ca`.
+fn credentials(args: &CtlArgs) -> Result<Credentials, String> {
+    let token = match (&args.token_file, std::env::var("LB_TOKEN")) {
+        (Some(file), _) => Some(token::read_file(file)?),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t),
+        _ => {
+            let local = token::admin_token_path(&args.data_dir);
+            local
+                .exists()
+                .then(|| token::read_file(&local))
+                .transpose()?
+        }
+    };
+    let mut c = Credentials::default().with_token(token.unwrap_or_default());
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    if let Some(ca) = &args.ca {
+        c = c.with_ca_pem(read(ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        c = c.with_identity_pem(read(cert)?, read(key)?);
+    }
+    if let Some(d) = &args.tls_domain {
+        c = c.with_domain_name(d.clone());
+    }
+    Ok(c)
+}
+
+/// What to print for a refused call: the code and message, and a hint for
+/// the refusals a missing flag explains.
+fn refusal(s: &tonic::Status, tls: bool) -> String {
+    let hint = match s.code() {
+        tonic::Code::Unauthenticated => {
+            "\nhint: pass --token-file FILE or set LB_TOKEN (on the daemon's machine, --data-dir DIR finds its admin token)"
+        }
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal if !tls => {
+            "\nhint: if the daemon serves TLS, pass --ca FILE"
+        }
+        _ => "",
+    };
+    format!("{:?}: {}{hint}", s.code(), s.message())
+}
+
 fn parse_param(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -205,17 +310,21 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
 
 /// Runs one ctl command; the error is what to print.
 pub async fn run(args: CtlArgs) -> Result<(), String> {
-    let uri = if args.server.contains("://") {
-        args.server.clone()
-    } else {
-        format!("http://{}", args.server)
-    };
-    let mut client = AdminClient::connect(uri)
+    let creds = credentials(&args)?;
+    let channel = lb_client::daemon::connect(&args.server, Duration::from_secs(5), &creds)
         .await
-        .map_err(|e| format!("cannot reach lb-server at {}: {e}", args.server))?;
-    let refused = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+        .map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            format!("cannot reach lb-server at {}: {e}{cause}", args.server)
+        })?;
+    let mut client = AdminClient::with_interceptor(channel, Authorize::new(&creds));
+    let tls = creds.uses_tls();
+    let refused = |s: tonic::Status| refusal(&s, tls);
     let drain = matches!(args.command, CtlCommand::Drain { .. });
     match args.command {
+        CtlCommand::Token(cmd) => token_command(&mut client, cmd).await.map_err(refused)?,
         CtlCommand::Services => {
             let r = client
                 .list_services(pb::ListServicesRequest {})
@@ -421,6 +530,99 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+async fn token_command<T>(
+    client: &mut AdminClient<T>,
+    cmd: TokenCommand,
+) -> Result<(), tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    match cmd {
+        TokenCommand::Create {
+            role,
+            services,
+            name,
+            identity,
+        } => {
+            let r = client
+                .create_token(pb::CreateTokenRequest {
+                    name,
+                    role,
+                    services,
+                    identity: identity.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if r.token.is_empty() {
+                if let Some(i) = &r.info {
+                    say!("bound certificate identity {:?} to {}", i.identity, i.name);
+                }
+            } else {
+                // Only the token on stdout, so that `> file` captures it.
+                say!("{}", r.token);
+                eprintln!("(shown once: the daemon keeps only its digest)");
+            }
+        }
+        TokenCommand::List => {
+            let r = client
+                .list_tokens(pb::ListTokensRequest {})
+                .await?
+                .into_inner();
+            say!(
+                "{:<24} {:<16} {:<28} {:<20} {:<20} {}",
+                "NAME",
+                "ROLE",
+                "SERVICES",
+                "CREATED",
+                "LAST USED",
+                "IDENTITY"
+            );
+            for t in r.tokens {
+                say!(
+                    "{:<24} {:<16} {:<28} {:<20} {:<20} {}",
+                    t.name,
+                    t.role,
+                    if t.services.is_empty() {
+                        "-".into()
+                    } else {
+                        t.services.join(",")
+                    },
+                    show_time(t.created_unix_ms),
+                    show_time(t.last_used_unix_ms),
+                    if t.identity.is_empty() {
+                        "-"
+                    } else {
+                        &t.identity
+                    },
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            let r = client
+                .revoke_token(pb::RevokeTokenRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            if r.existed {
+                say!("revoked {name}");
+            } else {
+                say!("no token named {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch as UTC time ("-" for 0: never).
+fn show_time(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "-".into();
+    }
+    lb_core::duration::utc(Duration::from_millis(unix_ms))
 }
 
 fn show_labels(m: &std::collections::HashMap<String, String>) -> String {

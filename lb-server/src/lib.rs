@@ -17,6 +17,10 @@
 //!   and the snapshot readers use.
 //! - [`store`]: the [`store::Store`] trait (revisions, compare-and-set,
 //!   ordered watches), its storage format and the sled implementation.
+//! - [`auth`]: who is calling (bearer tokens, client certificates) and
+//!   whether they may; the tower layer in front of every service.
+//! - [`listen`]: the accept loop: connection limit, handshake deadline, TLS.
+//! - [`tls`]: rustls configuration, reloaded when its files change.
 //! - [`metrics`]: Prometheus text metrics (`--metrics-listen`), from the snapshot.
 //! - [`ctl`]: `lb-server ctl …`, the operator CLI over `Admin`.
 //! - [`config`]: the daemon's settings.
@@ -24,13 +28,16 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod ctl;
 pub mod engine;
+pub mod listen;
 pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{run, ServerError};

@@ -6,12 +6,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lb_core::duration::parse as parse_duration;
+use lb_core::access::Pattern;
+use lb_core::duration::{parse as parse_duration, Span};
 use lb_core::policy::PolicyKind;
 use lb_core::size::Bytes;
-use lb_server::config::Config;
+use lb_server::auth::{
+    TokenLimits, DEFAULT_ADMIN_WRITE_RATE, DEFAULT_CONNECTIONS_PER_TOKEN, DEFAULT_STREAMS_PER_TOKEN,
+};
+use lb_server::config::{
+    AuthConfig, Config, DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT,
+};
 use lb_server::ctl::CtlArgs;
+use lb_server::listen::{ConnLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 use lb_server::store::sled::DEFAULT_MIN_FREE;
+use lb_server::tls::TlsFiles;
 
 fn parse_policy(s: &str) -> Result<PolicyKind, String> {
     PolicyKind::parse(s).ok_or_else(|| format!("unknown policy {s:?}"))
@@ -80,6 +89,66 @@ struct Args {
     /// 0 turns the check off).
     #[arg(long, default_value_t = Bytes(DEFAULT_MIN_FREE))]
     store_min_free: Bytes,
+
+    /// Require a token (or a bound client certificate) on every call; the
+    /// admin token is generated into the data directory (admin.token, mode
+    /// 0600) at the first start. On by itself when that file exists or with
+    /// --admin-token-file.
+    #[arg(long, help_heading = "Security")]
+    auth: bool,
+    /// File holding the admin token itself (turns authentication on).
+    #[arg(long, help_heading = "Security")]
+    admin_token_file: Option<PathBuf>,
+    /// Services (names or globs, comma-separated) whose lists grpclb serves
+    /// without a token.
+    #[arg(long, value_delimiter = ',', value_parser = parse_pattern, help_heading = "Security")]
+    grpclb_anonymous: Vec<Pattern>,
+    /// PEM certificate chain: serve TLS on every listener (with --tls-key).
+    #[arg(long, requires = "tls_key", help_heading = "Security")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", help_heading = "Security")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: client certificates signed by them are required
+    /// (mTLS).
+    #[arg(long, requires = "tls_cert", help_heading = "Security")]
+    tls_client_ca: Option<PathBuf>,
+    /// Listen beyond loopback without TLS and authentication anyway.
+    #[arg(long, help_heading = "Security")]
+    insecure: bool,
+
+    /// Connections open at once; more are closed at accept.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, help_heading = "Limits")]
+    max_connections: usize,
+    /// Time a connection has for its TLS handshake and HTTP/2 preface.
+    #[arg(long, default_value_t = Span(DEFAULT_HANDSHAKE_TIMEOUT), help_heading = "Limits")]
+    handshake_timeout: Span,
+    /// Time a new stream has to send its first message (registration,
+    /// subscription); then it is closed.
+    #[arg(long, default_value_t = Span(DEFAULT_FIRST_MESSAGE_TIMEOUT), help_heading = "Limits")]
+    first_message_timeout: Span,
+    /// Largest request message decoded.
+    #[arg(long, default_value_t = Bytes(DEFAULT_MAX_MESSAGE_SIZE as u64), help_heading = "Limits")]
+    max_message_size: Bytes,
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS, help_heading = "Limits")]
+    max_concurrent_streams: u32,
+    /// Connections one token may use at once.
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS_PER_TOKEN, help_heading = "Limits")]
+    max_connections_per_token: usize,
+    /// Calls (streams included) one token may have open at once.
+    #[arg(long, default_value_t = DEFAULT_STREAMS_PER_TOKEN, help_heading = "Limits")]
+    max_streams_per_token: usize,
+    /// Admin changes per second per token (and the burst).
+    #[arg(long, default_value_t = DEFAULT_ADMIN_WRITE_RATE, help_heading = "Limits")]
+    admin_write_rate: f64,
+    /// Subscriptions one client id may have open at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT, help_heading = "Limits")]
+    max_subscriptions_per_client: usize,
+}
+
+fn parse_pattern(s: &str) -> Result<Pattern, String> {
+    Pattern::parse(s, "--grpclb-anonymous").map_err(|e| e.to_string())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,8 +197,45 @@ async fn daemon_or_ctl() -> anyhow::Result<()> {
     config.metrics_listen = args.metrics_listen;
     config.allow_link_local = args.allow_link_local;
     config.store_min_free = args.store_min_free.0;
+    config.auth = AuthConfig {
+        required: args.auth,
+        admin_token_file: args.admin_token_file,
+        grpclb_anonymous: args.grpclb_anonymous,
+        limits: TokenLimits {
+            connections: args.max_connections_per_token,
+            streams: args.max_streams_per_token,
+            admin_writes_per_sec: args.admin_write_rate,
+        },
+    };
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }),
+        _ => None,
+    };
+    config.insecure = args.insecure;
+    config.conn_limits = ConnLimits {
+        max_connections: args.max_connections,
+        handshake_timeout: args.handshake_timeout.0,
+    };
+    config.first_message_timeout = args.first_message_timeout.0;
+    config.max_message_size = usize::try_from(args.max_message_size.0).unwrap_or(usize::MAX);
+    config.max_concurrent_streams = args.max_concurrent_streams;
+    config.max_subscriptions_per_client = args.max_subscriptions_per_client;
+    if !(args.admin_write_rate > 0.0 && args.admin_write_rate.is_finite()) {
+        anyhow::bail!("--admin-write-rate must be a positive number");
+    }
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let targets: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&args.listen)
+        .await
+        .with_context(|| format!("cannot resolve --listen {}", args.listen))?
+        .collect();
+    for target in targets.iter().copied().chain(config.metrics_listen) {
+        lb_server::server::check_listen(target, &config)?;
+    }
+    let listener = tokio::net::TcpListener::bind(&targets[..])
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;

@@ -10,14 +10,18 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use lb_core::access::Need;
 use lb_core::inspect::{InstanceView, ServiceView};
 
+use crate::auth::Auth;
 use crate::engine::EngineHandle;
+use crate::tls::Tls;
 
 /// Longest request head read before answering.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -188,10 +192,24 @@ pub fn render(views: &[ServiceView]) -> String {
     out
 }
 
+/// Who may scrape, and over what.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// TLS for the listener (the daemon's certificates).
+    pub tls: Option<Arc<Tls>>,
+    /// With authentication on, a scrape needs an admin (read-only suffices)
+    /// bearer token.
+    pub auth: Arc<Auth>,
+}
+
 /// Serves `GET /metrics` on `listener` until `stop` resolves; `body` renders
 /// the page for each scrape.
-pub async fn serve<B>(listener: TcpListener, body: B, stop: impl Future<Output = ()>)
-where
+pub async fn serve<B>(
+    listener: TcpListener,
+    access: Access,
+    body: B,
+    stop: impl Future<Output = ()>,
+) where
     B: Fn() -> String + Clone + Send + 'static,
 {
     tokio::pin!(stop);
@@ -200,48 +218,84 @@ where
             c = listener.accept() => c,
             _ = &mut stop => return,
         };
-        let Ok((mut sock, _)) = conn else { continue };
-        let body = body.clone();
+        let Ok((sock, _)) = conn else { continue };
+        let (body, access) = (body.clone(), access.clone());
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(512);
-            let mut chunk = [0u8; 1024];
-            // Read the request head (up to the blank line), bounded in size and time.
-            let head = tokio::time::timeout(READ_TIMEOUT, async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            match &access.tls {
+                None => respond(sock, &access.auth, body).await,
+                Some(tls) => {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(READ_TIMEOUT, tls.acceptor().accept(sock)).await
+                    {
+                        respond(s, &access.auth, body).await;
                     }
                 }
-                true
-            })
-            .await;
-            if !matches!(head, Ok(true)) {
-                return;
             }
-            let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
-            let (status, ctype, text) =
-                if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
-                    ("200 OK", "text/plain; version=0.0.4", body())
-                } else {
-                    (
-                        "404 Not Found",
-                        "text/plain",
-                        "only GET /metrics is served here\n".to_string(),
-                    )
-                };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                text.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
         });
     }
 }
 
-/// The metrics page of `engine`, from its latest snapshot.
-pub fn page(engine: &EngineHandle) -> String {
+/// Reads one request head from `sock` and answers it.
+async fn respond<S, B>(mut sock: S, auth: &Arc<Auth>, body: B)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Fn() -> String,
+{
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    // Read the request head (up to the blank line), bounded in size and time.
+    let head = tokio::time::timeout(READ_TIMEOUT, async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(head, Ok(true)) {
+        return;
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or_default();
+    let bearer = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, v)| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let allowed = auth
+        .authenticate(bearer.as_deref(), None)
+        .and_then(|c| c.allow(&Need::AdminRead));
+    let (status, ctype, text) = if !(line.starts_with("GET /metrics ") || line == "GET /metrics") {
+        (
+            "404 Not Found",
+            "text/plain",
+            "only GET /metrics is served here\n".to_string(),
+        )
+    } else if let Err(e) = allowed {
+        let status = if e.code() == tonic::Code::PermissionDenied {
+            "403 Forbidden"
+        } else {
+            "401 Unauthorized\r\nWWW-Authenticate: Bearer"
+        };
+        (status, "text/plain", format!("{}\n", e.message()))
+    } else {
+        ("200 OK", "text/plain; version=0.0.4", body())
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+/// The metrics page of `engine`, from its latest snapshot, with the
+/// authentication and limit counters of `auth`.
+pub fn page(engine: &EngineHandle, auth: &Auth, insecure: bool) -> String {
     let hub = engine.hub();
     let mut page = render(&engine.views(None));
     page.push_str(&render_ingest(
@@ -252,7 +306,41 @@ pub fn page(engine: &EngineHandle) -> String {
         hub.store.fault().is_some(),
         hub.store.failures.load(Ordering::Relaxed),
     ));
+    page.push_str(&render_security(auth, insecure));
     page
+}
+
+/// Refused calls and connections, and whether the daemon runs exposed.
+fn render_security(auth: &Auth, insecure: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP lb_auth_enabled 1 when every call must authenticate.\n# TYPE lb_auth_enabled gauge\nlb_auth_enabled {}",
+        u8::from(auth.is_enabled())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_insecure 1 when started with --insecure: listening beyond loopback without TLS or authentication.\n# TYPE lb_insecure gauge\nlb_insecure {}",
+        u8::from(insecure)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_auth_denied_total Calls refused by authentication or authorization.\n# TYPE lb_auth_denied_total counter"
+    );
+    for ((role, reason), n) in auth.denied_counts() {
+        let _ = writeln!(
+            out,
+            "lb_auth_denied_total{{role=\"{role}\",reason=\"{reason}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lb_limit_refused_total Calls and connections refused or closed by a limit.\n# TYPE lb_limit_refused_total counter"
+    );
+    for (limit, n) in auth.limited_counts() {
+        let _ = writeln!(out, "lb_limit_refused_total{{limit=\"{limit}\"}} {n}");
+    }
+    out
 }
 
 /// The store's health: degraded while commits fail.
@@ -391,9 +479,17 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, || "lb_x 1\n".to_string(), async {
-            stop_rx.await.ok();
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            Access {
+                tls: None,
+                auth: Arc::new(Auth::open(Default::default())),
+            },
+            || "lb_x 1\n".to_string(),
+            async {
+                stop_rx.await.ok();
+            },
+        ));
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())

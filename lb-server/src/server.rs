@@ -6,6 +6,7 @@
 //! `drain_timeout`, and one second more for the engine.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +16,14 @@ use lb_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{AdminApi, BalancerApi, GrpclbApi, RegistryApi};
+use crate::auth::layer::AuthLayer;
+use crate::auth::{token, Auth};
 use crate::config::Config;
 use crate::engine;
 use crate::store::{SledStore, StoreError};
+use crate::tls::Tls;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,13 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The daemon would listen beyond loopback without TLS and
+    /// authentication, or its TLS or token files are unusable.
+    #[error("{0}")]
+    Unsafe(String),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
     /// `--metrics-listen` could not be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     Metrics {
@@ -51,6 +61,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    let auth = Arc::new(authentication(&config).map_err(ServerError::Unsafe)?);
+    check_exposure(addr, &config, auth.is_enabled())?;
+    if let Some(m) = config.metrics_listen {
+        check_exposure(m, &config, auth.is_enabled())?;
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(files.clone()).map_err(ServerError::Unsafe)?),
+        None => None,
+    };
     let metrics = match config.metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -60,17 +80,29 @@ pub async fn run(
         None => None,
     };
     let store = SledStore::open_with(&config.data_dir, config.store_min_free)?;
-    let (engine, engine_task) = engine::start(Arc::new(store), config.clone()).await?;
+    let (engine, engine_task) =
+        engine::start(Arc::new(store), config.clone(), Arc::clone(&auth)).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(tls) = &tls {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(Arc::clone(tls).watch(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     if let Some(listener) = metrics {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
         }
-        let e = engine.clone();
+        let (e, a, insecure) = (engine.clone(), Arc::clone(&auth), config.insecure);
         let mut stop = stop_rx.clone();
+        let access = crate::metrics::Access {
+            tls: tls.clone(),
+            auth: Arc::clone(&auth),
+        };
         tokio::spawn(crate::metrics::serve(
             listener,
-            move || crate::metrics::page(&e),
+            access,
+            move || crate::metrics::page(&e, &a, insecure),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
@@ -93,9 +125,15 @@ pub async fn run(
         config.clone(),
         stop_rx.clone(),
     ));
-    let admin = AdminServer::new(AdminApi::new(engine.clone(), config.clone()));
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let admin = AdminServer::new(AdminApi::new(
+        engine.clone(),
+        config.clone(),
+        Arc::clone(&auth),
+    ));
+    let max = config.max_message_size;
+    let incoming = crate::listen::incoming(listener, tls, config.conn_limits, Arc::clone(&auth));
     let serve = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
         // A peer that vanishes without closing its connection (power loss,
         // partition) is found by HTTP/2 pings rather than only by TTL.
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
@@ -105,10 +143,11 @@ pub async fn run(
         // the daemon buffer millions (our messages are tens of bytes).
         .initial_stream_window_size(Some(64 * 1024))
         .initial_connection_window_size(Some(1024 * 1024))
-        .add_service(registry)
-        .add_service(balancer)
-        .add_service(grpclb)
-        .add_service(admin)
+        .layer(AuthLayer::new(Arc::clone(&auth)))
+        .add_service(registry.max_decoding_message_size(max))
+        .add_service(balancer.max_decoding_message_size(max))
+        .add_service(grpclb.max_decoding_message_size(max))
+        .add_service(admin.max_decoding_message_size(max))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = close_rx.await;
         });
@@ -187,4 +226,72 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The daemon's authentication, from its settings: on with
+/// `--admin-token-file`, with `--auth`, or when the data directory holds a
+/// generated admin token from an earlier `--auth` start; off otherwise.
+fn authentication(config: &Config) -> Result<Auth, String> {
+    let a = &config.auth;
+    let generated = token::admin_token_path(&config.data_dir);
+    let admin = if let Some(file) = &a.admin_token_file {
+        tracing::info!(file = %file.display(), "authentication on; the admin token is the one in --admin-token-file");
+        Some(token::read_file(file)?)
+    } else if a.required || generated.exists() {
+        let (text, made) = token::admin_token(&config.data_dir)?;
+        if made {
+            tracing::info!(file = %generated.display(), "authentication on; generated the admin token (mode 0600): `lb-server ctl` on this machine reads it from there");
+        } else {
+            tracing::info!(file = %generated.display(), "authentication on; the admin token is in the data directory");
+        }
+        Some(text)
+    } else {
+        tracing::info!(
+            "authentication off: every caller is an admin (loopback only; --auth requires tokens)"
+        );
+        None
+    };
+    Ok(match admin {
+        Some(text) => Auth::enabled(Some(&text), a.grpclb_anonymous.clone(), a.limits),
+        None => Auth::open(a.limits),
+    })
+}
+
+/// Whether `config` turns authentication on (what [`authentication`] will
+/// decide, without making the admin token).
+fn auth_configured(config: &Config) -> bool {
+    let a = &config.auth;
+    a.required || a.admin_token_file.is_some() || token::admin_token_path(&config.data_dir).exists()
+}
+
+/// [`run`]'s refusal to serve beyond loopback without TLS and
+/// authentication, for `main` to apply before it binds `addr` (so a refused
+/// start never listens there, not even for a moment).
+pub fn check_listen(addr: SocketAddr, config: &Config) -> Result<(), ServerError> {
+    if config.insecure {
+        return Ok(()); // `run` warns.
+    }
+    check_exposure(addr, config, auth_configured(config))
+}
+
+/// Refuses to serve `addr` beyond loopback without TLS and authentication,
+/// unless `--insecure` (then it warns).
+fn check_exposure(addr: SocketAddr, config: &Config, auth: bool) -> Result<(), ServerError> {
+    if addr.ip().is_loopback() || (config.tls.is_some() && auth) {
+        return Ok(());
+    }
+    let missing = match (config.tls.is_some(), auth) {
+        (false, false) => "TLS and authentication",
+        (false, true) => "TLS",
+        _ => "authentication",
+    };
+    if config.insecure {
+        tracing::warn!(%addr, "--insecure: serving {addr} without {missing}; anyone who can reach it can read and change everything");
+        return Ok(());
+    }
+    Err(ServerError::Unsafe(format!(
+        "refusing to serve {addr} without {missing}: beyond loopback anyone could drain or redirect every service. \
+         Give --tls-cert and --tls-key, and --auth (or --admin-token-file); or listen on 127.0.0.1; \
+         or pass --insecure to accept the risk"
+    )))
 }

@@ -256,6 +256,35 @@ pub fn ctl(daemon: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `GET /metrics` from the address the daemon logged (`--metrics-listen`),
+/// with `bearer` as its token if given; the whole response, head included.
+pub fn scrape(d: &Daemon, bearer: Option<&str>) -> Result<String> {
+    use std::io::{Read, Write};
+    let log = d.proc.log();
+    let addr = log
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| anyhow!("the metrics address is not logged"))?;
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: lb\r\n{auth}\r\n")?;
+    let mut page = String::new();
+    conn.read_to_string(&mut page)?;
+    Ok(page)
+}
+
+/// The value of the first sample line of `page` that starts with `name`
+/// (labels included in `name` if given).
+pub fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// How long e2e tests wait for a condition.
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -8,6 +8,8 @@
 //!   (these and the benchmark tools).
 //! - [`harness`]: start, kill (-9), terminate (SIGTERM) and restart real processes;
 //!   each prints `... listening on ADDR` on stdout, which the harness waits for.
+//! - [`pki`]: a throwaway CA and certificates (server, SPIFFE client) for
+//!   the TLS tests.
 //! - binaries (`src/bin/`):
 //!   - `echo-backend`: an Echo server that registers with lb and reports its load;
 //!   - `echo-client`: calls Echo through lb-client and prints each backend's share.
@@ -30,3 +32,4 @@ pub mod echo {
 
 pub mod cli;
 pub mod harness;
+pub mod pki;

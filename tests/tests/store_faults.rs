@@ -10,13 +10,12 @@
 //! where mounting is not possible they say so and skip.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lb_proto::v1::{self as pb, admin_client::AdminClient};
-use lb_tests::harness::{wait_until, Daemon, WAIT};
+use lb_tests::harness::{sample, wait_until, Daemon, WAIT};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -107,28 +106,8 @@ async fn logged(d: &Daemon, needle: &str) -> bool {
     wait_until(WAIT, || d.proc.log().contains(needle)).await
 }
 
-/// `GET /metrics` from the address the daemon logged.
 fn scrape(d: &Daemon) -> String {
-    let log = d.proc.log();
-    let addr = log
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("the metrics address is logged");
-    let mut conn = std::net::TcpStream::connect(addr).expect("metrics listener");
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: lb\r\n\r\n")
-        .expect("request");
-    let mut page = String::new();
-    conn.read_to_string(&mut page).expect("response");
-    page
-}
-
-/// The value of the sample line that starts with `name` (with labels).
-fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    lb_tests::harness::scrape(d, None).expect("scrape /metrics")
 }
 
 /// While degraded: changes are refused with the cause, what was

@@ -5,7 +5,15 @@
 //! weights beyond the maximum → `invalid_argument` naming the field), made
 //! durable by the engine before the answer, and pushed to subscribers at once.
 //! Reads come from the engine's snapshot, which shows every answered change.
+//!
+//! Every change that succeeds is logged as an audit event (target `audit`):
+//! who (the token's name, or `anonymous` without authentication), what, on
+//! which service or instance, and the state before → after. Token management
+//! (`CreateToken`, `ListTokens`, `RevokeToken`) lives here too.
 
+use std::sync::Arc;
+
+use lb_core::access::{check_name, Grant, Pattern, Role};
 use lb_core::inspect::ServiceView;
 use lb_core::model::{check_id, check_service, check_weight, FieldError, InstanceKey};
 use lb_core::policy::ServicePolicy;
@@ -13,9 +21,11 @@ use lb_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{check_target, engine_status};
+use crate::auth::{self, token, Auth, TokenRecord};
 use crate::config::Config;
 use crate::engine::cmd::{
-    PutStatic, RemoveStatic, RoutingChange, SetOverride, SetPolicy, SetRouting,
+    CreateToken, PutStatic, RemoveStatic, RevokeToken, RoutingChange, SetOverride, SetPolicy,
+    SetRouting,
 };
 use crate::engine::EngineHandle;
 use crate::pb::invalid;
@@ -26,12 +36,84 @@ use crate::pb::v1::{cluster_config, instance, instance_status, rule, service_sta
 pub struct AdminApi {
     engine: EngineHandle,
     config: Config,
+    auth: Arc<Auth>,
 }
 
+/// Logs an admin change that succeeded: who, what, before → after.
+fn audit(who: &str, action: &str, target: &str, before: &str, after: &str) {
+    let cut = |s: &str| lb_core::model::bounded(s.to_string(), 1024);
+    tracing::info!(target: "audit", who, action, target, before = %cut(before), after = %cut(after), "admin change");
+}
+
+/// Who is calling, for audit lines.
+fn who<T>(request: &Request<T>) -> String {
+    auth::caller(request).map_or_else(|| "internal".to_string(), |c| c.who().to_string())
+}
+
+/// A token as `token list` shows it.
+fn token_info(t: &TokenRecord, last_used_ms: u64) -> pb::TokenInfo {
+    pb::TokenInfo {
+        name: t.name.clone(),
+        role: t.grant.role.name().to_string(),
+        services: t.grant.services.iter().map(|p| p.to_string()).collect(),
+        identity: t.identity.clone().unwrap_or_default(),
+        created_unix_ms: t.created_ms,
+        last_used_unix_ms: last_used_ms,
+    }
+}
+
+/// Longest certificate identity a binding may name.
+const MAX_IDENTITY_LEN: usize = 512;
+
 impl AdminApi {
-    /// An admin service over `engine`.
-    pub fn new(engine: EngineHandle, config: Config) -> Self {
-        AdminApi { engine, config }
+    /// An admin service over `engine`; tokens are listed from `auth`.
+    pub fn new(engine: EngineHandle, config: Config, auth: Arc<Auth>) -> Self {
+        AdminApi {
+            engine,
+            config,
+            auth,
+        }
+    }
+
+    /// What an instance is now, for audit lines.
+    fn instance_text(&self, key: &InstanceKey) -> String {
+        self.engine
+            .views(Some(&key.service))
+            .into_iter()
+            .flat_map(|v| v.instances)
+            .find(|i| i.spec.instance_id == key.instance_id)
+            .map_or_else(
+                || "absent".to_string(),
+                |i| {
+                    format!(
+                        "address={} weight={} override_weight={:?} drained={}",
+                        i.spec.address, i.spec.weight, i.over.weight, i.over.drained
+                    )
+                },
+            )
+    }
+
+    /// What a service's settings are now, for audit lines.
+    fn settings_text(&self, service: &str) -> String {
+        self.engine
+            .views(Some(service))
+            .into_iter()
+            .next()
+            .map_or_else(
+                || "absent".to_string(),
+                |v| {
+                    format!(
+                        "policy={} {:?} rules={:?} cluster={:?}",
+                        v.policy.kind.name(),
+                        v.policy.params(),
+                        v.rules
+                            .iter()
+                            .map(|(r, _)| r.name.clone())
+                            .collect::<Vec<_>>(),
+                        v.cluster
+                    )
+                },
+            )
     }
 
     fn view(&self, service: &str) -> Result<ServiceView, Status> {
@@ -51,16 +133,25 @@ impl AdminApi {
     /// Applies an override and answers with the instance as it now stands.
     async fn set_override(
         &self,
+        who: &str,
         key: InstanceKey,
         weight: Option<Option<u32>>,
         drained: Option<bool>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let before = self.instance_text(&key);
         let command = SetOverride {
             key: key.clone(),
             weight,
             drained,
         };
         self.engine.run(command).await.map_err(engine_status)?;
+        let action = if drained.is_some() {
+            "set-drain"
+        } else {
+            "set-weight"
+        };
+        let target = format!("{}/{}", key.service, key.instance_id);
+        audit(who, action, &target, &before, &self.instance_text(&key));
         Ok(Response::new(instance_of(self.view(&key.service)?, &key)?))
     }
 }
@@ -115,6 +206,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let who = who(&request);
         let r = request.into_inner();
         check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
         let p = r
@@ -123,11 +215,19 @@ impl pb::admin_server::Admin for AdminApi {
         let params = p.params.into_iter().collect();
         let policy = ServicePolicy::parse(&p.name, &params, self.engine.default_policy())
             .map_err(|e| invalid(e.within("policy")))?;
+        let before = self.settings_text(&r.service);
         let command = SetPolicy {
             service: r.service.clone(),
             policy,
         };
         self.engine.run(command).await.map_err(engine_status)?;
+        audit(
+            &who,
+            "set-policy",
+            &r.service,
+            &before,
+            &self.settings_text(&r.service),
+        );
         Ok(Response::new(service_status(&self.view(&r.service)?)))
     }
 
@@ -135,6 +235,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::SetWeightRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let who = who(&request);
         let r = request.into_inner();
         let key = key(r.service, r.instance_id)?;
         let weight = match r.weight {
@@ -144,22 +245,24 @@ impl pb::admin_server::Admin for AdminApi {
                 Some(w)
             }
         };
-        self.set_override(key, Some(weight), None).await
+        self.set_override(&who, key, Some(weight), None).await
     }
 
     async fn set_drain(
         &self,
         request: Request<pb::SetDrainRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let who = who(&request);
         let r = request.into_inner();
         let key = key(r.service, r.instance_id)?;
-        self.set_override(key, None, Some(r.drain)).await
+        self.set_override(&who, key, None, Some(r.drain)).await
     }
 
     async fn put_rule(
         &self,
         request: Request<pb::PutRuleRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let who = who(&request);
         let r = request.into_inner();
         check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
         let rule = rule(r.rule, "rule").map_err(invalid)?;
@@ -172,27 +275,39 @@ impl pb::admin_server::Admin for AdminApi {
             }
             p => p.map(|p| p as usize),
         };
-        self.routing(r.service, RoutingChange::PutRule { rule, position })
-            .await
+        self.routing(
+            &who,
+            "put-rule",
+            r.service,
+            RoutingChange::PutRule { rule, position },
+        )
+        .await
     }
 
     async fn delete_rule(
         &self,
         request: Request<pb::DeleteRuleRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let who = who(&request);
         let r = request.into_inner();
         check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
         if r.name.is_empty() {
             return Err(invalid(FieldError::new("name", "must not be empty")));
         }
-        self.routing(r.service, RoutingChange::DeleteRule(r.name))
-            .await
+        self.routing(
+            &who,
+            "delete-rule",
+            r.service,
+            RoutingChange::DeleteRule(r.name),
+        )
+        .await
     }
 
     async fn set_cluster(
         &self,
         request: Request<pb::SetClusterRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let who = who(&request);
         let r = request.into_inner();
         check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
         // Multicast routes are checked against the service's rules by the
@@ -206,21 +321,36 @@ impl pb::admin_server::Admin for AdminApi {
             .collect();
         let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
         let cluster = cluster_config(r.cluster, &routes, "cluster").map_err(invalid)?;
-        self.routing(r.service, RoutingChange::Cluster(cluster))
-            .await
+        self.routing(
+            &who,
+            "set-cluster",
+            r.service,
+            RoutingChange::Cluster(cluster),
+        )
+        .await
     }
 
     async fn put_static(
         &self,
         request: Request<pb::PutStaticRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let who = who(&request);
         let spec = instance(request.into_inner().instance, "instance").map_err(invalid)?;
         check_target(&spec, &self.config, "instance")?;
         let key = spec.key();
+        let before = self.instance_text(&key);
         self.engine
             .run(PutStatic(spec))
             .await
             .map_err(engine_status)?;
+        let target = format!("{}/{}", key.service, key.instance_id);
+        audit(
+            &who,
+            "put-static",
+            &target,
+            &before,
+            &self.instance_text(&key),
+        );
         Ok(Response::new(instance_of(self.view(&key.service)?, &key)?))
     }
 
@@ -228,28 +358,136 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::RemoveStaticRequest>,
     ) -> Result<Response<pb::RemoveStaticResponse>, Status> {
+        let who = who(&request);
         let r = request.into_inner();
         let key = key(r.service, r.instance_id)?;
+        let before = self.instance_text(&key);
         let existed = self
             .engine
-            .run(RemoveStatic(key))
+            .run(RemoveStatic(key.clone()))
             .await
             .map_err(engine_status)?;
+        if existed {
+            let target = format!("{}/{}", key.service, key.instance_id);
+            audit(&who, "remove-static", &target, &before, "absent");
+        }
         Ok(Response::new(pb::RemoveStaticResponse { existed }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let who = who(&request);
+        let r = request.into_inner();
+        check_name(&r.name, "name").map_err(invalid)?;
+        let role = Role::parse(&r.role).ok_or_else(|| {
+            invalid(FieldError::new(
+                "role",
+                format!(
+                    "{:?} is not a role; use one of backend, client, admin-read-only, admin",
+                    lb_core::model::bounded(r.role.clone(), 32)
+                ),
+            ))
+        })?;
+        let services = r
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Pattern::parse(s, &format!("services[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let grant = Grant::new(role, services).map_err(invalid)?;
+        let created = auth::unix_ms();
+        let (text, record) = if r.identity.is_empty() {
+            token::mint(&r.name, grant, created).map_err(Status::internal)?
+        } else {
+            if r.identity.len() > MAX_IDENTITY_LEN || r.identity.chars().any(|c| c.is_control()) {
+                return Err(invalid(FieldError::new(
+                    "identity",
+                    format!("must be 1..={MAX_IDENTITY_LEN} bytes without control characters"),
+                )));
+            }
+            let record = TokenRecord {
+                id: format!("cert:{}", r.name),
+                name: r.name.clone(),
+                grant,
+                hash: Vec::new(),
+                identity: Some(r.identity.clone()),
+                created_ms: created,
+            };
+            (String::new(), record)
+        };
+        let info = token_info(&record, 0);
+        let after = format!(
+            "role={} services={}",
+            record.grant.role,
+            record.grant.scope()
+        );
+        self.engine
+            .run(CreateToken(record))
+            .await
+            .map_err(engine_status)?;
+        audit(&who, "create-token", &r.name, "absent", &after);
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: text,
+            info: Some(info),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let tokens = self
+            .auth
+            .entries()
+            .iter()
+            .map(|e| token_info(&e.record, e.last_used_ms()))
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let who = who(&request);
+        let name = request.into_inner().name;
+        check_name(&name, "name").map_err(invalid)?;
+        let existed = self
+            .engine
+            .run(RevokeToken(name.clone()))
+            .await
+            .map_err(engine_status)?;
+        if existed {
+            audit(&who, "revoke-token", &name, "present", "revoked");
+        }
+        Ok(Response::new(pb::RevokeTokenResponse { existed }))
     }
 }
 
 impl AdminApi {
     async fn routing(
         &self,
+        who: &str,
+        action: &str,
         service: String,
         change: RoutingChange,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let before = self.settings_text(&service);
         let command = SetRouting {
             service: service.clone(),
             change,
         };
         self.engine.run(command).await.map_err(engine_status)?;
+        audit(
+            who,
+            action,
+            &service,
+            &before,
+            &self.settings_text(&service),
+        );
         Ok(Response::new(service_status(&self.view(&service)?)))
     }
 }

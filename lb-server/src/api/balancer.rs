@@ -13,10 +13,13 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{first_message, stopping, BoxStream};
+use super::{first_message, stopping, BoxStream, ClientSlot, PerClient};
+use crate::auth;
 use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::pb::{invalid, v1 as conv};
+use lb_core::access::Need;
+use std::sync::Arc;
 
 /// The client side of the API.
 #[derive(Clone)]
@@ -24,6 +27,7 @@ pub struct BalancerApi {
     engine: EngineHandle,
     config: Config,
     stop: watch::Receiver<bool>,
+    per_client: Arc<PerClient>,
 }
 
 impl BalancerApi {
@@ -33,6 +37,7 @@ impl BalancerApi {
             engine,
             config,
             stop,
+            per_client: Arc::default(),
         }
     }
 }
@@ -45,9 +50,15 @@ impl pb::balancer_server::Balancer for BalancerApi {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = auth::caller(&request).cloned();
         let mut inbound = request.into_inner();
-        let first =
-            first_message(&mut inbound, self.config.first_message_timeout, &self.stop).await?;
+        let first = first_message(
+            &mut inbound,
+            self.config.first_message_timeout,
+            &self.stop,
+            caller.as_ref(),
+        )
+        .await?;
         let sub = match first.msg {
             Some(ClientMsg::Subscribe(s)) => s,
             Some(ClientMsg::Stats(_)) => {
@@ -58,6 +69,19 @@ impl pb::balancer_server::Balancer for BalancerApi {
             None => return Err(Status::invalid_argument("msg: missing")),
         };
         let (service, client) = conv::subscription(sub, "subscribe").map_err(invalid)?;
+        if let Some(c) = &caller {
+            c.allow(&Need::Client(service.clone()))?;
+        }
+        let max = self.config.max_subscriptions_per_client;
+        let Some(slot) = self.per_client.take(&client.client_id, max) else {
+            if let Some(c) = &caller {
+                c.limited("subscriptions_per_client");
+            }
+            return Err(Status::resource_exhausted(format!(
+                "client {:?} has {max} subscriptions open, its limit (--max-subscriptions-per-client)",
+                client.client_id
+            )));
+        };
         let hub = self.engine.hub();
         let plans = hub.subscribe(&service);
         let seq = hub.next_client_seq();
@@ -84,6 +108,7 @@ impl pb::balancer_server::Balancer for BalancerApi {
             lists,
             end,
             ended: false,
+            _slot: slot,
         })))
     }
 }
@@ -96,6 +121,8 @@ struct ClientSession<S> {
     /// end quietly, the client went away.
     end: oneshot::Receiver<Option<Status>>,
     ended: bool,
+    /// The client id's place, held while the stream is open.
+    _slot: ClientSlot,
 }
 
 impl<S> Stream for ClientSession<S>

@@ -157,9 +157,15 @@ impl pb::load_balancer_server::LoadBalancer for GrpclbApi {
         &self,
         request: Request<Streaming<pb::LoadBalanceRequest>>,
     ) -> Result<Response<Self::BalanceLoadStream>, Status> {
+        let caller = crate::auth::caller(&request).cloned();
         let mut inbound = request.into_inner();
-        let first =
-            first_message(&mut inbound, self.config.first_message_timeout, &self.stop).await?;
+        let first = first_message(
+            &mut inbound,
+            self.config.first_message_timeout,
+            &self.stop,
+            caller.as_ref(),
+        )
+        .await?;
         let name = match first.load_balance_request_type {
             Some(Req::InitialRequest(r)) => r.name,
             Some(Req::ClientStats(_)) => return Err(Status::failed_precondition(
@@ -170,6 +176,9 @@ impl pb::load_balancer_server::LoadBalancer for GrpclbApi {
             )),
         };
         let service = service_for(&name).map_err(invalid)?;
+        if let Some(c) = &caller {
+            c.allow(&lb_core::access::Need::Client(service.clone()))?;
+        }
         let hub = self.engine.hub();
         let plans = hub.subscribe(&service);
         let seq = hub.next_client_seq();

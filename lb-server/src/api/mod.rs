@@ -41,6 +41,8 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::ShuttingDown => Status::unavailable("lb-server is shutting down"),
         EngineError::NotFound(what) => Status::not_found(what),
         EngineError::Invalid(e) => crate::pb::invalid(e),
+        EngineError::Denied(why) => Status::permission_denied(why),
+        EngineError::Exists(why) => Status::already_exists(why),
     }
 }
 
@@ -64,25 +66,75 @@ pub(crate) fn check_target(
     Ok(())
 }
 
-/// Waits for a stream's first message, bounded by `limit` and by shutdown.
+/// Waits for a stream's first message, bounded by `limit`
+/// (`--first-message-timeout`, counted when it bites) and by shutdown.
 pub(crate) async fn first_message<T>(
     inbound: &mut Streaming<T>,
     limit: Duration,
     stop: &watch::Receiver<bool>,
+    caller: Option<&crate::auth::Caller>,
 ) -> Result<T, Status> {
     let first = tokio::select! {
         r = tokio::time::timeout(limit, inbound.message()) => r,
         _ = stopping(stop.clone()) => return Err(Status::unavailable("lb-server is shutting down")),
     };
     match first {
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no first message within {limit:?}"
-        ))),
+        Err(_) => {
+            if let Some(c) = caller {
+                c.limited("first_message_timeout");
+            }
+            Err(Status::deadline_exceeded(format!(
+                "no first message within {} (--first-message-timeout)",
+                lb_core::duration::show(limit)
+            )))
+        }
         Ok(Err(s)) => Err(s),
         Ok(Ok(None)) => Err(Status::invalid_argument(
             "stream ended before its first message",
         )),
         Ok(Ok(Some(m))) => Ok(m),
+    }
+}
+
+/// Open subscriptions per client id, so that one client id cannot hold
+/// more than its share (`--max-subscriptions-per-client`).
+#[derive(Debug, Default)]
+pub(crate) struct PerClient {
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open subscription of a client id; gives its place back when dropped.
+#[derive(Debug)]
+pub(crate) struct ClientSlot {
+    table: std::sync::Arc<PerClient>,
+    id: String,
+}
+
+impl PerClient {
+    /// Takes a place for `id` if it has fewer than `max` open.
+    pub(crate) fn take(self: &std::sync::Arc<Self>, id: &str, max: usize) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(id.to_string()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: std::sync::Arc::clone(self),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.id);
+            }
+        }
     }
 }
 

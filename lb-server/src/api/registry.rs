@@ -11,6 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use lb_core::access::Need;
 use lb_core::model::{InstanceKey, InstanceSpec, Load};
 use lb_proto::v1 as pb;
 use pb::report_load_request::Msg as BackendMsg;
@@ -19,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{check_target, engine_status, first_message, stopping, BoxStream};
+use crate::auth::{self, Caller};
 use crate::config::Config;
 use crate::engine::cmd::{Attach, Attached, Deregister, Drain, Lease};
 use crate::engine::{Directive, EngineHandle};
@@ -51,9 +53,15 @@ impl pb::registry_server::Registry for RegistryApi {
         &self,
         request: Request<Streaming<pb::ReportLoadRequest>>,
     ) -> Result<Response<Self::ReportLoadStream>, Status> {
+        let caller = auth::caller(&request).cloned();
         let mut inbound = request.into_inner();
-        let first =
-            first_message(&mut inbound, self.config.first_message_timeout, &self.stop).await?;
+        let first = first_message(
+            &mut inbound,
+            self.config.first_message_timeout,
+            &self.stop,
+            caller.as_ref(),
+        )
+        .await?;
         let reg = match first.msg {
             Some(BackendMsg::Register(r)) => r,
             Some(BackendMsg::Report(_)) => {
@@ -69,6 +77,7 @@ impl pb::registry_server::Registry for RegistryApi {
             None => return Err(Status::invalid_argument("msg: missing")),
         };
         let spec = conv::instance(reg.instance, "register.instance").map_err(invalid)?;
+        let owner = may_register(caller.as_ref(), &spec.service)?;
         check_target(&spec, &self.config, "register.instance")?;
         let ttl = conv::ttl(reg.ttl_ms, "register.ttl_ms").map_err(invalid)?;
         let (tx, rx) = mpsc::channel(4);
@@ -80,6 +89,7 @@ impl pb::registry_server::Registry for RegistryApi {
             self.engine.clone(),
             spec,
             ttl,
+            owner,
             inbound,
             tx,
             self.stop.clone(),
@@ -91,13 +101,15 @@ impl pb::registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let caller = auth::caller(&request).cloned();
         let r = request.into_inner();
         let spec = conv::instance(r.instance, "instance").map_err(invalid)?;
+        let owner = may_register(caller.as_ref(), &spec.service)?;
         check_target(&spec, &self.config, "instance")?;
         let ttl = conv::ttl(r.ttl_ms, "ttl_ms").map_err(invalid)?;
         let granted = self
             .engine
-            .run(Lease { spec, ttl })
+            .run(Lease { spec, ttl, owner })
             .await
             .map_err(engine_status)?;
         Ok(Response::new(pb::RegisterResponse {
@@ -109,13 +121,27 @@ impl pb::registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let caller = auth::caller(&request).cloned();
         let key = conv::deregister_key(request.into_inner()).map_err(invalid)?;
+        let owner = may_register(caller.as_ref(), &key.service)?;
         let existed = self
             .engine
-            .run(Deregister(key))
+            .run(Deregister { key, owner })
             .await
             .map_err(engine_status)?;
         Ok(Response::new(pb::DeregisterResponse { existed }))
+    }
+}
+
+/// Refuses a caller whose grant does not cover registering in `service`;
+/// returns the owner its instances get (see [`Caller::owner`]).
+fn may_register(caller: Option<&Caller>, service: &str) -> Result<Option<String>, Status> {
+    match caller {
+        Some(c) => {
+            c.allow(&Need::Backend(service.to_string()))?;
+            Ok(c.owner())
+        }
+        None => Ok(None),
     }
 }
 
@@ -124,6 +150,7 @@ async fn attach_and_follow(
     engine: EngineHandle,
     spec: InstanceSpec,
     ttl: Option<Duration>,
+    owner: Option<String>,
     inbound: Streaming<pb::ReportLoadRequest>,
     tx: mpsc::Sender<Result<pb::ReportLoadResponse, Status>>,
     stop: watch::Receiver<bool>,
@@ -134,6 +161,7 @@ async fn attach_and_follow(
         spec,
         ttl,
         directives: directives_tx,
+        owner,
     };
     let attached = match engine.run(attach).await {
         Ok(a) => a,

@@ -98,9 +98,18 @@ struct Batch {
     commands: Vec<Box<dyn Dispatch>>,
     answers: Vec<Box<dyn Answer>>,
     frozen: Vec<oneshot::Sender<()>>,
-    /// The registry before the commands ran, and how many of the staged
-    /// writes came before them (the events').
-    before_commands: Option<(Registry, usize)>,
+    /// What the commands may change, as it was before they ran.
+    before_commands: Option<Before>,
+}
+
+/// The state commands change, saved before they run (cheap: the registry
+/// is copy-on-write, the rest is small).
+struct Before {
+    registry: Registry,
+    /// How many of the staged writes came before the commands (the events').
+    writes: usize,
+    tokens: std::collections::BTreeMap<String, crate::auth::TokenRecord>,
+    owners: std::collections::HashMap<lb_core::model::InstanceKey, String>,
 }
 
 /// `op`, or a timeout error after [`STORE_TIMEOUT`].
@@ -135,6 +144,7 @@ fn supersede(writes: &mut Vec<crate::store::Write>) {
 pub async fn start(
     store: Arc<dyn Store>,
     config: Config,
+    auth: Arc<crate::auth::Auth>,
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
     let generation = bounded(store.next_generation()).await?;
     let hub = Arc::new(Hub::new(generation));
@@ -153,7 +163,10 @@ pub async fn start(
         Record::Routing { .. } => 1,
         Record::Override { .. } => 2,
         Record::Instance { .. } => 3,
+        Record::Token(_) => 4,
     });
+    let mut tokens = std::collections::BTreeMap::new();
+    let mut owners = std::collections::HashMap::new();
     let mut replan = BTreeSet::new();
     let mut restored = 0usize;
     for r in records {
@@ -169,8 +182,18 @@ pub async fn start(
                 replan.insert(service);
             }
             Record::Override { key, over } => registry.set_override(&key, over, now),
-            Record::Instance { spec, lifetime } => {
+            Record::Token(t) => {
+                tokens.insert(t.id.clone(), t);
+            }
+            Record::Instance {
+                spec,
+                lifetime,
+                owner,
+            } => {
                 replan.insert(spec.service.clone());
+                if let Some(owner) = owner {
+                    owners.insert(spec.key(), owner);
+                }
                 let (ttl, until) = match lifetime {
                     Lifetime::Stream(ttl) => (Some(ttl), deadline),
                     // The lease may have been renewed just before the stop.
@@ -182,7 +205,10 @@ pub async fn start(
             }
         }
     }
-    let mut st = State::new(registry, hub.clone(), config);
+    auth.replace(tokens.values().cloned());
+    let mut st = State::new(registry, hub.clone(), config, auth);
+    st.tokens = tokens;
+    st.owners = owners;
     for service in &replan {
         st.replanner.changed(service);
     }
@@ -341,7 +367,12 @@ impl Actor {
         if batch.commands.is_empty() {
             return;
         }
-        batch.before_commands = Some((self.st.registry.clone(), self.st.writes.len()));
+        batch.before_commands = Some(Before {
+            registry: self.st.registry.clone(),
+            writes: self.st.writes.len(),
+            tokens: self.st.tokens.clone(),
+            owners: self.st.owners.clone(),
+        });
         for c in std::mem::take(&mut batch.commands) {
             batch.answers.push(c.dispatch(&mut self.st, now));
         }
@@ -357,7 +388,7 @@ impl Actor {
         let events = batch
             .before_commands
             .as_ref()
-            .map_or(staged.len(), |(_, n)| *n);
+            .map_or(staged.len(), |b| b.writes);
         if let Some(cause) = self.st.fault.clone() {
             // Only the probe writes while the store fails; commands that
             // would write were refused (one that wrote anyway is undone).
@@ -391,10 +422,13 @@ impl Actor {
     /// Returns the registry to before the batch's commands (their callers
     /// are told they failed) and re-plans every service from it.
     fn undo_commands(&mut self, batch: &mut Batch, now: Instant) {
-        let Some((registry, _)) = batch.before_commands.take() else {
+        let Some(before) = batch.before_commands.take() else {
             return;
         };
-        self.st.registry = registry;
+        self.st.registry = before.registry;
+        self.st.tokens = before.tokens;
+        self.st.owners = before.owners;
+        self.st.tokens_changed = false;
         let services: Vec<String> = self
             .st
             .registry
@@ -456,6 +490,10 @@ impl Actor {
         if commands || (self.stale && (new_plans || due)) {
             self.publish_snapshot(now);
         }
+        // Tokens take effect once durable (a failed commit undid them).
+        if std::mem::take(&mut self.st.tokens_changed) {
+            self.st.auth.replace(self.st.tokens.values().cloned());
+        }
         for a in batch.answers {
             a.send(&committed);
         }
@@ -468,6 +506,7 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Auth;
     use crate::engine::cmd::{Attach, SetPolicy};
     use crate::store::SledStore;
     use lb_core::model::InstanceSpec;
@@ -492,7 +531,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::new(dir.path());
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let (engine, _task) = start(store, config).await.unwrap();
+        let (engine, _task) = start(store, config, Arc::new(Auth::open(Default::default())))
+            .await
+            .unwrap();
         engine
             .run(SetPolicy {
                 service: "svc".into(),
@@ -507,6 +548,7 @@ mod tests {
                 .run(Attach {
                     spec: spec(id),
                     ttl: None,
+                    owner: None,
                     directives: tx,
                 })
                 .await
@@ -563,12 +605,19 @@ mod tests {
     async fn readers_see_a_command_at_once_and_reports_within_the_interval() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let (engine, _task) = start(store, Config::new(dir.path())).await.unwrap();
+        let (engine, _task) = start(
+            store,
+            Config::new(dir.path()),
+            Arc::new(Auth::open(Default::default())),
+        )
+        .await
+        .unwrap();
         let (tx, _rx) = mpsc::channel(8);
         let a = engine
             .run(Attach {
                 spec: spec("a"),
                 ttl: None,
+                owner: None,
                 directives: tx,
             })
             .await

@@ -74,6 +74,13 @@ pub enum EngineError {
     /// (e.g. a duplicate rule name, a multicast mode naming a missing rule).
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// The caller may not make this change (another token owns the
+    /// instance).
+    #[error("{0}")]
+    Denied(String),
+    /// Something of that name exists already (a token).
+    #[error("{0}")]
+    Exists(String),
 }
 
 /// What the engine tells a backend's stream.

@@ -4,7 +4,7 @@
 //! Commands ([`super::cmd`]) change it through these methods; the actor
 //! ([`super::actor`]) runs them in batches and commits what they staged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use lb_core::replan::Replanner;
 use tokio::sync::mpsc;
 
 use super::{Directive, EngineError, Hub};
+use crate::auth::{Auth, TokenRecord};
 use crate::config::Config;
 use crate::store::{self, Key, Lifetime, Record};
 
@@ -43,10 +44,17 @@ pub struct State {
     pub(crate) fault: Option<String>,
     /// Store writes of the batch being applied, committed together.
     pub(crate) writes: Vec<store::Write>,
+    /// The access tokens, by id; published to `auth` after each commit
+    /// that changed them.
+    pub(crate) tokens: BTreeMap<String, TokenRecord>,
+    pub(crate) tokens_changed: bool,
+    pub(crate) auth: Arc<Auth>,
+    /// Which token registered each instance (see `Record::Instance`).
+    pub(crate) owners: HashMap<InstanceKey, String>,
 }
 
 impl State {
-    pub(crate) fn new(registry: Registry, hub: Arc<Hub>, config: Config) -> Self {
+    pub(crate) fn new(registry: Registry, hub: Arc<Hub>, config: Config, auth: Arc<Auth>) -> Self {
         State {
             registry,
             replanner: Replanner::new(),
@@ -57,6 +65,10 @@ impl State {
             frozen: false,
             fault: None,
             writes: Vec::new(),
+            tokens: BTreeMap::new(),
+            tokens_changed: false,
+            auth,
+            owners: HashMap::new(),
         }
     }
 
@@ -73,8 +85,11 @@ impl State {
         spec: InstanceSpec,
         ttl: Option<Duration>,
         via: Via,
+        owner: Option<String>,
         now: Instant,
     ) -> Result<u64, EngineError> {
+        let key = spec.key();
+        self.check_owner(&key, owner.as_deref())?;
         let (ttl, kind) = match via {
             Via::Static => (Duration::ZERO, Attachment::Static),
             Via::Lease => (ttl.unwrap_or(self.config.default_ttl), Attachment::Lease),
@@ -83,7 +98,13 @@ impl State {
                 Attachment::Stream { session: 0 },
             ),
         };
-        if self.registry.check_register(&spec, ttl, kind, now)? {
+        let claims = owner
+            .as_ref()
+            .is_some_and(|o| self.owners.get(&key) != Some(o));
+        if self.registry.check_register(&spec, ttl, kind, now)? || claims {
+            if let Some(o) = owner {
+                self.owners.insert(key.clone(), o);
+            }
             let lifetime = match via {
                 Via::Static => Lifetime::Static,
                 Via::Lease => Lifetime::Lease(ttl),
@@ -92,9 +113,9 @@ impl State {
             self.persist(store::Write::put(Record::Instance {
                 spec: spec.clone(),
                 lifetime,
+                owner: self.owners.get(&key).cloned(),
             }));
         }
-        let key = spec.key();
         self.replanner.changed(&spec.service);
         let (attachment, session) = match via {
             Via::Static => {
@@ -139,8 +160,25 @@ impl State {
         }
     }
 
+    /// Refuses a change to `key` by `owner` if another token registered it
+    /// (`None`: an admin or an unauthenticated daemon, which may).
+    pub(crate) fn check_owner(
+        &self,
+        key: &InstanceKey,
+        owner: Option<&str>,
+    ) -> Result<(), EngineError> {
+        match (owner, self.owners.get(key)) {
+            (Some(new), Some(old)) if new != old => Err(EngineError::Denied(format!(
+                "instance {:?} of service {:?} was registered with another token; only that token (or an admin) may register or remove it",
+                key.instance_id, key.service
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Drops a removed instance's record and re-plans its service.
     pub(crate) fn forget(&mut self, key: &InstanceKey) {
+        self.owners.remove(key);
         self.replanner.changed(&key.service);
         self.persist(store::Write::delete(Key::Instance(key.clone())));
     }

@@ -149,6 +149,8 @@ pub enum Key {
     Override(InstanceKey),
     /// A service's routing rules and cluster modes.
     Routing(String),
+    /// An access token, by its id.
+    Token(String),
 }
 
 /// A stored value.
@@ -160,6 +162,10 @@ pub enum Record {
         spec: InstanceSpec,
         /// How it stays registered.
         lifetime: Lifetime,
+        /// The name of the token that registered it (`None`: registered
+        /// without authentication, or by an admin): another token cannot
+        /// take it over.
+        owner: Option<String>,
     },
     /// A service's policy.
     Policy {
@@ -186,6 +192,8 @@ pub enum Record {
         /// Cluster modes.
         cluster: ClusterConfig,
     },
+    /// An access token (its digest, never its secret).
+    Token(crate::auth::TokenRecord),
 }
 
 impl Record {
@@ -196,6 +204,7 @@ impl Record {
             Record::Policy { service, .. } => Key::Policy(service.clone()),
             Record::Override { key, .. } => Key::Override(key.clone()),
             Record::Routing { service, .. } => Key::Routing(service.clone()),
+            Record::Token(t) => Key::Token(t.id.clone()),
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Keys: a kind byte, then the service, then (for per-instance records) a
 //! NUL and the instance id (names are printable ASCII, so NUL cannot occur
-//! inside them): `i` registrations, `p` policies, `o` overrides, `r` routing.
+//! inside them): `i` registrations, `p` policies, `o` overrides, `r` routing,
+//! `t` tokens (by id).
 //! Values: a [`StoredRecord`], the revision that wrote it and the body.
 //!
 //! Everything read back is validated as if it came off the network (a store
@@ -36,7 +37,7 @@ pub struct StoredRecord {
     #[prost(uint64, tag = "1")]
     pub revision: u64,
     /// The record.
-    #[prost(oneof = "Body", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "Body", tags = "2, 3, 4, 5, 6")]
     pub body: Option<Body>,
 }
 
@@ -55,6 +56,30 @@ pub enum Body {
     /// Routing rules and cluster modes.
     #[prost(message, tag = "5")]
     Routing(StoredRouting),
+    /// An access token.
+    #[prost(message, tag = "6")]
+    Token(StoredToken),
+}
+
+/// An access token: its digest and grant, never its secret.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredToken {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// The role's name (`lb_core::access::Role::name`).
+    #[prost(string, tag = "3")]
+    pub role: String,
+    #[prost(string, repeated, tag = "4")]
+    pub services: Vec<String>,
+    /// SHA-256 of the secret; empty for a certificate binding.
+    #[prost(bytes = "vec", tag = "5")]
+    pub hash: Vec<u8>,
+    #[prost(string, tag = "6")]
+    pub identity: String,
+    #[prost(uint64, tag = "7")]
+    pub created_ms: u64,
 }
 
 /// A registration (the same message as layout 1's).
@@ -85,6 +110,9 @@ pub struct StoredInstance {
     /// records, which lack it, read as streams).
     #[prost(bool, tag = "11")]
     pub lease: bool,
+    /// The token that registered it (layout 2, later builds; empty: none).
+    #[prost(string, tag = "12")]
+    pub owner: String,
 }
 
 /// A policy: its name and every parameter as text (layout 1's message).
@@ -213,13 +241,18 @@ pub fn encode_key(key: &Key) -> Vec<u8> {
         Key::Policy(s) => service_key(b'p', s),
         Key::Override(k) => pair_key(b'o', k),
         Key::Routing(s) => service_key(b'r', s),
+        Key::Token(id) => service_key(b't', id),
     }
 }
 
 /// A record's bytes, as written by the commit at `revision`.
 pub fn encode(record: &Record, revision: Revision) -> Vec<u8> {
     let body = match record {
-        Record::Instance { spec, lifetime } => Body::Instance(StoredInstance {
+        Record::Instance {
+            spec,
+            lifetime,
+            owner,
+        } => Body::Instance(StoredInstance {
             service: spec.service.clone(),
             instance_id: spec.instance_id.clone(),
             address: spec.address.clone(),
@@ -236,6 +269,7 @@ pub fn encode(record: &Record, revision: Revision) -> Vec<u8> {
             token: spec.token.clone(),
             is_static: *lifetime == Lifetime::Static,
             lease: matches!(lifetime, Lifetime::Lease(_)),
+            owner: owner.clone().unwrap_or_default(),
         }),
         Record::Policy { service, policy } => Body::Policy(StoredPolicy {
             kind: policy.kind.name().to_string(),
@@ -256,6 +290,15 @@ pub fn encode(record: &Record, revision: Revision) -> Vec<u8> {
             service: service.clone(),
             rules: rules.iter().map(stored_rule).collect(),
             cluster: Some(stored_cluster(cluster)),
+        }),
+        Record::Token(t) => Body::Token(StoredToken {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.grant.role.name().to_string(),
+            services: t.grant.services.iter().map(|p| p.to_string()).collect(),
+            hash: t.hash.clone(),
+            identity: t.identity.clone().unwrap_or_default(),
+            created_ms: t.created_ms,
         }),
     };
     StoredRecord {
@@ -302,6 +345,7 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<(Record, Revision), DecodeErro
             over: over(o.weight, o.drained)?,
         },
         Body::Routing(r) => routing_record(r)?,
+        Body::Token(t) => token(t)?,
     };
     let expected = record.key();
     if encode_key(&expected) != key {
@@ -332,7 +376,41 @@ pub fn instance(rec: StoredInstance) -> Result<Record, FieldError> {
     Ok(Record::Instance {
         spec: spec.with_token(),
         lifetime,
+        owner: (!rec.owner.is_empty()).then_some(rec.owner),
     })
+}
+
+/// A stored token, validated.
+pub fn token(rec: StoredToken) -> Result<Record, FieldError> {
+    use lb_core::access::{check_name, Grant, Pattern, Role};
+    check_name(&rec.name, "name")?;
+    let role = Role::parse(&rec.role)
+        .ok_or_else(|| FieldError::new("role", format!("unknown role {:?}", rec.role)))?;
+    let services = rec
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Pattern::parse(s, &format!("services[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let grant = Grant::new(role, services)?;
+    let identity = (!rec.identity.is_empty()).then_some(rec.identity);
+    if identity.is_none() && rec.hash.len() != 32 {
+        return Err(FieldError::new(
+            "hash",
+            "a token needs a SHA-256 digest or an identity",
+        ));
+    }
+    if rec.id.is_empty() || rec.id.len() > crate::auth::token::MAX_ID_LEN {
+        return Err(FieldError::new("id", "missing or too long"));
+    }
+    Ok(Record::Token(crate::auth::TokenRecord {
+        id: rec.id,
+        name: rec.name,
+        grant,
+        hash: rec.hash,
+        identity,
+        created_ms: rec.created_ms,
+    }))
 }
 
 /// A stored policy, re-validated (layouts 1 and 2). The stored parameters
@@ -552,8 +630,31 @@ mod tests {
             round_trip(Record::Instance {
                 spec: spec.clone(),
                 lifetime,
+                owner: None,
+            });
+            round_trip(Record::Instance {
+                spec: spec.clone(),
+                lifetime,
+                owner: Some("shop-deploy".into()),
             });
         }
+        let (_, t) = crate::auth::token::mint(
+            "shop-deploy",
+            lb_core::access::Grant::new(
+                lb_core::access::Role::Backend,
+                vec![lb_core::access::Pattern::parse("shop-*", "s").unwrap()],
+            )
+            .unwrap(),
+            1_700_000_000_000,
+        )
+        .unwrap();
+        round_trip(Record::Token(t.clone()));
+        round_trip(Record::Token(crate::auth::TokenRecord {
+            id: "cert:py".into(),
+            hash: Vec::new(),
+            identity: Some("spiffe://example.org/py".into()),
+            ..t
+        }));
         round_trip(Record::Policy {
             service: "svc".into(),
             policy: Box::default(),

@@ -487,6 +487,7 @@ mod tests {
         Record::Instance {
             spec: spec(id),
             lifetime: Lifetime::Stream(Duration::from_secs(3)),
+            owner: None,
         }
     }
 

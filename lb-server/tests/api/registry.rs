@@ -191,8 +191,9 @@ async fn hostile_registrations_get_short_invalid_argument_errors() {
     let d = Daemon::start(dir.path(), |_| {}).await;
     let mut reg = registry(d.addr).await;
     let mut huge = instance(SERVICE, "b1", 7001, 1);
-    huge.labels = HashMap::from([("k".repeat(1 << 20), "v".to_string())]);
-    let s = reg.register(lease(huge, 0)).await.unwrap_err();
+    // Half the default --max-message-size: decoded, then refused.
+    huge.labels = HashMap::from([("k".repeat(1 << 19), "v".to_string())]);
+    let s = reg.register(lease(huge.clone(), 0)).await.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(
         s.message().starts_with("instance.labels[\"kkk"),
@@ -200,6 +201,11 @@ async fn hostile_registrations_get_short_invalid_argument_errors() {
         &s.message()[..80]
     );
     assert!(s.message().len() < 1024, "{} bytes", s.message().len());
+    // Twice the limit: refused before decoding, as resource_exhausted.
+    huge.labels = HashMap::from([("k".repeat(2 << 20), "v".to_string())]);
+    let s = reg.register(lease(huge, 0)).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("the limit is: 1048576 bytes"), "{s:?}");
 
     let s = raw_unary(d.addr, "/lb.v1.Registry/Register", vec![0xff; 16]).await;
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");

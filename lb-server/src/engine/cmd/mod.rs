@@ -15,14 +15,17 @@
 //!   [`PutStatic`].
 //! - `remove`: [`Drain`] (a stream leaving), [`Deregister`], [`RemoveStatic`].
 //! - `settings`: [`SetPolicy`], [`SetOverride`], [`SetRouting`].
+//! - `token`: [`CreateToken`], [`RevokeToken`].
 
 mod register;
 mod remove;
 mod settings;
+mod token;
 
 pub use register::{Attach, Attached, Lease, PutStatic};
 pub use remove::{Deregister, Drain, RemoveStatic};
 pub use settings::{RoutingChange, SetOverride, SetPolicy, SetRouting};
+pub use token::{CreateToken, RevokeToken};
 
 use std::time::Instant;
 

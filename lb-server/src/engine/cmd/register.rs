@@ -22,6 +22,9 @@ pub struct Attach {
     pub ttl: Option<Duration>,
     /// Where the engine sends [`Directive`]s for this stream.
     pub directives: mpsc::Sender<Directive>,
+    /// The registering token's name (`None`: an admin, or no
+    /// authentication).
+    pub owner: Option<String>,
 }
 
 /// A stream registration that succeeded.
@@ -33,6 +36,12 @@ pub struct Attached {
     pub report_interval: Duration,
     /// An operator has drained this instance: tell the backend at once.
     pub drained: bool,
+}
+
+/// Whether registering `spec` as `owner` would record a new owner (a
+/// write, even if nothing else changes).
+fn claims(st: &State, spec: &InstanceSpec, owner: Option<&str>) -> bool {
+    owner.is_some_and(|o| st.owners.get(&spec.key()).map(String::as_str) != Some(o))
 }
 
 /// The interval a backend with `ttl` is asked to report at: the configured
@@ -47,16 +56,23 @@ impl Command for Attach {
     fn writes(&self, st: &State, now: Instant) -> bool {
         let ttl = self.ttl.unwrap_or(st.config.default_ttl);
         let stream = Attachment::Stream { session: 0 };
-        !matches!(
-            st.registry.check_register(&self.spec, ttl, stream, now),
-            Ok(false)
-        )
+        claims(st, &self.spec, self.owner.as_deref())
+            || !matches!(
+                st.registry.check_register(&self.spec, ttl, stream, now),
+                Ok(false)
+            )
     }
 
     fn apply(self, st: &mut State, now: Instant) -> Result<Attached, EngineError> {
         let ttl = self.ttl.unwrap_or(st.config.default_ttl);
         let key = self.spec.key();
-        let session = st.register(self.spec, Some(ttl), Via::Stream(self.directives), now)?;
+        let session = st.register(
+            self.spec,
+            Some(ttl),
+            Via::Stream(self.directives),
+            self.owner,
+            now,
+        )?;
         Ok(Attached {
             session,
             report_interval: report_interval(st.config.report_interval, ttl),
@@ -72,6 +88,8 @@ pub struct Lease {
     pub spec: InstanceSpec,
     /// Lease length (`None`: the daemon's default).
     pub ttl: Option<Duration>,
+    /// The registering token's name (see [`Attach::owner`]).
+    pub owner: Option<String>,
 }
 
 impl Command for Lease {
@@ -79,16 +97,17 @@ impl Command for Lease {
 
     fn writes(&self, st: &State, now: Instant) -> bool {
         let ttl = self.ttl.unwrap_or(st.config.default_ttl);
-        !matches!(
-            st.registry
-                .check_register(&self.spec, ttl, Attachment::Lease, now),
-            Ok(false)
-        )
+        claims(st, &self.spec, self.owner.as_deref())
+            || !matches!(
+                st.registry
+                    .check_register(&self.spec, ttl, Attachment::Lease, now),
+                Ok(false)
+            )
     }
 
     fn apply(self, st: &mut State, now: Instant) -> Result<Duration, EngineError> {
         let ttl = self.ttl.unwrap_or(st.config.default_ttl);
-        st.register(self.spec, Some(ttl), Via::Lease, now)?;
+        st.register(self.spec, Some(ttl), Via::Lease, self.owner, now)?;
         Ok(ttl)
     }
 }
@@ -101,7 +120,8 @@ impl Command for PutStatic {
     type Output = ();
 
     fn apply(self, st: &mut State, now: Instant) -> Result<(), EngineError> {
-        st.register(self.0, None, Via::Static, now).map(|_| ())
+        st.register(self.0, None, Via::Static, None, now)
+            .map(|_| ())
     }
 }
 

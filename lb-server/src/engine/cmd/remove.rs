@@ -39,13 +39,20 @@ impl Command for Drain {
 
 /// Remove an instance now, however it registered.
 #[derive(Debug)]
-pub struct Deregister(pub InstanceKey);
+pub struct Deregister {
+    /// The instance.
+    pub key: InstanceKey,
+    /// The caller's token name (`None`: an admin, or no authentication):
+    /// another token's instance is refused.
+    pub owner: Option<String>,
+}
 
 impl Command for Deregister {
     type Output = bool;
 
     fn apply(self, st: &mut State, _: Instant) -> Result<bool, EngineError> {
-        let key = self.0;
+        let key = self.key;
+        st.check_owner(&key, self.owner.as_deref())?;
         if st.registry.remove(&key).is_none() {
             return Ok(false);
         }
