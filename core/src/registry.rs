@@ -1,6 +1,11 @@
 //! The registry: which instances exist, what keeps each alive, their live load
 //! and the outcomes clients report for them.
 //!
+//! Client reports are taken in per client ([`Registry::record_stats`]) and
+//! judged once per interval ([`Registry::evaluate_health`]) under the rule of
+//! [`crate::evidence`]: an instance moves (ejection, outcome weight, latency
+//! estimate) only as far as `stats_min_clients` distinct clients agree.
+//!
 //! A synchronous state machine with an explicit `now` and no I/O: the engine
 //! task owns the only instance and decides, from what these methods return,
 //! what to persist and which services to re-plan. Changes are split into a
@@ -14,7 +19,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::cluster::ClusterConfig;
-use crate::health::{self, Detector};
+use crate::evidence::{self, Ledger};
+use crate::health::{self, Detector, Tally};
 use crate::model::{ClientStats, GrpclbStats, InstanceKey, InstanceSpec, Load, MAX_DROP_TOKENS};
 use crate::policy::ewma::LatencyEwma;
 use crate::policy::{outcome, Candidate, LoadState, ServicePlan, ServicePolicy};
@@ -63,7 +69,8 @@ pub struct Instance {
     pub expires: Instant,
     /// Its latest load report.
     pub load: Option<LoadState>,
-    /// What clients reported about it.
+    /// What clients reported about it, as reported (for operators: no
+    /// decision reads these; see [`crate::evidence`]).
     pub outcomes: OutcomeTotals,
     /// Outcome-driven efficient weight (seed 000), in units of its weight.
     pub efficient: f64,
@@ -117,11 +124,14 @@ pub struct Service {
     pub cluster: ClusterConfig,
     /// Outlier detection and circuit breaking.
     pub health: Detector,
+    /// What each client reported about each instance this interval.
+    pub evidence: Ledger,
     /// Load shedding: the fraction of calls dropped now.
     pub drop_fraction: f64,
     /// When `drop_fraction` was last stepped.
     pub shed_at: Option<Instant>,
-    /// Cumulative client-reported failures by gRPC status code, per instance.
+    /// Cumulative client-reported failures by gRPC status code, per instance
+    /// (as reported, for operators).
     pub failed_by_code: BTreeMap<String, BTreeMap<u32, u64>>,
     /// What stock gRPC clients reported (grpc.lb.v1), cumulative.
     pub grpclb: GrpclbTotals,
@@ -189,6 +199,77 @@ impl Service {
             },
         }
     }
+}
+
+impl Service {
+    /// Ends the service's evidence interval: judges what each client
+    /// reported about each instance ([`evidence::believe`]), moves the
+    /// instances' outcome weights and latency estimates by what is believed,
+    /// and returns each instance's believed tally for the detectors, and
+    /// whether any weight input moved.
+    fn fold_evidence(&mut self, now: Instant) -> (BTreeMap<String, Tally>, bool) {
+        let mut tallies = BTreeMap::new();
+        let interval = self.evidence.take();
+        if interval.is_empty() {
+            return (tallies, false);
+        }
+        let m = self.policy.health.min_clients;
+        let (decay, outcome_policy) = (self.policy.ewma_decay, self.policy.outcome);
+        // An instance without an estimate may start from the service's mean.
+        let known: Vec<f64> = self
+            .instances
+            .values()
+            .filter_map(|i| i.latency.and_then(|l| l.value()))
+            .collect();
+        let prior = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+        let mut moved = false;
+        for (id, clients) in interval {
+            let Some(inst) = self.instances.get_mut(&id).map(Arc::make_mut) else {
+                continue;
+            };
+            let b = evidence::believe(&clients, m);
+            tallies.insert(
+                id,
+                Tally {
+                    finished: b.finished,
+                    failed: b.failed,
+                },
+            );
+            if b.succeeded > 0 || b.failed > 0 {
+                inst.efficient = outcome::update(
+                    &outcome_policy,
+                    f64::from(inst.spec.weight),
+                    inst.efficient,
+                    b.succeeded,
+                    b.failed,
+                );
+                moved = true;
+            }
+            let Some(lat) = b.latency else {
+                continue;
+            };
+            let own = inst.latency.and_then(|l| l.value());
+            if let Some(sample) = lat.sample(own, prior) {
+                match (&mut inst.latency, own) {
+                    (Some(l), Some(_)) => l.observe(sample, lat.calls, now, decay),
+                    _ => inst.latency = Some(LatencyEwma::new(sample, now)),
+                }
+                moved = true;
+            }
+        }
+        (tallies, moved)
+    }
+}
+
+/// What one interval's evaluation changed in a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluated {
+    /// The service.
+    pub service: String,
+    /// Ejections and re-admissions (list changes).
+    pub events: Vec<health::Event>,
+    /// Client evidence moved an outcome weight or a latency estimate.
+    pub weights: bool,
 }
 
 /// Why a change was refused.
@@ -481,6 +562,7 @@ impl Registry {
                     _ => None,
                 };
                 if cur.spec.address != spec.address {
+                    svc.evidence.forget(&spec.instance_id);
                     cur.load = None;
                     cur.outcomes = OutcomeTotals::default();
                     cur.latency = None;
@@ -580,6 +662,7 @@ impl Registry {
         let svc = self.services.get_mut(&key.service).map(Arc::make_mut)?;
         let removed = svc.instances.remove(&key.instance_id);
         svc.health.remove_host(&key.instance_id);
+        svc.evidence.forget(&key.instance_id);
         if svc.is_default(&self.default_policy) {
             self.services.remove(&key.service);
         }
@@ -611,20 +694,36 @@ impl Registry {
             .min()
     }
 
-    /// Adds a client's outcome report: totals, the efficient weight (when the
-    /// service uses outcome weights) and the latency EWMA. Entries for
-    /// instances that are gone (the list moved on) are ignored.
+    /// Takes in one client's outcome report. The totals operators see add
+    /// up at once; what decides (outlier detection, outcome weights, latency
+    /// estimates) is recorded per client and judged at the end of the
+    /// interval by [`Registry::evaluate_health`], except a run of consecutive
+    /// failures, which ejects at once when `stats_min_clients` clients have
+    /// one ([`Detector::record`]). `client` is the reporter's id. Entries for
+    /// instances that are gone (the list moved on) and for ejected instances
+    /// (calls that were in flight) are left out of the evidence.
     ///
     /// Returns whether outlier detection ejected an instance (a list change).
-    pub fn record_stats(&mut self, service: &str, stats: &ClientStats, now: Instant) -> bool {
+    pub fn record_stats(
+        &mut self,
+        service: &str,
+        client: &str,
+        stats: &ClientStats,
+        now: Instant,
+    ) -> bool {
         let Some(svc) = self.known_mut(service) else {
             return false;
         };
         let mut ejected = false;
         for s in &stats.instances {
-            if !svc.instances.contains_key(&s.instance_id) {
+            let Some(i) = svc.instances.get_mut(&s.instance_id).map(Arc::make_mut) else {
                 continue;
-            }
+            };
+            let o = &mut i.outcomes;
+            o.calls_started = o.calls_started.saturating_add(s.calls_started);
+            o.calls_finished = o.calls_finished.saturating_add(s.calls_finished);
+            o.calls_failed = o.calls_failed.saturating_add(s.calls_failed);
+            o.latency_sum_us = o.latency_sum_us.saturating_add(s.latency_sum_us);
             if !s.failed_by_code.is_empty() {
                 let m = svc.failed_by_code.entry(s.instance_id.clone()).or_default();
                 for (&code, &n) in &s.failed_by_code {
@@ -632,11 +731,23 @@ impl Registry {
                     *e = e.saturating_add(n);
                 }
             }
+            if svc.health.ejected(&s.instance_id, now) {
+                continue;
+            }
+            svc.evidence.record(
+                &s.instance_id,
+                client,
+                evidence::Counts {
+                    finished: s.calls_finished,
+                    failed: s.calls_failed,
+                    latency_sum_us: s.latency_sum_us,
+                },
+            );
             ejected |= svc
                 .health
                 .record(
                     &s.instance_id,
-                    s.calls_finished,
+                    client,
                     s.calls_failed,
                     s.consecutive_failures,
                     &svc.policy.health,
@@ -646,31 +757,6 @@ impl Registry {
         }
         svc.dropped = svc.dropped.saturating_add(stats.dropped);
         svc.no_backend = svc.no_backend.saturating_add(stats.no_backend);
-        let policy = &svc.policy;
-        for s in &stats.instances {
-            if let Some(i) = svc.instances.get_mut(&s.instance_id).map(Arc::make_mut) {
-                let o = &mut i.outcomes;
-                o.calls_started = o.calls_started.saturating_add(s.calls_started);
-                o.calls_finished = o.calls_finished.saturating_add(s.calls_finished);
-                o.calls_failed = o.calls_failed.saturating_add(s.calls_failed);
-                o.latency_sum_us = o.latency_sum_us.saturating_add(s.latency_sum_us);
-                let base = f64::from(i.spec.weight);
-                i.efficient = outcome::update(
-                    &policy.outcome,
-                    base,
-                    i.efficient,
-                    s.calls_finished.saturating_sub(s.calls_failed),
-                    s.calls_failed,
-                );
-                if s.calls_finished > 0 {
-                    let mean = s.latency_sum_us as f64 / s.calls_finished as f64;
-                    match &mut i.latency {
-                        Some(l) => l.observe(mean, s.calls_finished, now, policy.ewma_decay),
-                        None => i.latency = Some(LatencyEwma::new(mean, now)),
-                    }
-                }
-            }
-        }
         ejected
     }
 
@@ -684,14 +770,38 @@ impl Registry {
         self.service_mut(service).cluster = cluster;
     }
 
-    /// Runs every service's periodic outlier detection and re-admissions;
-    /// returns the services whose lists change, with what happened in each.
-    pub fn evaluate_health(&mut self, now: Instant) -> Vec<(String, Vec<health::Event>)> {
+    /// Ends every service's evidence interval (once per
+    /// [`evidence::INTERVAL`]): moves outcome weights and latency estimates by
+    /// what the clients' reports are believed to show, runs outlier detection
+    /// on it, and readmits instances whose ejection is over. Returns the
+    /// services where something changed, and what.
+    pub fn evaluate_health(&mut self, now: Instant) -> Vec<Evaluated> {
         let mut changed = Vec::new();
         for (name, svc) in &mut self.services {
             let svc = Arc::make_mut(svc);
+            let (tallies, weights) = svc.fold_evidence(now);
             // Membership is kept in step by register/restore/remove.
-            let events = svc.health.evaluate(&svc.policy.health, now);
+            let events = svc.health.evaluate(&svc.policy.health, &tallies, now);
+            if !events.is_empty() || weights {
+                changed.push(Evaluated {
+                    service: name.clone(),
+                    events,
+                    weights,
+                });
+            }
+        }
+        changed
+    }
+
+    /// Readmits the instances whose ejection is over, between intervals;
+    /// returns the services whose lists change, with what happened in each.
+    pub fn readmit(&mut self, now: Instant) -> Vec<(String, Vec<health::Event>)> {
+        let mut changed = Vec::new();
+        for (name, svc) in &mut self.services {
+            if svc.health.next_deadline().is_none_or(|t| t > now) {
+                continue;
+            }
+            let events = Arc::make_mut(svc).health.readmit(now);
             if !events.is_empty() {
                 changed.push((name.clone(), events));
             }
@@ -1027,8 +1137,8 @@ mod tests {
             dropped: 4,
             no_backend: 0,
         };
-        r.record_stats("svc", &stats, now);
-        r.record_stats("svc", &stats, now);
+        r.record_stats("svc", "c1", &stats, now);
+        r.record_stats("svc", "c1", &stats, now);
         let i = r.instance(&spec("a", "x:1").key()).unwrap();
         assert_eq!(i.outcomes.calls_started, 6);
         assert_eq!(i.outcomes.calls_failed, 2);
