@@ -23,16 +23,28 @@
 //! 2. **A run of consecutive failures ejects only when `m` clients have one
 //!    at once** (in [`crate::health`]): the `m`-th longest current run must
 //!    reach the threshold.
-//! 3. **A latency estimate moves only as far as `m` clients agree.** Let `L`
-//!    be the `m`-th lowest and `U` the `m`-th highest of the clients' mean
-//!    latencies (at least `m` clients report at most `L`, at least `m`
-//!    report at least `U`), and `T` their mean weighted by the capped call
-//!    counts. The interval's sample for an estimate standing at `v` is
-//!    `clamp(T, min(v, L), max(v, U))` ([`Latency::sample`]): it may rise
-//!    above `v` only up to `U` and fall below `v` only down to `L`.
+//! 3. **A latency estimate moves only as far as `m` clients agree.** Each
+//!    report is judged as it arrives, against every client's latest report
+//!    on the instance from the last [`INTERVAL`] (this one included,
+//!    [`Ledger::latency`]): `T` is the report's mean latency, `L` the `m`-th
+//!    lowest and `U` the `m`-th highest of the latest means (at least `m`
+//!    clients report at most `L`, at least `m` at least `U`). With at least
+//!    `2m − 1` clients `L ≤ U`, and the sample is `clamp(T, L, U)`
+//!    ([`Latency::sample`]). With fewer, `L > U`, and the sample for an
+//!    estimate standing at `v` is `clamp(T, min(v, L), max(v, U))`: it rises
+//!    above `v` only when all but `m − 1` clients report more, only up to
+//!    `U`, and falls likewise only down to `L`; when the clients disagree on
+//!    the direction it stays at `v`. The sample weighs as the report's call
+//!    count capped at the `m`-th largest of the latest counts (rule 1).
 //!
-//! With `m = 1` the caps are the largest counts and `L`, `U` the extremes,
-//! so everything is believed as reported: the behaviour before this rule.
+//! With `m = 1` the caps are the largest counts and `L`, `U` the extremes
+//! (so `T` itself), and everything is believed as reported: the behaviour
+//! before this rule. Latency estimates and the interval detectors then see
+//! exactly what they saw before; outcome weights take an interval's counts
+//! at once at its end rather than message by message (the same steps,
+//! unless a weight reaches its floor or its ceiling within an interval);
+//! and a run of consecutive failures counts only the failures its own
+//! client reported since the last ejection (it counted every client's).
 //!
 //! # What one lying client can do (m = 2)
 //!
@@ -47,34 +59,50 @@
 //!   client in total, client stats eject nothing**; a broken backend stream
 //!   or an expired lease still removes an instance at once, and the
 //!   utilization circuit breaker (the backend's own report) still works.
+//! - **Hiding failures is bounded the same way:** a liar's finished calls
+//!   count for at most as many as the busiest honest client's, so it can at
+//!   most halve an instance's believed failure percentage (and lift its
+//!   success rate as much), not hide a failing instance behind any volume.
 //! - **Outcome weights:** a liar adds at most as many failures (successes)
 //!   as the most-failing (most-succeeding) honest client reported, so it
 //!   cannot lower the weight of an instance no honest client saw fail, nor
 //!   lift one no honest client saw succeed.
-//! - **Latency (`fastest_response`): no effect beyond the honest clients'
-//!   own disagreement.** If the sample rises above `v`, `m` clients report
-//!   at least the sample, so an honest one does; if it falls, an honest one
-//!   reports at most it. So the sample stays in `[min(v, lo), max(v, hi)]`,
-//!   `lo`/`hi` the lowest/highest honest report, and the EWMA (a convex
-//!   combination of `v` and the sample) never leaves the hull of its
-//!   starting value and every honest report, whatever the liar sends and
-//!   however often. If for every instance `j` that hull spans a factor `Dⱼ`
-//!   (`Dⱼ = hi/lo`, 1 when the honest clients agree), then `j`'s estimate,
-//!   with or without the liar, lies in the same hull, its weight
-//!   (`∝ 1/estimate`) moves by at most a factor `Dⱼ`, and instance `i`'s
-//!   share of the list by at most a factor `Dᵢ · maxⱼ Dⱼ` (the weight's own
-//!   factor times the normalisation's). When the honest clients agree, the
-//!   liar moves nothing at all. `registry::tests` checks this bound as a
-//!   property over arbitrary lies.
+//! - **Latency (`fastest_response`'s estimates): no effect beyond the
+//!   honest clients' own disagreement.** Let `lo`/`hi` be the lowest and
+//!   highest honest report. With `L ≤ U`, at least `m` clients
+//!   report at most `L` and at least `m` at least `L`, so an honest one does
+//!   each: `L`, and likewise `U`, lie in `[lo, hi]`, and so does the sample.
+//!   With `L > U`, if the sample rises above `v`, `m` clients report at
+//!   least the sample, so an honest one does; if it falls, an honest one
+//!   reports at most it. Either way the sample stays in
+//!   `[min(v, lo), max(v, hi)]`, and the EWMA (a convex combination of `v`
+//!   and the sample) never leaves the hull of its starting value and every
+//!   honest report, whatever the liar sends and however often; with `2m − 1`
+//!   clients or more it converges into `[lo, hi]` as it would without the
+//!   liar. Within that hull the liar can choose where the estimate goes: if
+//!   instance `j`'s honest reports span a factor `Dⱼ = hi/lo` (1 when the
+//!   honest clients agree), its weight (`∝ 1/estimate`) moves by at most a
+//!   factor `Dⱼ`, and instance `i`'s share of the list by at most
+//!   `Dᵢ · maxⱼ Dⱼ` (its own weight's factor times the normalisation's).
+//!   When the honest clients agree, the liar moves nothing. With only two
+//!   clients (one of them the liar) the liar can hold an estimate where it
+//!   is by disagreeing, but not move it. `registry::tests` checks the bound
+//!   over arbitrary lies.
 //!
 //! A client is a `client_id` from a subscription. Those ids are declared by
 //! the client, not authenticated: the rule bounds what one identity can do,
 //! and an attacker who can subscribe under `m` identities counts as `m`
 //! clients. Raise `stats_min_clients` where that matters; binding ids to
-//! credentials (the client tokens of DESIGN.md's security section) is what
-//! closes it. Counts beyond [`MAX_CLIENTS_PER_INSTANCE`] distinct clients
-//! in one interval share one slot ([`OVERFLOW_CLIENT`]), so no number of
-//! identities grows the daemon's memory without bound.
+//! credentials is what closes it, and clients are not authenticated yet
+//! (README, status).
+//!
+//! Memory is bounded: each instance tracks at most
+//! [`MAX_CLIENTS_PER_INSTANCE`] clients an interval, and the clients past
+//! them share one slot ([`OVERFLOW_CLIENT`]), so no number of identities
+//! grows the daemon's memory without bound. An attacker who takes the slots
+//! first gains nothing it did not already have: its identities count as
+//! clients anyway, and the honest clients' calls still count (as one
+//! client's).
 //!
 //! Sources:
 //! - Envoy's outlier detection (`config.cluster.v3.OutlierDetection`) and
@@ -100,19 +128,25 @@
 //!   value all but `m − 1` clients are on the far side of, and stays put
 //!   when the clients disagree on the direction.
 //!
-//! Our choices: counts and latencies are judged per interval (Envoy's and
-//! A50's interval, every [`INTERVAL`]), not per message, so a client cannot
-//! out-vote others by reporting more often; `fastest_response` weights
-//! therefore move once per interval. A new instance's first estimate is
-//! `clamp(T, L, U)`; with fewer than `2m − 1` clients there is no such
-//! value, and it starts from the service's mean estimate instead (as an
-//! unmeasured instance is already treated), or waits if no instance has one.
+//! Our choices: counts are judged per interval (Envoy's and A50's interval,
+//! every [`INTERVAL`]), not per message, so a client cannot out-vote others
+//! by reporting more often. Latencies are judged per report, so that
+//! `fastest_response` follows a change as fast as it did before the rule
+//! (judging them per interval cost it two thirds more errors in the
+//! simulator's hetero-degrade run); a liar reporting more often moves the
+//! estimate more often, but only inside the bounds above. A new instance's
+//! first estimate is `clamp(T, L, U)`; with fewer than `2m − 1` clients
+//! there is no such value, and it starts from the service's mean estimate
+//! instead (as an unmeasured instance is already treated), or waits if no
+//! instance has one.
 //!
-//! Everything here is pure: the registry records, and at the end of each
-//! interval takes the [`Ledger`] and asks [`believe`] what to make of it.
+//! Everything here is pure and takes time as a parameter: the registry
+//! records each report in a [`Ledger`], asks it for each report's latency
+//! sample, and at the end of each interval takes the counts and asks
+//! [`believe`] what to make of them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the evidence of an interval is judged (outlier detection,
 /// outcome weights, latency estimates): Envoy's `interval`, shorter than its
@@ -120,14 +154,34 @@ use std::time::Duration;
 pub const INTERVAL: Duration = Duration::from_secs(2);
 /// Default `stats_min_clients`: a single client never decides alone.
 pub const DEFAULT_MIN_CLIENTS: u32 = 2;
-/// Largest `stats_min_clients` accepted.
-pub const MAX_MIN_CLIENTS: u32 = 100;
-/// Most distinct clients tracked per instance and interval; later ones share
-/// [`OVERFLOW_CLIENT`]'s slot (and so count as one client together).
-pub const MAX_CLIENTS_PER_INSTANCE: usize = 1024;
+/// Largest `stats_min_clients` accepted (so that `2m − 1` clients, the
+/// latency rule's full range, fit in [`MAX_CLIENTS_PER_INSTANCE`]).
+pub const MAX_MIN_CLIENTS: u32 = 32;
+/// Most distinct clients tracked per instance and interval (and, for runs of
+/// consecutive failures, per instance over two intervals). The first ones to
+/// report in an interval get a slot each; later ones add into one shared
+/// slot, [`OVERFLOW_CLIENT`]'s, and so count as one client together: their
+/// calls still count, capped like any client's. Every client reports every
+/// stats interval (1 s by default, half an [`INTERVAL`]), so no one keeps a
+/// slot by having reported once. A slot costs about 200 bytes (an id of at
+/// most [`crate::model::MAX_ID_LEN`] bytes and its counts), so at most about
+/// 25 KiB per instance, whatever the number of client ids.
+pub const MAX_CLIENTS_PER_INSTANCE: usize = 128;
+const _: () = assert!(2 * MAX_MIN_CLIENTS as usize - 1 <= MAX_CLIENTS_PER_INSTANCE);
 /// The slot of the clients past [`MAX_CLIENTS_PER_INSTANCE`] (client ids are
 /// never empty, so it is nobody's id).
 pub const OVERFLOW_CLIENT: &str = "";
+
+/// The slot `client` takes among the clients `tracked` for one instance:
+/// its own while fewer than [`MAX_CLIENTS_PER_INSTANCE`] are (or it is one of
+/// them), else [`OVERFLOW_CLIENT`]'s.
+pub fn slot<'a, V>(tracked: &BTreeMap<String, V>, client: &'a str) -> &'a str {
+    if tracked.len() < MAX_CLIENTS_PER_INSTANCE || tracked.contains_key(client) {
+        client
+    } else {
+        OVERFLOW_CLIENT
+    }
+}
 
 /// One client's counts for one instance over an interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -151,10 +205,23 @@ impl Counts {
     }
 }
 
-/// Each instance's counts of the current interval, per client.
+/// One client's latest latency report on one instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Latest {
+    /// Its mean latency, µs.
+    mean_us: f64,
+    /// Its finished calls.
+    finished: u64,
+    /// When it arrived.
+    at: Instant,
+}
+
+/// Each instance's counts of the current interval, per client, and each
+/// client's latest latency report from the last [`INTERVAL`].
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
     instances: BTreeMap<String, BTreeMap<String, Counts>>,
+    latest: BTreeMap<String, BTreeMap<String, Latest>>,
 }
 
 /// An interval's evidence: instance id → client id → counts.
@@ -174,25 +241,69 @@ impl Ledger {
             return;
         }
         let clients = self.instances.entry(instance.to_string()).or_default();
-        let slot = if clients.contains_key(client) || clients.len() < MAX_CLIENTS_PER_INSTANCE {
-            client
-        } else {
-            OVERFLOW_CLIENT
-        };
-        clients.entry(slot.to_string()).or_default().add(counts);
+        clients
+            .entry(slot(clients, client).to_string())
+            .or_default()
+            .add(counts);
+    }
+
+    /// Takes in `client`'s latest report of `counts` about `instance`, at
+    /// `now`, and judges its mean latency under rule 3 with `m` =
+    /// `min_clients` against every client's latest report from the last
+    /// [`INTERVAL`]. `None` when the report finished no calls or fewer than
+    /// `m` clients have a latest report. Clients past
+    /// [`MAX_CLIENTS_PER_INSTANCE`] share a slot, as in [`Ledger::record`].
+    pub fn latency(
+        &mut self,
+        instance: &str,
+        client: &str,
+        counts: Counts,
+        min_clients: u32,
+        now: Instant,
+    ) -> Option<Latency> {
+        if counts.finished == 0 {
+            return None;
+        }
+        let mean_us = counts.latency_sum_us as f64 / counts.finished as f64;
+        let latest = self.latest.entry(instance.to_string()).or_default();
+        latest.retain(|_, l| now.saturating_duration_since(l.at) <= INTERVAL);
+        let slot = slot(latest, client).to_string();
+        latest.insert(
+            slot,
+            Latest {
+                mean_us,
+                finished: counts.finished,
+                at: now,
+            },
+        );
+        let means: Vec<f64> = latest.values().map(|l| l.mean_us).collect();
+        let (low_us, high_us) = mth_extremes(&means, min_clients)?;
+        let finished: Vec<u64> = latest.values().map(|l| l.finished).collect();
+        Some(Latency {
+            mean_us,
+            low_us,
+            high_us,
+            calls: counts.finished.min(mth_largest(&finished, min_clients)),
+        })
     }
 
     /// Drops what was recorded about `instance` (it left, or moved).
     pub fn forget(&mut self, instance: &str) {
         self.instances.remove(instance);
+        self.latest.remove(instance);
     }
 
-    /// Ends the interval: its evidence, leaving the ledger empty.
-    pub fn take(&mut self) -> Interval {
+    /// Ends the interval: its counts, leaving none; latest latency reports
+    /// older than an [`INTERVAL`] at `now` are dropped.
+    pub fn take(&mut self, now: Instant) -> Interval {
+        self.latest.retain(|_, clients| {
+            clients.retain(|_, l| now.saturating_duration_since(l.at) <= INTERVAL);
+            !clients.is_empty()
+        });
         std::mem::take(&mut self.instances)
     }
 
-    /// Nothing recorded this interval.
+    /// No counts recorded this interval.
     pub fn is_empty(&self) -> bool {
         self.instances.is_empty()
     }
@@ -231,11 +342,10 @@ fn mth_extremes(values: &[f64], m: u32) -> Option<(f64, f64)> {
     Some((v[m - 1], v[v.len() - m]))
 }
 
-/// What the clients' latencies say about one instance over an interval.
+/// What one report's latency is believed to say (rule 3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Latency {
-    /// `T`: the clients' mean latencies weighted by their capped call
-    /// counts, µs.
+    /// `T`: the report's mean latency, µs.
     pub mean_us: f64,
     /// `L`: the `m`-th lowest client mean; at least `m` clients report at
     /// most this.
@@ -243,37 +353,38 @@ pub struct Latency {
     /// `U`: the `m`-th highest client mean; at least `m` clients report at
     /// least this.
     pub high_us: f64,
-    /// The capped call count behind `mean_us` (how much the EWMA trusts it).
+    /// The report's call count, capped at the `m`-th largest of the latest
+    /// reports' (how much the EWMA trusts the sample).
     pub calls: u64,
 }
 
 impl Latency {
     /// The sample an estimate standing at `current` takes from this
-    /// interval: `clamp(T, min(v, L), max(v, U))`. It rises above `v` only as
+    /// interval: `clamp(T, L, U)` when `L ≤ U` (at least `2m − 1` clients),
+    /// else `clamp(T, min(v, L), max(v, U))`, which rises above `v` only as
     /// far as `m` clients report at least, and falls only as far as `m`
     /// report at most.
     ///
-    /// An instance with no estimate starts at `clamp(T, L, U)`; when that
-    /// range is empty (fewer than `2m − 1` clients) it starts from `prior`
-    /// (the service's mean estimate) as if that were its estimate, and with
-    /// no prior either there is no sample (`None`).
+    /// With `L > U`, an instance with no estimate starts from `prior` (the
+    /// service's mean estimate) as if that were its estimate, and with no
+    /// prior either there is no sample (`None`).
     pub fn sample(&self, current: Option<f64>, prior: Option<f64>) -> Option<f64> {
         let valid = |x: &f64| x.is_finite() && *x >= 0.0;
         let (t, lo, hi) = (self.mean_us, self.low_us, self.high_us);
         if ![t, lo, hi].iter().all(valid) {
             return None;
         }
-        let from = |v: f64| t.clamp(v.min(lo), v.max(hi));
-        match current.filter(valid) {
-            Some(v) => Some(from(v)),
-            None if lo <= hi => Some(t.clamp(lo, hi)),
-            None => prior.filter(valid).map(from),
+        if lo <= hi {
+            return Some(t.clamp(lo, hi));
         }
+        current
+            .filter(valid)
+            .or(prior.filter(valid))
+            .map(|v| t.clamp(v.min(lo), v.max(hi)))
     }
 }
 
-/// What the daemon believes of one instance's interval: the capped counts,
-/// and the latencies `m` clients agree on.
+/// What the daemon believes of one instance's interval: the capped counts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Belief {
     /// Clients that reported on the instance.
@@ -284,8 +395,6 @@ pub struct Belief {
     pub failed: u64,
     /// Successful calls, capped per client.
     pub succeeded: u64,
-    /// `None` unless at least `m` clients finished calls.
-    pub latency: Option<Latency>,
 }
 
 /// Judges one instance's interval under [the rule](self) with `m` =
@@ -301,35 +410,11 @@ pub fn believe(clients: &BTreeMap<String, Counts>, min_clients: u32) -> Belief {
         .values()
         .map(|c| c.finished - c.failed.min(c.finished))
         .collect();
-    // Latency: the clients that finished calls, with their means.
-    let timed: Vec<(u64, f64)> = clients
-        .values()
-        .filter(|c| c.finished > 0)
-        .map(|c| (c.finished, c.latency_sum_us as f64 / c.finished as f64))
-        .collect();
-    let latency = mth_extremes(&timed.iter().map(|t| t.1).collect::<Vec<_>>(), m).map(
-        |(low_us, high_us)| {
-            let cap = mth_largest(&timed.iter().map(|t| t.0).collect::<Vec<_>>(), m);
-            let (mut sum, mut calls) = (0.0, 0u64);
-            for &(n, mean) in &timed {
-                let w = n.min(cap);
-                sum += w as f64 * mean;
-                calls = calls.saturating_add(w);
-            }
-            Latency {
-                mean_us: sum / calls.max(1) as f64,
-                low_us,
-                high_us,
-                calls,
-            }
-        },
-    );
     Belief {
         clients: clients.len(),
         finished: capped_sum(&finished, m),
         failed: capped_sum(&failed, m),
         succeeded: capped_sum(&succeeded, m),
-        latency,
     }
 }
 
@@ -373,7 +458,6 @@ mod tests {
                 finished: 0,
                 failed: 0,
                 succeeded: 0,
-                latency: None
             }
         );
         let two = believe(
@@ -381,12 +465,20 @@ mod tests {
             2,
         );
         assert_eq!((two.finished, two.failed, two.succeeded), (100, 100, 0));
-        let lat = two.latency.expect("two clients finished calls");
-        assert_eq!((lat.mean_us, lat.low_us, lat.high_us), (20.0, 30.0, 10.0));
         // m = 1 believes one client as reported.
         let one = believe(&clients(&[("mallory", counts(100, 100, 10))]), 1);
         assert_eq!((one.finished, one.failed), (100, 100));
-        assert_eq!(one.latency.map(|l| l.mean_us), Some(10.0));
+    }
+
+    /// Feeds `reports` to a fresh ledger at one instant; the last one's
+    /// judgement.
+    fn judge(reports: &[(&str, Counts)], m: u32) -> Option<Latency> {
+        let (mut l, t0) = (Ledger::new(), Instant::now());
+        reports
+            .iter()
+            .map(|(c, n)| l.latency("i", c, *n, m, t0))
+            .last()
+            .flatten()
     }
 
     #[test]
@@ -399,24 +491,27 @@ mod tests {
             ]),
             2,
         );
-        // Finished capped at 100 (alice's), failed at 0 (bob's: the second
-        // most), successes at 98.
+        // Each count capped at its second largest: finished at alice's 100,
+        // failed at alice's 2, successes at bob's 80.
         assert_eq!(b.finished, 100 + 100 + 80);
-        assert_eq!(b.failed, 0);
-        assert_eq!(b.succeeded, 0 + 98 + 80);
+        assert_eq!(b.failed, 2 + 2);
+        assert_eq!(b.succeeded, 80 + 80);
     }
 
     #[test]
     fn latency_moves_only_as_far_as_m_clients_agree() {
-        let lat = |cs: &[(&str, Counts)]| believe(&clients(cs), 2).latency.unwrap();
+        let lat = |cs: &[(&str, Counts)]| judge(cs, 2).expect("judged");
+        assert_eq!(judge(&[("mallory", counts(9, 0, 1))], 2), None, "alone");
+        assert_eq!(judge(&[("a", counts(9, 0, 1)), ("b", counts(0, 0, 0))], 2), None);
         // Three clients: [L, U] is the middle report; the liar's 10⁹ µs is
-        // trimmed whatever the estimate was.
+        // trimmed whatever the estimate was, and its calls count as alice's.
         let three = lat(&[
-            ("mallory", counts(1000, 0, 1_000_000_000)),
             ("alice", counts(100, 0, 1000)),
             ("bob", counts(100, 0, 1200)),
+            ("mallory", counts(1000, 0, 1_000_000_000)),
         ]);
         assert_eq!((three.low_us, three.high_us), (1200.0, 1200.0));
+        assert_eq!((three.mean_us, three.calls), (1e9, 100));
         assert_eq!(three.sample(None, None), Some(1200.0));
         assert_eq!(three.sample(Some(5.0), None), Some(1200.0));
         assert_eq!(three.sample(Some(1e12), None), Some(1200.0));
@@ -434,14 +529,20 @@ mod tests {
         assert_eq!(two.sample(None, Some(800.0)), Some(1000.0));
         assert_eq!(two.sample(None, Some(1500.0)), Some(1500.0));
         assert_eq!(two.sample(None, None), None);
-        // m = 1: the plain weighted mean.
-        let one = believe(
-            &clients(&[("a", counts(1, 0, 100)), ("b", counts(3, 0, 200))]),
-            1,
-        )
-        .latency
-        .unwrap();
-        assert_eq!(one.sample(Some(1e6), None), Some(175.0));
+        // m = 1: each report as it is.
+        let one = judge(&[("a", counts(1, 0, 100)), ("b", counts(3, 0, 200))], 1).unwrap();
+        assert_eq!((one.sample(Some(1e6), None), one.calls), (Some(200.0), 3));
+        // Latest reports last an interval: after it, a client alone again.
+        let (mut l, t0) = (Ledger::new(), Instant::now());
+        assert_eq!(l.latency("i", "a", counts(1, 0, 100), 2, t0), None);
+        assert!(l.latency("i", "b", counts(1, 0, 100), 2, t0 + INTERVAL).is_some());
+        assert_eq!(
+            l.latency("i", "b", counts(1, 0, 100), 2, t0 + INTERVAL * 2 + Duration::from_millis(1)),
+            None
+        );
+        l.forget("i");
+        l.take(t0);
+        assert!(l.latest.is_empty());
     }
 
     #[test]
@@ -453,7 +554,7 @@ mod tests {
         for n in 0..MAX_CLIENTS_PER_INSTANCE + 5 {
             l.record("j", &format!("c{n}"), counts(1, 1, 1));
         }
-        let taken = l.take();
+        let taken = l.take(Instant::now());
         assert!(l.is_empty());
         assert_eq!(
             taken["i"],
@@ -487,11 +588,13 @@ mod tests {
 
         /// One liar among honest clients adds at most the largest honest
         /// count to any capped count, never hides honest evidence, and never
-        /// moves a latency sample outside `[min(v, lo), max(v, hi)]`.
+        /// moves a latency sample outside `[min(v, lo), max(v, hi)]` (inside
+        /// `[lo, hi]` with enough clients), whichever report comes last.
         #[test]
         fn one_liar_is_bounded(
             honest in prop::collection::vec(arb_counts(), 0..6),
             lie in (any::<u64>(), any::<u64>(), any::<u64>()),
+            liar_at in 0usize..6,
             v in prop_oneof![Just(None), (0.0f64..1e7).prop_map(Some)],
             prior in prop_oneof![Just(None), (0.0f64..1e7).prop_map(Some)],
         ) {
@@ -516,12 +619,23 @@ mod tests {
                 prop_assert_eq!(with.failed, 0, "no honest failure, no failure");
             }
             prop_assert!(with.failed <= with.finished);
-            if let Some(lat) = with.latency {
+            let mut reports: Vec<(String, Counts)> =
+                hs.iter().filter(|(id, _)| *id != "liar").map(|(id, c)| (id.clone(), *c)).collect();
+            reports.insert(liar_at.min(reports.len()), ("liar".into(), liar));
+            let reports: Vec<(&str, Counts)> = reports.iter().map(|(id, c)| (id.as_str(), *c)).collect();
+            if let Some(lat) = judge(&reports, 2) {
                 let means: Vec<f64> = honest
                     .iter()
                     .filter(|c| c.finished > 0)
                     .map(|c| c.latency_sum_us as f64 / c.finished as f64)
                     .collect();
+                if lat.low_us <= lat.high_us && !means.is_empty() {
+                    // Enough clients: the sample is inside the honest range.
+                    let s = lat.sample(v, prior).expect("a sample");
+                    let lo = means.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = means.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    prop_assert!(s >= lo && s <= hi, "{} outside honest [{}, {}]", s, lo, hi);
+                }
                 if let Some(s) = lat.sample(v, prior) {
                     let start = v.or(prior);
                     let lo = means.iter().copied().chain(start).fold(f64::INFINITY, f64::min);

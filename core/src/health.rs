@@ -63,7 +63,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use crate::evidence::{self, MAX_CLIENTS_PER_INSTANCE, OVERFLOW_CLIENT};
+use crate::evidence;
 use crate::model::{FieldError, MAX_UTILIZATION};
 
 /// Longest ejection time accepted (and applied, whatever the config says).
@@ -312,8 +312,8 @@ struct Host {
     readmitted_at: Option<Instant>,
     /// Ejected at some point of the current interval (no decay for it).
     out_in_interval: bool,
-    /// Each client's run, by client id (at most
-    /// [`MAX_CLIENTS_PER_INSTANCE`], then [`OVERFLOW_CLIENT`]'s).
+    /// Each client's run, by client id ([`evidence::slot`]: at most
+    /// [`evidence::MAX_CLIENTS_PER_INSTANCE`], then one shared slot).
     runs: BTreeMap<String, Run>,
     last_success_rate: Option<f64>,
 }
@@ -427,12 +427,8 @@ impl Detector {
         if h.ejected(now) {
             return None;
         }
-        let slot = if h.runs.contains_key(client) || h.runs.len() < MAX_CLIENTS_PER_INSTANCE {
-            client
-        } else {
-            OVERFLOW_CLIENT
-        };
-        let r = h.runs.entry(slot.to_string()).or_default();
+        let slot = evidence::slot(&h.runs, client).to_string();
+        let r = h.runs.entry(slot).or_default();
         r.failed_since_back = r.failed_since_back.saturating_add(failed);
         r.run = consecutive_failures.min(r.failed_since_back);
         r.interval = interval;
@@ -1076,7 +1072,7 @@ mod tests {
                     }
                     Op::Evaluate => {
                         let tallies: BTreeMap<String, Tally> = ledger
-                            .take()
+                            .take(now)
                             .iter()
                             .map(|(id, clients)| {
                                 let b = evidence::believe(clients, min_clients);

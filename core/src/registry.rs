@@ -204,24 +204,14 @@ impl Service {
 impl Service {
     /// Ends the service's evidence interval: judges what each client
     /// reported about each instance ([`evidence::believe`]), moves the
-    /// instances' outcome weights and latency estimates by what is believed,
-    /// and returns each instance's believed tally for the detectors, and
-    /// whether any weight input moved.
+    /// instances' outcome weights by what is believed, and returns each
+    /// instance's believed tally for the detectors, and whether any outcome
+    /// weight moved.
     fn fold_evidence(&mut self, now: Instant) -> (BTreeMap<String, Tally>, bool) {
         let mut tallies = BTreeMap::new();
-        let interval = self.evidence.take();
-        if interval.is_empty() {
-            return (tallies, false);
-        }
+        let interval = self.evidence.take(now);
         let m = self.policy.health.min_clients;
-        let (decay, outcome_policy) = (self.policy.ewma_decay, self.policy.outcome);
-        // An instance without an estimate may start from the service's mean.
-        let known: Vec<f64> = self
-            .instances
-            .values()
-            .filter_map(|i| i.latency.and_then(|l| l.value()))
-            .collect();
-        let prior = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+        let outcome_policy = self.policy.outcome;
         let mut moved = false;
         for (id, clients) in interval {
             let Some(inst) = self.instances.get_mut(&id).map(Arc::make_mut) else {
@@ -236,28 +226,45 @@ impl Service {
                 },
             );
             if b.succeeded > 0 || b.failed > 0 {
-                inst.efficient = outcome::update(
+                let efficient = outcome::update(
                     &outcome_policy,
                     f64::from(inst.spec.weight),
                     inst.efficient,
                     b.succeeded,
                     b.failed,
                 );
-                moved = true;
-            }
-            let Some(lat) = b.latency else {
-                continue;
-            };
-            let own = inst.latency.and_then(|l| l.value());
-            if let Some(sample) = lat.sample(own, prior) {
-                match (&mut inst.latency, own) {
-                    (Some(l), Some(_)) => l.observe(sample, lat.calls, now, decay),
-                    _ => inst.latency = Some(LatencyEwma::new(sample, now)),
-                }
-                moved = true;
+                moved |= efficient != inst.efficient;
+                inst.efficient = efficient;
             }
         }
         (tallies, moved)
+    }
+
+    /// Judges one client report's latency about instance `id` (rule 3 of
+    /// [`crate::evidence`]) and moves its estimate by the sample.
+    fn observe_latency(&mut self, id: &str, client: &str, counts: evidence::Counts, now: Instant) {
+        let m = self.policy.health.min_clients;
+        let Some(lat) = self.evidence.latency(id, client, counts, m, now) else {
+            return;
+        };
+        // An instance without an estimate may start from the service's mean.
+        let known: Vec<f64> = self
+            .instances
+            .values()
+            .filter_map(|i| i.latency.and_then(|l| l.value()))
+            .collect();
+        let prior = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+        let decay = self.policy.ewma_decay;
+        let Some(inst) = self.instances.get_mut(id).map(Arc::make_mut) else {
+            return;
+        };
+        let own = inst.latency.and_then(|l| l.value());
+        if let Some(sample) = lat.sample(own, prior) {
+            match (&mut inst.latency, own) {
+                (Some(l), Some(_)) => l.observe(sample, lat.calls, now, decay),
+                _ => inst.latency = Some(LatencyEwma::new(sample, now)),
+            }
+        }
     }
 }
 
@@ -268,7 +275,7 @@ pub struct Evaluated {
     pub service: String,
     /// Ejections and re-admissions (list changes).
     pub events: Vec<health::Event>,
-    /// Client evidence moved an outcome weight or a latency estimate.
+    /// Client evidence moved an outcome weight.
     pub weights: bool,
 }
 
@@ -695,11 +702,12 @@ impl Registry {
     }
 
     /// Takes in one client's outcome report. The totals operators see add
-    /// up at once; what decides (outlier detection, outcome weights, latency
-    /// estimates) is recorded per client and judged at the end of the
-    /// interval by [`Registry::evaluate_health`], except a run of consecutive
-    /// failures, which ejects at once when `stats_min_clients` clients have
-    /// one ([`Detector::record`]). `client` is the reporter's id. Entries for
+    /// up at once, and so does the latency estimate, by as much as the other
+    /// clients' latest reports allow ([`evidence::Ledger::latency`]). Outlier
+    /// detection and outcome weights take the counts per client, judged at
+    /// the end of the interval by [`Registry::evaluate_health`], except a
+    /// run of consecutive failures, which ejects at once when
+    /// `stats_min_clients` clients have one ([`Detector::record`]). `client` is the reporter's id. Entries for
     /// instances that are gone (the list moved on) and for ejected instances
     /// (calls that were in flight) are left out of the evidence.
     ///
@@ -734,15 +742,13 @@ impl Registry {
             if svc.health.ejected(&s.instance_id, now) {
                 continue;
             }
-            svc.evidence.record(
-                &s.instance_id,
-                client,
-                evidence::Counts {
-                    finished: s.calls_finished,
-                    failed: s.calls_failed,
-                    latency_sum_us: s.latency_sum_us,
-                },
-            );
+            let counts = evidence::Counts {
+                finished: s.calls_finished,
+                failed: s.calls_failed,
+                latency_sum_us: s.latency_sum_us,
+            };
+            svc.evidence.record(&s.instance_id, client, counts);
+            svc.observe_latency(&s.instance_id, client, counts, now);
             ejected |= svc
                 .health
                 .record(
@@ -771,17 +777,32 @@ impl Registry {
     }
 
     /// Ends every service's evidence interval (once per
-    /// [`evidence::INTERVAL`]): moves outcome weights and latency estimates by
-    /// what the clients' reports are believed to show, runs outlier detection
-    /// on it, and readmits instances whose ejection is over. Returns the
-    /// services where something changed, and what.
+    /// [`evidence::INTERVAL`]): moves outcome weights by what the clients'
+    /// reports are believed to show, runs outlier detection on it, and
+    /// readmits instances whose ejection is over. Returns the services where
+    /// something changed, and what.
     pub fn evaluate_health(&mut self, now: Instant) -> Vec<Evaluated> {
+        self.end_interval(now, true)
+    }
+
+    /// [`Registry::evaluate_health`] without outlier detection or
+    /// re-admissions: the outcome weights alone. For the simulator, which
+    /// does not model the daemon's interval detectors.
+    pub fn fold_outcomes(&mut self, now: Instant) -> Vec<Evaluated> {
+        self.end_interval(now, false)
+    }
+
+    fn end_interval(&mut self, now: Instant, detect: bool) -> Vec<Evaluated> {
         let mut changed = Vec::new();
         for (name, svc) in &mut self.services {
             let svc = Arc::make_mut(svc);
             let (tallies, weights) = svc.fold_evidence(now);
             // Membership is kept in step by register/restore/remove.
-            let events = svc.health.evaluate(&svc.policy.health, &tallies, now);
+            let events = if detect {
+                svc.health.evaluate(&svc.policy.health, &tallies, now)
+            } else {
+                Vec::new()
+            };
             if !events.is_empty() || weights {
                 changed.push(Evaluated {
                     service: name.clone(),
