@@ -86,8 +86,9 @@
 //!   `Dᵢ · maxⱼ Dⱼ` (its own weight's factor times the normalisation's).
 //!   When the honest clients agree, the liar moves nothing. With only two
 //!   clients (one of them the liar) the liar can hold an estimate where it
-//!   is by disagreeing, but not move it. `registry::tests` checks the bound
-//!   over arbitrary lies.
+//!   is by disagreeing, but not move it. `registry::tests` checks over
+//!   arbitrary lies that no report moves an estimate away from its honest
+//!   range.
 //!
 //! A client is a `client_id` from a subscription. Those ids are declared by
 //! the client, not authenticated: the rule bounds what one identity can do,

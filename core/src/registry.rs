@@ -939,6 +939,7 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::model::InstanceOutcomes;
+    use crate::policy::PolicyKind;
 
     fn spec(id: &str, addr: &str) -> InstanceSpec {
         InstanceSpec::new("svc", id, addr)
@@ -1164,5 +1165,224 @@ mod tests {
         assert_eq!(i.outcomes.calls_started, 6);
         assert_eq!(i.outcomes.calls_failed, 2);
         assert_eq!(r.service("svc").unwrap().dropped, 8);
+    }
+
+    /// One client's report about instance `id` of service "svc": `finished`
+    /// calls, `failed` of them, with mean latency `mean_us`, and its current
+    /// run of consecutive failures.
+    fn report(id: &str, finished: u64, failed: u64, mean_us: u64, run: u64) -> ClientStats {
+        ClientStats {
+            instances: vec![InstanceOutcomes {
+                instance_id: id.into(),
+                calls_started: finished,
+                calls_finished: finished,
+                calls_failed: failed,
+                latency_sum_us: finished.saturating_mul(mean_us),
+                consecutive_failures: run,
+                ..Default::default()
+            }],
+            dropped: 0,
+            no_backend: 0,
+        }
+    }
+
+    /// Service "svc" with `n` leased instances i0..i{n-1} under `policy`.
+    fn farm(n: usize, policy: ServicePolicy, now: Instant) -> Registry {
+        let mut r = Registry::new();
+        r.set_policy("svc", policy);
+        for i in 0..n {
+            r.apply_register(
+                spec(&format!("i{i}"), &format!("127.0.0.1:{}", i + 1)),
+                Duration::from_secs(3600),
+                Attachment::Lease,
+                now,
+            );
+        }
+        r
+    }
+
+    fn listed(r: &Registry, now: Instant) -> Vec<String> {
+        r.candidates("svc", now)
+            .iter()
+            .map(|c| c.spec.instance_id.clone())
+            .collect()
+    }
+
+    fn policy(kind: PolicyKind, min_clients: u32) -> ServicePolicy {
+        let mut p = ServicePolicy::with_kind(kind);
+        p.health.min_clients = min_clients;
+        p
+    }
+
+    #[test]
+    fn one_client_cannot_eject_two_agreeing_clients_can() {
+        let t0 = Instant::now();
+        let all: Vec<String> = (0..4).map(|i| format!("i{i}")).collect();
+        let mut r = farm(4, policy(PolicyKind::RoundRobin, 2), t0);
+        assert_eq!(r.policy("svc").health.min_clients, 2, "the default");
+        // Mallory reports 10⁹ failed calls to i0, all in one run, again and
+        // again, over several intervals.
+        let lie = report("i0", 1_000_000_000, 1_000_000_000, 1, 1_000_000_000);
+        let mut t = t0;
+        for _ in 0..5 {
+            for _ in 0..10 {
+                assert!(!r.record_stats("svc", "mallory", &lie, t));
+            }
+            // An honest client sees i1 and i0 serve well.
+            r.record_stats("svc", "alice", &report("i0", 100, 0, 900, 0), t);
+            t += evidence::INTERVAL;
+            assert!(r.evaluate_health(t).iter().all(|e| e.events.is_empty()));
+            assert_eq!(listed(&r, t), all);
+        }
+        // Two clients that both see i1 fail: a run each ejects at once ...
+        assert!(!r.record_stats("svc", "alice", &report("i1", 5, 5, 900, 5), t));
+        assert_eq!(listed(&r, t), all);
+        assert!(r.record_stats("svc", "bob", &report("i1", 5, 5, 900, 5), t));
+        assert_eq!(listed(&r, t), ["i0", "i2", "i3"]);
+        // (The liar is a witness too: with one honest client's run on i0,
+        // the two runs agree.)
+        assert!(r.record_stats("svc", "alice", &report("i0", 5, 5, 900, 5), t));
+        // ... and so do their failure percentages over an interval.
+        let mut p = policy(PolicyKind::RoundRobin, 2);
+        p.health.consecutive_failures = 0;
+        let mut r = farm(4, p, t0);
+        r.record_stats("svc", "mallory", &lie, t0);
+        assert!(r.evaluate_health(t0 + evidence::INTERVAL).is_empty());
+        assert_eq!(listed(&r, t0 + evidence::INTERVAL), all);
+        let t = t0 + evidence::INTERVAL;
+        r.record_stats("svc", "alice", &report("i0", 60, 60, 900, 0), t);
+        r.record_stats("svc", "bob", &report("i0", 60, 55, 900, 0), t);
+        r.record_stats("svc", "mallory", &lie, t);
+        let judged = r.evaluate_health(t + evidence::INTERVAL);
+        assert!(
+            matches!(&judged[0].events[..], [health::Event::Ejected { id, .. }] if id == "i0"),
+            "{judged:?}"
+        );
+    }
+
+    #[test]
+    fn with_one_min_client_one_client_ejects_as_before() {
+        let t0 = Instant::now();
+        let mut r = farm(4, policy(PolicyKind::RoundRobin, 1), t0);
+        assert!(!r.record_stats("svc", "c", &report("i0", 4, 4, 1, 4), t0));
+        assert!(r.record_stats("svc", "c", &report("i0", 1, 1, 1, 5), t0));
+        assert!(!listed(&r, t0).contains(&"i0".to_string()));
+        let mut p = policy(PolicyKind::RoundRobin, 1);
+        p.health.consecutive_failures = 0;
+        let mut r = farm(4, p, t0);
+        r.record_stats("svc", "c", &report("i1", 100, 90, 1, 0), t0);
+        let judged = r.evaluate_health(t0 + evidence::INTERVAL);
+        assert!(matches!(&judged[0].events[..], [health::Event::Ejected { id, .. }] if id == "i1"));
+    }
+
+    #[test]
+    fn outcome_weights_need_agreement() {
+        let t0 = Instant::now();
+        let mut p = policy(PolicyKind::WeightedRoundRobin, 2);
+        p.outcome.enabled = true;
+        let mut r = farm(2, p, t0);
+        let key = spec("i0", "x:1").key();
+        let base = r.instance(&key).unwrap().efficient;
+        r.record_stats("svc", "mallory", &report("i0", 1000, 1000, 1, 0), t0);
+        r.record_stats("svc", "alice", &report("i0", 10, 0, 1, 0), t0);
+        r.evaluate_health(t0 + evidence::INTERVAL);
+        assert_eq!(r.instance(&key).unwrap().efficient, base, "one witness");
+        let t = t0 + evidence::INTERVAL;
+        r.record_stats("svc", "alice", &report("i0", 10, 3, 1, 0), t);
+        r.record_stats("svc", "bob", &report("i0", 10, 3, 1, 0), t);
+        let judged = r.evaluate_health(t + evidence::INTERVAL);
+        assert!(judged[0].weights);
+        assert!(r.instance(&key).unwrap().efficient < base, "two witnesses");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// With `stats_min_clients = 1` the latency estimates are exactly
+        /// what the registry computed before the rule: every report's mean
+        /// folded into the instance's EWMA as it arrives.
+        #[test]
+        fn one_min_client_keeps_the_old_latency_estimates(
+            reports in proptest::collection::vec((0usize..4, 0usize..3, 1u64..100_000, 1u64..50, 0u64..700), 1..60),
+        ) {
+            let t0 = Instant::now();
+            let mut r = farm(3, policy(PolicyKind::FastestResponse, 1), t0);
+            let decay = r.policy("svc").ewma_decay;
+            let mut old: Vec<Option<LatencyEwma>> = vec![None; 3];
+            let mut t = t0;
+            for (client, i, mean, n, dt) in reports {
+                t += Duration::from_millis(dt);
+                r.record_stats("svc", &format!("c{client}"), &report(&format!("i{i}"), n, 0, mean, 0), t);
+                match &mut old[i] {
+                    Some(l) => l.observe(mean as f64, n, t, decay),
+                    None => old[i] = Some(LatencyEwma::new(mean as f64, t)),
+                }
+                for (j, o) in old.iter().enumerate() {
+                    let now = r.instance(&spec(&format!("i{j}"), "x:1").key()).unwrap().latency;
+                    proptest::prop_assert_eq!(now.and_then(|l| l.value()), o.and_then(|l| l.value()));
+                }
+            }
+        }
+
+        /// A liar among three honest clients (m = 2): every estimate stays
+        /// within the honest reports' range, and once every client has
+        /// reported, no report (the liar's least of all) moves an estimate
+        /// away from its own instance's honest range.
+        #[test]
+        fn a_liar_cannot_move_latency_beyond_the_honest_range(
+            ranges in proptest::collection::vec((1u64..10_000, 1u64..10), 3),
+            honest in proptest::collection::vec(
+                proptest::collection::vec((0usize..3, 0u64..1000), 9), 1..12),
+            lies in proptest::collection::vec((0usize..3, proptest::prelude::any::<u64>(), 1u64..1_000_000, 0usize..10), 1..12),
+        ) {
+            let t0 = Instant::now();
+            let mut r = farm(3, policy(PolicyKind::FastestResponse, 2), t0);
+            // Instance i's honest reports lie in [lo_i, lo_i × f_i].
+            let range = |i: usize| (ranges[i].0 as f64, (ranges[i].0 * ranges[i].1) as f64);
+            let global = (
+                (0..3).map(|i| range(i).0).fold(f64::INFINITY, f64::min),
+                (0..3).map(|i| range(i).1).fold(0.0, f64::max),
+            );
+            let dist = |i: usize, x: f64| {
+                let (lo, hi) = range(i);
+                (lo - x).max(x - hi).max(0.0)
+            };
+            let estimate = |r: &Registry, i: usize| {
+                r.instance(&spec(&format!("i{i}"), "x:1").key()).unwrap().latency.and_then(|l| l.value())
+            };
+            let mut t = t0;
+            let mut seen = [[false; 4]; 3];
+            for (round, reports) in honest.iter().enumerate() {
+                // Each round: each honest client reports on each instance,
+                // the liar once somewhere among them.
+                let mut batch: Vec<(&str, usize, u64, u64)> = Vec::new();
+                for (k, &(i, x)) in reports.iter().enumerate() {
+                    let (lo, hi) = range(i);
+                    let mean = (lo + (hi - lo) * x as f64 / 999.0).round() as u64;
+                    batch.push((["h0", "h1", "h2"][k % 3], i, mean, 10));
+                }
+                if let Some(&(i, lie, n, at)) = lies.get(round) {
+                    batch.insert(at.min(batch.len()), ("liar", i, lie % 1_000_000_000_000, n));
+                }
+                for (client, i, mean, n) in batch {
+                    t += Duration::from_millis(20);
+                    let before: Vec<Option<f64>> = (0..3).map(|j| estimate(&r, j)).collect();
+                    r.record_stats("svc", client, &report(&format!("i{i}"), n, 0, mean, 0), t);
+                    seen[i][match client { "h0" => 0, "h1" => 1, "h2" => 2, _ => 3 }] = true;
+                    for j in 0..3 {
+                        let Some(e) = estimate(&r, j) else { continue };
+                        proptest::prop_assert!(e >= global.0 - 1e-6 && e <= global.1 + 1e-6,
+                            "i{} at {} outside [{}, {}]", j, e, global.0, global.1);
+                        // Every honest client has a latest report on j.
+                        if seen[j][..3].iter().all(|&s| s) {
+                            if let Some(b) = before[j] {
+                                proptest::prop_assert!(dist(j, e) <= dist(j, b) + 1e-6,
+                                    "{} moved i{} from {} to {}, away from {:?}", client, j, b, e, range(j));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
