@@ -403,10 +403,7 @@ pub struct Belief {
 pub fn believe(clients: &BTreeMap<String, Counts>, min_clients: u32) -> Belief {
     let m = min_clients.max(1);
     let finished: Vec<u64> = clients.values().map(|c| c.finished).collect();
-    let failed: Vec<u64> = clients
-        .values()
-        .map(|c| c.failed.min(c.finished))
-        .collect();
+    let failed: Vec<u64> = clients.values().map(|c| c.failed.min(c.finished)).collect();
     let succeeded: Vec<u64> = clients
         .values()
         .map(|c| c.finished - c.failed.min(c.finished))
@@ -503,7 +500,10 @@ mod tests {
     fn latency_moves_only_as_far_as_m_clients_agree() {
         let lat = |cs: &[(&str, Counts)]| judge(cs, 2).expect("judged");
         assert_eq!(judge(&[("mallory", counts(9, 0, 1))], 2), None, "alone");
-        assert_eq!(judge(&[("a", counts(9, 0, 1)), ("b", counts(0, 0, 0))], 2), None);
+        assert_eq!(
+            judge(&[("a", counts(9, 0, 1)), ("b", counts(0, 0, 0))], 2),
+            None
+        );
         // Three clients: [L, U] is the middle report; the liar's 10⁹ µs is
         // trimmed whatever the estimate was, and its calls count as alice's.
         let three = lat(&[
@@ -523,8 +523,16 @@ mod tests {
             ("alice", counts(100, 0, 1000)),
         ]);
         assert_eq!((two.low_us, two.high_us), (1e9, 1000.0));
-        assert_eq!(two.sample(Some(500.0), None), Some(1000.0), "both say slower");
-        assert_eq!(two.sample(Some(2000.0), None), Some(2000.0), "they disagree");
+        assert_eq!(
+            two.sample(Some(500.0), None),
+            Some(1000.0),
+            "both say slower"
+        );
+        assert_eq!(
+            two.sample(Some(2000.0), None),
+            Some(2000.0),
+            "they disagree"
+        );
         assert_eq!(two.sample(Some(2e9), None), Some(1e9), "both say faster");
         // A new instance starts from the prior, or waits.
         assert_eq!(two.sample(None, Some(800.0)), Some(1000.0));
@@ -536,9 +544,17 @@ mod tests {
         // Latest reports last an interval: after it, a client alone again.
         let (mut l, t0) = (Ledger::new(), Instant::now());
         assert_eq!(l.latency("i", "a", counts(1, 0, 100), 2, t0), None);
-        assert!(l.latency("i", "b", counts(1, 0, 100), 2, t0 + INTERVAL).is_some());
+        assert!(l
+            .latency("i", "b", counts(1, 0, 100), 2, t0 + INTERVAL)
+            .is_some());
         assert_eq!(
-            l.latency("i", "b", counts(1, 0, 100), 2, t0 + INTERVAL * 2 + Duration::from_millis(1)),
+            l.latency(
+                "i",
+                "b",
+                counts(1, 0, 100),
+                2,
+                t0 + INTERVAL * 2 + Duration::from_millis(1)
+            ),
             None
         );
         l.forget("i");

@@ -799,9 +799,23 @@ mod tests {
         let mut t: BTreeMap<String, Tally> = fails
             .iter()
             .enumerate()
-            .map(|(i, &failed)| (format!("h{i}"), Tally { finished: 100, failed }))
+            .map(|(i, &failed)| {
+                (
+                    format!("h{i}"),
+                    Tally {
+                        finished: 100,
+                        failed,
+                    },
+                )
+            })
             .collect();
-        t.insert("h5".into(), Tally { finished: 10, failed: 10 });
+        t.insert(
+            "h5".into(),
+            Tally {
+                finished: 10,
+                failed: 10,
+            },
+        );
         let ev = d.evaluate(&cfg, &t, t0 + s(10));
         assert_eq!(
             ev,
@@ -813,12 +827,26 @@ mod tests {
         );
         // Only four hosts with enough calls: no statistics, no ejection.
         let mut d = detector(6);
-        t.insert("h0".into(), Tally { finished: 49, failed: 0 });
+        t.insert(
+            "h0".into(),
+            Tally {
+                finished: 49,
+                failed: 0,
+            },
+        );
         assert_eq!(d.evaluate(&cfg, &t, t0 + s(10)), []);
         // All alike: nobody is an outlier.
         let mut d = detector(5);
         let t: BTreeMap<String, Tally> = (0..5)
-            .map(|i| (format!("h{i}"), Tally { finished: 100, failed: 30 }))
+            .map(|i| {
+                (
+                    format!("h{i}"),
+                    Tally {
+                        finished: 100,
+                        failed: 30,
+                    },
+                )
+            })
             .collect();
         assert_eq!(d.evaluate(&cfg, &t, t0 + s(10)), []);
     }

@@ -25,7 +25,10 @@ const P2C_STREAM: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
-    Complete { backend: u32, req: u32 },
+    Complete {
+        backend: u32,
+        req: u32,
+    },
     Timeout(u32),
     Report(u32),
     Stats(u32),

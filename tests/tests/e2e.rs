@@ -380,7 +380,13 @@ async fn client_call_stats_reach_the_daemon_even_when_the_client_exits_at_once()
     // stats_min_clients=2 clients must agree).
     ctl(
         &c.daemon.addr(),
-        &["set-policy", "echo", "round_robin", "-p", "stats_min_clients=1"],
+        &[
+            "set-policy",
+            "echo",
+            "round_robin",
+            "-p",
+            "stats_min_clients=1",
+        ],
     )
     .expect("set-policy");
     let sub = c.client("echo").await;

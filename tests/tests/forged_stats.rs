@@ -119,7 +119,13 @@ async fn one_forging_client_cannot_eject_two_agreeing_clients_can() {
     // stats_min_clients stays at its default, 2.
     ctl(
         &daemon,
-        &["set-policy", "echo", "round_robin", "-p", "eject_max_percent=100"],
+        &[
+            "set-policy",
+            "echo",
+            "round_robin",
+            "-p",
+            "eject_max_percent=100",
+        ],
     )
     .expect("set-policy");
     let watcher = c.client("echo").await;
@@ -141,7 +147,10 @@ async fn one_forging_client_cannot_eject_two_agreeing_clients_can() {
         taken_in(&status_line(&daemon, "echo", "b2"))
     })
     .await;
-    assert!(wait_taken_in, "the daemon counts mallory's reports (for operators)");
+    assert!(
+        wait_taken_in,
+        "the daemon counts mallory's reports (for operators)"
+    );
 
     // Consecutive failures: alice and bob both see a run of 5 on b3, and b3
     // is ejected at once; mallory's run on b2, alone, ejects nothing.

@@ -272,7 +272,13 @@ async fn failover_hides_a_killed_backend_under_continuous_load() {
     // clients to agree before their stats eject anything).
     ctl(
         &c.daemon.addr(),
-        &["set-policy", "echo", "round_robin", "-p", "stats_min_clients=1"],
+        &[
+            "set-policy",
+            "echo",
+            "round_robin",
+            "-p",
+            "stats_min_clients=1",
+        ],
     )
     .expect("set-policy");
     // Retries may add up to half the calls: one instance in four failing
