@@ -9,8 +9,8 @@
 //!
 //! > **An instance moves only as far as `m` distinct clients agree.**
 //!
-//! Precisely, per instance and per interval ([`INTERVAL`]), over the clients
-//! that reported on it:
+//! Precisely, per instance, over the clients that reported on it (counts per
+//! interval, [`INTERVAL`]; latencies against each client's latest report):
 //!
 //! 1. **Counts are capped at the `m`-th largest.** Each client's count of
 //!    finished calls, of failed calls and of successful calls counts for at
@@ -79,14 +79,14 @@
 //!   and the sample) never leaves the hull of its starting value and every
 //!   honest report, whatever the liar sends and however often; with `2m − 1`
 //!   clients or more it converges into `[lo, hi]` as it would without the
-//!   liar. Within that hull the liar can choose where the estimate goes: if
+//!   liar. Within the honest range the liar can choose where it goes: if
 //!   instance `j`'s honest reports span a factor `Dⱼ = hi/lo` (1 when the
 //!   honest clients agree), its weight (`∝ 1/estimate`) moves by at most a
 //!   factor `Dⱼ`, and instance `i`'s share of the list by at most
 //!   `Dᵢ · maxⱼ Dⱼ` (its own weight's factor times the normalisation's).
-//!   When the honest clients agree, the liar moves nothing. With only two
-//!   clients (one of them the liar) the liar can hold an estimate where it
-//!   is by disagreeing, but not move it. `registry::tests` checks over
+//!   With `2m − 1` clients or more and honest clients that agree, the liar
+//!   moves nothing. With fewer (two clients, one of them the liar) the liar
+//!   can hold an estimate where it is by disagreeing, but not move it. `registry::tests` checks over
 //!   arbitrary lies that no report moves an estimate away from its honest
 //!   range.
 //!

@@ -247,18 +247,30 @@ impl Service {
         let Some(lat) = self.evidence.latency(id, client, counts, m, now) else {
             return;
         };
-        // An instance without an estimate may start from the service's mean.
-        let known: Vec<f64> = self
+        let Some(own) = self
             .instances
-            .values()
-            .filter_map(|i| i.latency.and_then(|l| l.value()))
-            .collect();
-        let prior = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+            .get(id)
+            .map(|i| i.latency.and_then(|l| l.value()))
+        else {
+            return;
+        };
+        // An instance without an estimate, with too few clients to place
+        // one, starts from the service's mean (computed only then: it reads
+        // every instance).
+        let prior = if own.is_none() && lat.low_us > lat.high_us {
+            let known: Vec<f64> = self
+                .instances
+                .values()
+                .filter_map(|i| i.latency.and_then(|l| l.value()))
+                .collect();
+            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+        } else {
+            None
+        };
         let decay = self.policy.ewma_decay;
         let Some(inst) = self.instances.get_mut(id).map(Arc::make_mut) else {
             return;
         };
-        let own = inst.latency.and_then(|l| l.value());
         if let Some(sample) = lat.sample(own, prior) {
             match (&mut inst.latency, own) {
                 (Some(l), Some(_)) => l.observe(sample, lat.calls, now, decay),
