@@ -31,12 +31,19 @@
 //!   host hovering at the ceiling from flapping in and out of every list.
 //!
 //! Differences from Envoy, deliberate:
+//! - The evidence comes from clients, not from calls the daemon made, so no
+//!   single client decides ([`crate::evidence`], `stats_min_clients` = `m`):
+//!   the interval detectors see each host's counts with every client's
+//!   contribution capped at the `m`-th largest ([`Tally`]), and a run of
+//!   consecutive failures ejects only when `m` clients each have a run at the
+//!   threshold (reported in this interval or the previous one). With one
+//!   client in total, client stats eject nothing.
 //! - Clients report outcomes per stats interval, not per call. A report carries
 //!   the client's current run of consecutive failures; the run that counts is
-//!   `min(run, failures reported since the host was last ejected)`, so a
-//!   client's stale run (it had no calls to send while the host was out) does
-//!   not re-eject a host the moment it is readmitted. Envoy resets its own
-//!   counter on ejection to the same effect.
+//!   `min(run, failures that client reported since the host was last
+//!   ejected)`, so a client's stale run (it had no calls to send while the
+//!   host was out) does not re-eject a host the moment it is readmitted.
+//!   Envoy resets its own counter on ejection to the same effect.
 //! - Reports for a host while it is ejected are ignored: they can only be calls
 //!   that were in flight when it left.
 //! - The multiplier decays only for a host that was in service for the whole
@@ -56,6 +63,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
+use crate::evidence;
 use crate::model::{FieldError, MAX_UTILIZATION};
 
 /// Longest ejection time accepted (and applied, whatever the config says).
@@ -92,6 +100,10 @@ pub struct HealthConfig {
     /// A host reporting utilization at or above this is circuit-broken until
     /// it reports at most `ceiling − 0.1`; 0 = off.
     pub utilization_ceiling: f64,
+    /// `m` of [`crate::evidence`]: client evidence moves a host (ejection,
+    /// and the outcome and latency weights) only as far as this many
+    /// distinct clients agree; `1..=`[`evidence::MAX_MIN_CLIENTS`].
+    pub min_clients: u32,
 }
 
 impl Default for HealthConfig {
@@ -107,6 +119,7 @@ impl Default for HealthConfig {
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 50,
             utilization_ceiling: 0.0,
+            min_clients: evidence::DEFAULT_MIN_CLIENTS,
         }
     }
 }
@@ -149,6 +162,16 @@ impl HealthConfig {
             return Err(FieldError::new(
                 "max_ejection_percent",
                 format!("{} is outside 0..=100", self.max_ejection_percent),
+            ));
+        }
+        if !(1..=evidence::MAX_MIN_CLIENTS).contains(&self.min_clients) {
+            return Err(FieldError::new(
+                "min_clients",
+                format!(
+                    "{} is outside 1..={}",
+                    self.min_clients,
+                    evidence::MAX_MIN_CLIENTS
+                ),
             ));
         }
         let c = self.utilization_ceiling;
@@ -258,19 +281,40 @@ pub struct HostStatus {
     pub success_rate: Option<f64>,
 }
 
+/// One host's calls over an interval as the detectors see them: each
+/// client's contribution capped ([`evidence::believe`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Finished calls.
+    pub finished: u64,
+    /// Of those, failed.
+    pub failed: u64,
+}
+
+/// One client's run of consecutive failures on one host.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    /// Failures this client reported since the host was last ejected.
+    failed_since_back: u64,
+    /// Its latest run, cut to `failed_since_back`.
+    run: u64,
+    /// The interval of its latest report.
+    interval: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Host {
-    /// Set by an ejection, cleared when [`Detector::evaluate`] readmits.
+    /// Set by an ejection, cleared when [`Detector::readmit`] readmits.
     ejected_until: Option<Instant>,
     reason: Option<Reason>,
     times_ejected: u32,
     circuit_open: bool,
     readmitted_at: Option<Instant>,
-    /// This interval's counts.
-    finished: u64,
-    failed: u64,
-    /// Failures reported since the host was last ejected.
-    failed_since_back: u64,
+    /// Ejected at some point of the current interval (no decay for it).
+    out_in_interval: bool,
+    /// Each client's run, by client id ([`evidence::slot`]: at most
+    /// [`evidence::MAX_CLIENTS_PER_INSTANCE`], then one shared slot).
+    runs: BTreeMap<String, Run>,
     last_success_rate: Option<f64>,
 }
 
@@ -288,6 +332,8 @@ impl Host {
 #[derive(Debug, Clone, Default)]
 pub struct Detector {
     hosts: BTreeMap<String, Host>,
+    /// Intervals evaluated so far (runs older than the previous one expire).
+    interval: u64,
 }
 
 impl Detector {
@@ -296,8 +342,6 @@ impl Detector {
         Detector::default()
     }
 
-    /// Sets the current membership: new ids start healthy, removed ones are
-    /// forgotten (including their multiplier).
     /// Adds one host to the membership (no-op if known).
     pub fn add_host(&mut self, id: &str) {
         if !self.hosts.contains_key(id) {
@@ -354,7 +398,9 @@ impl Detector {
             .unwrap_or(now);
         h.ejected_until = Some(until);
         h.reason = Some(reason);
-        h.failed_since_back = 0;
+        h.out_in_interval = true;
+        // Runs start again: only failures after this ejection count.
+        h.runs.clear();
         Some(Ejection {
             id: id.to_string(),
             until,
@@ -362,32 +408,48 @@ impl Detector {
         })
     }
 
-    /// Outcomes from one client stats message for one instance: calls
-    /// finished, of them failed, and that client's current run of consecutive
-    /// failures. Ejects at once on a long enough run (subject to the cap).
+    /// One client's stats message about one instance: the failures it
+    /// reported and its current run of consecutive failures. Ejects at once
+    /// (subject to the cap) when `min_clients` clients each have a run of at
+    /// least `consecutive_failures`, reported in this interval or the
+    /// previous one. Reports about an ejected host are ignored.
     pub fn record(
         &mut self,
         id: &str,
-        finished: u64,
+        client: &str,
         failed: u64,
         consecutive_failures: u64,
         cfg: &HealthConfig,
         now: Instant,
     ) -> Option<Ejection> {
+        let interval = self.interval;
         let h = self.hosts.get_mut(id)?;
         if h.ejected(now) {
             return None;
         }
-        let failed = failed.min(finished);
-        h.finished = h.finished.saturating_add(finished);
-        h.failed = h.failed.saturating_add(failed);
-        h.failed_since_back = h.failed_since_back.saturating_add(failed);
-        let run = consecutive_failures.min(h.failed_since_back);
+        let slot = evidence::slot(&h.runs, client).to_string();
+        let r = h.runs.entry(slot).or_default();
+        r.failed_since_back = r.failed_since_back.saturating_add(failed);
+        r.run = consecutive_failures.min(r.failed_since_back);
+        r.interval = interval;
         let threshold = u64::from(cfg.consecutive_failures);
-        if threshold > 0 && run >= threshold && self.may_eject(id, cfg, now) {
+        if threshold == 0 {
+            return None;
+        }
+        let agreeing = h
+            .runs
+            .values()
+            .filter(|r| r.run >= threshold && r.interval + 1 >= interval)
+            .count();
+        if agreeing >= cfg.min_clients.max(1) as usize && self.may_eject(id, cfg, now) {
             return self.eject(id, Reason::ConsecutiveFailures, cfg, now);
         }
         None
+    }
+
+    /// Whether the host is ejected at `now` (a circuit-broken host is not).
+    pub fn ejected(&self, id: &str, now: Instant) -> bool {
+        self.hosts.get(id).is_some_and(|h| h.ejected(now))
     }
 
     /// A utilization report: opens or closes the host's circuit. True when
@@ -420,25 +482,34 @@ impl Detector {
         }
     }
 
-    /// Once per interval: readmits hosts whose ejection expired, ejects on
-    /// failure percentage and success rate over the interval's counts, decays
-    /// the multiplier of hosts that stayed in service, and starts a new interval.
-    pub fn evaluate(&mut self, cfg: &HealthConfig, now: Instant) -> Vec<Event> {
+    /// Readmits the hosts whose ejection expired by `now`.
+    pub fn readmit(&mut self, now: Instant) -> Vec<Event> {
         let mut events = Vec::new();
-        let mut was_out: Vec<String> = Vec::new();
         for (id, h) in self.hosts.iter_mut() {
-            if let Some(u) = h.ejected_until {
-                was_out.push(id.clone());
-                if u <= now {
-                    h.ejected_until = None;
-                    h.reason = None;
-                    if !h.circuit_open {
-                        h.readmitted_at = Some(u);
-                    }
-                    events.push(Event::Readmitted { id: id.clone() });
+            if let Some(u) = h.ejected_until.filter(|u| *u <= now) {
+                h.ejected_until = None;
+                h.reason = None;
+                if !h.circuit_open {
+                    h.readmitted_at = Some(u);
                 }
+                events.push(Event::Readmitted { id: id.clone() });
             }
         }
+        events
+    }
+
+    /// Once per interval: readmits hosts whose ejection expired, ejects on
+    /// failure percentage and success rate over the interval's `tallies`
+    /// (hosts without one had no believed calls), decays the multiplier of
+    /// hosts that stayed in service, and starts a new interval.
+    pub fn evaluate(
+        &mut self,
+        cfg: &HealthConfig,
+        tallies: &BTreeMap<String, Tally>,
+        now: Instant,
+    ) -> Vec<Event> {
+        let mut events = self.readmit(now);
+        let tally = |id: &String| tallies.get(id).copied().unwrap_or_default();
 
         // Outliers among the hosts in service, worst first.
         let mut outliers: Vec<(f64, String, Reason)> = Vec::new();
@@ -446,11 +517,12 @@ impl Detector {
             let min = cfg.failure_min_requests.max(1);
             let pct = u128::from(cfg.failure_percent.min(100));
             for (id, h) in &self.hosts {
+                let t = tally(id);
                 if !h.ejected(now)
-                    && h.finished >= min
-                    && u128::from(h.failed) * 100 >= pct * u128::from(h.finished)
+                    && t.finished >= min
+                    && u128::from(t.failed) * 100 >= pct * u128::from(t.finished)
                 {
-                    outliers.push((success_rate(h), id.clone(), Reason::FailurePercent));
+                    outliers.push((success_rate(t), id.clone(), Reason::FailurePercent));
                 }
             }
         }
@@ -460,8 +532,8 @@ impl Detector {
             let rates: Vec<(&String, f64)> = self
                 .hosts
                 .iter()
-                .filter(|(_, h)| !h.ejected(now) && h.finished >= min)
-                .map(|(id, h)| (id, success_rate(h)))
+                .filter(|(id, h)| !h.ejected(now) && tally(id).finished >= min)
+                .map(|(id, _)| (id, success_rate(tally(id))))
                 .collect();
             if !rates.is_empty() && rates.len() >= cfg.success_rate_min_hosts {
                 let n = rates.len() as f64;
@@ -484,13 +556,16 @@ impl Detector {
             }
         }
 
+        self.interval += 1;
+        let interval = self.interval;
         for (id, h) in self.hosts.iter_mut() {
-            if h.ejected_until.is_none() && was_out.binary_search(id).is_err() {
+            if h.ejected_until.is_none() && !h.out_in_interval {
                 h.times_ejected = h.times_ejected.saturating_sub(1);
             }
-            h.last_success_rate = (h.finished > 0).then(|| success_rate(h));
-            h.finished = 0;
-            h.failed = 0;
+            h.out_in_interval = h.ejected_until.is_some();
+            let t = tally(id);
+            h.last_success_rate = (t.finished > 0).then(|| success_rate(t));
+            h.runs.retain(|_, r| r.interval + 1 >= interval);
         }
         events
     }
@@ -528,11 +603,11 @@ impl Detector {
 }
 
 /// Success rate over the interval, 0..=1 (1 with no calls).
-fn success_rate(h: &Host) -> f64 {
-    if h.finished == 0 {
+fn success_rate(t: Tally) -> f64 {
+    if t.finished == 0 {
         return 1.0;
     }
-    (h.finished - h.failed.min(h.finished)) as f64 / h.finished as f64
+    (t.finished - t.failed.min(t.finished)) as f64 / t.finished as f64
 }
 
 #[cfg(test)]
@@ -550,12 +625,24 @@ mod tests {
         d
     }
 
+    /// Envoy's algorithm as it was: one client's reports are believed.
     fn only_consecutive() -> HealthConfig {
         HealthConfig {
             failure_percent: 0,
             success_rate_stdev: 0.0,
+            min_clients: 1,
             ..HealthConfig::default()
         }
+    }
+
+    fn tallies(t: &[(&str, u64, u64)]) -> BTreeMap<String, Tally> {
+        t.iter()
+            .map(|&(id, finished, failed)| (id.to_string(), Tally { finished, failed }))
+            .collect()
+    }
+
+    fn none() -> BTreeMap<String, Tally> {
+        BTreeMap::new()
     }
 
     #[test]
@@ -564,11 +651,11 @@ mod tests {
         let cfg = only_consecutive();
         let mut d = detector(10);
         assert_eq!(
-            d.record("h0", 4, 4, 4, &cfg, t0),
+            d.record("h0", "c", 4, 4, &cfg, t0),
             None,
             "below the threshold"
         );
-        let e = d.record("h0", 1, 1, 5, &cfg, t0 + s(1));
+        let e = d.record("h0", "c", 1, 5, &cfg, t0 + s(1));
         assert_eq!(
             e,
             Some(Ejection {
@@ -590,13 +677,13 @@ mod tests {
         assert_eq!(st.times_ejected, 1);
         assert_eq!(d.next_deadline(), Some(t0 + s(11)));
         // Reports while ejected are ignored.
-        assert_eq!(d.record("h0", 9, 9, 20, &cfg, t0 + s(5)), None);
+        assert_eq!(d.record("h0", "c", 9, 20, &cfg, t0 + s(5)), None);
         // Off: never.
         let off = HealthConfig {
             consecutive_failures: 0,
             ..only_consecutive()
         };
-        assert_eq!(d.record("h1", 50, 50, 50, &off, t0), None);
+        assert_eq!(d.record("h1", "c", 50, 50, &off, t0), None);
     }
 
     #[test]
@@ -610,11 +697,14 @@ mod tests {
         let mut t = t0;
         let mut lengths = Vec::new();
         for _ in 0..4 {
-            let e = d.record("h0", 5, 5, 5, &cfg, t).expect("ejected");
+            let e = d.record("h0", "c", 5, 5, &cfg, t).expect("ejected");
             lengths.push(e.until - t);
-            assert_eq!(d.evaluate(&cfg, e.until - Duration::from_millis(1)), []);
             assert_eq!(
-                d.evaluate(&cfg, e.until),
+                d.evaluate(&cfg, &none(), e.until - Duration::from_millis(1)),
+                []
+            );
+            assert_eq!(
+                d.evaluate(&cfg, &none(), e.until),
                 [Event::Readmitted { id: "h0".into() }]
             );
             assert_eq!(d.readmitted_at("h0"), Some(e.until));
@@ -630,13 +720,13 @@ mod tests {
         // Healthy intervals decrement the multiplier, one per interval.
         for k in (0..3).rev() {
             t += s(10);
-            assert_eq!(d.evaluate(&cfg, t), []);
+            assert_eq!(d.evaluate(&cfg, &none(), t), []);
             assert_eq!(d.status("h0", t).times_ejected, k);
         }
         t += s(10);
-        d.evaluate(&cfg, t);
+        d.evaluate(&cfg, &none(), t);
         assert_eq!(d.status("h0", t).times_ejected, 0);
-        let e = d.record("h0", 5, 5, 5, &cfg, t).expect("ejected");
+        let e = d.record("h0", "c", 5, 5, &cfg, t).expect("ejected");
         assert_eq!(e.until - t, s(10), "back to the base time");
     }
 
@@ -645,15 +735,19 @@ mod tests {
         let t0 = Instant::now();
         let cfg = only_consecutive();
         let mut d = detector(4);
-        let e = d.record("h0", 5, 5, 5, &cfg, t0).expect("ejected");
-        d.evaluate(&cfg, e.until);
+        let e = d.record("h0", "c", 5, 5, &cfg, t0).expect("ejected");
+        d.evaluate(&cfg, &none(), e.until);
         let t = e.until + s(1);
         // The client had nothing to send while h0 was out; its run is still 7.
-        assert_eq!(d.record("h0", 0, 0, 7, &cfg, t), None);
-        assert_eq!(d.record("h0", 1, 1, 8, &cfg, t), None, "one new failure");
-        assert_eq!(d.record("h0", 3, 3, 11, &cfg, t), None, "four new failures");
+        assert_eq!(d.record("h0", "c", 0, 7, &cfg, t), None);
+        assert_eq!(d.record("h0", "c", 1, 8, &cfg, t), None, "one new failure");
+        assert_eq!(
+            d.record("h0", "c", 3, 11, &cfg, t),
+            None,
+            "four new failures"
+        );
         let again = d
-            .record("h0", 1, 1, 12, &cfg, t)
+            .record("h0", "c", 1, 12, &cfg, t)
             .expect("five new failures");
         assert_eq!(again.until, t + s(20));
     }
@@ -667,12 +761,13 @@ mod tests {
             ..HealthConfig::default()
         };
         let mut d = detector(10);
-        d.record("h0", 10, 8, 0, &cfg, t0);
-        d.record("h0", 10, 9, 0, &cfg, t0); // 17 / 20 = 85 %
-        d.record("h1", 19, 19, 0, &cfg, t0); // too few calls
-        d.record("h2", 20, 16, 0, &cfg, t0); // 80 %
-        d.record("h3", 100, 0, 0, &cfg, t0);
-        let ev = d.evaluate(&cfg, t0 + s(10));
+        let t = tallies(&[
+            ("h0", 20, 17), // 85 %
+            ("h1", 19, 19), // too few calls
+            ("h2", 20, 16), // 80 %
+            ("h3", 100, 0),
+        ]);
+        let ev = d.evaluate(&cfg, &t, t0 + s(10));
         assert_eq!(
             ev,
             [Event::Ejected {
@@ -683,10 +778,9 @@ mod tests {
         );
         assert_eq!(d.status("h2", t0 + s(10)).success_rate, Some(0.2));
         assert_eq!(d.status("h4", t0 + s(10)).success_rate, None);
-        // Counts start again each interval: h1's 19 plus one more do not add up.
-        d.record("h1", 1, 1, 0, &cfg, t0 + s(11));
+        // Each interval is judged on its own tallies.
         assert_eq!(
-            d.evaluate(&cfg, t0 + s(20)),
+            d.evaluate(&cfg, &tallies(&[("h1", 1, 1)]), t0 + s(20)),
             [Event::Readmitted { id: "h0".into() }]
         );
     }
@@ -702,11 +796,27 @@ mod tests {
         let mut d = detector(6);
         // h5 has too few calls to count as a peer.
         let fails = [0u64, 1, 0, 1, 60];
-        for (i, &f) in fails.iter().enumerate() {
-            d.record(&format!("h{i}"), 100, f, 0, &cfg, t0);
-        }
-        d.record("h5", 10, 10, 0, &cfg, t0);
-        let ev = d.evaluate(&cfg, t0 + s(10));
+        let mut t: BTreeMap<String, Tally> = fails
+            .iter()
+            .enumerate()
+            .map(|(i, &failed)| {
+                (
+                    format!("h{i}"),
+                    Tally {
+                        finished: 100,
+                        failed,
+                    },
+                )
+            })
+            .collect();
+        t.insert(
+            "h5".into(),
+            Tally {
+                finished: 10,
+                failed: 10,
+            },
+        );
+        let ev = d.evaluate(&cfg, &t, t0 + s(10));
         assert_eq!(
             ev,
             [Event::Ejected {
@@ -717,17 +827,28 @@ mod tests {
         );
         // Only four hosts with enough calls: no statistics, no ejection.
         let mut d = detector(6);
-        for (i, &f) in fails.iter().enumerate().skip(1) {
-            d.record(&format!("h{i}"), 100, f, 0, &cfg, t0);
-        }
-        d.record("h0", 49, 0, 0, &cfg, t0);
-        assert_eq!(d.evaluate(&cfg, t0 + s(10)), []);
+        t.insert(
+            "h0".into(),
+            Tally {
+                finished: 49,
+                failed: 0,
+            },
+        );
+        assert_eq!(d.evaluate(&cfg, &t, t0 + s(10)), []);
         // All alike: nobody is an outlier.
         let mut d = detector(5);
-        for i in 0..5 {
-            d.record(&format!("h{i}"), 100, 30, 0, &cfg, t0);
-        }
-        assert_eq!(d.evaluate(&cfg, t0 + s(10)), []);
+        let t: BTreeMap<String, Tally> = (0..5)
+            .map(|i| {
+                (
+                    format!("h{i}"),
+                    Tally {
+                        finished: 100,
+                        failed: 30,
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(d.evaluate(&cfg, &t, t0 + s(10)), []);
     }
 
     #[test]
@@ -736,9 +857,9 @@ mod tests {
         let cfg = only_consecutive();
         // 4 hosts at 50 %: two may be out.
         let mut d = detector(4);
-        assert!(d.record("h0", 5, 5, 5, &cfg, t0).is_some());
-        assert!(d.record("h1", 5, 5, 5, &cfg, t0).is_some());
-        assert_eq!(d.record("h2", 5, 5, 5, &cfg, t0), None);
+        assert!(d.record("h0", "c", 5, 5, &cfg, t0).is_some());
+        assert!(d.record("h1", "c", 5, 5, &cfg, t0).is_some());
+        assert_eq!(d.record("h2", "c", 5, 5, &cfg, t0), None);
         assert!(d.available("h2", t0));
         // 3 hosts at 10 %: 0.3 rounds down, but one may always go.
         let few = HealthConfig {
@@ -746,10 +867,10 @@ mod tests {
             ..cfg.clone()
         };
         let mut d = detector(3);
-        assert!(d.record("h0", 5, 5, 5, &few, t0).is_some());
-        assert_eq!(d.record("h1", 5, 5, 5, &few, t0), None);
+        assert!(d.record("h0", "c", 5, 5, &few, t0).is_some());
+        assert_eq!(d.record("h1", "c", 5, 5, &few, t0), None);
         // Once h0 is back, h1 may go.
-        assert!(d.record("h1", 5, 5, 5, &few, t0 + s(10)).is_some());
+        assert!(d.record("h1", "c", 5, 5, &few, t0 + s(10)).is_some());
         // Circuit-broken hosts count as out.
         let cb = HealthConfig {
             utilization_ceiling: 0.9,
@@ -757,10 +878,10 @@ mod tests {
         };
         let mut d = detector(4);
         assert!(d.utilization("h0", 0.95, &cb, t0));
-        assert!(d.record("h1", 5, 5, 5, &cb, t0).is_some());
-        assert_eq!(d.record("h2", 5, 5, 5, &cb, t0), None);
+        assert!(d.record("h1", "c", 5, 5, &cb, t0).is_some());
+        assert_eq!(d.record("h2", "c", 5, 5, &cb, t0), None);
         // ... and ejecting one of them does not take another host out.
-        assert!(d.record("h0", 5, 5, 5, &cb, t0).is_some());
+        assert!(d.record("h0", "c", 5, 5, &cb, t0).is_some());
         // The cap orders interval ejections worst first.
         let interval = HealthConfig {
             consecutive_failures: 0,
@@ -769,9 +890,8 @@ mod tests {
             ..HealthConfig::default()
         };
         let mut d = detector(4);
-        d.record("h0", 100, 90, 0, &interval, t0);
-        d.record("h1", 100, 99, 0, &interval, t0);
-        let ev = d.evaluate(&interval, t0 + s(10));
+        let t = tallies(&[("h0", 100, 90), ("h1", 100, 99)]);
+        let ev = d.evaluate(&interval, &t, t0 + s(10));
         assert_eq!(ev.len(), 1);
         assert!(
             matches!(&ev[0], Event::Ejected { id, .. } if id == "h1"),
@@ -823,8 +943,8 @@ mod tests {
         let t0 = Instant::now();
         let cfg = only_consecutive();
         let mut d = detector(3);
-        assert!(d.record("h0", 5, 5, 5, &cfg, t0).is_some());
-        assert_eq!(d.record("nobody", 5, 5, 5, &cfg, t0), None);
+        assert!(d.record("h0", "c", 5, 5, &cfg, t0).is_some());
+        assert_eq!(d.record("nobody", "c", 5, 5, &cfg, t0), None);
         assert!(!d.utilization("nobody", 9.0, &cfg, t0));
         assert!(d.available("nobody", t0));
         assert_eq!(d.status("nobody", t0), HostStatus::default());
@@ -881,18 +1001,63 @@ mod tests {
             );
         }
         assert_eq!(field(&|c| c.utilization_ceiling = 0.8), Ok(()));
+        for bad in [0, evidence::MAX_MIN_CLIENTS + 1] {
+            assert_eq!(
+                field(&|c| c.min_clients = bad),
+                Err("min_clients".into()),
+                "{bad}"
+            );
+        }
+        assert_eq!(field(&|c| c.min_clients = 1), Ok(()));
+    }
+
+    #[test]
+    fn one_client_alone_cannot_eject_two_agreeing_clients_can() {
+        let t0 = Instant::now();
+        let cfg = HealthConfig::default();
+        assert_eq!(cfg.min_clients, 2);
+        let mut d = detector(4);
+        // Mallory reports every call to h0 failed, a run of a thousand.
+        for i in 0..10 {
+            assert_eq!(d.record("h0", "mallory", 1000, 1000 * i, &cfg, t0), None);
+        }
+        assert!(d.available("h0", t0));
+        // An honest client whose calls succeed does not make a second witness.
+        assert_eq!(d.record("h0", "alice", 0, 0, &cfg, t0), None);
+        // One whose run is short of the threshold does not either ...
+        assert_eq!(d.record("h0", "alice", 4, 4, &cfg, t0), None);
+        assert!(d.available("h0", t0));
+        // ... until it reaches it: two clients agree.
+        let e = d.record("h0", "alice", 1, 5, &cfg, t0).expect("ejected");
+        assert_eq!(e.reason, Reason::ConsecutiveFailures);
+        // Runs expire after an interval without reports: a run from two
+        // intervals ago is not a witness any more.
+        let cfg1 = HealthConfig {
+            base_ejection: s(1),
+            ..cfg.clone()
+        };
+        let mut d = detector(4);
+        assert_eq!(d.record("h1", "alice", 9, 9, &cfg1, t0), None);
+        d.evaluate(&cfg1, &none(), t0 + s(2));
+        d.evaluate(&cfg1, &none(), t0 + s(4));
+        assert_eq!(d.record("h1", "bob", 9, 9, &cfg1, t0 + s(5)), None);
+        // Alice's old run was forgotten with it: only her new failures count.
+        assert_eq!(d.record("h1", "alice", 1, 10, &cfg1, t0 + s(5)), None);
+        assert!(d.record("h1", "alice", 4, 14, &cfg1, t0 + s(5)).is_some());
     }
 
     #[derive(Debug, Clone)]
     enum Op {
-        Record(usize, u64, u64, u64),
+        /// Host, client, finished, failed, run.
+        Record(usize, usize, u64, u64, u64),
         Evaluate,
         Advance(u64),
     }
 
     fn arb_op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0usize..8, 0u64..40, 0u64..40, 0u64..10).prop_map(|(i, n, f, c)| Op::Record(i, n, f, c)),
+            4 => (0usize..8, 0usize..3, 0u64..40, 0u64..40, 0u64..10)
+                .prop_map(|(i, client, n, f, c)| Op::Record(i, client, n, f, c)),
             1 => Just(Op::Evaluate),
             2 => (0u64..30_000).prop_map(Op::Advance),
         ]
@@ -905,6 +1070,7 @@ mod tests {
         fn never_more_out_than_the_cap(
             hosts in 1usize..8,
             pct in 0u32..=100,
+            min_clients in 1u32..3,
             ops in prop::collection::vec(arb_op(), 1..80),
         ) {
             let cfg = HealthConfig {
@@ -912,20 +1078,36 @@ mod tests {
                 failure_min_requests: 5,
                 success_rate_min_requests: 5,
                 success_rate_min_hosts: 2,
+                min_clients,
                 ..HealthConfig::default()
             };
+            // What the registry would hand over: each client's counts,
+            // believed under the rule at the end of the interval.
+            let mut ledger = evidence::Ledger::new();
             let cap = (hosts * pct as usize / 100).max(1);
             let mut d = detector(hosts);
             let mut now = Instant::now();
             for op in ops {
                 match op {
-                    Op::Record(i, n, f, c) => {
-                        if let Some(e) = d.record(&format!("h{}", i % hosts), n, f, c, &cfg, now) {
+                    Op::Record(i, client, n, f, c) => {
+                        let id = format!("h{}", i % hosts);
+                        let client = format!("c{client}");
+                        let f = f.min(n);
+                        ledger.record(&id, &client, evidence::Counts { finished: n, failed: f, latency_sum_us: 0 });
+                        if let Some(e) = d.record(&id, &client, f, c, &cfg, now) {
                             prop_assert!(e.until > now && e.until <= now + cfg.max_ejection);
                         }
                     }
                     Op::Evaluate => {
-                        for ev in d.evaluate(&cfg, now) {
+                        let tallies: BTreeMap<String, Tally> = ledger
+                            .take(now)
+                            .iter()
+                            .map(|(id, clients)| {
+                                let b = evidence::believe(clients, min_clients);
+                                (id.clone(), Tally { finished: b.finished, failed: b.failed })
+                            })
+                            .collect();
+                        for ev in d.evaluate(&cfg, &tallies, now) {
                             if let Event::Ejected { until, .. } = ev {
                                 prop_assert!(until > now && until <= now + cfg.max_ejection);
                             }

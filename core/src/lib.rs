@@ -15,6 +15,8 @@
 //!   per algorithm, and [`policy::config`], every policy parameter in one table.
 //! - [`routing`]: routing rules and locality tiers.
 //! - [`health`]: outlier ejection and the utilization circuit breaker.
+//! - [`evidence`]: what clients report, per client and interval, and how much
+//!   of it is believed (no client decides alone).
 //! - [`cluster`]: cluster modes (failover, failfast, failsafe, forking,
 //!   broadcast, multicast) with their defaults, shared by daemon and client.
 //! - [`replan`]: when to re-plan a service and whether to push the result:
@@ -31,6 +33,7 @@
 pub mod access;
 pub mod cluster;
 pub mod duration;
+pub mod evidence;
 pub mod health;
 pub mod inspect;
 pub mod keyhash;

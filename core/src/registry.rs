@@ -1,6 +1,11 @@
 //! The registry: which instances exist, what keeps each alive, their live load
 //! and the outcomes clients report for them.
 //!
+//! Client reports are taken in per client ([`Registry::record_stats`]) and
+//! judged once per interval ([`Registry::evaluate_health`]) under the rule of
+//! [`crate::evidence`]: an instance moves (ejection, outcome weight, latency
+//! estimate) only as far as `stats_min_clients` distinct clients agree.
+//!
 //! A synchronous state machine with an explicit `now` and no I/O: the engine
 //! task owns the only instance and decides, from what these methods return,
 //! what to persist and which services to re-plan. Changes are split into a
@@ -14,7 +19,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::cluster::ClusterConfig;
-use crate::health::{self, Detector};
+use crate::evidence::{self, Ledger};
+use crate::health::{self, Detector, Tally};
 use crate::model::{ClientStats, GrpclbStats, InstanceKey, InstanceSpec, Load, MAX_DROP_TOKENS};
 use crate::policy::ewma::LatencyEwma;
 use crate::policy::{outcome, Candidate, LoadState, ServicePlan, ServicePolicy};
@@ -63,7 +69,8 @@ pub struct Instance {
     pub expires: Instant,
     /// Its latest load report.
     pub load: Option<LoadState>,
-    /// What clients reported about it.
+    /// What clients reported about it, as reported (for operators: no
+    /// decision reads these; see [`crate::evidence`]).
     pub outcomes: OutcomeTotals,
     /// Outcome-driven efficient weight (seed 000), in units of its weight.
     pub efficient: f64,
@@ -117,11 +124,14 @@ pub struct Service {
     pub cluster: ClusterConfig,
     /// Outlier detection and circuit breaking.
     pub health: Detector,
+    /// What each client reported about each instance this interval.
+    pub evidence: Ledger,
     /// Load shedding: the fraction of calls dropped now.
     pub drop_fraction: f64,
     /// When `drop_fraction` was last stepped.
     pub shed_at: Option<Instant>,
-    /// Cumulative client-reported failures by gRPC status code, per instance.
+    /// Cumulative client-reported failures by gRPC status code, per instance
+    /// (as reported, for operators).
     pub failed_by_code: BTreeMap<String, BTreeMap<u32, u64>>,
     /// What stock gRPC clients reported (grpc.lb.v1), cumulative.
     pub grpclb: GrpclbTotals,
@@ -189,6 +199,96 @@ impl Service {
             },
         }
     }
+}
+
+impl Service {
+    /// Ends the service's evidence interval: judges what each client
+    /// reported about each instance ([`evidence::believe`]), moves the
+    /// instances' outcome weights by what is believed, and returns each
+    /// instance's believed tally for the detectors, and whether any outcome
+    /// weight moved.
+    fn fold_evidence(&mut self, now: Instant) -> (BTreeMap<String, Tally>, bool) {
+        let mut tallies = BTreeMap::new();
+        let interval = self.evidence.take(now);
+        let m = self.policy.health.min_clients;
+        let outcome_policy = self.policy.outcome;
+        let mut moved = false;
+        for (id, clients) in interval {
+            let Some(inst) = self.instances.get_mut(&id).map(Arc::make_mut) else {
+                continue;
+            };
+            let b = evidence::believe(&clients, m);
+            tallies.insert(
+                id,
+                Tally {
+                    finished: b.finished,
+                    failed: b.failed,
+                },
+            );
+            if b.succeeded > 0 || b.failed > 0 {
+                let efficient = outcome::update(
+                    &outcome_policy,
+                    f64::from(inst.spec.weight),
+                    inst.efficient,
+                    b.succeeded,
+                    b.failed,
+                );
+                moved |= efficient != inst.efficient;
+                inst.efficient = efficient;
+            }
+        }
+        (tallies, moved)
+    }
+
+    /// Judges one client report's latency about instance `id` (rule 3 of
+    /// [`crate::evidence`]) and moves its estimate by the sample.
+    fn observe_latency(&mut self, id: &str, client: &str, counts: evidence::Counts, now: Instant) {
+        let m = self.policy.health.min_clients;
+        let Some(lat) = self.evidence.latency(id, client, counts, m, now) else {
+            return;
+        };
+        let Some(own) = self
+            .instances
+            .get(id)
+            .map(|i| i.latency.and_then(|l| l.value()))
+        else {
+            return;
+        };
+        // An instance without an estimate, with too few clients to place
+        // one, starts from the service's mean (computed only then: it reads
+        // every instance).
+        let prior = if own.is_none() && lat.low_us > lat.high_us {
+            let known: Vec<f64> = self
+                .instances
+                .values()
+                .filter_map(|i| i.latency.and_then(|l| l.value()))
+                .collect();
+            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+        } else {
+            None
+        };
+        let decay = self.policy.ewma_decay;
+        let Some(inst) = self.instances.get_mut(id).map(Arc::make_mut) else {
+            return;
+        };
+        if let Some(sample) = lat.sample(own, prior) {
+            match (&mut inst.latency, own) {
+                (Some(l), Some(_)) => l.observe(sample, lat.calls, now, decay),
+                _ => inst.latency = Some(LatencyEwma::new(sample, now)),
+            }
+        }
+    }
+}
+
+/// What one interval's evaluation changed in a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluated {
+    /// The service.
+    pub service: String,
+    /// Ejections and re-admissions (list changes).
+    pub events: Vec<health::Event>,
+    /// Client evidence moved an outcome weight.
+    pub weights: bool,
 }
 
 /// Why a change was refused.
@@ -481,6 +581,7 @@ impl Registry {
                     _ => None,
                 };
                 if cur.spec.address != spec.address {
+                    svc.evidence.forget(&spec.instance_id);
                     cur.load = None;
                     cur.outcomes = OutcomeTotals::default();
                     cur.latency = None;
@@ -580,6 +681,7 @@ impl Registry {
         let svc = self.services.get_mut(&key.service).map(Arc::make_mut)?;
         let removed = svc.instances.remove(&key.instance_id);
         svc.health.remove_host(&key.instance_id);
+        svc.evidence.forget(&key.instance_id);
         if svc.is_default(&self.default_policy) {
             self.services.remove(&key.service);
         }
@@ -611,20 +713,37 @@ impl Registry {
             .min()
     }
 
-    /// Adds a client's outcome report: totals, the efficient weight (when the
-    /// service uses outcome weights) and the latency EWMA. Entries for
-    /// instances that are gone (the list moved on) are ignored.
+    /// Takes in one client's outcome report. The totals operators see add
+    /// up at once, and so does the latency estimate, by as much as the other
+    /// clients' latest reports allow ([`evidence::Ledger::latency`]). Outlier
+    /// detection and outcome weights take the counts per client, judged at
+    /// the end of the interval by [`Registry::evaluate_health`], except a
+    /// run of consecutive failures, which ejects at once when
+    /// `stats_min_clients` clients have one ([`Detector::record`]). `client` is the reporter's id. Entries for
+    /// instances that are gone (the list moved on) and for ejected instances
+    /// (calls that were in flight) are left out of the evidence.
     ///
     /// Returns whether outlier detection ejected an instance (a list change).
-    pub fn record_stats(&mut self, service: &str, stats: &ClientStats, now: Instant) -> bool {
+    pub fn record_stats(
+        &mut self,
+        service: &str,
+        client: &str,
+        stats: &ClientStats,
+        now: Instant,
+    ) -> bool {
         let Some(svc) = self.known_mut(service) else {
             return false;
         };
         let mut ejected = false;
         for s in &stats.instances {
-            if !svc.instances.contains_key(&s.instance_id) {
+            let Some(i) = svc.instances.get_mut(&s.instance_id).map(Arc::make_mut) else {
                 continue;
-            }
+            };
+            let o = &mut i.outcomes;
+            o.calls_started = o.calls_started.saturating_add(s.calls_started);
+            o.calls_finished = o.calls_finished.saturating_add(s.calls_finished);
+            o.calls_failed = o.calls_failed.saturating_add(s.calls_failed);
+            o.latency_sum_us = o.latency_sum_us.saturating_add(s.latency_sum_us);
             if !s.failed_by_code.is_empty() {
                 let m = svc.failed_by_code.entry(s.instance_id.clone()).or_default();
                 for (&code, &n) in &s.failed_by_code {
@@ -632,11 +751,21 @@ impl Registry {
                     *e = e.saturating_add(n);
                 }
             }
+            if svc.health.ejected(&s.instance_id, now) {
+                continue;
+            }
+            let counts = evidence::Counts {
+                finished: s.calls_finished,
+                failed: s.calls_failed,
+                latency_sum_us: s.latency_sum_us,
+            };
+            svc.evidence.record(&s.instance_id, client, counts);
+            svc.observe_latency(&s.instance_id, client, counts, now);
             ejected |= svc
                 .health
                 .record(
                     &s.instance_id,
-                    s.calls_finished,
+                    client,
                     s.calls_failed,
                     s.consecutive_failures,
                     &svc.policy.health,
@@ -646,31 +775,6 @@ impl Registry {
         }
         svc.dropped = svc.dropped.saturating_add(stats.dropped);
         svc.no_backend = svc.no_backend.saturating_add(stats.no_backend);
-        let policy = &svc.policy;
-        for s in &stats.instances {
-            if let Some(i) = svc.instances.get_mut(&s.instance_id).map(Arc::make_mut) {
-                let o = &mut i.outcomes;
-                o.calls_started = o.calls_started.saturating_add(s.calls_started);
-                o.calls_finished = o.calls_finished.saturating_add(s.calls_finished);
-                o.calls_failed = o.calls_failed.saturating_add(s.calls_failed);
-                o.latency_sum_us = o.latency_sum_us.saturating_add(s.latency_sum_us);
-                let base = f64::from(i.spec.weight);
-                i.efficient = outcome::update(
-                    &policy.outcome,
-                    base,
-                    i.efficient,
-                    s.calls_finished.saturating_sub(s.calls_failed),
-                    s.calls_failed,
-                );
-                if s.calls_finished > 0 {
-                    let mean = s.latency_sum_us as f64 / s.calls_finished as f64;
-                    match &mut i.latency {
-                        Some(l) => l.observe(mean, s.calls_finished, now, policy.ewma_decay),
-                        None => i.latency = Some(LatencyEwma::new(mean, now)),
-                    }
-                }
-            }
-        }
         ejected
     }
 
@@ -684,14 +788,53 @@ impl Registry {
         self.service_mut(service).cluster = cluster;
     }
 
-    /// Runs every service's periodic outlier detection and re-admissions;
-    /// returns the services whose lists change, with what happened in each.
-    pub fn evaluate_health(&mut self, now: Instant) -> Vec<(String, Vec<health::Event>)> {
+    /// Ends every service's evidence interval (once per
+    /// [`evidence::INTERVAL`]): moves outcome weights by what the clients'
+    /// reports are believed to show, runs outlier detection on it, and
+    /// readmits instances whose ejection is over. Returns the services where
+    /// something changed, and what.
+    pub fn evaluate_health(&mut self, now: Instant) -> Vec<Evaluated> {
+        self.end_interval(now, true)
+    }
+
+    /// [`Registry::evaluate_health`] without outlier detection or
+    /// re-admissions: the outcome weights alone. For the simulator, which
+    /// does not model the daemon's interval detectors.
+    pub fn fold_outcomes(&mut self, now: Instant) -> Vec<Evaluated> {
+        self.end_interval(now, false)
+    }
+
+    fn end_interval(&mut self, now: Instant, detect: bool) -> Vec<Evaluated> {
         let mut changed = Vec::new();
         for (name, svc) in &mut self.services {
             let svc = Arc::make_mut(svc);
+            let (tallies, weights) = svc.fold_evidence(now);
             // Membership is kept in step by register/restore/remove.
-            let events = svc.health.evaluate(&svc.policy.health, now);
+            let events = if detect {
+                svc.health.evaluate(&svc.policy.health, &tallies, now)
+            } else {
+                Vec::new()
+            };
+            if !events.is_empty() || weights {
+                changed.push(Evaluated {
+                    service: name.clone(),
+                    events,
+                    weights,
+                });
+            }
+        }
+        changed
+    }
+
+    /// Readmits the instances whose ejection is over, between intervals;
+    /// returns the services whose lists change, with what happened in each.
+    pub fn readmit(&mut self, now: Instant) -> Vec<(String, Vec<health::Event>)> {
+        let mut changed = Vec::new();
+        for (name, svc) in &mut self.services {
+            if svc.health.next_deadline().is_none_or(|t| t > now) {
+                continue;
+            }
+            let events = Arc::make_mut(svc).health.readmit(now);
             if !events.is_empty() {
                 changed.push((name.clone(), events));
             }
@@ -808,6 +951,7 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::model::InstanceOutcomes;
+    use crate::policy::PolicyKind;
 
     fn spec(id: &str, addr: &str) -> InstanceSpec {
         InstanceSpec::new("svc", id, addr)
@@ -1027,11 +1171,230 @@ mod tests {
             dropped: 4,
             no_backend: 0,
         };
-        r.record_stats("svc", &stats, now);
-        r.record_stats("svc", &stats, now);
+        r.record_stats("svc", "c1", &stats, now);
+        r.record_stats("svc", "c1", &stats, now);
         let i = r.instance(&spec("a", "x:1").key()).unwrap();
         assert_eq!(i.outcomes.calls_started, 6);
         assert_eq!(i.outcomes.calls_failed, 2);
         assert_eq!(r.service("svc").unwrap().dropped, 8);
+    }
+
+    /// One client's report about instance `id` of service "svc": `finished`
+    /// calls, `failed` of them, with mean latency `mean_us`, and its current
+    /// run of consecutive failures.
+    fn report(id: &str, finished: u64, failed: u64, mean_us: u64, run: u64) -> ClientStats {
+        ClientStats {
+            instances: vec![InstanceOutcomes {
+                instance_id: id.into(),
+                calls_started: finished,
+                calls_finished: finished,
+                calls_failed: failed,
+                latency_sum_us: finished.saturating_mul(mean_us),
+                consecutive_failures: run,
+                ..Default::default()
+            }],
+            dropped: 0,
+            no_backend: 0,
+        }
+    }
+
+    /// Service "svc" with `n` leased instances i0..i{n-1} under `policy`.
+    fn farm(n: usize, policy: ServicePolicy, now: Instant) -> Registry {
+        let mut r = Registry::new();
+        r.set_policy("svc", policy);
+        for i in 0..n {
+            r.apply_register(
+                spec(&format!("i{i}"), &format!("127.0.0.1:{}", i + 1)),
+                Duration::from_secs(3600),
+                Attachment::Lease,
+                now,
+            );
+        }
+        r
+    }
+
+    fn listed(r: &Registry, now: Instant) -> Vec<String> {
+        r.candidates("svc", now)
+            .iter()
+            .map(|c| c.spec.instance_id.clone())
+            .collect()
+    }
+
+    fn policy(kind: PolicyKind, min_clients: u32) -> ServicePolicy {
+        let mut p = ServicePolicy::with_kind(kind);
+        p.health.min_clients = min_clients;
+        p
+    }
+
+    #[test]
+    fn one_client_cannot_eject_two_agreeing_clients_can() {
+        let t0 = Instant::now();
+        let all: Vec<String> = (0..4).map(|i| format!("i{i}")).collect();
+        let mut r = farm(4, policy(PolicyKind::RoundRobin, 2), t0);
+        assert_eq!(r.policy("svc").health.min_clients, 2, "the default");
+        // Mallory reports 10⁹ failed calls to i0, all in one run, again and
+        // again, over several intervals.
+        let lie = report("i0", 1_000_000_000, 1_000_000_000, 1, 1_000_000_000);
+        let mut t = t0;
+        for _ in 0..5 {
+            for _ in 0..10 {
+                assert!(!r.record_stats("svc", "mallory", &lie, t));
+            }
+            // An honest client sees i1 and i0 serve well.
+            r.record_stats("svc", "alice", &report("i0", 100, 0, 900, 0), t);
+            t += evidence::INTERVAL;
+            assert!(r.evaluate_health(t).iter().all(|e| e.events.is_empty()));
+            assert_eq!(listed(&r, t), all);
+        }
+        // Two clients that both see i1 fail: a run each ejects at once ...
+        assert!(!r.record_stats("svc", "alice", &report("i1", 5, 5, 900, 5), t));
+        assert_eq!(listed(&r, t), all);
+        assert!(r.record_stats("svc", "bob", &report("i1", 5, 5, 900, 5), t));
+        assert_eq!(listed(&r, t), ["i0", "i2", "i3"]);
+        // (The liar is a witness too: with one honest client's run on i0,
+        // the two runs agree.)
+        assert!(r.record_stats("svc", "alice", &report("i0", 5, 5, 900, 5), t));
+        // ... and so do their failure percentages over an interval.
+        let mut p = policy(PolicyKind::RoundRobin, 2);
+        p.health.consecutive_failures = 0;
+        let mut r = farm(4, p, t0);
+        r.record_stats("svc", "mallory", &lie, t0);
+        assert!(r.evaluate_health(t0 + evidence::INTERVAL).is_empty());
+        assert_eq!(listed(&r, t0 + evidence::INTERVAL), all);
+        let t = t0 + evidence::INTERVAL;
+        r.record_stats("svc", "alice", &report("i0", 60, 60, 900, 0), t);
+        r.record_stats("svc", "bob", &report("i0", 60, 55, 900, 0), t);
+        r.record_stats("svc", "mallory", &lie, t);
+        let judged = r.evaluate_health(t + evidence::INTERVAL);
+        assert!(
+            matches!(&judged[0].events[..], [health::Event::Ejected { id, .. }] if id == "i0"),
+            "{judged:?}"
+        );
+    }
+
+    #[test]
+    fn with_one_min_client_one_client_ejects_as_before() {
+        let t0 = Instant::now();
+        let mut r = farm(4, policy(PolicyKind::RoundRobin, 1), t0);
+        assert!(!r.record_stats("svc", "c", &report("i0", 4, 4, 1, 4), t0));
+        assert!(r.record_stats("svc", "c", &report("i0", 1, 1, 1, 5), t0));
+        assert!(!listed(&r, t0).contains(&"i0".to_string()));
+        let mut p = policy(PolicyKind::RoundRobin, 1);
+        p.health.consecutive_failures = 0;
+        let mut r = farm(4, p, t0);
+        r.record_stats("svc", "c", &report("i1", 100, 90, 1, 0), t0);
+        let judged = r.evaluate_health(t0 + evidence::INTERVAL);
+        assert!(matches!(&judged[0].events[..], [health::Event::Ejected { id, .. }] if id == "i1"));
+    }
+
+    #[test]
+    fn outcome_weights_need_agreement() {
+        let t0 = Instant::now();
+        let mut p = policy(PolicyKind::WeightedRoundRobin, 2);
+        p.outcome.enabled = true;
+        let mut r = farm(2, p, t0);
+        let key = spec("i0", "x:1").key();
+        let base = r.instance(&key).unwrap().efficient;
+        r.record_stats("svc", "mallory", &report("i0", 1000, 1000, 1, 0), t0);
+        r.record_stats("svc", "alice", &report("i0", 10, 0, 1, 0), t0);
+        r.evaluate_health(t0 + evidence::INTERVAL);
+        assert_eq!(r.instance(&key).unwrap().efficient, base, "one witness");
+        let t = t0 + evidence::INTERVAL;
+        r.record_stats("svc", "alice", &report("i0", 10, 3, 1, 0), t);
+        r.record_stats("svc", "bob", &report("i0", 10, 3, 1, 0), t);
+        let judged = r.evaluate_health(t + evidence::INTERVAL);
+        assert!(judged[0].weights);
+        assert!(r.instance(&key).unwrap().efficient < base, "two witnesses");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// With `stats_min_clients = 1` the latency estimates are exactly
+        /// what the registry computed before the rule: every report's mean
+        /// folded into the instance's EWMA as it arrives.
+        #[test]
+        fn one_min_client_keeps_the_old_latency_estimates(
+            reports in proptest::collection::vec((0usize..4, 0usize..3, 1u64..100_000, 1u64..50, 0u64..700), 1..60),
+        ) {
+            let t0 = Instant::now();
+            let mut r = farm(3, policy(PolicyKind::FastestResponse, 1), t0);
+            let decay = r.policy("svc").ewma_decay;
+            let mut old: Vec<Option<LatencyEwma>> = vec![None; 3];
+            let mut t = t0;
+            for (client, i, mean, n, dt) in reports {
+                t += Duration::from_millis(dt);
+                r.record_stats("svc", &format!("c{client}"), &report(&format!("i{i}"), n, 0, mean, 0), t);
+                match &mut old[i] {
+                    Some(l) => l.observe(mean as f64, n, t, decay),
+                    None => old[i] = Some(LatencyEwma::new(mean as f64, t)),
+                }
+                for (j, o) in old.iter().enumerate() {
+                    let now = r.instance(&spec(&format!("i{j}"), "x:1").key()).unwrap().latency;
+                    proptest::prop_assert_eq!(now.and_then(|l| l.value()), o.and_then(|l| l.value()));
+                }
+            }
+        }
+
+        /// A liar among three honest clients (m = 2): every estimate stays
+        /// within the honest reports' range, and once every client has
+        /// reported, no report (the liar's least of all) moves an estimate
+        /// away from its own instance's honest range.
+        #[test]
+        fn a_liar_cannot_move_latency_beyond_the_honest_range(
+            ranges in proptest::collection::vec((1u64..10_000, 1u64..10), 3),
+            honest in proptest::collection::vec(
+                proptest::collection::vec((0usize..3, 0u64..1000), 9), 1..12),
+            lies in proptest::collection::vec((0usize..3, proptest::prelude::any::<u64>(), 1u64..1_000_000, 0usize..10), 1..12),
+        ) {
+            let t0 = Instant::now();
+            let mut r = farm(3, policy(PolicyKind::FastestResponse, 2), t0);
+            // Instance i's honest reports lie in [lo_i, lo_i × f_i].
+            let range = |i: usize| (ranges[i].0 as f64, (ranges[i].0 * ranges[i].1) as f64);
+            let global = (
+                (0..3).map(|i| range(i).0).fold(f64::INFINITY, f64::min),
+                (0..3).map(|i| range(i).1).fold(0.0, f64::max),
+            );
+            let dist = |i: usize, x: f64| {
+                let (lo, hi) = range(i);
+                (lo - x).max(x - hi).max(0.0)
+            };
+            let estimate = |r: &Registry, i: usize| {
+                r.instance(&spec(&format!("i{i}"), "x:1").key()).unwrap().latency.and_then(|l| l.value())
+            };
+            let mut t = t0;
+            let mut seen = [[false; 4]; 3];
+            for (round, reports) in honest.iter().enumerate() {
+                // Each round: each honest client reports on each instance,
+                // the liar once somewhere among them.
+                let mut batch: Vec<(&str, usize, u64, u64)> = Vec::new();
+                for (k, &(i, x)) in reports.iter().enumerate() {
+                    let (lo, hi) = range(i);
+                    let mean = (lo + (hi - lo) * x as f64 / 999.0).round() as u64;
+                    batch.push((["h0", "h1", "h2"][k % 3], i, mean, 10));
+                }
+                if let Some(&(i, lie, n, at)) = lies.get(round) {
+                    batch.insert(at.min(batch.len()), ("liar", i, lie % 1_000_000_000_000, n));
+                }
+                for (client, i, mean, n) in batch {
+                    t += Duration::from_millis(20);
+                    let before: Vec<Option<f64>> = (0..3).map(|j| estimate(&r, j)).collect();
+                    r.record_stats("svc", client, &report(&format!("i{i}"), n, 0, mean, 0), t);
+                    seen[i][match client { "h0" => 0, "h1" => 1, "h2" => 2, _ => 3 }] = true;
+                    for j in 0..3 {
+                        let Some(e) = estimate(&r, j) else { continue };
+                        proptest::prop_assert!(e >= global.0 - 1e-6 && e <= global.1 + 1e-6,
+                            "i{} at {} outside [{}, {}]", j, e, global.0, global.1);
+                        // Every honest client has a latest report on j.
+                        if seen[j][..3].iter().all(|&s| s) {
+                            if let Some(b) = before[j] {
+                                proptest::prop_assert!(dist(j, e) <= dist(j, b) + 1e-6,
+                                    "{} moved i{} from {} to {}, away from {:?}", client, j, b, e, range(j));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

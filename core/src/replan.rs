@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::ClusterConfig;
 use crate::policy::{shed, ServicePlan};
-use crate::registry::Registry;
+use crate::registry::{Evaluated, Registry};
 
 /// What the scheduler knows of each service: which changed, and when each
 /// was last planned.
@@ -84,13 +84,26 @@ impl Replanner {
     }
 
     /// A client of `service` reported call outcomes; `ejected` says whether
-    /// outlier detection ejected an instance because of them.
+    /// outlier detection ejected an instance because of them (a run of
+    /// consecutive failures). Latency estimates move with each report.
     pub fn stats_reported(&mut self, registry: &Registry, service: &str, ejected: bool) {
         let p = registry.policy(service);
         if ejected {
             self.changed(service);
         } else if p.kind.uses_stats() || p.outcome.enabled {
             self.dirty.insert(service.to_string());
+        }
+    }
+
+    /// An interval of client evidence was judged ([`Registry::evaluate_health`]):
+    /// ejections and re-admissions are urgent; moved outcome weights or
+    /// latency estimates are damped, for the policies that plan on them.
+    pub fn evidence_judged(&mut self, registry: &Registry, e: &Evaluated) {
+        let p = registry.policy(&e.service);
+        if !e.events.is_empty() {
+            self.changed(&e.service);
+        } else if e.weights && (p.kind.uses_stats() || p.outcome.enabled) {
+            self.dirty.insert(e.service.clone());
         }
     }
 
@@ -289,6 +302,25 @@ mod tests {
         let reg = registry(PolicyKind::FastestResponse, t0);
         let mut r = Replanner::new();
         r.stats_reported(&reg, S, false);
+        assert_eq!(r.next_due(&reg, t0), Some(t0));
+
+        let judged = |events: Vec<crate::health::Event>, weights| Evaluated {
+            service: S.to_string(),
+            events,
+            weights,
+        };
+        let ejected = crate::health::Event::Readmitted { id: "a".into() };
+        let reg = registry(PolicyKind::LoadAware, t0);
+        let mut r = Replanner::new();
+        r.evidence_judged(&reg, &judged(vec![], true));
+        assert!(r.is_idle(), "load_aware does not plan on outcomes");
+        r.evidence_judged(&reg, &judged(vec![ejected.clone()], false));
+        assert_eq!(r.next_due(&reg, t0), Some(t0), "a list change is urgent");
+        let reg = registry(PolicyKind::FastestResponse, t0);
+        let mut r = Replanner::new();
+        r.evidence_judged(&reg, &judged(vec![], false));
+        assert!(r.is_idle(), "nothing moved");
+        r.evidence_judged(&reg, &judged(vec![], true));
         assert_eq!(r.next_due(&reg, t0), Some(t0));
     }
 

@@ -25,10 +25,15 @@ const P2C_STREAM: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
-    Complete { backend: u32, req: u32 },
+    Complete {
+        backend: u32,
+        req: u32,
+    },
     Timeout(u32),
     Report(u32),
     Stats(u32),
+    /// The end of an evidence interval.
+    Interval,
     PlanTick,
     Deliver,
     Scenario(u32),
@@ -74,6 +79,8 @@ struct Sim<'a> {
     ids: Vec<String>,
     backends: Vec<Backend>,
     clients: Vec<Client>,
+    /// Each client's `client_id`, as its stats name it.
+    client_ids: Vec<String>,
     reqs: Vec<Req>,
     heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
@@ -152,6 +159,7 @@ pub(crate) fn run(
         specs,
         ids,
         backends: Vec::with_capacity(n),
+        client_ids: (0..sc.clients.max(1)).map(|c| format!("c{c:03}")).collect(),
         clients,
         reqs: vec![
             Req {
@@ -232,6 +240,7 @@ impl Sim<'_> {
         for i in 0..self.events.len() {
             self.push(self.events[i].0, Ev::Scenario(i as u32));
         }
+        self.push(ns(lb_core::evidence::INTERVAL), Ev::Interval);
         self.replan(0);
     }
 
@@ -274,6 +283,11 @@ impl Sim<'_> {
                 Ev::Timeout(req) => self.timeout(req, now),
                 Ev::Report(b) => self.report(b as usize, now),
                 Ev::Stats(c) => self.stats(c as usize, now),
+                Ev::Interval => {
+                    self.engine.end_interval(now);
+                    self.schedule_tick(now);
+                    self.push(now + ns(lb_core::evidence::INTERVAL), Ev::Interval);
+                }
                 Ev::PlanTick => {
                     self.tick_pending = false;
                     self.replan(now);
@@ -497,7 +511,7 @@ impl Sim<'_> {
             .map(|(b, t)| (self.ids[b].as_str(), *t))
             .collect();
         if !totals.is_empty() {
-            self.engine.record_stats(&totals, now);
+            self.engine.record_stats(&self.client_ids[c], &totals, now);
             self.schedule_tick(now);
         }
         self.clients[c].totals.fill(CallTotals::default());

@@ -135,8 +135,8 @@ impl Engine {
         }
     }
 
-    /// One client's stats message.
-    pub fn record_stats(&mut self, totals: &[(&str, CallTotals)], now: u64) {
+    /// Client `client`'s stats message.
+    pub fn record_stats(&mut self, client: &str, totals: &[(&str, CallTotals)], now: u64) {
         let stats = ClientStats {
             instances: totals
                 .iter()
@@ -153,8 +153,18 @@ impl Engine {
             no_backend: 0,
         };
         let now = self.at(now);
-        let ejected = self.reg.record_stats(SERVICE, &stats, now);
+        let ejected = self.reg.record_stats(SERVICE, client, &stats, now);
         self.replanner.stats_reported(&self.reg, SERVICE, ejected);
+    }
+
+    /// The end of an evidence interval ([`lb_core::evidence::INTERVAL`]):
+    /// the clients' counts are judged and move the outcome weights (outlier
+    /// detection is not modelled).
+    pub fn end_interval(&mut self, now: u64) {
+        let now = self.at(now);
+        for judged in self.reg.fold_outcomes(now) {
+            self.replanner.evidence_judged(&self.reg, &judged);
+        }
     }
 
     /// The backend's stream broke (it was killed).

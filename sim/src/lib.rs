@@ -5,7 +5,9 @@
 //!
 //! What is real and what is modelled:
 //! - **real** (from `lb-core`, as the daemon runs them): the registry
-//!   (registration, load reports, client stats), the re-plan scheduler
+//!   (registration, load reports, client stats judged per client under
+//!   `lb_core::evidence`'s rule, each client its own `client_id`), the
+//!   re-plan scheduler
 //!   (`lb_core::replan`: membership changes planned and published at once,
 //!   load- and outcome-driven re-plans at most every `min_plan_interval` and
 //!   published only past the policy's `hysteresis`, nothing published unless
@@ -19,10 +21,9 @@
 //!   the load ([`workload`]: open-loop Poisson arrivals, generated once and
 //!   replayed for every policy).
 //!
-//! Not modelled: the daemon's periodic outlier detection (failure-rate and
-//! success-rate ejection; ejections on consecutive failures are real, but
-//! simulated clients do not report failure runs), the store, and the time
-//! planning itself takes.
+//! Not modelled: the daemon's outlier detection (the interval detectors are
+//! not run, and simulated clients do not report failure runs), the store,
+//! and the time planning itself takes.
 //!
 //! A client's deadline cancels its request on the backend (removed from the
 //! queue or its slot freed), as gRPC cancellation does. A killed backend fails

@@ -18,6 +18,8 @@
 //!     daemon killed and restarted, `ctl` changes, the client's fallback;
 //!   - `routing.rs`: routing rules, failover under a kill, ejection and
 //!     re-admission, broadcast and multicast;
+//!   - `forged_stats.rs`: one client's forged stats eject nothing, two
+//!     agreeing clients' do;
 //!   - `grpclb_stock.rs`: a stock grpcio client through grpclb (`python/`);
 //!   - `store_migration.rs`: a data directory in the first store layout
 //!     (`fixtures/`) opens with everything acknowledged.

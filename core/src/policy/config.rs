@@ -518,6 +518,15 @@ pub static PARAMS: &[Param] = &[
         set: |p, v| p.health.max_ejection_percent = v.number() as u32,
     },
     Param {
+        name: "stats_min_clients",
+        section: Section::Health,
+        kind: Kind::Number { min: 1.0, max: crate::evidence::MAX_MIN_CLIENTS as f64 },
+        help: "client stats eject or move weights only as far as this many clients agree (1 = believe any one client)",
+        field: "min_clients",
+        get: |p| Value::Number(f64::from(p.health.min_clients)),
+        set: |p, v| p.health.min_clients = v.number() as u32,
+    },
+    Param {
         name: "readmit_window",
         section: Section::Health,
         kind: Kind::Duration { min: Duration::ZERO, max: HOUR },
@@ -867,7 +876,7 @@ mod tests {
             );
         }
         // Each policy renders exactly the parameters that apply to it: the
-        // 27 every policy takes, and its own.
+        // 28 every policy takes, and its own.
         for k in ALL_POLICIES {
             let own = PARAMS
                 .iter()
@@ -875,7 +884,7 @@ mod tests {
                 .count();
             assert_eq!(
                 ServicePolicy::with_kind(k).params().len(),
-                27 + own,
+                28 + own,
                 "{}",
                 k.name()
             );

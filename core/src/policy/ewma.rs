@@ -125,6 +125,12 @@ impl LatencyEwma {
         prior_us + (self.value_us - prior_us) * kept(dt, decay, 1.0)
     }
 
+    /// The stored estimate, not relaxed toward any prior (`None` before the
+    /// first valid sample).
+    pub fn value(&self) -> Option<f64> {
+        self.value_us.is_finite().then_some(self.value_us)
+    }
+
     /// The last update's instant.
     pub fn updated(&self) -> Instant {
         self.updated

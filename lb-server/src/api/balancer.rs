@@ -96,6 +96,7 @@ impl pb::balancer_server::Balancer for BalancerApi {
             self.engine.clone(),
             inbound,
             service,
+            client.client_id.clone(),
             end_tx,
             self.stop.clone(),
         ));
@@ -151,12 +152,14 @@ where
     }
 }
 
-/// Takes in one client's stats; tells its response stream how to end: with
-/// a status on bad input or shutdown, quietly when the client goes away.
+/// Takes in the stats of client `client_id`; tells its response stream how
+/// to end: with a status on bad input or shutdown, quietly when the client
+/// goes away.
 async fn client_inbound(
     engine: EngineHandle,
     mut inbound: Streaming<pb::SubscribeRequest>,
     service: String,
+    client_id: String,
     mut end: oneshot::Sender<Option<Status>>,
     stop: watch::Receiver<bool>,
 ) {
@@ -167,7 +170,7 @@ async fn client_inbound(
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => match m.msg {
                     Some(ClientMsg::Stats(s)) => match conv::stats(s, "stats") {
-                        Ok(stats) => engine.stats(service.clone(), stats).await,
+                        Ok(stats) => engine.stats(service.clone(), client_id.clone(), stats).await,
                         Err(e) => break Some(invalid(e)),
                     },
                     Some(ClientMsg::Subscribe(_)) => break Some(Status::failed_precondition(

@@ -6,13 +6,15 @@
 //! the staged writes once (group commit); publish the readers' snapshot;
 //! answer the batch's commands, each with the commit's error if it failed.
 //! The sweep tick (every [`SWEEP_INTERVAL`]) expires registrations, runs
-//! outlier detection every [`HEALTH_INTERVAL`] and gives damped re-plans
-//! their turn.
+//! the clients' evidence every [`evidence::INTERVAL`] (outlier detection,
+//! outcome weights, latency estimates: lb-core's [`evidence`] rule),
+//! readmits ejected instances when due and gives damped re-plans their turn.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lb_core::evidence;
 use lb_core::model::{ClientStats, GrpclbStats, InstanceKey, Load};
 use lb_core::policy::ServicePolicy;
 use lb_core::registry::Registry;
@@ -27,9 +29,6 @@ use crate::store::{Lifetime, Record, Store, StoreError};
 
 /// How often the engine looks for expired instances and due re-plans.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
-/// How often outlier detection evaluates the outcomes of the last interval
-/// (Envoy's `interval`; ours is shorter because stats arrive every second).
-const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// Most inputs applied in one batch (one commit).
 const MAX_BATCH: usize = 1024;
 /// Longest wait for the store: a commit or a recovery that takes longer is
@@ -50,8 +49,12 @@ pub(crate) enum Input {
     },
     /// A stream broke (or ended without `drain`).
     Detach { key: InstanceKey, session: u64 },
-    /// A client's call statistics.
-    Stats { service: String, stats: ClientStats },
+    /// A client's call statistics, with its `client_id`.
+    Stats {
+        service: String,
+        client: String,
+        stats: ClientStats,
+    },
     /// A stock client's grpclb stats.
     GrpclbStats { service: String, stats: GrpclbStats },
     /// A command with an answer.
@@ -222,7 +225,7 @@ pub async fn start(
         published: now,
         stale: true,
         sweeps: 0,
-        next_health: now + HEALTH_INTERVAL,
+        next_health: now + evidence::INTERVAL,
     };
     actor.replan(now);
     actor.publish_snapshot(now);
@@ -289,8 +292,12 @@ impl Actor {
                     self.stale = true;
                 }
             }
-            Input::Stats { service, stats } => {
-                let ejected = st.registry.record_stats(&service, &stats, now);
+            Input::Stats {
+                service,
+                client,
+                stats,
+            } => {
+                let ejected = st.registry.record_stats(&service, &client, &stats, now);
                 st.replanner.stats_reported(&st.registry, &service, ejected);
                 self.stale = true;
             }
@@ -315,9 +322,17 @@ impl Actor {
         if st.frozen {
             return;
         }
-        if now >= self.next_health || st.registry.next_readmission().is_some_and(|t| t <= now) {
-            self.next_health = now + HEALTH_INTERVAL;
-            for (service, events) in st.registry.evaluate_health(now) {
+        if now >= self.next_health {
+            self.next_health = now + evidence::INTERVAL;
+            for judged in st.registry.evaluate_health(now) {
+                for e in &judged.events {
+                    tracing::info!(service = %judged.service, event = ?e, "health");
+                }
+                st.replanner.evidence_judged(&st.registry, &judged);
+                self.stale = true;
+            }
+        } else if st.registry.next_readmission().is_some_and(|t| t <= now) {
+            for (service, events) in st.registry.readmit(now) {
                 for e in &events {
                     tracing::info!(%service, event = ?e, "health");
                 }

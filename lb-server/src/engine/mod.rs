@@ -140,9 +140,16 @@ impl EngineHandle {
         let _ = self.tx.send(Input::Detach { key, session }).await;
     }
 
-    /// Passes a client's stats on.
-    pub async fn stats(&self, service: String, stats: ClientStats) {
-        let _ = self.tx.send(Input::Stats { service, stats }).await;
+    /// Passes the stats of client `client` (its `client_id`) on.
+    pub async fn stats(&self, service: String, client: String, stats: ClientStats) {
+        let _ = self
+            .tx
+            .send(Input::Stats {
+                service,
+                client,
+                stats,
+            })
+            .await;
     }
 
     /// Passes a stock client's grpclb stats on.
