@@ -5,7 +5,7 @@
 //! is all a test needs. Every child's stderr goes to a log file in its own
 //! directory; [`Proc::log`] reads it back for failure messages.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -222,6 +222,32 @@ impl BackendSpec {
         let log = log_dir.join(format!("{}.log", self.id));
         Proc::spawn(&bin("echo-backend")?, &args, log, Duration::from_secs(20))
     }
+}
+
+/// `GET /metrics` from the address the daemon logged (it must run with
+/// `--metrics-listen`).
+pub fn scrape(d: &Daemon) -> String {
+    let log = d.proc.log();
+    let addr = log
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the metrics address is logged");
+    let mut conn = std::net::TcpStream::connect(addr).expect("metrics listener");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: lb\r\n\r\n")
+        .expect("request");
+    let mut page = String::new();
+    conn.read_to_string(&mut page).expect("response");
+    page
+}
+
+/// The value of the sample line of a `/metrics` page that starts with
+/// `name` (with labels).
+pub fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.

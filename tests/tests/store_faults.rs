@@ -10,13 +10,12 @@
 //! where mounting is not possible they say so and skip.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lb_proto::v1::{self as pb, admin_client::AdminClient};
-use lb_tests::harness::{wait_until, Daemon, WAIT};
+use lb_tests::harness::{sample, scrape, wait_until, Daemon, WAIT};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -51,6 +50,17 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// The quotas out of the way of [`heavy`] instances (the hard limits'
+/// widest labels), so that the disk fills before a quota refuses one.
+const NO_QUOTAS: [&str; 6] = [
+    "--max-labels",
+    "64",
+    "--max-label-bytes",
+    "318",
+    "--max-list-bytes",
+    "1GiB",
+];
 
 /// A static instance with 64 labels of 255 bytes (about 16 KB stored).
 fn heavy(id: &str, n: u32) -> pb::PutStaticRequest {
@@ -107,30 +117,6 @@ async fn logged(d: &Daemon, needle: &str) -> bool {
     wait_until(WAIT, || d.proc.log().contains(needle)).await
 }
 
-/// `GET /metrics` from the address the daemon logged.
-fn scrape(d: &Daemon) -> String {
-    let log = d.proc.log();
-    let addr = log
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("the metrics address is logged");
-    let mut conn = std::net::TcpStream::connect(addr).expect("metrics listener");
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: lb\r\n\r\n")
-        .expect("request");
-    let mut page = String::new();
-    conn.read_to_string(&mut page).expect("response");
-    page
-}
-
-/// The value of the sample line that starts with `name` (with labels).
-fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// While degraded: changes are refused with the cause, what was
 /// acknowledged is read back and listed to clients (the subscription is
 /// returned open).
@@ -169,8 +155,8 @@ async fn a_full_disk_degrades_the_daemon_until_space_returns() {
         return;
     };
     // Default flags: the store keeps 4 MiB free.
-    let d =
-        Daemon::start(&data, "127.0.0.1:0", &["--metrics-listen", "127.0.0.1:0"]).expect("daemon");
+    let flags = [&["--metrics-listen", "127.0.0.1:0"][..], &NO_QUOTAS].concat();
+    let d = Daemon::start(&data, "127.0.0.1:0", &flags).expect("daemon");
     let mut admin = admin(&d).await;
 
     let (mut acked, refused) = fill(&mut admin).await;
@@ -227,7 +213,11 @@ async fn a_write_error_degrades_without_wedging_and_sigterm_still_ends_it() {
     let mut d = Daemon::start(
         &data,
         "127.0.0.1:0",
-        &["--store-min-free", "0", "--drain-timeout", "2s"],
+        &[
+            &["--store-min-free", "0", "--drain-timeout", "2s"][..],
+            &NO_QUOTAS,
+        ]
+        .concat(),
     )
     .expect("daemon");
     let mut admin = admin(&d).await;

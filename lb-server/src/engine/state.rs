@@ -66,8 +66,8 @@ impl State {
     }
 
     /// Registers a stream, a lease or a static instance; returns the stream
-    /// session (0 for the others). The registration is checked first, so a
-    /// refusal changes nothing.
+    /// session (0 for the others). The registration is checked first (its
+    /// owner, then the quotas), so a refusal changes nothing.
     pub(crate) fn register(
         &mut self,
         spec: InstanceSpec,
@@ -83,7 +83,10 @@ impl State {
                 Attachment::Stream { session: 0 },
             ),
         };
-        if self.registry.check_register(&spec, ttl, kind, now)? {
+        if self
+            .registry
+            .check_register(&spec, ttl, kind, now, &self.config.quotas)?
+        {
             let lifetime = match via {
                 Via::Static => Lifetime::Static,
                 Via::Lease => Lifetime::Lease(ttl),
