@@ -287,7 +287,7 @@ impl Quotas {
     pub fn check_default_policy(&self, policy: &ServicePolicy) -> Result<(), String> {
         let one = ServiceShape {
             name: "",
-            instances: Footprint::default().add(InstanceBytes::default()),
+            instances: Footprint::default().with(InstanceBytes::default()),
             policy,
             rules: &[],
             cluster: Cow::Owned(ClusterConfig::default()),
@@ -514,7 +514,7 @@ pub struct Footprint {
 
 impl Footprint {
     /// With one more instance.
-    pub fn add(self, b: InstanceBytes) -> Footprint {
+    pub fn with(self, b: InstanceBytes) -> Footprint {
         Footprint {
             instances: self.instances + 1,
             servers: self.servers + b.server,
@@ -523,7 +523,7 @@ impl Footprint {
     }
 
     /// With one instance less.
-    pub fn remove(self, b: InstanceBytes) -> Footprint {
+    pub fn without(self, b: InstanceBytes) -> Footprint {
         Footprint {
             instances: self.instances.saturating_sub(1),
             servers: self.servers.saturating_sub(b.server),
@@ -891,7 +891,7 @@ mod tests {
             ] {
                 s.labels.insert(k.into(), v.into());
             }
-            f = f.add(instance_bytes(&s));
+            f = f.with(instance_bytes(&s));
         }
         let policy = ServicePolicy::default();
         let size = list_size(&shape(f, &policy, &[]));
@@ -917,7 +917,7 @@ mod tests {
         let mut f = Footprint::default();
         let mut accepted = 0;
         loop {
-            let next = f.add(instance_bytes(&widest));
+            let next = f.with(instance_bytes(&widest));
             if list_size(&shape(next, &policy, &[])).bytes() > q.list_bytes {
                 break;
             }
@@ -927,6 +927,45 @@ mod tests {
         assert!((300..=600).contains(&accepted), "{accepted}");
     }
 
+    /// Reprints the table in NOTES-quotas.md: for instances of a few
+    /// shapes under the default quotas and policy, how many one service
+    /// takes before the list quota refuses one, and its answers' sizes then.
+    /// `cargo test -p lb-core --lib quota::tests::footprints -- --ignored --nocapture`
+    #[test]
+    #[ignore = "prints a table"]
+    fn footprints() {
+        let q = Quotas::default();
+        let policy = ServicePolicy::default();
+        println!("| instance | per service | list | grpclb | GetService (no live figures) |");
+        println!("|---|---|---|---|---|");
+        for (name, labels, bytes) in [
+            ("no labels", 0, 0),
+            ("4 labels of 16 bytes", 4, 16),
+            ("8 labels of 64 bytes", 8, 64),
+            ("32 labels of 128 bytes (the widest)", 32, 128),
+        ] {
+            let mut f = Footprint::default();
+            let mut i = 0;
+            let size = loop {
+                if f.instances as usize == q.instances_per_service {
+                    break list_size(&shape(f, &policy, &[]));
+                }
+                let mut s = spec(&format!("shop-{i:05}"), labels, bytes.max(4));
+                s.address = format!("10.{}.{}.{}:8080", i / 65_536, i / 256 % 256, i % 256);
+                let next = f.with(instance_bytes(&s));
+                if list_size(&shape(next, &policy, &[])).bytes() > q.list_bytes {
+                    break list_size(&shape(f, &policy, &[]));
+                }
+                f = next;
+                i += 1;
+            };
+            println!(
+                "| {name} | {} | {} | {} | {} |",
+                f.instances, size.list, size.grpclb, size.status
+            );
+        }
+    }
+
     #[test]
     fn growth_past_the_limit_is_refused_and_shrinking_never_is() {
         let policy = ServicePolicy {
@@ -934,23 +973,23 @@ mod tests {
             ..ServicePolicy::default()
         };
         let one = instance_bytes(&spec("a", 8, 100));
-        let small = Footprint::default().add(one);
-        let big = small.add(one).add(one);
+        let small = Footprint::default().with(one);
+        let big = small.with(one).with(one);
         let q = Quotas {
-            list_bytes: list_size(&shape(small.add(one), &policy, &[])).bytes(),
+            list_bytes: list_size(&shape(small.with(one), &policy, &[])).bytes(),
             ..Quotas::default()
         };
         // At the limit: accepted; one past: refused, naming the quota.
         assert_eq!(
             check_growth(
                 &shape(small, &policy, &[]),
-                &shape(small.add(one), &policy, &[]),
+                &shape(small.with(one), &policy, &[]),
                 &q
             ),
             Ok(())
         );
         let e = check_growth(
-            &shape(small.add(one), &policy, &[]),
+            &shape(small.with(one), &policy, &[]),
             &shape(big, &policy, &[]),
             &q,
         )
@@ -961,7 +1000,7 @@ mod tests {
         assert_eq!(
             check_growth(
                 &shape(big, &policy, &[]),
-                &shape(big.remove(one), &policy, &[]),
+                &shape(big.without(one), &policy, &[]),
                 &q
             ),
             Ok(())
@@ -972,7 +1011,7 @@ mod tests {
     fn settings_count_in_the_estimate() {
         let base = ServicePolicy::default();
         let f = (0..100).fold(Footprint::default(), |f, i| {
-            f.add(instance_bytes(&spec(&format!("i{i}"), 1, 10)))
+            f.with(instance_bytes(&spec(&format!("i{i}"), 1, 10)))
         });
         let plain = list_size(&shape(f, &base, &[]));
         // A longer list, and a hash table, make the lists longer.

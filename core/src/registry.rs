@@ -546,10 +546,10 @@ impl Registry {
         }
         let mut instances = before.instances;
         if let Some(old) = old {
-            instances = instances.remove(quota::instance_bytes(old));
+            instances = instances.without(quota::instance_bytes(old));
         }
         let after = ServiceShape {
-            instances: instances.add(quota::instance_bytes(spec)),
+            instances: instances.with(quota::instance_bytes(spec)),
             ..before.clone()
         };
         quota::check_growth(&before, &after, quotas)
@@ -610,8 +610,8 @@ impl Registry {
                 if cur.spec != spec {
                     svc.footprint = svc
                         .footprint
-                        .remove(quota::instance_bytes(&cur.spec))
-                        .add(quota::instance_bytes(&spec));
+                        .without(quota::instance_bytes(&cur.spec))
+                        .with(quota::instance_bytes(&spec));
                 }
                 let replaced_session = match (cur.attachment, attachment) {
                     (Attachment::Stream { session: old }, Attachment::Stream { session: new })
@@ -647,7 +647,7 @@ impl Registry {
                 let mut i = Instance::new(spec, attachment, ttl, expires);
                 i.active_since = Some(now);
                 svc.health.add_host(&i.spec.instance_id);
-                svc.footprint = svc.footprint.add(quota::instance_bytes(&i.spec));
+                svc.footprint = svc.footprint.with(quota::instance_bytes(&i.spec));
                 svc.instances
                     .insert(i.spec.instance_id.clone(), Arc::new(i));
                 self.instances += 1;
@@ -664,7 +664,7 @@ impl Registry {
     pub fn restore(&mut self, spec: InstanceSpec, ttl: Option<Duration>, deadline: Instant) {
         let spec_id = spec.instance_id.clone();
         let svc = self.service_mut(&spec.service);
-        svc.footprint = svc.footprint.add(quota::instance_bytes(&spec));
+        svc.footprint = svc.footprint.with(quota::instance_bytes(&spec));
         let instance = match ttl {
             Some(ttl) => Instance::new(spec, Attachment::Restored, ttl, deadline),
             None => Instance::new(spec, Attachment::Static, Duration::ZERO, deadline),
@@ -672,7 +672,7 @@ impl Registry {
         svc.health.add_host(&spec_id);
         match svc.instances.insert(spec_id, Arc::new(instance)) {
             Some(replaced) => {
-                svc.footprint = svc.footprint.remove(quota::instance_bytes(&replaced.spec));
+                svc.footprint = svc.footprint.without(quota::instance_bytes(&replaced.spec));
             }
             None => self.instances += 1,
         }
@@ -729,7 +729,7 @@ impl Registry {
         let svc = self.services.get_mut(&key.service).map(Arc::make_mut)?;
         let removed = svc.instances.remove(&key.instance_id);
         if let Some(i) = &removed {
-            svc.footprint = svc.footprint.remove(quota::instance_bytes(&i.spec));
+            svc.footprint = svc.footprint.without(quota::instance_bytes(&i.spec));
             self.instances -= 1;
         }
         svc.health.remove_host(&key.instance_id);
@@ -1410,7 +1410,7 @@ mod tests {
             .instances
             .values()
             .fold(Footprint::default(), |f, i| {
-                f.add(quota::instance_bytes(&i.spec))
+                f.with(quota::instance_bytes(&i.spec))
             });
         assert_eq!(r.service("svc").unwrap().footprint(), sum);
         assert_eq!(r.instance_count(), 401);

@@ -60,6 +60,7 @@ fn refused<T: std::fmt::Debug>(r: Result<T, Status>, quota: &str, limit: &str, s
     let s = r.expect_err("refused");
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     let m = s.message();
+    eprintln!("refused: {m}");
     let head = format!("quota {quota} exceeded in service {service:?}: ");
     assert!(m.starts_with(&head), "{m}");
     let flag = format!("--max-{}", quota.replace('_', "-"));
@@ -324,6 +325,7 @@ async fn the_list_quota_bounds_what_one_service_answers() {
     let wide = status(&mut admin, "wide").await;
     assert_eq!(wide.instances.len(), acked);
     let len = wide.encoded_len();
+    eprintln!("list quota 64 KiB: {acked} instances accepted, GetService answers {len} bytes");
     assert!(
         (LIMIT * 3 / 4..=LIMIT).contains(&len),
         "GetService answers {len} bytes"

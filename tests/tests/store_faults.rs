@@ -278,7 +278,7 @@ async fn a_damaged_store_is_refused_at_start_with_what_to_do() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     {
-        let d = Daemon::start(&data, "127.0.0.1:0", &[]).expect("daemon");
+        let d = Daemon::start(&data, "127.0.0.1:0", &NO_QUOTAS).expect("daemon");
         let mut admin = admin(&d).await;
         for n in 0..40 {
             admin
