@@ -69,8 +69,6 @@ struct Args {
     #[arg(long, default_value_t = lb_core::policy::DEFAULT_MAX_LIST_LEN,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_list_len: u32,
-    #[command(flatten)]
-    quotas: QuotaArgs,
     /// How long a graceful shutdown waits for open calls.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -86,6 +84,9 @@ struct Args {
     /// 0 turns the check off).
     #[arg(long, default_value_t = Bytes(DEFAULT_MIN_FREE))]
     store_min_free: Bytes,
+    // Last: its help heading would apply to the flags after it.
+    #[command(flatten)]
+    quotas: QuotaArgs,
 }
 
 /// The quotas (`lb_core::quota`): a change that would exceed one is refused
