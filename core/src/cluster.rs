@@ -30,8 +30,8 @@ pub const BACKOFF_MAX_FACTOR: u32 = 10;
 pub const MAX_METHODS: usize = 256;
 /// Longest method path, bytes.
 pub const MAX_METHOD_LEN: usize = 256;
-/// Most `retry_on` codes (there are 16 error codes).
-pub const MAX_RETRY_ON: usize = 16;
+/// Most `retry_on` codes: each error code once (there are 16, OK is not one).
+pub const MAX_RETRY_ON: usize = Code::ALL.len() - 1;
 /// Largest retry budget floor, per second.
 pub const MAX_BUDGET_MIN_PER_SEC: u32 = 100_000;
 

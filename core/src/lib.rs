@@ -22,6 +22,8 @@
 //! - [`replan`]: when to re-plan a service and whether to push the result:
 //!   the scheduler the daemon and the simulator both run.
 //! - [`inspect`]: what operators see of a service, from a registry snapshot.
+//! - [`quota`]: how much the daemon takes on (instances, labels, rules, list
+//!   bytes), and the estimate of a service's encoded answers.
 //! - [`keyhash`]: the request-key hash daemon and clients must agree on.
 //! - [`status`]: gRPC status codes and their names.
 //! - [`duration`]: `250ms` / `5s` durations, parsed and printed.
@@ -39,6 +41,7 @@ pub mod inspect;
 pub mod keyhash;
 pub mod model;
 pub mod policy;
+pub mod quota;
 pub mod registry;
 pub mod replan;
 pub mod routing;

@@ -11,7 +11,10 @@
 //! what to persist and which services to re-plan. Changes are split into a
 //! fallible `check_*` and an infallible `apply_*`, so the engine can make the
 //! change durable in between and nothing half-applied is ever visible.
+//! The `check_*` step also applies the [`crate::quota`]s, so nothing a
+//! quota refuses reaches the store.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +27,7 @@ use crate::health::{self, Detector, Tally};
 use crate::model::{ClientStats, GrpclbStats, InstanceKey, InstanceSpec, Load, MAX_DROP_TOKENS};
 use crate::policy::ewma::LatencyEwma;
 use crate::policy::{outcome, Candidate, LoadState, ServicePlan, ServicePolicy};
+use crate::quota::{self, Footprint, ListSize, Quota, QuotaError, Quotas, ServiceShape};
 use crate::routing::Rule;
 
 /// What keeps an instance in the lists.
@@ -135,6 +139,9 @@ pub struct Service {
     pub failed_by_code: BTreeMap<String, BTreeMap<u32, u64>>,
     /// What stock gRPC clients reported (grpc.lb.v1), cumulative.
     pub grpclb: GrpclbTotals,
+    /// What the instances add to the service's answers (kept in step with
+    /// `instances` by the registry).
+    footprint: Footprint,
 }
 
 /// Cumulative grpclb client stats of one service.
@@ -154,6 +161,11 @@ pub struct GrpclbTotals {
 }
 
 impl Service {
+    /// What the instances add to the service's encoded answers.
+    pub fn footprint(&self) -> Footprint {
+        self.footprint
+    }
+
     /// Nothing but defaults: the service can be forgotten once it has no instance.
     fn is_default(&self, policy: &ServicePolicy) -> bool {
         self.instances.is_empty()
@@ -326,6 +338,9 @@ pub enum RegistryError {
     /// deregistered or replaced by a newer stream): register again.
     #[error("instance {0:?} is no longer registered on this stream; register again")]
     NotAttached(String),
+    /// A quota refused the change (see [`QuotaError`] for what to do).
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
 }
 
 /// What an applied registration means for the store.
@@ -349,6 +364,8 @@ pub struct Registry {
     services: BTreeMap<String, Arc<Service>>,
     default_policy: ServicePolicy,
     overrides: Arc<BTreeMap<InstanceKey, Override>>,
+    /// Instances in every service.
+    instances: usize,
 }
 
 impl Registry {
@@ -363,7 +380,41 @@ impl Registry {
             services: BTreeMap::new(),
             default_policy: policy,
             overrides: Arc::default(),
+            instances: 0,
         }
+    }
+
+    /// Instances in every service.
+    pub fn instance_count(&self) -> usize {
+        self.instances
+    }
+
+    /// A service as the list quota sees it (an unknown one: no instance and
+    /// the defaults).
+    fn shape<'a>(&'a self, service: &'a str) -> ServiceShape<'a> {
+        match self.services.get(service) {
+            Some(s) => ServiceShape {
+                name: service,
+                instances: s.footprint,
+                policy: &s.policy,
+                rules: &s.rules,
+                cluster: Cow::Borrowed(&s.cluster),
+            },
+            None => ServiceShape {
+                name: service,
+                instances: Footprint::default(),
+                policy: &self.default_policy,
+                rules: &[],
+                cluster: Cow::Owned(ClusterConfig::default()),
+            },
+        }
+    }
+
+    /// The estimated encoded sizes of a known service's answers
+    /// ([`quota::list_size`]).
+    pub fn list_size(&self, service: &str) -> Option<ListSize> {
+        self.services.get(service)?;
+        Some(quota::list_size(&self.shape(service)))
     }
 
     /// A service, if known.
@@ -503,6 +554,22 @@ impl Registry {
         }))
     }
 
+    /// May `service` take `policy`? Refused when its list would grow past
+    /// the list quota (a longer `max_list_len`, a hash table).
+    pub fn check_policy(
+        &self,
+        service: &str,
+        policy: &ServicePolicy,
+        quotas: &Quotas,
+    ) -> Result<(), RegistryError> {
+        let before = self.shape(service);
+        let after = ServiceShape {
+            policy,
+            ..before.clone()
+        };
+        Ok(quota::check_growth(&before, &after, quotas)?)
+    }
+
     /// Sets a service's policy.
     pub fn set_policy(&mut self, service: &str, policy: ServicePolicy) {
         self.service_mut(service).policy = policy;
@@ -519,16 +586,84 @@ impl Registry {
     /// other: a backend cannot register over a static instance, and a static
     /// instance cannot take the id of a live registration (a restored one it
     /// may take over). A static instance may change its address.
+    ///
+    /// Then the quotas: the spec's labels; for a new instance, room in its
+    /// service and in the registry; for a new or changed one, the service's
+    /// list size. An instance registering again (a renewal, a reconnect, a
+    /// restored instance's backend returning) is not counted again.
     pub fn check_register(
         &self,
         spec: &InstanceSpec,
         ttl: Duration,
         attachment: Attachment,
         now: Instant,
+        quotas: &Quotas,
     ) -> Result<bool, RegistryError> {
-        let Some(cur) = self.instance(&spec.key()) else {
-            return Ok(true);
+        let cur = self.instance(&spec.key());
+        let persist = match cur {
+            Some(cur) => Self::check_owner(cur, spec, ttl, attachment, now)?,
+            None => true,
         };
+        self.check_register_quotas(spec, cur.map(|c| &c.spec), quotas)?;
+        Ok(persist)
+    }
+
+    /// The quotas of [`Registry::check_register`]; `old` is the instance's
+    /// current spec, if it is registered.
+    fn check_register_quotas(
+        &self,
+        spec: &InstanceSpec,
+        old: Option<&InstanceSpec>,
+        quotas: &Quotas,
+    ) -> Result<(), QuotaError> {
+        quotas.check_labels(spec)?;
+        let before = self.shape(&spec.service);
+        if old.is_none() {
+            let here = before.instances.instances;
+            if here >= quotas.instances_per_service as u64 {
+                return Err(quotas.refuse(
+                    Quota::InstancesPerService,
+                    &spec.service,
+                    format!(
+                        "it has {here} instances, and {:?} would be one more",
+                        spec.instance_id
+                    ),
+                ));
+            }
+            if self.instances >= quotas.instances {
+                return Err(quotas.refuse(
+                    Quota::Instances,
+                    &spec.service,
+                    format!(
+                        "the daemon holds {} instances in all services, and {:?} would be one more",
+                        self.instances, spec.instance_id
+                    ),
+                ));
+            }
+        }
+        if old == Some(spec) {
+            return Ok(());
+        }
+        let mut instances = before.instances;
+        if let Some(old) = old {
+            instances = instances.without(quota::instance_bytes(old));
+        }
+        let after = ServiceShape {
+            instances: instances.with(quota::instance_bytes(spec)),
+            ..before.clone()
+        };
+        quota::check_growth(&before, &after, quotas)
+    }
+
+    /// Who owns a registered instance ([`Registry::check_register`]);
+    /// returns whether the store must be written.
+    fn check_owner(
+        cur: &Instance,
+        spec: &InstanceSpec,
+        ttl: Duration,
+        attachment: Attachment,
+        now: Instant,
+    ) -> Result<bool, RegistryError> {
         let requested_static = attachment == Attachment::Static;
         if cur.attachment == Attachment::Static {
             if !requested_static {
@@ -572,6 +707,12 @@ impl Registry {
         match svc.instances.get_mut(&spec.instance_id).map(Arc::make_mut) {
             Some(cur) => {
                 let persist = cur.spec != spec || cur.ttl != ttl;
+                if cur.spec != spec {
+                    svc.footprint = svc
+                        .footprint
+                        .without(quota::instance_bytes(&cur.spec))
+                        .with(quota::instance_bytes(&spec));
+                }
                 let replaced_session = match (cur.attachment, attachment) {
                     (Attachment::Stream { session: old }, Attachment::Stream { session: new })
                         if old != new =>
@@ -607,8 +748,10 @@ impl Registry {
                 let mut i = Instance::new(spec, attachment, ttl, expires);
                 i.active_since = Some(now);
                 svc.health.add_host(&i.spec.instance_id);
+                svc.footprint = svc.footprint.with(quota::instance_bytes(&i.spec));
                 svc.instances
                     .insert(i.spec.instance_id.clone(), Arc::new(i));
+                self.instances += 1;
                 Registered {
                     persist: true,
                     replaced_session: None,
@@ -622,12 +765,18 @@ impl Registry {
     pub fn restore(&mut self, spec: InstanceSpec, ttl: Option<Duration>, deadline: Instant) {
         let spec_id = spec.instance_id.clone();
         let svc = self.service_mut(&spec.service);
+        svc.footprint = svc.footprint.with(quota::instance_bytes(&spec));
         let instance = match ttl {
             Some(ttl) => Instance::new(spec, Attachment::Restored, ttl, deadline),
             None => Instance::new(spec, Attachment::Static, Duration::ZERO, deadline),
         };
-        svc.instances.insert(spec_id.clone(), Arc::new(instance));
         svc.health.add_host(&spec_id);
+        match svc.instances.insert(spec_id, Arc::new(instance)) {
+            Some(replaced) => {
+                svc.footprint = svc.footprint.without(quota::instance_bytes(&replaced.spec));
+            }
+            None => self.instances += 1,
+        }
     }
 
     /// Records a load report from stream `session`, which must own the
@@ -680,6 +829,10 @@ impl Registry {
         self.instance(key)?;
         let svc = self.services.get_mut(&key.service).map(Arc::make_mut)?;
         let removed = svc.instances.remove(&key.instance_id);
+        if let Some(i) = &removed {
+            svc.footprint = svc.footprint.without(quota::instance_bytes(&i.spec));
+            self.instances -= 1;
+        }
         svc.health.remove_host(&key.instance_id);
         svc.evidence.forget(&key.instance_id);
         if svc.is_default(&self.default_policy) {
@@ -776,6 +929,35 @@ impl Registry {
         svc.dropped = svc.dropped.saturating_add(stats.dropped);
         svc.no_backend = svc.no_backend.saturating_add(stats.no_backend);
         ejected
+    }
+
+    /// May `service` take these routing rules and cluster modes (each
+    /// checked on its own by the caller)? Refused when they are more rules
+    /// than the rules quota allows (and more than the service has), or when
+    /// they make its list grow past the list quota.
+    pub fn check_routing(
+        &self,
+        service: &str,
+        rules: &[Rule],
+        cluster: &ClusterConfig,
+        quotas: &Quotas,
+    ) -> Result<(), RegistryError> {
+        let before = self.shape(service);
+        if rules.len() > quotas.rules && rules.len() > before.rules.len() {
+            return Err(quotas
+                .refuse(
+                    Quota::Rules,
+                    service,
+                    format!("it would have {} rules", rules.len()),
+                )
+                .into());
+        }
+        let after = ServiceShape {
+            rules,
+            cluster: Cow::Borrowed(cluster),
+            ..before.clone()
+        };
+        Ok(quota::check_growth(&before, &after, quotas)?)
     }
 
     /// Sets a service's routing rules (checked by the caller).
@@ -959,6 +1141,7 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(5);
     const STREAM: Attachment = Attachment::Stream { session: 1 };
+    const Q: Quotas = Quotas::DEFAULT;
 
     #[test]
     fn static_instances_never_expire_and_do_not_mix_with_backends() {
@@ -966,25 +1149,25 @@ mod tests {
         let mut r = Registry::new();
         let s = spec("s", "127.0.0.1:1");
         assert_eq!(
-            r.check_register(&s, Duration::ZERO, Attachment::Static, now),
+            r.check_register(&s, Duration::ZERO, Attachment::Static, now, &Q),
             Ok(true)
         );
         r.apply_register(s.clone(), Duration::ZERO, Attachment::Static, now);
         // A backend cannot take a static instance's id, by stream or lease.
         for via in [STREAM, Attachment::Lease] {
             assert_eq!(
-                r.check_register(&s, TTL, via, now),
+                r.check_register(&s, TTL, via, now, &Q),
                 Err(RegistryError::StaticOwned("s".into()))
             );
         }
         // An operator may move it; the same spec again is not rewritten.
         let moved = spec("s", "127.0.0.1:2");
         assert_eq!(
-            r.check_register(&moved, Duration::ZERO, Attachment::Static, now),
+            r.check_register(&moved, Duration::ZERO, Attachment::Static, now, &Q),
             Ok(true)
         );
         assert_eq!(
-            r.check_register(&s, Duration::ZERO, Attachment::Static, now),
+            r.check_register(&s, Duration::ZERO, Attachment::Static, now, &Q),
             Ok(false)
         );
         // It outlives any lease: nothing expires, and no expiry is scheduled.
@@ -996,13 +1179,13 @@ mod tests {
         let b = spec("b", "127.0.0.1:3");
         r.apply_register(b.clone(), TTL, STREAM, now);
         assert_eq!(
-            r.check_register(&b, Duration::ZERO, Attachment::Static, now),
+            r.check_register(&b, Duration::ZERO, Attachment::Static, now, &Q),
             Err(RegistryError::BackendOwned("b".into()))
         );
         let c = spec("c", "127.0.0.1:4");
         r.restore(c.clone(), Some(TTL), now + TTL);
         assert_eq!(
-            r.check_register(&c, Duration::ZERO, Attachment::Static, now),
+            r.check_register(&c, Duration::ZERO, Attachment::Static, now, &Q),
             Ok(true)
         );
         // Restored static instances come back static.
@@ -1069,15 +1252,15 @@ mod tests {
         let now = Instant::now();
         let mut r = Registry::new();
         let a = spec("a", "127.0.0.1:1");
-        assert_eq!(r.check_register(&a, TTL, STREAM, now), Ok(true));
+        assert_eq!(r.check_register(&a, TTL, STREAM, now, &Q), Ok(true));
         r.apply_register(a.clone(), TTL, Attachment::Stream { session: 1 }, now);
         let moved = spec("a", "127.0.0.1:2");
         assert!(matches!(
-            r.check_register(&moved, TTL, STREAM, now),
+            r.check_register(&moved, TTL, STREAM, now, &Q),
             Err(RegistryError::AddressConflict { .. })
         ));
         // Same address: a reconnect; takes over the session, nothing to persist.
-        assert_eq!(r.check_register(&a, TTL, STREAM, now), Ok(false));
+        assert_eq!(r.check_register(&a, TTL, STREAM, now, &Q), Ok(false));
         let reg = r.apply_register(a, TTL, Attachment::Stream { session: 2 }, now);
         assert_eq!(reg.replaced_session, Some(1));
         assert!(!reg.persist);
@@ -1092,7 +1275,7 @@ mod tests {
         assert!(r.detach(&key, 2));
         assert!(r.instance(&key).is_none());
         // Once gone, the id is free for any address.
-        assert_eq!(r.check_register(&moved, TTL, STREAM, now), Ok(true));
+        assert_eq!(r.check_register(&moved, TTL, STREAM, now, &Q), Ok(true));
     }
 
     #[test]
@@ -1101,13 +1284,13 @@ mod tests {
         let mut r = Registry::new();
         r.restore(spec("a", "127.0.0.1:1"), Some(TTL), now + TTL);
         assert_eq!(
-            r.check_register(&spec("a", "127.0.0.1:2"), TTL, STREAM, now),
+            r.check_register(&spec("a", "127.0.0.1:2"), TTL, STREAM, now, &Q),
             Ok(true)
         );
         r.apply_register(spec("b", "127.0.0.1:3"), TTL, Attachment::Lease, now);
         let later = now + TTL;
         assert_eq!(
-            r.check_register(&spec("b", "127.0.0.1:4"), TTL, Attachment::Lease, later),
+            r.check_register(&spec("b", "127.0.0.1:4"), TTL, Attachment::Lease, later, &Q),
             Ok(true)
         );
     }
@@ -1119,7 +1302,7 @@ mod tests {
         let a = spec("a", "127.0.0.1:1");
         r.apply_register(a.clone(), TTL, Attachment::Stream { session: 7 }, now);
         assert_eq!(
-            r.check_register(&a, TTL, Attachment::Lease, now),
+            r.check_register(&a, TTL, Attachment::Lease, now, &Q),
             Err(RegistryError::StreamOwned("a".into()))
         );
     }
@@ -1396,5 +1579,257 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Registers `spec` the way the engine does: check, then apply.
+    fn register(
+        r: &mut Registry,
+        spec: InstanceSpec,
+        via: Attachment,
+        q: &Quotas,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        r.check_register(&spec, TTL, via, now, q)?;
+        r.apply_register(spec, TTL, via, now);
+        Ok(())
+    }
+
+    fn quota_of(e: RegistryError) -> Quota {
+        match e {
+            RegistryError::Quota(q) => q.quota,
+            other => panic!("not a quota refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn instances_per_service_at_the_limit_pass_and_renewals_do_not_count() {
+        let now = Instant::now();
+        let q = Quotas {
+            instances_per_service: 3,
+            ..Q
+        };
+        let mut r = Registry::new();
+        for id in ["a", "b", "c"] {
+            register(&mut r, spec(id, "127.0.0.1:1"), Attachment::Lease, &q, now).unwrap();
+        }
+        let e = register(&mut r, spec("d", "127.0.0.1:1"), Attachment::Lease, &q, now).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(quota_of(e), Quota::InstancesPerService);
+        assert!(
+            msg.starts_with(
+                "quota instances_per_service exceeded in service \"svc\": it has 3 instances"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("the limit is 3 (lb-server --max-instances-per-service)"),
+            "{msg}"
+        );
+        assert!(r.instance(&spec("d", "x:1").key()).is_none());
+        // At the limit, the three renew, reconnect and change their labels.
+        let mut labelled = spec("b", "127.0.0.1:1");
+        labelled.labels.insert("track".into(), "canary".into());
+        register(&mut r, spec("a", "127.0.0.1:1"), Attachment::Lease, &q, now).unwrap();
+        register(&mut r, spec("c", "127.0.0.1:1"), STREAM, &q, now).unwrap();
+        register(&mut r, labelled, Attachment::Lease, &q, now).unwrap();
+        assert_eq!(r.instance_count(), 3);
+        // Another service has room of its own; a leaving instance makes room.
+        let mut other = spec("a", "127.0.0.1:1");
+        other.service = "other".into();
+        register(&mut r, other, Attachment::Lease, &q, now).unwrap();
+        r.remove(&spec("a", "x:1").key());
+        register(&mut r, spec("d", "127.0.0.1:1"), Attachment::Lease, &q, now).unwrap();
+        // A restored instance whose backend returns is not a new one.
+        let mut restored = Registry::new();
+        for id in ["a", "b", "c"] {
+            restored.restore(spec(id, "127.0.0.1:1"), Some(TTL), now + TTL);
+        }
+        assert_eq!(restored.instance_count(), 3);
+        register(&mut restored, spec("b", "127.0.0.1:1"), STREAM, &q, now).unwrap();
+    }
+
+    #[test]
+    fn instances_in_all_services_at_the_limit_pass() {
+        let now = Instant::now();
+        let q = Quotas { instances: 2, ..Q };
+        let mut r = Registry::new();
+        let in_service = |service: &str, id: &str| {
+            let mut s = spec(id, "127.0.0.1:1");
+            s.service = service.into();
+            s
+        };
+        register(&mut r, in_service("x", "a"), Attachment::Lease, &q, now).unwrap();
+        register(&mut r, in_service("y", "a"), Attachment::Static, &q, now).unwrap();
+        let e = register(&mut r, in_service("z", "a"), Attachment::Lease, &q, now).unwrap_err();
+        assert!(
+            e.to_string().contains("the daemon holds 2 instances"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--max-instances)"), "{e}");
+        assert_eq!(quota_of(e), Quota::Instances);
+        // Renewing one of the two still passes.
+        register(&mut r, in_service("x", "a"), Attachment::Lease, &q, now).unwrap();
+        assert!(r.expire(now + TTL).len() == 1 && r.instance_count() == 1);
+        register(&mut r, in_service("z", "a"), Attachment::Lease, &q, now).unwrap();
+    }
+
+    #[test]
+    fn labels_over_the_quotas_are_refused_before_anything_else() {
+        let now = Instant::now();
+        let q = Quotas {
+            labels: 2,
+            label_bytes: 8,
+            ..Q
+        };
+        let mut r = Registry::new();
+        let mut s = spec("a", "127.0.0.1:1");
+        s.labels = [("k1", "v"), ("k2", "123456")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        register(&mut r, s.clone(), Attachment::Lease, &q, now).unwrap();
+        // The same instance asking for a third label, or a longer one, is refused
+        // and keeps what it had.
+        let mut more = s.clone();
+        more.labels.insert("k3".into(), "v".into());
+        let e = register(&mut r, more, Attachment::Lease, &q, now).unwrap_err();
+        assert_eq!(quota_of(e), Quota::Labels);
+        let mut longer = s.clone();
+        longer.labels.insert("k2".into(), "1234567".into());
+        let e = register(&mut r, longer, Attachment::Lease, &q, now).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("label \"k2\" of instance \"a\" has 9 bytes"),
+            "{e}"
+        );
+        assert_eq!(quota_of(e), Quota::LabelBytes);
+        assert_eq!(r.instance(&s.key()).map(|i| &i.spec), Some(&s));
+    }
+
+    #[test]
+    fn the_list_quota_refuses_growth_and_keeps_the_footprint_in_step() {
+        let now = Instant::now();
+        // Instances with four labels of 60 bytes: the GetService answer is
+        // the largest of the service's answers.
+        let heavy = |id: &str, addr: &str| {
+            let mut s = spec(id, addr);
+            for k in ["k1", "k2", "k3", "k4"] {
+                s.labels.insert(k.into(), "v".repeat(58));
+            }
+            s
+        };
+        let mut r = Registry::new();
+        for i in 0..400 {
+            r.apply_register(heavy(&format!("i{i:03}"), "127.0.0.1:1"), TTL, STREAM, now);
+        }
+        let size = |r: &Registry| r.list_size("svc").unwrap();
+        let before = size(&r);
+        assert_eq!(before.largest(), "GetService answer", "{before:?}");
+        // A limit that fits exactly one more instance like the others.
+        r.apply_register(heavy("i400", "127.0.0.1:1"), TTL, Attachment::Lease, now);
+        assert!(size(&r).bytes() > before.bytes());
+        let q = Quotas {
+            list_bytes: size(&r).bytes(),
+            ..Q
+        };
+        let e = register(&mut r, heavy("i401", "127.0.0.1:1"), STREAM, &q, now).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("its GetService answer would take about"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--max-list-bytes"), "{e}");
+        assert_eq!(quota_of(e), Quota::ListBytes);
+        // Re-registering as it is does not count twice; a longer address
+        // grows the answer and is refused, a shorter one is not.
+        register(
+            &mut r,
+            heavy("i400", "127.0.0.1:1"),
+            Attachment::Lease,
+            &q,
+            now,
+        )
+        .unwrap();
+        let e = register(
+            &mut r,
+            heavy("i400", "127.0.0.10:1"),
+            Attachment::Lease,
+            &q,
+            later(now),
+        )
+        .unwrap_err();
+        assert_eq!(quota_of(e), Quota::ListBytes);
+        register(
+            &mut r,
+            heavy("i400", "10.0.0.1:1"),
+            Attachment::Lease,
+            &q,
+            later(now),
+        )
+        .unwrap();
+        // The running footprint is what adding up the instances gives.
+        let sum = r
+            .service("svc")
+            .unwrap()
+            .instances
+            .values()
+            .fold(Footprint::default(), |f, i| {
+                f.with(quota::instance_bytes(&i.spec))
+            });
+        assert_eq!(r.service("svc").unwrap().footprint(), sum);
+        assert_eq!(r.instance_count(), 401);
+        for i in 0..=400 {
+            r.remove(&spec(&format!("i{i:03}"), "x:1").key());
+        }
+        assert!(r.service("svc").is_none() && r.instance_count() == 0);
+    }
+
+    /// A moment after `now`, when a lease registered at `now` has expired.
+    fn later(now: Instant) -> Instant {
+        now + TTL
+    }
+
+    #[test]
+    fn rules_and_policies_are_checked_against_their_quotas() {
+        use crate::policy::PolicyKind;
+        use crate::routing::{Match, Target};
+        let now = Instant::now();
+        let rule = |i: usize| Rule {
+            name: format!("r{i}"),
+            when: Match {
+                request: [("group".to_string(), format!("g{i}"))].into(),
+                ..Match::default()
+            },
+            target: Target::Instance("a".into()),
+            exclusive: false,
+            strict: false,
+        };
+        let q = Quotas { rules: 2, ..Q };
+        let mut r = Registry::new();
+        let cluster = ClusterConfig::default();
+        let two: Vec<Rule> = (0..2).map(rule).collect();
+        let three: Vec<Rule> = (0..3).map(rule).collect();
+        assert_eq!(r.check_routing("svc", &two, &cluster, &q), Ok(()));
+        let e = r.check_routing("svc", &three, &cluster, &q).unwrap_err();
+        assert!(e.to_string().contains("it would have 3 rules"), "{e}");
+        assert_eq!(quota_of(e), Quota::Rules);
+        // A service above a lowered quota may still lose rules.
+        r.set_rules("svc", three.clone());
+        assert_eq!(r.check_routing("svc", &two, &cluster, &q), Ok(()));
+        assert_eq!(r.check_routing("svc", &three, &cluster, &q), Ok(()));
+
+        // A hash table that would not fit the list quota is refused.
+        for i in 0..1000 {
+            r.apply_register(spec(&format!("i{i}"), "127.0.0.1:1"), TTL, STREAM, now);
+        }
+        let q = Quotas {
+            list_bytes: 128 << 10,
+            ..Q
+        };
+        assert!(r.list_size("svc").unwrap().bytes() < q.list_bytes);
+        let chash = ServicePolicy::with_kind(PolicyKind::ConsistentHash);
+        let e = r.check_policy("svc", &chash, &q).unwrap_err();
+        assert_eq!(quota_of(e), Quota::ListBytes);
+        let rr = ServicePolicy::with_kind(PolicyKind::RoundRobin);
+        assert_eq!(r.check_policy("svc", &rr, &q), Ok(()));
     }
 }

@@ -75,11 +75,19 @@ fn mode(m: v1::ClusterMode) -> Mode {
         Ok(K::Failover) | Err(_) => {
             let d = Failover::default();
             let backoff = Duration::from_millis(u64::from(m.backoff_ms));
-            let retry_on: Vec<Code> = m
+            // The daemon sends each code once; a longer list is not read
+            // past the codes there are, and a repeat is dropped.
+            let mut retry_on: Vec<Code> = Vec::new();
+            for code in m
                 .retry_on
                 .iter()
+                .take(cluster::MAX_RETRY_ON)
                 .filter_map(|n| Code::error_named(n))
-                .collect();
+            {
+                if !retry_on.contains(&code) {
+                    retry_on.push(code);
+                }
+            }
             Mode::Failover(Failover {
                 attempts: m.attempts.max(1),
                 backoff,
@@ -323,6 +331,22 @@ mod tests {
         assert_eq!(s.mode_for("/a.B/C"), &Mode::Forking { forks: 3 });
         assert_eq!(s.budget.percent, 50);
         assert_eq!(s.budget.min_per_sec, 10);
+    }
+
+    #[test]
+    fn an_oversized_retry_on_is_read_only_as_far_as_there_are_codes() {
+        let mut names = vec!["UNAVAILABLE".to_string(); 100_000];
+        names[1] = "internal".into();
+        names.push("DEADLINE_EXCEEDED".into());
+        let m = mode(v1::ClusterMode {
+            attempts: 2,
+            retry_on: names,
+            ..Default::default()
+        });
+        match m {
+            Mode::Failover(f) => assert_eq!(f.retry_on, [Code::Unavailable, Code::Internal]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lb_core::policy::{PolicyKind, DEFAULT_MAX_LIST_LEN};
+use lb_core::policy::{PolicyKind, ServicePolicy, DEFAULT_MAX_LIST_LEN};
+use lb_core::quota::Quotas;
 use lb_core::DEFAULT_REPORT_INTERVAL;
 
 /// Largest request message decoded, unless configured: requests are small
@@ -38,6 +39,8 @@ pub struct Config {
     pub default_policy: PolicyKind,
     /// Default cap on a list's length for services without a policy override.
     pub max_list_len: u32,
+    /// How much the daemon takes on: instances, labels, rules, list bytes.
+    pub quotas: Quotas,
     /// How long a graceful shutdown waits for open streams and calls.
     pub drain_timeout: Duration,
     /// How long a new stream may take to send its first message.
@@ -82,6 +85,14 @@ pub struct AuthConfig {
 }
 
 impl Config {
+    /// The policy of services nobody set one for.
+    pub fn default_service_policy(&self) -> ServicePolicy {
+        ServicePolicy {
+            max_list_len: self.max_list_len,
+            ..ServicePolicy::with_kind(self.default_policy)
+        }
+    }
+
     /// Defaults with the given data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
@@ -92,6 +103,7 @@ impl Config {
             stats_interval: Duration::from_millis(1000),
             default_policy: PolicyKind::default(),
             max_list_len: DEFAULT_MAX_LIST_LEN,
+            quotas: Quotas::default(),
             drain_timeout: Duration::from_secs(5),
             first_message_timeout: DEFAULT_FIRST_MESSAGE_TIMEOUT,
             metrics_listen: None,

@@ -7,8 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lb_core::access::Pattern;
+use lb_core::cluster::MAX_RETRY_ON;
 use lb_core::duration::{parse as parse_duration, Span};
+use lb_core::model::MAX_LABELS;
 use lb_core::policy::PolicyKind;
+use lb_core::quota::{self, Quotas, MAX_LABEL_BYTES};
+use lb_core::routing::MAX_RULES;
 use lb_core::size::Bytes;
 use lb_server::auth::{
     TokenLimits, DEFAULT_ADMIN_WRITE_RATE, DEFAULT_CONNECTIONS_PER_TOKEN, DEFAULT_STREAMS_PER_TOKEN,
@@ -139,16 +143,75 @@ struct Args {
     /// Calls (streams included) one token may have open at once.
     #[arg(long, default_value_t = DEFAULT_STREAMS_PER_TOKEN, help_heading = "Limits")]
     max_streams_per_token: usize,
-    /// Admin changes per second per token (and the burst).
+    /// Admin changes per second per token, and the burst (with
+    /// authentication on; the bootstrap admin token shares one budget).
     #[arg(long, default_value_t = DEFAULT_ADMIN_WRITE_RATE, help_heading = "Limits")]
     admin_write_rate: f64,
     /// Subscriptions one client id may have open at once.
     #[arg(long, default_value_t = DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT, help_heading = "Limits")]
     max_subscriptions_per_client: usize,
+
+    // Last: its help heading would apply to the flags after it.
+    #[command(flatten)]
+    quotas: QuotaArgs,
 }
 
 fn parse_pattern(s: &str) -> Result<Pattern, String> {
     Pattern::parse(s, "--grpclb-anonymous").map_err(|e| e.to_string())
+}
+
+/// The quotas (`lb_core::quota`): a change that would exceed one is refused
+/// with `resource_exhausted`, naming the quota, its limit and the service.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Quotas")]
+struct QuotaArgs {
+    /// Most instances in one service.
+    #[arg(long, default_value_t = quota::DEFAULT_MAX_INSTANCES_PER_SERVICE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_instances_per_service: u32,
+    /// Most instances in all services together.
+    #[arg(long, default_value_t = quota::DEFAULT_MAX_INSTANCES as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_instances: u32,
+    /// Most labels on one instance (at most 64, the hard limit).
+    #[arg(long, default_value_t = quota::DEFAULT_MAX_LABELS as u32,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_LABELS as i64))]
+    max_labels: u32,
+    /// Most bytes of one label, key and value together (at most 318).
+    #[arg(long, default_value_t = quota::DEFAULT_MAX_LABEL_BYTES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_LABEL_BYTES as i64))]
+    max_label_bytes: u32,
+    /// Most routing rules in one service (at most 64, the hard limit).
+    #[arg(long, default_value_t = quota::DEFAULT_MAX_RULES as u32,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_RULES as i64))]
+    max_rules: u32,
+    /// Most entries in one cluster mode's retry_on list (at most 16, the
+    /// error codes there are).
+    #[arg(long, default_value_t = quota::DEFAULT_MAX_RETRY_ON as u32,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_RETRY_ON as i64))]
+    max_retry_on: u32,
+    /// Most bytes one service's list, grpclb list or GetService answer may
+    /// take encoded, as estimated from what was registered and set (e.g.
+    /// 2MiB, 512k; at least 64KiB). Keep it under clients' receive limit
+    /// (4 MiB by default in gRPC).
+    #[arg(long, default_value_t = Bytes(quota::DEFAULT_MAX_LIST_BYTES))]
+    max_list_bytes: Bytes,
+}
+
+impl QuotaArgs {
+    fn quotas(&self) -> anyhow::Result<Quotas> {
+        let q = Quotas {
+            instances_per_service: self.max_instances_per_service as usize,
+            instances: self.max_instances as usize,
+            labels: self.max_labels as usize,
+            label_bytes: self.max_label_bytes as usize,
+            rules: self.max_rules as usize,
+            retry_on: self.max_retry_on as usize,
+            list_bytes: self.max_list_bytes.0,
+        };
+        q.check().map_err(anyhow::Error::msg)?;
+        Ok(q)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -192,6 +255,7 @@ async fn daemon_or_ctl() -> anyhow::Result<()> {
     config.restore_grace = args.restore_grace;
     config.stats_interval = args.stats_interval;
     config.max_list_len = args.max_list_len;
+    config.quotas = args.quotas.quotas()?;
     config.default_policy = args.default_policy;
     config.drain_timeout = args.drain_timeout;
     config.metrics_listen = args.metrics_listen;
@@ -226,6 +290,16 @@ async fn daemon_or_ctl() -> anyhow::Result<()> {
     config.max_subscriptions_per_client = args.max_subscriptions_per_client;
     if !(args.admin_write_rate > 0.0 && args.admin_write_rate.is_finite()) {
         anyhow::bail!("--admin-write-rate must be a positive number");
+    }
+    config
+        .quotas
+        .check_default_policy(&config.default_service_policy())
+        .map_err(anyhow::Error::msg)?;
+    if config.quotas.list_bytes > quota::CLIENT_RECEIVE_LIMIT {
+        tracing::warn!(
+            max_list_bytes = config.quotas.list_bytes,
+            "--max-list-bytes is above gRPC clients' default 4 MiB receive limit: such clients may refuse a large service's list"
+        );
     }
 
     let targets: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&args.listen)

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use lb_core::access::Need;
 use lb_core::inspect::{InstanceView, ServiceView};
+use lb_core::quota::Quota;
 
 use crate::auth::Auth;
 use crate::engine::EngineHandle;
@@ -307,6 +308,7 @@ pub fn page(engine: &EngineHandle, auth: &Auth, insecure: bool) -> String {
         hub.store.failures.load(Ordering::Relaxed),
     ));
     page.push_str(&render_security(auth, insecure));
+    page.push_str(&render_quotas(&hub.quotas.counts()));
     page
 }
 
@@ -339,6 +341,18 @@ fn render_security(auth: &Auth, insecure: bool) -> String {
     );
     for (limit, n) in auth.limited_counts() {
         let _ = writeln!(out, "lb_limit_refused_total{{limit=\"{limit}\"}} {n}");
+    }
+    out
+}
+
+/// Changes refused per quota (every quota listed, so rates start at 0).
+fn render_quotas(counts: &[(Quota, u64)]) -> String {
+    let mut out = String::from(
+        "# HELP lb_quota_refused_total Changes refused because they would exceed a quota (resource_exhausted).\n\
+         # TYPE lb_quota_refused_total counter\n",
+    );
+    for (q, n) in counts {
+        let _ = writeln!(out, "lb_quota_refused_total{{quota=\"{}\"}} {n}", q.name());
     }
     out
 }
@@ -438,6 +452,25 @@ mod tests {
             },
             grpclb_streams: 2,
         }
+    }
+
+    #[test]
+    fn renders_every_quota_with_its_refusals() {
+        let text = render_quotas(&[(Quota::Labels, 2), (Quota::ListBytes, 0)]);
+        assert!(
+            text.contains("# TYPE lb_quota_refused_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "lb_quota_refused_total{quota=\"labels\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "lb_quota_refused_total{quota=\"list_bytes\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! is all a test needs. Every child's stderr goes to a log file in its own
 //! directory; [`Proc::log`] reads it back for failure messages.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -224,6 +224,12 @@ impl BackendSpec {
     }
 }
 
+/// `GET /metrics` from the address the daemon logged (it must run with
+/// `--metrics-listen`), without a token; the whole response.
+pub fn scrape(d: &Daemon) -> String {
+    scrape_with(d, None).expect("scrape /metrics")
+}
+
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
 /// For conditions with no notification to wait on (another process's state).
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -258,8 +264,7 @@ pub fn ctl(daemon: &str, args: &[&str]) -> Result<String> {
 
 /// `GET /metrics` from the address the daemon logged (`--metrics-listen`),
 /// with `bearer` as its token if given; the whole response, head included.
-pub fn scrape(d: &Daemon, bearer: Option<&str>) -> Result<String> {
-    use std::io::{Read, Write};
+pub fn scrape_with(d: &Daemon, bearer: Option<&str>) -> Result<String> {
     let log = d.proc.log();
     let addr = log
         .split("metrics on http://")

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use lb_client::credentials::{Authorize, Credentials};
 use lb_proto::v1::{self as pb, admin_client::AdminClient, balancer_client::BalancerClient};
 use lb_proto::v1::{registry_client::RegistryClient, subscribe_request};
-use lb_tests::harness::{bin, sample, scrape, wait_until, Daemon, WAIT};
+use lb_tests::harness::{bin, sample, scrape_with as scrape, wait_until, Daemon, WAIT};
 use lb_tests::pki::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
@@ -352,8 +352,9 @@ async fn tokens_keep_callers_to_their_role_and_services() {
     assert!(wait_until(WAIT, || d.proc.log().contains("create-token")).await);
     let log = d.proc.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains("audit") && l.contains("who=\"admin\"") && l.contains("shop-deploy")),
+        log.lines().any(|l| l.contains("audit")
+            && l.contains("who=\"admin\"")
+            && l.contains("shop-deploy")),
         "{log}"
     );
     assert!(!log.contains(&shop[20..]), "the log never holds a secret");

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lb_proto::v1::{self as pb, admin_client::AdminClient};
-use lb_tests::harness::{sample, wait_until, Daemon, WAIT};
+use lb_tests::harness::{sample, scrape, wait_until, Daemon, WAIT};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -50,6 +50,17 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// The quotas out of the way of [`heavy`] instances (the hard limits'
+/// widest labels), so that the disk fills before a quota refuses one.
+const NO_QUOTAS: [&str; 6] = [
+    "--max-labels",
+    "64",
+    "--max-label-bytes",
+    "318",
+    "--max-list-bytes",
+    "1GiB",
+];
 
 /// A static instance with 64 labels of 255 bytes (about 16 KB stored).
 fn heavy(id: &str, n: u32) -> pb::PutStaticRequest {
@@ -106,10 +117,6 @@ async fn logged(d: &Daemon, needle: &str) -> bool {
     wait_until(WAIT, || d.proc.log().contains(needle)).await
 }
 
-fn scrape(d: &Daemon) -> String {
-    lb_tests::harness::scrape(d, None).expect("scrape /metrics")
-}
-
 /// While degraded: changes are refused with the cause, what was
 /// acknowledged is read back and listed to clients (the subscription is
 /// returned open).
@@ -148,8 +155,8 @@ async fn a_full_disk_degrades_the_daemon_until_space_returns() {
         return;
     };
     // Default flags: the store keeps 4 MiB free.
-    let d =
-        Daemon::start(&data, "127.0.0.1:0", &["--metrics-listen", "127.0.0.1:0"]).expect("daemon");
+    let flags = [&["--metrics-listen", "127.0.0.1:0"][..], &NO_QUOTAS].concat();
+    let d = Daemon::start(&data, "127.0.0.1:0", &flags).expect("daemon");
     let mut admin = admin(&d).await;
 
     let (mut acked, refused) = fill(&mut admin).await;
@@ -206,7 +213,11 @@ async fn a_write_error_degrades_without_wedging_and_sigterm_still_ends_it() {
     let mut d = Daemon::start(
         &data,
         "127.0.0.1:0",
-        &["--store-min-free", "0", "--drain-timeout", "2s"],
+        &[
+            &["--store-min-free", "0", "--drain-timeout", "2s"][..],
+            &NO_QUOTAS,
+        ]
+        .concat(),
     )
     .expect("daemon");
     let mut admin = admin(&d).await;
@@ -267,7 +278,7 @@ async fn a_damaged_store_is_refused_at_start_with_what_to_do() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     {
-        let d = Daemon::start(&data, "127.0.0.1:0", &[]).expect("daemon");
+        let d = Daemon::start(&data, "127.0.0.1:0", &NO_QUOTAS).expect("daemon");
         let mut admin = admin(&d).await;
         for n in 0..40 {
             admin

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use lb_core::access::{check_name, Grant, Pattern, Role};
 use lb_core::inspect::ServiceView;
-use lb_core::model::{check_id, check_service, check_weight, FieldError, InstanceKey};
+use lb_core::model::{bounded, check_id, check_service, check_weight, FieldError, InstanceKey};
 use lb_core::policy::ServicePolicy;
 use lb_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -310,6 +310,7 @@ impl pb::admin_server::Admin for AdminApi {
         let who = who(&request);
         let r = request.into_inner();
         check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        self.check_retry_on(&r.service, r.cluster.as_ref())?;
         // Multicast routes are checked against the service's rules by the
         // engine; everything else is checked here.
         let routes: Vec<String> = r
@@ -468,6 +469,32 @@ impl pb::admin_server::Admin for AdminApi {
 }
 
 impl AdminApi {
+    /// The `retry_on` quota, on each mode's entries as sent (before any
+    /// name is read): `resource_exhausted`, counted for `/metrics`.
+    fn check_retry_on(
+        &self,
+        service: &str,
+        cluster: Option<&pb::ClusterConfig>,
+    ) -> Result<(), Status> {
+        let Some(c) = cluster else { return Ok(()) };
+        let quotas = &self.config.quotas;
+        let modes = (c.default_mode.iter().map(|m| (None, m)))
+            .chain(c.methods.iter().map(|(k, m)| (Some(k), m)))
+            // The field's path is written only for a refusal.
+            .filter(|(_, m)| m.retry_on.len() > quotas.retry_on);
+        for (method, m) in modes {
+            let field = match method {
+                None => "cluster.default_mode.retry_on".to_string(),
+                Some(k) => format!("cluster.methods[{:?}].retry_on", bounded(k.clone(), 64)),
+            };
+            if let Err(q) = quotas.check_retry_on(service, &field, m.retry_on.len()) {
+                self.engine.hub().quotas.refused(q.quota);
+                return Err(Status::resource_exhausted(q.to_string()));
+            }
+        }
+        Ok(())
+    }
+
     async fn routing(
         &self,
         who: &str,

@@ -21,6 +21,7 @@ use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
 use lb_core::model::{is_link_local, FieldError, InstanceSpec};
+use lb_core::registry::RegistryError;
 
 use crate::config::Config;
 use crate::engine::EngineError;
@@ -33,9 +34,11 @@ pub use registry::RegistryApi;
 /// The response stream of a streaming RPC.
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// An engine refusal, as the status a caller sees.
+/// An engine refusal, as the status a caller sees: a quota is
+/// `resource_exhausted` (the message names it, its limit and the service).
 pub fn engine_status(e: EngineError) -> Status {
     match e {
+        EngineError::Registry(RegistryError::Quota(q)) => Status::resource_exhausted(q.to_string()),
         EngineError::Registry(e) => Status::failed_precondition(e.to_string()),
         EngineError::Store(e) => Status::unavailable(format!("not persisted: {e}")),
         EngineError::ShuttingDown => Status::unavailable("lb-server is shutting down"),

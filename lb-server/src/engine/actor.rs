@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use lb_core::evidence;
 use lb_core::model::{ClientStats, GrpclbStats, InstanceKey, Load};
-use lb_core::policy::ServicePolicy;
 use lb_core::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -151,10 +150,7 @@ pub async fn start(
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
     let generation = bounded(store.next_generation()).await?;
     let hub = Arc::new(Hub::new(generation));
-    let default_policy = ServicePolicy {
-        max_list_len: config.max_list_len,
-        ..ServicePolicy::with_kind(config.default_policy)
-    };
+    let default_policy = config.default_service_policy();
     let loaded = bounded(store.load()).await?;
     let now = now();
     let deadline = now + config.restore_grace;
@@ -525,7 +521,7 @@ mod tests {
     use crate::engine::cmd::{Attach, SetPolicy};
     use crate::store::SledStore;
     use lb_core::model::InstanceSpec;
-    use lb_core::policy::PolicyKind;
+    use lb_core::policy::{PolicyKind, ServicePolicy};
 
     fn spec(id: &str) -> InstanceSpec {
         InstanceSpec::new("svc", id, "127.0.0.1:9")

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lb_core::policy::ServicePlan;
+use lb_core::quota::Quota;
 use lb_core::replan::{should_publish, Planned, Published};
 use tokio::sync::watch;
 
@@ -26,6 +27,30 @@ pub struct Hub {
     pub reports_applied: AtomicU64,
     /// Whether the store is failing, for `/metrics`.
     pub store: StoreHealth,
+    /// Changes refused by each quota, for `/metrics`.
+    pub quotas: QuotaRefusals,
+}
+
+/// Changes each quota refused since the start.
+#[derive(Debug, Default)]
+pub struct QuotaRefusals([AtomicU64; Quota::ALL.len()]);
+
+impl QuotaRefusals {
+    pub(crate) fn refused(&self, quota: Quota) {
+        self.0[Self::slot(quota)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every quota with its refusals, in [`Quota::ALL`]'s order.
+    pub fn counts(&self) -> Vec<(Quota, u64)> {
+        Quota::ALL
+            .into_iter()
+            .map(|q| (q, self.0[Self::slot(q)].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn slot(quota: Quota) -> usize {
+        Quota::ALL.iter().position(|q| *q == quota).unwrap_or(0)
+    }
 }
 
 /// The store's health as the engine last saw it.
@@ -89,6 +114,7 @@ impl Hub {
             reports_received: AtomicU64::new(0),
             reports_applied: AtomicU64::new(0),
             store: StoreHealth::default(),
+            quotas: QuotaRefusals::default(),
         }
     }
 

@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use actor::start;
 pub use cmd::Command;
-pub use hub::{GrpclbStream, Hub, StoreHealth};
+pub use hub::{GrpclbStream, Hub, QuotaRefusals, StoreHealth};
 pub use snapshot::Snapshot;
 pub use state::State;
 

@@ -78,8 +78,8 @@ impl State {
     }
 
     /// Registers a stream, a lease or a static instance; returns the stream
-    /// session (0 for the others). The registration is checked first, so a
-    /// refusal changes nothing.
+    /// session (0 for the others). The registration is checked first (its
+    /// owner, then the quotas), so a refusal changes nothing.
     pub(crate) fn register(
         &mut self,
         spec: InstanceSpec,
@@ -101,7 +101,11 @@ impl State {
         let claims = owner
             .as_ref()
             .is_some_and(|o| self.owners.get(&key) != Some(o));
-        if self.registry.check_register(&spec, ttl, kind, now)? || claims {
+        if self
+            .registry
+            .check_register(&spec, ttl, kind, now, &self.config.quotas)?
+            || claims
+        {
             if let Some(o) = owner {
                 self.owners.insert(key.clone(), o);
             }

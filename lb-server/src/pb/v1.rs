@@ -125,6 +125,9 @@ pub fn stats(s: pb::ClientStats, field: &str) -> Result<ClientStats, FieldError>
 /// do not belong to the mode's kind must be zero (a contradiction is refused,
 /// not ignored); unset failover fields take their documented defaults
 /// (`retry_on` empty: UNAVAILABLE; `backoff_max_ms` 0: 10 × `backoff_ms`).
+/// `retry_on` may list at most the codes there are (its length is checked
+/// before any name is read; the daemon's `--max-retry-on` quota is checked
+/// before that, by the edge); a repeat is dropped.
 pub fn cluster_mode(m: pb::ClusterMode, rules: &[&str]) -> Result<Mode, FieldError> {
     use pb::cluster_mode::{Collect as C, Kind as K};
     let kind = match K::try_from(m.kind) {
@@ -193,7 +196,17 @@ pub fn cluster_mode(m: pb::ClusterMode, rules: &[&str]) -> Result<Mode, FieldErr
     };
     let mode = match kind {
         Kind::Failover => {
-            let mut retry_on = Vec::new();
+            if m.retry_on.len() > cluster::MAX_RETRY_ON {
+                return Err(FieldError::new(
+                    "retry_on",
+                    format!(
+                        "{} entries, more than the {} error codes there are",
+                        m.retry_on.len(),
+                        cluster::MAX_RETRY_ON
+                    ),
+                ));
+            }
+            let mut retry_on = Vec::with_capacity(m.retry_on.len());
             for (i, name) in m.retry_on.iter().enumerate() {
                 let code = Code::error_named(name).ok_or_else(|| {
                     FieldError::new(
@@ -594,6 +607,22 @@ mod tests {
             .field,
             "retry_on[0]"
         );
+        // A list longer than the codes there are is refused before its
+        // names are read; a long name is quoted in part.
+        let e = bad(pb::ClusterMode {
+            attempts: 2,
+            retry_on: vec!["x".repeat(1 << 20); 4],
+            ..wire(K::Failover)
+        });
+        assert_eq!(e.field, "retry_on[0]");
+        assert!(e.to_string().len() < 600, "the name is quoted in part");
+        let e = bad(pb::ClusterMode {
+            attempts: 2,
+            retry_on: vec!["UNAVAILABLE".into(); 100_000],
+            ..wire(K::Failover)
+        });
+        assert_eq!(e.field, "retry_on");
+        assert!(e.reason.contains("100000 entries, more than the 16"), "{e}");
         // Unset failover fields take the documented defaults; repeats go.
         let m = cluster_mode(
             pb::ClusterMode {

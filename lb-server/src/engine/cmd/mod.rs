@@ -3,7 +3,8 @@
 //! that grows with every feature.
 //!
 //! A command arrives validated by the edge, is checked against the engine's
-//! state and applied by [`Command::apply`], which stages its store writes;
+//! state (and the quotas: a refusal is counted for `/metrics` here, once)
+//! and applied by [`Command::apply`], which stages its store writes;
 //! the engine commits the batch's writes once (group commit) and only then
 //! answers: an answer means durable. While the daemon shuts down every
 //! command is refused with [`EngineError::ShuttingDown`], here, once.
@@ -33,6 +34,7 @@ use tokio::sync::oneshot;
 
 use super::state::State;
 use super::EngineError;
+use lb_core::registry::RegistryError;
 
 /// A change with an answer.
 pub trait Command: Send + 'static {
@@ -85,6 +87,10 @@ impl<C: Command> Dispatch for Envelope<C> {
         } else {
             command.apply(st, now)
         };
+        if let Err(EngineError::Registry(RegistryError::Quota(q))) = &result {
+            tracing::debug!(quota = %q.quota, error = %q, "refused by a quota");
+            st.hub.quotas.refused(q.quota);
+        }
         Box::new(Pending { reply, result })
     }
 }

@@ -1,7 +1,7 @@
 //! Registrations: a backend's `ReportLoad` stream, a unary lease, and an
 //! operator's static instance. All three go through [`State::register`],
 //! which refuses a registration that would take over someone else's
-//! instance (see `Registry::check_register`).
+//! instance or go over a quota (see `Registry::check_register`).
 
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,8 @@ impl Command for Attach {
         let stream = Attachment::Stream { session: 0 };
         claims(st, &self.spec, self.owner.as_deref())
             || !matches!(
-                st.registry.check_register(&self.spec, ttl, stream, now),
+                st.registry
+                    .check_register(&self.spec, ttl, stream, now, &st.config.quotas),
                 Ok(false)
             )
     }
@@ -99,8 +100,13 @@ impl Command for Lease {
         let ttl = self.ttl.unwrap_or(st.config.default_ttl);
         claims(st, &self.spec, self.owner.as_deref())
             || !matches!(
-                st.registry
-                    .check_register(&self.spec, ttl, Attachment::Lease, now),
+                st.registry.check_register(
+                    &self.spec,
+                    ttl,
+                    Attachment::Lease,
+                    now,
+                    &st.config.quotas
+                ),
                 Ok(false)
             )
     }

@@ -1,6 +1,7 @@
 //! Operator settings: a service's policy, an instance's override (weight,
-//! drain), a service's routing rules and cluster modes. Each is persisted
-//! and pushed to the service's subscribers at once.
+//! drain), a service's routing rules and cluster modes. Each is checked
+//! against the quotas (rules, list bytes) before it is persisted, and pushed
+//! to the service's subscribers at once.
 
 use std::time::Instant;
 
@@ -29,6 +30,8 @@ impl Command for SetPolicy {
 
     fn apply(self, st: &mut State, _: Instant) -> Result<(), EngineError> {
         let SetPolicy { service, policy } = self;
+        st.registry
+            .check_policy(&service, &policy, &st.config.quotas)?;
         tracing::info!(%service, policy = policy.kind.name(), "policy set");
         st.persist(Write::put(Record::Policy {
             service: service.clone(),
@@ -157,6 +160,10 @@ impl Command for SetRouting {
             }
             RoutingChange::Cluster(c) => cluster = c,
         }
+        // The quotas first, so too many rules are resource_exhausted even
+        // where the quota is the hard limit.
+        st.registry
+            .check_routing(&service, &rules, &cluster, &st.config.quotas)?;
         routing::check(&rules)?;
         let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
         cluster.check(&names).map_err(|e| e.within("cluster"))?;
