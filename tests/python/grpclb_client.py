@@ -4,6 +4,9 @@ Driven by tests/tests/grpclb_stock.rs over stdin/stdout, one JSON object per
 line. Nothing here knows about lb: the client is configured exactly as any
 grpclb user would configure it.
 
+With --ca the channel uses TLS (grpc.ssl_channel_credentials, with --cert and
+--key for mTLS), and --token adds grpc.access_token_call_credentials.
+
 Start-up:
   1. A DNS server on 127.0.0.1 (UDP, port 0) answers for NAME:
        SRV _grpclb._tcp.NAME -> 0 0 LB_PORT lb.NAME.   (the balancer)
@@ -106,6 +109,11 @@ def main():
     p.add_argument("--lb-port", type=int, required=True)
     p.add_argument("--target-port", type=int, required=True)
     p.add_argument("--fallback-ip", required=True)
+    # TLS (the balancer and the backends), as any grpcio user sets it up.
+    p.add_argument("--ca", help="PEM CA: use TLS, trusting it")
+    p.add_argument("--cert", help="PEM client certificate (mTLS)")
+    p.add_argument("--key", help="PEM key of --cert")
+    p.add_argument("--token", help="bearer token sent as call credentials")
     args = p.parse_args()
 
     dns = DNSServer(
@@ -119,15 +127,26 @@ def main():
     print(json.dumps({"dns_port": dns_port}), flush=True)
 
     target = f"dns://127.0.0.1:{dns_port}/{args.name}:{args.target_port}"
-    channel = grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.dns_enable_srv_queries", 1),
-            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"grpclb": {}}]})),
-            # The config above is the whole config: no TXT lookup.
-            ("grpc.service_config_disable_resolution", 1),
-        ],
-    )
+    options = [
+        ("grpc.dns_enable_srv_queries", 1),
+        ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"grpclb": {}}]})),
+        # The config above is the whole config: no TXT lookup.
+        ("grpc.service_config_disable_resolution", 1),
+    ]
+    if args.ca:
+        read = lambda path: open(path, "rb").read() if path else None
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(args.ca),
+            private_key=read(args.key),
+            certificate_chain=read(args.cert),
+        )
+        if args.token:
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.access_token_call_credentials(args.token)
+            )
+        channel = grpc.secure_channel(target, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
     stub = channel.unary_unary(METHOD)
     for line in sys.stdin:
         if not line.strip():

@@ -12,12 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lb_proto::v1 as pb;
-use lb_tests::harness::{ctl, BackendSpec, Cluster};
+use lb_tests::harness::{bin, ctl, wait_until, BackendSpec, Cluster, WAIT};
+use lb_tests::pki::Pki;
 use serde::Deserialize;
 
 /// The DNS name stock clients dial, and the service it maps to.
@@ -48,7 +49,7 @@ struct StockClient {
 }
 
 impl StockClient {
-    fn start(lb_port: u16, target_port: u16, fallback_ip: &str) -> StockClient {
+    fn start(lb_port: u16, target_port: u16, fallback_ip: &str, extra: &[String]) -> StockClient {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let env = Command::new("bash")
             .arg(root.join("scripts/python-env.sh"))
@@ -66,6 +67,7 @@ impl StockClient {
             .args(["--lb-port", &lb_port.to_string()])
             .args(["--target-port", &target_port.to_string()])
             .args(["--fallback-ip", fallback_ip])
+            .args(extra)
             // C-core's info lines (fallback entered and left) are expected here.
             .env("GRPC_VERBOSITY", "ERROR")
             .stdin(Stdio::piped())
@@ -165,7 +167,8 @@ async fn stock_grpcio_client_follows_lb_through_grpclb() {
     let s13 = c.backends["s13"].addr.to_string();
     ctl(&daemon, &["put-static", NAME, "s13", &s13, "--weight", "2"]).expect("put-static");
     let fallback_port = c.backends["fallback"].addr.port();
-    let mut client = StockClient::start(c.daemon.proc.addr.port(), fallback_port, "127.0.0.20");
+    let mut client =
+        StockClient::start(c.daemon.proc.addr.port(), fallback_port, "127.0.0.20", &[]);
 
     // Weights 1:3:2 over a period of 6: 60 calls once every backend is
     // connected are exactly 10/30/20, and the fallback backend gets none.
@@ -264,4 +267,179 @@ async fn stock_grpcio_client_follows_lb_through_grpclb() {
     let after = client.calls(60);
     assert_eq!(after.ok, counts(&[("b1", 30), ("b2", 30)]), "{after:?}");
     assert_eq!(after.errors(), 0, "{after:?}");
+}
+
+/// `lb-server ctl` against a daemon that requires TLS and a token (the
+/// generated admin token, from its data directory).
+fn secure_ctl(addr: &str, data_dir: &Path, ca: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin("lb-server").expect("lb-server"))
+        .args(["ctl", "--server", addr, "--ca"])
+        .arg(ca)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("LB_TOKEN")
+        .output()
+        .expect("run ctl");
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The same stock client against a daemon that requires TLS, client
+/// certificates and authentication, set up as the README's recipe says:
+/// TLS channel credentials trusting lb's CA with the client's certificate
+/// (the backends serve TLS too: grpcio uses one set of channel credentials
+/// for the balancer and the backends), the certificate's SPIFFE ID bound to
+/// the `client` role for the service (`token create --identity`). gRPC
+/// C-core never sends call credentials to the balancer (its grpclb policy
+/// strips them from the balancer channel), so a bearer token alone cannot
+/// open the grpclb stream; the token the client also sends reaches only the
+/// backends. Revoking the binding ends the stream and the client falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_grpcio_client_with_tls_and_a_certificate_identity_follows_its_lists() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(certs.path(), "lb").expect("ca");
+    // The backends are dialled as NAME, the balancer as lb.NAME.
+    let server = pki
+        .server("server", &[NAME, &format!("lb.{NAME}")])
+        .expect("server cert");
+    let web = pki
+        .client("web", "spiffe://lb.test/web")
+        .expect("client cert");
+    let ops = pki.client("ops", "spiffe://lb.test/ops").expect("ops cert");
+    let p = |p: &Path| p.display().to_string();
+    let mut c = Cluster::start(
+        &[
+            "--auth",
+            "--stats-interval",
+            "200ms",
+            "--tls-cert",
+            &p(&server.cert),
+            "--tls-key",
+            &p(&server.key),
+            "--tls-client-ca",
+            &p(pki.ca_file()),
+        ],
+        &[],
+    );
+    let ca = pki.ca_file().to_path_buf();
+    let token_path = c.daemon.data_dir.join("admin.token");
+    assert!(wait_until(WAIT, || token_path.exists()).await);
+    let (addr, data_dir) = (c.daemon.addr(), c.daemon.data_dir.clone());
+    let mtls = [
+        "--cert".to_string(),
+        p(&ops.cert),
+        "--key".into(),
+        p(&ops.key),
+    ];
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = mtls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        secure_ctl(&addr, &data_dir, &ca, &all)
+    };
+    let backend = run(&[
+        "token",
+        "create",
+        "--name",
+        "echo-deploy",
+        "--role",
+        "backend",
+        "--service",
+        NAME,
+    ]);
+    let fallback = run(&[
+        "token",
+        "create",
+        "--name",
+        "fallback",
+        "--role",
+        "backend",
+        "--service",
+        "fallback.only",
+    ]);
+    run(&[
+        "token",
+        "create",
+        "--name",
+        "web",
+        "--role",
+        "client",
+        "--service",
+        NAME,
+        "--identity",
+        "spiffe://lb.test/web",
+    ]);
+    let token_file = |name: &str, token: &str| {
+        let f = certs.path().join(format!("{name}.token"));
+        std::fs::write(&f, token).expect("token file");
+        p(&f)
+    };
+    let tls_backend = |service: &str, id: &str, weight: u32, ip: &str, token: &str| {
+        let mut b = on(service, id, weight, ip);
+        b.extra.extend([
+            "--token-file".into(),
+            token_file(id, token),
+            "--ca".into(),
+            p(&ca),
+            "--cert".into(),
+            p(&ops.cert),
+            "--key".into(),
+            p(&ops.key),
+            "--tls-cert".into(),
+            p(&server.cert),
+            "--tls-key".into(),
+            p(&server.key),
+        ]);
+        b
+    };
+    c.add(&tls_backend(NAME, "b1", 1, "127.0.0.11", &backend));
+    c.add(&tls_backend(NAME, "b2", 3, "127.0.0.12", &backend));
+    c.add(&tls_backend(
+        "fallback.only",
+        "fallback",
+        1,
+        "127.0.0.20",
+        &fallback,
+    ));
+    let fallback_port = c.backends["fallback"].addr.port();
+    let mut client = StockClient::start(
+        c.daemon.proc.addr.port(),
+        fallback_port,
+        "127.0.0.20",
+        &[
+            "--ca".into(),
+            p(&ca),
+            "--cert".into(),
+            p(&web.cert),
+            "--key".into(),
+            p(&web.key),
+        ],
+    );
+    let b = client.until("shares 1:3 over mTLS", 40, |b| {
+        b.ok == counts(&[("b1", 10), ("b2", 30)])
+    });
+    assert_eq!(b.errors(), 0, "{b:?}");
+    // Each backend got its own lb-token through the secured balancer.
+    assert!(b.tokens.values().all(|t| !t.is_empty()), "{b:?}");
+    // An operator's change reaches it.
+    run(&["set-weight", NAME, "b1", "3"]);
+    client.until("shares 3:3 after set-weight", 60, |b| {
+        b.ok == counts(&[("b1", 30), ("b2", 30)])
+    });
+    // The grpclb stream belongs to the binding: revoked, the stream ends
+    // and cannot be reopened. A grpclb client keeps its last list when its
+    // balancer goes away, so it goes on calling b1 and b2 as before, but
+    // changes no longer reach it.
+    let streams = |shown: &str| shown.contains("grpclb    1 stream(s)");
+    assert!(streams(&run(&["get", NAME])), "one grpclb stream before");
+    run(&["token", "revoke", "web"]);
+    let ended = wait_until(WAIT, || !streams(&run(&["get", NAME]))).await;
+    assert!(ended, "the revoked binding's stream ended");
+    run(&["set-weight", NAME, "b1", "1"]);
+    let after = client.calls(60);
+    assert_eq!(after.ok, counts(&[("b1", 30), ("b2", 30)]), "{after:?}");
 }

@@ -343,6 +343,11 @@ impl Auth {
 
     /// Counts a limit that bit (`lb_limit_refused_total{limit}`).
     pub fn limited(&self, limit: &'static str) {
+        self.limited_because(limit, None);
+    }
+
+    /// [`Auth::limited`], logging `why` (the peer and the error) too.
+    pub fn limited_because(&self, limit: &'static str, why: Option<&str>) {
         *self
             .limited
             .lock()
@@ -352,6 +357,7 @@ impl Auth {
         if self.log_allowed() {
             tracing::warn!(
                 limit,
+                why = why.unwrap_or(""),
                 "limit reached; further refusals this second are counted, not logged"
             );
         }

@@ -255,8 +255,8 @@ async fn accept_loop(
                             (Io::Tls(Box::new(s)), identity)
                         }
                         Ok(Err(e)) => {
-                            auth.limited("tls_handshake_failed");
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            let why = format!("TLS handshake with {remote} failed: {e}");
+                            auth.limited_because("tls_handshake_failed", Some(&why));
                             return;
                         }
                         Err(_) => {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::Parser;
-use lb_client::{Registration, Reporter, ReporterOptions};
+use lb_client::{Credentials, Registration, Reporter, ReporterOptions};
 use lb_tests::echo::echo_server::{Echo, EchoServer};
 use lb_tests::echo::{WhoamiReply, WhoamiRequest};
 use tonic::{Request, Response, Status};
@@ -43,6 +43,46 @@ struct Args {
     /// UNAVAILABLE (tests of ejection and failover).
     #[arg(long)]
     fail_while: Option<std::path::PathBuf>,
+    /// A file holding the backend token to register with (else `LB_TOKEN`).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// Dial the daemon over TLS, trusting this CA (PEM).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present to a daemon that requires one.
+    #[arg(long, requires_all = ["key", "ca"])]
+    cert: Option<std::path::PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// Serve Echo over TLS with this certificate (PEM; with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// The credentials the reporter presents to the daemon.
+fn credentials(args: &Args) -> anyhow::Result<Credentials> {
+    let token = match &args.token_file {
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        None => std::env::var("LB_TOKEN").unwrap_or_default(),
+    };
+    let mut c = Credentials::default().with_token(token);
+    if let Some(ca) = &args.ca {
+        c = c
+            .with_ca_file(ca)
+            .with_context(|| format!("cannot read {}", ca.display()))?;
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        c = c
+            .with_identity_files(cert, key)
+            .context("cannot read --cert or --key")?;
+    }
+    Ok(c)
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -82,6 +122,7 @@ impl Echo for EchoService {
 async fn main() -> anyhow::Result<()> {
     lb_tests::cli::init_tracing("info");
     let args = Args::parse();
+    let options = ReporterOptions::new(&args.daemon).with_credentials(credentials(&args)?);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -92,12 +133,23 @@ async fn main() -> anyhow::Result<()> {
     reg.instance.zone = args.zone;
     reg.instance.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     reg.instance.version = env!("CARGO_PKG_VERSION").to_string();
-    let reporter = Reporter::start(reg, ReporterOptions::new(&args.daemon));
+
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?),
+        )),
+        _ => None,
+    };
+    let reporter = Reporter::start(reg, options);
 
     println!("echo-backend listening on {addr}");
     let layer = reporter.layer();
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
     lb_tests::cli::serve_then_drain(reporter, |stop| {
-        tonic::transport::Server::builder()
+        server
             .layer(layer)
             .add_service(EchoServer::new(EchoService {
                 id: args.id,
