@@ -153,6 +153,18 @@ fn methods() -> Vec<String> {
     out
 }
 
+/// Reads `stream` to its end: the status it ended with (`ok` if it ended
+/// cleanly).
+async fn end<T>(stream: &mut tonic::Streaming<T>) -> Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return Status::ok("ended"),
+            Err(s) => return s,
+        }
+    }
+}
+
 /// Calls `path` with one empty message and no credentials; the status.
 async fn anonymous(addr: &str, path: &str) -> Status {
     let ch = channel(addr, &Credentials::default())
@@ -165,16 +177,7 @@ async fn anonymous(addr: &str, path: &str) -> Status {
     let req = tonic::Request::new(tokio_stream::once(()));
     match grpc.streaming(req, path, codec).await {
         Err(s) => s,
-        Ok(resp) => {
-            let mut stream = resp.into_inner();
-            loop {
-                match stream.message().await {
-                    Err(s) => return s,
-                    Ok(None) => return Status::ok("accepted"),
-                    Ok(Some(())) => {}
-                }
-            }
-        }
+        Ok(resp) => end(&mut resp.into_inner()).await,
     }
 }
 
@@ -400,34 +403,18 @@ async fn a_revoked_tokens_streams_end_within_a_second() {
     let started = Instant::now();
     let out = ctl_ok(&d, &["token", "revoke", "victim"]);
     assert!(out.contains("revoked victim"), "{out}");
-    let ended = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match victim_sub.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return Status::ok("ended"),
-                Err(s) => return s,
-            }
-        }
-    })
-    .await
-    .expect("the revoked token's stream ends within a second");
+    let ended = tokio::time::timeout(Duration::from_secs(1), end(&mut victim_sub))
+        .await
+        .expect("the revoked token's stream ends within a second");
     let took = started.elapsed();
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("revoked"), "{ended:?}");
     println!("revoked stream ended {took:?} after `ctl token revoke` started");
 
     ctl_ok(&d, &["token", "revoke", "backend"]);
-    let ended = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match reports.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return Status::ok("ended"),
-                Err(s) => return s,
-            }
-        }
-    })
-    .await
-    .expect("the backend's stream ends within a second");
+    let ended = tokio::time::timeout(Duration::from_secs(1), end(&mut reports))
+        .await
+        .expect("the backend's stream ends within a second");
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
 
     // The bystander's subscription is still live: the backend leaving
