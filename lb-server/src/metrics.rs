@@ -474,6 +474,25 @@ mod tests {
     }
 
     #[test]
+    fn says_when_it_runs_insecure_and_counts_refusals() {
+        let auth = Auth::open(Default::default());
+        auth.limited("handshake_timeout");
+        auth.limited("handshake_timeout");
+        let text = render_security(&auth, true);
+        for line in [
+            "lb_insecure 1",
+            "lb_auth_enabled 0",
+            "lb_limit_refused_total{limit=\"handshake_timeout\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(render_security(&auth, false).contains("lb_insecure 0\n"));
+    }
+
+    #[test]
     fn renders_the_ingest_counters() {
         let text = render_ingest(10, 4);
         assert!(text

@@ -28,8 +28,10 @@ pub struct CertFiles {
 }
 
 impl Pki {
-    /// A new CA named `name`; its certificate is written to `dir/NAME-ca.pem`.
+    /// A new CA named `name`; its certificate is written to `dir/NAME-ca.pem`
+    /// (`dir` is created if missing).
     pub fn new(dir: &Path, name: &str) -> Result<Pki> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![

@@ -533,10 +533,7 @@ async fn tls_and_mtls_are_enforced_and_certificates_reload() {
 
     // Reload: a certificate from a new CA, on SIGHUP. New connections need
     // the new CA; the open stream goes on (a change still reaches it).
-    let pki2 = Pki::new(&dir.path().join(".."), "lb2").unwrap_or_else(|_| {
-        std::fs::create_dir_all(dir.path().join("ca2")).unwrap();
-        Pki::new(&dir.path().join("ca2"), "lb2").unwrap()
-    });
+    let pki2 = Pki::new(&dir.path().join("ca2"), "lb2").unwrap();
     let server2 = pki2.server("daemon2", &[]).unwrap();
     std::fs::copy(&server2.cert, &server.cert).unwrap();
     std::fs::copy(&server2.key, &server.key).unwrap();
@@ -570,7 +567,34 @@ async fn tls_and_mtls_are_enforced_and_certificates_reload() {
                 .is_err(),
         "the old CA no longer verifies the daemon"
     );
-    // The stream opened before the reload still gets lists.
+    // Changed files are picked up without a signal too (checked every 2 s).
+    let pki3 = Pki::new(&dir.path().join("ca3"), "lb3").unwrap();
+    let server3 = pki3.server("daemon3", &[]).unwrap();
+    std::fs::copy(&server3.key, &server.key).unwrap();
+    std::fs::copy(&server3.cert, &server.cert).unwrap();
+    let ca3 = Credentials::default()
+        .with_ca_pem(pki3.ca_pem())
+        .with_identity_files(&web.cert, &web.key)
+        .unwrap();
+    let mut watched = false;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Ok(ch) = channel(&addr, &ca3).await {
+            let mut b = BalancerClient::with_interceptor(ch, Authorize::new(&ca3));
+            if subscribe(&mut b, "echo").await.is_ok() {
+                watched = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        watched,
+        "a changed certificate file is served without SIGHUP"
+    );
+    let new_ca = ca3;
+
+    // The stream opened before the reloads still gets lists.
     let admin_mtls = new_ca.clone().with_token(&admin_token);
     admin(&addr, &admin_mtls)
         .await
@@ -915,4 +939,214 @@ async fn streams_past_the_per_connection_limit_are_refused_with_memory_bounded()
     a.list_services(pb::ListServicesRequest {})
         .await
         .expect("answers after the attack");
+}
+
+/// An open subscription: its lists, and its request side (dropping both
+/// ends the stream, as a client going away does).
+#[derive(Debug)]
+struct Sub {
+    _lists: tonic::Streaming<pb::SubscribeResponse>,
+    _requests: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+}
+
+/// Opens a Subscribe stream for `service` as `client_id`.
+async fn subscribe_as(
+    client: &mut BalancerClient<Authed>,
+    service: &str,
+    client_id: &str,
+) -> Result<Sub, Status> {
+    let first = pb::SubscribeRequest {
+        msg: Some(subscribe_request::Msg::Subscribe(pb::Subscription {
+            service: service.into(),
+            client: Some(pb::ClientIdentity {
+                client_id: client_id.into(),
+                ..Default::default()
+            }),
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(first).await.expect("queued");
+    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut stream = client.subscribe(requests).await?.into_inner();
+    match stream.message().await? {
+        Some(_) => Ok(Sub {
+            _lists: stream,
+            _requests: tx,
+        }),
+        None => Err(Status::unknown("the stream ended without a list")),
+    }
+}
+
+/// Asserts a refusal by the limit behind `flag`.
+fn limited<T>(r: Result<T, Status>, flag: &str) {
+    match r {
+        Ok(_) => panic!("not refused by {flag}"),
+        Err(s) => {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+            assert!(s.message().contains(flag), "{flag}: {s:?}");
+        }
+    }
+}
+
+/// 7. The per-token and per-client limits bite with `resource_exhausted`
+///    naming their flag, and are counted: calls open per token, connections
+///    per token, subscriptions per client id, the admin write rate; and
+///    `--grpclb-anonymous` opens grpclb lists of the public services only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_token_and_per_client_limits_bite_and_are_counted() {
+    use lb_proto::grpclb::{
+        load_balance_request::LoadBalanceRequestType, load_balancer_client::LoadBalancerClient,
+        InitialLoadBalanceRequest, LoadBalanceRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &data(&dir),
+        "127.0.0.1:0",
+        &[
+            "--auth",
+            "--max-streams-per-token",
+            "3",
+            "--max-connections-per-token",
+            "2",
+            "--max-subscriptions-per-client",
+            "2",
+            "--admin-write-rate",
+            "5",
+            "--grpclb-anonymous",
+            "public-*",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .expect("daemon");
+    let addr = d.addr();
+    let admin_token = admin_token(&d).await;
+
+    // Calls open per token: three on one connection, the fourth refused.
+    let streams = creds(Some(&token(&d, "streams", "client", &["*"])));
+    let mut b = balancer(&addr, &streams).await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(
+            subscribe_as(&mut b, "svc", &format!("s{i}"))
+                .await
+                .expect("within"),
+        );
+    }
+    limited(
+        subscribe_as(&mut b, "svc", "s3").await,
+        "--max-streams-per-token",
+    );
+    drop(open.pop());
+    // A stream given back is a slot again (the daemon learns of the reset
+    // at once, but give it a moment under load).
+    let mut again = Err(Status::unknown("not tried"));
+    for _ in 0..100 {
+        again = subscribe_as(&mut b, "svc", "s3").await;
+        if again.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_ok(), "{again:?}");
+
+    // Connections per token: two, and a third connection is refused.
+    let conns = creds(Some(&token(&d, "conns", "client", &["*"])));
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut c = balancer(&addr, &conns).await;
+        held.push(
+            subscribe_as(&mut c, "svc", &format!("c{i}"))
+                .await
+                .expect("within"),
+        );
+    }
+    let mut third = balancer(&addr, &conns).await;
+    limited(
+        subscribe_as(&mut third, "svc", "c2").await,
+        "--max-connections-per-token",
+    );
+
+    // Subscriptions per client id.
+    let same = creds(Some(&token(&d, "same-id", "client", &["*"])));
+    let mut c = balancer(&addr, &same).await;
+    let _one = subscribe_as(&mut c, "svc", "dup").await.expect("first");
+    let _two = subscribe_as(&mut c, "other", "dup").await.expect("second");
+    limited(
+        subscribe_as(&mut c, "third", "dup").await,
+        "--max-subscriptions-per-client",
+    );
+
+    // The admin write rate: 5 per second (burst 5); 20 changes at once.
+    let mut a = admin(&addr, &creds(Some(&admin_token))).await;
+    let mut refused = 0;
+    for i in 0..20 {
+        let r = a
+            .put_static(pb::PutStaticRequest {
+                instance: Some(instance("static", &format!("s{i}"), 7000 + i)),
+            })
+            .await;
+        if let Err(s) = r {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+            assert!(s.message().contains("--admin-write-rate"), "{s:?}");
+            refused += 1;
+        }
+    }
+    // At most the burst (5, shared with the token creations above) and what
+    // refilled meanwhile passed.
+    assert!(refused >= 5, "{refused} of 20 refused");
+    // The bucket refills: a change goes through again within a second or so.
+    let deadline = Instant::now() + WAIT;
+    let mut later = a
+        .put_static(pb::PutStaticRequest {
+            instance: Some(instance("static", "later", 7999)),
+        })
+        .await;
+    while later.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        later = a
+            .put_static(pb::PutStaticRequest {
+                instance: Some(instance("static", "later", 7999)),
+            })
+            .await;
+    }
+    assert!(later.is_ok(), "{later:?}");
+
+    // grpclb: anonymous for public-* only.
+    let ch = channel(&addr, &Credentials::default()).await.unwrap();
+    let mut g = LoadBalancerClient::new(ch);
+    let initial = |name: &str| {
+        tokio_stream::once(LoadBalanceRequest {
+            load_balance_request_type: Some(LoadBalanceRequestType::InitialRequest(
+                InitialLoadBalanceRequest { name: name.into() },
+            )),
+        })
+        .chain(tokio_stream::pending())
+    };
+    let mut public = g
+        .balance_load(initial("public-web:443"))
+        .await
+        .expect("public service")
+        .into_inner();
+    assert!(public.message().await.expect("answer").is_some());
+    let s = match g.balance_load(initial("private:443")).await {
+        Err(s) => s,
+        Ok(r) => end(&mut r.into_inner()).await,
+    };
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+
+    let page = scrape(&d, Some(&admin_token)).unwrap();
+    for limit in [
+        "streams_per_token",
+        "connections_per_token",
+        "subscriptions_per_client",
+        "admin_write_rate",
+    ] {
+        let n = sample(
+            &page,
+            &format!("lb_limit_refused_total{{limit=\"{limit}\"}}"),
+        );
+        assert!(n >= Some(1.0), "{limit}: {n:?}\n{page}");
+    }
+    assert_eq!(sample(&page, "lb_insecure"), Some(0.0));
 }
