@@ -755,6 +755,50 @@ async fn idle_connections_and_silent_streams_are_closed_by_their_deadlines() {
     );
 }
 
+/// 5b. Past `--max-connections`, a new connection is closed at accept (and
+///    counted); once others close, connections are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_at_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &data(&dir),
+        "127.0.0.1:0",
+        &["--max-connections", "3", "--metrics-listen", "127.0.0.1:0"],
+    )
+    .expect("daemon");
+    let addr = d.addr();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Wait until the daemon holds all three (accepted, in its loop).
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(WAIT, extra.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection is closed at once: {closed:?}"
+    );
+    let page = scrape(&d, None).unwrap();
+    assert!(
+        sample(&page, "lb_limit_refused_total{limit=\"max_connections\"}") >= Some(1.0),
+        "{page}"
+    );
+    drop(idle);
+    // Slots come back as the idle ones go.
+    let deadline = Instant::now() + WAIT;
+    let mut served = false;
+    while !served && Instant::now() < deadline {
+        if let Ok(ch) = channel(&addr, &Credentials::default()).await {
+            served = AdminClient::new(ch)
+                .list_services(pb::ListServicesRequest {})
+                .await
+                .is_ok();
+        }
+    }
+    assert!(served, "served again once the idle connections closed");
+}
+
 /// An HTTP/2 client written frame by frame (RFC 9113), which, unlike a real
 /// one, ignores the server's SETTINGS_MAX_CONCURRENT_STREAMS: the attack.
 mod raw_h2 {
