@@ -156,6 +156,24 @@ struct Args {
     quotas: QuotaArgs,
 }
 
+/// Pending connections the kernel queues for the accept loop (std's
+/// default is 128, which a burst of connects overflows into one-second SYN
+/// retries; nginx uses 511, Go the system's `somaxconn`). Linux caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn parse_pattern(s: &str) -> Result<Pattern, String> {
     Pattern::parse(s, "--grpclb-anonymous").map_err(|e| e.to_string())
 }
@@ -309,9 +327,14 @@ async fn daemon_or_ctl() -> anyhow::Result<()> {
     for target in targets.iter().copied().chain(config.metrics_listen) {
         lb_server::server::check_listen(target, &config)?;
     }
-    let listener = tokio::net::TcpListener::bind(&targets[..])
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut bound = Err(anyhow::anyhow!("{} resolves to no address", args.listen));
+    for target in &targets {
+        bound = bind(*target).with_context(|| format!("cannot listen on {target}"));
+        if bound.is_ok() {
+            break;
+        }
+    }
+    let listener = bound?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "lb-server starting");
     let shutdown = lb_server::server::shutdown_signal();
