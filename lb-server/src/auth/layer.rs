@@ -25,8 +25,7 @@ use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Auth, Caller, Entry};
-use crate::listen::ConnInfo;
+use super::{Auth, Caller, ConnInfo, Entry};
 
 /// What a call needs, by its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -461,6 +461,18 @@ impl Caller {
     }
 }
 
+/// What every request knows of its connection (the accept loop in
+/// [`crate::listen`] puts it in each request's extensions).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Unique within the daemon's life.
+    pub id: u64,
+    /// The peer.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The verified client certificate's identity (mTLS), if any.
+    pub identity: Option<String>,
+}
+
 /// What an anonymous caller is told where a token is needed.
 pub(crate) const NEEDS_TOKEN: &str = "this call needs a token: send `authorization: Bearer <token>` (or a client certificate bound to a role)";
 

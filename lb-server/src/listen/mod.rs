@@ -8,12 +8,11 @@
 //! On a TLS listener, a client speaking plaintext HTTP/2 gets a gRPC
 //! `unavailable` saying so (see `plaintext`) rather than a TLS alert.
 //!
-//! Each connection carries a [`ConnInfo`] (an id, the peer, and the verified
+//! Each connection carries a [`ConnInfo`](crate::auth::ConnInfo) (an id, the peer, and the verified
 //! client certificate's identity) into every request's extensions.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, ConnInfo};
 use crate::tls::Tls;
 
 mod plaintext;
@@ -60,17 +59,6 @@ impl Default for ConnLimits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
-}
-
-/// What every request knows of its connection.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// Unique within the daemon's life.
-    pub id: u64,
-    /// The peer.
-    pub remote: Option<SocketAddr>,
-    /// The verified client certificate's identity (mTLS), if any.
-    pub identity: Option<String>,
 }
 
 enum Io {
