@@ -7,19 +7,18 @@
 //! Reads come from the engine's snapshot, which shows every answered change.
 
 use lb_core::inspect::ServiceView;
-use lb_core::model::{check_id, check_service, check_weight, FieldError, InstanceKey};
-use lb_core::policy::ServicePolicy;
+use lb_core::model::InstanceKey;
 use lb_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{check_target, engine_status};
+use super::engine_status;
 use crate::config::Config;
 use crate::engine::cmd::{
     PutStatic, RemoveStatic, RoutingChange, SetOverride, SetPolicy, SetRouting,
 };
 use crate::engine::EngineHandle;
 use crate::pb::invalid;
-use crate::pb::v1::{cluster_config, instance, instance_status, rule, service_status};
+use crate::pb::v1::{self as conv, instance_status, service_status};
 
 /// The operator side of the API.
 #[derive(Clone)]
@@ -65,15 +64,6 @@ impl AdminApi {
     }
 }
 
-fn key(service: String, instance_id: String) -> Result<InstanceKey, Status> {
-    check_service(&service).map_err(|e| invalid(FieldError::new("service", e)))?;
-    check_id(&instance_id).map_err(|e| invalid(FieldError::new("instance_id", e)))?;
-    Ok(InstanceKey {
-        service,
-        instance_id,
-    })
-}
-
 fn instance_of(v: ServiceView, key: &InstanceKey) -> Result<pb::InstanceStatus, Status> {
     v.instances
         .into_iter()
@@ -106,8 +96,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let service = request.into_inner().service;
-        check_service(&service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        let service = conv::service(request.into_inner().service).map_err(invalid)?;
         Ok(Response::new(service_status(&self.view(&service)?)))
     }
 
@@ -115,35 +104,22 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let r = request.into_inner();
-        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
-        let p = r
-            .policy
-            .ok_or_else(|| invalid(FieldError::new("policy", "missing")))?;
-        let params = p.params.into_iter().collect();
-        let policy = ServicePolicy::parse(&p.name, &params, self.engine.default_policy())
-            .map_err(|e| invalid(e.within("policy")))?;
+        let (service, policy) =
+            conv::set_policy(request.into_inner(), self.engine.default_policy())
+                .map_err(invalid)?;
         let command = SetPolicy {
-            service: r.service.clone(),
+            service: service.clone(),
             policy,
         };
         self.engine.run(command).await.map_err(engine_status)?;
-        Ok(Response::new(service_status(&self.view(&r.service)?)))
+        Ok(Response::new(service_status(&self.view(&service)?)))
     }
 
     async fn set_weight(
         &self,
         request: Request<pb::SetWeightRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let r = request.into_inner();
-        let key = key(r.service, r.instance_id)?;
-        let weight = match r.weight {
-            0 => None,
-            w => {
-                check_weight(w).map_err(|e| invalid(FieldError::new("weight", e)))?;
-                Some(w)
-            }
-        };
+        let (key, weight) = conv::set_weight(request.into_inner()).map_err(invalid)?;
         self.set_override(key, Some(weight), None).await
     }
 
@@ -152,7 +128,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::SetDrainRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let r = request.into_inner();
-        let key = key(r.service, r.instance_id)?;
+        let key = conv::instance_key(r.service, r.instance_id).map_err(invalid)?;
         self.set_override(key, None, Some(r.drain)).await
     }
 
@@ -160,19 +136,8 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::PutRuleRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let r = request.into_inner();
-        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
-        let rule = rule(r.rule, "rule").map_err(invalid)?;
-        let position = match r.position {
-            Some(p) if p as usize >= lb_core::routing::MAX_RULES => {
-                return Err(invalid(FieldError::new(
-                    "position",
-                    format!("{p} is outside 0..{}", lb_core::routing::MAX_RULES),
-                )))
-            }
-            p => p.map(|p| p as usize),
-        };
-        self.routing(r.service, RoutingChange::PutRule { rule, position })
+        let (service, rule, position) = conv::put_rule(request.into_inner()).map_err(invalid)?;
+        self.routing(service, RoutingChange::PutRule { rule, position })
             .await
     }
 
@@ -180,42 +145,26 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::DeleteRuleRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let r = request.into_inner();
-        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
-        if r.name.is_empty() {
-            return Err(invalid(FieldError::new("name", "must not be empty")));
-        }
-        self.routing(r.service, RoutingChange::DeleteRule(r.name))
-            .await
+        let (service, name) = conv::delete_rule(request.into_inner()).map_err(invalid)?;
+        self.routing(service, RoutingChange::DeleteRule(name)).await
     }
 
     async fn set_cluster(
         &self,
         request: Request<pb::SetClusterRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let r = request.into_inner();
-        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
         // Multicast routes are checked against the service's rules by the
         // engine; everything else is checked here.
-        let routes: Vec<String> = r
-            .cluster
-            .iter()
-            .flat_map(|c| c.default_mode.iter().chain(c.methods.values()))
-            .map(|m| m.route.clone())
-            .filter(|r| !r.is_empty())
-            .collect();
-        let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
-        let cluster = cluster_config(r.cluster, &routes, "cluster").map_err(invalid)?;
-        self.routing(r.service, RoutingChange::Cluster(cluster))
-            .await
+        let (service, cluster) = conv::set_cluster(request.into_inner()).map_err(invalid)?;
+        self.routing(service, RoutingChange::Cluster(cluster)).await
     }
 
     async fn put_static(
         &self,
         request: Request<pb::PutStaticRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let spec = instance(request.into_inner().instance, "instance").map_err(invalid)?;
-        check_target(&spec, &self.config, "instance")?;
+        let spec = conv::put_static(request.into_inner(), self.config.allow_link_local)
+            .map_err(invalid)?;
         let key = spec.key();
         self.engine
             .run(PutStatic(spec))
@@ -229,7 +178,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::RemoveStaticRequest>,
     ) -> Result<Response<pb::RemoveStaticResponse>, Status> {
         let r = request.into_inner();
-        let key = key(r.service, r.instance_id)?;
+        let key = conv::instance_key(r.service, r.instance_id).map_err(invalid)?;
         let existed = self
             .engine
             .run(RemoveStatic(key))

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{check_target, engine_status, first_message, stopping, BoxStream};
+use super::{engine_status, first_message, stopping, BoxStream};
 use crate::config::Config;
 use crate::engine::cmd::{Attach, Attached, Deregister, Drain, Lease};
 use crate::engine::{Directive, EngineHandle};
@@ -68,9 +68,13 @@ impl pb::registry_server::Registry for RegistryApi {
             }
             None => return Err(Status::invalid_argument("msg: missing")),
         };
-        let spec = conv::instance(reg.instance, "register.instance").map_err(invalid)?;
-        check_target(&spec, &self.config, "register.instance")?;
-        let ttl = conv::ttl(reg.ttl_ms, "register.ttl_ms").map_err(invalid)?;
+        let (spec, ttl) = conv::registration(
+            reg.instance,
+            reg.ttl_ms,
+            "register",
+            self.config.allow_link_local,
+        )
+        .map_err(invalid)?;
         let (tx, rx) = mpsc::channel(4);
         // Attach and follow the stream in a task of its own: if the backend
         // vanishes while this handler awaits the engine, hyper drops the
@@ -91,10 +95,8 @@ impl pb::registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let r = request.into_inner();
-        let spec = conv::instance(r.instance, "instance").map_err(invalid)?;
-        check_target(&spec, &self.config, "instance")?;
-        let ttl = conv::ttl(r.ttl_ms, "ttl_ms").map_err(invalid)?;
+        let (spec, ttl) =
+            conv::register(request.into_inner(), self.config.allow_link_local).map_err(invalid)?;
         let granted = self
             .engine
             .run(Lease { spec, ttl })
@@ -109,7 +111,8 @@ impl pb::registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        let key = conv::deregister_key(request.into_inner()).map_err(invalid)?;
+        let r = request.into_inner();
+        let key = conv::instance_key(r.service, r.instance_id).map_err(invalid)?;
         let existed = self
             .engine
             .run(Deregister(key))
