@@ -19,6 +19,7 @@
 
 mod gen;
 mod judge;
+mod reach;
 mod run;
 mod schema;
 mod wire;
@@ -30,9 +31,11 @@ use proptest::prelude::*;
 use wire::{apply, frame, Mutation, Rpc, Tally};
 
 /// Cases per conversion property in CI.
-const CONV_CASES: u32 = 256;
+const CONV_CASES: u32 = 1024;
 /// Cases per decode fuzz target in CI.
-const DECODE_CASES: u32 = 256;
+const DECODE_CASES: u32 = 512;
+/// Sequences of requests through the handlers in CI.
+const STORE_CASES: u32 = 512;
 
 fn tally(outcomes: &[Outcome]) -> Tally {
     let mut t = Tally::default();
@@ -87,6 +90,20 @@ conv_stream! {
     conv_report_load: gen::report_load(Maps::Many) => judge::report_load;
     conv_subscribe: gen::subscribe(Maps::Many) => judge::subscribe;
     conv_balance_load: gen::balance_load() => judge::balance_load;
+}
+
+// ---------------------------------------------------------------- store
+
+/// Nothing refused reaches the store: sequences of requests through the
+/// daemon's handlers and engine over a recording store (see `reach`).
+#[test]
+fn store_refusals_write_nothing() {
+    run::check(
+        "store_refusals_write_nothing",
+        STORE_CASES,
+        vec(reach::call(), 1..=6),
+        reach::run,
+    );
 }
 
 // ------------------------------------------------------------- decoding
@@ -254,4 +271,19 @@ fn write_fuzz_corpus() {
             std::fs::write(path.join(format!("seed-{i}")), input).unwrap();
         }
     }
+}
+
+/// Cases the properties found, kept as they were found.
+#[test]
+fn regressions() {
+    // An unknown policy parameter's name was quoted raw in the error
+    // (`policy.params.<name>`): control characters reached the caller.
+    let r = lb_proto::v1::SetPolicyRequest {
+        service: "svc".into(),
+        policy: Some(lb_proto::v1::Policy {
+            name: "round_robin".into(),
+            params: [("Kk =J/t\n\u{1b}[2J\u{10ffff}".to_string(), "2".to_string())].into(),
+        }),
+    };
+    assert_eq!(judge::set_policy(r), Outcome::Refused);
 }

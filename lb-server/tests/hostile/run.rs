@@ -18,6 +18,9 @@ use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner
 
 use crate::wire::Tally;
 
+/// How long a failure is shrunk, in ms.
+const SHRINK_MS: u32 = 60_000;
+
 /// The default seed: the same cases in every CI run.
 const SEED: u64 = 0x6c62_2d68_6f73_7469;
 
@@ -67,6 +70,9 @@ where
         let config = Config {
             cases,
             failure_persistence: None,
+            // Values can be megabytes: shrinking is bounded, and a failure
+            // is reported with the smallest value found in that time.
+            max_shrink_time: SHRINK_MS,
             ..Config::default()
         };
         let mut runner = TestRunner::new_with_rng(config, rng(seed, name, batch));
@@ -89,11 +95,12 @@ where
     let t = tally.into_inner();
     println!(
         "proptest {name}: {ran} cases in {:.2} s (seed {seed:#x}): accepted {}, refused {}, \
-         out of order {}, undecodable {}, framing {}",
+         out of order {}, conflict {}, undecodable {}, framing {}",
         start.elapsed().as_secs_f64(),
         t.accepted,
         t.refused,
         t.out_of_order,
+        t.conflict,
         t.undecodable,
         t.framing,
     );
