@@ -12,6 +12,10 @@
 //!   lengths, all of it inside nested messages too), through tonic's
 //!   `Streaming` with lb-proto's codec and then the conversion (`wire`).
 //!   The same target runs under libFuzzer: `fuzz/`, `scripts/fuzz.sh`.
+//! - `store_refusals_write_nothing`: sequences of requests through the
+//!   daemon's own handlers and engine over a store that records every
+//!   write (`reach`): a refused request writes nothing and changes no view,
+//!   and every record stored is valid.
 //! - `schema`: field paths checked against the `.proto` files.
 //!
 //! The case counts here keep CI short; `scripts/proptest-long.sh` runs the
