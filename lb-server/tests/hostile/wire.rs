@@ -9,7 +9,9 @@
 //! 0 = the payload is one message, framed here with a correct gRPC header
 //! (the decoder and the conversion see it whole); 1 = the payload is the
 //! raw body (frames, headers and all). Bits 1..7: the body is handed over
-//! in chunks of that many bytes (0 = one chunk).
+//! in chunks of that many bytes (0 = one chunk), or in [`MAX_CHUNKS`] if
+//! that would make more (a 6 MB body in 1-byte chunks takes a second and
+//! says nothing a small body does not).
 //!
 //! What may come out: messages, each accepted or refused by the conversion;
 //! bytes that do not decode, `invalid_argument` (lb-proto's codec); and in
@@ -183,6 +185,7 @@ pub fn run(rpc: Rpc, data: &[u8]) -> Tally {
     let chunks: Vec<Bytes> = if chunk == 0 || body.is_empty() {
         vec![Bytes::from(body)]
     } else {
+        let chunk = chunk.max(body.len().div_ceil(MAX_CHUNKS));
         body.chunks(chunk).map(Bytes::copy_from_slice).collect()
     };
     let mut t = Tally::default();
@@ -205,6 +208,9 @@ pub fn run(rpc: Rpc, data: &[u8]) -> Tally {
     }
     t
 }
+
+/// Most chunks a body is handed over in.
+pub const MAX_CHUNKS: usize = 4096;
 
 /// `payload` as one uncompressed gRPC frame.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
