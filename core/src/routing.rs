@@ -160,7 +160,8 @@ pub fn check(rules: &[Rule]) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn check_rule_name(s: &str) -> Result<(), String> {
+/// A rule name: `1..=MAX_RULE_NAME_LEN` bytes of `[A-Za-z0-9._-]`.
+pub fn check_rule_name(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }

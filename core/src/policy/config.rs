@@ -727,8 +727,11 @@ impl Param {
     }
 }
 
+/// An error in the parameter `name`, named `params.NAME`. The name is input
+/// (an unknown parameter may be called anything): escaped as in a Rust
+/// string, so no control character reaches the caller's terminal or a log.
 fn bad(name: &str, reason: impl Into<String>) -> FieldError {
-    FieldError::new(format!("params.{name}"), reason)
+    FieldError::new(format!("params.{}", name.escape_debug()), reason)
 }
 
 impl ServicePolicy {
@@ -950,6 +953,12 @@ mod tests {
             "params.load_bound"
         );
         assert_eq!(err("round_robin", &[("bogus", "2")]), "params.bogus");
+        // Found by lb-server's hostile-input properties: an unknown name is
+        // quoted escaped, never raw.
+        assert_eq!(
+            err("round_robin", &[("a\nb\u{1b}[2J\u{10ffff}", "2")]),
+            "params.a\\nb\\u{1b}[2J\\u{10ffff}"
+        );
         assert_eq!(
             err("round_robin", &[("slow_start_window", "-1s")]),
             "params.slow_start_window"

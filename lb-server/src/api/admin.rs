@@ -13,14 +13,12 @@
 
 use std::sync::Arc;
 
-use lb_core::access::{check_name, Grant, Pattern, Role};
 use lb_core::inspect::ServiceView;
-use lb_core::model::{bounded, check_id, check_service, check_weight, FieldError, InstanceKey};
-use lb_core::policy::ServicePolicy;
+use lb_core::model::{bounded, InstanceKey};
 use lb_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{check_target, engine_status};
+use super::engine_status;
 use crate::auth::{self, token, Auth, TokenRecord};
 use crate::config::Config;
 use crate::engine::cmd::{
@@ -29,7 +27,7 @@ use crate::engine::cmd::{
 };
 use crate::engine::EngineHandle;
 use crate::pb::invalid;
-use crate::pb::v1::{cluster_config, instance, instance_status, rule, service_status};
+use crate::pb::v1::{self as conv, instance_status, service_status};
 
 /// The operator side of the API.
 #[derive(Clone)]
@@ -61,9 +59,6 @@ fn token_info(t: &TokenRecord, last_used_ms: u64) -> pb::TokenInfo {
         last_used_unix_ms: last_used_ms,
     }
 }
-
-/// Longest certificate identity a binding may name.
-const MAX_IDENTITY_LEN: usize = 512;
 
 impl AdminApi {
     /// An admin service over `engine`; tokens are listed from `auth`.
@@ -156,15 +151,6 @@ impl AdminApi {
     }
 }
 
-fn key(service: String, instance_id: String) -> Result<InstanceKey, Status> {
-    check_service(&service).map_err(|e| invalid(FieldError::new("service", e)))?;
-    check_id(&instance_id).map_err(|e| invalid(FieldError::new("instance_id", e)))?;
-    Ok(InstanceKey {
-        service,
-        instance_id,
-    })
-}
-
 fn instance_of(v: ServiceView, key: &InstanceKey) -> Result<pb::InstanceStatus, Status> {
     v.instances
         .into_iter()
@@ -197,8 +183,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let service = request.into_inner().service;
-        check_service(&service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        let service = conv::service(request.into_inner().service).map_err(invalid)?;
         Ok(Response::new(service_status(&self.view(&service)?)))
     }
 
@@ -207,28 +192,23 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
         let who = who(&request);
-        let r = request.into_inner();
-        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
-        let p = r
-            .policy
-            .ok_or_else(|| invalid(FieldError::new("policy", "missing")))?;
-        let params = p.params.into_iter().collect();
-        let policy = ServicePolicy::parse(&p.name, &params, self.engine.default_policy())
-            .map_err(|e| invalid(e.within("policy")))?;
-        let before = self.settings_text(&r.service);
+        let (service, policy) =
+            conv::set_policy(request.into_inner(), self.engine.default_policy())
+                .map_err(invalid)?;
+        let before = self.settings_text(&service);
         let command = SetPolicy {
-            service: r.service.clone(),
+            service: service.clone(),
             policy,
         };
         self.engine.run(command).await.map_err(engine_status)?;
         audit(
             &who,
             "set-policy",
-            &r.service,
+            &service,
             &before,
-            &self.settings_text(&r.service),
+            &self.settings_text(&service),
         );
-        Ok(Response::new(service_status(&self.view(&r.service)?)))
+        Ok(Response::new(service_status(&self.view(&service)?)))
     }
 
     async fn set_weight(
@@ -236,15 +216,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::SetWeightRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let who = who(&request);
-        let r = request.into_inner();
-        let key = key(r.service, r.instance_id)?;
-        let weight = match r.weight {
-            0 => None,
-            w => {
-                check_weight(w).map_err(|e| invalid(FieldError::new("weight", e)))?;
-                Some(w)
-            }
-        };
+        let (key, weight) = conv::set_weight(request.into_inner()).map_err(invalid)?;
         self.set_override(&who, key, Some(weight), None).await
     }
 
@@ -254,7 +226,7 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let who = who(&request);
         let r = request.into_inner();
-        let key = key(r.service, r.instance_id)?;
+        let key = conv::instance_key(r.service, r.instance_id).map_err(invalid)?;
         self.set_override(&who, key, None, Some(r.drain)).await
     }
 
@@ -263,22 +235,11 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::PutRuleRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
         let who = who(&request);
-        let r = request.into_inner();
-        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
-        let rule = rule(r.rule, "rule").map_err(invalid)?;
-        let position = match r.position {
-            Some(p) if p as usize >= lb_core::routing::MAX_RULES => {
-                return Err(invalid(FieldError::new(
-                    "position",
-                    format!("{p} is outside 0..{}", lb_core::routing::MAX_RULES),
-                )))
-            }
-            p => p.map(|p| p as usize),
-        };
+        let (service, rule, position) = conv::put_rule(request.into_inner()).map_err(invalid)?;
         self.routing(
             &who,
             "put-rule",
-            r.service,
+            service,
             RoutingChange::PutRule { rule, position },
         )
         .await
@@ -289,16 +250,12 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::DeleteRuleRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
         let who = who(&request);
-        let r = request.into_inner();
-        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
-        if r.name.is_empty() {
-            return Err(invalid(FieldError::new("name", "must not be empty")));
-        }
+        let (service, name) = conv::delete_rule(request.into_inner()).map_err(invalid)?;
         self.routing(
             &who,
             "delete-rule",
-            r.service,
-            RoutingChange::DeleteRule(r.name),
+            service,
+            RoutingChange::DeleteRule(name),
         )
         .await
     }
@@ -309,23 +266,16 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::ServiceStatus>, Status> {
         let who = who(&request);
         let r = request.into_inner();
-        check_service(&r.service).map_err(|e| invalid(FieldError::new("service", e)))?;
+        // The retry_on quota is counted on the entries as sent, before any
+        // code name is read.
         self.check_retry_on(&r.service, r.cluster.as_ref())?;
         // Multicast routes are checked against the service's rules by the
         // engine; everything else is checked here.
-        let routes: Vec<String> = r
-            .cluster
-            .iter()
-            .flat_map(|c| c.default_mode.iter().chain(c.methods.values()))
-            .map(|m| m.route.clone())
-            .filter(|r| !r.is_empty())
-            .collect();
-        let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
-        let cluster = cluster_config(r.cluster, &routes, "cluster").map_err(invalid)?;
+        let (service, cluster) = conv::set_cluster(r).map_err(invalid)?;
         self.routing(
             &who,
             "set-cluster",
-            r.service,
+            service,
             RoutingChange::Cluster(cluster),
         )
         .await
@@ -336,8 +286,8 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::PutStaticRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let who = who(&request);
-        let spec = instance(request.into_inner().instance, "instance").map_err(invalid)?;
-        check_target(&spec, &self.config, "instance")?;
+        let spec = conv::put_static(request.into_inner(), self.config.allow_link_local)
+            .map_err(invalid)?;
         let key = spec.key();
         let before = self.instance_text(&key);
         self.engine
@@ -361,7 +311,7 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::RemoveStaticResponse>, Status> {
         let who = who(&request);
         let r = request.into_inner();
-        let key = key(r.service, r.instance_id)?;
+        let key = conv::instance_key(r.service, r.instance_id).map_err(invalid)?;
         let before = self.instance_text(&key);
         let existed = self
             .engine
@@ -381,43 +331,21 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let who = who(&request);
         let r = request.into_inner();
-        check_name(&r.name, "name").map_err(invalid)?;
-        let role = Role::parse(&r.role).ok_or_else(|| {
-            invalid(FieldError::new(
-                "role",
-                format!(
-                    "{:?} is not a role; use one of backend, client, admin-read-only, admin",
-                    lb_core::model::bounded(r.role.clone(), 32)
-                ),
-            ))
-        })?;
-        let services = r
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Pattern::parse(s, &format!("services[{i}]")))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
-        let grant = Grant::new(role, services).map_err(invalid)?;
+        let new = conv::create_token(r).map_err(invalid)?;
         let created = auth::unix_ms();
-        let (text, record) = if r.identity.is_empty() {
-            token::mint(&r.name, grant, created).map_err(Status::internal)?
-        } else {
-            if r.identity.len() > MAX_IDENTITY_LEN || r.identity.chars().any(|c| c.is_control()) {
-                return Err(invalid(FieldError::new(
-                    "identity",
-                    format!("must be 1..={MAX_IDENTITY_LEN} bytes without control characters"),
-                )));
-            }
-            let record = TokenRecord {
-                id: format!("cert:{}", r.name),
-                name: r.name.clone(),
-                grant,
-                hash: Vec::new(),
-                identity: Some(r.identity.clone()),
-                created_ms: created,
-            };
-            (String::new(), record)
+        let (text, record) = match new.identity {
+            None => token::mint(&new.name, new.grant, created).map_err(Status::internal)?,
+            Some(identity) => (
+                String::new(),
+                TokenRecord {
+                    id: format!("cert:{}", new.name),
+                    name: new.name,
+                    grant: new.grant,
+                    hash: Vec::new(),
+                    identity: Some(identity),
+                    created_ms: created,
+                },
+            ),
         };
         let info = token_info(&record, 0);
         let after = format!(
@@ -425,11 +353,12 @@ impl pb::admin_server::Admin for AdminApi {
             record.grant.role,
             record.grant.scope()
         );
+        let name = record.name.clone();
         self.engine
             .run(CreateToken(record))
             .await
             .map_err(engine_status)?;
-        audit(&who, "create-token", &r.name, "absent", &after);
+        audit(&who, "create-token", &name, "absent", &after);
         Ok(Response::new(pb::CreateTokenResponse {
             token: text,
             info: Some(info),
@@ -454,8 +383,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let who = who(&request);
-        let name = request.into_inner().name;
-        check_name(&name, "name").map_err(invalid)?;
+        let name = conv::revoke_token(request.into_inner()).map_err(invalid)?;
         let existed = self
             .engine
             .run(RevokeToken(name.clone()))

@@ -16,14 +16,11 @@ pub mod registry;
 use std::pin::Pin;
 use std::time::Duration;
 
+use lb_core::registry::RegistryError;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
-use lb_core::model::{is_link_local, FieldError, InstanceSpec};
-use lb_core::registry::RegistryError;
-
-use crate::config::Config;
 use crate::engine::EngineError;
 
 pub use admin::AdminApi;
@@ -47,26 +44,6 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::Denied(why) => Status::permission_denied(why),
         EngineError::Exists(why) => Status::already_exists(why),
     }
-}
-
-/// Refuses a registration whose address is link-local (cloud metadata
-/// services live there) unless the daemon allows them (`--allow-link-local`).
-/// `field` is the instance's path in the request.
-pub(crate) fn check_target(
-    spec: &InstanceSpec,
-    config: &Config,
-    field: &str,
-) -> Result<(), Status> {
-    if !config.allow_link_local && is_link_local(&spec.address) {
-        return Err(crate::pb::invalid(FieldError::new(
-            format!("{field}.address"),
-            format!(
-                "{} is link-local; start lb-server with --allow-link-local to register such addresses",
-                spec.address
-            ),
-        )));
-    }
-    Ok(())
 }
 
 /// Waits for a stream's first message, bounded by `limit`

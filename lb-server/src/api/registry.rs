@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{check_target, engine_status, first_message, stopping, BoxStream};
+use super::{engine_status, first_message, stopping, BoxStream};
 use crate::auth::{self, Caller};
 use crate::config::Config;
 use crate::engine::cmd::{Attach, Attached, Deregister, Drain, Lease};
@@ -76,10 +76,14 @@ impl pb::registry_server::Registry for RegistryApi {
             }
             None => return Err(Status::invalid_argument("msg: missing")),
         };
-        let spec = conv::instance(reg.instance, "register.instance").map_err(invalid)?;
+        let (spec, ttl) = conv::registration(
+            reg.instance,
+            reg.ttl_ms,
+            "register",
+            self.config.allow_link_local,
+        )
+        .map_err(invalid)?;
         let owner = may_register(caller.as_ref(), &spec.service)?;
-        check_target(&spec, &self.config, "register.instance")?;
-        let ttl = conv::ttl(reg.ttl_ms, "register.ttl_ms").map_err(invalid)?;
         let (tx, rx) = mpsc::channel(4);
         // Attach and follow the stream in a task of its own: if the backend
         // vanishes while this handler awaits the engine, hyper drops the
@@ -102,11 +106,9 @@ impl pb::registry_server::Registry for RegistryApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let caller = auth::caller(&request).cloned();
-        let r = request.into_inner();
-        let spec = conv::instance(r.instance, "instance").map_err(invalid)?;
+        let (spec, ttl) =
+            conv::register(request.into_inner(), self.config.allow_link_local).map_err(invalid)?;
         let owner = may_register(caller.as_ref(), &spec.service)?;
-        check_target(&spec, &self.config, "instance")?;
-        let ttl = conv::ttl(r.ttl_ms, "ttl_ms").map_err(invalid)?;
         let granted = self
             .engine
             .run(Lease { spec, ttl, owner })
@@ -122,7 +124,8 @@ impl pb::registry_server::Registry for RegistryApi {
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let caller = auth::caller(&request).cloned();
-        let key = conv::deregister_key(request.into_inner()).map_err(invalid)?;
+        let r = request.into_inner();
+        let key = conv::instance_key(r.service, r.instance_id).map_err(invalid)?;
         let owner = may_register(caller.as_ref(), &key.service)?;
         let existed = self
             .engine

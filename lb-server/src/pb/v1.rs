@@ -1,17 +1,25 @@
 //! `lb.v1` ⇄ domain: inbound messages become `lb-core` types (validated:
 //! bad input becomes a [`FieldError`] naming the field by its dotted path
-//! from the request root), and plans and views become messages (a plan as
-//! one client's `ServerList`).
+//! from the request root, in the wire message's field names), and plans and
+//! views become messages (a plan as one client's `ServerList`).
+//!
+//! Each unary request has one function here that turns the whole request
+//! into what its command needs (`register`, `set_policy`, `put_rule`, …);
+//! the services in `api/` call it and nothing else, so the property tests
+//! and fuzz targets (`lb-server/tests/hostile/`) check exactly what the
+//! daemon runs.
 
 use std::time::Duration;
 
+use lb_core::access::{check_name, Grant, Pattern, Role};
 use lb_core::cluster::{self, Broadcast, ClusterConfig, Collect, Failover, Kind, Mode};
 use lb_core::inspect::{InstanceView, ServiceView};
 use lb_core::model::{
-    ClientIdentity, ClientStats, FieldError, InstanceKey, InstanceOutcomes, InstanceSpec, Load,
-    MAX_TTL, MIN_TTL,
+    bounded, check_id, check_service, check_weight, is_link_local, ClientIdentity, ClientStats,
+    FieldError, InstanceKey, InstanceOutcomes, InstanceSpec, Load, MAX_TTL, MIN_TTL,
 };
 use lb_core::policy::view::client_view;
+use lb_core::policy::ServicePolicy;
 use lb_core::registry::Attachment;
 use lb_core::replan::Published;
 use lb_core::routing;
@@ -68,14 +76,212 @@ pub fn load(r: pb::LoadReport, field: &str) -> Result<Load, FieldError> {
     Ok(l)
 }
 
-/// The service and key of a `DeregisterRequest`, validated.
-pub fn deregister_key(r: pb::DeregisterRequest) -> Result<InstanceKey, FieldError> {
-    lb_core::model::check_service(&r.service).map_err(|e| FieldError::new("service", e))?;
-    lb_core::model::check_id(&r.instance_id).map_err(|e| FieldError::new("instance_id", e))?;
+/// `field` under `at` (an empty `at` is the request root).
+fn path(at: &str, field: &str) -> String {
+    if at.is_empty() {
+        field.to_string()
+    } else {
+        format!("{at}.{field}")
+    }
+}
+
+/// Refuses an instance whose address is link-local (cloud metadata services
+/// live there) unless the daemon allows them (`--allow-link-local`). `field`
+/// is the instance's path in the request.
+pub fn target(spec: &InstanceSpec, allow_link_local: bool, field: &str) -> Result<(), FieldError> {
+    if !allow_link_local && is_link_local(&spec.address) {
+        return Err(FieldError::new(
+            format!("{field}.address"),
+            format!(
+                "{} is link-local; start lb-server with --allow-link-local to register such addresses",
+                spec.address
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A registration whose `instance` and `ttl_ms` fields sit under `at` (""
+/// for a `RegisterRequest`, `"register"` for a ReportLoad stream's first
+/// message): the instance, validated, and its TTL (`None`: the daemon's
+/// default).
+pub fn registration(
+    instance: Option<pb::Instance>,
+    ttl_ms: u32,
+    at: &str,
+    allow_link_local: bool,
+) -> Result<(InstanceSpec, Option<Duration>), FieldError> {
+    let field = path(at, "instance");
+    let spec = self::instance(instance, &field)?;
+    target(&spec, allow_link_local, &field)?;
+    let ttl = ttl(ttl_ms, &path(at, "ttl_ms"))?;
+    Ok((spec, ttl))
+}
+
+/// A `RegisterRequest`: the instance and its lease (`None`: the default).
+pub fn register(
+    r: pb::RegisterRequest,
+    allow_link_local: bool,
+) -> Result<(InstanceSpec, Option<Duration>), FieldError> {
+    registration(r.instance, r.ttl_ms, "", allow_link_local)
+}
+
+/// A `PutStaticRequest`: the instance, validated like a registration's.
+pub fn put_static(
+    r: pb::PutStaticRequest,
+    allow_link_local: bool,
+) -> Result<InstanceSpec, FieldError> {
+    let spec = instance(r.instance, "instance")?;
+    target(&spec, allow_link_local, "instance")?;
+    Ok(spec)
+}
+
+/// A service name in the request's `service` field.
+pub fn service(service: String) -> Result<String, FieldError> {
+    check_service(&service).map_err(|e| FieldError::new("service", e))?;
+    Ok(service)
+}
+
+/// An instance named by the request's `service` and `instance_id` fields
+/// (`DeregisterRequest`, `SetWeightRequest`, `SetDrainRequest`,
+/// `RemoveStaticRequest`).
+pub fn instance_key(service: String, instance_id: String) -> Result<InstanceKey, FieldError> {
+    let service = self::service(service)?;
+    check_id(&instance_id).map_err(|e| FieldError::new("instance_id", e))?;
     Ok(InstanceKey {
-        service: r.service,
-        instance_id: r.instance_id,
+        service,
+        instance_id,
     })
+}
+
+/// A `SetPolicyRequest`: the service and its policy, parsed on top of
+/// `base`'s common settings (the daemon's default policy).
+pub fn set_policy(
+    r: pb::SetPolicyRequest,
+    base: &ServicePolicy,
+) -> Result<(String, ServicePolicy), FieldError> {
+    let service = service(r.service)?;
+    let p = r
+        .policy
+        .ok_or_else(|| FieldError::new("policy", "missing"))?;
+    let params = p.params.into_iter().collect();
+    let policy = ServicePolicy::parse(&p.name, &params, base).map_err(|e| e.within("policy"))?;
+    Ok((service, policy))
+}
+
+/// A `SetWeightRequest`: the instance and its weight override (`None`
+/// clears it).
+pub fn set_weight(r: pb::SetWeightRequest) -> Result<(InstanceKey, Option<u32>), FieldError> {
+    let key = instance_key(r.service, r.instance_id)?;
+    let weight = match r.weight {
+        0 => None,
+        w => {
+            check_weight(w).map_err(|e| FieldError::new("weight", e))?;
+            Some(w)
+        }
+    };
+    Ok((key, weight))
+}
+
+/// A `PutRuleRequest`: the service, the rule (checked on its own; the
+/// engine checks it against the service's other rules) and its position.
+pub fn put_rule(
+    r: pb::PutRuleRequest,
+) -> Result<(String, routing::Rule, Option<usize>), FieldError> {
+    let service = service(r.service)?;
+    let rule = rule(r.rule, "rule")?;
+    let position = match r.position {
+        Some(p) if p as usize >= routing::MAX_RULES => {
+            return Err(FieldError::new(
+                "position",
+                format!("{p} is outside 0..{}", routing::MAX_RULES),
+            ))
+        }
+        p => p.map(|p| p as usize),
+    };
+    Ok((service, rule, position))
+}
+
+/// A `DeleteRuleRequest`: the service and the name of the rule.
+pub fn delete_rule(r: pb::DeleteRuleRequest) -> Result<(String, String), FieldError> {
+    let service = service(r.service)?;
+    routing::check_rule_name(&r.name).map_err(|e| FieldError::new("name", e))?;
+    Ok((service, r.name))
+}
+
+/// Longest certificate identity a token may bind (`CreateToken.identity`).
+pub const MAX_IDENTITY_LEN: usize = 512;
+
+/// A token as `CreateToken` asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// Its unique name.
+    pub name: String,
+    /// Its role and services.
+    pub grant: Grant,
+    /// The client-certificate identity it binds instead of a secret.
+    pub identity: Option<String>,
+}
+
+/// A `CreateTokenRequest`: name, role, service patterns, and an optional
+/// certificate identity (1..=[`MAX_IDENTITY_LEN`] bytes, no control
+/// characters).
+pub fn create_token(r: pb::CreateTokenRequest) -> Result<NewToken, FieldError> {
+    check_name(&r.name, "name")?;
+    let role = Role::parse(&r.role).ok_or_else(|| {
+        FieldError::new(
+            "role",
+            format!(
+                "{:?} is not a role; use one of backend, client, admin-read-only, admin",
+                bounded(r.role.clone(), 32)
+            ),
+        )
+    })?;
+    let services = r
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Pattern::parse(s, &format!("services[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let grant = Grant::new(role, services)?;
+    let identity = if r.identity.is_empty() {
+        None
+    } else if r.identity.len() > MAX_IDENTITY_LEN || r.identity.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "identity",
+            format!("must be 1..={MAX_IDENTITY_LEN} bytes without control characters"),
+        ));
+    } else {
+        Some(r.identity)
+    };
+    Ok(NewToken {
+        name: r.name,
+        grant,
+        identity,
+    })
+}
+
+/// A `RevokeTokenRequest`: the token's name.
+pub fn revoke_token(r: pb::RevokeTokenRequest) -> Result<String, FieldError> {
+    check_name(&r.name, "name")?;
+    Ok(r.name)
+}
+
+/// A `SetClusterRequest`: the service and its cluster modes. A multicast
+/// route must name one of the service's rules, which only the engine knows:
+/// here every route named is taken as a rule, and the engine checks them.
+pub fn set_cluster(r: pb::SetClusterRequest) -> Result<(String, ClusterConfig), FieldError> {
+    let service = service(r.service)?;
+    let routes: Vec<String> = r
+        .cluster
+        .iter()
+        .flat_map(|c| c.default_mode.iter().chain(c.methods.values()))
+        .map(|m| m.route.clone())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+    let cluster = cluster_config(r.cluster, &routes, "cluster")?;
+    Ok((service, cluster))
 }
 
 /// A `Subscription`, validated.
@@ -83,8 +289,7 @@ pub fn subscription(
     s: pb::Subscription,
     field: &str,
 ) -> Result<(String, ClientIdentity), FieldError> {
-    lb_core::model::check_service(&s.service)
-        .map_err(|e| FieldError::new(format!("{field}.service"), e))?;
+    check_service(&s.service).map_err(|e| FieldError::new(format!("{field}.service"), e))?;
     let c = s
         .client
         .ok_or_else(|| FieldError::new(format!("{field}.client"), "missing"))?;
@@ -274,7 +479,10 @@ pub fn cluster_config(
         ));
     }
     let mut methods = std::collections::BTreeMap::new();
-    for (k, m) in c.methods {
+    // In key order, so the first bad entry named is the same every time
+    // (a HashMap's order is not).
+    let wire: std::collections::BTreeMap<String, pb::ClusterMode> = c.methods.into_iter().collect();
+    for (k, m) in wire {
         let mode =
             cluster_mode(m, rules).map_err(|e| e.within(&format!("{field}.methods[{k:?}]")))?;
         methods.insert(k, mode);
@@ -376,16 +584,41 @@ pub fn rule(r: Option<pb::Rule>, field: &str) -> Result<routing::Rule, FieldErro
         exclusive: r.exclusive,
         strict: r.strict,
     };
-    routing::check(std::slice::from_ref(&rule)).map_err(|e| {
-        // check() names fields as `rules[0].…`; here the rule stands alone.
-        FieldError::new(
-            e.field
-                .strip_prefix("rules[0]")
-                .map_or(e.field.clone(), |f| format!("{field}{f}")),
-            e.reason,
-        )
+    routing::check(std::slice::from_ref(&rule)).map_err(|e| FieldError {
+        field: rule_field(&e.field, field),
+        reason: e.reason,
     })?;
     Ok(rule)
+}
+
+/// A path of [`routing::check`] (`rules[0].when.request["k"]`, in the
+/// domain's names) as the path of the `Rule` message at `field`
+/// (`rule.when_request["k"]`). Both were cut to [`MAX_QUOTE`] where they
+/// quote input; this changes a few bytes of their fixed part only.
+///
+/// [`MAX_QUOTE`]: lb_core::model::MAX_QUOTE
+fn rule_field(domain: &str, field: &str) -> String {
+    // Longest first: `.when.client_id` before `.when.client` before `.when`.
+    const WIRE: [(&str, &str); 6] = [
+        (".when.request", ".when_request"),
+        (".when.client_id", ".when_client_id"),
+        (".when.client", ".when_client"),
+        // No condition at all: named by the first condition field.
+        (".when", ".when_request"),
+        (".target.selector", ".select"),
+        (".target.instance", ".instance"),
+    ];
+    let Some(rest) = domain.strip_prefix("rules[0]") else {
+        return field.to_string();
+    };
+    for (from, to) in WIRE {
+        if let Some(tail) = rest.strip_prefix(from) {
+            if tail.is_empty() || tail.starts_with('[') {
+                return format!("{field}{to}{tail}");
+            }
+        }
+    }
+    format!("{field}{rest}")
 }
 
 /// A domain rule, as the wire message.
