@@ -183,6 +183,26 @@ impl Grant {
         }
     }
 
+    /// A grant from its wire or stored form: a role's name and service
+    /// patterns (a bad one is named `services[i]`).
+    pub fn parse(role: &str, services: &[String]) -> Result<Grant, FieldError> {
+        let role = Role::parse(role).ok_or_else(|| {
+            FieldError::new(
+                "role",
+                format!(
+                    "{:?} is not a role; use one of backend, client, admin-read-only, admin",
+                    bounded(role.to_string(), 32)
+                ),
+            )
+        })?;
+        let services = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Pattern::parse(s, &format!("services[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Grant::new(role, services)
+    }
+
     /// Whether this grant covers `need`; if not, why, in words that name the
     /// missing role or scope.
     pub fn allows(&self, need: &Need) -> Result<(), Denied> {

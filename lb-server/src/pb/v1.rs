@@ -11,12 +11,12 @@
 
 use std::time::Duration;
 
-use lb_core::access::{check_name, Grant, Pattern, Role};
+use lb_core::access::{check_name, Grant};
 use lb_core::cluster::{self, Broadcast, ClusterConfig, Collect, Failover, Kind, Mode};
 use lb_core::inspect::{InstanceView, ServiceView};
 use lb_core::model::{
-    bounded, check_id, check_service, check_weight, is_link_local, ClientIdentity, ClientStats,
-    FieldError, InstanceKey, InstanceOutcomes, InstanceSpec, Load, MAX_TTL, MIN_TTL,
+    check_id, check_service, check_weight, is_link_local, ClientIdentity, ClientStats, FieldError,
+    InstanceKey, InstanceOutcomes, InstanceSpec, Load, MAX_TTL, MIN_TTL,
 };
 use lb_core::policy::view::client_view;
 use lb_core::policy::ServicePolicy;
@@ -228,22 +228,7 @@ pub struct NewToken {
 /// characters).
 pub fn create_token(r: pb::CreateTokenRequest) -> Result<NewToken, FieldError> {
     check_name(&r.name, "name")?;
-    let role = Role::parse(&r.role).ok_or_else(|| {
-        FieldError::new(
-            "role",
-            format!(
-                "{:?} is not a role; use one of backend, client, admin-read-only, admin",
-                bounded(r.role.clone(), 32)
-            ),
-        )
-    })?;
-    let services = r
-        .services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Pattern::parse(s, &format!("services[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let grant = Grant::new(role, services)?;
+    let grant = Grant::parse(&r.role, &r.services)?;
     let identity = if r.identity.is_empty() {
         None
     } else if r.identity.len() > MAX_IDENTITY_LEN || r.identity.chars().any(char::is_control) {

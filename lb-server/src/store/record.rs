@@ -382,17 +382,9 @@ pub fn instance(rec: StoredInstance) -> Result<Record, FieldError> {
 
 /// A stored token, validated.
 pub fn token(rec: StoredToken) -> Result<Record, FieldError> {
-    use lb_core::access::{check_name, Grant, Pattern, Role};
+    use lb_core::access::{check_name, Grant};
     check_name(&rec.name, "name")?;
-    let role = Role::parse(&rec.role)
-        .ok_or_else(|| FieldError::new("role", format!("unknown role {:?}", rec.role)))?;
-    let services = rec
-        .services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Pattern::parse(s, &format!("services[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let grant = Grant::new(role, services)?;
+    let grant = Grant::parse(&rec.role, &rec.services)?;
     let identity = (!rec.identity.is_empty()).then_some(rec.identity);
     if identity.is_none() && rec.hash.len() != 32 {
         return Err(FieldError::new(
