@@ -237,7 +237,7 @@ fn authentication(config: &Config) -> Result<Auth, String> {
     let admin = if let Some(file) = &a.admin_token_file {
         tracing::info!(file = %file.display(), "authentication on; the admin token is the one in --admin-token-file");
         Some(token::read_file(file)?)
-    } else if a.required || generated.exists() {
+    } else if auth_configured(config) {
         let (text, made) = token::admin_token(&config.data_dir)?;
         if made {
             tracing::info!(file = %generated.display(), "authentication on; generated the admin token (mode 0600): `lb-server ctl` on this machine reads it from there");
