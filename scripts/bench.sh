@@ -181,6 +181,12 @@ else
     skip "hop" "$bin/lb-hop not built"
 fi
 
+if [ -x "$bin/lb-auth-bench" ]; then
+    run "auth" "$bin/lb-auth-bench" --out "$results" "${q[@]}"
+else
+    skip "auth" "$bin/lb-auth-bench not built"
+fi
+
 # --- the report -------------------------------------------------------------------
 elapsed=$(( $(date +%s) - started ))
 mode=full; [ "$quick" = 1 ] && mode=quick

@@ -26,6 +26,8 @@
 //!   - `lb-cp-bench`: control-plane benchmarks (propagation, ingest, scale);
 //!   - `lb-probe`: liveness (backend kill -9) and restart times;
 //!   - `lb-hop`: the proxy hop's cost, direct lb-client calls against nginx;
+//!   - `lb-auth-bench`: what authentication and TLS cost a caller (three
+//!     daemons side by side: plain, tokens, tokens over TLS);
 //!   - `lb-report`: renders `BENCHMARKS.md` and its plots from the results.
 //! - tests (`tests/`): `bench_harness.rs`, checks of `lb-backend`,
 //!   `lb-loadgen` and `lb-bench` with real processes, and of the scenario

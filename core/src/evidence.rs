@@ -90,12 +90,18 @@
 //!   arbitrary lies that no report moves an estimate away from its honest
 //!   range.
 //!
-//! A client is a `client_id` from a subscription. Those ids are declared by
-//! the client, not authenticated: the rule bounds what one identity can do,
-//! and an attacker who can subscribe under `m` identities counts as `m`
-//! clients. Raise `stats_min_clients` where that matters; binding ids to
-//! credentials is what closes it, and clients are not authenticated yet
-//! (README, status).
+//! Who counts as a client (a *witness*) is decided at the daemon's edge.
+//! When the daemon authenticates callers, it is the caller's credential: a
+//! token, or the certificate identity bound to one. A credential is one
+//! witness however many `client_id`s it declares, so an attacker holding
+//! one client token cannot out-vote the others by inventing ids. The price:
+//! clients that share one token count as one witness too. Give each group
+//! of callers that should count separately its own token (or each workload
+//! its own certificate), or, for a service whose callers all share one
+//! token you trust, set its `stats_min_clients` to 1. When nobody
+//! authenticates (the loopback quick start) the declared `client_id`
+//! counts: the rule then bounds what one identity can do, and a caller that
+//! subscribes under `m` ids counts as `m` clients.
 //!
 //! Memory is bounded: each instance tracks at most
 //! [`MAX_CLIENTS_PER_INSTANCE`] clients an interval, and the clients past

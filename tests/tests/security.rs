@@ -990,7 +990,7 @@ async fn streams_past_the_per_connection_limit_are_refused_with_memory_bounded()
 #[derive(Debug)]
 struct Sub {
     _lists: tonic::Streaming<pb::SubscribeResponse>,
-    _requests: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    requests: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
 }
 
 /// Opens a Subscribe stream for `service` as `client_id`.
@@ -1015,7 +1015,7 @@ async fn subscribe_as(
     match stream.message().await? {
         Some(_) => Ok(Sub {
             _lists: stream,
-            _requests: tx,
+            requests: tx,
         }),
         None => Err(Status::unknown("the stream ended without a list")),
     }
@@ -1193,4 +1193,110 @@ async fn per_token_and_per_client_limits_bite_and_are_counted() {
         assert!(n >= Some(1.0), "{limit}: {n:?}\n{page}");
     }
     assert_eq!(sample(&page, "lb_insecure"), Some(0.0));
+}
+
+/// Stats saying every one of `calls` calls to `instance` failed, in one run.
+fn failures(instance: &str, calls: u64) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        msg: Some(subscribe_request::Msg::Stats(pb::ClientStats {
+            instances: vec![pb::InstanceStats {
+                instance_id: instance.into(),
+                calls_started: calls,
+                calls_finished: calls,
+                calls_failed: calls,
+                latency_sum_us: calls.saturating_mul(1000),
+                consecutive_failures: calls,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    }
+}
+
+/// `ctl get echo`'s line for `instance`.
+fn instance_line(d: &Daemon, instance: &str) -> String {
+    let out = ctl_ok(d, &["get", "echo"]);
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(instance))
+        .unwrap_or_else(|| panic!("no line for {instance} in:\n{out}"))
+        .to_string()
+}
+
+/// 8. With authentication on, client stats count per credential (lb-core's
+///    `evidence`): one client token under two client ids is one witness and
+///    ejects nothing, however long it insists; two tokens that agree eject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_under_many_client_ids_is_one_witness() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&data(&dir), "127.0.0.1:0", &["--auth"]).expect("daemon");
+    let addr = d.addr();
+    let admin = creds(Some(&admin_token(&d).await));
+    ctl_ok(
+        &d,
+        &[
+            "set-policy",
+            "echo",
+            "round_robin",
+            "-p",
+            "eject_max_percent=100",
+        ],
+    );
+    let mut reg = registry(&addr, &admin).await;
+    for (id, port) in [("b1", 7101), ("b2", 7102), ("b3", 7103)] {
+        reg.register(lease(instance("echo", id, port)))
+            .await
+            .expect("register");
+    }
+    let mallory = creds(Some(&token(&d, "mallory", "client", &["echo"])));
+    let alice = creds(Some(&token(&d, "alice", "client", &["echo"])));
+    let bob = creds(Some(&token(&d, "bob", "client", &["echo"])));
+
+    // Mallory's one token subscribes as two clients, both of which say that
+    // every call to b2 fails, in runs of 10⁹, twenty times a second.
+    let mut streams = Vec::new();
+    for id in ["m1", "m2"] {
+        let sub = subscribe_as(&mut balancer(&addr, &mallory).await, "echo", id)
+            .await
+            .expect("mallory subscribes");
+        streams.push(sub);
+    }
+    let senders: Vec<_> = streams.iter().map(|s| s.requests.clone()).collect();
+    let forger = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            for tx in &senders {
+                if tx.send(failures("b2", 1_000_000_000)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    assert!(
+        wait_until(WAIT, || instance_line(&d, "b2").contains("1000000000")).await,
+        "the daemon takes mallory's reports in: {}",
+        instance_line(&d, "b2")
+    );
+
+    // Alice and Bob, two credentials, each see a run of 5 on b3: ejected.
+    for (who, c) in [("alice", &alice), ("bob", &bob)] {
+        let sub = subscribe_as(&mut balancer(&addr, c).await, "echo", who)
+            .await
+            .expect("subscribes");
+        sub.requests
+            .send(failures("b3", 5))
+            .await
+            .expect("stats sent");
+        streams.push(sub);
+    }
+    assert!(
+        wait_until(WAIT, || instance_line(&d, "b3").contains("EJECTED")).await,
+        "two credentials that agree eject: {}",
+        instance_line(&d, "b3")
+    );
+    // By now mallory's two ids have sent runs far past the threshold for
+    // seconds; as two witnesses they would have ejected b2 at once.
+    let b2 = instance_line(&d, "b2");
+    assert!(!b2.contains("EJECTED"), "one token is one witness: {b2}");
+    forger.abort();
 }

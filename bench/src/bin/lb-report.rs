@@ -9,7 +9,8 @@
 //!   `lb_sim::metrics::Summary`, which renders its table as `lb-sim` prints it.
 //!
 //! Sections come in a fixed order: balancing quality (real processes), the
-//! simulator, pick, propagation, ingest, scale, liveness and restart, hop cost;
+//! simulator, pick, propagation, ingest, scale, liveness and restart, hop cost,
+//! authentication and TLS cost;
 //! then a table of the goals with the figure each run reached, looked up in
 //! `metrics` (preferred) or in the table.
 //!
@@ -384,6 +385,7 @@ fn rank(b: &Bench) -> u8 {
         _ if n.contains("restart") && !is_quality(b) || n.contains("liveness") => 6,
         _ if n.contains("probe") => 6,
         _ if n.contains("hop") => 7,
+        _ if n == "auth" => 8,
         _ => 0,
     }
 }

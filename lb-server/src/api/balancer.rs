@@ -92,11 +92,17 @@ impl pb::balancer_server::Balancer for BalancerApi {
         // taken in by a task of their own, which also decides when and how
         // the stream ends.
         let (end_tx, end) = oneshot::channel();
+        // With authentication on, stats count for the credential, not for
+        // the id the client declares (lb_core::evidence: one witness each).
+        let witness = caller
+            .as_ref()
+            .and_then(auth::Caller::witness)
+            .unwrap_or_else(|| client.client_id.clone());
         tokio::spawn(client_inbound(
             self.engine.clone(),
             inbound,
             service,
-            client.client_id.clone(),
+            witness,
             end_tx,
             self.stop.clone(),
         ));
@@ -152,14 +158,15 @@ where
     }
 }
 
-/// Takes in the stats of client `client_id`; tells its response stream how
+/// Takes in the stats of `witness` (the caller's credential, or its
+/// declared `client_id` when nobody authenticates); tells its response stream how
 /// to end: with a status on bad input or shutdown, quietly when the client
 /// goes away.
 async fn client_inbound(
     engine: EngineHandle,
     mut inbound: Streaming<pb::SubscribeRequest>,
     service: String,
-    client_id: String,
+    witness: String,
     mut end: oneshot::Sender<Option<Status>>,
     stop: watch::Receiver<bool>,
 ) {
@@ -170,7 +177,7 @@ async fn client_inbound(
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => match m.msg {
                     Some(ClientMsg::Stats(s)) => match conv::stats(s, "stats") {
-                        Ok(stats) => engine.stats(service.clone(), client_id.clone(), stats).await,
+                        Ok(stats) => engine.stats(service.clone(), witness.clone(), stats).await,
                         Err(e) => break Some(invalid(e)),
                     },
                     Some(ClientMsg::Subscribe(_)) => break Some(Status::failed_precondition(

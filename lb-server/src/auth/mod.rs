@@ -444,6 +444,18 @@ impl Caller {
         (self.entry.is_some() && self.grant.role != Role::Admin).then(|| self.name.clone())
     }
 
+    /// Whom client statistics from this caller count as
+    /// ([`lb_core::evidence`]): its credential — the token, or the
+    /// certificate identity bound to one — when the daemon authenticates, so
+    /// that one credential is one witness however many `client_id`s it
+    /// claims. `None` when nobody authenticates (the declared `client_id`
+    /// counts then).
+    pub fn witness(&self) -> Option<String> {
+        self.entry
+            .as_ref()
+            .map(|e| format!("token:{}", e.record.name))
+    }
+
     /// Counts a limit that bit for this caller's call.
     pub fn limited(&self, limit: &'static str) {
         self.auth.limited(limit);

@@ -48,7 +48,7 @@ pub(crate) enum Input {
     },
     /// A stream broke (or ended without `drain`).
     Detach { key: InstanceKey, session: u64 },
-    /// A client's call statistics, with its `client_id`.
+    /// A client's call statistics, with the witness they count for.
     Stats {
         service: String,
         client: String,

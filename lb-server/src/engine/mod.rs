@@ -140,7 +140,8 @@ impl EngineHandle {
         let _ = self.tx.send(Input::Detach { key, session }).await;
     }
 
-    /// Passes the stats of client `client` (its `client_id`) on.
+    /// Passes the stats of client `client` on: the witness they count for
+    /// (its credential, or its `client_id` when nobody authenticates).
     pub async fn stats(&self, service: String, client: String, stats: ClientStats) {
         let _ = self
             .tx
