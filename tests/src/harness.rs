@@ -133,6 +133,28 @@ impl Proc {
         }
     }
 
+    /// SIGSTOP: the process freezes, its sockets stay open (the kernel still
+    /// accepts connections and data for it). [`Proc::cont`] resumes it;
+    /// dropping the `Proc` kills it stopped or not (SIGKILL needs no CONT).
+    pub fn stop(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT: resumes a process [`Proc::stop`] froze.
+    pub fn cont(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill {sig} failed");
+        }
+        Ok(())
+    }
+
     /// The process's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
