@@ -7,7 +7,9 @@
 //!
 //! Settings are per service with per-method overrides, plus the service's
 //! retry budget (Finagle's `RetryBudget`: retries may add a percentage of the
-//! calls plus a floor per second).
+//! calls plus a floor per second) and an optional default deadline per call
+//! (gRPC's service config `timeout`, gRFC A6: it bounds the whole call, every
+//! retry and hedge included; a deadline the caller sets wins).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +36,8 @@ pub const MAX_METHOD_LEN: usize = 256;
 pub const MAX_RETRY_ON: usize = Code::ALL.len() - 1;
 /// Largest retry budget floor, per second.
 pub const MAX_BUDGET_MIN_PER_SEC: u32 = 100_000;
+/// Largest default deadline per call.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// Which mode, by name (the CLI's and the wire's vocabulary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -372,6 +376,9 @@ pub struct ClusterConfig {
     pub methods: BTreeMap<String, Mode>,
     /// The retry budget.
     pub budget: Budget,
+    /// The deadline of a call whose caller set none (`None`: no default),
+    /// `1ms..=MAX_DEADLINE`.
+    pub deadline: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -405,6 +412,18 @@ impl ClusterConfig {
                     self.budget.min_per_sec
                 ),
             ));
+        }
+        if let Some(d) = self.deadline {
+            if d.is_zero() || d > MAX_DEADLINE {
+                return Err(FieldError::new(
+                    "deadline_ms",
+                    format!(
+                        "{} is outside 1..={} (0 means no default deadline)",
+                        d.as_millis(),
+                        MAX_DEADLINE.as_millis()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -525,6 +544,22 @@ mod tests {
             ..ClusterConfig::default()
         };
         assert_eq!(c.check(&[]).unwrap_err().field, "budget_percent");
+        for (d, ok) in [
+            (Duration::ZERO, false),
+            (Duration::from_millis(1), true),
+            (MAX_DEADLINE, true),
+            (MAX_DEADLINE + Duration::from_millis(1), false),
+        ] {
+            let c = ClusterConfig {
+                deadline: Some(d),
+                ..ClusterConfig::default()
+            };
+            let r = c.check(&[]).map_err(|e| e.field);
+            assert_eq!(r.is_ok(), ok, "{d:?}");
+            if !ok {
+                assert_eq!(r.unwrap_err(), "deadline_ms");
+            }
+        }
     }
 
     #[test]

@@ -685,7 +685,11 @@ fn rule_bytes(r: &Rule) -> u64 {
 
 /// An `lb.v1.ClusterConfig` message (budget fields are always present).
 fn cluster_bytes(c: &ClusterConfig) -> u64 {
-    len_field(1, mode_bytes(&c.default))
+    let deadline_ms = c
+        .deadline
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    varint_field(5, deadline_ms)
+        + len_field(1, mode_bytes(&c.default))
         + c.methods
             .iter()
             .map(|(k, m)| len_field(2, str_field(1, k) + len_field(2, mode_bytes(m))))

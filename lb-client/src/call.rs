@@ -6,20 +6,29 @@
 //!
 //! ```no_run
 //! # async fn demo(sub: lb_client::Subscription) -> Result<(), Box<dyn std::error::Error>> {
-//! // Any async call over the picked endpoint's address (here a tonic channel).
+//! // The channel's backend connections (keep-alive, connect timeout),
+//! // shared by every call.
+//! let channels = sub.channel();
 //! let reply: String = sub
-//!     .call("/echo.Echo/Say", &[("group", "B")], |ep| async move {
-//!         let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", ep.address()))
-//!             .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-//!             .connect()
-//!             .await
-//!             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-//!         let _ = ch; // ... make the call with a generated client ...
-//!         Ok::<_, tonic::Status>(String::from("reply"))
+//!     .call("/echo.Echo/Say", &[("group", "B")], |ep| {
+//!         let backend = channels.backend(ep.address());
+//!         async move {
+//!             let _backend = backend?; // ... make the call with a generated client ...
+//!             Ok::<_, tonic::Status>(String::from("reply"))
+//!         }
 //!     })
 //!     .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! A generated client on [`Subscription::channel`] gets the same modes
+//! without a closure (see [`crate::channel`]); `call` remains for calls
+//! that are not tonic's, and for client-streaming calls that should be
+//! retried (the closure can build the stream again).
+//!
+//! An attempt's `tonic::Status` that came from the transport reaches the
+//! caller as UNAVAILABLE (DEADLINE_EXCEEDED when a deadline cut it) naming
+//! the backend ([`crate::cluster::CallError::at_endpoint`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,7 +40,7 @@ use crate::list::{Endpoint, LaneRef, NoPick, Outcome, PickList};
 use crate::subscription::Subscription;
 
 /// A [`Picker`] over one lane of one list snapshot.
-struct LanePicker<'a> {
+pub(crate) struct LanePicker<'a> {
     list: &'a PickList,
     lane: LaneRef,
     sub: &'a Subscription,
@@ -65,7 +74,9 @@ impl Subscription {
     /// recorded and reported to the daemon. Failsafe swallows errors and
     /// returns `T::default()`; broadcast and multicast return the first
     /// success once every instance answered (use [`Subscription::broadcast`]
-    /// for every answer).
+    /// for every answer). The service's default deadline, if the daemon set
+    /// one, ends the call with [`ClusterError::DeadlineExceeded`] (the
+    /// closure's own timeouts are the caller's).
     pub async fn call<T, E, F, Fut>(
         &self,
         method: &str,
@@ -79,28 +90,48 @@ impl Subscription {
         Fut: Future<Output = Result<T, E>>,
     {
         let list = self.current();
-        let mode = list.settings().mode_for(method);
-        let lane = match mode {
-            Mode::Multicast { route, .. } => list.route_named(route).ok_or(NoPick::NoRoute),
-            _ => list.lane_for(labels),
-        };
-        let lane = match lane {
-            Ok(l) => l,
-            Err(e) => {
-                self.count(Err(e)).ok();
+        let (picker, mode) = match self.route(&list, method, labels) {
+            Ok(r) => r,
+            Err((mode, e)) => {
                 return match mode {
                     Mode::Failsafe => Ok(T::default()),
                     _ => Err(ClusterError::NoPick(e)),
                 };
             }
         };
-        let picker = LanePicker {
-            list: &list,
-            lane,
-            sub: self,
-        };
         let budget = self.budget();
-        cluster::call(&picker, mode, &budget, f).await
+        within_deadline(&list, cluster::call(&picker, mode, &budget, f)).await
+    }
+
+    /// The mode `method` runs under in `list` and a picker over the lane
+    /// its call follows: a multicast's route, else the one `labels` select.
+    /// A lane that cannot be had is counted (as a pick that found nothing)
+    /// and returned with the mode.
+    pub(crate) fn route<'a>(
+        &'a self,
+        list: &'a PickList,
+        method: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<(LanePicker<'a>, &'a Mode), (&'a Mode, NoPick)> {
+        let mode = list.settings().mode_for(method);
+        let lane = match mode {
+            Mode::Multicast { route, .. } => list.route_named(route).ok_or(NoPick::NoRoute),
+            _ => list.lane_for(labels),
+        };
+        match lane {
+            Ok(lane) => Ok((
+                LanePicker {
+                    list,
+                    lane,
+                    sub: self,
+                },
+                mode,
+            )),
+            Err(e) => {
+                self.count(Err(e)).ok();
+                Err((mode, e))
+            }
+        }
     }
 
     /// Calls every instance of the route `labels` select, concurrently, and
@@ -156,6 +187,19 @@ impl Subscription {
             lane,
             sub: self,
         };
-        cluster::broadcast(&picker, cfg, f).await
+        within_deadline(&list, cluster::broadcast(&picker, cfg, f)).await
+    }
+}
+
+/// `call`, ended by the service's default deadline if `list` sets one.
+async fn within_deadline<T, E>(
+    list: &PickList,
+    call: impl Future<Output = Result<T, ClusterError<E>>>,
+) -> Result<T, ClusterError<E>> {
+    match list.settings().deadline {
+        None => call.await,
+        Some(after) => tokio::time::timeout(after, call)
+            .await
+            .unwrap_or(Err(ClusterError::DeadlineExceeded { after })),
     }
 }

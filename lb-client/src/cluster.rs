@@ -26,6 +26,19 @@
 //! once), so a failing service sees at most `percent` more load, not
 //! `attempts ×` more.
 //!
+//! [`call_with`] also asks, before any attempt beyond the first, whether one
+//! may start at all: [`crate::LbChannel`] runs generated tonic clients'
+//! calls through it, and a request body that cannot be sent again (still
+//! streaming, or larger than it keeps) or a passed deadline allows only one.
+//!
+//! Errors: [`CallError::at_endpoint`] lets an attempt's error say where it
+//! happened. A `tonic::Status` that tonic made from a transport failure (it
+//! reads `Unknown "transport error"`) becomes UNAVAILABLE, or
+//! DEADLINE_EXCEEDED when a deadline cut it, with a message naming the
+//! backend's address and the cause (connection refused, reset, keep-alive
+//! timed out, ...), so failover retries it and the caller can tell what
+//! broke.
+//!
 //! Concurrent attempts (forking, broadcast) run inside the caller's future,
 //! without `tokio::spawn`: dropping the call's future drops every attempt, so
 //! nothing keeps running behind a cancelled call. Every finished attempt is
@@ -72,6 +85,18 @@ pub fn tried_contains(tried: &[Arc<Endpoint>], ep: &Endpoint) -> bool {
 pub trait CallError {
     /// The gRPC code of the error; `None` when it has none (never retried).
     fn code(&self) -> Option<Code>;
+
+    /// This error as the caller should see it, knowing the attempt went to
+    /// `ep`. The default leaves it as it is; a `tonic::Status` that came
+    /// from the transport gets its real code and names the backend (see
+    /// the `CallError` impl for `tonic::Status`).
+    fn at_endpoint(self, ep: &Endpoint) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = ep;
+        self
+    }
 }
 
 /// A tonic code as lb's.
@@ -79,30 +104,128 @@ pub fn code_of(c: tonic::Code) -> Code {
     Code::from_number(c as u32).unwrap_or(Code::Unknown)
 }
 
+/// lb's code as tonic's.
+fn tonic_code(c: Code) -> tonic::Code {
+    tonic::Code::from_i32(i32::try_from(c.number()).unwrap_or(2))
+}
+
 impl CallError for tonic::Status {
-    /// The status code, except that a transport failure tonic reports as
-    /// UNKNOWN or CANCELLED (a connection reset, refused or closed under the
-    /// call) counts as UNAVAILABLE, as gRPC defines it.
+    /// The status code, except for a transport failure (a status tonic made
+    /// from a Rust error rather than from the backend's `grpc-status`): one
+    /// cut by a deadline is DEADLINE_EXCEEDED, one tonic calls UNKNOWN or
+    /// CANCELLED (a connection refused, reset or closed under the call, a
+    /// keep-alive timeout) is UNAVAILABLE, as gRPC defines it.
     fn code(&self) -> Option<Code> {
-        let code = code_of(tonic::Status::code(self));
-        if matches!(code, Code::Unknown | Code::Cancelled) && is_transport(self) {
-            return Some(Code::Unavailable);
-        }
-        Some(code)
+        Some(transport_code(self).unwrap_or_else(|| code_of(tonic::Status::code(self))))
+    }
+
+    /// A transport failure becomes a status with the code [`CallError::code`]
+    /// gives and a message naming the backend and the cause, e.g. `backend
+    /// 10.0.0.7:50051: tcp connect error: Connection refused (os error
+    /// 111)`; the status tonic made stays its source. Statuses the backend
+    /// sent are unchanged.
+    fn at_endpoint(self, ep: &Endpoint) -> Self {
+        at_backend(ep.address(), self)
     }
 }
 
-/// Whether the status came from the transport (its source chain holds a
-/// tonic transport error or an I/O error).
-fn is_transport(s: &tonic::Status) -> bool {
-    let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
-    while let Some(err) = e {
-        if err.is::<tonic::transport::Error>() || err.is::<std::io::Error>() {
-            return true;
-        }
-        e = err.source();
+/// The source of a status [`at_backend`] made: the status tonic made.
+#[derive(Debug)]
+struct FromTransport(tonic::Status);
+
+impl fmt::Display for FromTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.message())
     }
-    false
+}
+
+impl std::error::Error for FromTransport {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The code of a transport failure (a status with a source error, which
+/// tonic attaches only when it turns a Rust error into a status); `None`
+/// for a status the backend sent, made by hand, or already named by
+/// [`at_backend`].
+fn transport_code(s: &tonic::Status) -> Option<Code> {
+    let source = std::error::Error::source(s)?;
+    if source.is::<FromTransport>() {
+        return None;
+    }
+    if chain(source).any(|e| e.is::<tonic::TimeoutExpired>()) {
+        return Some(Code::DeadlineExceeded);
+    }
+    Some(match code_of(s.code()) {
+        Code::Unknown | Code::Cancelled | Code::Ok => Code::Unavailable,
+        // What tonic read from the HTTP/2 error (a reset stream's reason)
+        // or its own UNAVAILABLE for connect and keep-alive failures.
+        c => c,
+    })
+}
+
+/// `e` and its sources.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// The causes in `e`'s chain, outermost first, joined by ": ", without
+/// tonic's "transport error" or a text its outer error already ends with.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for err in chain(e) {
+        let text = match err.downcast_ref::<tonic::Status>() {
+            Some(s) => s.message().to_owned(),
+            None => err.to_string(),
+        };
+        let repeated = parts.last().is_some_and(|p| p.ends_with(&text));
+        if !text.is_empty() && text != "transport error" && !repeated {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// The gRPC status of a failure on the way to the backend at `address`:
+/// [`CallError::at_endpoint`] for a status, and what [`crate::LbChannel`]
+/// makes of a tonic channel's error.
+pub(crate) fn at_backend(address: &str, status: tonic::Status) -> tonic::Status {
+    let Some(code) = transport_code(&status) else {
+        return status;
+    };
+    let cause = std::error::Error::source(&status)
+        .map(describe)
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| status.message().to_owned());
+    let mut named = tonic::Status::new(tonic_code(code), format!("backend {address}: {cause}"));
+    named.set_source(Arc::new(FromTransport(status)));
+    named
+}
+
+/// What a tonic channel's error to `address` means to a gRPC caller (see
+/// [`at_backend`]).
+pub(crate) fn transport_status(
+    address: &str,
+    error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> tonic::Status {
+    let error = error.into();
+    let status = match error.downcast::<tonic::Status>() {
+        Ok(s) => *s,
+        // Keep tonic's reading of the error (its code for HTTP/2 resets,
+        // keep-alive timeouts and connect errors) with the error as source.
+        Err(e) => match tonic::Status::try_from_error(e) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut s = tonic::Status::unknown(e.to_string());
+                s.set_source(Arc::from(e));
+                s
+            }
+        },
+    };
+    at_backend(address, status)
 }
 
 /// Why a cluster call failed.
@@ -135,6 +258,14 @@ pub enum ClusterError<E> {
         /// Instances called.
         total: usize,
     },
+    /// The service's default deadline passed before the call ended (the
+    /// daemon's `ctl set-cluster --deadline`); every attempt was cancelled.
+    /// Raise the deadline there, or bound the call yourself with a longer
+    /// timeout.
+    DeadlineExceeded {
+        /// The deadline.
+        after: std::time::Duration,
+    },
 }
 
 impl<E> ClusterError<E> {
@@ -144,7 +275,9 @@ impl<E> ClusterError<E> {
             ClusterError::Call { error, .. } | ClusterError::BudgetExhausted { error, .. } => {
                 Some(error)
             }
-            ClusterError::NoPick(_) | ClusterError::Broadcast { .. } => None,
+            ClusterError::NoPick(_)
+            | ClusterError::Broadcast { .. }
+            | ClusterError::DeadlineExceeded { .. } => None,
         }
     }
 
@@ -154,7 +287,9 @@ impl<E> ClusterError<E> {
             ClusterError::Call { error, .. } | ClusterError::BudgetExhausted { error, .. } => {
                 Some(error)
             }
-            ClusterError::NoPick(_) | ClusterError::Broadcast { .. } => None,
+            ClusterError::NoPick(_)
+            | ClusterError::Broadcast { .. }
+            | ClusterError::DeadlineExceeded { .. } => None,
         }
     }
 }
@@ -178,6 +313,11 @@ impl<E: fmt::Display> fmt::Display for ClusterError<E> {
             ClusterError::Broadcast { failed, total } => {
                 write!(f, "broadcast failed on {failed} of {total} instances")
             }
+            ClusterError::DeadlineExceeded { after } => write!(
+                f,
+                "deadline exceeded (the service's default deadline, {}ms)",
+                after.as_millis()
+            ),
         }
     }
 }
@@ -192,11 +332,14 @@ impl<E: fmt::Display + fmt::Debug> std::error::Error for ClusterError<E> {
 }
 
 impl From<ClusterError<tonic::Status>> for tonic::Status {
-    /// Call errors pass through; no instance and broadcast failures become
-    /// `UNAVAILABLE`.
+    /// Call errors pass through; a passed deadline is `DEADLINE_EXCEEDED`; no
+    /// instance and broadcast failures become `UNAVAILABLE`.
     fn from(e: ClusterError<tonic::Status>) -> Self {
         match e {
             ClusterError::Call { error, .. } | ClusterError::BudgetExhausted { error, .. } => error,
+            e @ ClusterError::DeadlineExceeded { .. } => {
+                tonic::Status::deadline_exceeded(e.to_string())
+            }
             other => tonic::Status::unavailable(other.to_string()),
         }
     }
@@ -243,7 +386,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let start = Instant::now();
-    let r = fut.await;
+    let r = fut.await.map_err(|e| e.at_endpoint(&ep));
     let latency = start.elapsed();
     let outcome = match &r {
         Ok(_) => Outcome::success(latency),
@@ -264,6 +407,29 @@ pub async fn call<P, T, E, F, Fut>(
     picker: &P,
     mode: &Mode,
     budget: &RetryBudget,
+    f: F,
+) -> Result<T, ClusterError<E>>
+where
+    P: Picker + ?Sized,
+    T: Default,
+    E: CallError,
+    F: FnMut(Arc<Endpoint>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    call_with(picker, mode, budget, &|| true, f).await
+}
+
+/// [`call`], where `more` says whether an attempt beyond the first may start
+/// now: it is asked before every retry and before hedging (and a retry or
+/// hedge it refuses costs no budget), and a broadcast or multicast it
+/// refuses at the start makes one attempt, as [`Mode::Failfast`] does.
+/// [`crate::LbChannel`] refuses when the request body cannot be sent again
+/// (still streaming, or larger than it keeps) or the deadline has passed.
+pub async fn call_with<P, T, E, F, Fut>(
+    picker: &P,
+    mode: &Mode,
+    budget: &RetryBudget,
+    more: &(dyn Fn() -> bool + Sync),
     mut f: F,
 ) -> Result<T, ClusterError<E>>
 where
@@ -275,17 +441,8 @@ where
 {
     budget.deposit();
     match mode {
-        Mode::Failover(cfg) => failover(picker, cfg, budget, f).await,
-        Mode::Failfast => {
-            let ep = picker.pick_untried(&[]).map_err(ClusterError::NoPick)?;
-            let fut = f(Arc::clone(&ep));
-            let (ep, r) = attempt(picker, ep, fut).await;
-            r.map_err(|error| ClusterError::Call {
-                error,
-                attempts: 1,
-                instance: instance_name(&ep),
-            })
-        }
+        Mode::Failover(cfg) => failover(picker, cfg, budget, more, f).await,
+        Mode::Failfast => failfast(picker, f).await,
         Mode::Failsafe => {
             let ep = match picker.pick_untried(&[]) {
                 Ok(ep) => ep,
@@ -307,7 +464,12 @@ where
                 }
             }
         }
-        Mode::Forking { forks } => forking(picker, (*forks).max(1), budget, f).await,
+        Mode::Forking { forks } => {
+            // Hedges need a request that can be sent again.
+            let k = if more() { (*forks).max(1) } else { 1 };
+            forking(picker, k, budget, f).await
+        }
+        Mode::Broadcast(_) | Mode::Multicast { .. } if !more() => failfast(picker, f).await,
         Mode::Broadcast(cfg) | Mode::Multicast { broadcast: cfg, .. } => {
             let report = broadcast(picker, cfg, f).await?;
             Ok(match cfg.collect {
@@ -318,10 +480,29 @@ where
     }
 }
 
+/// One attempt; its error is the call's.
+async fn failfast<P, T, E, F, Fut>(picker: &P, mut f: F) -> Result<T, ClusterError<E>>
+where
+    P: Picker + ?Sized,
+    E: CallError,
+    F: FnMut(Arc<Endpoint>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let ep = picker.pick_untried(&[]).map_err(ClusterError::NoPick)?;
+    let fut = f(Arc::clone(&ep));
+    let (ep, r) = attempt(picker, ep, fut).await;
+    r.map_err(|error| ClusterError::Call {
+        error,
+        attempts: 1,
+        instance: instance_name(&ep),
+    })
+}
+
 async fn failover<P, T, E, F, Fut>(
     picker: &P,
     cfg: &Failover,
     budget: &RetryBudget,
+    more: &(dyn Fn() -> bool + Sync),
     mut f: F,
 ) -> Result<T, ClusterError<E>>
 where
@@ -350,7 +531,7 @@ where
             }
         };
         let retryable = error.code().is_some_and(|c| cfg.retry_on.contains(&c));
-        if !retryable || attempts >= max_attempts {
+        if !retryable || attempts >= max_attempts || !more() {
             return Err(ClusterError::Call {
                 error,
                 attempts,
@@ -497,6 +678,7 @@ where
 mod tests {
     use super::*;
     use crate::budget::BudgetConfig;
+    use lb_core::status::Code as LbCode;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
     use std::sync::Mutex;
     use std::time::Duration;
@@ -1228,5 +1410,120 @@ mod tests {
             total: 4,
         });
         assert_eq!(boxed.to_string(), "broadcast failed on 2 of 4 instances");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_second_attempt_costs_nothing() {
+        let no = || false;
+        let b = RetryBudget::new(BudgetConfig {
+            percent: 0.0,
+            min_per_sec: 1,
+            ttl: Duration::from_secs(10),
+        });
+        let before = b.balance();
+        for mode in [
+            failover(3),
+            Mode::Forking { forks: 3 },
+            Mode::Broadcast(Broadcast::default()),
+        ] {
+            let p = TestPicker::new(&["a", "b", "c"]);
+            let n = AtomicUsize::new(0);
+            let r: Result<(), _> = call_with(&p, &mode, &b, &no, |_| {
+                n.fetch_add(1, SeqCst);
+                async { Err(Status::unavailable("down")) }
+            })
+            .await;
+            assert_eq!(n.load(SeqCst), 1, "{mode}");
+            assert!(
+                matches!(r, Err(ClusterError::Call { attempts: 1, .. })),
+                "{mode}: {r:?}"
+            );
+            assert_eq!(p.reports(), [("a".into(), false)], "{mode}");
+        }
+        assert_eq!(b.balance(), before, "no retry token spent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_is_asked_before_each_retry() {
+        let p = TestPicker::new(&["a", "b", "c"]);
+        let asked = AtomicUsize::new(0);
+        // Allows one retry, then refuses.
+        let more = || asked.fetch_add(1, SeqCst) == 0;
+        let r: Result<(), _> = call_with(&p, &failover(3), &budget(), &more, |_| async {
+            Err(Status::unavailable("down"))
+        })
+        .await;
+        assert!(matches!(r, Err(ClusterError::Call { attempts: 2, .. })));
+        assert_eq!(asked.load(SeqCst), 2);
+    }
+
+    /// A status tonic makes from an I/O error, as from a broken connection.
+    fn io_status(kind: std::io::ErrorKind, text: &str) -> Status {
+        Status::from_error(Box::new(std::io::Error::new(kind, text.to_owned())))
+    }
+
+    #[test]
+    fn transport_failures_are_unavailable_and_name_the_backend() {
+        let ep = Endpoint::new("a", "10.0.0.7:50051");
+        let raw = io_status(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(raw.code(), Code::Unknown);
+        assert_eq!(CallError::code(&raw), Some(LbCode::Unavailable));
+        let s = raw.at_endpoint(&ep);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.message(), "backend 10.0.0.7:50051: connection refused");
+        // Named once: a second pass changes nothing.
+        let again = Status::new(s.code(), s.message()).at_endpoint(&ep);
+        assert_eq!(again.message(), s.message());
+        let s = s.at_endpoint(&ep);
+        assert_eq!(s.message(), "backend 10.0.0.7:50051: connection refused");
+        assert_eq!(CallError::code(&s), Some(LbCode::Unavailable));
+
+        // Through a channel's error: tonic's "transport error" is dropped,
+        // the chain kept.
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("connection error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let reset = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "Connection reset by peer (os error 104)",
+        ));
+        let s = transport_status("h:1", reset);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(
+            s.message(),
+            "backend h:1: connection error: Connection reset by peer (os error 104)"
+        );
+        assert!(std::error::Error::source(&s).is_some(), "the cause is kept");
+    }
+
+    #[test]
+    fn a_cut_deadline_is_deadline_exceeded_and_backend_statuses_pass() {
+        let ep = Endpoint::new("a", "h:1");
+        // tonic reports its own timeout as CANCELLED.
+        let raw = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(raw.code(), Code::Cancelled);
+        assert_eq!(CallError::code(&raw), Some(LbCode::DeadlineExceeded));
+        let s = raw.at_endpoint(&ep);
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        assert_eq!(s.message(), "backend h:1: Timeout expired");
+        // What a backend sent (no source) stays as sent, UNKNOWN included.
+        for sent in [Status::unknown("boom"), Status::cancelled("stop")] {
+            let code = sent.code();
+            let s = sent.at_endpoint(&ep);
+            assert_eq!((s.code(), s.message().is_empty()), (code, false));
+            assert!(!s.message().contains("backend"));
+        }
+        // A status already carried whole passes through transport_status.
+        let s = transport_status("h:1", Status::resource_exhausted("quota"));
+        assert_eq!((s.code(), s.message()), (Code::ResourceExhausted, "quota"));
     }
 }

@@ -37,11 +37,15 @@
 //!   types).
 //! - [`subscription`]: [`subscribe`], [`Subscription`] and the background task
 //!   (connect, stream lists, reconnect, send call stats).
-//! - [`channel`]: [`LbChannel`] (`Subscription::channel`), a `tower::Service`
-//!   for tonic clients that picks per request (request labels for routing
-//!   rules as `lb-label-*` metadata).
 //! - [`call`]: [`Subscription::call`] and friends: calls under the daemon's
 //!   cluster modes, on the route the request's labels select.
+//! - `replay`: a request body kept (up to a bound) so a call can be sent
+//!   again: retries and hedges through the channel.
+//! - [`channel`]: [`LbChannel`] (`Subscription::channel`), a `tower::Service`
+//!   for tonic clients that runs each call under the daemon's cluster mode
+//!   and deadline (request labels for routing rules as `lb-label-*`
+//!   metadata), over backend connections with keep-alive
+//!   ([`ChannelOptions`]).
 //! - [`reporter`]: the backend side: [`Reporter`] registers and streams [`LoadSample`]s.
 
 #![forbid(unsafe_code)]
@@ -59,12 +63,13 @@ pub mod inflight;
 pub mod list;
 mod pb;
 mod protocol;
+mod replay;
 pub mod reporter;
 pub mod subscription;
 
 pub use backoff::Backoff;
 pub use budget::{BudgetConfig, RetryBudget};
-pub use channel::LbChannel;
+pub use channel::{ChannelOptions, LbChannel};
 pub use cluster::{BroadcastReport, CallError, ClusterError, Picker};
 pub use cpu::CpuSampler;
 pub use credentials::Credentials;

@@ -47,6 +47,10 @@ fn cluster_config(c: v1::ClusterConfig) -> ClusterConfig {
             percent: c.budget_percent.map_or(d.percent, |p| p.min(100)),
             min_per_sec: c.budget_min_per_sec.unwrap_or(d.min_per_sec),
         },
+        // Clamped like every other field: the daemon validated it, and a
+        // newer daemon's larger bound is read as ours.
+        deadline: (c.deadline_ms > 0)
+            .then(|| Duration::from_millis(u64::from(c.deadline_ms)).min(cluster::MAX_DEADLINE)),
     }
 }
 
@@ -299,6 +303,7 @@ mod tests {
                 .into(),
                 budget_percent: Some(50),
                 budget_min_per_sec: None,
+                deadline_ms: 1500,
             }),
             ..Default::default()
         })
@@ -331,6 +336,17 @@ mod tests {
         assert_eq!(s.mode_for("/a.B/C"), &Mode::Forking { forks: 3 });
         assert_eq!(s.budget.percent, 50);
         assert_eq!(s.budget.min_per_sec, 10);
+        assert_eq!(s.deadline, Some(Duration::from_millis(1500)));
+        // 0 is no default deadline; a larger one than ours is read as ours.
+        let c = |deadline_ms| {
+            cluster_config(v1::ClusterConfig {
+                deadline_ms,
+                ..Default::default()
+            })
+            .deadline
+        };
+        assert_eq!(c(0), None);
+        assert_eq!(c(u32::MAX), Some(cluster::MAX_DEADLINE));
     }
 
     #[test]

@@ -187,6 +187,10 @@ pub enum CtlCommand {
         /// Retry budget: plus this many retries per second.
         #[arg(long)]
         budget_min_per_sec: Option<u32>,
+        /// Default deadline of a call whose caller set none (`2s`, `500ms`;
+        /// `0`: none); covers retries and hedges; a caller's own wins.
+        #[arg(long, value_parser = lb_core::duration::parse)]
+        deadline: Option<std::time::Duration>,
         /// Remove the method's own mode (it follows the service's again).
         #[arg(long, requires = "method")]
         clear: bool,
@@ -449,6 +453,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             flags,
             budget_percent,
             budget_min_per_sec,
+            deadline,
             clear,
         } => {
             let current = client
@@ -475,6 +480,10 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             }
             if budget_min_per_sec.is_some() {
                 cfg.budget_min_per_sec = budget_min_per_sec;
+            }
+            if let Some(d) = deadline {
+                // Out of range is sent as such, for the daemon to refuse.
+                cfg.deadline_ms = u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
             }
             let s = client
                 .set_cluster(pb::SetClusterRequest {
@@ -723,10 +732,14 @@ fn print_routing(s: &pb::ServiceStatus) {
         let d = c.default_mode.clone().unwrap_or_default();
         let budget = lb_core::cluster::Budget::default();
         say!(
-            "cluster   {} (retry budget {}% + {}/s)",
+            "cluster   {} (retry budget {}% + {}/s){}",
             show_mode(&d),
             c.budget_percent.unwrap_or(budget.percent),
-            c.budget_min_per_sec.unwrap_or(budget.min_per_sec)
+            c.budget_min_per_sec.unwrap_or(budget.min_per_sec),
+            match c.deadline_ms {
+                0 => String::new(),
+                ms => format!(", deadline {}ms", ms),
+            }
         );
         let methods: BTreeMap<_, _> = c.methods.iter().collect();
         for (m, mode) in methods {

@@ -133,6 +133,57 @@ impl Proc {
         }
     }
 
+    /// SIGSTOP, and waits (up to 10 s) until every thread of the process
+    /// is stopped: it freezes, its sockets stay open (the kernel still
+    /// accepts connections and data for it). [`Proc::cont`] resumes it;
+    /// dropping the `Proc` kills it stopped or not (SIGKILL needs no CONT).
+    pub fn stop(&self) -> Result<()> {
+        self.signal("-STOP")?;
+        // kill(2) returns before the threads have stopped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.all_threads_stopped() {
+            if std::time::Instant::now() >= deadline {
+                bail!("process {} did not stop within 10 s", self.pid());
+            }
+            // No notification exists for another process's state; a short
+            // poll bounded by the deadline above.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Whether every thread's state in `/proc` is stopped (`T`).
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    // "tid (comm) S ...": the state follows the last ')'.
+                    let after = stat.rsplit_once(')')?.1;
+                    after.trim_start().chars().next()
+                })
+                .is_some_and(|state| state == 'T')
+        })
+    }
+
+    /// SIGCONT: resumes a process [`Proc::stop`] froze.
+    pub fn cont(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill {sig} failed");
+        }
+        Ok(())
+    }
+
     /// The process's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -11,13 +11,18 @@
 //! - [`pki`]: a throwaway CA and certificates (server, SPIFFE client) for
 //!   the TLS tests.
 //! - binaries (`src/bin/`):
-//!   - `echo-backend`: an Echo server that registers with lb and reports its load;
+//!   - `echo-backend`: an Echo server that registers with lb and reports its
+//!     load (faults on demand: `--fail-while FILE`, `--delay-ms`);
 //!   - `echo-client`: calls Echo through lb-client and prints each backend's share.
 //! - tests (`tests/`):
 //!   - `e2e.rs`: shares by weight, backends killed (-9) and drained, the
 //!     daemon killed and restarted, `ctl` changes, the client's fallback;
 //!   - `routing.rs`: routing rules, failover under a kill, ejection and
 //!     re-admission, broadcast and multicast;
+//!   - `backend_faults.rs`: backends frozen (SIGSTOP), killed (-9) and slow
+//!     under a generated client on `Subscription::channel()`: deadlines,
+//!     keep-alive, UNAVAILABLE naming the backend, failover and hedging
+//!     through the channel, one attempt for open streams and large requests;
 //!   - `forged_stats.rs`: one client's forged stats eject nothing, two
 //!     agreeing clients' do;
 //!   - `grpclb_stock.rs`: a stock grpcio client through grpclb (`python/`);

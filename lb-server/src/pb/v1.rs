@@ -479,6 +479,7 @@ pub fn cluster_config(
             percent: c.budget_percent.unwrap_or(d.budget.percent),
             min_per_sec: c.budget_min_per_sec.unwrap_or(d.budget.min_per_sec),
         },
+        deadline: (c.deadline_ms > 0).then(|| Duration::from_millis(u64::from(c.deadline_ms))),
     };
     cfg.check(rules).map_err(|e| e.within(field))?;
     Ok(cfg)
@@ -536,6 +537,9 @@ pub fn cluster_config_pb(c: &ClusterConfig) -> pb::ClusterConfig {
             .collect(),
         budget_percent: Some(c.budget.percent),
         budget_min_per_sec: Some(c.budget.min_per_sec),
+        deadline_ms: c
+            .deadline
+            .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
     }
 }
 
@@ -869,6 +873,30 @@ mod tests {
             }
             assert_eq!(cluster_mode(cluster_mode_pb(&mode), &["r"]), Ok(mode));
         }
+    }
+
+    #[test]
+    fn cluster_deadline_is_bounded_and_optional() {
+        let with = |deadline_ms| {
+            cluster_config(
+                Some(pb::ClusterConfig {
+                    deadline_ms,
+                    ..pb::ClusterConfig::default()
+                }),
+                &[],
+                "cluster",
+            )
+        };
+        assert_eq!(with(0).unwrap().deadline, None);
+        let c = with(2000).unwrap();
+        assert_eq!(c.deadline, Some(Duration::from_secs(2)));
+        assert_eq!(cluster_config_pb(&c).deadline_ms, 2000);
+        assert_eq!(cluster_config_pb(&with(0).unwrap()).deadline_ms, 0);
+        let max = u32::try_from(cluster::MAX_DEADLINE.as_millis()).unwrap();
+        assert!(with(max).is_ok());
+        let e = with(max + 1).unwrap_err();
+        assert_eq!(e.field, "cluster.deadline_ms");
+        assert!(e.to_string().contains("3600001"), "{e}");
     }
 
     #[test]

@@ -185,6 +185,10 @@ pub struct StoredCluster {
     pub budget_percent: u32,
     #[prost(uint32, tag = "4")]
     pub budget_min_per_sec: u32,
+    /// The default deadline per call, ms (0: none; absent in records
+    /// written before it existed).
+    #[prost(uint64, tag = "5")]
+    pub deadline_ms: u64,
 }
 
 /// One cluster mode; fields that do not belong to `kind` are zero.
@@ -545,6 +549,9 @@ fn stored_cluster(c: &ClusterConfig) -> StoredCluster {
             .collect(),
         budget_percent: c.budget.percent,
         budget_min_per_sec: c.budget.min_per_sec,
+        deadline_ms: c
+            .deadline
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
@@ -572,6 +579,7 @@ fn routing_record(r: StoredRouting) -> Result<Record, FieldError> {
             percent: c.budget_percent,
             min_per_sec: c.budget_min_per_sec,
         },
+        deadline: (c.deadline_ms > 0).then(|| Duration::from_millis(c.deadline_ms)),
     };
     routing(r.service, rules, cluster)
 }
@@ -695,6 +703,7 @@ mod tests {
             .methods
             .insert("/a.B/D".into(), Mode::Forking { forks: 3 });
         cluster.budget.percent = 30;
+        cluster.deadline = Some(Duration::from_millis(2500));
         round_trip(Record::Routing {
             service: "svc".into(),
             rules,
@@ -741,5 +750,44 @@ mod tests {
             routing_record(bad).unwrap_err().field,
             "cluster.default_mode.route"
         );
+        // A default deadline out of range.
+        let bad = StoredRouting {
+            service: "svc".into(),
+            rules: vec![],
+            cluster: Some(StoredCluster {
+                deadline_ms: 3_600_001,
+                ..stored_cluster(&ClusterConfig::default())
+            }),
+        };
+        assert_eq!(
+            routing_record(bad).unwrap_err().field,
+            "cluster.deadline_ms"
+        );
+    }
+
+    #[test]
+    fn routing_records_written_before_the_deadline_field_load() {
+        // What an older build wrote: field 5 of the cluster message absent.
+        let old = StoredCluster {
+            default_mode: Some(stored_mode(&Mode::Failfast)),
+            budget_percent: 20,
+            budget_min_per_sec: 10,
+            ..StoredCluster::default()
+        };
+        let bytes = old.encode_to_vec();
+        let back = StoredCluster::decode(bytes.as_slice()).unwrap();
+        let r = routing_record(StoredRouting {
+            service: "svc".into(),
+            rules: vec![],
+            cluster: Some(back),
+        })
+        .unwrap();
+        match r {
+            Record::Routing { cluster, .. } => {
+                assert_eq!(cluster.default, Mode::Failfast);
+                assert_eq!(cluster.deadline, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -119,7 +119,17 @@ async fn bad_rules_and_cluster_modes_are_refused_and_not_persisted() {
         .await
         .unwrap_err();
     assert_field(&s, "cluster.budget_percent");
-    adm.set_cluster(set(mode(Kind::Failover, 5))).await.unwrap();
+    let deadline = |deadline_ms| SetClusterRequest {
+        service: SERVICE.into(),
+        cluster: Some(ClusterConfig {
+            default_mode: Some(mode(Kind::Failover, 5)),
+            deadline_ms,
+            ..Default::default()
+        }),
+    };
+    let s = adm.set_cluster(deadline(3_600_001)).await.unwrap_err();
+    assert_status(&s, Code::InvalidArgument, "cluster.deadline_ms");
+    adm.set_cluster(deadline(1500)).await.unwrap();
     d.stop().await;
 
     // Only the good settings were persisted.
@@ -136,10 +146,13 @@ async fn bad_rules_and_cluster_modes_are_refused_and_not_persisted() {
     assert_eq!(rules, [good]);
     let cluster = status.cluster.unwrap();
     assert_eq!(cluster.default_mode.unwrap().attempts, 5);
+    assert_eq!(cluster.deadline_ms, 1500);
     let mut sub = subscribe(d.addr, SERVICE).await;
     let l = next_list(&mut sub).await;
     assert_eq!(l.routes.len(), 1);
-    assert_eq!(l.cluster.unwrap().default_mode.unwrap().attempts, 5);
+    let cluster = l.cluster.unwrap();
+    assert_eq!(cluster.default_mode.unwrap().attempts, 5);
+    assert_eq!(cluster.deadline_ms, 1500);
     drop(sub);
     d.stop().await;
 }

@@ -844,6 +844,7 @@ fn method() -> BoxedStrategy<String> {
 /// A `ClusterConfig`, sometimes with more methods than allowed.
 pub fn cluster_config(maps: Maps) -> BoxedStrategy<pb::ClusterConfig> {
     use lb_core::cluster::{MAX_BUDGET_MIN_PER_SEC, MAX_METHODS};
+    const MAX_DEADLINE_MS: u32 = 3_600_000;
     let methods = match maps {
         Maps::AtMostOne => entries(method(), cluster_mode(), 0..=1),
         Maps::Many => prop_oneof![
@@ -860,13 +861,17 @@ pub fn cluster_config(maps: Maps) -> BoxedStrategy<pb::ClusterConfig> {
         methods,
         option::of(u32_in(0, 100)),
         option::of(u32_in(0, MAX_BUDGET_MIN_PER_SEC)),
+        u32_in(0, MAX_DEADLINE_MS),
     )
         .prop_map(
-            |(default_mode, methods, budget_percent, budget_min_per_sec)| pb::ClusterConfig {
-                default_mode,
-                methods,
-                budget_percent,
-                budget_min_per_sec,
+            |(default_mode, methods, budget_percent, budget_min_per_sec, deadline_ms)| {
+                pb::ClusterConfig {
+                    default_mode,
+                    methods,
+                    budget_percent,
+                    budget_min_per_sec,
+                    deadline_ms,
+                }
             },
         )
         .boxed()

@@ -405,6 +405,11 @@ pub fn set_cluster(r: pb::SetClusterRequest) -> Outcome {
                 c.budget.min_per_sec,
                 w.budget_min_per_sec.unwrap_or(d.min_per_sec)
             );
+            // The default deadline as sent (0: none).
+            assert_eq!(
+                c.deadline.map_or(0, |d| d.as_millis()),
+                u128::from(w.deadline_ms)
+            );
             assert_eq!(
                 conv::cluster_config(Some(conv::cluster_config_pb(&c)), &routes, "cluster")
                     .as_ref(),

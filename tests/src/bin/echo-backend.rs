@@ -1,5 +1,7 @@
 //! `echo-backend`: the example backend. Serves `lb.example.v1.Echo` (Whoami
-//! answers with its instance id and the `lb-token` the call carried),
+//! answers with its instance id and the `lb-token` the call carried; Echo
+//! and Collect do too, for a payload and a request stream; Calls counts
+//! them),
 //! registers with lb through the reporter in lb-client, counts in-flight
 //! requests with its tower layer, and drains (deregisters) on SIGINT/SIGTERM
 //! before exiting.
@@ -12,7 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use lb_client::{Credentials, Registration, Reporter, ReporterOptions};
 use lb_tests::echo::echo_server::{Echo, EchoServer};
-use lb_tests::echo::{WhoamiReply, WhoamiRequest};
+use lb_tests::echo::{CallsReply, CallsRequest, EchoRequest, WhoamiReply, WhoamiRequest};
 use tonic::{Request, Response, Status};
 
 /// An Echo backend that registers with lb and reports its load.
@@ -43,6 +45,10 @@ struct Args {
     /// UNAVAILABLE (tests of ejection and failover).
     #[arg(long)]
     fail_while: Option<std::path::PathBuf>,
+    /// Fault injection: answer Whoami and Echo after this many ms (tests of
+    /// hedging and deadlines).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
     /// A file holding the backend token to register with (else `LB_TOKEN`).
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
@@ -94,26 +100,70 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 struct EchoService {
     id: String,
     fail_while: Option<std::path::PathBuf>,
+    delay: std::time::Duration,
+    calls: std::sync::atomic::AtomicU64,
 }
 
-#[tonic::async_trait]
-impl Echo for EchoService {
-    async fn whoami(&self, req: Request<WhoamiRequest>) -> Result<Response<WhoamiReply>, Status> {
-        let lb_token = req
-            .metadata()
-            .get("lb-token")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+impl EchoService {
+    /// Counts the call, then fails it while the fault file exists.
+    fn enter(&self) -> Result<(), Status> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.fail_while.as_ref().is_some_and(|p| p.exists()) {
             return Err(Status::unavailable(format!(
                 "{}: injected failure",
                 self.id
             )));
         }
+        Ok(())
+    }
+
+    /// The answer to `metadata`'s call, after the configured delay.
+    async fn answer(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Response<WhoamiReply>, Status> {
+        let lb_token = metadata
+            .get("lb-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         Ok(Response::new(WhoamiReply {
             instance_id: self.id.clone(),
             lb_token,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn whoami(&self, req: Request<WhoamiRequest>) -> Result<Response<WhoamiReply>, Status> {
+        self.enter()?;
+        self.answer(req.metadata()).await
+    }
+
+    async fn echo(&self, req: Request<EchoRequest>) -> Result<Response<WhoamiReply>, Status> {
+        self.enter()?;
+        self.answer(req.metadata()).await
+    }
+
+    async fn collect(
+        &self,
+        req: Request<tonic::Streaming<EchoRequest>>,
+    ) -> Result<Response<WhoamiReply>, Status> {
+        self.enter()?;
+        let metadata = req.metadata().clone();
+        let mut stream = req.into_inner();
+        while stream.message().await?.is_some() {}
+        self.answer(&metadata).await
+    }
+
+    async fn calls(&self, _: Request<CallsRequest>) -> Result<Response<CallsReply>, Status> {
+        Ok(Response::new(CallsReply {
+            calls: self.calls.load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 }
@@ -154,6 +204,8 @@ async fn main() -> anyhow::Result<()> {
             .add_service(EchoServer::new(EchoService {
                 id: args.id,
                 fail_while: args.fail_while,
+                delay: std::time::Duration::from_millis(args.delay_ms),
+                calls: Default::default(),
             }))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
