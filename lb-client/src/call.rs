@@ -44,11 +44,18 @@ pub(crate) struct LanePicker<'a> {
     list: &'a PickList,
     lane: LaneRef,
     sub: &'a Subscription,
+    /// A request key: the first attempt follows the hash policies' affinity
+    /// table (as [`Subscription::pick_for_key`]); retries and hedges go to
+    /// the lane's other instances.
+    pub(crate) key: Option<&'a [u8]>,
 }
 
 impl Picker for LanePicker<'_> {
     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
-        let r = self.list.pick_untried(self.lane, tried);
+        let r = match self.key {
+            Some(key) if tried.is_empty() => self.list.pick_for_key(key),
+            _ => self.list.pick_untried(self.lane, tried),
+        };
         // Only a first attempt that finds nothing counts for the daemon;
         // a failover that ran out of instances is the call's failure.
         if tried.is_empty() {
@@ -124,6 +131,7 @@ impl Subscription {
                     list,
                     lane,
                     sub: self,
+                    key: None,
                 },
                 mode,
             )),
@@ -186,6 +194,7 @@ impl Subscription {
             list: &list,
             lane,
             sub: self,
+            key: None,
         };
         within_deadline(&list, cluster::broadcast(&picker, cfg, f)).await
     }

@@ -91,7 +91,12 @@ pub struct ChannelOptions {
     /// Send an HTTP/2 PING after this long without a frame from the backend
     /// (`None`: no keep-alive). Default 10 s: the shortest interval gRPC-Go
     /// lets a client use, and the one lb-client's daemon connection uses. A
-    /// busy connection sends none: any frame read resets the clock.
+    /// busy connection sends none: any frame read resets the clock. gRPC
+    /// servers in C-core, Java and Go count a ping that comes sooner than
+    /// 5 minutes after the last one (their default `MinTime`) as a strike
+    /// unless they sent data in between, and close the connection after
+    /// three; a call to such a backend that stays silent for 30 s or more
+    /// needs a longer interval here (or their policy relaxed).
     pub keepalive_interval: Option<Duration>,
     /// Close the connection, failing its calls with UNAVAILABLE, when a
     /// PING is not answered within this. Default 5 s (gRPC's default is
@@ -99,12 +104,14 @@ pub struct ChannelOptions {
     /// request handlers, so a healthy one takes a millisecond, and calls on
     /// a frozen backend fail within 15 s rather than 30.
     pub keepalive_timeout: Duration,
-    /// Ping idle connections too (default true), so that a backend that
-    /// froze or vanished between calls is found before a call is sent to
-    /// it. Backends whose gRPC server polices pings (C-core, Java and Go
-    /// allow one every 5 minutes without calls by default, and answer more
-    /// with GOAWAY `too_many_pings`) need that relaxed, or this false;
-    /// tonic servers do not police them.
+    /// Ping idle connections too (default false). The pings that matter go
+    /// while calls are in flight: they find a backend that froze or
+    /// vanished under a call. Pinging idle connections would also find it
+    /// before the next call is sent, but gRPC servers in C-core, Java and Go
+    /// allow one ping every 5 minutes on a connection without calls by
+    /// default and answer more with GOAWAY `too_many_pings` (gRFC A8), so a
+    /// 10 s idle ping would cut every idle connection to them. Turn it on
+    /// for backends that allow it (tonic servers do not police pings).
     pub keepalive_while_idle: bool,
     /// `TCP_NODELAY` (default true, as in every gRPC implementation): small
     /// messages are sent at once rather than held back by Nagle's algorithm.
@@ -123,7 +130,7 @@ impl Default for ChannelOptions {
             connect_timeout: Duration::from_secs(2),
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(5),
-            keepalive_while_idle: true,
+            keepalive_while_idle: false,
             tcp_nodelay: true,
             replay_limit: 64 * 1024,
         }
@@ -236,7 +243,10 @@ impl LbChannel {
         );
         let labels = request_labels(&parts.headers);
         let (picker, mode) = match self.subscription.route(&list, parts.uri.path(), &labels) {
-            Ok(r) => r,
+            Ok((mut picker, mode)) => {
+                picker.key = parts.headers.get(HASH_KEY).map(HeaderValue::as_bytes);
+                (picker, mode)
+            }
             Err((Mode::Failsafe, _)) => return Ok(Answer::default().0),
             Err((_, no)) => return Err(no_pick(no)),
         };
@@ -371,6 +381,12 @@ fn http_code(s: http::StatusCode) -> tonic::Code {
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+
+/// The metadata key of a request's hash key: under the hash policies
+/// (`hash`, `consistent_hash`) requests with the same key go to the same
+/// backend while it is in the list (as [`Subscription::pick_for_key`]);
+/// under the others it changes nothing. `lb-hash-key: user-42`.
+pub const HASH_KEY: &str = "lb-hash-key";
 
 /// Metadata keys with this prefix carry request labels for routing rules:
 /// `lb-label-group: B` is the label `group=B`.
