@@ -14,6 +14,9 @@
 //!   subscribers; daemon RSS (baseline: the idle daemon), the time for an
 //!   admin change to reach a service's subscribers, and `policy::plan` timed
 //!   in-process on a 100-instance service.
+//! - `connections`: one process following N services with lb-client (N
+//!   subscriptions and a reporter); the daemon's open TCP connections and
+//!   its RSS (baseline: the idle daemon).
 //!
 //! Each prints a Markdown table and writes `<out>/<name>.json`. Every load loop
 //! is bounded in count and time. Build with `--release` for figures worth
@@ -32,14 +35,16 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use lb_bench::machine::machine;
 use lb_bench::stats::{p50_p99_max, round};
-use lb_client::{subscribe, ClientOptions, PickList, Subscription};
+use lb_client::{
+    subscribe, ClientOptions, LoadSample, PickList, Reporter, ReporterOptions, Subscription,
+};
 use lb_proto::v1::{
     admin_client::AdminClient, balancer_client::BalancerClient, registry_client::RegistryClient,
     report_load_request, subscribe_request, ClientIdentity, Instance, LoadReport, Policy,
     RegisterRequest, Registration, ReportLoadRequest, ReportLoadResponse, SetPolicyRequest,
     SetWeightRequest, SubscribeRequest,
 };
-use lb_tests::harness::Daemon;
+use lb_tests::harness::{connections_to, Daemon};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -103,6 +108,14 @@ enum Cmd {
         /// Admin changes timed for the propagation row. Default 30 (10 with --quick).
         #[arg(long)]
         changes: Option<usize>,
+    },
+    /// The daemon's connections and RSS with one process following many
+    /// services through lb-client.
+    Connections {
+        /// Subscriptions (lb-client, one service each), plus one reporter,
+        /// in this process. Default 1000 (200 with --quick).
+        #[arg(long)]
+        subscriptions: Option<usize>,
     },
     /// All three, one after the other.
     All,
@@ -1465,6 +1478,81 @@ async fn scale(
     Ok(())
 }
 
+// --------------------------------------------------------------- connections
+
+async fn connections(n: usize, out: &Path) -> anyhow::Result<()> {
+    if n == 0 {
+        bail!("--subscriptions must be at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &[])?;
+    let addr = daemon.addr();
+    let port = daemon.proc.addr.port();
+    let pid = daemon.proc.pid().to_string();
+    let rss_idle = status_mib(&pid, "VmRSS")?;
+    let conns_idle = connections_to(port);
+
+    eprintln!("connections: {n} subscriptions and a reporter in this process");
+    let t = Instant::now();
+    let mut options = ReporterOptions::new(&addr);
+    options.sampler = Some(Arc::new(LoadSample::default));
+    let registration = lb_client::Registration::new("svc-0", "i-0", "127.0.0.1:9");
+    let reporter = Reporter::start(registration, options);
+    let mut subs = Vec::with_capacity(n);
+    for i in 0..n {
+        subs.push(subscribe(&format!("svc-{i}"), ClientOptions::new(&addr)).await?);
+    }
+    reporter.wait_registered(WAIT).await?;
+    all_hold(&subs, |l| l.version() > 0).await?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let conns = connections_to(port);
+    let rss = status_mib(&pid, "VmRSS")?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let bench_rss = status_mib("self", "VmRSS")?;
+
+    let e = || json!("");
+    let row = |figure: String, value: Value, unit: &str, base: Value| {
+        vec![json!(figure), value, json!(unit), base]
+    };
+    Table {
+        bench: "connections",
+        title: format!("Connections: one process, {n} lb-client subscriptions and a reporter"),
+        columns: vec!["figure", "value", "unit", "baseline (idle daemon)"],
+        rows: vec![
+            row(
+                "TCP connections open to the daemon".into(),
+                json!(conns),
+                "",
+                json!(conns_idle),
+            ),
+            row("daemon RSS".into(), num(rss, 1), "MiB", num(rss_idle, 1)),
+            row(
+                "daemon RSS per subscription".into(),
+                num((rss - rss_idle) * 1024.0 / n as f64, 1),
+                "KiB",
+                e(),
+            ),
+            row("daemon file descriptors".into(), json!(fds), "", e()),
+            row("bench process RSS".into(), num(bench_rss, 1), "MiB", e()),
+            row(
+                "subscribe all, until each holds its first list".into(),
+                num(open_ms, 0),
+                "ms",
+                e(),
+            ),
+        ],
+        notes: vec![
+            format!("Subscriptions follow svc-0 … svc-{} (one each, unknown to the daemon: empty lists); the reporter registers i-0 in svc-0. Each subscription has its own client id, as separate ClientOptions give.", n - 1),
+            "Connections: ESTABLISHED sockets whose local port is the daemon's in /proc/net/tcp{,6} (the daemon's end of every client connection on this host; this process is the only client). RSS: VmRSS of /proc/<pid>/status, after every subscription holds its first list.".to_string(),
+        ],
+    }
+    .emit(out)?;
+    drop(subs);
+    reporter.shutdown(Duration::from_secs(1)).await;
+    drop(daemon);
+    Ok(())
+}
+
 // --------------------------------------------------------------- main
 
 fn main() -> anyhow::Result<()> {
@@ -1524,6 +1612,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let (i, s, c) = sc(instances, subscribers, changes);
             scale(i, services, s, c, &args.out).await
+        }
+        Cmd::Connections { subscriptions } => {
+            connections(
+                subscriptions.unwrap_or(if q { 200 } else { 1000 }),
+                &args.out,
+            )
+            .await
         }
         Cmd::PushFloorServer { payload } => floor::serve(payload).await,
         Cmd::All => {
