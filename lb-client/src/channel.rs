@@ -108,7 +108,11 @@ impl Service<http::Request<Body>> for LbChannel {
         let ep = match picked {
             Ok(ep) => ep,
             Err(NoPick::Dropped) => return fail(tonic::Status::unavailable("dropped by balancer")),
-            Err(NoPick::Empty) => return fail(tonic::Status::unavailable("no backend available")),
+            Err(NoPick::Empty) => {
+                return fail(tonic::Status::unavailable(
+                    self.subscription.no_backend_message(),
+                ))
+            }
             Err(NoPick::NoRoute) => {
                 return fail(tonic::Status::unavailable(
                     "the request's route matches no instance",
@@ -207,6 +211,11 @@ mod tests {
             .await
             .unwrap_err();
         let status = err.downcast::<tonic::Status>().unwrap();
-        assert_eq!(status.message(), "no backend available");
+        assert!(
+            status
+                .message()
+                .starts_with("no backend available for \"test\""),
+            "{status:?}"
+        );
     }
 }

@@ -640,6 +640,27 @@ impl Subscription {
         self.inner.shared.link.borrow().last_error.clone()
     }
 
+    /// The message of a call that found the list empty: the service, what
+    /// the daemon said of it, and why no daemon is reachable if none is.
+    pub(crate) fn no_backend_message(&self) -> String {
+        use std::fmt::Write as _;
+        let link = self.inner.shared.link.borrow();
+        let mut m = format!("no backend available for {:?}: ", self.service());
+        match (&link.daemon, link.listed) {
+            (Some(d), true) => {
+                let _ = write!(
+                    m,
+                    "the lb daemon at {d} lists no instance of it (none registered, or all drained or ejected)"
+                );
+            }
+            _ => m.push_str("no server list from an lb daemon yet"),
+        }
+        if let Some(e) = &link.last_error {
+            let _ = write!(m, "; {e}");
+        }
+        m
+    }
+
     /// True while the stream to a daemon is up.
     pub fn connected(&self) -> bool {
         self.inner.shared.connected.load(Relaxed)
@@ -1095,6 +1116,32 @@ mod tests {
         assert!(sub.last_error().is_none());
         sub.close();
         accept.abort();
+    }
+
+    #[test]
+    fn an_empty_list_says_whose_and_why() {
+        let sub = Subscription::detached(PickList::empty());
+        assert_eq!(
+            sub.no_backend_message(),
+            "no backend available for \"test\": no server list from an lb daemon yet"
+        );
+        sub.inner.shared.link.send_modify(|l| {
+            l.listed = true;
+            l.daemon = Some("127.0.0.1:7400".into());
+        });
+        assert_eq!(
+            sub.no_backend_message(),
+            "no backend available for \"test\": the lb daemon at 127.0.0.1:7400 lists no instance of it (none registered, or all drained or ejected)"
+        );
+        sub.inner.shared.link.send_modify(|l| {
+            l.last_error = Some(DaemonError::ConnectionRefused {
+                daemon: "127.0.0.1:7400".into(),
+            })
+        });
+        assert!(sub
+            .no_backend_message()
+            .ends_with("; cannot reach the lb daemon at 127.0.0.1:7400: connection refused"));
+        assert_eq!(sub.last_error().unwrap().daemon(), "127.0.0.1:7400");
     }
 
     #[tokio::test]

@@ -73,6 +73,12 @@ async fn an_unknown_service_subscribes_and_its_calls_say_why_they_fail() {
     let mut client = EchoClient::new(sub.channel());
     let status = client.whoami(WhoamiRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status.message(),
+        format!(
+            "no backend available for \"not-yet\": the lb daemon at {addr} lists no instance of it (none registered, or all drained or ejected)"
+        )
+    );
     // The backend comes later; the same subscription follows.
     c.add(&BackendSpec::new("not-yet", "late", 1));
     wait_ids(&sub, &set(&["late"])).await;
