@@ -248,7 +248,7 @@ impl LbChannel {
                 (picker, mode)
             }
             Err((Mode::Failsafe, _)) => return Ok(Answer::default().0),
-            Err((_, no)) => return Err(no_pick(no)),
+            Err((_, no)) => return Err(no_pick(&self.subscription, no)),
         };
         let replay = Replay::new(body, self.options.replay_limit);
         // A unary request is whole now: retries and hedges may replay it.
@@ -268,7 +268,7 @@ impl LbChannel {
         };
         match result {
             Ok(Answer(response)) => Ok(response),
-            Err(ClusterError::NoPick(no)) => Err(no_pick(no)),
+            Err(ClusterError::NoPick(no)) => Err(no_pick(&self.subscription, no)),
             Err(e) => Err(Status::from(e)),
         }
     }
@@ -330,11 +330,12 @@ impl LbChannel {
 }
 
 /// The caller-facing status of a pick that found nothing.
-fn no_pick(no: NoPick) -> Status {
+fn no_pick(sub: &Subscription, no: NoPick) -> Status {
     Status::unavailable(match no {
-        NoPick::Dropped => "dropped by balancer",
-        NoPick::Empty => "no backend available",
-        NoPick::NoRoute => "the request's route matches no instance",
+        NoPick::Dropped => "dropped by balancer".to_string(),
+        // Whose list, and why it may be empty.
+        NoPick::Empty => sub.no_backend_message(),
+        NoPick::NoRoute => "the request's route matches no instance".to_string(),
     })
 }
 
@@ -653,7 +654,12 @@ mod tests {
 
         let mut ch = Subscription::detached(PickList::empty()).channel();
         let status = status_of(&mut ch, http::Request::new(Body::empty())).await;
-        assert_eq!(status.message(), "no backend available");
+        assert!(
+            status
+                .message()
+                .starts_with("no backend available for \"test\""),
+            "{status:?}"
+        );
     }
 
     /// A port on loopback with nothing listening (bound, then released).

@@ -95,6 +95,19 @@ impl Credentials {
         self.token.as_ref()
     }
 
+    /// What tells one TLS connection from another: the trusted CA, the
+    /// client certificate and the name checked (`None`: plaintext). The
+    /// token is not part of it: it is a per-call header, so callers with
+    /// different tokens can share a connection; a client certificate is the
+    /// connection's identity, so callers with different ones cannot.
+    pub(crate) fn tls_identity(&self) -> Option<TlsIdentity> {
+        Some(TlsIdentity {
+            ca_pem: self.ca_pem.clone()?,
+            identity: self.identity.clone(),
+            domain: self.domain.clone(),
+        })
+    }
+
     /// tonic's TLS settings, if TLS is on.
     pub(crate) fn tls_config(&self) -> Option<ClientTlsConfig> {
         let ca = self.ca_pem.as_ref()?;
@@ -106,6 +119,26 @@ impl Credentials {
             tls = tls.domain_name(d.clone());
         }
         Some(tls)
+    }
+}
+
+/// The TLS settings that make a connection what it is (see
+/// [`Credentials::tls_identity`]); compared in full, never hashed into a
+/// digest that could collide.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TlsIdentity {
+    ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: Option<String>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("TlsIdentity")
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,5 +181,28 @@ mod tests {
             .call(tonic::Request::new(()))
             .unwrap();
         assert!(none.metadata().get("authorization").is_none());
+    }
+
+    #[test]
+    fn the_tls_identity_is_what_the_connection_presents_not_the_token() {
+        let ca = Credentials::default().with_ca_pem("ca");
+        assert_eq!(Credentials::default().tls_identity(), None);
+        assert_eq!(
+            ca.tls_identity(),
+            ca.clone().with_token("lbt_x").tls_identity()
+        );
+        let cert = ca.clone().with_identity_pem("cert", "key");
+        assert_ne!(ca.tls_identity(), cert.tls_identity());
+        assert_ne!(
+            cert.tls_identity(),
+            ca.clone()
+                .with_identity_pem("cert", "other key")
+                .tls_identity()
+        );
+        assert_ne!(
+            ca.tls_identity(),
+            ca.clone().with_domain_name("lb.internal").tls_identity()
+        );
+        assert!(!format!("{:?}", cert.tls_identity()).contains("key"));
     }
 }

@@ -9,12 +9,19 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Returns once the daemon's first list is in place (up to
+//! // `ClientOptions::first_list_timeout`, 5 s), or fails saying why:
+//! // "cannot reach the lb daemon at 127.0.0.1:7400: connection refused".
 //! let sub = lb_client::subscribe("echo", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
 //! let ep = sub.pick()?;
 //! // ... call ep.address() ...
 //! sub.report(&ep, lb_client::Outcome::success(std::time::Duration::from_millis(3)));
+//! // Or give a generated tonic client `sub.channel()`: it picks per request.
 //! # Ok(()) }
 //! ```
+//!
+//! A process's subscriptions and reporter share one HTTP/2 connection per
+//! daemon ([`daemon`]).
 //!
 //! # Layout
 //! The modules, lowest first; each uses only those above it (plus `lb-core`):
@@ -33,10 +40,13 @@
 //!   ([`Registration`], [`LoadSample`], stats and updates).
 //! - `pb`: the gRPC edge: `protocol` and list types to and from the wire.
 //! - [`daemon`]: the connection to daemons: dialing ([`daemon::connect`]),
-//!   and the two streams (with `pb`, the only module that touches `lb_proto`
-//!   types).
-//! - [`subscription`]: [`subscribe`], [`Subscription`] and the background task
-//!   (connect, stream lists, reconnect, send call stats).
+//!   the process-wide pool that gives every subscription and reporter one
+//!   shared connection per daemon, [`DaemonError`] (why a daemon could not
+//!   be reached, classified from the error's source chain), and the two
+//!   streams (with `pb`, the only module that touches `lb_proto` types).
+//! - [`subscription`]: [`subscribe`] (which waits for the first list),
+//!   [`Subscription`] and the background task (connect, stream lists,
+//!   reconnect, send call stats).
 //! - [`call`]: [`Subscription::call`] and friends: calls under the daemon's
 //!   cluster modes, on the route the request's labels select.
 //! - `replay`: a request body kept (up to a bound) so a call can be sent
@@ -44,7 +54,7 @@
 //! - [`channel`]: [`LbChannel`] (`Subscription::channel`), a `tower::Service`
 //!   for tonic clients that runs each call under the daemon's cluster mode
 //!   and deadline (request labels for routing rules as `lb-label-*`
-//!   metadata), over backend connections with keep-alive
+//!   metadata, a hash key as `lb-hash-key`), over backend connections with keep-alive
 //!   ([`ChannelOptions`]).
 //! - [`reporter`]: the backend side: [`Reporter`] registers and streams [`LoadSample`]s.
 
@@ -73,6 +83,7 @@ pub use channel::{ChannelOptions, LbChannel};
 pub use cluster::{BroadcastReport, CallError, ClusterError, Picker};
 pub use cpu::CpuSampler;
 pub use credentials::Credentials;
+pub use daemon::DaemonError;
 pub use inflight::{InFlight, InFlightGuard, InFlightLayer};
 pub use lb_core::cluster::{Broadcast, ClusterConfig, Collect, Failover, Mode};
 pub use lb_core::model::InstanceSpec;

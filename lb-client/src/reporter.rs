@@ -1,10 +1,11 @@
 //! The backend side: register with the daemon and stream load reports.
 //!
 //! [`Reporter::start`] spawns a task that keeps one `Registry/ReportLoad` stream
-//! open: registration first, then a [`LoadSample`] every interval the daemon
-//! asks for. The daemon takes the instance out of every list as soon as the
-//! stream breaks, so the task reconnects forever (jittered backoff, daemons in
-//! turn). [`Reporter::shutdown`] drains gracefully: it sends `Drain`, waits for
+//! open, on the process's shared connection to the daemon (the one its
+//! subscriptions use, see [`crate::daemon`]): registration first, then a
+//! [`LoadSample`] every interval the daemon asks for. The daemon takes the
+//! instance out of every list as soon as the stream breaks, so the task
+//! reconnects forever (jittered backoff, daemons in turn). [`Reporter::shutdown`] drains gracefully: it sends `Drain`, waits for
 //! the daemon to close the stream (bounded by a timeout), then stops.
 //!
 //! By default a sample is this process's CPU utilization ([`crate::CpuSampler`])
@@ -25,17 +26,25 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::cpu::CpuSampler;
 use crate::credentials::Credentials;
-use crate::daemon;
+use crate::daemon::{self, DaemonError};
 use crate::inflight::{InFlight, InFlightLayer};
 use crate::protocol::{Directive, LoadSample, Outgoing, Registration};
 
 /// Why a reporter wait ended without success.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The daemon did not acknowledge the registration in time: check that it is
-    /// reachable and look for a refusal logged at warn level.
-    #[error("timed out waiting for the daemon to acknowledge the registration")]
-    Timeout,
+    /// The daemon did not acknowledge the registration in time: `last`
+    /// says why the latest attempt failed (unreachable, refused), if one did.
+    #[error(
+        "the lb daemon did not acknowledge the registration within {waited:?}{}",
+        last.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+    )]
+    Timeout {
+        /// How long it waited.
+        waited: Duration,
+        /// The latest failed attempt, if any.
+        last: Option<DaemonError>,
+    },
 }
 
 /// A load sampler, called once per report.
@@ -101,6 +110,8 @@ fn report_interval(ms: u32, current: Duration) -> Duration {
 struct Shared {
     /// True while the stream is up and the registration acknowledged.
     registered: watch::Sender<bool>,
+    /// The latest failed attempt; cleared on registration.
+    last_error: Mutex<Option<DaemonError>>,
     drain_requested: AtomicBool,
     in_flight: InFlight,
 }
@@ -130,6 +141,7 @@ impl Reporter {
         let in_flight = InFlight::default();
         let shared = Arc::new(Shared {
             registered: watch::Sender::new(false),
+            last_error: Mutex::new(None),
             drain_requested: AtomicBool::new(false),
             in_flight: in_flight.clone(),
         });
@@ -185,8 +197,22 @@ impl Reporter {
         if acked {
             Ok(())
         } else {
-            Err(Error::Timeout)
+            Err(Error::Timeout {
+                waited: timeout,
+                last: self.last_error(),
+            })
         }
+    }
+
+    /// Why the latest attempt to reach a daemon or register failed (the
+    /// address and the cause), or `None` while registered. The task retries
+    /// by itself.
+    pub fn last_error(&self) -> Option<DaemonError> {
+        self.shared
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// True once the daemon asked this backend to drain.
@@ -333,34 +359,27 @@ impl Task {
             &self.registration.instance.service,
             &self.registration.instance.instance_id,
         );
-        let connect = daemon::connect(
+        // The process's connection to this daemon, shared with its
+        // subscriptions; dialled (or re-dialled) by the call below.
+        let lease = match daemon::lease(
             daemon,
             self.options.connect_timeout,
             &self.options.credentials,
-        );
-        let channel = tokio::select! {
-            _ = stopped(stop) => return End::Stopped,
-            r = connect => match r {
-                Ok(ch) => ch,
-                Err(e) => {
-                    if attempt == 0 {
-                        warn!(%daemon, %service, instance = %id, error = %e, "cannot reach lb daemon; retrying");
-                    } else {
-                        debug!(%daemon, %service, instance = %id, error = %e, attempt, "cannot reach lb daemon");
-                    }
-                    return End::Failed;
-                }
-            },
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                let e = DaemonError::undialable(daemon, self.options.credentials.uses_tls(), &e);
+                warn!(%service, instance = %id, error = %e, "cannot dial the lb daemon");
+                self.record(Some(e));
+                return End::Failed;
+            }
         };
         let (tx, rx) = mpsc::channel(4);
         let mut stream = tokio::select! {
             _ = stopped(stop) => return End::Stopped,
-            r = daemon::report_load(channel, &self.options.credentials, &self.registration, rx) => match r {
+            r = daemon::report_load(lease.channel(), &self.options.credentials, &self.registration, rx) => match r {
                 Ok(s) => s,
-                Err(status) => {
-                    warn!(%daemon, %service, instance = %id, code = ?status.code(), "registration refused: {}", status.message());
-                    return classify(&status);
-                }
+                Err(status) => return self.refused(daemon, &status, attempt),
             },
         };
 
@@ -374,15 +393,17 @@ impl Task {
                 self.apply(d);
                 report_interval(d.report_interval_ms, DEFAULT_INTERVAL)
             }
-            Some(Err(status)) => {
-                warn!(%daemon, %service, instance = %id, code = ?status.code(), "registration refused: {}", status.message());
-                return classify(&status);
-            }
+            Some(Err(status)) => return self.refused(daemon, &status, attempt),
             None => {
                 warn!(%daemon, %service, instance = %id, "daemon closed the stream without acknowledging");
+                self.record(Some(DaemonError::Broken {
+                    daemon: daemon.to_owned(),
+                    cause: "the daemon closed the stream without acknowledging".to_owned(),
+                }));
                 return End::Failed;
             }
         };
+        self.record(None);
         self.shared.registered.send_replace(true);
         info!(%daemon, %service, instance = %id, ?interval, "registered with lb daemon");
 
@@ -414,7 +435,9 @@ impl Task {
                         // Even FAILED_PRECONDITION here (TTL expired, replaced) is
                         // worth a prompt re-registration: the registration itself
                         // was fine. A refusal at registration time backs off.
-                        info!(%daemon, %service, instance = %id, %status, "report stream ended; registering again");
+                        let e = self.classify_status(daemon, &status);
+                        info!(%service, instance = %id, error = %e, "report stream ended; registering again");
+                        self.record(Some(e));
                         return End::Acked;
                     }
                     None => {
@@ -424,6 +447,42 @@ impl Task {
                 },
             }
         }
+    }
+
+    /// `status` from the daemon at `daemon`, said for a person.
+    fn classify_status(&self, daemon: &str, status: &Status) -> DaemonError {
+        DaemonError::classify(
+            daemon,
+            self.options.credentials.uses_tls(),
+            self.options.connect_timeout,
+            status,
+        )
+    }
+
+    /// The stream could not be opened, or the registration was refused:
+    /// logged (loud once per outage), recorded, and how to back off.
+    fn refused(&self, daemon: &str, status: &Status, attempt: u32) -> End {
+        let (service, id) = (
+            &self.registration.instance.service,
+            &self.registration.instance.instance_id,
+        );
+        let e = self.classify_status(daemon, status);
+        if attempt == 0 || e.is_answer() {
+            warn!(%service, instance = %id, error = %e, "not registered; retrying");
+        } else {
+            debug!(%service, instance = %id, error = %e, attempt, "not registered; retrying");
+        }
+        self.record(Some(e));
+        classify(status)
+    }
+
+    /// Sets (or, registered, clears) the latest failure.
+    fn record(&self, e: Option<DaemonError>) {
+        *self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = e;
     }
 
     fn apply(&self, d: Directive) {
@@ -478,7 +537,7 @@ mod tests {
         drop(g);
         assert!(matches!(
             r.wait_registered(Duration::from_millis(20)).await,
-            Err(Error::Timeout)
+            Err(Error::Timeout { .. })
         ));
         r.shutdown(Duration::from_secs(1)).await;
     }

@@ -12,12 +12,31 @@
 //! cursor. A `watch` channel carries a generation counter so
 //! [`Subscription::wait_for`] can wake on every swap.
 //!
-//! The task connects to a daemon, opens `Balancer/Subscribe`, installs each list
-//! (ignoring older versions, except the first list of a new stream: the daemon
-//! lost its state, and following it is the best bet), and sends `ClientStats`
-//! when the daemon asks for them. When the stream breaks it keeps the last list,
-//! so calls keep flowing while the daemon is away, and reconnects with jittered
-//! backoff ([`crate::Backoff`]), trying the configured daemons in turn.
+//! The task opens `Balancer/Subscribe` on the process's shared connection to
+//! a daemon ([`crate::daemon`]: one HTTP/2 connection per daemon, whatever
+//! the number of subscriptions), installs each list (ignoring older
+//! versions, except the first list of a new stream: the daemon lost its
+//! state, and following it is the best bet), and sends `ClientStats` when
+//! the daemon asks for them. When the stream breaks it keeps the last list,
+//! so calls keep flowing while the daemon is away, and reconnects with
+//! jittered backoff ([`crate::Backoff`]), trying the configured daemons in
+//! turn.
+//!
+//! # The first list
+//! [`subscribe`] waits (up to [`ClientOptions::first_list_timeout`], 5 s by
+//! default) for the first list, so the call that follows it has backends to
+//! pick from. Definite answers (connection refused, a TLS failure,
+//! `unauthenticated`, any refusal: see [`DaemonError::is_definite`]) from
+//! every configured daemon in a row end the wait at once, with an
+//! [`Error`] naming the daemon and the cause. The task records every
+//! failed attempt, so [`Subscription::last_error`] and the "no backend
+//! available" error of a later call say why the daemon is away.
+//!
+//! A service the daemon has never heard of is not an error: the daemon
+//! answers with an empty list, `subscribe` returns, and the list fills when
+//! backends register (callers may start before their backends, as with
+//! gRPC's wait-for-ready). A call on the empty list fails with `unavailable`
+//! naming the service and saying the daemon lists no instance of it.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -38,7 +57,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::credentials::Credentials;
-use crate::daemon;
+use crate::daemon::{self, DaemonError};
 use crate::list::{self, Endpoint, NoPick, Outcome, PickList};
 use crate::protocol::{Identity, StatsReport};
 
@@ -60,12 +79,63 @@ pub enum Error {
         /// Why it was refused.
         source: tonic::transport::Error,
     },
+    /// The TLS settings of `ClientOptions::credentials` are unusable (a CA
+    /// or client certificate that is not PEM, a key that does not parse).
+    #[error("unusable TLS settings for the lb daemon at {address}: {reason}")]
+    InvalidCredentials {
+        /// The daemon address they were applied to.
+        address: String,
+        /// Why they were refused, with every cause.
+        reason: String,
+    },
     /// `ClientOptions::client_id` is empty: leave the default or give a unique id.
     #[error("client id is empty")]
     EmptyClientId,
+    /// [`subscribe`] got a definite answer from every daemon before a list:
+    /// connection refused, a TLS failure, a refusal such as
+    /// `unauthenticated`. `cause` names the daemon and says what to fix.
+    /// (With `ClientOptions::fallback` set, `subscribe` starts on the
+    /// fallback list instead.)
+    #[error("cannot subscribe to {service:?}: {cause}")]
+    Daemon {
+        /// The service subscribed to.
+        service: String,
+        /// The last daemon's answer.
+        cause: DaemonError,
+    },
+    /// [`subscribe`] waited `ClientOptions::first_list_timeout` without a
+    /// list or a definite answer: the daemon accepts connections but sends
+    /// nothing, or connecting keeps timing out. Raise the timeout, or set
+    /// it to `None` to return at once.
+    #[error(
+        "no server list for {service:?} from the lb daemon at {} within {waited:?}: {}",
+        daemons.join(", "),
+        waiting_for(*connected, last.as_ref())
+    )]
+    FirstListTimeout {
+        /// The service subscribed to.
+        service: String,
+        /// The daemons configured.
+        daemons: Vec<String>,
+        /// How long `subscribe` waited.
+        waited: Duration,
+        /// Whether a stream to a daemon was open when the wait ended.
+        connected: bool,
+        /// The latest failed attempt, if any.
+        last: Option<DaemonError>,
+    },
     /// [`Subscription::wait_for`] reached its deadline before the list matched.
     #[error("timed out waiting for the server list")]
     Timeout,
+}
+
+/// What a first-list wait was still waiting for.
+fn waiting_for(connected: bool, last: Option<&DaemonError>) -> String {
+    match (connected, last) {
+        (true, _) => "subscribed, but no list arrived".to_owned(),
+        (false, Some(e)) => format!("still connecting; last attempt: {e}"),
+        (false, None) => "no answer from it yet".to_owned(),
+    }
 }
 
 /// How to reach the daemons and who this client is.
@@ -90,7 +160,15 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// A token and TLS settings, for daemons that require them.
     pub credentials: Credentials,
+    /// How long [`subscribe`] waits for the first list (or a definite
+    /// failure) before returning; `None` returns at once, with the fallback
+    /// list (or an empty one) until the daemon's arrives. Default: 5 s.
+    pub first_list_timeout: Option<Duration>,
 }
+
+/// How long [`subscribe`] waits for the first list, unless configured:
+/// above the connect timeout (2 s), so one slow connect can be retried.
+pub const DEFAULT_FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ClientOptions {
     /// Options for one daemon; everything else defaults.
@@ -106,6 +184,13 @@ impl ClientOptions {
         self.credentials = credentials;
         self
     }
+
+    /// The same options with [`ClientOptions::first_list_timeout`] set:
+    /// `None` makes [`subscribe`] return at once.
+    pub fn with_first_list_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.first_list_timeout = timeout;
+        self
+    }
 }
 
 impl Default for ClientOptions {
@@ -119,6 +204,7 @@ impl Default for ClientOptions {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(2),
             credentials: Credentials::default(),
+            first_list_timeout: Some(DEFAULT_FIRST_LIST_TIMEOUT),
         }
     }
 }
@@ -194,6 +280,8 @@ struct Shared {
     threads: AtomicU32,
     /// Bumped on every list swap; `wait_for` watches it.
     generation: watch::Sender<u64>,
+    /// What the task knows of its daemons; `subscribe` watches it.
+    link: watch::Sender<Link>,
     connected: AtomicBool,
     streams: AtomicU64,
     dropped: AtomicU64,
@@ -247,6 +335,21 @@ impl Shared {
     }
 }
 
+/// What the task knows of its daemons: for [`subscribe`]'s wait, and for
+/// the errors callers see later.
+#[derive(Clone, Debug, Default)]
+struct Link {
+    /// A list from a daemon was installed.
+    listed: bool,
+    /// The daemon of the open (or the last) stream.
+    daemon: Option<String>,
+    /// The latest failed attempt; cleared when a stream opens.
+    last_error: Option<DaemonError>,
+    /// Definite failures in a row ([`DaemonError::is_definite`]); as many
+    /// as there are daemons means each refused.
+    definite: usize,
+}
+
 /// Dropped with the last [`Subscription`] clone; dropping `stop` ends the task.
 struct Handle {
     shared: Arc<Shared>,
@@ -272,10 +375,40 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
-/// Subscribes to `service`. Returns at once: the list starts as
-/// `options.fallback` and the daemon's lists replace it as they arrive, so a
-/// client can start while the daemon is down. Must be called within a Tokio
-/// runtime.
+/// Subscribes to `service` and waits, up to
+/// [`ClientOptions::first_list_timeout`] (5 s by default), for the daemon's
+/// first list, so a call made right after it has backends to pick from:
+///
+/// ```no_run
+/// # mod echo { pub struct EchoClient<T>(T); impl<T> EchoClient<T> { pub fn new(t: T) -> Self { EchoClient(t) } } }
+/// # use echo::EchoClient;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use lb_client::{subscribe, ClientOptions};
+/// let sub = subscribe("echo", ClientOptions::new("127.0.0.1:7400")).await?;
+/// let mut client = EchoClient::new(sub.channel()); // a generated tonic client
+/// // ... client.whoami(...).await ...
+/// # Ok(()) }
+/// ```
+///
+/// It fails at once, with an [`Error::Daemon`] that names the daemon and
+/// the cause ("cannot reach the lb daemon at 127.0.0.1:7400: connection
+/// refused", a TLS failure, "unauthenticated: …"), when every configured
+/// daemon gave such a definite answer; and with
+/// [`Error::FirstListTimeout`], saying what it still waited for, when the
+/// bound passes. With `options.fallback` set it never fails for the
+/// daemon: it starts on the fallback list, which the daemon's lists
+/// replace as they arrive ([`Subscription::last_error`] says why none came).
+///
+/// A service the daemon has never heard of subscribes fine: its first
+/// list is empty and fills as backends register, so callers may start
+/// before their backends (gRPC's wait-for-ready); a call meanwhile fails
+/// with `unavailable` naming the service and saying the daemon lists no
+/// instance of it. Refusing here instead would make every deployment order
+/// matter, and an empty list is a daemon's definite answer.
+///
+/// The subscription shares the process's one HTTP/2 connection to its
+/// daemon with every other subscription and reporter. Must be called
+/// within a Tokio runtime.
 pub async fn subscribe(service: &str, options: ClientOptions) -> Result<Subscription, Error> {
     if service.is_empty() {
         return Err(Error::EmptyService);
@@ -291,7 +424,16 @@ pub async fn subscribe(service: &str, options: ClientOptions) -> Result<Subscrip
             address: d.clone(),
             source,
         })?;
+        daemon::daemon_target(d, options.connect_timeout, &options.credentials).map_err(|e| {
+            Error::InvalidCredentials {
+                address: d.clone(),
+                reason: daemon::error_chain(&e),
+            }
+        })?;
     }
+    let wait = options.first_list_timeout;
+    let daemons = options.daemons.clone();
+    let fallback = !options.fallback.is_empty();
     let (subscription, stop) =
         Subscription::with_list(service, PickList::fallback(&options.fallback));
     let task = Task {
@@ -308,6 +450,12 @@ pub async fn subscribe(service: &str, options: ClientOptions) -> Result<Subscrip
         .task
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+    if let Some(bound) = wait {
+        if let Err(e) = subscription.first_list(bound, daemons, fallback).await {
+            subscription.close();
+            return Err(e);
+        }
+    }
     Ok(subscription)
 }
 
@@ -328,6 +476,7 @@ impl Subscription {
             installs: AtomicU64::new(0),
             threads: AtomicU32::new(0),
             generation: watch::Sender::new(0),
+            link: watch::Sender::new(Link::default()),
             connected: AtomicBool::new(false),
             streams: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -439,6 +588,79 @@ impl Subscription {
         }
     }
 
+    /// Waits up to `bound` for the first list from a daemon, or for each of
+    /// `daemons` to give a definite failure; see [`subscribe`].
+    async fn first_list(
+        &self,
+        bound: Duration,
+        daemons: Vec<String>,
+        fallback: bool,
+    ) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let mut link = shared.link.subscribe();
+        let n = daemons.len();
+        let ended = tokio::time::timeout(bound, async {
+            // Err only when the task's sender is gone, which `self` prevents.
+            let _ = link.wait_for(|l| l.listed || l.definite >= n).await;
+        })
+        .await;
+        let now = shared.link.borrow().clone();
+        if now.listed || fallback {
+            if !now.listed {
+                if let Some(e) = &now.last_error {
+                    warn!(service = %shared.service, error = %e, "no list from the lb daemon; starting on the fallback list");
+                }
+            }
+            return Ok(());
+        }
+        match (ended, now.last_error) {
+            (Ok(()), Some(cause)) => Err(Error::Daemon {
+                service: shared.service.clone(),
+                cause,
+            }),
+            (_, last) => Err(Error::FirstListTimeout {
+                service: shared.service.clone(),
+                daemons,
+                waited: bound,
+                connected: self.connected(),
+                last,
+            }),
+        }
+    }
+
+    /// The service this subscription follows.
+    pub fn service(&self) -> &str {
+        &self.inner.shared.service
+    }
+
+    /// Why the latest attempt to reach a daemon failed (the address and
+    /// the cause), or `None` while a stream is open. The task reconnects by
+    /// itself; this is for callers that want to say why no list arrives.
+    pub fn last_error(&self) -> Option<DaemonError> {
+        self.inner.shared.link.borrow().last_error.clone()
+    }
+
+    /// The message of a call that found the list empty: the service, what
+    /// the daemon said of it, and why no daemon is reachable if none is.
+    pub(crate) fn no_backend_message(&self) -> String {
+        use std::fmt::Write as _;
+        let link = self.inner.shared.link.borrow();
+        let mut m = format!("no backend available for {:?}: ", self.service());
+        match (&link.daemon, link.listed) {
+            (Some(d), true) => {
+                let _ = write!(
+                    m,
+                    "the lb daemon at {d} lists no instance of it (none registered, or all drained or ejected)"
+                );
+            }
+            _ => m.push_str("no server list from an lb daemon yet"),
+        }
+        if let Some(e) = &link.last_error {
+            let _ = write!(m, "; {e}");
+        }
+        m
+    }
+
     /// True while the stream to a daemon is up.
     pub fn connected(&self) -> bool {
         self.inner.shared.connected.load(Relaxed)
@@ -534,24 +756,19 @@ impl Task {
         stop: &mut watch::Receiver<bool>,
     ) -> (bool, bool) {
         let service = self.shared.service.clone();
-        let connect = daemon::connect(
+        // The process's connection to this daemon, shared; dialled (or
+        // re-dialled) by the call below.
+        let lease = match daemon::lease(
             daemon,
             self.options.connect_timeout,
             &self.options.credentials,
-        );
-        let connected = tokio::select! {
-            _ = stopped(stop) => return (false, true),
-            c = connect => c,
-        };
-        let channel = match connected {
-            Ok(ch) => ch,
+        ) {
+            Ok(l) => l,
             Err(e) => {
-                // Loud once per outage, quiet while retrying.
-                if attempt == 0 {
-                    warn!(%daemon, %service, error = %e, "cannot reach lb daemon; retrying");
-                } else {
-                    debug!(%daemon, %service, error = %e, attempt, "cannot reach lb daemon");
-                }
+                // `subscribe` checked the address and TLS settings; this is
+                // not expected, but is said like any other failure.
+                let tls = self.options.credentials.uses_tls();
+                self.failed(DaemonError::undialable(daemon, tls, &e), attempt);
                 return (false, false);
             }
         };
@@ -562,17 +779,26 @@ impl Task {
             zone: &self.options.zone,
             labels: &self.options.labels,
         };
-        let mut stream =
-            match daemon::subscribe(channel, &self.options.credentials, &service, client, rx).await
-            {
-                Ok(s) => s,
-                Err(status) => {
-                    warn!(%daemon, %service, %status, "daemon refused the subscription");
-                    return (false, false);
-                }
-            };
+        let credentials = &self.options.credentials;
+        let opened = tokio::select! {
+            _ = stopped(stop) => return (false, true),
+            r = daemon::subscribe(lease.channel(), credentials, &service, client, rx) => r,
+        };
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(status) => {
+                let e = self.classify(daemon, &status);
+                self.failed(e, attempt);
+                return (false, false);
+            }
+        };
         self.shared.connected.store(true, Relaxed);
         self.shared.streams.fetch_add(1, Relaxed);
+        self.shared.link.send_modify(|l| {
+            l.daemon = Some(daemon.to_owned());
+            l.last_error = None;
+            l.definite = 0;
+        });
         info!(%daemon, %service, "subscribed to lb daemon");
 
         let mut received = false;
@@ -594,11 +820,17 @@ impl Task {
                         }
                     }
                     Some(Err(status)) => {
-                        info!(%daemon, %service, %status, "subscription stream broke; keeping the last list");
+                        let e = self.classify(daemon, &status);
+                        info!(%service, error = %e, "subscription stream ended; keeping the last list");
+                        self.record(e);
                         break;
                     }
                     None => {
                         info!(%daemon, %service, "daemon ended the subscription stream; keeping the last list");
+                        self.record(DaemonError::Broken {
+                            daemon: daemon.to_owned(),
+                            cause: "the daemon ended the stream".to_owned(),
+                        });
                         break;
                     }
                 },
@@ -626,6 +858,38 @@ impl Task {
             }
         }
         (received, false)
+    }
+
+    /// `status` from the daemon at `daemon`, said for a person.
+    fn classify(&self, daemon: &str, status: &tonic::Status) -> DaemonError {
+        DaemonError::classify(
+            daemon,
+            self.options.credentials.uses_tls(),
+            self.options.connect_timeout,
+            status,
+        )
+    }
+
+    /// A failed attempt to open a stream: logged (a refusal always, other
+    /// failures loud once per outage and quiet while retrying) and recorded
+    /// for `subscribe` and callers.
+    fn failed(&self, e: DaemonError, attempt: u32) {
+        let service = &self.shared.service;
+        if attempt == 0 || e.is_answer() {
+            warn!(%service, error = %e, "no subscription; retrying");
+        } else {
+            debug!(%service, error = %e, attempt, "no subscription; retrying");
+        }
+        self.record(e);
+    }
+
+    /// Makes `e` the latest failure; counts it towards giving up on the
+    /// first list if it is definite, else starts that count over.
+    fn record(&self, e: DaemonError) {
+        self.shared.link.send_modify(|l| {
+            l.definite = if e.is_definite() { l.definite + 1 } else { 0 };
+            l.last_error = Some(e);
+        });
     }
 
     /// Installs a list from the daemon; returns the endpoints it retired.
@@ -664,6 +928,11 @@ impl Task {
         let retired = new.adopt(&current);
         debug!(%service, version = new.version(), entries = new.len(), servers = new.servers().len(), "new server list");
         self.shared.install(new);
+        // After the install: `subscribe` returns on this, and a call made
+        // then must find the list.
+        if !self.shared.link.borrow().listed {
+            self.shared.link.send_modify(|l| l.listed = true);
+        }
         retired
     }
 
@@ -777,6 +1046,104 @@ mod tests {
         sub.close();
     }
 
+    /// A port on loopback that refuses connections: bound, noted, closed.
+    fn refusing_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_fails_subscribe_at_once_naming_the_daemon() {
+        let addr = refusing_port();
+        let err = subscribe("svc", ClientOptions::new(&addr))
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Daemon { service, cause } => {
+                assert_eq!(service, "svc");
+                assert_eq!(
+                    *cause,
+                    DaemonError::ConnectionRefused {
+                        daemon: addr.clone()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            format!("cannot subscribe to \"svc\": cannot reach the lb daemon at {addr}: connection refused")
+        );
+        // With two refusing daemons, both are tried before giving up.
+        let mut o = ClientOptions::new(refusing_port());
+        o.daemons.push(addr.clone());
+        let err = subscribe("svc", o).await.unwrap_err();
+        assert!(matches!(err, Error::Daemon { cause, .. } if cause.daemon() == addr));
+    }
+
+    #[tokio::test]
+    async fn a_silent_daemon_times_the_wait_out_saying_so() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (held_tx, mut held) = mpsc::unbounded_channel();
+        let accept = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let _ = held_tx.send(conn);
+            }
+        });
+        let o = ClientOptions::new(&addr).with_first_list_timeout(Some(Duration::from_millis(200)));
+        let err = subscribe("svc", o).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::FirstListTimeout {
+                    connected: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("no server list for \"svc\" from the lb daemon at {addr} within 200ms: no answer from it yet")
+        );
+        assert!(held.recv().await.is_some(), "the client did connect");
+        // Without the wait, subscribe returns at once.
+        let o = ClientOptions::new(&addr).with_first_list_timeout(None);
+        let sub = subscribe("svc", o).await.unwrap();
+        assert_eq!(sub.version(), 0);
+        assert!(sub.last_error().is_none());
+        sub.close();
+        accept.abort();
+    }
+
+    #[test]
+    fn an_empty_list_says_whose_and_why() {
+        let sub = Subscription::detached(PickList::empty());
+        assert_eq!(
+            sub.no_backend_message(),
+            "no backend available for \"test\": no server list from an lb daemon yet"
+        );
+        sub.inner.shared.link.send_modify(|l| {
+            l.listed = true;
+            l.daemon = Some("127.0.0.1:7400".into());
+        });
+        assert_eq!(
+            sub.no_backend_message(),
+            "no backend available for \"test\": the lb daemon at 127.0.0.1:7400 lists no instance of it (none registered, or all drained or ejected)"
+        );
+        sub.inner.shared.link.send_modify(|l| {
+            l.last_error = Some(DaemonError::ConnectionRefused {
+                daemon: "127.0.0.1:7400".into(),
+            })
+        });
+        assert!(sub
+            .no_backend_message()
+            .ends_with("; cannot reach the lb daemon at 127.0.0.1:7400: connection refused"));
+        assert_eq!(sub.last_error().unwrap().daemon(), "127.0.0.1:7400");
+    }
+
     #[tokio::test]
     async fn wait_for_wakes_on_install() {
         let sub = Subscription::detached(PickList::empty());
@@ -875,8 +1242,13 @@ mod tests {
             .unwrap()))
         };
         let mut first = true;
+        assert!(!sub.inner.shared.link.borrow().listed);
         task.apply(l(5), &mut first);
         assert_eq!(sub.version(), 5);
+        assert!(
+            sub.inner.shared.link.borrow().listed,
+            "subscribe's wait ends"
+        );
         task.apply(l(4), &mut first); // older, same stream: ignored
         assert_eq!(sub.version(), 5);
         let mut first = true; // a new stream

@@ -341,6 +341,32 @@ pub fn sample(page: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// TCP connections open to `port` on this host, counted at the server's
+/// end: the ESTABLISHED sockets whose local port is `port` in
+/// /proc/net/tcp and /proc/net/tcp6 (hex fields, state 01). For a daemon
+/// on `127.0.0.1:0` that is its clients' connections, whatever process
+/// holds them.
+pub fn connections_to(port: u16) -> usize {
+    let port = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let mut fields = l.split_whitespace().skip(1);
+                    let local = fields.next().unwrap_or("");
+                    let state = fields.nth(1).unwrap_or("");
+                    state == "01" && local.rsplit(':').next() == Some(port.as_str())
+                })
+                .map(|_| ())
+                .collect::<Vec<_>>()
+        })
+        .count()
+}
+
 /// How long e2e tests wait for a condition.
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -17,6 +17,9 @@
 //! - tests (`tests/`):
 //!   - `e2e.rs`: shares by weight, backends killed (-9) and drained, the
 //!     daemon killed and restarted, `ctl` changes, the client's fallback;
+//!   - `client_first_try.rs`: the README's snippet works on its first call;
+//!     unreachable, token-requiring and untrusted daemons fail `subscribe`
+//!     at once naming the cause; one connection per process and daemon;
 //!   - `routing.rs`: routing rules, failover under a kill, ejection and
 //!     re-admission, broadcast and multicast;
 //!   - `backend_faults.rs`: backends frozen (SIGSTOP), killed (-9) and slow

@@ -14,6 +14,9 @@
 //!   subscribers; daemon RSS (baseline: the idle daemon), the time for an
 //!   admin change to reach a service's subscribers, and `policy::plan` timed
 //!   in-process on a 100-instance service.
+//! - `connections`: one process following N services with lb-client (N
+//!   subscriptions and a reporter); the daemon's open TCP connections and
+//!   its RSS (baseline: the idle daemon).
 //!
 //! Each prints a Markdown table and writes `<out>/<name>.json`. Every load loop
 //! is bounded in count and time. Build with `--release` for figures worth
@@ -32,14 +35,16 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use lb_bench::machine::machine;
 use lb_bench::stats::{p50_p99_max, round};
-use lb_client::{subscribe, ClientOptions, PickList, Subscription};
+use lb_client::{
+    subscribe, ClientOptions, LoadSample, PickList, Reporter, ReporterOptions, Subscription,
+};
 use lb_proto::v1::{
     admin_client::AdminClient, balancer_client::BalancerClient, registry_client::RegistryClient,
     report_load_request, subscribe_request, ClientIdentity, Instance, LoadReport, Policy,
     RegisterRequest, Registration, ReportLoadRequest, ReportLoadResponse, SetPolicyRequest,
     SetWeightRequest, SubscribeRequest,
 };
-use lb_tests::harness::Daemon;
+use lb_tests::harness::{connections_to, Daemon};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -103,6 +108,14 @@ enum Cmd {
         /// Admin changes timed for the propagation row. Default 30 (10 with --quick).
         #[arg(long)]
         changes: Option<usize>,
+    },
+    /// The daemon's connections and RSS with one process following many
+    /// services through lb-client.
+    Connections {
+        /// Subscriptions (lb-client, one service each), plus one reporter,
+        /// in this process. Default 1000 (200 with --quick).
+        #[arg(long)]
+        subscriptions: Option<usize>,
     },
     /// All three, one after the other.
     All,
@@ -820,11 +833,11 @@ async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()>
         ],
         rows,
         notes: vec![
-            format!("{n} lb-client subscriptions in the bench process (one HTTP/2 connection each, opened in {open_s:.1} s) follow one service of {NBACKENDS} backends; the backends are ReportLoad streams opened by the bench."),
+            format!("{n} lb-client subscriptions in the bench process ({} HTTP/2 connections: lb-client shares one per daemon among a process's subscriptions, at most {} streams each; opened in {open_s:.1} s) follow one service of {NBACKENDS} backends; the backends are ReportLoad streams opened by the bench.", n.div_ceil(lb_client::daemon::STREAMS_PER_CONNECTION), lb_client::daemon::STREAMS_PER_CONNECTION),
             format!("{changes} changes per kind; each row pools every subscriber × change sample ({} samples). The clock starts just before the change is issued (the Admin RPC, dropping the stream, sending the report) and stops at the moment a subscriber installed a list satisfying a content predicate (b0's share, or the victim absent): the list's own stamp (PickList::installed_at), read afterwards, so measuring adds no waiter tasks to the subscribers' work.", n * changes),
             format!("CPU per delivered list during the weight changes ({} lists; sum of /proc/<pid>/task/*/schedstat): lb-server {:.1} µs (build, encode, HTTP/2 send), bench process {:.1} µs (HTTP/2 receive, decode, adopt, install) per subscriber and change.", n * changes, many.cpu_per_list.0, many.cpu_per_list.1),
             "Baseline (same run, same daemon): the same changes observed by a single subscriber; ratio = p50 with all subscribers / p50 with one.".to_string(),
-            "The daemon and the bench process share the machine's cores: every subscriber's list is encoded by the daemon and decoded, adopted (PickList::adopt) and installed by its own lb-client task (one HTTP/2 connection each), all on the same cores. With the CPU per list above, 1,000 subscribers need (daemon + clients) × 1,000 of CPU time on 2 cores, which bounds the p99 from below; in deployment each client decodes only its own list.".to_string(),
+            "The daemon and the bench process share the machine's cores: every subscriber's list is encoded by the daemon and decoded, adopted (PickList::adopt) and installed by its own lb-client task, all on the same cores. With the CPU per list above, 1,000 subscribers need (daemon + clients) × 1,000 of CPU time on 2 cores, which bounds the p99 from below; in deployment each client decodes only its own list.".to_string(),
             format!("Transport floor (same run): {n} TCP connections to a second process of this binary, one tokio task per connection woken through a watch channel (as the daemon's subscriber streams are), each writing {payload} bytes (one encoded list with its HTTP/2 and gRPC framing) per change; {n} reader tasks here. CPU per push: server {:.1} µs, readers {:.1} µs (against the lists' {:.1} and {:.1} above). Its p99 ({floor99:.2} ms) is what loopback TCP and tokio cost for this fan-out on these cores before any gRPC, HTTP/2 or list work; the gRPC rows' p99 ÷ the floor's: {:.1} / {:.1} / {:.1}.", floor_cpu.0, floor_cpu.1, many.cpu_per_list.0, many.cpu_per_list.1, p50_p99_max(&many.weight).1 / floor99, p50_p99_max(&many.dies).1 / floor99, p50_p99_max(&many.load).1 / floor99),
             {
                 // CPU time the machine needs to deliver one change to every
@@ -1453,7 +1466,7 @@ async fn scale(
         columns: vec!["figure", "value (p50)", "p99", "max", "unit", "baseline (same run)", "ratio", "goal"],
         rows,
         notes: vec![
-            format!("Instances are unary Register leases (TTL 1 h, weights 1–5, {per_svc} per service). Subscribers are raw Balancer.Subscribe streams from the bench process, {} per service, over {} HTTP/2 connections (lb-client opens one connection per subscription; raw streams keep {nsubs} subscribers within one process's means: the bench process held {bench_rss:.0} MiB).", nsubs / nsvc, sub_chans.len()),
+            format!("Instances are unary Register leases (TTL 1 h, weights 1–5, {per_svc} per service). Subscribers are raw Balancer.Subscribe streams from the bench process, {} per service, over {} HTTP/2 connections (raw streams keep {nsubs} subscribers within one process's means: the bench process held {bench_rss:.0} MiB).", nsubs / nsvc, sub_chans.len()),
             format!("RSS is VmRSS from /proc/<pid>/status; baseline = the idle daemon in the same run (after serving one RPC). Peak (VmHWM) with everything: {hwm:.1} MiB."),
             format!("The change: Admin.SetWeight on one instance of {target}, toggling 10 / 1, {changes} times; latency from issuing the RPC until each subscriber of {target} received a newer list. Baseline: the same change with a single subscriber before the others were opened (same registry)."),
             "policy::plan is the daemon's pure planning step (lb_core::policy::plan) timed in this process on 100 candidates with load reports; median of 201 runs. The daemon also builds each subscriber's own order (client_order) when its stream sends a list.".to_string(),
@@ -1461,6 +1474,81 @@ async fn scale(
     }
     .emit(out)?;
     drop(subs);
+    drop(daemon);
+    Ok(())
+}
+
+// --------------------------------------------------------------- connections
+
+async fn connections(n: usize, out: &Path) -> anyhow::Result<()> {
+    if n == 0 {
+        bail!("--subscriptions must be at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &[])?;
+    let addr = daemon.addr();
+    let port = daemon.proc.addr.port();
+    let pid = daemon.proc.pid().to_string();
+    let rss_idle = status_mib(&pid, "VmRSS")?;
+    let conns_idle = connections_to(port);
+
+    eprintln!("connections: {n} subscriptions and a reporter in this process");
+    let t = Instant::now();
+    let mut options = ReporterOptions::new(&addr);
+    options.sampler = Some(Arc::new(LoadSample::default));
+    let registration = lb_client::Registration::new("svc-0", "i-0", "127.0.0.1:9");
+    let reporter = Reporter::start(registration, options);
+    let mut subs = Vec::with_capacity(n);
+    for i in 0..n {
+        subs.push(subscribe(&format!("svc-{i}"), ClientOptions::new(&addr)).await?);
+    }
+    reporter.wait_registered(WAIT).await?;
+    all_hold(&subs, |l| l.version() > 0).await?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let conns = connections_to(port);
+    let rss = status_mib(&pid, "VmRSS")?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let bench_rss = status_mib("self", "VmRSS")?;
+
+    let e = || json!("");
+    let row = |figure: String, value: Value, unit: &str, base: Value| {
+        vec![json!(figure), value, json!(unit), base]
+    };
+    Table {
+        bench: "connections",
+        title: format!("Connections: one process, {n} lb-client subscriptions and a reporter"),
+        columns: vec!["figure", "value", "unit", "baseline (idle daemon)"],
+        rows: vec![
+            row(
+                "TCP connections open to the daemon".into(),
+                json!(conns),
+                "",
+                json!(conns_idle),
+            ),
+            row("daemon RSS".into(), num(rss, 1), "MiB", num(rss_idle, 1)),
+            row(
+                "daemon RSS per subscription".into(),
+                num((rss - rss_idle) * 1024.0 / n as f64, 1),
+                "KiB",
+                e(),
+            ),
+            row("daemon file descriptors".into(), json!(fds), "", e()),
+            row("bench process RSS".into(), num(bench_rss, 1), "MiB", e()),
+            row(
+                "subscribe all, until each holds its first list".into(),
+                num(open_ms, 0),
+                "ms",
+                e(),
+            ),
+        ],
+        notes: vec![
+            format!("Subscriptions follow svc-0 … svc-{} (one each, unknown to the daemon: empty lists); the reporter registers i-0 in svc-0. Each subscription has its own client id, as separate ClientOptions give.", n - 1),
+            "Connections: ESTABLISHED sockets whose local port is the daemon's in /proc/net/tcp{,6} (the daemon's end of every client connection on this host; this process is the only client). RSS: VmRSS of /proc/<pid>/status, after every subscription holds its first list.".to_string(),
+        ],
+    }
+    .emit(out)?;
+    drop(subs);
+    reporter.shutdown(Duration::from_secs(1)).await;
     drop(daemon);
     Ok(())
 }
@@ -1524,6 +1612,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let (i, s, c) = sc(instances, subscribers, changes);
             scale(i, services, s, c, &args.out).await
+        }
+        Cmd::Connections { subscriptions } => {
+            connections(
+                subscriptions.unwrap_or(if q { 200 } else { 1000 }),
+                &args.out,
+            )
+            .await
         }
         Cmd::PushFloorServer { payload } => floor::serve(payload).await,
         Cmd::All => {

@@ -29,8 +29,10 @@ struct Args {
     /// Calls in flight at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u64,
-    /// Wait until the list holds at least this many servers before calling.
-    #[arg(long, default_value_t = 1)]
+    /// Wait until the list holds at least this many servers before calling
+    /// (subscribing already waits for the daemon's first list; this waits
+    /// for backends that are still registering).
+    #[arg(long, default_value_t = 0)]
     min_servers: usize,
     /// Fallback backend addresses used until the daemon answers (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -57,11 +59,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut opts = ClientOptions::new(&args.daemon);
     opts.fallback = args.fallback.clone();
+    // Returns with the daemon's first list in place (or fails saying why
+    // the daemon could not be reached), so the first call has backends.
     let sub = subscribe(&args.service, opts).await?;
     let min = args.min_servers;
-    sub.wait_for(Duration::from_secs(30), |l| l.servers().len() >= min)
-        .await
-        .map_err(|_| anyhow::anyhow!("the list never reached {min} servers within 30 s"))?;
+    if min > 0 {
+        sub.wait_for(Duration::from_secs(30), |l| l.servers().len() >= min)
+            .await
+            .map_err(|_| anyhow::anyhow!("the list never reached {min} servers within 30 s"))?;
+    }
 
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -73,23 +79,30 @@ async fn main() -> anyhow::Result<()> {
         tasks.spawn(async move {
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             let mut errors = 0u64;
+            let mut first_error = None;
             for _ in 0..n {
                 match client.whoami(WhoamiRequest {}).await {
                     Ok(r) => *counts.entry(r.into_inner().instance_id).or_default() += 1,
-                    Err(_) => errors += 1,
+                    Err(s) => {
+                        errors += 1;
+                        first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+                    }
                 }
             }
-            (counts, errors)
+            (counts, errors, first_error)
         });
     }
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors = 0u64;
+    let mut first_error = None;
     while let Some(r) = tasks.join_next().await {
-        let (c, e) = r?;
+        let (c, e, first) = r?;
         for (k, v) in c {
             *counts.entry(k).or_default() += v;
         }
         errors += e;
+        first_error = first_error.or(first);
     }
     let elapsed = started.elapsed();
     // Hand the last call outcomes to the daemon before exiting.
@@ -130,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
         args.calls,
         elapsed.as_secs_f64()
     );
+    if let Some(e) = first_error {
+        println!("first error: {e}");
+    }
     if errors > 0 || bad {
         println!("FAIL: shares or errors outside the expectation");
         std::process::exit(1);
