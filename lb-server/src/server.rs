@@ -120,16 +120,9 @@ impl Daemon {
         shutdown: impl Future<Output = ()>,
         ready: impl FnOnce(SocketAddr),
     ) -> Result<(), ServerError> {
-        let Daemon {
-            config,
-            auth,
-            tls,
-            engine,
-            engine_task,
-        } = self;
         let addr = listener.local_addr()?;
-        check_exposure(addr, &config, auth.is_enabled())?;
-        let metrics = match config.metrics_listen {
+        check_exposure(addr, &self.config, self.auth.is_enabled())?;
+        let metrics = match self.config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -137,46 +130,26 @@ impl Daemon {
             ),
             None => None,
         };
-        serve(
-            listener,
-            metrics,
-            Served {
-                config,
-                auth,
-                tls,
-                engine,
-                engine_task,
-            },
-            shutdown,
-            move || ready(addr),
-        )
-        .await
+        serve(listener, metrics, self, shutdown, move || ready(addr)).await
     }
 }
 
-/// What [`serve`] runs with.
-struct Served {
-    config: Config,
-    auth: Arc<Auth>,
-    tls: Option<Arc<Tls>>,
-    engine: EngineHandle,
-    engine_task: JoinHandle<()>,
-}
-
+/// Serves `daemon` on `listener` (and metrics on `metrics`) until
+/// `shutdown`, calling `ready` once gRPC is served; then drains.
 async fn serve(
     listener: TcpListener,
     metrics: Option<TcpListener>,
-    served: Served,
+    daemon: Daemon,
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> Result<(), ServerError> {
-    let Served {
+    let Daemon {
         config,
         auth,
         tls,
         engine,
         engine_task,
-    } = served;
+    } = daemon;
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(tls) = &tls {
         let mut stop = stop_rx.clone();

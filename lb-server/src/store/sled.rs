@@ -536,11 +536,11 @@ impl SledStore {
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
             .map_err(|e| match e {
-                StoreError::Sled(ref s) if s.to_string().contains("could not acquire lock") => {
-                    StoreError::Stuck {
-                        dir: self.inner.dir.clone(),
-                    }
-                }
+                // The failed opening in this process still holds the lock
+                // (another process would have had to take it meanwhile).
+                StoreError::Locked { .. } => StoreError::Stuck {
+                    dir: self.inner.dir.clone(),
+                },
                 e => e,
             })?;
         *self.inner.open.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(open));
