@@ -42,7 +42,8 @@ for w in 1 2 3; do
 done
 
 # The default policy is load_aware; this demo shows static weights at work.
-"$bin/lb-server" ctl --server "$daemon" set-policy echo weighted_round_robin >/dev/null
+# --create: the backends may not have registered yet.
+"$bin/lb-server" ctl --server "$daemon" set-policy echo weighted_round_robin --create >/dev/null
 echo "policy: weighted_round_robin (set with lb-server ctl)"
 
 echo "echo-client: 6000 calls through lb-client"

@@ -7,7 +7,7 @@
 # With a nightly toolchain and cargo-fuzz: the libFuzzer targets of fuzz/
 # (one per RPC: register, deregister, report_load, subscribe, list_services,
 # get_service, set_policy, set_weight, set_drain, put_rule, delete_rule,
-# set_cluster, put_static, remove_static, create_token, list_tokens,
+# set_cluster, put_static, remove_static, delete_service, create_token, list_tokens,
 # revoke_token, balance_load), built once with
 # AddressSanitizer and debug assertions, each run for SECONDS from a corpus
 # seeded by the proptest generators (fuzz/corpus/TARGET, kept between runs;
@@ -23,7 +23,7 @@ secs="${1:-60}"
 shift || true
 all=(register deregister report_load subscribe list_services get_service set_policy
     set_weight set_drain put_rule delete_rule set_cluster put_static remove_static
-    create_token list_tokens revoke_token balance_load)
+    delete_service create_token list_tokens revoke_token balance_load)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"

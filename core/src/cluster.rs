@@ -134,6 +134,17 @@ pub struct Failover {
     pub retry_on: Vec<Code>,
 }
 
+impl Failover {
+    /// The backoff ceiling that goes with a base backoff when none is set:
+    /// [`BACKOFF_MAX_FACTOR`] times it, at most [`MAX_BACKOFF_MAX`], at
+    /// least the base.
+    pub fn backoff_max_for(backoff: Duration) -> Duration {
+        (backoff * BACKOFF_MAX_FACTOR)
+            .min(MAX_BACKOFF_MAX)
+            .max(backoff)
+    }
+}
+
 impl Default for Failover {
     /// Three attempts (Dubbo's `retries=2`), 10 ms backoff doubling to
     /// 100 ms, retry on UNAVAILABLE only.
@@ -142,7 +153,7 @@ impl Default for Failover {
         Failover {
             attempts: 3,
             backoff,
-            backoff_max: backoff * BACKOFF_MAX_FACTOR,
+            backoff_max: Failover::backoff_max_for(backoff),
             retry_on: vec![Code::Unavailable],
         }
     }
@@ -444,6 +455,227 @@ impl ClusterConfig {
     }
 }
 
+/// A change to one mode, the service's or a method's: only what is set
+/// changes (an operator's `ctl set-cluster`). Fields that do not belong to
+/// the resulting kind are refused, naming the field (the wire's names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModeChange {
+    /// The kind; `None`: the kind in force.
+    pub kind: Option<Kind>,
+    /// Failover: total attempts.
+    pub attempts: Option<u32>,
+    /// Failover: base backoff.
+    pub backoff: Option<Duration>,
+    /// Failover: largest backoff.
+    pub backoff_max: Option<Duration>,
+    /// Failover: the codes retried (replacing the list in force).
+    pub retry_on: Option<Vec<Code>>,
+    /// Forking: attempts at once.
+    pub forks: Option<u32>,
+    /// Broadcast, multicast: what the caller gets.
+    pub collect: Option<Collect>,
+    /// Broadcast, multicast: the failure percentage that fails the call.
+    pub max_failure_percent: Option<u32>,
+    /// Multicast: the routing rule.
+    pub route: Option<String>,
+}
+
+impl ModeChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == ModeChange::default()
+    }
+
+    /// The mode this change makes of `current`: the same kind keeps every
+    /// setting not given, another kind (or `reset`) starts from that kind's
+    /// defaults. A new base backoff keeps the ceiling in force unless the
+    /// ceiling would fall below it; then the ceiling is the default for it
+    /// ([`Failover::backoff_max_for`]).
+    pub fn apply(&self, current: &Mode, reset: bool) -> Result<Mode, FieldError> {
+        let kind = self.kind.unwrap_or(current.kind());
+        let mut m = if reset || kind != current.kind() {
+            Mode::of(kind)
+        } else {
+            current.clone()
+        };
+        let only = |field: &str, owner: &str| {
+            Err(FieldError::new(
+                field,
+                format!("only applies to {owner}, not {}", kind.name()),
+            ))
+        };
+        let failover_only = [
+            ("attempts", self.attempts.is_some()),
+            ("backoff_ms", self.backoff.is_some()),
+            ("backoff_max_ms", self.backoff_max.is_some()),
+            ("retry_on", self.retry_on.is_some()),
+        ];
+        let fan_out_only = [
+            ("collect", self.collect.is_some()),
+            ("max_failure_percent", self.max_failure_percent.is_some()),
+        ];
+        match &mut m {
+            Mode::Failover(f) => {
+                if let Some(v) = self.attempts {
+                    f.attempts = v;
+                }
+                if let Some(v) = self.backoff {
+                    f.backoff = v;
+                    if f.backoff_max < v {
+                        f.backoff_max = Failover::backoff_max_for(v);
+                    }
+                }
+                if let Some(v) = self.backoff_max {
+                    f.backoff_max = v;
+                }
+                if let Some(v) = &self.retry_on {
+                    f.retry_on.clone_from(v);
+                }
+            }
+            _ => {
+                if let Some((field, _)) = failover_only.iter().find(|(_, set)| *set) {
+                    return only(field, "failover");
+                }
+            }
+        }
+        match &mut m {
+            Mode::Forking { forks } => {
+                if let Some(v) = self.forks {
+                    *forks = v;
+                }
+            }
+            _ if self.forks.is_some() => return only("forks", "forking"),
+            _ => {}
+        }
+        match &mut m {
+            Mode::Broadcast(b) | Mode::Multicast { broadcast: b, .. } => {
+                if let Some(v) = self.collect {
+                    b.collect = v;
+                }
+                if let Some(v) = self.max_failure_percent {
+                    b.max_failure_percent = v;
+                }
+            }
+            _ => {
+                if let Some((field, _)) = fan_out_only.iter().find(|(_, set)| *set) {
+                    return only(field, "broadcast and multicast");
+                }
+            }
+        }
+        match &mut m {
+            Mode::Multicast { route, .. } => {
+                if let Some(v) = &self.route {
+                    route.clone_from(v);
+                }
+            }
+            _ if self.route.is_some() => return only("route", "multicast"),
+            _ => {}
+        }
+        Ok(m)
+    }
+}
+
+/// A change to a service's cluster settings: one mode (the service's, or
+/// one method's) and the retry budget; only what is set changes. Applied by
+/// the daemon's one writer to the settings in force, so two operators'
+/// changes to different settings both take effect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterChange {
+    /// The method whose mode changes; `None`: the service's.
+    pub method: Option<String>,
+    /// Remove the method's own mode (it follows the service's again).
+    pub clear: bool,
+    /// Start from the defaults: the mode's own, and for the service's mode
+    /// the default retry budget too (methods' own modes are kept).
+    pub reset: bool,
+    /// What changes in the mode.
+    pub mode: ModeChange,
+    /// The budget's percentage.
+    pub budget_percent: Option<u32>,
+    /// The budget's floor per second.
+    pub budget_min_per_sec: Option<u32>,
+    /// The default deadline per call: `Some(None)` removes it.
+    pub deadline: Option<Option<Duration>>,
+}
+
+impl ClusterChange {
+    /// Checks what can be checked without the settings in force: the
+    /// method's path, `clear` with a method and nothing else.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if let Some(m) = &self.method {
+            check_method(m).map_err(|e| FieldError::new("method", e))?;
+        }
+        if self.clear {
+            if self.method.is_none() {
+                return Err(FieldError::new(
+                    "clear",
+                    "only a method's own mode can be cleared: name the method",
+                ));
+            }
+            if self.reset || !self.mode.is_empty() {
+                return Err(FieldError::new(
+                    "clear",
+                    "clears the method's mode: set nothing else of it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings this change makes of `current`, checked as a whole
+    /// against the service's rule names (`rules`, for multicast routes).
+    /// Errors name the change's fields (`attempts`, `budget_percent`, ...:
+    /// the same names as a mode's).
+    pub fn apply(
+        &self,
+        current: &ClusterConfig,
+        rules: &[&str],
+    ) -> Result<ClusterConfig, FieldError> {
+        self.check()?;
+        let mut c = current.clone();
+        match &self.method {
+            None => {
+                if self.reset {
+                    c.budget = Budget::default();
+                }
+                if self.reset || !self.mode.is_empty() {
+                    c.default = self.mode.apply(&current.default, self.reset)?;
+                    c.default.check(rules)?;
+                }
+            }
+            Some(m) if self.clear => {
+                c.methods.remove(m);
+            }
+            Some(m) => {
+                // A method without its own mode starts from the one it
+                // follows now: the service's.
+                let now = current.methods.get(m).unwrap_or(&current.default);
+                let mode = self.mode.apply(now, self.reset)?;
+                mode.check(rules)?;
+                if c.methods.insert(m.clone(), mode).is_none() && c.methods.len() > MAX_METHODS {
+                    return Err(FieldError::new(
+                        "method",
+                        format!("a mode for one more method than the {MAX_METHODS} allowed"),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = self.budget_percent {
+            c.budget.percent = v;
+        }
+        if let Some(v) = self.budget_min_per_sec {
+            c.budget.min_per_sec = v;
+        }
+        if let Some(d) = self.deadline {
+            c.deadline = d;
+        }
+        // The budget's own fields have the change's names; the rest (the
+        // number of methods) is the whole configuration's.
+        c.check(rules)?;
+        Ok(c)
+    }
+}
+
 /// A method path: "/package.Service/Method".
 fn check_method(m: &str) -> Result<(), String> {
     if m.len() > MAX_METHOD_LEN {
@@ -560,6 +792,117 @@ mod tests {
                 assert_eq!(r.unwrap_err(), "deadline_ms");
             }
         }
+    }
+
+    #[test]
+    fn a_change_keeps_what_it_does_not_name() {
+        let ms = Duration::from_millis;
+        let set = |c: &ClusterConfig, ch: ClusterChange| ch.apply(c, &["r"]).unwrap();
+        let c = set(
+            &ClusterConfig::default(),
+            ClusterChange {
+                mode: ModeChange {
+                    backoff: Some(ms(50)),
+                    ..ModeChange::default()
+                },
+                budget_percent: Some(30),
+                ..ClusterChange::default()
+            },
+        );
+        // Then only the attempts: the backoff and the budget stay.
+        let c = set(
+            &c,
+            ClusterChange {
+                mode: ModeChange {
+                    kind: Some(Kind::Failover),
+                    attempts: Some(5),
+                    ..ModeChange::default()
+                },
+                ..ClusterChange::default()
+            },
+        );
+        let Mode::Failover(f) = &c.default else {
+            panic!("{:?}", c.default)
+        };
+        assert_eq!((f.attempts, f.backoff, f.backoff_max), (5, ms(50), ms(100)));
+        assert_eq!(c.budget.percent, 30);
+        // A backoff above the ceiling takes the ceiling that goes with it.
+        let up = set(
+            &c,
+            ClusterChange {
+                mode: ModeChange {
+                    backoff: Some(ms(200)),
+                    ..ModeChange::default()
+                },
+                ..ClusterChange::default()
+            },
+        );
+        assert!(matches!(&up.default, Mode::Failover(f) if f.backoff_max == ms(2000)));
+        // A method starts from the service's mode; clear removes it again.
+        let method = || Some("/a.B/C".to_string());
+        let m = set(
+            &c,
+            ClusterChange {
+                method: method(),
+                mode: ModeChange {
+                    attempts: Some(2),
+                    ..ModeChange::default()
+                },
+                ..ClusterChange::default()
+            },
+        );
+        assert!(
+            matches!(&m.methods["/a.B/C"], Mode::Failover(f) if f.attempts == 2 && f.backoff == ms(50))
+        );
+        let cleared = set(
+            &m,
+            ClusterChange {
+                method: method(),
+                clear: true,
+                ..ClusterChange::default()
+            },
+        );
+        assert_eq!(cleared, c);
+        // Another kind starts from its defaults; reset too (and the budget).
+        let forking = set(
+            &c,
+            ClusterChange {
+                mode: ModeChange {
+                    kind: Some(Kind::Forking),
+                    ..ModeChange::default()
+                },
+                ..ClusterChange::default()
+            },
+        );
+        assert_eq!(forking.default, Mode::Forking { forks: 2 });
+        let reset = set(
+            &c,
+            ClusterChange {
+                reset: true,
+                ..ClusterChange::default()
+            },
+        );
+        assert_eq!(reset, ClusterConfig::default());
+        // A setting of another kind is refused, naming it.
+        let e = ClusterChange {
+            mode: ModeChange {
+                kind: Some(Kind::Forking),
+                attempts: Some(3),
+                ..ModeChange::default()
+            },
+            ..ClusterChange::default()
+        }
+        .apply(&c, &[])
+        .unwrap_err();
+        assert_eq!(e.field, "attempts");
+        assert!(e.reason.contains("only applies to failover"), "{e}");
+        let e = ClusterChange {
+            clear: true,
+            ..ClusterChange::default()
+        }
+        .apply(&c, &[])
+        .unwrap_err();
+        assert_eq!(e.field, "clear");
     }
 
     #[test]

@@ -46,6 +46,17 @@ pub struct ServiceView {
     pub grpclb: GrpclbTotals,
     /// grpc.lb.v1 streams open on the service now.
     pub grpclb_streams: u32,
+    /// lb.v1 subscriptions (lb-client) open on the service now.
+    pub subscribers: u32,
+}
+
+/// Who follows a service's plan now: open streams, by protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Followers {
+    /// lb.v1 subscriptions (lb-client).
+    pub subscribers: u32,
+    /// grpc.lb.v1 streams (stock gRPC clients).
+    pub grpclb_streams: u32,
 }
 
 /// An instance as `ctl get` shows it.
@@ -76,13 +87,12 @@ pub struct InstanceView {
 }
 
 /// Views of the registry's services (all, or only `only`), sorted by name.
-/// `published` gives a service's current plan, `grpclb_streams` its open
-/// grpc.lb.v1 streams.
+/// `published` gives a service's current plan, `followers` its open streams.
 pub fn services<P: std::borrow::Borrow<Published>>(
     registry: &Registry,
     only: Option<&str>,
     published: impl Fn(&str) -> Option<P>,
-    grpclb_streams: impl Fn(&str) -> u32,
+    followers: impl Fn(&str) -> Followers,
     now: Instant,
 ) -> Vec<ServiceView> {
     let mut names: BTreeSet<&String> = registry.services().map(|(n, _)| n).collect();
@@ -97,7 +107,7 @@ pub fn services<P: std::borrow::Borrow<Published>>(
                 registry,
                 name,
                 p.as_ref().map(|p| p.borrow()),
-                grpclb_streams(name),
+                followers(name),
                 now,
             )
         })
@@ -109,7 +119,7 @@ pub fn service(
     registry: &Registry,
     name: &str,
     published: Option<&Published>,
-    grpclb_streams: u32,
+    followers: Followers,
     now: Instant,
 ) -> Option<ServiceView> {
     let svc = registry.service(name)?;
@@ -184,6 +194,7 @@ pub fn service(
         utilization: seen.utilization.unwrap_or(0.0),
         backlog_seconds: seen.backlog.unwrap_or(0.0),
         grpclb: svc.grpclb.clone(),
-        grpclb_streams,
+        grpclb_streams: followers.grpclb_streams,
+        subscribers: followers.subscribers,
     })
 }

@@ -456,8 +456,10 @@ pub const STATUS_FIGURES_MAX: u64 = double(9)
     + widest(19, u32::MAX as u64);
 /// The figures of one `ServiceStatus`, at their widest: version, list
 /// length, share error, drop and no-backend counts, drop fraction,
-/// utilization, backlog, and the grpclb totals with every drop token.
+/// utilization, backlog, subscribers, and the grpclb totals with every drop
+/// token.
 const SERVICE_FIGURES_MAX: u64 = widest(4, u64::MAX)
+    + widest(15, u32::MAX as u64)
     + widest(5, u32::MAX as u64)
     + double(6)
     + 2 * widest(7, u64::MAX)
@@ -628,6 +630,8 @@ pub fn list_size(s: &ServiceShape<'_>) -> ListSize {
         .iter()
         .map(|(k, v)| len_field(2, str_field(1, k) + str_field(2, v)))
         .sum();
+    // `non_default_params`: at most every parameter's name.
+    let non_default: u64 = s.policy.params().keys().map(|k| str_field(16, k)).sum();
     let rules: u64 = s
         .rules
         .iter()
@@ -635,6 +639,7 @@ pub fn list_size(s: &ServiceShape<'_>) -> ListSize {
         .sum();
     let status = str_field(1, s.name)
         + len_field(2, str_field(1, s.policy.kind.name()) + params)
+        + non_default
         + s.instances.statuses
         + SERVICE_FIGURES_MAX
         + rules

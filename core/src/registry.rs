@@ -328,8 +328,8 @@ pub enum RegistryError {
     #[error("instance_id: {0:?} is a static instance; remove it (`lb-server ctl remove-static`) or use another id")]
     StaticOwned(String),
     /// An operator tried to add a static instance under the id of a live
-    /// backend's registration.
-    #[error("instance_id: {0:?} is registered by a running backend; deregister it first or use another id")]
+    /// backend's registration: stop that backend, or use another id.
+    #[error("instance_id: {0:?} is registered by a running backend; stop that backend (it leaves as it drains) or use another id")]
     BackendOwned(String),
     /// `remove-static` named an instance a backend registered.
     #[error("instance_id: {0:?} was registered by a backend, not added as static; it leaves when its backend deregisters")]
@@ -839,6 +839,30 @@ impl Registry {
             self.services.remove(&key.service);
         }
         removed
+    }
+
+    /// Removes a service with everything in it (instances, settings, health
+    /// and outcome state) and the operator overrides of its instances, those
+    /// registered now and those that outlived their registrations. Returns
+    /// the service, if it was known, and the keys of the overrides removed.
+    pub fn remove_service(&mut self, service: &str) -> (Option<Arc<Service>>, Vec<InstanceKey>) {
+        let removed = self.services.remove(service);
+        if let Some(s) = &removed {
+            self.instances -= s.instances.len();
+        }
+        let keys: Vec<InstanceKey> = self
+            .overrides
+            .keys()
+            .filter(|k| k.service == service)
+            .cloned()
+            .collect();
+        if !keys.is_empty() {
+            let overrides = Arc::make_mut(&mut self.overrides);
+            for k in &keys {
+                overrides.remove(k);
+            }
+        }
+        (removed, keys)
     }
 
     /// Removes every instance whose time ran out; returns their keys.

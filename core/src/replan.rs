@@ -39,6 +39,28 @@ pub struct Replanner {
     last_plan: HashMap<String, Instant>,
 }
 
+/// How a list version is made: the daemon's generation (persisted, one more
+/// at every start) in the high 32 bits and a counter of the plans published
+/// since that start in the low 32, so versions keep growing across restarts.
+/// Shown to operators as `generation.sequence` ([`show_version`]).
+pub const SEQUENCE_BITS: u32 = 32;
+
+/// The version before the first one a daemon of `generation` publishes.
+pub fn first_version(generation: u64) -> u64 {
+    generation << SEQUENCE_BITS
+}
+
+/// A version as operators read it: `generation.sequence` (`3.17`, the 17th
+/// plan published since the daemon's third start). 0 (nothing published) is
+/// `-`.
+pub fn show_version(version: u64) -> String {
+    if version == 0 {
+        return "-".into();
+    }
+    let sequence = version & ((1u64 << SEQUENCE_BITS) - 1);
+    format!("{}.{sequence}", version >> SEQUENCE_BITS)
+}
+
 /// A plan as clients get it: the plan and the version it was published as
 /// (versions only grow, so a client can ignore an older list).
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +231,14 @@ pub fn should_publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_show_as_generation_and_sequence() {
+        assert_eq!(show_version(first_version(3) + 17), "3.17");
+        assert_eq!(show_version(4_294_967_307), "1.11");
+        assert_eq!(show_version(0), "-");
+        assert!(first_version(2) > first_version(1) + u64::from(u32::MAX));
+    }
     use crate::model::{InstanceSpec, Load};
     use crate::policy::{PolicyKind, ServicePolicy};
     use crate::registry::Attachment;

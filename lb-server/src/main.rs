@@ -52,103 +52,118 @@ enum Command {
 struct Args {
     /// Address to serve gRPC on (port 0 picks a free port; the bound address is
     /// printed on stdout as `lb-server listening on ADDR`).
-    #[arg(long, default_value = "127.0.0.1:7400")]
+    #[arg(long, env = "LB_LISTEN", default_value = "127.0.0.1:7400")]
     listen: String,
     /// Directory of the embedded sled store (created if missing).
-    #[arg(long, default_value = "./lb-data")]
+    #[arg(long, env = "LB_DATA_DIR", default_value = "./lb-data")]
     data_dir: PathBuf,
     /// How often backends should report load (e.g. 250ms, 1s).
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, env = "LB_REPORT_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     report_interval: Duration,
     /// TTL for registrations that do not ask for one: a streamed backend
     /// silent this long, or a lease not renewed, leaves the lists.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_DEFAULT_TTL", default_value = "5s", value_parser = parse_duration)]
     default_ttl: Duration,
     /// After a restart, how long persisted instances stay listed while their
     /// backends reconnect.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_RESTORE_GRACE", default_value = "15s", value_parser = parse_duration)]
     restore_grace: Duration,
     /// How often clients should send call statistics.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_STATS_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     stats_interval: Duration,
     /// Policy of services nobody set one for (see `lb-server ctl set-policy --help`).
-    #[arg(long, default_value = "load_aware", value_parser = parse_policy)]
+    #[arg(long, env = "LB_DEFAULT_POLICY", default_value = "load_aware", value_parser = parse_policy)]
     default_policy: PolicyKind,
     /// Longest list (entries in one period) sent to clients.
-    #[arg(long, default_value_t = lb_core::policy::DEFAULT_MAX_LIST_LEN,
+    #[arg(long, env = "LB_MAX_LIST_LEN", default_value_t = lb_core::policy::DEFAULT_MAX_LIST_LEN,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_list_len: u32,
     /// How long a graceful shutdown waits for open calls.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
-    #[arg(long)]
+    #[arg(long, env = "LB_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Accept backends registering link-local addresses (169.254.0.0/16,
     /// fe80::/10; refused by default: cloud metadata services live there).
-    #[arg(long)]
+    #[arg(long, env = "LB_ALLOW_LINK_LOCAL")]
     allow_link_local: bool,
     /// Free disk space the store keeps: below it, changes are refused
     /// (`unavailable`, degraded mode) until space is freed (e.g. 4MiB, 512k;
     /// 0 turns the check off).
-    #[arg(long, default_value_t = Bytes(DEFAULT_MIN_FREE))]
+    #[arg(long, env = "LB_STORE_MIN_FREE", default_value_t = Bytes(DEFAULT_MIN_FREE))]
     store_min_free: Bytes,
 
     /// Require a token (or a bound client certificate) on every call; the
     /// admin token is generated into the data directory (admin.token, mode
     /// 0600) at the first start. On by itself when that file exists or with
     /// --admin-token-file.
-    #[arg(long, help_heading = "Security")]
+    #[arg(long, env = "LB_AUTH", help_heading = "Security")]
     auth: bool,
     /// File holding the admin token itself (turns authentication on).
-    #[arg(long, help_heading = "Security")]
+    #[arg(long, env = "LB_ADMIN_TOKEN_FILE", help_heading = "Security")]
     admin_token_file: Option<PathBuf>,
     /// Services (names or globs, comma-separated) whose lists grpclb serves
     /// without a token.
-    #[arg(long, value_delimiter = ',', value_parser = parse_pattern, help_heading = "Security")]
+    #[arg(long, env = "LB_GRPCLB_ANONYMOUS", value_delimiter = ',', value_parser = parse_pattern, help_heading = "Security")]
     grpclb_anonymous: Vec<Pattern>,
     /// PEM certificate chain: serve TLS on every listener (with --tls-key).
-    #[arg(long, requires = "tls_key", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "LB_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "LB_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
     tls_key: Option<PathBuf>,
     /// PEM CA certificates: client certificates signed by them are required
     /// (mTLS).
-    #[arg(long, requires = "tls_cert", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "LB_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
     tls_client_ca: Option<PathBuf>,
     /// Listen beyond loopback without TLS and authentication anyway.
-    #[arg(long, help_heading = "Security")]
+    #[arg(long, env = "LB_INSECURE", help_heading = "Security")]
     insecure: bool,
 
     /// Connections open at once; more are closed at accept.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, help_heading = "Limits")]
+    #[arg(long, env = "LB_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, help_heading = "Limits")]
     max_connections: usize,
     /// Time a connection has for its TLS handshake and HTTP/2 preface.
-    #[arg(long, default_value_t = Span(DEFAULT_HANDSHAKE_TIMEOUT), help_heading = "Limits")]
+    #[arg(long, env = "LB_HANDSHAKE_TIMEOUT", default_value_t = Span(DEFAULT_HANDSHAKE_TIMEOUT), help_heading = "Limits")]
     handshake_timeout: Span,
     /// Time a new stream has to send its first message (registration,
     /// subscription); then it is closed.
-    #[arg(long, default_value_t = Span(DEFAULT_FIRST_MESSAGE_TIMEOUT), help_heading = "Limits")]
+    #[arg(long, env = "LB_FIRST_MESSAGE_TIMEOUT", default_value_t = Span(DEFAULT_FIRST_MESSAGE_TIMEOUT), help_heading = "Limits")]
     first_message_timeout: Span,
     /// Largest request message decoded.
-    #[arg(long, default_value_t = Bytes(DEFAULT_MAX_MESSAGE_SIZE as u64), help_heading = "Limits")]
+    #[arg(long, env = "LB_MAX_MESSAGE_SIZE", default_value_t = Bytes(DEFAULT_MAX_MESSAGE_SIZE as u64), help_heading = "Limits")]
     max_message_size: Bytes,
     /// Concurrent streams per HTTP/2 connection.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS, help_heading = "Limits")]
+    #[arg(long, env = "LB_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS, help_heading = "Limits")]
     max_concurrent_streams: u32,
     /// Connections one token may use at once.
-    #[arg(long, default_value_t = DEFAULT_CONNECTIONS_PER_TOKEN, help_heading = "Limits")]
+    #[arg(long, env = "LB_MAX_CONNECTIONS_PER_TOKEN", default_value_t = DEFAULT_CONNECTIONS_PER_TOKEN, help_heading = "Limits")]
     max_connections_per_token: usize,
     /// Calls (streams included) one token may have open at once.
-    #[arg(long, default_value_t = DEFAULT_STREAMS_PER_TOKEN, help_heading = "Limits")]
+    #[arg(long, env = "LB_MAX_STREAMS_PER_TOKEN", default_value_t = DEFAULT_STREAMS_PER_TOKEN, help_heading = "Limits")]
     max_streams_per_token: usize,
     /// Admin changes per second per token, and the burst (with
     /// authentication on; the bootstrap admin token shares one budget).
-    #[arg(long, default_value_t = DEFAULT_ADMIN_WRITE_RATE, help_heading = "Limits")]
+    #[arg(long, env = "LB_ADMIN_WRITE_RATE", default_value_t = DEFAULT_ADMIN_WRITE_RATE, help_heading = "Limits")]
     admin_write_rate: f64,
     /// Subscriptions one client id may have open at once.
-    #[arg(long, default_value_t = DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT, help_heading = "Limits")]
+    #[arg(long, env = "LB_MAX_SUBSCRIPTIONS_PER_CLIENT", default_value_t = DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT, help_heading = "Limits")]
     max_subscriptions_per_client: usize,
 
     // Last: its help heading would apply to the flags after it.
@@ -184,35 +199,35 @@ fn parse_pattern(s: &str) -> Result<Pattern, String> {
 #[command(next_help_heading = "Quotas")]
 struct QuotaArgs {
     /// Most instances in one service.
-    #[arg(long, default_value_t = quota::DEFAULT_MAX_INSTANCES_PER_SERVICE as u32,
+    #[arg(long, env = "LB_MAX_INSTANCES_PER_SERVICE", default_value_t = quota::DEFAULT_MAX_INSTANCES_PER_SERVICE as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_instances_per_service: u32,
     /// Most instances in all services together.
-    #[arg(long, default_value_t = quota::DEFAULT_MAX_INSTANCES as u32,
+    #[arg(long, env = "LB_MAX_INSTANCES", default_value_t = quota::DEFAULT_MAX_INSTANCES as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_instances: u32,
     /// Most labels on one instance (at most 64, the hard limit).
-    #[arg(long, default_value_t = quota::DEFAULT_MAX_LABELS as u32,
+    #[arg(long, env = "LB_MAX_LABELS", default_value_t = quota::DEFAULT_MAX_LABELS as u32,
           value_parser = clap::value_parser!(u32).range(0..=MAX_LABELS as i64))]
     max_labels: u32,
     /// Most bytes of one label, key and value together (at most 318).
-    #[arg(long, default_value_t = quota::DEFAULT_MAX_LABEL_BYTES as u32,
+    #[arg(long, env = "LB_MAX_LABEL_BYTES", default_value_t = quota::DEFAULT_MAX_LABEL_BYTES as u32,
           value_parser = clap::value_parser!(u32).range(1..=MAX_LABEL_BYTES as i64))]
     max_label_bytes: u32,
     /// Most routing rules in one service (at most 64, the hard limit).
-    #[arg(long, default_value_t = quota::DEFAULT_MAX_RULES as u32,
+    #[arg(long, env = "LB_MAX_RULES", default_value_t = quota::DEFAULT_MAX_RULES as u32,
           value_parser = clap::value_parser!(u32).range(0..=MAX_RULES as i64))]
     max_rules: u32,
     /// Most entries in one cluster mode's retry_on list (at most 16, the
     /// error codes there are).
-    #[arg(long, default_value_t = quota::DEFAULT_MAX_RETRY_ON as u32,
+    #[arg(long, env = "LB_MAX_RETRY_ON", default_value_t = quota::DEFAULT_MAX_RETRY_ON as u32,
           value_parser = clap::value_parser!(u32).range(1..=MAX_RETRY_ON as i64))]
     max_retry_on: u32,
     /// Most bytes one service's list, grpclb list or GetService answer may
     /// take encoded, as estimated from what was registered and set (e.g.
     /// 2MiB, 512k; at least 64KiB). Keep it under clients' receive limit
     /// (4 MiB by default in gRPC).
-    #[arg(long, default_value_t = Bytes(quota::DEFAULT_MAX_LIST_BYTES))]
+    #[arg(long, env = "LB_MAX_LIST_BYTES", default_value_t = Bytes(quota::DEFAULT_MAX_LIST_BYTES))]
     max_list_bytes: Bytes,
 }
 
@@ -232,15 +247,39 @@ impl QuotaArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn main() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
     let result = runtime.block_on(daemon_or_ctl());
     // A store wait that never returns (a disk that hangs) must not hold up
     // the exit: everything acknowledged was flushed when it was acknowledged.
     runtime.shutdown_timeout(EXIT_GRACE);
-    result
+    if let Err(e) = result {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// An error and its causes on one line, each cause only if the text so far
+/// does not already say it (errors that quote their source would otherwise
+/// print it two or three times).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
 }
 
 /// How long the exit waits for blocking work (a store flush) left running.
@@ -327,6 +366,10 @@ async fn daemon_or_ctl() -> anyhow::Result<()> {
     for target in targets.iter().copied().chain(config.metrics_listen) {
         lb_server::server::check_listen(target, &config)?;
     }
+    // The store first: a data directory another daemon holds stops the start
+    // here, before anything listens or says it does.
+    tracing::info!(data_dir = %config.data_dir.display(), "lb-server starting");
+    let daemon = lb_server::server::Daemon::open(config).await?;
     let mut bound = Err(anyhow::anyhow!("{} resolves to no address", args.listen));
     for target in &targets {
         bound = bind(*target).with_context(|| format!("cannot listen on {target}"));
@@ -335,12 +378,13 @@ async fn daemon_or_ctl() -> anyhow::Result<()> {
         }
     }
     let listener = bound?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "lb-server starting");
     let shutdown = lb_server::server::shutdown_signal();
-    // Printed once the store is loaded would be nicer, but `run` owns that;
-    // clients can connect now and are served as soon as it is.
-    println!("lb-server listening on {addr}");
-    lb_server::run(listener, config, shutdown).await?;
+    daemon
+        .serve(listener, shutdown, |addr| {
+            tracing::info!(%addr, "lb-server serving");
+            // What scripts and tests wait for: printed only once it serves.
+            println!("lb-server listening on {addr}");
+        })
+        .await?;
     Ok(())
 }

@@ -103,6 +103,12 @@ pub fn render(views: &[ServiceView]) -> String {
         per_service(&|v| v.backlog_seconds),
     );
     family(
+        "lb_service_subscribers",
+        "gauge",
+        "lb.v1 subscriptions (lb-client) open on the service.",
+        per_service(&|v| f64::from(v.subscribers)),
+    );
+    family(
         "lb_grpclb_streams",
         "gauge",
         "grpc.lb.v1 (stock client) streams open on the service.",
@@ -151,7 +157,7 @@ pub fn render(views: &[ServiceView]) -> String {
     family(
         "lb_instance_share",
         "gauge",
-        "Share of the list's entries.",
+        "Share of the default list (0 for an instance an exclusive rule reserves).",
         per_instance(&|i| i.share),
     );
     family(
@@ -451,6 +457,7 @@ mod tests {
                 ..Default::default()
             },
             grpclb_streams: 2,
+            subscribers: 3,
         }
     }
 
@@ -510,6 +517,7 @@ mod tests {
             "lb_service_drop_fraction{service=\"shop\"} 0.25",
             "lb_service_backlog_seconds{service=\"shop\"} 0.125",
             "lb_service_list_version{service=\"shop\"} 7",
+            "lb_service_subscribers{service=\"shop\"} 3",
             "lb_grpclb_streams{service=\"shop\"} 2",
             "lb_grpclb_calls_started_total{service=\"shop\"} 30",
             "lb_rule_matches_no_instance{service=\"shop\",rule=\"ghost\"} 1",

@@ -1,4 +1,11 @@
-//! `run(listener, config, shutdown)`: the whole daemon, given a bound listener.
+//! `run(listener, config, shutdown)`: the whole daemon, given a bound
+//! listener; or, in two steps, [`Daemon::open`] then [`Daemon::serve`], so
+//! that `main` binds and announces its address only once the store is open.
+//!
+//! Start order: open the store (a data directory another daemon holds stops
+//! here, naming that process), authentication and TLS, start the engine
+//! (which loads the store); then bind metrics, serve gRPC, and only then
+//! say `ready`.
 //!
 //! Shutdown order: freeze the engine (streams closing from now on must not
 //! deregister anything), tell every open stream to end, stop accepting, wait
@@ -16,12 +23,13 @@ use lb_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::api::{AdminApi, BalancerApi, GrpclbApi, RegistryApi};
 use crate::auth::layer::AuthLayer;
 use crate::auth::{token, Auth};
 use crate::config::Config;
-use crate::engine;
+use crate::engine::{self, EngineHandle};
 use crate::store::{SledStore, StoreError};
 use crate::tls::Tls;
 
@@ -61,27 +69,87 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let addr = listener.local_addr()?;
-    let auth = Arc::new(authentication(&config).map_err(ServerError::Unsafe)?);
-    check_exposure(addr, &config, auth.is_enabled())?;
-    if let Some(m) = config.metrics_listen {
-        check_exposure(m, &config, auth.is_enabled())?;
+    check_listen(listener.local_addr()?, &config)?;
+    Daemon::open(config)
+        .await?
+        .serve(listener, shutdown, |_| {})
+        .await
+}
+
+/// The daemon with its store open and its engine running, not serving yet.
+pub struct Daemon {
+    config: Config,
+    auth: Arc<Auth>,
+    tls: Option<Arc<Tls>>,
+    engine: EngineHandle,
+    engine_task: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Opens the store under `--data-dir` first (a directory another
+    /// process holds is refused here, naming it), then sets up
+    /// authentication and TLS and starts the engine on the store's contents.
+    /// Nothing listens yet.
+    pub async fn open(config: Config) -> Result<Daemon, ServerError> {
+        let store = SledStore::open_with(&config.data_dir, config.store_min_free)?;
+        let auth = Arc::new(authentication(&config).map_err(ServerError::Unsafe)?);
+        if let Some(m) = config.metrics_listen {
+            check_exposure(m, &config, auth.is_enabled())?;
+        }
+        let tls = match &config.tls {
+            Some(files) => Some(Tls::load(files.clone()).map_err(ServerError::Unsafe)?),
+            None => None,
+        };
+        let (engine, engine_task) =
+            engine::start(Arc::new(store), config.clone(), Arc::clone(&auth)).await?;
+        Ok(Daemon {
+            config,
+            auth,
+            tls,
+            engine,
+            engine_task,
+        })
     }
-    let tls = match &config.tls {
-        Some(files) => Some(Tls::load(files.clone()).map_err(ServerError::Unsafe)?),
-        None => None,
-    };
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Metrics { addr, source })?,
-        ),
-        None => None,
-    };
-    let store = SledStore::open_with(&config.data_dir, config.store_min_free)?;
-    let (engine, engine_task) =
-        engine::start(Arc::new(store), config.clone(), Arc::clone(&auth)).await?;
+
+    /// Serves on `listener` until `shutdown` resolves, then drains (see the
+    /// module docs). `ready` is told the address once gRPC (and
+    /// `--metrics-listen`) are served.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        ready: impl FnOnce(SocketAddr),
+    ) -> Result<(), ServerError> {
+        let addr = listener.local_addr()?;
+        check_exposure(addr, &self.config, self.auth.is_enabled())?;
+        let metrics = match self.config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        serve(listener, metrics, self, shutdown, move || ready(addr)).await
+    }
+}
+
+/// Serves `daemon` on `listener` (and metrics on `metrics`) until
+/// `shutdown`, calling `ready` once gRPC is served; then drains.
+async fn serve(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    daemon: Daemon,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<(), ServerError> {
+    let Daemon {
+        config,
+        auth,
+        tls,
+        engine,
+        engine_task,
+    } = daemon;
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(tls) = &tls {
         let mut stop = stop_rx.clone();
@@ -152,6 +220,7 @@ pub async fn run(
             let _ = close_rx.await;
         });
     let mut serve = tokio::spawn(serve);
+    ready();
 
     tokio::select! {
         _ = shutdown => {}

@@ -31,6 +31,9 @@
 //!   - `grpclb_stock.rs`: a stock grpcio client through grpclb (`python/`);
 //!   - `store_migration.rs`: a data directory in the first store layout
 //!     (`fixtures/`) opens with everything acknowledged.
+//!   - `ctl.rs`: the operator CLI: partial changes and their diffs,
+//!     `--create`, `delete-service`, durations, what `get` shows, `LB_*`
+//!     variables, a daemon down, a data directory held by another daemon.
 
 #![forbid(unsafe_code)]
 

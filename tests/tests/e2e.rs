@@ -25,7 +25,8 @@ async fn three_backends_shares_match_weights() {
     );
     ctl(
         &c.daemon.addr(),
-        &["set-policy", "echo", "weighted_round_robin"],
+        // Backends may not have registered yet: --create makes the service.
+        &["set-policy", "echo", "weighted_round_robin", "--create"],
     )
     .expect("ctl set-policy");
     let sub = c.client("echo").await;
@@ -211,7 +212,11 @@ async fn ctl_policy_change_reaches_running_clients_and_survives_restart() {
         ],
     );
     let daemon = c.daemon.addr();
-    ctl(&daemon, &["set-policy", "echo", "weighted_round_robin"]).expect("ctl");
+    ctl(
+        &daemon,
+        &["set-policy", "echo", "weighted_round_robin", "--create"],
+    )
+    .expect("ctl");
     let sub = c.client("echo").await;
     let wrr = sub
         .wait_for(WAIT, |l| ids(l).len() == 3 && l.len() == 6)
@@ -327,7 +332,11 @@ async fn consistent_hash_agrees_across_clients_and_moves_few_keys() {
             BackendSpec::new("echo", "b4", 1),
         ],
     );
-    ctl(&c.daemon.addr(), &["set-policy", "echo", "consistent_hash"]).expect("ctl");
+    ctl(
+        &c.daemon.addr(),
+        &["set-policy", "echo", "consistent_hash", "--create"],
+    )
+    .expect("ctl");
     let (a, b) = (c.client("echo").await, c.client("echo").await);
     let ready = |l: &PickList| l.has_affinity() && ids(l).len() == 4;
     a.wait_for(WAIT, ready).await.expect("a has the table");
@@ -386,6 +395,7 @@ async fn client_call_stats_reach_the_daemon_even_when_the_client_exits_at_once()
             "round_robin",
             "-p",
             "stats_min_clients=1",
+            "--create",
         ],
     )
     .expect("set-policy");

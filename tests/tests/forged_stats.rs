@@ -125,6 +125,8 @@ async fn one_forging_client_cannot_eject_two_agreeing_clients_can() {
             "round_robin",
             "-p",
             "eject_max_percent=100",
+            // Backends may not have registered yet.
+            "--create",
         ],
     )
     .expect("set-policy");

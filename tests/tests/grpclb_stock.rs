@@ -163,7 +163,12 @@ async fn stock_grpcio_client_follows_lb_through_grpclb() {
         ],
     );
     let daemon = c.daemon.addr();
-    ctl(&daemon, &["set-policy", NAME, "weighted_round_robin"]).expect("set-policy");
+    // Backends may not have registered yet: --create makes the service.
+    ctl(
+        &daemon,
+        &["set-policy", NAME, "weighted_round_robin", "--create"],
+    )
+    .expect("set-policy");
     let s13 = c.backends["s13"].addr.to_string();
     ctl(&daemon, &["put-static", NAME, "s13", &s13, "--weight", "2"]).expect("put-static");
     let fallback_port = c.backends["fallback"].addr.port();

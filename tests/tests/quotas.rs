@@ -115,6 +115,8 @@ fn failover(retry_on: Vec<String>) -> pb::SetClusterRequest {
             }),
             ..Default::default()
         }),
+        create: true,
+        ..Default::default()
     }
 }
 
@@ -128,6 +130,7 @@ fn rule(name: &str) -> pb::PutRuleRequest {
             ..Default::default()
         }),
         position: None,
+        create: true,
     }
 }
 
@@ -339,6 +342,7 @@ async fn the_list_quota_bounds_what_one_service_answers() {
                 name: "round_robin".into(),
                 params: [("max_list_len".to_string(), "65536".to_string())].into(),
             }),
+            ..Default::default()
         })
         .await;
     refused(r, "list_bytes", "65536 bytes", "wide");

@@ -389,6 +389,8 @@ async fn failing_instance_is_ejected_and_readmitted() {
             // The test's one client is the only witness: trust it alone.
             "-p",
             "stats_min_clients=1",
+            // Backends may not have registered yet.
+            "--create",
         ],
     )
     .expect("set-policy");

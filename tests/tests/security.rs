@@ -307,6 +307,7 @@ async fn tokens_keep_callers_to_their_role_and_services() {
                 name: "random".into(),
                 params: HashMap::new(),
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -600,6 +601,7 @@ async fn tls_and_mtls_are_enforced_and_certificates_reload() {
         .await
         .put_static(pb::PutStaticRequest {
             instance: Some(instance("echo", "s1", 7100)),
+            create: true,
         })
         .await
         .expect("put-static over the reloaded certificate");
@@ -1128,6 +1130,7 @@ async fn per_token_and_per_client_limits_bite_and_are_counted() {
         let r = a
             .put_static(pb::PutStaticRequest {
                 instance: Some(instance("static", &format!("s{i}"), 7000 + i)),
+                create: true,
             })
             .await;
         if let Err(s) = r {
@@ -1144,6 +1147,7 @@ async fn per_token_and_per_client_limits_bite_and_are_counted() {
     let mut later = a
         .put_static(pb::PutStaticRequest {
             instance: Some(instance("static", "later", 7999)),
+            create: true,
         })
         .await;
     while later.is_err() && Instant::now() < deadline {
@@ -1151,6 +1155,7 @@ async fn per_token_and_per_client_limits_bite_and_are_counted() {
         later = a
             .put_static(pb::PutStaticRequest {
                 instance: Some(instance("static", "later", 7999)),
+                create: true,
             })
             .await;
     }
@@ -1239,6 +1244,7 @@ async fn one_token_under_many_client_ids_is_one_witness() {
             "round_robin",
             "-p",
             "eject_max_percent=100",
+            "--create",
         ],
     );
     let mut reg = registry(&addr, &admin).await;

@@ -75,6 +75,7 @@ fn heavy(id: &str, n: u32) -> pb::PutStaticRequest {
                 .collect::<HashMap<_, _>>(),
             ..Default::default()
         }),
+        create: true,
     }
 }
 

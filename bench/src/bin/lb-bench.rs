@@ -521,7 +521,13 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
     let data = dir.join("data");
     let mut daemon = Daemon::start(&data, "127.0.0.1:0", &[])?;
     let daemon_addr = daemon.addr();
-    let mut set = vec!["set-policy", sc.service.as_str(), c.lb_policy.as_str()];
+    // Before any backend registers: --create makes the service.
+    let mut set = vec![
+        "set-policy",
+        sc.service.as_str(),
+        c.lb_policy.as_str(),
+        "--create",
+    ];
     set.extend(c.params.iter().map(String::as_str));
     ctl(&daemon_addr, &set)?;
 

@@ -290,6 +290,9 @@ async fn set_policy(
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             }),
+            // The benchmark sets each service up before its backends come.
+            create: true,
+            ..Default::default()
         })
         .await?;
     Ok(())

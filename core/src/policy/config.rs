@@ -761,36 +761,14 @@ impl ServicePolicy {
     }
 
     /// Parses a policy name and `params` on top of `base`'s common settings
-    /// (e.g. the daemon's `--max-list-len`). Every error names the parameter.
+    /// (e.g. the daemon's `--max-list-len`); every other parameter takes its
+    /// default. Every error names the parameter.
     pub fn parse(
         name: &str,
         params: &BTreeMap<String, String>,
         base: &ServicePolicy,
     ) -> Result<ServicePolicy, FieldError> {
-        let kind = PolicyKind::parse(name).ok_or_else(|| {
-            let known: Vec<&str> = ALL_POLICIES.iter().map(|k| k.name()).collect();
-            FieldError::new(
-                "name",
-                format!("unknown policy {name:?}; known: {}", known.join(", ")),
-            )
-        })?;
-        let mut p = ServicePolicy::with_kind(kind);
-        p.max_list_len = base.max_list_len;
-        for (k, v) in params {
-            let param = Param::named(k).ok_or_else(|| bad(k, "unknown parameter"))?;
-            if let Section::Policy(owner) = param.section {
-                if owner != kind {
-                    return Err(bad(
-                        k,
-                        format!("belongs to {}, not {}", owner.name(), kind.name()),
-                    ));
-                }
-            }
-            let value = param.kind.parse(v).map_err(|e| bad(k, e))?;
-            (param.set)(&mut p, value);
-        }
-        p.check()?;
-        Ok(p)
+        PolicyChange::parse(name, params, true)?.apply(base, base)
     }
 
     /// Cross-parameter checks.
@@ -815,6 +793,20 @@ impl ServicePolicy {
         Ok(())
     }
 
+    /// The parameters that apply to this policy and are not at their
+    /// default (what [`PolicyChange`] with `reset` and `base` would give:
+    /// `base`'s `max_list_len`, the daemon's `--max-list-len`), by name.
+    pub fn non_default_params(&self, base: &ServicePolicy) -> Vec<&'static str> {
+        let mut defaults = ServicePolicy::with_kind(self.kind);
+        defaults.max_list_len = base.max_list_len;
+        PARAMS
+            .iter()
+            .filter(|p| p.section.applies_to(self.kind))
+            .filter(|p| p.render(self) != p.render(&defaults))
+            .map(|p| p.name)
+            .collect()
+    }
+
     /// Every parameter that applies to this policy, as text (defaults included).
     pub fn params(&self) -> BTreeMap<String, String> {
         PARAMS
@@ -822,6 +814,94 @@ impl ServicePolicy {
             .filter(|p| p.section.applies_to(self.kind))
             .map(|p| (p.name.to_string(), p.render(self)))
             .collect()
+    }
+}
+
+/// A change to a service's policy as an operator asks for it: the policy,
+/// the parameters given, and whether the others start from their defaults.
+///
+/// It is checked in two steps, because only the daemon's one writer knows
+/// the policy in force: [`PolicyChange::parse`] checks what can be checked
+/// alone (the policy's name, each parameter's name, that it belongs to the
+/// policy, its value and range), at the edge; [`PolicyChange::apply`] puts
+/// it on top of the policy in force and checks the result as a whole (e.g.
+/// `expiry` longer than `blackout`). Applied by the writer, two operators'
+/// changes to different parameters both take effect, whatever their order.
+#[derive(Debug, Clone)]
+pub struct PolicyChange {
+    /// The policy.
+    pub kind: PolicyKind,
+    /// Start from every parameter's default rather than the values in force.
+    pub reset: bool,
+    /// The parameters given, parsed, in name order.
+    values: Vec<(&'static Param, Value)>,
+}
+
+impl PolicyChange {
+    /// Checks a policy name and each of `params` on its own; `reset` starts
+    /// from the defaults when applied. Every error names the parameter
+    /// (`params.NAME`) or the policy (`name`).
+    pub fn parse(
+        name: &str,
+        params: &BTreeMap<String, String>,
+        reset: bool,
+    ) -> Result<PolicyChange, FieldError> {
+        let kind = PolicyKind::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = ALL_POLICIES.iter().map(|k| k.name()).collect();
+            FieldError::new(
+                "name",
+                format!("unknown policy {name:?}; known: {}", known.join(", ")),
+            )
+        })?;
+        let mut values = Vec::with_capacity(params.len());
+        for (k, v) in params {
+            let param = Param::named(k).ok_or_else(|| bad(k, "unknown parameter"))?;
+            if let Section::Policy(owner) = param.section {
+                if owner != kind {
+                    return Err(bad(
+                        k,
+                        format!("belongs to {}, not {}", owner.name(), kind.name()),
+                    ));
+                }
+            }
+            let value = param.kind.parse(v).map_err(|e| bad(k, e))?;
+            values.push((param, value));
+        }
+        Ok(PolicyChange {
+            kind,
+            reset,
+            values,
+        })
+    }
+
+    /// The policy this change makes of `current` (the policy in force):
+    /// every parameter not given keeps its value in `current`, except that
+    /// a policy's own parameters (e.g. load_aware's `blackout`) start from
+    /// their defaults when the policy changes. With `reset`, every
+    /// parameter not given takes its default, and `max_list_len` `base`'s
+    /// (the daemon's `--max-list-len`). The result is checked as a whole.
+    pub fn apply(
+        &self,
+        current: &ServicePolicy,
+        base: &ServicePolicy,
+    ) -> Result<ServicePolicy, FieldError> {
+        let mut p = ServicePolicy::with_kind(self.kind);
+        if self.reset {
+            p.max_list_len = base.max_list_len;
+        } else {
+            let kept = PARAMS.iter().filter(|param| match param.section {
+                Section::Lists | Section::Health => true,
+                Section::Policy(owner) => owner == self.kind && current.kind == self.kind,
+            });
+            for param in kept {
+                (param.set)(&mut p, (param.get)(current));
+            }
+        }
+        for (param, value) in &self.values {
+            (param.set)(&mut p, *value);
+        }
+        p.check()?;
+        Ok(p)
     }
 }
 
@@ -892,6 +972,63 @@ mod tests {
                 k.name()
             );
         }
+    }
+
+    #[test]
+    fn a_change_keeps_what_it_does_not_name() {
+        let base = ServicePolicy::default();
+        let change = |name: &str, kv: &[(&str, &str)], reset: bool| {
+            PolicyChange::parse(name, &params(kv), reset).unwrap()
+        };
+        let first = change(
+            "load_aware",
+            &[("eject_consecutive", "3"), ("blackout", "5s")],
+            false,
+        )
+        .apply(&base, &base)
+        .unwrap();
+        assert_eq!(first.health.consecutive_failures, 3);
+        // A second change to another parameter keeps the first one's.
+        let second = change("load_aware", &[("hysteresis", "0.1")], false)
+            .apply(&first, &base)
+            .unwrap();
+        assert_eq!(second.hysteresis, 0.1);
+        assert_eq!(second.health.consecutive_failures, 3);
+        assert_eq!(second.load_aware.blackout, Duration::from_secs(5));
+        // Another policy keeps the common parameters, not the old policy's own.
+        let other = change("round_robin", &[], false)
+            .apply(&second, &base)
+            .unwrap();
+        assert_eq!(other.kind, PolicyKind::RoundRobin);
+        assert_eq!(other.health.consecutive_failures, 3);
+        let back = change("load_aware", &[], false)
+            .apply(&other, &base)
+            .unwrap();
+        assert_eq!(
+            back.load_aware.blackout,
+            Duration::from_secs(2),
+            "a default again"
+        );
+        // reset: everything not given is a default (max_list_len: base's).
+        let mut small = base.clone();
+        small.max_list_len = 64;
+        let reset = change("load_aware", &[("hysteresis", "0.2")], true)
+            .apply(&second, &small)
+            .unwrap();
+        let mut want = ServicePolicy::with_kind(PolicyKind::LoadAware);
+        want.max_list_len = 64;
+        want.hysteresis = 0.2;
+        assert_eq!(reset, want);
+        // The result is checked as a whole, against the values in force.
+        assert_eq!(
+            second.non_default_params(&base),
+            ["hysteresis", "eject_consecutive", "blackout"]
+        );
+        assert_eq!(reset.non_default_params(&small), ["hysteresis"]);
+        let e = change("load_aware", &[("expiry", "4s")], false)
+            .apply(&second, &base)
+            .unwrap_err();
+        assert_eq!(e.field, "params.expiry");
     }
 
     #[test]

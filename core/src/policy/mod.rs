@@ -36,7 +36,7 @@ pub mod slow_start;
 pub mod swrr;
 pub mod view;
 
-pub use config::{PolicyKind, ServicePolicy, ALL_POLICIES, DEFAULT_MAX_LIST_LEN};
+pub use config::{PolicyChange, PolicyKind, ServicePolicy, ALL_POLICIES, DEFAULT_MAX_LIST_LEN};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -195,16 +195,27 @@ impl ServicePlan {
             && self.panic_threshold == other.panic_threshold
     }
 
-    /// Each server's share of the period's entries.
+    /// Each server's share of the calls of a client with no labels, zone or
+    /// id, made without request labels: its entries in the period among
+    /// those routing leaves in that client's default list. An instance an
+    /// exclusive rule reserves gets 0 (its calls come only through its
+    /// rule's route), and the others share what is left; drop entries count
+    /// as calls. All 0 when the default list is empty.
     pub fn shares(&self) -> Vec<f64> {
+        let members = view::default_members(self, &crate::model::ClientIdentity::default());
         let mut c = vec![0u64; self.servers.len()];
         for &i in &self.order {
-            if let Some(x) = c.get_mut(i as usize) {
-                *x += 1;
+            if members.get(i as usize).copied().unwrap_or(false) {
+                c[i as usize] += 1;
             }
         }
-        let n = self.order.len().max(1) as f64;
-        c.into_iter().map(|x| x as f64 / n).collect()
+        // Nothing but drop entries left: no instance serves the default list.
+        let real = c.iter().zip(&self.servers).any(|(&n, s)| n > 0 && !s.drop);
+        let n: u64 = c.iter().sum();
+        if !real || n == 0 {
+            return vec![0.0; self.servers.len()];
+        }
+        c.into_iter().map(|x| x as f64 / n as f64).collect()
     }
 }
 
@@ -613,6 +624,38 @@ mod tests {
         ];
         let after = share_of_b(&slowed, t1);
         assert!(after < before / 3.0, "{before} → {after}");
+    }
+
+    #[test]
+    fn an_instance_reserved_by_an_exclusive_rule_has_no_share_of_the_default_list() {
+        use crate::routing::{Match, Rule, Target};
+        let now = Instant::now();
+        let specs: Vec<InstanceSpec> = (0..7).map(|i| spec(&format!("i{i}"), 1)).collect();
+        let cands: Vec<Candidate<'_>> = specs.iter().map(cand).collect();
+        let mut p = plan(&cands, &kind(PolicyKind::RoundRobin), now);
+        let even = p.shares();
+        assert!(
+            even.iter().all(|s| (s - 1.0 / 7.0).abs() < 1e-9),
+            "{even:?}"
+        );
+        p.rules = Arc::new(vec![Rule {
+            name: "ab".into(),
+            when: Match {
+                request: [("group".to_string(), "B".to_string())].into(),
+                ..Match::default()
+            },
+            target: Target::Instance("i3".into()),
+            exclusive: true,
+            strict: false,
+        }]);
+        let s = p.shares();
+        assert_eq!(s[3], 0.0, "{s:?}");
+        for (i, x) in s.iter().enumerate().filter(|(i, _)| *i != 3) {
+            assert!((x - 1.0 / 6.0).abs() < 1e-9, "{i}: {s:?}");
+        }
+        // Not exclusive: it keeps its share of the default list.
+        Arc::make_mut(&mut p.rules)[0].exclusive = false;
+        assert_eq!(p.shares(), even);
     }
 
     #[test]

@@ -69,7 +69,55 @@ pub fn client_view(
             routes: Vec::new(),
         };
     }
-    // Routing sees the real servers only; drop entries are kept by `keep`.
+    let (default, routes) = memberships(plan, client);
+    let keep = |m: &[bool]| -> Vec<u32> {
+        // With nothing but drop entries left, the route has no instance.
+        if !m
+            .iter()
+            .zip(&plan.servers)
+            .any(|(&inside, s)| inside && !s.drop)
+        {
+            return Vec::new();
+        }
+        base.iter()
+            .copied()
+            .filter(|&i| m.get(i as usize).copied().unwrap_or(false))
+            .collect()
+    };
+    let order = keep(&default);
+    let routes = routes
+        .into_iter()
+        .map(|(r, members)| ViewRoute {
+            name: r.name,
+            request: r.request,
+            order: keep(&members),
+            strict: r.strict,
+        })
+        .collect();
+    ClientView {
+        tiers,
+        order,
+        routes,
+    }
+}
+
+/// Which of the plan's servers are in `client`'s default list, one flag per
+/// server (drop entries always are): the servers routing leaves it.
+pub fn default_members(plan: &ServicePlan, client: &ClientIdentity) -> Vec<bool> {
+    if plan.rules.is_empty() {
+        return vec![true; plan.servers.len()];
+    }
+    memberships(plan, client).0
+}
+
+/// The routing that applies to `client`, as membership over the plan's
+/// servers (drop entries are members of everything): its default list, and
+/// each request route with its members.
+fn memberships(
+    plan: &ServicePlan,
+    client: &ClientIdentity,
+) -> (Vec<bool>, Vec<(routing::ClientRoute, Vec<bool>)>) {
+    // Routing sees the real servers only; drop entries are added back.
     let real: Vec<usize> = (0..plan.servers.len())
         .filter(|&i| !plan.servers[i].drop)
         .collect();
@@ -90,7 +138,6 @@ pub fn client_view(
         labels: &client.labels,
     };
     let routing = routing::for_client(&plan.rules, &route_servers, &sub);
-    // Membership over the plan's servers (drop entries always members).
     let members = |set: &[bool]| -> Vec<bool> {
         let mut m: Vec<bool> = plan.servers.iter().map(|s| s.drop).collect();
         for (k, &i) in real.iter().enumerate() {
@@ -100,36 +147,16 @@ pub fn client_view(
         }
         m
     };
-    let keep = |m: &[bool]| -> Vec<u32> {
-        // With nothing but drop entries left, the route has no instance.
-        if !m
-            .iter()
-            .zip(&plan.servers)
-            .any(|(&inside, s)| inside && !s.drop)
-        {
-            return Vec::new();
-        }
-        base.iter()
-            .copied()
-            .filter(|&i| m.get(i as usize).copied().unwrap_or(false))
-            .collect()
-    };
-    let order = keep(&members(&routing.default));
+    let default = members(&routing.default);
     let routes = routing
         .routes
-        .iter()
-        .map(|r| ViewRoute {
-            name: r.name.clone(),
-            request: r.request.clone(),
-            order: keep(&members(&r.members)),
-            strict: r.strict,
+        .into_iter()
+        .map(|r| {
+            let m = members(&r.members);
+            (r, m)
         })
         .collect();
-    ClientView {
-        tiers,
-        order,
-        routes,
-    }
+    (default, routes)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use lb_core::cluster::ClusterConfig;
 use lb_core::inspect::ServiceView;
 use lb_core::model::{bounded, InstanceKey};
 use lb_proto::v1 as pb;
@@ -22,12 +23,12 @@ use super::engine_status;
 use crate::auth::{self, token, Auth, TokenRecord};
 use crate::config::Config;
 use crate::engine::cmd::{
-    CreateToken, PutStatic, RemoveStatic, RevokeToken, RoutingChange, SetOverride, SetPolicy,
-    SetRouting,
+    CreateToken, DeleteService, PutStatic, RemoveStatic, RevokeToken, RoutingChange, SetOverride,
+    SetPolicy, SetRouting,
 };
 use crate::engine::EngineHandle;
 use crate::pb::invalid;
-use crate::pb::v1::{self as conv, instance_status, service_status};
+use crate::pb::v1::{self as conv, cluster_config_pb, instance_status, policy_pb, ClusterSetting};
 
 /// The operator side of the API.
 #[derive(Clone)]
@@ -111,6 +112,14 @@ impl AdminApi {
             )
     }
 
+    /// A service as the admin API shows it.
+    fn status(&self, service: &str) -> Result<pb::ServiceStatus, Status> {
+        Ok(conv::service_status(
+            &self.view(service)?,
+            self.engine.default_policy(),
+        ))
+    }
+
     fn view(&self, service: &str) -> Result<ServiceView, Status> {
         self.engine
             .views(Some(service))
@@ -174,6 +183,7 @@ impl pb::admin_server::Admin for AdminApi {
                     policy: v.policy.kind.name().to_string(),
                     instances: v.instances.len() as u32,
                     version: v.version,
+                    subscribers: v.subscribers.saturating_add(v.grpclb_streams),
                 })
                 .collect(),
         }))
@@ -184,7 +194,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
         let service = conv::service(request.into_inner().service).map_err(invalid)?;
-        Ok(Response::new(service_status(&self.view(&service)?)))
+        Ok(Response::new(self.status(&service)?))
     }
 
     async fn set_policy(
@@ -192,23 +202,27 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
         let who = who(&request);
-        let (service, policy) =
-            conv::set_policy(request.into_inner(), self.engine.default_policy())
-                .map_err(invalid)?;
-        let before = self.settings_text(&service);
+        let (service, change, create) = conv::set_policy(request.into_inner()).map_err(invalid)?;
         let command = SetPolicy {
             service: service.clone(),
-            policy,
+            change,
+            create,
         };
-        self.engine.run(command).await.map_err(engine_status)?;
-        audit(
-            &who,
-            "set-policy",
-            &service,
-            &before,
-            &self.settings_text(&service),
-        );
-        Ok(Response::new(service_status(&self.view(&service)?)))
+        let (before, after) = self.engine.run(command).await.map_err(engine_status)?;
+        let text =
+            |p: &lb_core::policy::ServicePolicy| format!("{} {:?}", p.kind.name(), p.params());
+        audit(&who, "set-policy", &service, &text(&before), &text(&after));
+        // The policy before and after this change, as the engine applied it
+        // (a read of the view could show another change made meanwhile).
+        let mut status = self.status(&service)?;
+        status.policy = Some(policy_pb(&after));
+        status.non_default_params = after
+            .non_default_params(self.engine.default_policy())
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        status.previous_policy = Some(policy_pb(&before));
+        Ok(Response::new(status))
     }
 
     async fn set_weight(
@@ -235,14 +249,14 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::PutRuleRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
         let who = who(&request);
-        let (service, rule, position) = conv::put_rule(request.into_inner()).map_err(invalid)?;
-        self.routing(
-            &who,
-            "put-rule",
-            service,
-            RoutingChange::PutRule { rule, position },
-        )
-        .await
+        let r = conv::put_rule(request.into_inner()).map_err(invalid)?;
+        let change = RoutingChange::PutRule {
+            rule: r.rule,
+            position: r.position,
+        };
+        self.routing(&who, "put-rule", r.service, change, r.create)
+            .await
+            .map(|(status, _)| Response::new(status))
     }
 
     async fn delete_rule(
@@ -256,8 +270,10 @@ impl pb::admin_server::Admin for AdminApi {
             "delete-rule",
             service,
             RoutingChange::DeleteRule(name),
+            false,
         )
         .await
+        .map(|(status, _)| Response::new(status))
     }
 
     async fn set_cluster(
@@ -268,17 +284,20 @@ impl pb::admin_server::Admin for AdminApi {
         let r = request.into_inner();
         // The retry_on quota is counted on the entries as sent, before any
         // code name is read.
-        self.check_retry_on(&r.service, r.cluster.as_ref())?;
+        self.check_retry_on(&r.service, r.cluster.as_ref(), r.change.as_ref())?;
         // Multicast routes are checked against the service's rules by the
         // engine; everything else is checked here.
-        let (service, cluster) = conv::set_cluster(r).map_err(invalid)?;
-        self.routing(
-            &who,
-            "set-cluster",
-            service,
-            RoutingChange::Cluster(cluster),
-        )
-        .await
+        let (service, setting, create) = conv::set_cluster(r).map_err(invalid)?;
+        let change = match setting {
+            ClusterSetting::Replace(c) => RoutingChange::Cluster(c),
+            ClusterSetting::Change(c) => RoutingChange::ClusterChange(c),
+        };
+        let (mut status, (before, after)) = self
+            .routing(&who, "set-cluster", service, change, create)
+            .await?;
+        status.cluster = Some(cluster_config_pb(&after));
+        status.previous_cluster = Some(cluster_config_pb(&before));
+        Ok(Response::new(status))
     }
 
     async fn put_static(
@@ -286,12 +305,12 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::PutStaticRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let who = who(&request);
-        let spec = conv::put_static(request.into_inner(), self.config.allow_link_local)
+        let (spec, create) = conv::put_static(request.into_inner(), self.config.allow_link_local)
             .map_err(invalid)?;
         let key = spec.key();
         let before = self.instance_text(&key);
         self.engine
-            .run(PutStatic(spec))
+            .run(PutStatic { spec, create })
             .await
             .map_err(engine_status)?;
         let target = format!("{}/{}", key.service, key.instance_id);
@@ -323,6 +342,35 @@ impl pb::admin_server::Admin for AdminApi {
             audit(&who, "remove-static", &target, &before, "absent");
         }
         Ok(Response::new(pb::RemoveStaticResponse { existed }))
+    }
+
+    async fn delete_service(
+        &self,
+        request: Request<pb::DeleteServiceRequest>,
+    ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+        let who = who(&request);
+        let (service, force) = conv::delete_service(request.into_inner()).map_err(invalid)?;
+        let before = self.settings_text(&service);
+        let d = self
+            .engine
+            .run(DeleteService {
+                service: service.clone(),
+                force,
+            })
+            .await
+            .map_err(engine_status)?;
+        if d.existed {
+            audit(&who, "delete-service", &service, &before, "absent");
+        }
+        Ok(Response::new(pb::DeleteServiceResponse {
+            existed: d.existed,
+            policy: d.policy,
+            rules: d.rules as u32,
+            cluster: d.cluster,
+            overrides: d.overrides as u32,
+            static_instances: d.static_instances,
+            deregistered: d.deregistered,
+        }))
     }
 
     async fn create_token(
@@ -403,19 +451,32 @@ impl AdminApi {
         &self,
         service: &str,
         cluster: Option<&pb::ClusterConfig>,
+        change: Option<&pb::ClusterChange>,
     ) -> Result<(), Status> {
-        let Some(c) = cluster else { return Ok(()) };
         let quotas = &self.config.quotas;
-        let modes = (c.default_mode.iter().map(|m| (None, m)))
-            .chain(c.methods.iter().map(|(k, m)| (Some(k), m)))
+        let modes = cluster
+            .into_iter()
+            .flat_map(|c| {
+                (c.default_mode.iter().map(|m| (None, m.retry_on.len())))
+                    .chain(c.methods.iter().map(|(k, m)| (Some(k), m.retry_on.len())))
+            })
             // The field's path is written only for a refusal.
-            .filter(|(_, m)| m.retry_on.len() > quotas.retry_on);
-        for (method, m) in modes {
-            let field = match method {
-                None => "cluster.default_mode.retry_on".to_string(),
-                Some(k) => format!("cluster.methods[{:?}].retry_on", bounded(k.clone(), 64)),
-            };
-            if let Err(q) = quotas.check_retry_on(service, &field, m.retry_on.len()) {
+            .filter(|(_, n)| *n > quotas.retry_on);
+        let fields = modes
+            .map(|(method, n)| {
+                let field = match method {
+                    None => "cluster.default_mode.retry_on".to_string(),
+                    Some(k) => format!("cluster.methods[{:?}].retry_on", bounded(k.clone(), 64)),
+                };
+                (field, n)
+            })
+            .chain(
+                change
+                    .filter(|c| c.retry_on.len() > quotas.retry_on)
+                    .map(|c| ("change.retry_on".to_string(), c.retry_on.len())),
+            );
+        for (field, n) in fields {
+            if let Err(q) = quotas.check_retry_on(service, &field, n) {
                 self.engine.hub().quotas.refused(q.quota);
                 return Err(Status::resource_exhausted(q.to_string()));
             }
@@ -423,19 +484,23 @@ impl AdminApi {
         Ok(())
     }
 
+    /// Runs a routing change; answers the service as it now stands and the
+    /// cluster modes before and after the change.
     async fn routing(
         &self,
         who: &str,
         action: &str,
         service: String,
         change: RoutingChange,
-    ) -> Result<Response<pb::ServiceStatus>, Status> {
+        create: bool,
+    ) -> Result<(pb::ServiceStatus, (ClusterConfig, ClusterConfig)), Status> {
         let before = self.settings_text(&service);
         let command = SetRouting {
             service: service.clone(),
             change,
+            create,
         };
-        self.engine.run(command).await.map_err(engine_status)?;
+        let clusters = self.engine.run(command).await.map_err(engine_status)?;
         audit(
             who,
             action,
@@ -443,6 +508,6 @@ impl AdminApi {
             &before,
             &self.settings_text(&service),
         );
-        Ok(Response::new(service_status(&self.view(&service)?)))
+        Ok((self.status(&service)?, clusters))
     }
 }

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{first_message, stopping, BoxStream, ClientSlot, PerClient};
 use crate::auth;
 use crate::config::Config;
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, Following, Follows};
 use crate::pb::{invalid, v1 as conv};
 use lb_core::access::Need;
 use std::sync::Arc;
@@ -84,6 +84,7 @@ impl pb::balancer_server::Balancer for BalancerApi {
         };
         let hub = self.engine.hub();
         let plans = hub.subscribe(&service);
+        let following = hub.following(&service, Follows::Subscribe);
         let seq = hub.next_client_seq();
         tracing::debug!(%service, client = %client.client_id, seq, "client subscribed");
         // The lists go straight from the plan watch to the response body:
@@ -116,6 +117,7 @@ impl pb::balancer_server::Balancer for BalancerApi {
             end,
             ended: false,
             _slot: slot,
+            _following: following,
         })))
     }
 }
@@ -130,6 +132,8 @@ struct ClientSession<S> {
     ended: bool,
     /// The client id's place, held while the stream is open.
     _slot: ClientSlot,
+    /// Counts the stream for `ctl get` while it is open.
+    _following: Following,
 }
 
 impl<S> Stream for ClientSession<S>

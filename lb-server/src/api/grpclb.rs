@@ -62,7 +62,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{first_message, stopping};
 use crate::config::Config;
-use crate::engine::{EngineHandle, GrpclbStream};
+use crate::engine::{EngineHandle, Following, Follows};
 use crate::pb::grpclb::{literal, servers, service_for, stats};
 use crate::pb::invalid;
 
@@ -182,7 +182,7 @@ impl pb::load_balancer_server::LoadBalancer for GrpclbApi {
         let hub = self.engine.hub();
         let plans = hub.subscribe(&service);
         let seq = hub.next_client_seq();
-        let open = hub.grpclb_stream(&service);
+        let open = hub.following(&service, Follows::Grpclb);
         tracing::debug!(%service, %name, seq, "grpclb client connected");
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(session(
@@ -219,7 +219,7 @@ async fn session(
     seq: u64,
     stats_interval: Duration,
     stop: watch::Receiver<bool>,
-    _open: GrpclbStream,
+    _open: Following,
 ) {
     let stop = stopping(stop);
     tokio::pin!(stop);

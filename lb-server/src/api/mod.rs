@@ -43,6 +43,7 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::Invalid(e) => crate::pb::invalid(e),
         EngineError::Denied(why) => Status::permission_denied(why),
         EngineError::Exists(why) => Status::already_exists(why),
+        EngineError::Busy(why) => Status::failed_precondition(why),
     }
 }
 

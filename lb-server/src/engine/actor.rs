@@ -521,7 +521,7 @@ mod tests {
     use crate::engine::cmd::{Attach, SetPolicy};
     use crate::store::SledStore;
     use lb_core::model::InstanceSpec;
-    use lb_core::policy::{PolicyKind, ServicePolicy};
+    use lb_core::policy::{PolicyChange, PolicyKind, ServicePolicy};
 
     fn spec(id: &str) -> InstanceSpec {
         InstanceSpec::new("svc", id, "127.0.0.1:9")
@@ -548,7 +548,8 @@ mod tests {
         engine
             .run(SetPolicy {
                 service: "svc".into(),
-                policy,
+                change: PolicyChange::parse(policy.kind.name(), &policy.params(), true).unwrap(),
+                create: true,
             })
             .await
             .unwrap();

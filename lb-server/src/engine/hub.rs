@@ -18,8 +18,8 @@ pub struct Hub {
     plans: Mutex<HashMap<String, watch::Sender<Arc<Published>>>>,
     next_version: AtomicU64,
     next_client: AtomicU64,
-    /// Open grpc.lb.v1 streams per service (for `ctl get`).
-    grpclb: Mutex<HashMap<String, u32>>,
+    /// Open streams per service and kind (for `ctl get`).
+    open: Mutex<HashMap<(String, Follows), u32>>,
     /// Load reports received and validated, all streams.
     pub reports_received: AtomicU64,
     /// Of those, reports handed to the engine (the rest were superseded by
@@ -78,20 +78,30 @@ impl StoreHealth {
     }
 }
 
-/// Counts one open grpc.lb.v1 stream of a service while it lives.
-#[derive(Debug)]
-pub struct GrpclbStream {
-    hub: Arc<Hub>,
-    service: String,
+/// Which protocol a stream follows a service's plan with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Follows {
+    /// `lb.v1.Balancer/Subscribe` (lb-client).
+    Subscribe,
+    /// `grpc.lb.v1.LoadBalancer/BalanceLoad` (stock gRPC clients).
+    Grpclb,
 }
 
-impl Drop for GrpclbStream {
+/// Counts one open stream of a service while it lives (see
+/// [`Hub::following`]).
+#[derive(Debug)]
+pub struct Following {
+    hub: Arc<Hub>,
+    key: (String, Follows),
+}
+
+impl Drop for Following {
     fn drop(&mut self) {
-        let mut open = lock(&self.hub.grpclb);
-        if let Some(n) = open.get_mut(&self.service) {
+        let mut open = lock(&self.hub.open);
+        if let Some(n) = open.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.remove(&self.service);
+                open.remove(&self.key);
             }
         }
     }
@@ -108,9 +118,9 @@ impl Hub {
     pub fn new(generation: u64) -> Self {
         Hub {
             plans: Mutex::new(HashMap::new()),
-            next_version: AtomicU64::new(generation << 32),
+            next_version: AtomicU64::new(lb_core::replan::first_version(generation)),
             next_client: AtomicU64::new(0),
-            grpclb: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
             reports_received: AtomicU64::new(0),
             reports_applied: AtomicU64::new(0),
             store: StoreHealth::default(),
@@ -118,18 +128,22 @@ impl Hub {
         }
     }
 
-    /// Counts a grpc.lb.v1 stream on `service` until the guard is dropped.
-    pub fn grpclb_stream(self: &Arc<Self>, service: &str) -> GrpclbStream {
-        *lock(&self.grpclb).entry(service.to_string()).or_default() += 1;
-        GrpclbStream {
+    /// Counts a stream on `service` until the guard is dropped.
+    pub fn following(self: &Arc<Self>, service: &str, how: Follows) -> Following {
+        let key = (service.to_string(), how);
+        *lock(&self.open).entry(key.clone()).or_default() += 1;
+        Following {
             hub: self.clone(),
-            service: service.to_string(),
+            key,
         }
     }
 
-    /// grpc.lb.v1 streams open on `service` now.
-    pub fn grpclb_streams(&self, service: &str) -> u32 {
-        lock(&self.grpclb).get(service).copied().unwrap_or(0)
+    /// Streams of `how` open on `service` now.
+    pub fn open_streams(&self, service: &str, how: Follows) -> u32 {
+        lock(&self.open)
+            .get(&(service.to_string(), how))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn next_version(&self) -> u64 {

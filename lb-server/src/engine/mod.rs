@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use actor::start;
 pub use cmd::Command;
-pub use hub::{GrpclbStream, Hub, QuotaRefusals, StoreHealth};
+pub use hub::{Following, Follows, Hub, QuotaRefusals, StoreHealth};
 pub use snapshot::Snapshot;
 pub use state::State;
 
@@ -81,6 +81,10 @@ pub enum EngineError {
     /// Something of that name exists already (a token).
     #[error("{0}")]
     Exists(String),
+    /// The change would leave something in use behind (a service whose
+    /// backends are still registered): the message says what to do first.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// What the engine tells a backend's stream.

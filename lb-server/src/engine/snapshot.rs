@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use lb_core::inspect::{self, ServiceView};
 use lb_core::registry::Registry;
 
-use super::Hub;
+use super::{Follows, Hub};
 
 /// The longest a snapshot lags behind load reports and client stats.
 pub const INTERVAL: Duration = Duration::from_millis(100);
@@ -42,7 +42,10 @@ impl Snapshot {
             &self.registry,
             only,
             |s| hub.current(s),
-            |s| hub.grpclb_streams(s),
+            |s| inspect::Followers {
+                subscribers: hub.open_streams(s, Follows::Subscribe),
+                grpclb_streams: hub.open_streams(s, Follows::Grpclb),
+            },
             now,
         )
     }

@@ -180,6 +180,18 @@ impl State {
         }
     }
 
+    /// Refuses a change that would create `service` (one with no instance
+    /// and no settings) unless `create`: a typo in a service's name must not
+    /// make a service that lingers in every listing.
+    pub(crate) fn check_exists(&self, service: &str, create: bool) -> Result<(), EngineError> {
+        if create || self.registry.service(service).is_some() {
+            return Ok(());
+        }
+        Err(EngineError::NotFound(format!(
+            "no service {service:?}: it has no instance and no settings; set create to make it"
+        )))
+    }
+
     /// Drops a removed instance's record and re-plans its service.
     pub(crate) fn forget(&mut self, key: &InstanceKey) {
         self.owners.remove(key);

@@ -124,8 +124,13 @@ mod list_size_tests {
                     let len = grpclb.encoded_len() as u64;
                     assert!(len <= est.grpclb, "{kind:?} n={n}: grpclb {len} > {est:?}");
                 }
-                let view = inspect::service(&r, "shop", Some(&p), u32::MAX, now).unwrap();
-                let status = v1::service_status(&view).encoded_len() as u64;
+                let most = inspect::Followers {
+                    subscribers: u32::MAX,
+                    grpclb_streams: u32::MAX,
+                };
+                let view = inspect::service(&r, "shop", Some(&p), most, now).unwrap();
+                let status =
+                    v1::service_status(&view, &ServicePolicy::default()).encoded_len() as u64;
                 // The live figures are left out of the estimate, and bounded.
                 let figures = n as u64 * STATUS_FIGURES_MAX;
                 assert!(

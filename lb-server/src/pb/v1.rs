@@ -12,14 +12,16 @@
 use std::time::Duration;
 
 use lb_core::access::{check_name, Grant};
-use lb_core::cluster::{self, Broadcast, ClusterConfig, Collect, Failover, Kind, Mode};
+use lb_core::cluster::{
+    self, Broadcast, ClusterChange, ClusterConfig, Collect, Failover, Kind, Mode, ModeChange,
+};
 use lb_core::inspect::{InstanceView, ServiceView};
 use lb_core::model::{
     check_id, check_service, check_weight, is_link_local, ClientIdentity, ClientStats, FieldError,
     InstanceKey, InstanceOutcomes, InstanceSpec, Load, MAX_TTL, MIN_TTL,
 };
 use lb_core::policy::view::client_view;
-use lb_core::policy::ServicePolicy;
+use lb_core::policy::{PolicyChange, ServicePolicy};
 use lb_core::registry::Attachment;
 use lb_core::replan::Published;
 use lb_core::routing;
@@ -130,10 +132,10 @@ pub fn register(
 pub fn put_static(
     r: pb::PutStaticRequest,
     allow_link_local: bool,
-) -> Result<InstanceSpec, FieldError> {
+) -> Result<(InstanceSpec, bool), FieldError> {
     let spec = instance(r.instance, "instance")?;
     target(&spec, allow_link_local, "instance")?;
-    Ok(spec)
+    Ok((spec, r.create))
 }
 
 /// A service name in the request's `service` field.
@@ -154,19 +156,23 @@ pub fn instance_key(service: String, instance_id: String) -> Result<InstanceKey,
     })
 }
 
-/// A `SetPolicyRequest`: the service and its policy, parsed on top of
-/// `base`'s common settings (the daemon's default policy).
-pub fn set_policy(
-    r: pb::SetPolicyRequest,
-    base: &ServicePolicy,
-) -> Result<(String, ServicePolicy), FieldError> {
+/// A `SetPolicyRequest`: the service, the change to its policy (each
+/// parameter checked on its own; the engine applies it to the policy in
+/// force and checks the whole), and whether it may create the service.
+pub fn set_policy(r: pb::SetPolicyRequest) -> Result<(String, PolicyChange, bool), FieldError> {
     let service = service(r.service)?;
     let p = r
         .policy
         .ok_or_else(|| FieldError::new("policy", "missing"))?;
     let params = p.params.into_iter().collect();
-    let policy = ServicePolicy::parse(&p.name, &params, base).map_err(|e| e.within("policy"))?;
-    Ok((service, policy))
+    let change = PolicyChange::parse(&p.name, &params, r.reset).map_err(|e| e.within("policy"))?;
+    Ok((service, change, r.create))
+}
+
+/// A `DeleteServiceRequest`: the service, and whether to deregister its
+/// backends' instances too.
+pub fn delete_service(r: pb::DeleteServiceRequest) -> Result<(String, bool), FieldError> {
+    Ok((service(r.service)?, r.force))
 }
 
 /// A `SetWeightRequest`: the instance and its weight override (`None`
@@ -185,9 +191,7 @@ pub fn set_weight(r: pb::SetWeightRequest) -> Result<(InstanceKey, Option<u32>),
 
 /// A `PutRuleRequest`: the service, the rule (checked on its own; the
 /// engine checks it against the service's other rules) and its position.
-pub fn put_rule(
-    r: pb::PutRuleRequest,
-) -> Result<(String, routing::Rule, Option<usize>), FieldError> {
+pub fn put_rule(r: pb::PutRuleRequest) -> Result<PutRule, FieldError> {
     let service = service(r.service)?;
     let rule = rule(r.rule, "rule")?;
     let position = match r.position {
@@ -199,7 +203,25 @@ pub fn put_rule(
         }
         p => p.map(|p| p as usize),
     };
-    Ok((service, rule, position))
+    Ok(PutRule {
+        service,
+        rule,
+        position,
+        create: r.create,
+    })
+}
+
+/// A `PutRuleRequest`, converted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutRule {
+    /// The service.
+    pub service: String,
+    /// The rule (checked on its own).
+    pub rule: routing::Rule,
+    /// Where to put it (0 = first).
+    pub position: Option<usize>,
+    /// It may create the service.
+    pub create: bool,
 }
 
 /// A `DeleteRuleRequest`: the service and the name of the rule.
@@ -252,21 +274,145 @@ pub fn revoke_token(r: pb::RevokeTokenRequest) -> Result<String, FieldError> {
     Ok(r.name)
 }
 
-/// A `SetClusterRequest`: the service and its cluster modes. A multicast
-/// route must name one of the service's rules, which only the engine knows:
-/// here every route named is taken as a rule, and the engine checks them.
-pub fn set_cluster(r: pb::SetClusterRequest) -> Result<(String, ClusterConfig), FieldError> {
+/// What a `SetClusterRequest` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterSetting {
+    /// Every cluster setting, replacing those in force.
+    Replace(ClusterConfig),
+    /// Only what the change sets.
+    Change(ClusterChange),
+}
+
+/// A `SetClusterRequest`: the service, its cluster modes or the change to
+/// them, and whether it may create the service. A multicast route must
+/// name one of the service's rules, which only the engine knows: here every
+/// route named is taken as a rule, and the engine checks them.
+pub fn set_cluster(r: pb::SetClusterRequest) -> Result<(String, ClusterSetting, bool), FieldError> {
     let service = service(r.service)?;
-    let routes: Vec<String> = r
-        .cluster
-        .iter()
-        .flat_map(|c| c.default_mode.iter().chain(c.methods.values()))
-        .map(|m| m.route.clone())
-        .filter(|r| !r.is_empty())
-        .collect();
-    let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
-    let cluster = cluster_config(r.cluster, &routes, "cluster")?;
-    Ok((service, cluster))
+    let setting = match (r.cluster, r.change) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new(
+                "change",
+                "set either cluster (every setting) or change, not both",
+            ))
+        }
+        (None, Some(c)) => ClusterSetting::Change(cluster_change(c, "change")?),
+        (cluster, None) => {
+            let routes: Vec<String> = cluster
+                .iter()
+                .flat_map(|c| c.default_mode.iter().chain(c.methods.values()))
+                .map(|m| m.route.clone())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+            ClusterSetting::Replace(cluster_config(cluster, &routes, "cluster")?)
+        }
+    };
+    Ok((service, setting, r.create))
+}
+
+/// A `ClusterChange` under `field`, checked on its own (names, codes,
+/// `clear` alone); ranges and which fields belong to the resulting mode are
+/// checked when the engine applies it to the settings in force.
+pub fn cluster_change(c: pb::ClusterChange, field: &str) -> Result<ClusterChange, FieldError> {
+    use pb::cluster_mode::{Collect as C, Kind as K};
+    let at = |name: &str| format!("{field}.{name}");
+    let kind = match c.kind.map(K::try_from) {
+        None => None,
+        Some(Ok(k)) => Some(kind_of(k)),
+        Some(Err(_)) => {
+            return Err(FieldError::new(
+                at("kind"),
+                format!("{} is not a known mode", c.kind.unwrap_or_default()),
+            ))
+        }
+    };
+    let collect = match c.collect.map(C::try_from) {
+        None => None,
+        Some(Ok(C::First)) => Some(Collect::First),
+        Some(Ok(C::All)) => Some(Collect::All),
+        Some(Ok(C::None)) => Some(Collect::None),
+        Some(Err(_)) => {
+            return Err(FieldError::new(
+                at("collect"),
+                format!(
+                    "{} is not FIRST, ALL or NONE",
+                    c.collect.unwrap_or_default()
+                ),
+            ))
+        }
+    };
+    let retry_on = if c.retry_on.is_empty() {
+        None
+    } else {
+        Some(retry_codes(&c.retry_on).map_err(|e| e.within(field))?)
+    };
+    let ms = |v: Option<u32>| v.map(|ms| Duration::from_millis(u64::from(ms)));
+    let change = ClusterChange {
+        method: (!c.method.is_empty()).then_some(c.method),
+        clear: c.clear,
+        reset: c.reset,
+        mode: ModeChange {
+            kind,
+            attempts: c.attempts,
+            backoff: ms(c.backoff_ms),
+            backoff_max: ms(c.backoff_max_ms),
+            retry_on,
+            forks: c.forks,
+            collect,
+            max_failure_percent: c.max_failure_percent,
+            route: c.route,
+        },
+        budget_percent: c.budget_percent,
+        budget_min_per_sec: c.budget_min_per_sec,
+        deadline: c
+            .deadline_ms
+            .map(|ms| (ms > 0).then(|| Duration::from_millis(u64::from(ms)))),
+    };
+    change.check().map_err(|e| e.within(field))?;
+    Ok(change)
+}
+
+/// A wire mode kind as the domain's.
+fn kind_of(k: pb::cluster_mode::Kind) -> Kind {
+    use pb::cluster_mode::Kind as K;
+    match k {
+        K::Failover => Kind::Failover,
+        K::Failfast => Kind::Failfast,
+        K::Failsafe => Kind::Failsafe,
+        K::Forking => Kind::Forking,
+        K::Broadcast => Kind::Broadcast,
+        K::Multicast => Kind::Multicast,
+    }
+}
+
+/// `retry_on` status names as codes: at most the codes there are (the
+/// length is checked before any name is read), each a gRPC status name; a
+/// repeat is dropped.
+fn retry_codes(names: &[String]) -> Result<Vec<Code>, FieldError> {
+    if names.len() > cluster::MAX_RETRY_ON {
+        return Err(FieldError::new(
+            "retry_on",
+            format!(
+                "{} entries, more than the {} error codes there are",
+                names.len(),
+                cluster::MAX_RETRY_ON
+            ),
+        ));
+    }
+    let mut codes = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let code = Code::error_named(name).ok_or_else(|| {
+            FieldError::new(
+                format!("retry_on[{i}]"),
+                format!("{name:?} is not a gRPC status name (e.g. UNAVAILABLE, DEADLINE_EXCEEDED)"),
+            )
+        })?;
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+    Ok(codes)
 }
 
 /// A `Subscription`, validated.
@@ -321,12 +467,7 @@ pub fn stats(s: pb::ClientStats, field: &str) -> Result<ClientStats, FieldError>
 pub fn cluster_mode(m: pb::ClusterMode, rules: &[&str]) -> Result<Mode, FieldError> {
     use pb::cluster_mode::{Collect as C, Kind as K};
     let kind = match K::try_from(m.kind) {
-        Ok(K::Failover) => Kind::Failover,
-        Ok(K::Failfast) => Kind::Failfast,
-        Ok(K::Failsafe) => Kind::Failsafe,
-        Ok(K::Forking) => Kind::Forking,
-        Ok(K::Broadcast) => Kind::Broadcast,
-        Ok(K::Multicast) => Kind::Multicast,
+        Ok(k) => kind_of(k),
         Err(_) => {
             return Err(FieldError::new(
                 "kind",
@@ -386,37 +527,14 @@ pub fn cluster_mode(m: pb::ClusterMode, rules: &[&str]) -> Result<Mode, FieldErr
     };
     let mode = match kind {
         Kind::Failover => {
-            if m.retry_on.len() > cluster::MAX_RETRY_ON {
-                return Err(FieldError::new(
-                    "retry_on",
-                    format!(
-                        "{} entries, more than the {} error codes there are",
-                        m.retry_on.len(),
-                        cluster::MAX_RETRY_ON
-                    ),
-                ));
-            }
-            let mut retry_on = Vec::with_capacity(m.retry_on.len());
-            for (i, name) in m.retry_on.iter().enumerate() {
-                let code = Code::error_named(name).ok_or_else(|| {
-                    FieldError::new(
-                        format!("retry_on[{i}]"),
-                        format!("{name:?} is not a gRPC status name (e.g. UNAVAILABLE, DEADLINE_EXCEEDED)"),
-                    )
-                })?;
-                if !retry_on.contains(&code) {
-                    retry_on.push(code);
-                }
-            }
+            let retry_on = retry_codes(&m.retry_on)?;
             let d = Failover::default();
             let backoff = Duration::from_millis(u64::from(m.backoff_ms));
             Mode::Failover(Failover {
                 attempts: m.attempts,
                 backoff,
                 backoff_max: match m.backoff_max_ms {
-                    0 => (backoff * cluster::BACKOFF_MAX_FACTOR)
-                        .min(cluster::MAX_BACKOFF_MAX)
-                        .max(backoff),
+                    0 => Failover::backoff_max_for(backoff),
                     ms => Duration::from_millis(u64::from(ms)),
                 },
                 retry_on: if retry_on.is_empty() {
@@ -719,14 +837,12 @@ pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
     }
 }
 
-/// An engine view of a service, as the admin API shows it.
-pub fn service_status(v: &ServiceView) -> pb::ServiceStatus {
+/// An engine view of a service, as the admin API shows it; `base` is the
+/// daemon's default policy (whose `max_list_len` is the default one).
+pub fn service_status(v: &ServiceView, base: &ServicePolicy) -> pb::ServiceStatus {
     pb::ServiceStatus {
         name: v.name.clone(),
-        policy: Some(pb::Policy {
-            name: v.policy.kind.name().to_string(),
-            params: v.policy.params().into_iter().collect(),
-        }),
+        policy: Some(policy_pb(&v.policy)),
         instances: v.instances.iter().map(instance_status).collect(),
         version: v.version,
         list_len: v.list_len as u32,
@@ -753,6 +869,24 @@ pub fn service_status(v: &ServiceView) -> pb::ServiceStatus {
             calls_known_received: v.grpclb.known_received,
             dropped_by_token: v.grpclb.dropped_by_token.clone().into_iter().collect(),
         }),
+        subscribers: v.subscribers,
+        non_default_params: v
+            .policy
+            .non_default_params(base)
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        previous_policy: None,
+        previous_cluster: None,
+    }
+}
+
+/// A domain policy, as the wire message (every parameter, defaults
+/// included).
+pub fn policy_pb(p: &ServicePolicy) -> pb::Policy {
+    pb::Policy {
+        name: p.kind.name().to_string(),
+        params: p.params().into_iter().collect(),
     }
 }
 

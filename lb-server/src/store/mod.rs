@@ -127,6 +127,15 @@ pub enum StoreError {
         /// What is wrong.
         why: String,
     },
+    /// Another process (another lb-server, as a rule) holds the data
+    /// directory's lock: stop it, or give this daemon another `--data-dir`.
+    #[error("the data directory {} is in use by {}: stop it, or give this daemon another --data-dir", dir.display(), holder.as_ref().map_or_else(|| "another process".to_string(), |h| h.to_string()))]
+    Locked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The process holding it, when it can be found.
+        holder: Option<sled::Holder>,
+    },
     /// The directory was written by a newer lb-server, in a layout this one
     /// cannot read: run that version, or point `--data-dir` elsewhere.
     #[error("the store is in layout version {found}, newer than this lb-server reads ({supported}); run the lb-server that wrote it, or use another --data-dir")]

@@ -121,7 +121,13 @@ impl Open {
             // for a moment after the store is dropped.
             match sled::Config::new().path(dir).flush_every_ms(None).open() {
                 Ok(db) => break db,
-                Err(e) if tries < 40 && e.to_string().contains("could not acquire lock") => {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    if tries == 40 {
+                        return Err(StoreError::Locked {
+                            dir: dir.to_path_buf(),
+                            holder: Holder::of(&dir.join(SLED_DB_FILE)),
+                        });
+                    }
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
@@ -162,6 +168,78 @@ impl Open {
             .get(key)?
             .map(|v| record::revision(&v).unwrap_or(0)))
     }
+}
+
+/// The file of sled's that carries its directory lock (an exclusive
+/// `flock`, taken by sled when it opens the directory).
+const SLED_DB_FILE: &str = "db";
+
+/// A process holding a file lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its process id.
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`), if readable.
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "another process ({n}, pid {})", self.pid),
+            None => write!(f, "another process (pid {})", self.pid),
+        }
+    }
+}
+
+impl Holder {
+    /// The process that holds a lock on `file`, found in `/proc/locks` by
+    /// the file's device and inode (Linux; `None` elsewhere, or when no
+    /// other process shows up there, e.g. one in another pid namespace).
+    pub fn of(file: &Path) -> Option<Holder> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(file).ok()?;
+            let locks = std::fs::read_to_string("/proc/locks").ok()?;
+            let pid = holder_in(&locks, meta.dev(), meta.ino(), std::process::id())?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty());
+            Some(Holder { pid, name })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = file;
+            None
+        }
+    }
+}
+
+/// The pid (not `own`) of a lock in `locks` (the text of `/proc/locks`) on
+/// the file with device `dev` and inode `ino`. A line reads
+/// `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`: the pid, then the
+/// device's major and minor numbers in hex and the inode in decimal (lines
+/// of blocked waiters carry `->` and are skipped).
+fn holder_in(locks: &str, dev: u64, ino: u64, own: u32) -> Option<u32> {
+    // Linux's `new_encode_dev` split of a `dev_t`.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    locks
+        .lines()
+        .filter(|l| !l.contains("->"))
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (pid, file) = (fields.get(4)?, fields.get(5)?);
+            let mut parts = file.split(':');
+            let (maj, min, inode) = (parts.next()?, parts.next()?, parts.next()?);
+            let same = u64::from_str_radix(maj, 16).ok()? == major
+                && u64::from_str_radix(min, 16).ok()? == minor
+                && inode.parse::<u64>().ok()? == ino;
+            let pid: u32 = pid.parse().ok()?;
+            (same && pid != own).then_some(pid)
+        })
 }
 
 impl SledStore {
@@ -458,11 +536,11 @@ impl SledStore {
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
             .map_err(|e| match e {
-                StoreError::Sled(ref s) if s.to_string().contains("could not acquire lock") => {
-                    StoreError::Stuck {
-                        dir: self.inner.dir.clone(),
-                    }
-                }
+                // The failed opening in this process still holds the lock
+                // (another process would have had to take it meanwhile).
+                StoreError::Locked { .. } => StoreError::Stuck {
+                    dir: self.inner.dir.clone(),
+                },
                 e => e,
             })?;
         *self.inner.open.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(open));
@@ -481,6 +559,36 @@ mod tests {
 
     fn spec(id: &str) -> InstanceSpec {
         InstanceSpec::new("svc", id, "127.0.0.1:9").with_token()
+    }
+
+    #[test]
+    fn the_lock_holder_is_found_by_device_and_inode() {
+        let locks = "1: POSIX  ADVISORY  WRITE 77 08:02:99 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 5151 fd:01:1234 0 EOF\n";
+        // Device fd:01 (major 253, minor 1) as a `dev_t`.
+        let dev = (0xfd << 8) | 0x01;
+        assert_eq!(holder_in(locks, dev, 1234, 1), Some(4242));
+        assert_eq!(holder_in(locks, dev, 1234, 4242), None, "not ourselves");
+        assert_eq!(holder_in(locks, dev, 99, 1), None, "another device");
+        assert_eq!(holder_in(locks, (8 << 8) | 2, 99, 1), Some(77));
+        assert_eq!(holder_in("garbage\n\n", dev, 1234, 1), None);
+    }
+
+    #[test]
+    fn a_directory_another_opening_holds_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        // The same process holds it here: the holder is not ourselves, so
+        // it is "another process" without a pid.
+        match SledStore::open(dir.path()) {
+            Err(e @ StoreError::Locked { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("is in use by another process"), "{text}");
+                assert!(text.contains(&dir.path().display().to_string()), "{text}");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     fn instance(id: &str) -> Record {

@@ -29,6 +29,7 @@ async fn bad_rules_and_cluster_modes_are_refused_and_not_persisted() {
         service: SERVICE.into(),
         rule: Some(r),
         position: None,
+        create: true,
     };
     let good = rule("ab", &[("group", "B")], &[("group", "B")]);
     adm.put_rule(put(good.clone())).await.unwrap();
@@ -69,6 +70,8 @@ async fn bad_rules_and_cluster_modes_are_refused_and_not_persisted() {
             default_mode: Some(m),
             ..Default::default()
         }),
+        create: true,
+        ..Default::default()
     };
     for (m, field) in [
         (mode(Kind::Failover, 0), "cluster.default_mode.attempts"),
@@ -115,6 +118,7 @@ async fn bad_rules_and_cluster_modes_are_refused_and_not_persisted() {
                 budget_percent: Some(150),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -126,6 +130,7 @@ async fn bad_rules_and_cluster_modes_are_refused_and_not_persisted() {
             deadline_ms,
             ..Default::default()
         }),
+        ..Default::default()
     };
     let s = adm.set_cluster(deadline(3_600_001)).await.unwrap_err();
     assert_status(&s, Code::InvalidArgument, "cluster.deadline_ms");
@@ -165,7 +170,10 @@ async fn bad_rules_and_cluster_modes_are_refused_and_not_persisted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_instances_persist_and_never_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let put = |i: Instance| lb_proto::v1::PutStaticRequest { instance: Some(i) };
+    let put = |i: Instance| lb_proto::v1::PutStaticRequest {
+        instance: Some(i),
+        create: true,
+    };
     {
         let d = Daemon::start(dir.path(), |_| {}).await;
         let mut adm = admin(d.addr).await;

@@ -111,7 +111,10 @@ async fn grpclb_streams_lists_drops_stats_and_fallback() {
     h.address = "localhost:83".into();
     let mut adm = admin(d.addr).await;
     let hs = adm
-        .put_static(lb_proto::v1::PutStaticRequest { instance: Some(h) })
+        .put_static(lb_proto::v1::PutStaticRequest {
+            instance: Some(h),
+            create: true,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -172,6 +175,8 @@ async fn grpclb_streams_lists_drops_stats_and_fallback() {
             name: "weighted_round_robin".into(),
             params: HashMap::from([("shed_floor".to_string(), floor.to_string())]),
         }),
+        create: true,
+        ..Default::default()
     };
     adm.set_policy(set("0.5")).await.unwrap();
     let list = next_grpclb_list(&mut s, "a list with drops", |l| l.iter().any(|e| e.drop)).await;

@@ -35,6 +35,8 @@ impl Shedding {
                 name: "round_robin".into(),
                 params: HashMap::from([(param.to_string(), value.to_string())]),
             }),
+            create: true,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -589,8 +589,13 @@ pub fn policy(maps: Maps) -> BoxedStrategy<pb::Policy> {
 
 /// A `SetPolicyRequest`.
 pub fn set_policy(maps: Maps) -> BoxedStrategy<pb::SetPolicyRequest> {
-    (service(), some(policy(maps)))
-        .prop_map(|(service, policy)| pb::SetPolicyRequest { service, policy })
+    (service(), some(policy(maps)), any::<(bool, bool)>())
+        .prop_map(|(service, policy, (reset, create))| pb::SetPolicyRequest {
+            service,
+            policy,
+            reset,
+            create,
+        })
         .boxed()
 }
 
@@ -667,11 +672,13 @@ pub fn put_rule(maps: Maps) -> BoxedStrategy<pb::PutRuleRequest> {
         service(),
         some(rule(maps)),
         option::of(u32_in(0, lb_core::routing::MAX_RULES as u32 - 1)),
+        any::<bool>(),
     )
-        .prop_map(|(service, rule, position)| pb::PutRuleRequest {
+        .prop_map(|(service, rule, position, create)| pb::PutRuleRequest {
             service,
             rule,
             position,
+            create,
         })
         .boxed()
 }
@@ -841,10 +848,12 @@ fn method() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// `lb_core::cluster::MAX_DEADLINE` in the wire's milliseconds.
+const MAX_DEADLINE_MS: u32 = lb_core::cluster::MAX_DEADLINE.as_millis() as u32;
+
 /// A `ClusterConfig`, sometimes with more methods than allowed.
 pub fn cluster_config(maps: Maps) -> BoxedStrategy<pb::ClusterConfig> {
     use lb_core::cluster::{MAX_BUDGET_MIN_PER_SEC, MAX_METHODS};
-    const MAX_DEADLINE_MS: u32 = 3_600_000;
     let methods = match maps {
         Maps::AtMostOne => entries(method(), cluster_mode(), 0..=1),
         Maps::Many => prop_oneof![
@@ -877,17 +886,99 @@ pub fn cluster_config(maps: Maps) -> BoxedStrategy<pb::ClusterConfig> {
         .boxed()
 }
 
-/// A `SetClusterRequest`.
+/// A `ClusterChange`: each field set or not, from valid, limit and
+/// hostile values (ranges and kinds are judged when it is applied).
+pub fn cluster_change() -> BoxedStrategy<pb::ClusterChange> {
+    use lb_core::cluster::{MAX_ATTEMPTS, MAX_BUDGET_MIN_PER_SEC, MAX_FORKS};
+    let retry_on = prop_oneof![
+        8 => vec(status_name(), 0..=3),
+        1 => vec(status_name(), 17..=18),
+    ];
+    let mode = (
+        option::of(enum_value(6)),
+        option::of(u32_in(0, MAX_ATTEMPTS + 1)),
+        option::of(u32_in(0, 20_000)),
+        option::of(u32_in(0, 70_000)),
+        retry_on,
+        option::of(u32_in(0, MAX_FORKS + 1)),
+        option::of(enum_value(3)),
+        option::of(u32_in(0, 101)),
+        option::of(prop_oneof![1 => Just(String::new()), 2 => rule_name()]),
+    );
+    let scope = (
+        prop_oneof![2 => Just(String::new()), 1 => method()],
+        any::<(bool, bool)>(),
+        option::of(u32_in(0, 101)),
+        option::of(u32_in(0, MAX_BUDGET_MIN_PER_SEC + 1)),
+        option::of(u32_in(0, MAX_DEADLINE_MS + 1)),
+    );
+    (mode, scope)
+        .prop_map(
+            |(
+                (
+                    kind,
+                    attempts,
+                    backoff_ms,
+                    backoff_max_ms,
+                    retry_on,
+                    forks,
+                    collect,
+                    max_failure_percent,
+                    route,
+                ),
+                (method, (clear, reset), budget_percent, budget_min_per_sec, deadline_ms),
+            )| pb::ClusterChange {
+                method,
+                clear,
+                reset,
+                kind,
+                attempts,
+                backoff_ms,
+                backoff_max_ms,
+                retry_on,
+                forks,
+                collect,
+                max_failure_percent,
+                route,
+                budget_percent,
+                budget_min_per_sec,
+                deadline_ms,
+            },
+        )
+        .boxed()
+}
+
+/// A `SetClusterRequest`: mostly whole settings or a change, sometimes
+/// both or neither.
 pub fn set_cluster(maps: Maps) -> BoxedStrategy<pb::SetClusterRequest> {
-    (service(), some(cluster_config(maps)))
-        .prop_map(|(service, cluster)| pb::SetClusterRequest { service, cluster })
+    let setting = prop_oneof![
+        6 => some(cluster_config(maps)).prop_map(|c| (c, None)),
+        6 => cluster_change().prop_map(|c| (None, Some(c))),
+        1 => (cluster_config(maps), cluster_change()).prop_map(|(a, b)| (Some(a), Some(b))),
+    ];
+    (service(), setting, any::<bool>())
+        .prop_map(
+            |(service, (cluster, change), create)| pb::SetClusterRequest {
+                service,
+                cluster,
+                change,
+                create,
+            },
+        )
         .boxed()
 }
 
 /// A `PutStaticRequest`.
 pub fn put_static(maps: Maps) -> BoxedStrategy<pb::PutStaticRequest> {
-    some(instance(maps))
-        .prop_map(|instance| pb::PutStaticRequest { instance })
+    (some(instance(maps)), any::<bool>())
+        .prop_map(|(instance, create)| pb::PutStaticRequest { instance, create })
+        .boxed()
+}
+
+/// A `DeleteServiceRequest`.
+pub fn delete_service() -> BoxedStrategy<pb::DeleteServiceRequest> {
+    (service(), any::<bool>())
+        .prop_map(|(service, force)| pb::DeleteServiceRequest { service, force })
         .boxed()
 }
 

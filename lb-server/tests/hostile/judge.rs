@@ -157,10 +157,14 @@ pub fn register(r: pb::RegisterRequest) -> Outcome {
 /// `Admin/PutStatic`.
 pub fn put_static(r: pb::PutStaticRequest) -> Outcome {
     let instance = r.instance.clone();
+    let create = r.create;
     judge(
         ".lb.v1.PutStaticRequest",
         conv::put_static(r, ALLOW_LINK_LOCAL),
-        |spec| accepted_instance(instance.as_ref().expect("an instance"), &spec),
+        |(spec, c)| {
+            accepted_instance(instance.as_ref().expect("an instance"), &spec);
+            assert_eq!(c, create);
+        },
     )
 }
 
@@ -269,17 +273,31 @@ pub fn list_services(_: pb::ListServicesRequest) -> Outcome {
     Outcome::Accepted
 }
 
-/// `Admin/SetPolicy`, with the daemon's default policy as the base.
+/// `Admin/SetPolicy`, applied (as the engine does) to the daemon's default
+/// policy.
 pub fn set_policy(r: pb::SetPolicyRequest) -> Outcome {
     let base = ServicePolicy::default();
     let wire = r.clone();
     let message = ".lb.v1.SetPolicyRequest";
-    match conv::set_policy(r, &base) {
-        Ok((service, p)) => {
+    match conv::set_policy(r) {
+        Ok((service, change, create)) => {
             assert_eq!(service, wire.service);
             assert_eq!(check_service(&service), Ok(()));
+            assert_eq!((change.reset, create), (wire.reset, wire.create));
             let w = wire.policy.expect("accepted without a policy");
-            assert_eq!(p.kind.name(), w.name);
+            assert_eq!(change.kind.name(), w.name);
+            // Applied, it may still conflict with the policy in force (a
+            // cross-parameter check), which the engine refuses naming a
+            // parameter.
+            let p = match change.apply(&base, &base) {
+                Ok(p) => p,
+                Err(e) => {
+                    assert!(e.field.starts_with("params."), "{e}");
+                    assert!(!e.reason.is_empty(), "{e}");
+                    return Outcome::Accepted;
+                }
+            };
+            assert_eq!(p.kind, change.kind);
             // Every parameter sent belongs to the policy.
             let params = p.params();
             for k in w.params.keys() {
@@ -323,17 +341,14 @@ pub fn set_policy(r: pb::SetPolicyRequest) -> Outcome {
 /// `Admin/PutRule`.
 pub fn put_rule(r: pb::PutRuleRequest) -> Outcome {
     let wire = r.clone();
-    judge(
-        ".lb.v1.PutRuleRequest",
-        conv::put_rule(r),
-        |(service, rule, position)| {
-            assert_eq!(service, wire.service);
-            assert_eq!(check_service(&service), Ok(()));
-            assert_eq!(position, wire.position.map(|p| p as usize));
-            assert!(position.is_none_or(|p| p < routing::MAX_RULES));
-            accepted_rule(wire.rule.as_ref().expect("a rule"), &rule);
-        },
-    )
+    judge(".lb.v1.PutRuleRequest", conv::put_rule(r), |r| {
+        assert_eq!(r.service, wire.service);
+        assert_eq!(check_service(&r.service), Ok(()));
+        assert_eq!(r.position, wire.position.map(|p| p as usize));
+        assert!(r.position.is_none_or(|p| p < routing::MAX_RULES));
+        assert_eq!(r.create, wire.create);
+        accepted_rule(wire.rule.as_ref().expect("a rule"), &r.rule);
+    })
 }
 
 /// An accepted rule: valid, as sent, and itself after a trip to the wire.
@@ -387,9 +402,18 @@ pub fn set_cluster(r: pb::SetClusterRequest) -> Outcome {
     judge(
         ".lb.v1.SetClusterRequest",
         conv::set_cluster(r),
-        |(s, c)| {
+        |(s, setting, create)| {
             assert_eq!(s, wire.service);
             assert_eq!(check_service(&s), Ok(()));
+            assert_eq!(create, wire.create);
+            let c = match setting {
+                conv::ClusterSetting::Replace(c) => c,
+                conv::ClusterSetting::Change(c) => {
+                    assert!(wire.cluster.is_none(), "both accepted");
+                    return accepted_cluster_change(&wire.change.expect("a change"), &c);
+                }
+            };
+            assert!(wire.change.is_none(), "both accepted");
             let routes: Vec<&str> = c.routes().collect();
             assert_eq!(c.check(&routes), Ok(()));
             let w = wire.cluster.expect("accepted without a cluster config");
@@ -415,6 +439,59 @@ pub fn set_cluster(r: pb::SetClusterRequest) -> Outcome {
                     .as_ref(),
                 Ok(&c)
             );
+        },
+    )
+}
+
+/// An accepted cluster change: as sent, valid on its own, and applied to
+/// the defaults (as the engine would) either valid or refused naming a
+/// field of the change.
+#[track_caller]
+fn accepted_cluster_change(w: &pb::ClusterChange, c: &lb_core::cluster::ClusterChange) {
+    use lb_core::cluster::ClusterConfig;
+    assert_eq!(c.check(), Ok(()));
+    assert_eq!(c.method.clone().unwrap_or_default(), w.method);
+    assert_eq!((c.clear, c.reset), (w.clear, w.reset));
+    let m = &c.mode;
+    assert_eq!(m.kind.is_some(), w.kind.is_some());
+    assert_eq!(
+        (m.attempts, m.forks, m.max_failure_percent),
+        (w.attempts, w.forks, w.max_failure_percent)
+    );
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u32);
+    assert_eq!(
+        (ms(m.backoff), ms(m.backoff_max)),
+        (w.backoff_ms, w.backoff_max_ms)
+    );
+    assert_eq!(m.route, w.route);
+    assert_eq!(m.retry_on.is_some(), !w.retry_on.is_empty());
+    assert_eq!(
+        (c.budget_percent, c.budget_min_per_sec),
+        (w.budget_percent, w.budget_min_per_sec)
+    );
+    assert_eq!(c.deadline.map(|d| ms(d).unwrap_or(0)), w.deadline_ms);
+    let route: Vec<&str> = w.route.iter().map(String::as_str).collect();
+    match c.apply(&ClusterConfig::default(), &route) {
+        Ok(after) => assert_eq!(after.check(&route), Ok(())),
+        Err(e) => {
+            if let Err(why) = crate::schema::Schema::get()
+                .check(".lb.v1.SetClusterRequest", &format!("change.{}", e.field))
+            {
+                panic!("applying the change names no field of it: {why}; error: {e}");
+            }
+        }
+    }
+}
+
+/// `Admin/DeleteService`.
+pub fn delete_service(r: pb::DeleteServiceRequest) -> Outcome {
+    let wire = r.clone();
+    judge(
+        ".lb.v1.DeleteServiceRequest",
+        conv::delete_service(r),
+        |(s, force)| {
+            assert_eq!((s.as_str(), force), (wire.service.as_str(), wire.force));
+            assert_eq!(check_service(&s), Ok(()));
         },
     )
 }

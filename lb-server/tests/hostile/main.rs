@@ -88,6 +88,7 @@ conv! {
     conv_set_cluster: gen::set_cluster(Maps::Many) => judge::set_cluster;
     conv_put_static: gen::put_static(Maps::Many) => judge::put_static;
     conv_remove_static: gen::remove_static() => judge::remove_static;
+    conv_delete_service: gen::delete_service() => judge::delete_service;
     conv_create_token: gen::create_token() => judge::create_token;
     conv_revoke_token: gen::revoke_token() => judge::revoke_token;
     conv_list_tokens: gen::list_tokens() => judge::list_tokens;
@@ -209,6 +210,7 @@ fn inputs(rpc: Rpc) -> BoxedStrategy<Vec<u8>> {
         Rpc::SetCluster => input(gen::set_cluster(m)),
         Rpc::PutStatic => input(gen::put_static(m)),
         Rpc::RemoveStatic => input(gen::remove_static()),
+        Rpc::DeleteService => input(gen::delete_service()),
         Rpc::CreateToken => input(gen::create_token()),
         Rpc::ListTokens => input(gen::list_tokens()),
         Rpc::RevokeToken => input(gen::revoke_token()),
@@ -242,6 +244,7 @@ decode! {
     decode_set_cluster: Rpc::SetCluster;
     decode_put_static: Rpc::PutStatic;
     decode_remove_static: Rpc::RemoveStatic;
+    decode_delete_service: Rpc::DeleteService;
     decode_create_token: Rpc::CreateToken;
     decode_list_tokens: Rpc::ListTokens;
     decode_revoke_token: Rpc::RevokeToken;
@@ -297,6 +300,7 @@ fn regressions() {
             name: "round_robin".into(),
             params: [("Kk =J/t\n\u{1b}[2J\u{10ffff}".to_string(), "2".to_string())].into(),
         }),
+        ..Default::default()
     };
     assert_eq!(judge::set_policy(r), Outcome::Refused);
 }

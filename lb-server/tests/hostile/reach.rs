@@ -276,6 +276,7 @@ impl Daemon {
                 Call::SetCluster(m) => a.set_cluster(Request::new(m)).await.map(drop),
                 Call::PutStatic(m) => a.put_static(Request::new(m)).await.map(drop),
                 Call::RemoveStatic(m) => a.remove_static(Request::new(m)).await.map(drop),
+                Call::DeleteService(m) => a.delete_service(Request::new(m)).await.map(drop),
                 Call::CreateToken(m) => a.create_token(Request::new(m)).await.map(drop),
                 Call::ListTokens(m) => a.list_tokens(Request::new(m)).await.map(drop),
                 Call::RevokeToken(m) => a.revoke_token(Request::new(m)).await.map(drop),
@@ -359,6 +360,7 @@ pub enum Call {
     SetCluster(pb::SetClusterRequest),
     PutStatic(pb::PutStaticRequest),
     RemoveStatic(pb::RemoveStaticRequest),
+    DeleteService(pb::DeleteServiceRequest),
     CreateToken(pb::CreateTokenRequest),
     ListTokens(pb::ListTokensRequest),
     RevokeToken(pb::RevokeTokenRequest),
@@ -382,6 +384,7 @@ impl Call {
             Call::SetCluster(m) => judge::set_cluster(m),
             Call::PutStatic(m) => judge::put_static(m),
             Call::RemoveStatic(m) => judge::remove_static(m),
+            Call::DeleteService(m) => judge::delete_service(m),
             Call::CreateToken(m) => judge::create_token(m),
             Call::ListTokens(m) => judge::list_tokens(m),
             Call::RevokeToken(m) => judge::revoke_token(m),
@@ -417,6 +420,7 @@ impl Call {
             Call::PutRule(m) => m.service = s.into(),
             Call::DeleteRule(m) => m.service = s.into(),
             Call::SetCluster(m) => m.service = s.into(),
+            Call::DeleteService(m) => m.service = s.into(),
         }
     }
 }
@@ -437,6 +441,9 @@ fn pin_rule(call: &mut Call, name: &str) {
         Call::CreateToken(m) => m.name = name.into(),
         Call::RevokeToken(m) => m.name = name.into(),
         Call::SetCluster(m) => {
+            if let Some(r) = m.change.as_mut().and_then(|c| c.route.as_mut()) {
+                *r = name.into();
+            }
             if let Some(c) = &mut m.cluster {
                 for mode in c.default_mode.iter_mut().chain(c.methods.values_mut()) {
                     if mode.kind == Kind::Multicast as i32 {
@@ -466,6 +473,7 @@ pub fn call() -> BoxedStrategy<Call> {
         3 => gen::set_cluster(m).prop_map(Call::SetCluster),
         3 => gen::put_static(m).prop_map(Call::PutStatic),
         2 => gen::remove_static().prop_map(Call::RemoveStatic),
+        1 => gen::delete_service().prop_map(Call::DeleteService),
         2 => gen::create_token().prop_map(Call::CreateToken),
         1 => gen::list_tokens().prop_map(Call::ListTokens),
         1 => gen::revoke_token().prop_map(Call::RevokeToken),

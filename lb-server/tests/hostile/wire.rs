@@ -66,6 +66,8 @@ pub enum Rpc {
     PutStatic,
     /// `lb.v1.Admin/RemoveStatic`.
     RemoveStatic,
+    /// `lb.v1.Admin/DeleteService`.
+    DeleteService,
     /// `lb.v1.Admin/CreateToken`.
     CreateToken,
     /// `lb.v1.Admin/ListTokens`.
@@ -78,7 +80,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 18] = [
+    pub const ALL: [Rpc; 19] = [
         Rpc::Register,
         Rpc::Deregister,
         Rpc::ReportLoad,
@@ -93,6 +95,7 @@ impl Rpc {
         Rpc::SetCluster,
         Rpc::PutStatic,
         Rpc::RemoveStatic,
+        Rpc::DeleteService,
         Rpc::CreateToken,
         Rpc::ListTokens,
         Rpc::RevokeToken,
@@ -116,6 +119,7 @@ impl Rpc {
             Rpc::SetCluster => "SetCluster",
             Rpc::PutStatic => "PutStatic",
             Rpc::RemoveStatic => "RemoveStatic",
+            Rpc::DeleteService => "DeleteService",
             Rpc::CreateToken => "CreateToken",
             Rpc::ListTokens => "ListTokens",
             Rpc::RevokeToken => "RevokeToken",
@@ -140,6 +144,7 @@ impl Rpc {
             Rpc::SetCluster => "set_cluster",
             Rpc::PutStatic => "put_static",
             Rpc::RemoveStatic => "remove_static",
+            Rpc::DeleteService => "delete_service",
             Rpc::CreateToken => "create_token",
             Rpc::ListTokens => "list_tokens",
             Rpc::RevokeToken => "revoke_token",
@@ -219,6 +224,7 @@ pub fn run(rpc: Rpc, data: &[u8]) -> Tally {
         Rpc::SetCluster => unary(chunks, framed, &mut t, judge::set_cluster),
         Rpc::PutStatic => unary(chunks, framed, &mut t, judge::put_static),
         Rpc::RemoveStatic => unary(chunks, framed, &mut t, judge::remove_static),
+        Rpc::DeleteService => unary(chunks, framed, &mut t, judge::delete_service),
         Rpc::CreateToken => unary(chunks, framed, &mut t, judge::create_token),
         Rpc::ListTokens => unary(chunks, framed, &mut t, judge::list_tokens),
         Rpc::RevokeToken => unary(chunks, framed, &mut t, judge::revoke_token),

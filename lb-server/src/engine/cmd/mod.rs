@@ -14,7 +14,8 @@
 //!
 //! - `register`: [`Attach`] (a `ReportLoad` stream), [`Lease`],
 //!   [`PutStatic`].
-//! - `remove`: [`Drain`] (a stream leaving), [`Deregister`], [`RemoveStatic`].
+//! - `remove`: [`Drain`] (a stream leaving), [`Deregister`], [`RemoveStatic`],
+//!   [`DeleteService`].
 //! - `settings`: [`SetPolicy`], [`SetOverride`], [`SetRouting`].
 //! - `token`: [`CreateToken`], [`RevokeToken`].
 
@@ -24,7 +25,7 @@ mod settings;
 mod token;
 
 pub use register::{Attach, Attached, Lease, PutStatic};
-pub use remove::{Deregister, Drain, RemoveStatic};
+pub use remove::{DeleteService, Deleted, Deregister, Drain, RemoveStatic};
 pub use settings::{RoutingChange, SetOverride, SetPolicy, SetRouting};
 pub use token::{CreateToken, RevokeToken};
 

@@ -120,13 +120,20 @@ impl Command for Lease {
 
 /// An operator adds or updates a static instance.
 #[derive(Debug)]
-pub struct PutStatic(pub InstanceSpec);
+pub struct PutStatic {
+    /// The instance.
+    pub spec: InstanceSpec,
+    /// It may create its service (else a service with no instance and no
+    /// settings is refused: a typo must not make one).
+    pub create: bool,
+}
 
 impl Command for PutStatic {
     type Output = ();
 
     fn apply(self, st: &mut State, now: Instant) -> Result<(), EngineError> {
-        st.register(self.0, None, Via::Static, None, now)
+        st.check_exists(&self.spec.service, self.create)?;
+        st.register(self.spec, None, Via::Static, None, now)
             .map(|_| ())
     }
 }

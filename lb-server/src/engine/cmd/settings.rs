@@ -1,13 +1,14 @@
 //! Operator settings: a service's policy, an instance's override (weight,
 //! drain), a service's routing rules and cluster modes. Each is checked
 //! against the quotas (rules, list bytes) before it is persisted, and pushed
-//! to the service's subscribers at once.
+//! to the service's subscribers at once. A change to a service's settings
+//! creates the service only when asked to (`create`).
 
 use std::time::Instant;
 
-use lb_core::cluster::ClusterConfig;
+use lb_core::cluster::{ClusterChange, ClusterConfig};
 use lb_core::model::{FieldError, InstanceKey};
-use lb_core::policy::ServicePolicy;
+use lb_core::policy::{PolicyChange, ServicePolicy};
 use lb_core::registry::Override;
 use lb_core::routing::{self, Rule};
 
@@ -16,20 +17,39 @@ use crate::engine::state::State;
 use crate::engine::EngineError;
 use crate::store::{Key, Record, Write};
 
-/// Sets a service's policy (validated by the edge).
+/// Changes a service's policy (each parameter validated by the edge): on
+/// top of the policy in force, here, by the one writer, so two operators'
+/// changes to different parameters both hold whatever their order (a
+/// read-modify-write by the caller would lose one of them). Answers the
+/// policy before and after.
 #[derive(Debug)]
 pub struct SetPolicy {
     /// The service.
     pub service: String,
-    /// The policy.
-    pub policy: ServicePolicy,
+    /// The change.
+    pub change: PolicyChange,
+    /// It may create the service.
+    pub create: bool,
 }
 
 impl Command for SetPolicy {
-    type Output = ();
+    type Output = (ServicePolicy, ServicePolicy);
 
-    fn apply(self, st: &mut State, _: Instant) -> Result<(), EngineError> {
-        let SetPolicy { service, policy } = self;
+    fn apply(
+        self,
+        st: &mut State,
+        _: Instant,
+    ) -> Result<(ServicePolicy, ServicePolicy), EngineError> {
+        let SetPolicy {
+            service,
+            change,
+            create,
+        } = self;
+        st.check_exists(&service, create)?;
+        let before = st.registry.policy(&service).clone();
+        let policy = change
+            .apply(&before, &st.config.default_service_policy())
+            .map_err(|e| e.within("policy"))?;
         st.registry
             .check_policy(&service, &policy, &st.config.quotas)?;
         tracing::info!(%service, policy = policy.kind.name(), "policy set");
@@ -37,9 +57,9 @@ impl Command for SetPolicy {
             service: service.clone(),
             policy: Box::new(policy.clone()),
         }));
-        st.registry.set_policy(&service, policy);
+        st.registry.set_policy(&service, policy.clone());
         st.replanner.changed(&service);
-        Ok(())
+        Ok((before, policy))
     }
 }
 
@@ -112,24 +132,38 @@ pub enum RoutingChange {
     DeleteRule(String),
     /// Replace the cluster modes (checked on their own by the edge).
     Cluster(ClusterConfig),
+    /// Change only what the change sets in the cluster modes (checked on
+    /// its own by the edge).
+    ClusterChange(ClusterChange),
 }
 
 /// Changes a service's rules or cluster modes, after checking the result
 /// against the service's other settings (a duplicate rule name, a multicast
-/// mode naming a missing rule).
+/// mode naming a missing rule). Answers the cluster modes before and after.
 #[derive(Debug)]
 pub struct SetRouting {
     /// The service.
     pub service: String,
     /// The change.
     pub change: RoutingChange,
+    /// It may create the service (removing a rule never does).
+    pub create: bool,
 }
 
 impl Command for SetRouting {
-    type Output = ();
+    type Output = (ClusterConfig, ClusterConfig);
 
-    fn apply(self, st: &mut State, _: Instant) -> Result<(), EngineError> {
-        let SetRouting { service, change } = self;
+    fn apply(
+        self,
+        st: &mut State,
+        _: Instant,
+    ) -> Result<(ClusterConfig, ClusterConfig), EngineError> {
+        let SetRouting {
+            service,
+            change,
+            create,
+        } = self;
+        st.check_exists(&service, create)?;
         let (mut rules, mut cluster) = match st.registry.service(&service) {
             Some(s) => (s.rules.clone(), s.cluster.clone()),
             None => (Vec::new(), ClusterConfig::default()),
@@ -159,7 +193,16 @@ impl Command for SetRouting {
                 rules.remove(i);
             }
             RoutingChange::Cluster(c) => cluster = c,
+            RoutingChange::ClusterChange(c) => {
+                let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+                cluster = c.apply(&cluster, &names).map_err(|e| e.within("change"))?;
+            }
         }
+        let before = st
+            .registry
+            .service(&service)
+            .map(|s| s.cluster.clone())
+            .unwrap_or_default();
         // The quotas first, so too many rules are resource_exhausted even
         // where the quota is the hard limit.
         st.registry
@@ -178,8 +221,8 @@ impl Command for SetRouting {
         });
         tracing::info!(%service, rules = rules.len(), "routing set");
         st.registry.set_rules(&service, rules);
-        st.registry.set_cluster(&service, cluster);
+        st.registry.set_cluster(&service, cluster.clone());
         st.replanner.changed(&service);
-        Ok(())
+        Ok((before, cluster))
     }
 }
