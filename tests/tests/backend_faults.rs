@@ -35,7 +35,11 @@ async fn calls(addr: &str) -> u64 {
 /// when its process dies (the daemon hears of that only from clients'
 /// reports, and one client is too few to eject it).
 fn put_static(c: &Cluster, service: &str, id: &str, addr: &str) {
-    ctl(&c.daemon.addr(), &["put-static", service, id, addr]).expect("put-static");
+    ctl(
+        &c.daemon.addr(),
+        &["put-static", service, id, addr, "--create"],
+    )
+    .expect("put-static");
 }
 
 /// A backend that registers in another service (so only `put_static`
