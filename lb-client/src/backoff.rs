@@ -5,10 +5,39 @@
 //! `[0, min(max, initial * multiplier^n)]`. Spreading reconnects over the whole
 //! window keeps a fleet of clients from reconnecting in lockstep after a daemon
 //! restart. Pure: the caller passes the RNG (seeded per client).
+//!
+//! ```
+//! use std::time::Duration;
+//! use rand::{rngs::StdRng, SeedableRng};
+//! let backoff = lb_client::Backoff::default(); // 100 ms, doubling to 5 s
+//! let mut rng = StdRng::seed_from_u64(7); // per client
+//! let waits: Vec<Duration> = (0..8).map(|attempt| backoff.delay(attempt, &mut rng)).collect();
+//! assert!(waits.iter().all(|w| *w <= Duration::from_secs(5)));
+//! ```
 
 use std::time::Duration;
 
-/// Reconnect backoff parameters.
+/// Reconnect backoff parameters: [`ClientOptions::backoff`] and
+/// [`ReporterOptions::backoff`] (the default: 100 ms doubling to 5 s).
+///
+/// [`ClientOptions::backoff`]: crate::ClientOptions::backoff
+/// [`ReporterOptions::backoff`]: crate::ReporterOptions::backoff
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::{Backoff, ClientOptions};
+///
+/// let default = Backoff::default();
+/// assert_eq!(default.ceiling(0), Duration::from_millis(100));
+/// // Reconnect sooner, and never wait more than a second:
+/// let fast = Backoff {
+///     initial: Duration::from_millis(10),
+///     max: Duration::from_secs(1),
+///     multiplier: 2.0,
+/// };
+/// let options = ClientOptions { backoff: fast, ..ClientOptions::new("127.0.0.1:7400") };
+/// assert_eq!(options.backoff.ceiling(10), Duration::from_secs(1));
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backoff {
     /// Ceiling of the first delay.
@@ -32,6 +61,15 @@ impl Default for Backoff {
 impl Backoff {
     /// The ceiling for `attempt` (0-based): `min(max, initial * multiplier^attempt)`.
     /// Never overflows: a huge attempt just yields `max`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = lb_client::Backoff::default(); // 100 ms, doubling, up to 5 s
+    /// assert_eq!(b.ceiling(0), Duration::from_millis(100));
+    /// assert_eq!(b.ceiling(3), Duration::from_millis(800));
+    /// assert_eq!(b.ceiling(6), Duration::from_secs(5)); // 6.4 s, capped
+    /// assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(5));
+    /// ```
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let m = if self.multiplier >= 1.0 {
             self.multiplier
@@ -46,7 +84,20 @@ impl Backoff {
         }
     }
 
-    /// A delay uniform in `[0, ceiling(attempt)]`.
+    /// A delay uniform in `[0, ceiling(attempt)]` ("full jitter"), drawn
+    /// from `rng`: seed it per client, so a fleet spreads its reconnects.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rand::{rngs::StdRng, SeedableRng};
+    ///
+    /// let b = lb_client::Backoff::default();
+    /// let mut rng = StdRng::seed_from_u64(42); // e.g. a hash of the client id
+    /// for attempt in 0..5 {
+    ///     let wait = b.delay(attempt, &mut rng);
+    ///     assert!(wait <= b.ceiling(attempt));
+    /// }
+    /// ```
     pub fn delay(&self, attempt: u32, rng: &mut impl rand::Rng) -> Duration {
         let cap = u64::try_from(self.ceiling(attempt).as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rng.random_range(0..=cap))

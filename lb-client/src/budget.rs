@@ -11,6 +11,20 @@
 //! gRPC's retry throttling (proposal A6, *gRPC Retry Design*) follows the same
 //! idea with a token bucket per channel.
 //!
+//! ```
+//! let budget = lb_client::RetryBudget::default(); // 20 % of calls + 10 retries a second
+//! let attempt = |n: u32| if n < 2 { Err("unavailable") } else { Ok("reply") };
+//! budget.deposit(); // one call ...
+//! let mut n = 0;
+//! let reply = loop {
+//!     match attempt(n) {
+//!         Err(_) if budget.try_withdraw() => n += 1, // ... retried within the budget
+//!         r => break r,
+//!     }
+//! };
+//! assert_eq!(reply, Ok("reply"));
+//! ```
+//!
 //! The window is bucketed (10 buckets of `ttl / 10`), as Finagle's
 //! `WindowedAdder`: an entry expires between `0.9 × ttl` and `ttl` after it was
 //! made. Time is [`tokio::time::Instant`], so tests can pause and advance it.
@@ -30,7 +44,21 @@ const BUCKETS: usize = 10;
 /// Shortest bucket, so a zero or tiny `ttl` cannot stall the window arithmetic.
 const MIN_BUCKET: Duration = Duration::from_millis(1);
 
-/// Retry budget parameters.
+/// Retry budget parameters. The daemon sets a service's budget
+/// (`ctl set-cluster --budget-percent 20 --budget-min-per-sec 10`, the
+/// default) and a subscription follows it; build one yourself for
+/// [`crate::cluster::call`].
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::{BudgetConfig, RetryBudget};
+///
+/// // One retry per five calls, plus one a second, over 10 s:
+/// let cfg = BudgetConfig { percent: 0.2, min_per_sec: 1, ttl: Duration::from_secs(10) };
+/// assert_eq!(RetryBudget::new(cfg).balance(), 10); // the reserve: 1/s × 10 s
+/// assert_eq!(BudgetConfig::default().percent, 0.2);
+/// assert_eq!(BudgetConfig::default().min_per_sec, 10);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetConfig {
     /// Retries allowed as a fraction of requests (0.2 = one retry per five
@@ -44,6 +72,13 @@ pub struct BudgetConfig {
 }
 
 /// How long a deposit or withdrawal counts unless set (Finagle's default).
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::{budget::DEFAULT_TTL, BudgetConfig};
+/// assert_eq!(DEFAULT_TTL, Duration::from_secs(10));
+/// assert_eq!(BudgetConfig::default().ttl, DEFAULT_TTL);
+/// ```
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
 impl Default for BudgetConfig {
@@ -66,7 +101,23 @@ impl From<lb_core::cluster::Budget> for BudgetConfig {
 }
 
 /// A sliding-window retry budget. `Send + Sync`; share it (by reference or in
-/// an `Arc`) between all calls to one service.
+/// an `Arc`) between all calls to one service. A [`crate::Subscription`]
+/// keeps one per service, under the daemon's settings; this is for your own
+/// retry loops and [`crate::cluster::call`].
+///
+/// ```
+/// use lb_client::{BudgetConfig, RetryBudget};
+///
+/// let cfg = BudgetConfig { percent: 0.2, min_per_sec: 0, ..Default::default() };
+/// let budget = RetryBudget::new(cfg);
+/// for _ in 0..10 {
+///     budget.deposit(); // once per call
+/// }
+/// // 20 % of 10 calls: two retries, then none until more calls come.
+/// assert!(budget.try_withdraw());
+/// assert!(budget.try_withdraw());
+/// assert!(!budget.try_withdraw());
+/// ```
 #[derive(Debug)]
 pub struct RetryBudget {
     /// Units deposited per request.
@@ -123,6 +174,12 @@ impl Window {
 
 impl RetryBudget {
     /// A budget with `cfg`, empty but for the reserve.
+    ///
+    /// ```
+    /// use lb_client::{BudgetConfig, RetryBudget};
+    /// let budget = RetryBudget::new(BudgetConfig::default());
+    /// assert_eq!(budget.balance(), 100); // 10 retries a second × 10 s
+    /// ```
     pub fn new(cfg: BudgetConfig) -> Self {
         let percent = if cfg.percent.is_finite() && cfg.percent > 0.0 {
             cfg.percent
@@ -147,6 +204,12 @@ impl RetryBudget {
     }
 
     /// A budget that never refuses a retry (no throttling).
+    ///
+    /// ```
+    /// let budget = lb_client::RetryBudget::unlimited();
+    /// assert!((0..1000).all(|_| budget.try_withdraw()));
+    /// assert_eq!(budget.balance(), u64::MAX);
+    /// ```
     pub fn unlimited() -> Self {
         RetryBudget {
             deposit: 0,
@@ -157,6 +220,15 @@ impl RetryBudget {
     }
 
     /// Records one original request (call once per call, not per attempt).
+    ///
+    /// ```
+    /// use lb_client::{BudgetConfig, RetryBudget};
+    /// let cfg = BudgetConfig { percent: 0.2, min_per_sec: 0, ..Default::default() };
+    /// let budget = RetryBudget::new(cfg);
+    /// assert_eq!(budget.balance(), 0);
+    /// (0..5).for_each(|_| budget.deposit());
+    /// assert_eq!(budget.balance(), 1); // 5 calls × 20 %
+    /// ```
     pub fn deposit(&self) {
         if let Some(w) = &self.window {
             let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,6 +239,18 @@ impl RetryBudget {
 
     /// Takes one retry (or extra hedge) from the budget. `false`: the budget is
     /// exhausted, do not retry.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_client::{BudgetConfig, RetryBudget};
+    /// // No calls yet, a reserve of 1 retry a second over 2 s:
+    /// let ttl = Duration::from_secs(2);
+    /// let cfg = BudgetConfig { min_per_sec: 1, ttl, ..Default::default() };
+    /// let budget = RetryBudget::new(cfg);
+    /// assert!(budget.try_withdraw());
+    /// assert!(budget.try_withdraw());
+    /// assert!(!budget.try_withdraw()); // fail the call rather than retry it
+    /// ```
     pub fn try_withdraw(&self) -> bool {
         let Some(w) = &self.window else {
             return true;
@@ -182,6 +266,13 @@ impl RetryBudget {
     }
 
     /// Retries currently available (`u64::MAX` when unlimited).
+    ///
+    /// ```
+    /// let budget = lb_client::RetryBudget::default(); // 20 % + 10/s over 10 s
+    /// assert_eq!(budget.balance(), 100);
+    /// assert!(budget.try_withdraw());
+    /// assert_eq!(budget.balance(), 99);
+    /// ```
     pub fn balance(&self) -> u64 {
         let Some(w) = &self.window else {
             return u64::MAX;

@@ -84,6 +84,43 @@ impl Subscription {
     /// for every answer). The service's default deadline, if the daemon set
     /// one, ends the call with [`ClusterError::DeadlineExceeded`] (the
     /// closure's own timeouts are the caller's).
+    ///
+    /// A generated client on [`Subscription::channel`] needs none of this; `call`
+    /// is for calls of any kind (a complete program with the channel:
+    /// `examples/hello/src/bin/caller.rs`):
+    ///
+    /// ```no_run
+    /// # mod hello {
+    /// #     #[derive(Clone, Default)]
+    /// #     pub struct HelloRequest { pub name: String }
+    /// #     #[derive(Clone, Debug, Default)]
+    /// #     pub struct HelloReply { pub message: String, pub served_by: String }
+    /// #     pub mod greeter_client {
+    /// #         pub struct GreeterClient<T>(T);
+    /// #         impl<T> GreeterClient<T> {
+    /// #             pub fn new(inner: T) -> Self { GreeterClient(inner) }
+    /// #             pub async fn say_hello(&mut self, _: impl tonic::IntoRequest<super::HelloRequest>)
+    /// #                 -> Result<tonic::Response<super::HelloReply>, tonic::Status> { unimplemented!() }
+    /// #         }
+    /// #     }
+    /// # }
+    /// # use hello::{greeter_client::GreeterClient, HelloRequest};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sub = lb_client::subscribe("hello", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
+    /// let channels = sub.channel(); // its backend connections, shared by every call
+    /// let reply = sub
+    ///     .call("/hello.Greeter/SayHello", &[("group", "beta")], |ep| {
+    ///         let backend = channels.backend(ep.address());
+    ///         async move {
+    ///             let request = HelloRequest { name: "world".into() };
+    ///             let reply = GreeterClient::new(backend?).say_hello(request).await?;
+    ///             Ok::<_, tonic::Status>(reply.into_inner())
+    ///         }
+    ///     })
+    ///     .await?;
+    /// println!("{} (served by {})", reply.message, reply.served_by);
+    /// # Ok(()) }
+    /// ```
     pub async fn call<T, E, F, Fut>(
         &self,
         method: &str,
@@ -145,6 +182,39 @@ impl Subscription {
     /// Calls every instance of the route `labels` select, concurrently, and
     /// returns each one's result; fails when more than `max_failure_percent`
     /// of them fail. Dropping the future cancels every attempt still running.
+    ///
+    /// ```no_run
+    /// use lb_client::{Broadcast, Collect};
+    /// # mod hello {
+    /// #     #[derive(Clone, Default)]
+    /// #     pub struct HelloRequest { pub name: String }
+    /// #     #[derive(Clone, Debug, Default)]
+    /// #     pub struct HelloReply { pub message: String, pub served_by: String }
+    /// #     pub mod greeter_client {
+    /// #         pub struct GreeterClient<T>(T);
+    /// #         impl<T> GreeterClient<T> {
+    /// #             pub fn new(inner: T) -> Self { GreeterClient(inner) }
+    /// #             pub async fn say_hello(&mut self, _: impl tonic::IntoRequest<super::HelloRequest>)
+    /// #                 -> Result<tonic::Response<super::HelloReply>, tonic::Status> { unimplemented!() }
+    /// #         }
+    /// #     }
+    /// # }
+    /// # use hello::{greeter_client::GreeterClient, HelloRequest};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sub = lb_client::subscribe("hello", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
+    /// let channels = sub.channel();
+    /// let cfg = Broadcast { collect: Collect::All, max_failure_percent: 25 };
+    /// let report = sub
+    ///     .broadcast(&[], &cfg, |ep| {
+    ///         let backend = channels.backend(ep.address());
+    ///         async move { GreeterClient::new(backend?).say_hello(HelloRequest::default()).await }
+    ///     })
+    ///     .await?;
+    /// for (ep, result) in &report.results {
+    ///     println!("{}: {}", ep.instance_id(), if result.is_ok() { "ok" } else { "failed" });
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn broadcast<T, E, F, Fut>(
         &self,
         labels: &[(&str, &str)],
@@ -161,6 +231,37 @@ impl Subscription {
 
     /// Calls every instance the routing rule `route` selects (multicast), as
     /// [`Subscription::broadcast`] does.
+    ///
+    /// ```no_run
+    /// use lb_client::Broadcast;
+    /// # mod hello {
+    /// #     #[derive(Clone, Default)]
+    /// #     pub struct HelloRequest { pub name: String }
+    /// #     #[derive(Clone, Debug, Default)]
+    /// #     pub struct HelloReply { pub message: String, pub served_by: String }
+    /// #     pub mod greeter_client {
+    /// #         pub struct GreeterClient<T>(T);
+    /// #         impl<T> GreeterClient<T> {
+    /// #             pub fn new(inner: T) -> Self { GreeterClient(inner) }
+    /// #             pub async fn say_hello(&mut self, _: impl tonic::IntoRequest<super::HelloRequest>)
+    /// #                 -> Result<tonic::Response<super::HelloReply>, tonic::Status> { unimplemented!() }
+    /// #         }
+    /// #     }
+    /// # }
+    /// # use hello::{greeter_client::GreeterClient, HelloRequest};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sub = lb_client::subscribe("hello", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
+    /// let channels = sub.channel();
+    /// // Every instance the daemon's rule "canary" selects (`ctl set-rule hello canary ...`):
+    /// let report = sub
+    ///     .multicast("canary", &Broadcast::default(), |ep| {
+    ///         let backend = channels.backend(ep.address());
+    ///         async move { GreeterClient::new(backend?).say_hello(HelloRequest::default()).await }
+    ///     })
+    ///     .await?;
+    /// println!("{} of {} canaries failed", report.failed(), report.results.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn multicast<T, E, F, Fut>(
         &self,
         route: &str,

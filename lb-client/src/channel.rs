@@ -7,6 +7,32 @@
 //! backends of the current list, over cached, lazily connected tonic channels
 //! (one per address), and its outcome is recorded on the endpoint it went to.
 //!
+//! ```no_run
+//! # mod hello {
+//! #     #[derive(Clone, Default)]
+//! #     pub struct HelloRequest { pub name: String }
+//! #     #[derive(Clone, Debug, Default)]
+//! #     pub struct HelloReply { pub message: String, pub served_by: String }
+//! #     pub mod greeter_client {
+//! #         pub struct GreeterClient<T>(T);
+//! #         impl<T> GreeterClient<T> {
+//! #             pub fn new(inner: T) -> Self { GreeterClient(inner) }
+//! #             pub async fn say_hello(&mut self, _: impl tonic::IntoRequest<super::HelloRequest>)
+//! #                 -> Result<tonic::Response<super::HelloReply>, tonic::Status> { unimplemented!() }
+//! #         }
+//! #     }
+//! # }
+//! # use hello::{greeter_client::GreeterClient, HelloRequest};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # let sub = lb_client::subscribe("hello", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
+//! let mut greeter = GreeterClient::new(sub.channel());
+//! let mut request = tonic::Request::new(HelloRequest { name: "world".into() });
+//! request.metadata_mut().insert("lb-label-group", "beta".parse()?); // for routing rules
+//! request.metadata_mut().insert("lb-hash-key", "user-42".parse()?); // for hash policies
+//! let reply = greeter.say_hello(request).await?.into_inner();
+//! # Ok(()) }
+//! ```
+//!
 //! # Connections
 //! Every backend connection has HTTP/2 keep-alive, a connect timeout and
 //! `TCP_NODELAY` ([`ChannelOptions`]), so a backend that stops answering (a
@@ -77,10 +103,51 @@ use crate::subscription::Subscription;
 
 /// The error type of [`LbChannel`]; a `tonic::Status` inside is surfaced as-is
 /// by generated clients.
+///
+/// Generated clients turn it back into the `tonic::Status` inside; as a
+/// `tower::Service` of your own:
+///
+/// ```
+/// use lb_client::{channel::BoxError, subscribe, ClientOptions};
+/// use tower_service::Service;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let options = ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None);
+/// let mut channel = subscribe("echo", options).await?.channel(); // no list yet
+/// let request = http::Request::builder().uri("/echo.Echo/Say").body(tonic::body::Body::empty())?;
+/// let err: BoxError = channel.call(request).await.unwrap_err();
+/// let status = err.downcast::<tonic::Status>().map_err(|_| "not a status")?;
+/// assert_eq!(status.code(), tonic::Code::Unavailable);
+/// assert!(status.message().starts_with("no backend available for \"echo\""));
+/// # Ok(()) }
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How [`LbChannel`] connects to backends and how much of a request it keeps
 /// for a retry. The defaults suit backends on one network; each says why.
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::ChannelOptions;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // Offline: starts on the fallback list, returns at once, and the
+/// # // subscription's task never runs (nothing here yields).
+/// # let options = lb_client::ClientOptions {
+/// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+/// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+/// # };
+/// # let sub = lb_client::subscribe("echo", options).await?;
+/// let options = ChannelOptions {
+///     keepalive_interval: Some(Duration::from_secs(300)), // backends that police pings
+///     replay_limit: 256 * 1024, // retry requests up to 256 KiB
+///     ..ChannelOptions::default()
+/// };
+/// let channel = sub.channel_with(options); // GreeterClient::new(channel) ...
+/// # let _ = channel;
+/// assert_eq!(ChannelOptions::default().connect_timeout, Duration::from_secs(2));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelOptions {
     /// Bound on establishing a connection (TCP, and TLS if any). Default
@@ -155,6 +222,36 @@ impl ChannelOptions {
 
 /// A channel over the backends of a [`Subscription`]; cheap to clone. It holds
 /// the subscription, so the background task lives as long as any channel does.
+///
+/// Any generated tonic client works on it (a complete program:
+/// `examples/hello/src/bin/caller.rs`):
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # mod hello {
+/// #     #[derive(Clone, Default)]
+/// #     pub struct HelloRequest { pub name: String }
+/// #     #[derive(Clone, Debug, Default)]
+/// #     pub struct HelloReply { pub message: String, pub served_by: String }
+/// #     pub mod greeter_client {
+/// #         pub struct GreeterClient<T>(T);
+/// #         impl<T> GreeterClient<T> {
+/// #             pub fn new(inner: T) -> Self { GreeterClient(inner) }
+/// #             pub async fn say_hello(&mut self, _: impl tonic::IntoRequest<super::HelloRequest>)
+/// #                 -> Result<tonic::Response<super::HelloReply>, tonic::Status> { unimplemented!() }
+/// #         }
+/// #     }
+/// # }
+/// # use hello::{greeter_client::GreeterClient, HelloRequest};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// # let sub = lb_client::subscribe("hello", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
+/// let mut greeter = GreeterClient::new(sub.channel());
+/// let mut request = tonic::Request::new(HelloRequest { name: "world".into() });
+/// request.set_timeout(Duration::from_secs(2)); // covers every attempt
+/// let reply = greeter.say_hello(request).await?.into_inner();
+/// println!("{} (served by {})", reply.message, reply.served_by);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct LbChannel {
     subscription: Subscription,
@@ -175,11 +272,55 @@ impl std::fmt::Debug for LbChannel {
 impl Subscription {
     /// A tonic-compatible channel that picks a backend per request, with the
     /// default [`ChannelOptions`].
+    ///
+    /// ```no_run
+    /// # mod hello {
+    /// #     #[derive(Clone, Default)]
+    /// #     pub struct HelloRequest { pub name: String }
+    /// #     #[derive(Clone, Debug, Default)]
+    /// #     pub struct HelloReply { pub message: String, pub served_by: String }
+    /// #     pub mod greeter_client {
+    /// #         pub struct GreeterClient<T>(T);
+    /// #         impl<T> GreeterClient<T> {
+    /// #             pub fn new(inner: T) -> Self { GreeterClient(inner) }
+    /// #             pub async fn say_hello(&mut self, _: impl tonic::IntoRequest<super::HelloRequest>)
+    /// #                 -> Result<tonic::Response<super::HelloReply>, tonic::Status> { unimplemented!() }
+    /// #         }
+    /// #     }
+    /// # }
+    /// # use hello::{greeter_client::GreeterClient, HelloRequest};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sub = lb_client::subscribe("hello", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
+    /// let mut greeter = GreeterClient::new(sub.channel()); // cheap to clone, one per task is fine
+    /// let reply = greeter.say_hello(HelloRequest { name: "world".into() }).await?;
+    /// println!("served by {}", reply.into_inner().served_by);
+    /// # Ok(()) }
+    /// ```
     pub fn channel(&self) -> LbChannel {
         self.channel_with(ChannelOptions::default())
     }
 
     /// A tonic-compatible channel with `options`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_client::ChannelOptions;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// // Backends that answer within 100 ms: give up on a connect sooner.
+    /// let connect_timeout = Duration::from_millis(300);
+    /// let options = ChannelOptions { connect_timeout, ..Default::default() };
+    /// let channel = sub.channel_with(options); // GreeterClient::new(channel) ...
+    /// assert!(channel.backend("10.0.0.5:50051").is_ok()); // connected lazily, on the first call
+    /// # Ok(()) }
+    /// ```
     pub fn channel_with(&self, options: ChannelOptions) -> LbChannel {
         LbChannel {
             subscription: self.clone(),
@@ -387,10 +528,33 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, B
 /// (`hash`, `consistent_hash`) requests with the same key go to the same
 /// backend while it is in the list (as [`Subscription::pick_for_key`]);
 /// under the others it changes nothing. `lb-hash-key: user-42`.
+///
+/// ```
+/// use lb_client::channel::HASH_KEY;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[derive(Default)] struct HelloRequest { name: String }
+/// // A complete program: examples/hello/src/bin/routed.rs.
+/// let mut request = tonic::Request::new(HelloRequest { name: "user-42".into() });
+/// request.metadata_mut().insert(HASH_KEY, "user-42".parse()?);
+/// // GreeterClient::new(sub.channel()).say_hello(request): user-42's backend.
+/// assert_eq!(request.metadata().get("lb-hash-key").unwrap(), "user-42");
+/// # let _ = &request.get_ref().name; Ok(()) }
+/// ```
 pub const HASH_KEY: &str = "lb-hash-key";
 
 /// Metadata keys with this prefix carry request labels for routing rules:
 /// `lb-label-group: B` is the label `group=B`.
+///
+/// ```
+/// use lb_client::channel::LABEL_PREFIX;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[derive(Default)] struct HelloRequest { name: String }
+/// // A complete program: examples/hello/src/bin/routed.rs.
+/// let mut request = tonic::Request::new(HelloRequest { name: "world".into() });
+/// request.metadata_mut().insert("lb-label-group", "beta".parse()?); // the label group=beta
+/// assert!("lb-label-group".starts_with(LABEL_PREFIX));
+/// # let _ = &request.get_ref().name; Ok(()) }
+/// ```
 pub const LABEL_PREFIX: &str = "lb-label-";
 
 /// The request labels `headers` carry (see [`LABEL_PREFIX`]).

@@ -22,6 +22,35 @@
 //!   instances of one routing rule: the caller gives the picker for that
 //!   rule's lane.
 //!
+//! ```
+//! use lb_client::{cluster, Mode, RetryBudget};
+//! # use std::sync::Arc;
+//! # use lb_client::{cluster::{tried_contains, Picker}, Endpoint, NoPick, Outcome};
+//! # struct Fixed(Vec<Arc<Endpoint>>);
+//! # impl Fixed {
+//! #     fn new(addresses: &[&str]) -> Fixed {
+//! #         Fixed(addresses.iter().map(|a| Arc::new(Endpoint::new(*a, *a))).collect())
+//! #     }
+//! # }
+//! # impl Picker for Fixed {
+//! #     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+//! #         self.0.iter().find(|ep| !tried_contains(tried, ep)).cloned().ok_or(NoPick::Empty)
+//! #     }
+//! #     fn all(&self) -> Vec<Arc<Endpoint>> { self.0.clone() }
+//! #     fn report(&self, _: &Endpoint, _: Outcome) {}
+//! # }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let picker = Fixed::new(&["10.0.0.5:50051", "10.0.0.6:50051"]); // a Picker
+//! let hedged = Mode::Forking { forks: 2 }; // both at once, the first success wins
+//! let reply = cluster::call(&picker, &hedged, &RetryBudget::default(), |ep| async move {
+//!     Ok::<_, tonic::Status>(format!("served by {}", ep.address()))
+//! })
+//! .await?;
+//! assert!(reply.starts_with("served by 10.0.0."));
+//! # Ok(()) }
+//! ```
+//!
 //! Retries and extra hedges draw on a [`RetryBudget`] (every call deposits
 //! once), so a failing service sees at most `percent` more load, not
 //! `attempts ×` more.
@@ -60,20 +89,115 @@ use crate::budget::RetryBudget;
 use crate::list::{Endpoint, NoPick, Outcome};
 
 /// Where a cluster call gets its instances, and where it reports outcomes.
+///
+/// A [`crate::Subscription`] is one for its calls ([`crate::Subscription::call`]);
+/// implement it to run the cluster modes over instances of your own:
+///
+/// ```
+/// use std::sync::Arc;
+/// use lb_client::{cluster::{tried_contains, Picker}, Endpoint, NoPick, Outcome};
+///
+/// /// A fixed list, first untried endpoint first.
+/// struct Fixed(Vec<Arc<Endpoint>>);
+///
+/// impl Picker for Fixed {
+///     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+///         self.0.iter().find(|ep| !tried_contains(tried, ep)).cloned().ok_or(NoPick::Empty)
+///     }
+///     fn all(&self) -> Vec<Arc<Endpoint>> {
+///         self.0.clone()
+///     }
+///     fn report(&self, _ep: &Endpoint, _outcome: Outcome) {} // or keep statistics
+/// }
+/// let picker = Fixed(vec![Arc::new(Endpoint::new("b1", "10.0.0.5:50051"))]);
+/// assert_eq!(picker.pick_untried(&[])?.instance_id(), "b1");
+/// # Ok::<(), NoPick>(())
+/// ```
 pub trait Picker: Send + Sync {
     /// An endpoint for one attempt: the next in order, skipping any endpoint
     /// in `tried` (same instance: see [`tried_contains`]) while an untried
     /// non-drop endpoint exists; when all were tried, `Err(NoPick::Empty)`.
     /// Landing on a drop entry is `Err(NoPick::Dropped)`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use lb_client::{cluster::{tried_contains, Picker}, Endpoint, NoPick, Outcome};
+    /// # struct Fixed(Vec<Arc<Endpoint>>);
+    /// # impl Fixed {
+    /// #     fn new(addresses: &[&str]) -> Fixed {
+    /// #         Fixed(addresses.iter().map(|a| Arc::new(Endpoint::new(*a, *a))).collect())
+    /// #     }
+    /// # }
+    /// # impl Picker for Fixed {
+    /// #     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+    /// #         self.0.iter().find(|ep| !tried_contains(tried, ep)).cloned().ok_or(NoPick::Empty)
+    /// #     }
+    /// #     fn all(&self) -> Vec<Arc<Endpoint>> { self.0.clone() }
+    /// #     fn report(&self, _: &Endpoint, _: Outcome) {}
+    /// # }
+    /// let picker = Fixed::new(&["10.0.0.5:50051", "10.0.0.6:50051"]); // the Picker above
+    /// let first = picker.pick_untried(&[])?;
+    /// let second = picker.pick_untried(&[first.clone()])?; // a retry goes elsewhere
+    /// assert_eq!(second.address(), "10.0.0.6:50051");
+    /// assert_eq!(picker.pick_untried(&[first, second]).unwrap_err(), NoPick::Empty);
+    /// # Ok::<(), NoPick>(())
+    /// ```
     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick>;
     /// Every distinct non-drop endpoint (for broadcast), in list order.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use lb_client::{cluster::{tried_contains, Picker}, Endpoint, NoPick, Outcome};
+    /// # struct Fixed(Vec<Arc<Endpoint>>);
+    /// # impl Fixed {
+    /// #     fn new(addresses: &[&str]) -> Fixed {
+    /// #         Fixed(addresses.iter().map(|a| Arc::new(Endpoint::new(*a, *a))).collect())
+    /// #     }
+    /// # }
+    /// # impl Picker for Fixed {
+    /// #     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+    /// #         self.0.iter().find(|ep| !tried_contains(tried, ep)).cloned().ok_or(NoPick::Empty)
+    /// #     }
+    /// #     fn all(&self) -> Vec<Arc<Endpoint>> { self.0.clone() }
+    /// #     fn report(&self, _: &Endpoint, _: Outcome) {}
+    /// # }
+    /// let picker = Fixed::new(&["10.0.0.5:50051", "10.0.0.6:50051"]); // the Picker above
+    /// let everyone: Vec<String> = picker.all().iter().map(|ep| ep.address().to_owned()).collect();
+    /// assert_eq!(everyone, ["10.0.0.5:50051", "10.0.0.6:50051"]);
+    /// ```
     fn all(&self) -> Vec<Arc<Endpoint>>;
     /// Records a finished attempt's outcome (the caller's stats).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use lb_client::{cluster::Picker, Endpoint, NoPick, Outcome};
+    /// /// A single backend that remembers its failures.
+    /// struct One(Arc<Endpoint>, Mutex<u32>);
+    /// impl Picker for One {
+    ///     # fn pick_untried(&self, _: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> { Ok(self.0.clone()) }
+    ///     # fn all(&self) -> Vec<Arc<Endpoint>> { vec![self.0.clone()] }
+    ///     fn report(&self, _ep: &Endpoint, outcome: Outcome) {
+    ///         *self.1.lock().unwrap() += u32::from(!outcome.is_ok());
+    ///     }
+    /// }
+    /// let one = One(Arc::new(Endpoint::new("b1", "10.0.0.5:50051")), Mutex::new(0));
+    /// one.report(&one.0, Outcome::failure(lb_client::Code::Unavailable, Default::default()));
+    /// assert_eq!(*one.1.lock().unwrap(), 1);
+    /// ```
     fn report(&self, ep: &Endpoint, outcome: Outcome);
 }
 
 /// Whether `ep` is in `tried`: the same `Arc`, or the same instance id and
 /// address. A helper for [`Picker::pick_untried`] implementations.
+///
+/// ```
+/// use std::sync::Arc;
+/// use lb_client::{cluster::tried_contains, Endpoint};
+/// let tried = [Arc::new(Endpoint::new("b1", "10.0.0.5:50051"))];
+/// // The same instance in a newer list is another Arc, but it was tried:
+/// assert!(tried_contains(&tried, &Endpoint::new("b1", "10.0.0.5:50051")));
+/// assert!(!tried_contains(&tried, &Endpoint::new("b2", "10.0.0.6:50051")));
+/// ```
 pub fn tried_contains(tried: &[Arc<Endpoint>], ep: &Endpoint) -> bool {
     tried.iter().any(|t| {
         std::ptr::eq(Arc::as_ptr(t), ep)
@@ -82,14 +206,59 @@ pub fn tried_contains(tried: &[Arc<Endpoint>], ep: &Endpoint) -> bool {
 }
 
 /// Classifies an error for retries.
+///
+/// Implemented for `tonic::Status`; implement it for your own error type to
+/// call with [`crate::Subscription::call`] or [`call`]:
+///
+/// ```
+/// use lb_client::{cluster::CallError, Code};
+///
+/// #[derive(Debug)]
+/// enum ShopError {
+///     Busy,
+///     OutOfStock,
+/// }
+/// impl CallError for ShopError {
+///     fn code(&self) -> Option<Code> {
+///         Some(match self {
+///             ShopError::Busy => Code::Unavailable, // failover retries it elsewhere
+///             ShopError::OutOfStock => Code::FailedPrecondition,
+///         })
+///     }
+/// }
+/// assert_eq!(ShopError::Busy.code(), Some(Code::Unavailable));
+/// ```
 pub trait CallError {
     /// The gRPC code of the error; `None` when it has none (never retried).
+    ///
+    /// ```
+    /// use lb_client::{cluster::CallError, Code};
+    /// let status = tonic::Status::not_found("no such user");
+    /// assert_eq!(CallError::code(&status), Some(Code::NotFound)); // not retried by default
+    /// let draining = tonic::Status::unavailable("draining");
+    /// assert_eq!(CallError::code(&draining), Some(Code::Unavailable)); // retried
+    /// ```
     fn code(&self) -> Option<Code>;
 
     /// This error as the caller should see it, knowing the attempt went to
     /// `ep`. The default leaves it as it is; a `tonic::Status` that came
     /// from the transport gets its real code and names the backend (see
     /// the `CallError` impl for `tonic::Status`).
+    ///
+    /// ```
+    /// use lb_client::{cluster::CallError, Code, Endpoint};
+    /// let ep = Endpoint::new("b1", "10.0.0.5:50051");
+    /// // What tonic makes of a refused connection: UNKNOWN "transport error",
+    /// // with the cause as its source.
+    /// use std::io::{Error, ErrorKind::ConnectionRefused};
+    /// let refused = Error::new(ConnectionRefused, "Connection refused");
+    /// let status = tonic::Status::from_error(Box::new(refused)).at_endpoint(&ep);
+    /// assert_eq!(status.code(), tonic::Code::Unavailable);
+    /// assert_eq!(status.message(), "backend 10.0.0.5:50051: Connection refused");
+    /// // The backend's own statuses are left as they are:
+    /// let not_found = tonic::Status::not_found("no such user").at_endpoint(&ep);
+    /// assert_eq!(not_found.message(), "no such user");
+    /// ```
     fn at_endpoint(self, ep: &Endpoint) -> Self
     where
         Self: Sized,
@@ -100,6 +269,15 @@ pub trait CallError {
 }
 
 /// A tonic code as lb's.
+///
+/// ```
+/// use lb_client::{cluster::code_of, Code, Outcome};
+/// assert_eq!(code_of(tonic::Code::Unavailable), Code::Unavailable);
+/// // e.g. to report a tonic call's outcome:
+/// let status = tonic::Status::resource_exhausted("quota");
+/// let outcome = Outcome::failure(code_of(status.code()), std::time::Duration::from_millis(5));
+/// assert_eq!(outcome.code, Code::ResourceExhausted);
+/// ```
 pub fn code_of(c: tonic::Code) -> Code {
     Code::from_number(c as u32).unwrap_or(Code::Unknown)
 }
@@ -229,6 +407,26 @@ pub(crate) fn transport_status(
 }
 
 /// Why a cluster call failed.
+///
+/// A `ClusterError<tonic::Status>` converts into the `tonic::Status` to
+/// return from a server handler (`?` does it).
+///
+/// ```
+/// use lb_client::{cluster::ClusterError, NoPick};
+/// fn explain(e: &ClusterError<tonic::Status>) -> String {
+///     match e {
+///         ClusterError::NoPick(NoPick::Dropped) => "shed by the balancer: back off".into(),
+///         ClusterError::Call { error, instance, .. } => {
+///             format!("{instance}: {}", error.message())
+///         }
+///         other => other.to_string(),
+///     }
+/// }
+/// let error = tonic::Status::unavailable("draining");
+/// let e = ClusterError::Call { error, attempts: 3, instance: "b2".into() };
+/// assert_eq!(explain(&e), "b2: draining");
+/// assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
+/// ```
 #[derive(Debug)]
 pub enum ClusterError<E> {
     /// No instance for the first attempt: an empty list, or a drop entry (the
@@ -270,6 +468,14 @@ pub enum ClusterError<E> {
 
 impl<E> ClusterError<E> {
     /// The underlying call error, if any.
+    ///
+    /// ```
+    /// use lb_client::{cluster::ClusterError, NoPick};
+    /// let error = tonic::Status::unavailable("down");
+    /// let failed = ClusterError::BudgetExhausted { error, attempts: 1 };
+    /// assert_eq!(failed.error().map(|s| s.code()), Some(tonic::Code::Unavailable));
+    /// assert!(ClusterError::<tonic::Status>::NoPick(NoPick::Empty).error().is_none());
+    /// ```
     pub fn error(&self) -> Option<&E> {
         match self {
             ClusterError::Call { error, .. } | ClusterError::BudgetExhausted { error, .. } => {
@@ -282,6 +488,12 @@ impl<E> ClusterError<E> {
     }
 
     /// The underlying call error, if any, by value.
+    ///
+    /// ```
+    /// use lb_client::cluster::ClusterError;
+    /// let e = ClusterError::Call { error: "out of stock", attempts: 1, instance: "b1".into() };
+    /// assert_eq!(e.into_error(), Some("out of stock"));
+    /// ```
     pub fn into_error(self) -> Option<E> {
         match self {
             ClusterError::Call { error, .. } | ClusterError::BudgetExhausted { error, .. } => {
@@ -346,6 +558,21 @@ impl From<ClusterError<tonic::Status>> for tonic::Status {
 }
 
 /// Every instance's result of a [`broadcast`].
+///
+/// From [`broadcast`], [`crate::Subscription::broadcast`] and
+/// [`crate::Subscription::multicast`]:
+///
+/// ```
+/// use std::sync::Arc;
+/// use lb_client::{cluster::BroadcastReport, Endpoint};
+/// let b1 = Arc::new(Endpoint::new("b1", "10.0.0.5:50051"));
+/// let b2 = Arc::new(Endpoint::new("b2", "10.0.0.6:50051"));
+/// let report = BroadcastReport { results: vec![(b1, Err("cache busy")), (b2, Ok(7))] };
+/// for (ep, result) in &report.results {
+///     println!("{}: {result:?}", ep.instance_id());
+/// }
+/// assert_eq!(report.failed(), 1);
+/// ```
 #[derive(Debug)]
 pub struct BroadcastReport<T, E> {
     /// One per instance, in endpoint order ([`Picker::all`]).
@@ -354,11 +581,28 @@ pub struct BroadcastReport<T, E> {
 
 impl<T, E> BroadcastReport<T, E> {
     /// Instances that failed.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use lb_client::{cluster::BroadcastReport, Endpoint};
+    /// let ep = Arc::new(Endpoint::new("b1", "10.0.0.5:50051"));
+    /// let report = BroadcastReport { results: vec![(ep.clone(), Ok(())), (ep, Err("timeout"))] };
+    /// assert_eq!(report.failed(), 1);
+    /// ```
     pub fn failed(&self) -> usize {
         self.results.iter().filter(|(_, r)| r.is_err()).count()
     }
 
     /// The first `Ok` answer in endpoint order.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use lb_client::{cluster::BroadcastReport, Endpoint};
+    /// let ep = Arc::new(Endpoint::new("b1", "10.0.0.5:50051"));
+    /// let results = vec![(ep.clone(), Err("timeout")), (ep, Ok("v2"))];
+    /// let report = BroadcastReport { results };
+    /// assert_eq!(report.into_first_ok(), Some("v2"));
+    /// ```
     pub fn into_first_ok(self) -> Option<T> {
         self.results.into_iter().find_map(|(_, r)| r.ok())
     }
@@ -403,6 +647,41 @@ where
 /// For [`Mode::Broadcast`] and [`Mode::Multicast`] (whose picker holds the
 /// rule's instances), waits for every instance, then returns according to
 /// [`Broadcast::collect`] or [`ClusterError::Broadcast`].
+///
+/// [`crate::Subscription::call`] runs this over its current list; call it
+/// directly with a [`Picker`] of your own:
+///
+/// ```
+/// use lb_client::{cluster, Mode, RetryBudget};
+/// # use std::sync::Arc;
+/// # use lb_client::{cluster::{tried_contains, Picker}, Endpoint, NoPick, Outcome};
+/// # struct Fixed(Vec<Arc<Endpoint>>);
+/// # impl Fixed {
+/// #     fn new(addresses: &[&str]) -> Fixed {
+/// #         Fixed(addresses.iter().map(|a| Arc::new(Endpoint::new(*a, *a))).collect())
+/// #     }
+/// # }
+/// # impl Picker for Fixed {
+/// #     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+/// #         self.0.iter().find(|ep| !tried_contains(tried, ep)).cloned().ok_or(NoPick::Empty)
+/// #     }
+/// #     fn all(&self) -> Vec<Arc<Endpoint>> { self.0.clone() }
+/// #     fn report(&self, _: &Endpoint, _: Outcome) {}
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let picker = Fixed::new(&["10.0.0.5:50051", "10.0.0.6:50051"]); // see Picker
+/// let budget = RetryBudget::default();
+/// let reply = cluster::call(&picker, &Mode::default(), &budget, |ep| async move {
+///     if ep.address() == "10.0.0.5:50051" {
+///         return Err(tonic::Status::unavailable("draining")); // failover tries the next one
+///     }
+///     Ok(format!("served by {}", ep.address()))
+/// })
+/// .await?;
+/// assert_eq!(reply, "served by 10.0.0.6:50051");
+/// # Ok(()) }
+/// ```
 pub async fn call<P, T, E, F, Fut>(
     picker: &P,
     mode: &Mode,
@@ -425,6 +704,34 @@ where
 /// refuses at the start makes one attempt, as [`Mode::Failfast`] does.
 /// [`crate::LbChannel`] refuses when the request body cannot be sent again
 /// (still streaming, or larger than it keeps) or the deadline has passed.
+///
+/// ```
+/// use lb_client::{cluster::{self, ClusterError}, Mode, RetryBudget};
+/// # use std::sync::Arc;
+/// # use lb_client::{cluster::{tried_contains, Picker}, Endpoint, NoPick, Outcome};
+/// # struct Fixed(Vec<Arc<Endpoint>>);
+/// # impl Fixed {
+/// #     fn new(addresses: &[&str]) -> Fixed {
+/// #         Fixed(addresses.iter().map(|a| Arc::new(Endpoint::new(*a, *a))).collect())
+/// #     }
+/// # }
+/// # impl Picker for Fixed {
+/// #     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+/// #         self.0.iter().find(|ep| !tried_contains(tried, ep)).cloned().ok_or(NoPick::Empty)
+/// #     }
+/// #     fn all(&self) -> Vec<Arc<Endpoint>> { self.0.clone() }
+/// #     fn report(&self, _: &Endpoint, _: Outcome) {}
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let picker = Fixed::new(&["10.0.0.5:50051", "10.0.0.6:50051"]); // see Picker
+/// let (mode, budget) = (Mode::default(), RetryBudget::default()); // failover: 3 attempts
+/// let more = || false; // e.g. the request cannot be sent again
+/// let failing = |_ep| async { Err::<(), _>(tonic::Status::unavailable("draining")) };
+/// let r = cluster::call_with(&picker, &mode, &budget, &more, failing).await;
+/// assert!(matches!(r, Err(ClusterError::Call { attempts: 1, .. })));
+/// # }
+/// ```
 pub async fn call_with<P, T, E, F, Fut>(
     picker: &P,
     mode: &Mode,
@@ -634,6 +941,38 @@ where
 ///
 /// The attempts run inside this future (no `tokio::spawn`): dropping it cancels
 /// every attempt still running.
+///
+/// ```
+/// use lb_client::{cluster, Broadcast, Collect};
+/// # use std::sync::Arc;
+/// # use lb_client::{cluster::{tried_contains, Picker}, Endpoint, NoPick, Outcome};
+/// # struct Fixed(Vec<Arc<Endpoint>>);
+/// # impl Fixed {
+/// #     fn new(addresses: &[&str]) -> Fixed {
+/// #         Fixed(addresses.iter().map(|a| Arc::new(Endpoint::new(*a, *a))).collect())
+/// #     }
+/// # }
+/// # impl Picker for Fixed {
+/// #     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
+/// #         self.0.iter().find(|ep| !tried_contains(tried, ep)).cloned().ok_or(NoPick::Empty)
+/// #     }
+/// #     fn all(&self) -> Vec<Arc<Endpoint>> { self.0.clone() }
+/// #     fn report(&self, _: &Endpoint, _: Outcome) {}
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let picker = Fixed::new(&["10.0.0.5:50051", "10.0.0.6:50051"]); // see Picker
+/// let cfg = Broadcast { collect: Collect::All, max_failure_percent: 50 };
+/// let report = cluster::broadcast(&picker, &cfg, |ep| async move {
+///     match ep.address() {
+///         "10.0.0.5:50051" => Ok("flushed"),
+///         _ => Err(tonic::Status::unavailable("draining")),
+///     }
+/// })
+/// .await?; // one of two failed: within 50 %
+/// assert_eq!((report.failed(), report.into_first_ok()), (1, Some("flushed")));
+/// # Ok(()) }
+/// ```
 pub async fn broadcast<P, T, E, F, Fut>(
     picker: &P,
     cfg: &Broadcast,

@@ -4,6 +4,13 @@
 //! means every core was busy with this process (the unit of
 //! `LoadReport.cpu_utilization`). Fields per proc(5). On other systems, or when
 //! `/proc` cannot be read, there is no sample and the reporter sends 0.
+//!
+//! ```
+//! let mut cpu = lb_client::CpuSampler::new();
+//! // ... once per load report:
+//! let cpu_utilization = cpu.sample().unwrap_or(0.0);
+//! assert!(cpu_utilization >= 0.0);
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +18,18 @@ use std::time::{Duration, Instant};
 /// of the libc crate.
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
-/// Samples this process's CPU utilization between successive calls.
+/// Samples this process's CPU utilization between successive calls. The
+/// [`crate::Reporter`]'s default sampler uses one; a custom
+/// [`crate::reporter::Sampler`] can too.
+///
+/// ```
+/// let mut cpu = lb_client::CpuSampler::new();
+/// let _work: u64 = (0..1_000_000u64).map(std::hint::black_box).sum(); // serve requests ...
+/// let used = cpu.sample(); // since `new`; 1.0 = every core busy with this process
+/// if std::fs::metadata("/proc/self/stat").is_ok() {
+///     assert!(used.is_some_and(|u| u >= 0.0));
+/// } // elsewhere: None, and the reporter sends 0
+/// ```
 #[derive(Debug)]
 pub struct CpuSampler {
     last: Option<(u64, Instant)>,
@@ -26,6 +44,13 @@ impl Default for CpuSampler {
 
 impl CpuSampler {
     /// Starts a sampler; the first [`CpuSampler::sample`] covers the time since.
+    ///
+    /// ```
+    /// let mut cpu = lb_client::CpuSampler::new(); // at start-up
+    /// // ... later, once per load report:
+    /// let cpu_utilization = cpu.sample().unwrap_or(0.0);
+    /// assert!(cpu_utilization >= 0.0);
+    /// ```
     pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         CpuSampler {
@@ -36,6 +61,13 @@ impl CpuSampler {
 
     /// Utilization since the previous call (1.0 = all cores busy), or `None` when
     /// `/proc/self/stat` is unavailable or no time has passed.
+    ///
+    /// ```
+    /// let mut cpu = lb_client::CpuSampler::new();
+    /// let first = cpu.sample(); // covers the time since `new`
+    /// let second = cpu.sample(); // covers the time since `first`
+    /// assert_eq!(first.is_some(), second.is_some()); // both None without /proc
+    /// ```
     pub fn sample(&mut self) -> Option<f64> {
         let now = Instant::now();
         let ticks = read_ticks()?;

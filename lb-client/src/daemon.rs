@@ -6,6 +6,21 @@
 //! `protocol` types; `pb` converts them, so the tasks never see generated
 //! types.
 //!
+//! ```no_run
+//! use lb_client::{subscribe, ClientOptions, DaemonError, Error};
+//! # async fn demo() {
+//! match subscribe("echo", ClientOptions::new("127.0.0.1:7400")).await {
+//!     Ok(_sub) => {} // it shares one connection with every other subscription
+//!     Err(Error::Daemon { cause: DaemonError::Refused { message, .. }, .. }) => {
+//!         eprintln!("the daemon refused: {message}") // e.g. fix the token
+//!     }
+//!     // e.g. "cannot subscribe to \"echo\": cannot reach the lb daemon at
+//!     // 127.0.0.1:7400: connection refused"
+//!     Err(e) => eprintln!("{e}"),
+//! }
+//! # }
+//! ```
+//!
 //! # One connection per daemon
 //! Every subscription and reporter of a process that dials the same daemon
 //! with the same TLS settings shares one HTTP/2 connection (a process-wide
@@ -88,6 +103,21 @@ pub(crate) fn daemon_target(
 /// "host:port" is then dialled as https), on a connection of its own (for
 /// a one-off tool such as `lb-server ctl`; subscriptions and reporters
 /// share theirs). [`DaemonError::classify`] says why it failed.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use lb_client::{credentials::Authorize, daemon, Credentials};
+/// use lb_proto::v1::{admin_client::AdminClient, ListServicesRequest};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let token = std::env::var("LB_TOKEN").unwrap_or_default();
+/// let creds = Credentials::default().with_token(token);
+/// let channel = daemon::connect("127.0.0.1:7400", Duration::from_secs(5), &creds).await?;
+/// let mut admin = AdminClient::with_interceptor(channel, Authorize::new(&creds));
+/// for s in admin.list_services(ListServicesRequest {}).await?.into_inner().services {
+///     println!("{} ({})", s.name, s.policy);
+/// }
+/// # Ok(()) }
+/// ```
 pub async fn connect(
     addr: &str,
     connect_timeout: Duration,
@@ -105,6 +135,13 @@ pub async fn connect(
 /// allow at least 100 concurrent streams (lb-server allows 256 by default,
 /// `--max-concurrent-streams`); a stream beyond the server's limit would
 /// wait for a free one, for ever.
+///
+/// ```
+/// // 250 subscriptions to one daemon share 3 connections.
+/// let subscriptions: usize = 250;
+/// let connections = subscriptions.div_ceil(lb_client::daemon::STREAMS_PER_CONNECTION);
+/// assert_eq!(connections, 3);
+/// ```
 pub const STREAMS_PER_CONNECTION: usize = 100;
 
 /// What makes two dials the same connection.
@@ -238,6 +275,20 @@ impl Drop for Lease {
 /// Why talking to a daemon failed, said for a person: the daemon's address
 /// and the cause, classified from the error's source chain by
 /// [`DaemonError::classify`].
+///
+/// [`crate::Subscription::last_error`], [`crate::Reporter::last_error`] and
+/// the errors of [`crate::subscribe`] carry one:
+///
+/// ```
+/// use lb_client::DaemonError;
+/// let e = DaemonError::ConnectionRefused { daemon: "127.0.0.1:7400".into() };
+/// assert_eq!(e.to_string(), "cannot reach the lb daemon at 127.0.0.1:7400: connection refused");
+/// assert!(e.is_definite()); // subscribe fails at once rather than waiting
+/// match e {
+///     DaemonError::Refused { code, .. } => eprintln!("fix the credentials ({code:?})"),
+///     other => eprintln!("{other}; retrying by itself"),
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DaemonError {
     /// The TCP connection was refused: nothing listens at the address.
@@ -319,6 +370,15 @@ fn chain<'a>(
 
 /// `err` and its sources as one line, "a: b: c", a level left out when the
 /// one above already says it (tonic repeats its sources' messages).
+///
+/// ```
+/// use std::sync::Arc;
+/// use lb_client::daemon::error_chain;
+/// let mut status = tonic::Status::unavailable("connection lost");
+/// let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+/// status.set_source(Arc::new(reset));
+/// assert_eq!(error_chain(&status), "connection lost: reset by peer");
+/// ```
 pub fn error_chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = String::new();
     for e in chain(err) {
@@ -355,6 +415,22 @@ impl DaemonError {
     /// - else a `tonic::Status` with no transport error under it: the
     ///   daemon's own answer, [`DaemonError::Refused`].
     /// - else the connection or stream broke: [`DaemonError::Broken`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_client::DaemonError;
+    /// let timeout = Duration::from_secs(2);
+    /// // What tonic returns when nothing listens at the address:
+    /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// let refused = tonic::ConnectError(Box::new(io));
+    /// let e = DaemonError::classify("127.0.0.1:7400", false, timeout, &refused);
+    /// assert_eq!(e, DaemonError::ConnectionRefused { daemon: "127.0.0.1:7400".into() });
+    /// // The daemon's own answer:
+    /// let denied = tonic::Status::unauthenticated("no token");
+    /// let e = DaemonError::classify("127.0.0.1:7400", false, timeout, &denied);
+    /// let text = "the lb daemon at 127.0.0.1:7400 refused: unauthenticated: no token";
+    /// assert_eq!(e.to_string(), text);
+    /// ```
     pub fn classify(
         daemon: &str,
         tls: bool,
@@ -426,6 +502,15 @@ impl DaemonError {
     /// failure, any refusal by the daemon (even `unavailable`: a daemon
     /// shutting down, or a plaintext dial of a TLS port, says so at once).
     /// A connect timeout or a broken stream is no answer: it may pass.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_client::DaemonError;
+    /// let daemon = String::from("10.0.0.2:7400");
+    /// assert!(DaemonError::ConnectionRefused { daemon: daemon.clone() }.is_definite());
+    /// let slow = DaemonError::ConnectTimeout { daemon, timeout: Duration::from_secs(2) };
+    /// assert!(!slow.is_definite()); // it may answer next time
+    /// ```
     pub fn is_definite(&self) -> bool {
         match self {
             DaemonError::ConnectionRefused { .. }
@@ -437,11 +522,28 @@ impl DaemonError {
     }
 
     /// Whether the daemon itself answered (the connection is fine).
+    ///
+    /// ```
+    /// use lb_client::{Code, DaemonError};
+    /// let daemon = String::from("127.0.0.1:7400");
+    /// let message = "the token covers service shop only".to_string();
+    /// let code = Code::PermissionDenied;
+    /// let refused = DaemonError::Refused { daemon: daemon.clone(), code, message };
+    /// assert!(refused.is_answer()); // the network is fine: fix the request or the token
+    /// assert!(!DaemonError::ConnectionRefused { daemon }.is_answer());
+    /// ```
     pub fn is_answer(&self) -> bool {
         matches!(self, DaemonError::Refused { .. })
     }
 
     /// The daemon's address as configured.
+    ///
+    /// ```
+    /// use lb_client::DaemonError;
+    /// let cause = "keep-alive timed out".to_string();
+    /// let e = DaemonError::Broken { daemon: "10.0.0.2:7400".into(), cause };
+    /// assert_eq!(e.daemon(), "10.0.0.2:7400");
+    /// ```
     pub fn daemon(&self) -> &str {
         match self {
             DaemonError::ConnectionRefused { daemon }

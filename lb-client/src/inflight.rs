@@ -4,6 +4,14 @@
 //! request holds an [`InFlightGuard`] until its response future completes, i.e.
 //! until the response headers are ready. The body of a streaming response is not
 //! tracked; for unary RPCs that is the whole call.
+//!
+//! ```
+//! let counter = lb_client::InFlight::default(); // or reporter.in_flight()
+//! let request = counter.guard();
+//! assert_eq!(counter.get(), 1);
+//! drop(request);
+//! assert_eq!((counter.get(), counter.completed()), (0, 1));
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +19,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// A shared count of requests in flight.
+/// A shared count of requests in flight (and of those completed and
+/// failed): what the [`crate::Reporter`] reports as the backend's
+/// `active_requests`. Cheap to clone; clones share the count.
+///
+/// ```
+/// let counter = lb_client::InFlight::default();
+/// let guard = counter.guard(); // a request starts
+/// assert_eq!(counter.get(), 1);
+/// drop(guard); // and ends
+/// assert_eq!((counter.get(), counter.completed()), (0, 1));
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct InFlight(Arc<Counts>);
 
@@ -24,6 +42,15 @@ struct Counts {
 
 impl InFlight {
     /// Counts one request until the guard is dropped.
+    ///
+    /// ```
+    /// let counter = lb_client::InFlight::default();
+    /// {
+    ///     let _request = counter.guard();
+    ///     assert_eq!(counter.get(), 1);
+    /// }
+    /// assert_eq!(counter.get(), 0);
+    /// ```
     pub fn guard(&self) -> InFlightGuard {
         self.0.active.fetch_add(1, Relaxed);
         InFlightGuard {
@@ -33,22 +60,54 @@ impl InFlight {
     }
 
     /// Requests in flight now.
+    ///
+    /// ```
+    /// let counter = lb_client::InFlight::default();
+    /// let (_a, _b) = (counter.guard(), counter.guard());
+    /// assert_eq!(counter.get(), 2);
+    /// ```
     pub fn get(&self) -> u64 {
         self.0.active.load(Relaxed)
     }
 
     /// Requests completed so far (failed ones included).
+    ///
+    /// ```
+    /// let counter = lb_client::InFlight::default();
+    /// drop(counter.guard());
+    /// counter.guard().fail();
+    /// assert_eq!(counter.completed(), 2);
+    /// ```
     pub fn completed(&self) -> u64 {
         self.0.completed.load(Relaxed)
     }
 
     /// Requests that failed so far.
+    ///
+    /// ```
+    /// let counter = lb_client::InFlight::default();
+    /// drop(counter.guard());
+    /// counter.guard().fail();
+    /// assert_eq!((counter.completed(), counter.failed()), (2, 1));
+    /// ```
     pub fn failed(&self) -> u64 {
         self.0.failed.load(Relaxed)
     }
 }
 
-/// Counts its request as in flight until dropped, then as completed.
+/// Counts its request as in flight until dropped, then as completed; made
+/// by [`InFlight::guard`].
+///
+/// ```
+/// let counter = lb_client::InFlight::default();
+/// let mut request = counter.guard();
+/// let result: Result<(), &str> = Err("bad request"); // ... handle it ...
+/// if result.is_err() {
+///     request.fail();
+/// }
+/// drop(request);
+/// assert_eq!(counter.failed(), 1);
+/// ```
 #[derive(Debug)]
 pub struct InFlightGuard {
     counter: InFlight,
@@ -57,6 +116,15 @@ pub struct InFlightGuard {
 
 impl InFlightGuard {
     /// Marks the request as failed (counted when the guard drops).
+    ///
+    /// ```
+    /// let counter = lb_client::InFlight::default();
+    /// let mut request = counter.guard();
+    /// request.fail();
+    /// assert_eq!(counter.failed(), 0); // not yet: the request is in flight
+    /// drop(request);
+    /// assert_eq!(counter.failed(), 1);
+    /// ```
     pub fn fail(&mut self) {
         self.failed = true;
     }
@@ -74,6 +142,24 @@ impl Drop for InFlightGuard {
 }
 
 /// A tower layer that counts requests of the wrapped service in an [`InFlight`].
+/// On a tonic server, `Server::builder().layer(reporter.layer())`
+/// ([`crate::Reporter::layer`]; a complete program:
+/// `examples/hello/src/bin/backend.rs`); on any tower service:
+///
+/// ```
+/// use lb_client::{InFlight, InFlightLayer};
+/// use tower::{service_fn, Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let counter = InFlight::default();
+/// let hello = service_fn(|name: &'static str| async move {
+///     Ok::<_, ()>(format!("hello, {name}"))
+/// });
+/// let svc = InFlightLayer::new(counter.clone()).layer(hello);
+/// assert_eq!(svc.oneshot("b1").await, Ok("hello, b1".to_string()));
+/// assert_eq!((counter.get(), counter.completed()), (0, 1));
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct InFlightLayer {
     counter: InFlight,
@@ -81,6 +167,14 @@ pub struct InFlightLayer {
 
 impl InFlightLayer {
     /// Counts into `counter`.
+    ///
+    /// ```
+    /// let counter = lb_client::InFlight::default();
+    /// let layer = lb_client::InFlightLayer::new(counter.clone());
+    /// // Server::builder().layer(layer).add_service(...): `counter` follows its requests.
+    /// # let _ = layer;
+    /// assert_eq!(counter.get(), 0);
+    /// ```
     pub fn new(counter: InFlight) -> Self {
         InFlightLayer { counter }
     }
@@ -97,7 +191,21 @@ impl<S> tower_layer::Layer<S> for InFlightLayer {
     }
 }
 
-/// The service made by [`InFlightLayer`].
+/// The service made by [`InFlightLayer`]: the wrapped service, counting
+/// its requests; an `Err` response counts as failed.
+///
+/// ```
+/// use lb_client::{InFlight, InFlightLayer};
+/// use tower::{service_fn, Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let counter = InFlight::default();
+/// let overloaded = service_fn(|_req: ()| async { Err::<(), _>("overloaded") });
+/// let svc = InFlightLayer::new(counter.clone()).layer(overloaded);
+/// assert_eq!(svc.oneshot(()).await, Err("overloaded"));
+/// assert_eq!((counter.completed(), counter.failed()), (1, 1));
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct InFlightService<S> {
     inner: S,
@@ -126,9 +234,25 @@ where
     }
 }
 
-/// Response future holding the in-flight guard. Boxing the inner future makes
-/// this `Unpin`, which avoids pin projection (and unsafe) for one allocation
-/// per request.
+/// Response future holding the in-flight guard: the request counts as in
+/// flight until it completes or is dropped (a cancelled request). Boxing the
+/// inner future makes this `Unpin`, which avoids pin projection (and unsafe)
+/// for one allocation per request.
+///
+/// ```
+/// use lb_client::{InFlight, InFlightLayer};
+/// use tower::{service_fn, Layer, Service, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let counter = InFlight::default();
+/// let slow = service_fn(|_req: ()| std::future::pending::<Result<(), ()>>());
+/// let mut svc = InFlightLayer::new(counter.clone()).layer(slow);
+/// let response = svc.ready().await.unwrap().call(()); // an InFlightFuture
+/// assert_eq!(counter.get(), 1);
+/// drop(response); // the caller gave up
+/// assert_eq!(counter.get(), 0);
+/// # }
+/// ```
 pub struct InFlightFuture<F> {
     inner: Pin<Box<F>>,
     guard: Option<InFlightGuard>,

@@ -6,6 +6,16 @@
 //! locally. Picking is a plain round robin over `order` with an atomic cursor: no
 //! lock, no allocation, no policy (the policy lives in the daemon).
 //!
+//! ```
+//! use lb_client::{Endpoint, NoPick, PickList};
+//! let servers = vec![Endpoint::new("b1", "10.0.0.5:50051"), Endpoint::drop_entry()];
+//! let list = PickList::from_parts(1, servers, vec![0, 0, 1])?; // a third of the calls dropped
+//! assert_eq!(list.pick()?.instance_id(), "b1");
+//! assert_eq!(list.pick()?.instance_id(), "b1");
+//! assert_eq!(list.pick().unwrap_err(), NoPick::Dropped);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Call outcomes are counted inside each [`Endpoint`] with atomics, so recording
 //! an outcome needs no map lookup. When a new list arrives, [`PickList::adopt`]
 //! reuses the `Arc<Endpoint>` of every unchanged server so its counters carry
@@ -23,6 +33,14 @@ use lb_core::status::Code;
 const SMALL_LIST: usize = 16;
 
 /// Why a list could not be built.
+///
+/// ```
+/// use lb_client::{list::Error, Endpoint, PickList};
+/// let err = PickList::from_parts(1, vec![Endpoint::new("b1", "10.0.0.5:50051")], vec![0, 1])
+///     .unwrap_err();
+/// assert_eq!(err, Error::OrderOutOfRange { position: 1, index: 1, servers: 1 });
+/// assert_eq!(err.to_string(), "order[1] = 1 but the list has only 1 servers");
+/// ```
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// An `order` entry points past the end of `servers`: the daemon sent a
@@ -49,6 +67,20 @@ pub enum Error {
 }
 
 /// Why [`PickList::pick`] returned no endpoint.
+///
+/// ```
+/// use lb_client::{Endpoint, NoPick, PickList};
+/// assert_eq!(PickList::empty().pick().unwrap_err(), NoPick::Empty);
+/// // One call in two is shed locally while the daemon drops load:
+/// let shedding = PickList::from_parts(
+///     1,
+///     vec![Endpoint::new("b1", "10.0.0.5:50051"), Endpoint::drop_entry()],
+///     vec![0, 1],
+/// )?;
+/// assert!(shedding.pick().is_ok());
+/// assert_eq!(shedding.pick().unwrap_err(), NoPick::Dropped); // do not retry it
+/// # Ok::<(), lb_client::list::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum NoPick {
     /// The list is empty: no backend is registered (or none is usable). Fail the
@@ -65,6 +97,16 @@ pub enum NoPick {
 }
 
 /// The outcome of one call, reported back with [`crate::Subscription::report`].
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::{Code, Outcome};
+/// let ok = Outcome::success(Duration::from_millis(3));
+/// let failed = Outcome::failure(Code::Unavailable, Duration::from_millis(40));
+/// assert!(ok.is_ok() && !failed.is_ok());
+/// assert_eq!(failed.code, Code::Unavailable);
+/// // sub.report(&ep, ok): see Subscription::report.
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     /// Time from sending the call to its response.
@@ -75,6 +117,14 @@ pub struct Outcome {
 
 impl Outcome {
     /// A successful call.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let start = Instant::now();
+    /// // ... the call succeeds ...
+    /// let outcome = lb_client::Outcome::success(start.elapsed());
+    /// assert_eq!(outcome.code, lb_client::Code::Ok);
+    /// ```
     pub fn success(latency: Duration) -> Outcome {
         Outcome {
             latency,
@@ -84,6 +134,15 @@ impl Outcome {
 
     /// A failed call with status `code` (e.g. [`Code::Unavailable`]); a
     /// failure reported as OK counts as UNKNOWN.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_client::{cluster::code_of, Code, Outcome};
+    /// let status = tonic::Status::deadline_exceeded("took too long");
+    /// let outcome = Outcome::failure(code_of(status.code()), Duration::from_secs(2));
+    /// assert_eq!(outcome.code, Code::DeadlineExceeded);
+    /// assert_eq!(Outcome::failure(Code::Ok, Duration::ZERO).code, Code::Unknown);
+    /// ```
     pub fn failure(code: Code, latency: Duration) -> Outcome {
         Outcome {
             latency,
@@ -96,15 +155,53 @@ impl Outcome {
     }
 
     /// Whether the call succeeded.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_client::{Code, Outcome};
+    /// assert!(Outcome::success(Duration::from_millis(1)).is_ok());
+    /// assert!(!Outcome::failure(Code::NotFound, Duration::from_millis(1)).is_ok());
+    /// ```
     pub fn is_ok(&self) -> bool {
         self.code == Code::Ok
     }
 }
 
 /// gRPC status codes, OK included.
+///
+/// The length of [`CallCounts::failed_by_code`], indexed by code number.
+///
+/// ```
+/// use lb_client::{list::STATUS_CODES, Code, Endpoint};
+/// assert_eq!(STATUS_CODES, 17); // OK (0) to UNAUTHENTICATED (16)
+/// let counts = Endpoint::new("b1", "10.0.0.5:50051").counts();
+/// assert_eq!(counts.failed_by_code.len(), STATUS_CODES);
+/// assert_eq!(counts.failed_by_code[Code::Unavailable as usize], 0);
+/// ```
 pub const STATUS_CODES: usize = Code::ALL.len();
 
 /// Call counters of one endpoint, as read by [`Endpoint::counts`].
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::{Code, Outcome};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // Offline: starts on the fallback list, returns at once, and the
+/// # // subscription's task never runs (nothing here yields).
+/// # let options = lb_client::ClientOptions {
+/// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+/// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+/// # };
+/// # let sub = lb_client::subscribe("echo", options).await?;
+/// let ep = sub.pick()?;
+/// sub.report(&ep, Outcome::failure(Code::Unavailable, Duration::from_millis(3)));
+/// let counts = ep.counts();
+/// assert_eq!((counts.started, counts.finished, counts.failed), (1, 1, 1));
+/// assert_eq!(counts.failed_by_code[Code::Unavailable as usize], 1);
+/// assert_eq!((counts.latency_sum_us, counts.consecutive_failures), (3_000, 1));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallCounts {
     /// Picks that returned this endpoint.
@@ -123,12 +220,37 @@ pub struct CallCounts {
 
 impl CallCounts {
     /// True when nothing happened.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let list = PickList::from_parts(1, vec![Endpoint::new("b1", "10.0.0.5:50051")], vec![0])?;
+    /// assert!(list.servers()[0].counts().is_zero());
+    /// let ep = list.pick()?;
+    /// assert!(!ep.counts().is_zero()); // started: 1
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_zero(&self) -> bool {
         *self == CallCounts::default()
     }
 }
 
 /// One distinct server of a list (or a drop entry).
+///
+/// Picks return an `Arc<Endpoint>`: connect to [`Endpoint::address`], then
+/// report the call's outcome ([`crate::Subscription::report`]); its counters
+/// go to the daemon. Build one by hand for a [`PickList`] of your own.
+///
+/// ```
+/// use lb_client::{Endpoint, PickList};
+/// let list = PickList::from_parts(
+///     1,
+///     vec![Endpoint::new("b1", "10.0.0.5:50051").with_zone("eu-1")],
+///     vec![0],
+/// )?;
+/// let ep = list.pick()?;
+/// assert_eq!((ep.instance_id(), ep.address(), ep.zone()), ("b1", "10.0.0.5:50051", "eu-1"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Endpoint {
     instance_id: String,
@@ -147,6 +269,12 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A server at `address` ("host:port"), tier 0, no zone, no token.
+    ///
+    /// ```
+    /// let ep = lb_client::Endpoint::new("b1", "10.0.0.5:50051");
+    /// assert_eq!((ep.tier(), ep.zone(), ep.token()), (0, "", ""));
+    /// assert!(!ep.is_drop());
+    /// ```
     pub fn new(instance_id: impl Into<String>, address: impl Into<String>) -> Self {
         Endpoint {
             instance_id: instance_id.into(),
@@ -165,6 +293,14 @@ impl Endpoint {
     }
 
     /// A drop entry: picking it fails the call locally with [`NoPick::Dropped`].
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, NoPick, PickList};
+    /// let list = PickList::from_parts(0, vec![Endpoint::drop_entry()], vec![0])?;
+    /// assert!(list.servers()[0].is_drop());
+    /// assert_eq!(list.pick().unwrap_err(), NoPick::Dropped);
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn drop_entry() -> Self {
         Endpoint {
             drop: true,
@@ -173,54 +309,135 @@ impl Endpoint {
     }
 
     /// Sets the zone.
+    ///
+    /// ```
+    /// let ep = lb_client::Endpoint::new("b1", "10.0.0.5:50051").with_zone("eu-west-1a");
+    /// assert_eq!(ep.zone(), "eu-west-1a");
+    /// ```
     pub fn with_zone(mut self, zone: impl Into<String>) -> Self {
         self.zone = zone.into();
         self
     }
 
     /// Sets the failover tier.
+    ///
+    /// A list's picks cycle through its first tier; later tiers are reached only
+    /// by failover (spill-over, e.g. another zone).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("near", "10.0.0.5:50051"),
+    ///     Endpoint::new("far", "10.9.0.5:50051").with_tier(1),
+    /// ];
+    /// let list = PickList::from_parts(1, servers, vec![0, 1])?;
+    /// assert_eq!(list.len(), 1); // "far" is kept for failover only
+    /// assert_eq!(list.pick()?.instance_id(), "near");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_tier(mut self, tier: u32) -> Self {
         self.tier = tier;
         self
     }
 
     /// Sets the token attached to calls (`lb-token` metadata).
+    ///
+    /// ```
+    /// let ep = lb_client::Endpoint::new("b1", "10.0.0.5:50051").with_token("t-7f3a");
+    /// assert_eq!(ep.token(), "t-7f3a"); // sent as `lb-token` by the channel
+    /// ```
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = token.into();
         self
     }
 
     /// The backend's instance id (empty for drop entries and fallback addresses).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// assert_eq!(Endpoint::new("b1", "10.0.0.5:50051").instance_id(), "b1");
+    /// let fallback = PickList::fallback(&["10.0.0.5:50051".to_string()]);
+    /// assert_eq!(fallback.servers()[0].instance_id(), "");
+    /// ```
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }
 
     /// Where to connect: "host:port".
+    ///
+    /// ```
+    /// let ep = lb_client::Endpoint::new("b1", "10.0.0.5:50051");
+    /// let uri = format!("http://{}", ep.address()); // e.g. for a tonic channel of your own
+    /// assert_eq!(uri, "http://10.0.0.5:50051");
+    /// ```
     pub fn address(&self) -> &str {
         &self.address
     }
 
     /// The backend's zone.
+    ///
+    /// ```
+    /// use lb_client::Endpoint;
+    /// assert_eq!(Endpoint::new("b1", "10.0.0.5:50051").with_zone("eu-1").zone(), "eu-1");
+    /// assert_eq!(Endpoint::new("b1", "10.0.0.5:50051").zone(), ""); // unknown
+    /// ```
     pub fn zone(&self) -> &str {
         &self.zone
     }
 
     /// Failover tier: 0 first.
+    ///
+    /// ```
+    /// use lb_client::Endpoint;
+    /// assert_eq!(Endpoint::new("b1", "10.0.0.5:50051").tier(), 0);
+    /// assert_eq!(Endpoint::new("b2", "10.9.0.5:50051").with_tier(1).tier(), 1);
+    /// ```
     pub fn tier(&self) -> u32 {
         self.tier
     }
 
     /// Opaque token to attach to calls (may be empty).
+    ///
+    /// ```
+    /// let ep = lb_client::Endpoint::new("b1", "10.0.0.5:50051");
+    /// // The channel sends a non-empty token as `lb-token` metadata; do the same
+    /// // when you call `ep.address()` yourself.
+    /// assert!(ep.token().is_empty());
+    /// ```
     pub fn token(&self) -> &str {
         &self.token
     }
 
     /// True for a drop entry.
+    ///
+    /// ```
+    /// use lb_client::Endpoint;
+    /// assert!(Endpoint::drop_entry().is_drop());
+    /// assert!(!Endpoint::new("b1", "10.0.0.5:50051").is_drop());
+    /// ```
     pub fn is_drop(&self) -> bool {
         self.drop
     }
 
     /// Current counters (not reset).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// let ep = sub.pick()?;
+    /// sub.report(&ep, lb_client::Outcome::success(Duration::from_millis(2)));
+    /// let counts = ep.counts();
+    /// assert_eq!((counts.started, counts.finished, counts.failed), (1, 1, 0));
+    /// # Ok(()) }
+    /// ```
     pub fn counts(&self) -> CallCounts {
         CallCounts {
             started: self.calls_started.load(Relaxed),
@@ -287,6 +504,13 @@ impl Endpoint {
     }
 
     /// The same backend (instance and address), whatever its tier or token.
+    ///
+    /// ```
+    /// use lb_client::Endpoint;
+    /// let b1 = Endpoint::new("b1", "10.0.0.5:50051");
+    /// assert!(b1.same_server(&Endpoint::new("b1", "10.0.0.5:50051").with_tier(1)));
+    /// assert!(!b1.same_server(&Endpoint::new("b1", "10.0.0.6:50051"))); // moved
+    /// ```
     pub fn same_server(&self, other: &Endpoint) -> bool {
         self.instance_id == other.instance_id && self.address == other.address
     }
@@ -493,6 +717,25 @@ impl Lane {
 
 /// A routing rule the daemon sent: requests whose labels include every pair
 /// of `request` follow its own lane.
+///
+/// ```
+/// use lb_client::{Endpoint, PickList, RouteSpec};
+/// let beta = RouteSpec {
+///     name: "beta".into(),
+///     request: vec![("group".into(), "beta".into())],
+///     order: vec![1],
+///     strict: false,
+/// };
+/// let servers = vec![
+///     Endpoint::new("b1", "10.0.0.5:50051"),
+///     Endpoint::new("b2", "10.0.0.6:50051"),
+/// ];
+/// let list = PickList::with_routes(1, servers, vec![0], vec![beta])?;
+/// let route = &list.routes()[0];
+/// assert_eq!(route.name(), "beta");
+/// assert!(route.matches(&[("group", "beta"), ("user", "42")]));
+/// # Ok::<(), lb_client::list::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Route {
     name: String,
@@ -503,11 +746,32 @@ pub struct Route {
 
 impl Route {
     /// The rule's name.
+    ///
+    /// ```
+    /// # use lb_client::{Endpoint, PickList, RouteSpec};
+    /// # let spec = RouteSpec { name: "beta".into(), request: vec![], order: vec![0], strict: false };
+    /// # let list = PickList::with_routes(1, vec![Endpoint::new("b1", "a:1")], vec![0], vec![spec])?;
+    /// let names: Vec<&str> = list.routes().iter().map(|r| r.name()).collect();
+    /// assert_eq!(names, ["beta"]); // as on the daemon: `ctl set-rule hello beta ...`
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Whether a request with `labels` takes this route.
+    ///
+    /// ```
+    /// # use lb_client::{Endpoint, PickList, RouteSpec};
+    /// # let request = vec![("group".into(), "beta".into())];
+    /// # let spec = RouteSpec { name: "beta".into(), request, order: vec![0], strict: false };
+    /// # let list = PickList::with_routes(1, vec![Endpoint::new("b1", "a:1")], vec![0], vec![spec])?;
+    /// let beta = &list.routes()[0]; // selects requests labelled group=beta
+    /// assert!(beta.matches(&[("group", "beta")]));
+    /// assert!(beta.matches(&[("user", "42"), ("group", "beta")])); // other labels do not matter
+    /// assert!(!beta.matches(&[("group", "alpha")]));
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn matches(&self, labels: &[(&str, &str)]) -> bool {
         self.request
             .iter()
@@ -521,6 +785,22 @@ impl Route {
 }
 
 /// A route as the daemon describes it, for [`PickList::with_routes`].
+///
+/// ```
+/// use lb_client::{Endpoint, NoPick, PickList, RouteSpec};
+/// // Stress traffic goes to the stress instances only, and fails without them:
+/// let stress = RouteSpec {
+///     name: "stress".into(),
+///     request: vec![("traffic".into(), "stress".into())],
+///     order: vec![], // no stress instance up
+///     strict: true,
+/// };
+/// let servers = vec![Endpoint::new("b1", "10.0.0.5:50051")];
+/// let list = PickList::with_routes(1, servers, vec![0], vec![stress])?;
+/// assert_eq!(list.pick_with(&[("traffic", "stress")]).unwrap_err(), NoPick::NoRoute);
+/// assert_eq!(list.pick_with(&[])?.instance_id(), "b1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     /// The rule's name.
@@ -543,6 +823,26 @@ pub(crate) enum LaneRef {
 }
 
 /// An ordered server list: follow `order` round-robin.
+///
+/// A [`crate::Subscription`] installs the daemon's lists and picks from them
+/// ([`crate::Subscription::current`] is a snapshot); build one yourself to
+/// pick without a daemon (tests, static configurations):
+///
+/// ```
+/// use lb_client::{Endpoint, PickList};
+/// let servers = vec![
+///     Endpoint::new("b1", "10.0.0.5:50051"),
+///     Endpoint::new("b2", "10.0.0.6:50051"),
+/// ];
+/// // b1 weighs twice as much as b2: it appears twice in the order.
+/// let list = PickList::from_parts(1, servers, vec![0, 1, 0])?;
+/// let mut picked = Vec::new();
+/// for _ in 0..6 {
+///     picked.push(list.pick()?.instance_id().to_owned());
+/// }
+/// assert_eq!(picked, ["b1", "b2", "b1", "b1", "b2", "b1"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct PickList {
     version: u64,
@@ -580,6 +880,18 @@ impl PickList {
     ///
     /// This is also the way to pick without a [`crate::Subscription`] (tests,
     /// static configurations): build a list, then call [`PickList::pick`].
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let list = PickList::from_parts(7, servers, vec![1, 0])?; // b2 first
+    /// assert_eq!((list.version(), list.len()), (7, 2));
+    /// assert_eq!(list.pick()?.instance_id(), "b2");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_parts(
         version: u64,
         servers: Vec<Endpoint>,
@@ -589,6 +901,25 @@ impl PickList {
     }
 
     /// [`PickList::from_parts`] with routes on request labels.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList, RouteSpec};
+    /// // An A/B test: requests labelled group=beta go to b2.
+    /// let beta = RouteSpec {
+    ///     name: "beta".into(),
+    ///     request: vec![("group".into(), "beta".into())],
+    ///     order: vec![1],
+    ///     strict: false,
+    /// };
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let list = PickList::with_routes(1, servers, vec![0], vec![beta])?;
+    /// assert_eq!(list.pick_with(&[("group", "beta")])?.instance_id(), "b2");
+    /// assert_eq!(list.pick()?.instance_id(), "b1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_routes(
         version: u64,
         servers: Vec<Endpoint>,
@@ -621,6 +952,20 @@ impl PickList {
     }
 
     /// Adds the hash policies' affinity table (indices into the servers).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let list = PickList::from_parts(1, servers, vec![0, 1])?.with_affinity(vec![0, 1, 1, 0])?;
+    /// assert!(list.has_affinity());
+    /// let first = list.pick_for_key(b"user-42")?;
+    /// let again = list.pick_for_key(b"user-42")?;
+    /// assert!(again.same_server(&first)); // user-42 sticks to one backend
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_affinity(mut self, affinity: Vec<u32>) -> Result<PickList, Error> {
         if let Some((position, &index)) = affinity
             .iter()
@@ -638,17 +983,42 @@ impl PickList {
     }
 
     /// Sets the cluster modes calls on this list follow.
+    ///
+    /// ```
+    /// use lb_client::{ClusterConfig, Mode, PickList};
+    /// let mut settings = ClusterConfig::default(); // failover everywhere
+    /// // Never retry a payment:
+    /// settings.methods.insert("/shop.v1.Shop/Pay".into(), Mode::Failfast);
+    /// let list = PickList::empty().with_settings(settings);
+    /// assert_eq!(list.settings().mode_for("/shop.v1.Shop/Pay"), &Mode::Failfast);
+    /// ```
     pub fn with_settings(mut self, settings: ClusterConfig) -> PickList {
         self.settings = Arc::new(settings);
         self
     }
 
     /// The cluster modes calls on this list follow.
+    ///
+    /// ```
+    /// use lb_client::{Mode, PickList};
+    /// // What the daemon's `ctl set-cluster` set for the service (here: the defaults).
+    /// let list = PickList::empty();
+    /// assert_eq!(list.settings().mode_for("/hello.Greeter/SayHello"), &Mode::default());
+    /// assert_eq!(list.settings().deadline, None);
+    /// ```
     pub fn settings(&self) -> &ClusterConfig {
         &self.settings
     }
 
     /// Whether the list carries an affinity table (a hash policy is in force).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let list = PickList::from_parts(1, vec![Endpoint::new("b1", "10.0.0.5:50051")], vec![0])?;
+    /// assert!(!list.has_affinity()); // not under a hash policy: keys do not matter
+    /// assert!(list.with_affinity(vec![0])?.has_affinity());
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn has_affinity(&self) -> bool {
         !self.affinity.is_empty()
     }
@@ -656,6 +1026,19 @@ impl PickList {
     /// Picks for a request key: with an affinity table, the server the table
     /// assigns to `lb_core::keyhash::hash(key)`; without one, the next entry
     /// as [`PickList::pick`] does. Lock-free and allocation-free as `pick`.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let hashed = PickList::from_parts(1, servers, vec![0, 1])?.with_affinity(vec![0, 1])?;
+    /// let a = hashed.pick_for_key(b"user-42")?;
+    /// let b = hashed.pick_for_key(b"user-42")?;
+    /// assert!(a.same_server(&b)); // the same key, the same backend
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pick_for_key(&self, key: &[u8]) -> Result<Arc<Endpoint>, NoPick> {
         if self.affinity.is_empty() {
             return self.pick();
@@ -670,6 +1053,13 @@ impl PickList {
     }
 
     /// An empty list (version 0).
+    ///
+    /// ```
+    /// use lb_client::{NoPick, PickList};
+    /// let list = PickList::empty();
+    /// assert!(list.is_empty() && list.version() == 0);
+    /// assert_eq!(list.pick().unwrap_err(), NoPick::Empty);
+    /// ```
     pub fn empty() -> PickList {
         PickList {
             version: 0,
@@ -682,9 +1072,19 @@ impl PickList {
         }
     }
 
-    /// Version 0, one share per distinct address, in the given order. Fallback
-    /// endpoints have an empty instance id: the daemon does not know them, so
-    /// they are never reported.
+    /// Version 0, in the given order: one endpoint per distinct address, and
+    /// one share per address given (an address given twice gets two).
+    /// Fallback endpoints have an empty instance id: the daemon does not know
+    /// them, so they are never reported.
+    ///
+    /// ```
+    /// let addresses = ["10.0.0.5:50051", "10.0.0.6:50051"].map(String::from);
+    /// let list = lb_client::PickList::fallback(&addresses);
+    /// assert_eq!((list.version(), list.len()), (0, 2));
+    /// assert_eq!(list.pick()?.address(), "10.0.0.5:50051");
+    /// assert_eq!(list.pick()?.instance_id(), ""); // unknown to the daemon
+    /// # Ok::<(), lb_client::NoPick>(())
+    /// ```
     pub fn fallback(addresses: &[String]) -> PickList {
         let mut servers: Vec<Endpoint> = Vec::new();
         let mut order = Vec::new();
@@ -704,6 +1104,19 @@ impl PickList {
 
     /// The next entry in order. Lock-free and allocation-free: one atomic add on
     /// the cursor, one on the endpoint's `calls_started`, one refcount increment.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let list = PickList::from_parts(1, servers, vec![0, 1])?;
+    /// assert_eq!(list.pick()?.address(), "10.0.0.5:50051");
+    /// assert_eq!(list.pick()?.address(), "10.0.0.6:50051");
+    /// assert_eq!(list.pick()?.address(), "10.0.0.5:50051"); // round and round
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pick(&self) -> Result<Arc<Endpoint>, NoPick> {
         self.lane.pick(&self.servers)
     }
@@ -742,6 +1155,24 @@ impl PickList {
 
     /// Picks for a request carrying `labels`: the first route whose labels
     /// all match, else the default order. Lock-free and allocation-free.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList, RouteSpec};
+    /// let vip = RouteSpec {
+    ///     name: "vip".into(),
+    ///     request: vec![("tier".into(), "vip".into())],
+    ///     order: vec![1],
+    ///     strict: false,
+    /// };
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("v1", "10.0.1.5:50051"),
+    /// ];
+    /// let list = PickList::with_routes(1, servers, vec![0], vec![vip])?;
+    /// assert_eq!(list.pick_with(&[("tier", "vip")])?.instance_id(), "v1");
+    /// assert_eq!(list.pick_with(&[("tier", "free")])?.instance_id(), "b1"); // the default order
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pick_with(&self, labels: &[(&str, &str)]) -> Result<Arc<Endpoint>, NoPick> {
         let at = self.lane_for(labels)?;
         self.lane(at).pick(&self.servers)
@@ -771,37 +1202,102 @@ impl PickList {
     }
 
     /// The routes on request labels, in order.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let list = PickList::from_parts(1, vec![Endpoint::new("b1", "10.0.0.5:50051")], vec![0])?;
+    /// assert!(list.routes().is_empty()); // no routing rule on the service
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
 
     /// The version the daemon gave this list (0 for fallback lists).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let list = PickList::from_parts(42, vec![Endpoint::new("b1", "10.0.0.5:50051")], vec![0])?;
+    /// assert_eq!(list.version(), 42); // newer lists from the daemon have higher versions
+    /// assert_eq!(PickList::fallback(&[]).version(), 0);
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn version(&self) -> u64 {
         self.version
     }
 
     /// Number of entries picks cycle through (the first tier's shares, drop
     /// entries included).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![Endpoint::new("b1", "10.0.0.5:50051"), Endpoint::drop_entry()];
+    /// let list = PickList::from_parts(1, servers, vec![0, 0, 1])?; // 2 shares for b1, 1 dropped
+    /// assert_eq!(list.len(), 3);
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.lane.order.len()
     }
 
     /// True when there is nothing to pick.
+    ///
+    /// ```
+    /// use lb_client::PickList;
+    /// assert!(PickList::empty().is_empty());
+    /// assert!(!PickList::fallback(&["10.0.0.5:50051".to_string()]).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.lane.order.is_empty()
     }
 
     /// The distinct endpoints (drop entries included).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let list = PickList::from_parts(1, servers, vec![0, 1, 0])?;
+    /// let ids: Vec<&str> = list.servers().iter().map(|ep| ep.instance_id()).collect();
+    /// assert_eq!(ids, ["b1", "b2"]); // each once, whatever its weight
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn servers(&self) -> &[Arc<Endpoint>] {
         &self.servers
     }
 
     /// The entries picks cycle through, in order.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let list = PickList::from_parts(1, servers, vec![0, 1, 0])?;
+    /// let order: Vec<&str> = list.entries().map(|ep| ep.instance_id()).collect();
+    /// assert_eq!(order, ["b1", "b2", "b1"]);
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn entries(&self) -> impl Iterator<Item = &Arc<Endpoint>> + '_ {
         self.lane.order.iter().map(|&i| &self.servers[i as usize])
     }
 
     /// Distinct addresses of the non-drop servers, sorted.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::drop_entry(),
+    /// ];
+    /// let list = PickList::from_parts(1, servers, vec![0, 1, 2])?;
+    /// assert_eq!(list.addresses(), ["10.0.0.5:50051", "10.0.0.6:50051"]);
+    /// # Ok::<(), lb_client::list::Error>(())
+    /// ```
     pub fn addresses(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .servers
@@ -816,6 +1312,14 @@ impl PickList {
 
     /// When a subscription installed this list, for the list's age (None for
     /// a list built by hand that no subscription installed).
+    ///
+    /// ```
+    /// assert!(lb_client::PickList::empty().installed_at().is_none());
+    /// // On a subscription: how long ago the daemon's list in use arrived.
+    /// # fn age(sub: &lb_client::Subscription) -> Option<std::time::Duration> {
+    /// sub.current().installed_at().map(|at| at.elapsed())
+    /// # }
+    /// ```
     pub fn installed_at(&self) -> Option<Instant> {
         self.installed_at
     }
@@ -828,6 +1332,19 @@ impl PickList {
     /// Reuses `previous`'s endpoint for every unchanged server so its counters
     /// carry over. Returns the endpoints of `previous` that were not reused (their
     /// unreported counters still need sending).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let (b1, b2) = ("10.0.0.5:50051", "10.0.0.6:50051");
+    /// let servers = vec![Endpoint::new("b1", b1), Endpoint::new("b2", b2)];
+    /// let old = PickList::from_parts(1, servers, vec![0, 1])?;
+    /// old.pick()?; // b1 started a call
+    /// let mut new = PickList::from_parts(2, vec![Endpoint::new("b1", b1)], vec![0])?;
+    /// let gone = new.adopt(&old);
+    /// assert_eq!(new.servers()[0].counts().started, 1); // b1's counters carried over
+    /// assert_eq!(gone[0].instance_id(), "b2"); // left the list
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn adopt(&mut self, previous: &PickList) -> Vec<Arc<Endpoint>> {
         // Matched by instance id; empty ids (drops, fallback) are never matched so a
         // fallback address does not masquerade as a daemon-known instance.

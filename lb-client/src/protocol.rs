@@ -15,6 +15,16 @@ use crate::list::{self, CallCounts, PickList};
 /// connect to, zone, static weight 1..=10000, labels, version, and the token
 /// clients send as `lb-token`, empty for one the daemon derives), and how
 /// long the daemon waits for a report.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+/// reg.instance.weight = 2; // twice the share of a weight-1 instance
+/// reg.instance.zone = "eu-1".into();
+/// reg.instance.labels.insert("version".into(), "v2".into()); // for routing rules
+/// reg.ttl = Some(Duration::from_secs(10));
+/// // Reporter::start(reg, ReporterOptions::new("127.0.0.1:7400")) registers it.
+/// ```
 #[derive(Clone, Debug)]
 pub struct Registration {
     /// The instance, as the daemon records it.
@@ -26,6 +36,12 @@ pub struct Registration {
 
 impl Registration {
     /// Weight 1, everything else empty (set `instance`'s fields to change them).
+    ///
+    /// ```
+    /// let reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// assert_eq!((reg.instance.service.as_str(), reg.instance.weight), ("hello", 1));
+    /// assert!(reg.ttl.is_none()); // the daemon's default
+    /// ```
     pub fn new(
         service: impl Into<String>,
         instance_id: impl Into<String>,
@@ -41,6 +57,20 @@ impl Registration {
 /// A backend's live load at one moment: lb-core's [`Load`] (utilization,
 /// requests in flight, and optionally qps, eps, memory and up to 32 named
 /// metrics). Values outside the daemon's ranges are clamped before sending.
+///
+/// A custom [`crate::reporter::Sampler`] returns one per report:
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// let sample = lb_client::LoadSample {
+///     cpu_utilization: 0.35,
+///     active_requests: 12,
+///     qps: Some(480.0),
+///     named_metrics: BTreeMap::from([("queue_depth".to_string(), 3.0)]),
+///     ..Default::default() // eps and memory: not reported
+/// };
+/// assert!(sample.check().is_ok()); // within the daemon's ranges
+/// ```
 pub type LoadSample = Load;
 
 /// A message to the daemon after the registration.

@@ -8,6 +8,17 @@
 //! reconnects forever (jittered backoff, daemons in turn). [`Reporter::shutdown`] drains gracefully: it sends `Drain`, waits for
 //! the daemon to close the stream (bounded by a timeout), then stops.
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use lb_client::{Registration, Reporter, ReporterOptions};
+//! # async fn demo() {
+//! let reg = Registration::new("hello", "b1", "10.0.0.5:50051");
+//! let reporter = Reporter::start(reg, ReporterOptions::new("127.0.0.1:7400"));
+//! // Server::builder().layer(reporter.layer()).add_service(...).serve(...).await?;
+//! reporter.shutdown(Duration::from_secs(2)).await;
+//! # }
+//! ```
+//!
 //! By default a sample is this process's CPU utilization ([`crate::CpuSampler`])
 //! plus the requests counted by [`Reporter::layer`].
 
@@ -31,6 +42,20 @@ use crate::inflight::{InFlight, InFlightLayer};
 use crate::protocol::{Directive, LoadSample, Outgoing, Registration};
 
 /// Why a reporter wait ended without success.
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::{DaemonError, ReporterError};
+/// let e = ReporterError::Timeout {
+///     waited: Duration::from_secs(2),
+///     last: Some(DaemonError::ConnectionRefused { daemon: "127.0.0.1:7400".into() }),
+/// };
+/// assert_eq!(
+///     e.to_string(),
+///     "the lb daemon did not acknowledge the registration within 2s: \
+///      cannot reach the lb daemon at 127.0.0.1:7400: connection refused"
+/// );
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The daemon did not acknowledge the registration in time: `last`
@@ -48,9 +73,39 @@ pub enum Error {
 }
 
 /// A load sampler, called once per report.
+///
+/// Called on the reporter's task: keep it quick, and never block.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+/// use std::sync::{Arc, Mutex};
+/// use lb_client::{CpuSampler, LoadSample, ReporterOptions};
+///
+/// let queued = Arc::new(AtomicU64::new(0)); // the application's own gauge
+/// let cpu = Mutex::new(CpuSampler::new());
+/// let gauge = Arc::clone(&queued);
+/// let mut options = ReporterOptions::new("127.0.0.1:7400");
+/// options.sampler = Some(Arc::new(move || LoadSample {
+///     cpu_utilization: cpu.lock().map_or(None, |mut c| c.sample()).unwrap_or(0.0),
+///     active_requests: gauge.load(Relaxed),
+///     ..LoadSample::default()
+/// }));
+/// queued.store(7, Relaxed);
+/// assert_eq!(options.sampler.as_ref().map(|s| s().active_requests), Some(7));
+/// ```
 pub type Sampler = Arc<dyn Fn() -> LoadSample + Send + Sync>;
 
 /// How to reach the daemons and what to report.
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::{Credentials, ReporterOptions};
+/// let mut options = ReporterOptions::new("10.0.0.2:7400")
+///     .with_credentials(Credentials::default().with_token("s3cret"));
+/// options.daemons.push("10.0.0.3:7400".into()); // tried in turn
+/// options.connect_timeout = Duration::from_secs(1);
+/// assert_eq!(options.daemons.len(), 2);
+/// ```
 #[derive(Clone)]
 pub struct ReporterOptions {
     /// Daemon addresses, "host:port" or "http://host:port"; tried in turn.
@@ -79,6 +134,12 @@ impl std::fmt::Debug for ReporterOptions {
 
 impl ReporterOptions {
     /// Options for one daemon; everything else defaults.
+    ///
+    /// ```
+    /// let options = lb_client::ReporterOptions::new("127.0.0.1:7400");
+    /// assert_eq!(options.daemons, ["127.0.0.1:7400"]);
+    /// assert!(options.sampler.is_none()); // CPU from /proc and the in-flight counter
+    /// ```
     pub fn new(daemon: impl Into<String>) -> Self {
         ReporterOptions {
             daemons: vec![daemon.into()],
@@ -90,6 +151,14 @@ impl ReporterOptions {
     }
 
     /// The same options with `credentials`.
+    ///
+    /// ```
+    /// use lb_client::{Credentials, ReporterOptions};
+    /// let token = std::env::var("LB_TOKEN").unwrap_or_default();
+    /// let options = ReporterOptions::new("127.0.0.1:7400")
+    ///     .with_credentials(Credentials::default().with_token(token));
+    /// assert!(!options.credentials.uses_tls());
+    /// ```
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = credentials;
         self
@@ -117,6 +186,43 @@ struct Shared {
 }
 
 /// Registers a backend and streams its load; see the module docs.
+///
+/// A backend's whole life with lb (a complete program:
+/// `examples/hello/src/bin/backend.rs`):
+///
+/// ```no_run
+/// # #[derive(Clone)]
+/// # struct GreeterServer;
+/// # struct Hello;
+/// # impl GreeterServer { fn new(_: Hello) -> Self { GreeterServer } }
+/// # impl tonic::server::NamedService for GreeterServer { const NAME: &'static str = "hello.Greeter"; }
+/// # impl tower_service::Service<http::Request<tonic::body::Body>> for GreeterServer {
+/// #     type Response = http::Response<tonic::body::Body>;
+/// #     type Error = std::convert::Infallible;
+/// #     type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+/// #     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+/// #         std::task::Poll::Ready(Ok(()))
+/// #     }
+/// #     fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future { unimplemented!() }
+/// # }
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use lb_client::{Registration, Reporter, ReporterOptions};
+/// use tonic::transport::{server::TcpIncoming, Server};
+///
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:50051").await?;
+/// let reg = Registration::new("hello", "b1", "10.0.0.5:50051"); // the address clients dial
+/// let reporter = Reporter::start(reg, ReporterOptions::new("127.0.0.1:7400"));
+/// Server::builder()
+///     .layer(reporter.layer()) // counts in-flight requests for the load reports
+///     .add_service(GreeterServer::new(Hello))
+///     .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+///         let _ = tokio::signal::ctrl_c().await;
+///     })
+///     .await?;
+/// reporter.shutdown(Duration::from_secs(2)).await; // leave every list, then stop
+/// # Ok(()) }
+/// ```
 pub struct Reporter {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -137,6 +243,18 @@ impl Reporter {
     /// Must be called within a Tokio runtime. Dropping the `Reporter` stops the
     /// task abruptly (the daemon sees a broken stream); prefer
     /// [`Reporter::shutdown`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use lb_client::{Registration, Reporter, ReporterOptions};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut reg = Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// reg.instance.labels.insert("version".into(), "v2".into());
+    /// let reporter = Reporter::start(reg, ReporterOptions::new("127.0.0.1:7400"));
+    /// // Optional: wait for the daemon to acknowledge it (e.g. before a readiness probe says yes).
+    /// reporter.wait_registered(Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn start(registration: Registration, options: ReporterOptions) -> Reporter {
         let in_flight = InFlight::default();
         let shared = Arc::new(Shared {
@@ -173,21 +291,79 @@ impl Reporter {
     }
 
     /// The in-flight counter the default sampler reads.
+    ///
+    /// For requests a [`Reporter::layer`] does not see (another server, a
+    /// queue consumer):
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # // Offline: the reporter's task never runs (nothing here yields).
+    /// # let reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// # let reporter = lb_client::Reporter::start(reg, lb_client::ReporterOptions::new("127.0.0.1:7400"));
+    /// let in_flight = reporter.in_flight();
+    /// let job = in_flight.guard(); // counted as active until dropped
+    /// assert_eq!(reporter.in_flight().get(), 1);
+    /// drop(job);
+    /// assert_eq!(in_flight.completed(), 1);
+    /// # }
+    /// ```
     pub fn in_flight(&self) -> InFlight {
         self.shared.in_flight.clone()
     }
 
     /// A tower layer counting the server's requests into [`Reporter::in_flight`].
+    ///
+    /// On a tonic server: `Server::builder().layer(reporter.layer())` (see
+    /// [`Reporter`]); on any tower service:
+    ///
+    /// ```
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # // Offline: the reporter's task never runs (nothing here yields).
+    /// # let reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// # let reporter = lb_client::Reporter::start(reg, lb_client::ReporterOptions::new("127.0.0.1:7400"));
+    /// let hello = service_fn(|name: String| async move { Ok::<_, ()>(format!("hello, {name}")) });
+    /// let svc = reporter.layer().layer(hello);
+    /// assert_eq!(svc.oneshot("b1".into()).await, Ok("hello, b1".to_string()));
+    /// assert_eq!(reporter.in_flight().completed(), 1);
+    /// # }
+    /// ```
     pub fn layer(&self) -> InFlightLayer {
         InFlightLayer::new(self.in_flight())
     }
 
     /// True while the stream is up and the daemon acknowledged the registration.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # // Offline: the reporter's task never runs (nothing here yields).
+    /// # let reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// # let reporter = lb_client::Reporter::start(reg, lb_client::ReporterOptions::new("127.0.0.1:7400"));
+    /// // E.g. for a readiness probe. Not yet: nothing was sent.
+    /// assert!(!reporter.registered());
+    /// # }
+    /// ```
     pub fn registered(&self) -> bool {
         *self.shared.registered.borrow()
     }
 
     /// Waits until [`Reporter::registered`] is true.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// # let reporter = lb_client::Reporter::start(reg, lb_client::ReporterOptions::new("127.0.0.1:7400"));
+    /// if let Err(e) = reporter.wait_registered(Duration::from_secs(5)).await {
+    ///     // "the lb daemon did not acknowledge the registration within 5s: cannot
+    ///     // reach the lb daemon at 127.0.0.1:7400: connection refused"; it keeps trying.
+    ///     eprintln!("{e}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_registered(&self, timeout: Duration) -> Result<(), Error> {
         let mut rx = self.shared.registered.subscribe();
         let acked = matches!(
@@ -207,6 +383,16 @@ impl Reporter {
     /// Why the latest attempt to reach a daemon or register failed (the
     /// address and the cause), or `None` while registered. The task retries
     /// by itself.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// # let reporter = lb_client::Reporter::start(reg, lb_client::ReporterOptions::new("127.0.0.1:7400"));
+    /// if let Some(e) = reporter.last_error() {
+    ///     eprintln!("not registered with lb: {e}"); // e.g. in a health endpoint
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn last_error(&self) -> Option<DaemonError> {
         self.shared
             .last_error
@@ -216,12 +402,38 @@ impl Reporter {
     }
 
     /// True once the daemon asked this backend to drain.
+    ///
+    /// `lb-server ctl drain` takes the instance out of every list and sets this;
+    /// finish the work in flight, then [`Reporter::shutdown`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # // Offline: the reporter's task never runs (nothing here yields).
+    /// # let reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// # let reporter = lb_client::Reporter::start(reg, lb_client::ReporterOptions::new("127.0.0.1:7400"));
+    /// if reporter.drain_requested() {
+    ///     // stop taking work from queues, let calls in flight end ...
+    /// }
+    /// assert!(!reporter.drain_requested());
+    /// # }
+    /// ```
     pub fn drain_requested(&self) -> bool {
         self.shared.drain_requested.load(Relaxed)
     }
 
     /// Graceful stop: sends `Drain`, waits for the daemon to close the stream,
     /// and stops the task; gives up (abruptly) after `timeout`.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let reg = lb_client::Registration::new("hello", "b1", "10.0.0.5:50051");
+    /// # let reporter = lb_client::Reporter::start(reg, lb_client::ReporterOptions::new("127.0.0.1:7400"));
+    /// // After the server stopped taking calls (e.g. on SIGTERM):
+    /// reporter.shutdown(Duration::from_secs(2)).await;
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(mut self, timeout: Duration) {
         self.stop.send_replace(true);
         if let Some(mut task) = self.task.take() {

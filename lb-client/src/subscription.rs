@@ -1,6 +1,18 @@
 //! Following a service: [`subscribe`] and the background task behind a
 //! [`Subscription`].
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use lb_client::{subscribe, ClientOptions, Outcome};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let sub = subscribe("echo", ClientOptions::new("127.0.0.1:7400")).await?;
+//! let ep = sub.pick()?;
+//! // ... call ep.address(), then:
+//! sub.report(&ep, Outcome::success(Duration::from_millis(3)));
+//! sub.shutdown(Duration::from_secs(1)).await; // before the process exits
+//! # Ok(()) }
+//! ```
+//!
 //! State is a writer/reader pair: the task is the only writer and swaps whole
 //! [`PickList`]s into an `ArcSwap`, then bumps an install counter; `pick()`
 //! reads the counter and, while it has not moved, picks from the list its
@@ -62,6 +74,21 @@ use crate::list::{self, Endpoint, NoPick, Outcome, PickList};
 use crate::protocol::{Identity, StatsReport};
 
 /// Why a subscription could not be created, or a wait ended.
+///
+/// ```
+/// use lb_client::{subscribe, ClientOptions, Error};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Configuration mistakes fail at once, before anything is dialled:
+/// let err = subscribe("", ClientOptions::new("127.0.0.1:7400")).await.unwrap_err();
+/// assert!(matches!(err, Error::EmptyService));
+/// let err = subscribe("echo", ClientOptions::new("lb daemon:7400")).await.unwrap_err();
+/// assert!(matches!(err, Error::InvalidDaemon { .. }), "{err}");
+/// // A daemon's refusal is `Error::Daemon`, naming it and the cause:
+/// // "cannot subscribe to \"echo\": cannot reach the lb daemon at 127.0.0.1:7400:
+/// // connection refused".
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// [`subscribe`] was called with an empty service name: pass the name the
@@ -139,6 +166,19 @@ fn waiting_for(connected: bool, last: Option<&DaemonError>) -> String {
 }
 
 /// How to reach the daemons and who this client is.
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::ClientOptions;
+/// let options = ClientOptions {
+///     daemons: vec!["10.0.0.2:7400".into(), "10.0.0.3:7400".into()], // tried in turn
+///     zone: "eu-1".into(),
+///     labels: [("tier".to_string(), "vip".to_string())].into(), // for routing rules
+///     fallback: vec!["10.0.0.5:50051".into()], // until a daemon answers
+///     ..ClientOptions::default()
+/// };
+/// assert_eq!(options.connect_timeout, Duration::from_secs(2));
+/// ```
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Daemon addresses, "host:port" or "http://host:port"; tried in turn on
@@ -168,10 +208,23 @@ pub struct ClientOptions {
 
 /// How long [`subscribe`] waits for the first list, unless configured:
 /// above the connect timeout (2 s), so one slow connect can be retried.
+///
+/// ```
+/// use lb_client::{subscription::DEFAULT_FIRST_LIST_TIMEOUT, ClientOptions};
+/// let options = ClientOptions::new("127.0.0.1:7400");
+/// assert_eq!(options.first_list_timeout, Some(DEFAULT_FIRST_LIST_TIMEOUT));
+/// assert!(DEFAULT_FIRST_LIST_TIMEOUT > options.connect_timeout);
+/// ```
 pub const DEFAULT_FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ClientOptions {
     /// Options for one daemon; everything else defaults.
+    ///
+    /// ```
+    /// let options = lb_client::ClientOptions::new("127.0.0.1:7400");
+    /// assert_eq!(options.daemons, ["127.0.0.1:7400"]);
+    /// assert!(!options.client_id.is_empty()); // <hostname>-<pid>-<random>
+    /// ```
     pub fn new(daemon: impl Into<String>) -> Self {
         ClientOptions {
             daemons: vec![daemon.into()],
@@ -180,6 +233,14 @@ impl ClientOptions {
     }
 
     /// The same options with `credentials`.
+    ///
+    /// ```
+    /// use lb_client::{ClientOptions, Credentials};
+    /// let token = std::env::var("LB_TOKEN").unwrap_or_default();
+    /// let options = ClientOptions::new("127.0.0.1:7400")
+    ///     .with_credentials(Credentials::default().with_token(token));
+    /// assert!(!options.credentials.uses_tls());
+    /// ```
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = credentials;
         self
@@ -187,6 +248,18 @@ impl ClientOptions {
 
     /// The same options with [`ClientOptions::first_list_timeout`] set:
     /// `None` makes [`subscribe`] return at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_client::ClientOptions;
+    /// // A caller that may start before lb: return at once, pick from the fallback list.
+    /// let mut options = ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None);
+    /// options.fallback = vec!["10.0.0.5:50051".into()];
+    /// // A batch job that may wait longer for its first list:
+    /// let patient = ClientOptions::new("127.0.0.1:7400")
+    ///     .with_first_list_timeout(Some(Duration::from_secs(30)));
+    /// # let _ = (options, patient);
+    /// ```
     pub fn with_first_list_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.first_list_timeout = timeout;
         self
@@ -360,6 +433,26 @@ struct Handle {
 /// A live subscription to one service's server list. Cheap to clone; the
 /// background task stops when the last clone is dropped or [`Subscription::close`]
 /// is called.
+///
+/// Made by [`subscribe`]. A complete program: `examples/hello/src/bin/caller.rs`.
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_client::{subscribe, ClientOptions, Outcome};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // `fallback`: picks use these until the daemon's first list arrives, and
+/// // `subscribe` returns at once without one (so this example runs offline).
+/// let options = ClientOptions {
+///     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+///     ..ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+/// };
+/// let sub = subscribe("echo", options).await?;
+/// let ep = sub.pick()?; // connect to ep.address(), make the call, then:
+/// sub.report(&ep, Outcome::success(Duration::from_millis(3)));
+/// assert_eq!(ep.address(), "10.0.0.5:50051");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Subscription {
     inner: Arc<Handle>,
@@ -503,6 +596,23 @@ impl Subscription {
     /// The next entry of the current list. Lock-free and allocation-free.
     /// A drop entry or an empty list is counted (see [`Subscription::dropped`],
     /// [`Subscription::no_backend`]) and reported to the daemon.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// // The fallback list here: 10.0.0.5, 10.0.0.6.
+    /// assert_eq!(sub.pick()?.address(), "10.0.0.5:50051");
+    /// assert_eq!(sub.pick()?.address(), "10.0.0.6:50051");
+    /// assert_eq!(sub.pick()?.address(), "10.0.0.5:50051");
+    /// # Ok(()) }
+    /// ```
     pub fn pick(&self) -> Result<Arc<Endpoint>, NoPick> {
         self.count(self.inner.shared.with_list(|l, cursor| match cursor {
             Some(c) => l.pick_at(c),
@@ -514,6 +624,23 @@ impl Subscription {
     /// hash policy the daemon's affinity table decides, so every client sends
     /// the same key to the same backend; under other policies this is
     /// [`Subscription::pick`]. Lock-free and allocation-free.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// let user_id = "user-42";
+    /// // Under a hash policy, the same backend for user-42 from every client:
+    /// let ep = sub.pick_for_key(user_id.as_bytes())?;
+    /// assert!(sub.current().addresses().contains(&ep.address().to_string()));
+    /// # Ok(()) }
+    /// ```
     pub fn pick_for_key(&self, key: &[u8]) -> Result<Arc<Endpoint>, NoPick> {
         self.count(self.inner.shared.with_list(|l, _| l.pick_for_key(key)))
     }
@@ -521,6 +648,23 @@ impl Subscription {
     /// Picks for a request carrying `labels`: the first routing rule whose
     /// request labels all match selects the order, else the default one.
     /// Lock-free and allocation-free.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// // With `ctl set-rule echo beta --when group=beta --select version=v2`, the
+    /// // v2 instances; here (no rule) the default order.
+    /// let ep = sub.pick_with(&[("group", "beta")])?;
+    /// assert_eq!(ep.address(), "10.0.0.5:50051");
+    /// # Ok(()) }
+    /// ```
     pub fn pick_with(&self, labels: &[(&str, &str)]) -> Result<Arc<Endpoint>, NoPick> {
         self.count(self.inner.shared.with_list(|l, _| l.pick_with(labels)))
     }
@@ -551,22 +695,92 @@ impl Subscription {
     }
 
     /// Records the outcome of a call made to `ep` (from [`Subscription::pick`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use lb_client::{Code, Outcome};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// let ep = sub.pick()?;
+    /// let start = Instant::now();
+    /// let result: Result<(), _> = Err(tonic::Status::unavailable("draining")); // the call
+    /// sub.report(&ep, match &result {
+    ///     Ok(_) => Outcome::success(start.elapsed()),
+    ///     Err(s) => Outcome::failure(lb_client::cluster::code_of(s.code()), start.elapsed()),
+    /// });
+    /// assert_eq!(ep.counts().failed_by_code[Code::Unavailable as usize], 1);
+    /// # Ok(()) }
+    /// ```
     pub fn report(&self, ep: &Endpoint, outcome: Outcome) {
         ep.record(outcome);
     }
 
     /// A snapshot of the current list.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// let list = sub.current(); // stays as it is while newer lists arrive
+    /// assert_eq!(list.addresses(), ["10.0.0.5:50051", "10.0.0.6:50051"]);
+    /// assert_eq!(list.settings().mode_for("/echo.Echo/Say"), &lb_client::Mode::default());
+    /// # Ok(()) }
+    /// ```
     pub fn current(&self) -> Arc<PickList> {
         self.inner.shared.list.load_full()
     }
 
     /// Version of the current list (0 = fallback, nothing from the daemon yet).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// assert_eq!(sub.version(), 0); // still on the fallback list
+    /// # Ok(()) }
+    /// ```
     pub fn version(&self) -> u64 {
         self.inner.shared.list.load().version()
     }
 
     /// Waits until the current list satisfies `pred`, checking now and after
     /// every list update; [`Error::Timeout`] after `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// // E.g. in a test: until at least two backends are listed.
+    /// let list = sub.wait_for(Duration::from_secs(5), |l| l.addresses().len() >= 2).await?;
+    /// assert_eq!(list.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_for(
         &self,
         timeout: Duration,
@@ -629,6 +843,20 @@ impl Subscription {
     }
 
     /// The service this subscription follows.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// assert_eq!(sub.service(), "echo");
+    /// # Ok(()) }
+    /// ```
     pub fn service(&self) -> &str {
         &self.inner.shared.service
     }
@@ -636,6 +864,24 @@ impl Subscription {
     /// Why the latest attempt to reach a daemon failed (the address and
     /// the cause), or `None` while a stream is open. The task reconnects by
     /// itself; this is for callers that want to say why no list arrives.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// if let Some(e) = sub.last_error() {
+    ///     // e.g. "cannot reach the lb daemon at 127.0.0.1:7400: connection refused"
+    ///     eprintln!("lb is away ({e}); calls use the last list");
+    /// }
+    /// assert!(sub.last_error().is_none()); // nothing was tried yet here
+    /// # Ok(()) }
+    /// ```
     pub fn last_error(&self) -> Option<DaemonError> {
         self.inner.shared.link.borrow().last_error.clone()
     }
@@ -662,27 +908,97 @@ impl Subscription {
     }
 
     /// True while the stream to a daemon is up.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// assert!(!sub.connected()); // not yet (and, while away, the last list serves)
+    /// # Ok(()) }
+    /// ```
     pub fn connected(&self) -> bool {
         self.inner.shared.connected.load(Relaxed)
     }
 
     /// Subscribe streams opened so far (1 + reconnects, once connected).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// // E.g. exported as a metric: a growing count means the daemon keeps going away.
+    /// assert_eq!(sub.streams_opened(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn streams_opened(&self) -> u64 {
         self.inner.shared.streams.load(Relaxed)
     }
 
     /// Calls failed locally on a drop entry, since the start.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// // Rises while the daemon sheds load with drop entries (`NoPick::Dropped`).
+    /// assert_eq!(sub.dropped(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn dropped(&self) -> u64 {
         self.inner.shared.dropped.load(Relaxed)
     }
 
     /// Picks that found an empty list, since the start.
+    ///
+    /// ```
+    /// use lb_client::{subscribe, ClientOptions, NoPick};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None);
+    /// let sub = subscribe("echo", options).await?; // no list yet, no fallback
+    /// assert_eq!(sub.pick().unwrap_err(), NoPick::Empty);
+    /// assert_eq!(sub.no_backend(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn no_backend(&self) -> u64 {
         self.inner.shared.no_backend.load(Relaxed)
     }
 
     /// Stops the background task for every clone. The last list stays in place
     /// and `pick()` keeps working on it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # // Offline: starts on the fallback list, returns at once, and the
+    /// # // subscription's task never runs (nothing here yields).
+    /// # let options = lb_client::ClientOptions {
+    /// #     fallback: vec!["10.0.0.5:50051".into(), "10.0.0.6:50051".into()],
+    /// #     ..lb_client::ClientOptions::new("127.0.0.1:7400").with_first_list_timeout(None)
+    /// # };
+    /// # let sub = lb_client::subscribe("echo", options).await?;
+    /// sub.close(); // no more lists, no more statistics to the daemon
+    /// assert_eq!(sub.pick()?.address(), "10.0.0.5:50051"); // the last list still serves
+    /// # Ok(()) }
+    /// ```
     pub fn close(&self) {
         self.inner.stop.send_replace(true);
     }
@@ -690,6 +1006,15 @@ impl Subscription {
     /// Closes the subscription and waits (up to `timeout`) until its last
     /// call statistics have been handed to the daemon and the stream is closed.
     /// Call it before a process exits, so its final outcomes are not lost.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sub = lb_client::subscribe("hello", lb_client::ClientOptions::new("127.0.0.1:7400")).await?;
+    /// // ... calls ...
+    /// sub.shutdown(Duration::from_secs(1)).await; // then exit
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self, timeout: Duration) {
         self.close();
         let task = self
