@@ -401,6 +401,9 @@ async fn stock_grpcio_client_with_tls_and_a_certificate_identity_follows_its_lis
         ]);
         b
     };
+    // Exact shares of the static weights (the default, load_aware, follows
+    // measured load once reports arrive).
+    run(&["set-policy", NAME, "weighted_round_robin", "--create"]);
     c.add(&tls_backend(NAME, "b1", 1, "127.0.0.11", &backend));
     c.add(&tls_backend(NAME, "b2", 3, "127.0.0.12", &backend));
     c.add(&tls_backend(
