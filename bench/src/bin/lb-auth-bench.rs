@@ -318,7 +318,14 @@ async fn main() -> Result<()> {
         metrics.insert(format!("{key}_register_ratio"), json!(row[5]));
         metrics.insert(format!("{key}_connect_ratio"), json!(row[9]));
         let mut cells = vec![json!(s.name)];
-        cells.extend(row.iter().map(|x| json!(x)));
+        // Whole numbers as integers, so the report prints them so.
+        cells.extend(row.iter().map(|&x| {
+            if x.fract() == 0.0 {
+                json!(x as i64)
+            } else {
+                json!(x)
+            }
+        }));
         rows.push(cells);
     }
     std::fs::create_dir_all(&args.out)?;
@@ -339,7 +346,7 @@ async fn main() -> Result<()> {
         "notes": [
             "Three lb-server processes side by side: plain (no tokens, no TLS: the loopback quick start), auth (--auth: each call's bearer token is hashed with SHA-256 and compared in constant time) and auth+tls (the same over rustls, TLS 1.3).",
             format!("ListServices (an admin-read-only token) and Register (a backend token; a store write): {calls} calls each with {} in flight over one HTTP/2 connection; calls/s is the median over {} rounds whose order of configurations rotates, latency is over every call. The ratio is calls/s against plain in the same run.", args.concurrency, args.rounds),
-            format!("connect + 1 call: a fresh connection (with TLS, the handshake) and one ListServices, {n_connects} at a time per round, one at a time; the ratio is against plain's median."),
+            format!("connect + 1 call: a fresh connection (with TLS, the handshake) and one ListServices, {n_connects} per round, one at a time; the ratio is against plain's median."),
         ],
     });
     std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
