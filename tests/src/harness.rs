@@ -450,3 +450,32 @@ pub async fn call(sub: &Subscription, n: usize) -> (BTreeMap<String, u64>, u64) 
     }
     (counts, errors)
 }
+
+/// A client's `stats` message saying that every one of `calls` calls to
+/// `instance` failed, in one run (what a forging client sends).
+pub fn failure_stats(instance: &str, calls: u64) -> lb_proto::v1::SubscribeRequest {
+    use lb_proto::v1 as pb;
+    pb::SubscribeRequest {
+        msg: Some(pb::subscribe_request::Msg::Stats(pb::ClientStats {
+            instances: vec![pb::InstanceStats {
+                instance_id: instance.into(),
+                calls_started: calls,
+                calls_finished: calls,
+                calls_failed: calls,
+                latency_sum_us: calls.saturating_mul(1000),
+                consecutive_failures: calls,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    }
+}
+
+/// The line of `ctl get`'s output `shown` that describes `instance`.
+pub fn instance_line(shown: &str, instance: &str) -> String {
+    shown
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(instance))
+        .unwrap_or_else(|| panic!("no line for {instance} in:\n{shown}"))
+        .to_string()
+}

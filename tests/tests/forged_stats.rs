@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_proto::v1 as pb;
-use lb_tests::harness::{ctl, ids, set, wait_ids, BackendSpec, Cluster};
+use lb_tests::harness::{
+    ctl, failure_stats, ids, instance_line, set, wait_ids, BackendSpec, Cluster,
+};
 use pb::subscribe_request::Msg;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -59,24 +61,6 @@ async fn reporter(
     (tx, responses)
 }
 
-/// Stats saying every one of `calls` calls to `instance` failed, in one run.
-fn failures(instance: &str, calls: u64) -> pb::SubscribeRequest {
-    pb::SubscribeRequest {
-        msg: Some(Msg::Stats(pb::ClientStats {
-            instances: vec![pb::InstanceStats {
-                instance_id: instance.into(),
-                calls_started: calls,
-                calls_finished: calls,
-                calls_failed: calls,
-                latency_sum_us: calls.saturating_mul(1000),
-                consecutive_failures: calls,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
-    }
-}
-
 /// Sends `msg` on `tx` every 50 ms until `stop`.
 fn keep_sending(
     tx: mpsc::Sender<pb::SubscribeRequest>,
@@ -96,11 +80,7 @@ fn keep_sending(
 
 /// `ctl get`'s line for `instance`.
 fn status_line(daemon: &str, service: &str, instance: &str) -> String {
-    let out = ctl(daemon, &["get", service]).expect("ctl get");
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(instance))
-        .unwrap_or_else(|| panic!("no line for {instance} in:\n{out}"))
-        .to_string()
+    instance_line(&ctl(daemon, &["get", service]).expect("ctl get"), instance)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +118,7 @@ async fn one_forging_client_cannot_eject_two_agreeing_clients_can() {
     // run of 10⁹, twenty times a second, for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
     let (mallory, _m) = reporter(&daemon, "echo", "mallory").await;
-    let forger = keep_sending(mallory, failures("b2", 1_000_000_000), stop.clone());
+    let forger = keep_sending(mallory, failure_stats("b2", 1_000_000_000), stop.clone());
     let taken_in = |line: &str| {
         line.split_whitespace()
             .nth(10)
@@ -158,8 +138,8 @@ async fn one_forging_client_cannot_eject_two_agreeing_clients_can() {
     // is ejected at once; mallory's run on b2, alone, ejects nothing.
     let (alice, _a) = reporter(&daemon, "echo", "alice").await;
     let (bob, _b) = reporter(&daemon, "echo", "bob").await;
-    alice.send(failures("b3", 5)).await.expect("alice");
-    bob.send(failures("b3", 5)).await.expect("bob");
+    alice.send(failure_stats("b3", 5)).await.expect("alice");
+    bob.send(failure_stats("b3", 5)).await.expect("bob");
     wait_ids(&watcher, &set(&["b1", "b2", "b4"])).await;
     let b2 = status_line(&daemon, "echo", "b2");
     assert!(!b2.contains("EJECTED"), "{b2}");
@@ -181,8 +161,8 @@ async fn one_forging_client_cannot_eject_two_agreeing_clients_can() {
     )
     .expect("set-policy");
     let honest = [
-        keep_sending(alice, failures("b4", 100), stop.clone()),
-        keep_sending(bob, failures("b4", 100), stop.clone()),
+        keep_sending(alice, failure_stats("b4", 100), stop.clone()),
+        keep_sending(bob, failure_stats("b4", 100), stop.clone()),
     ];
     let expected: BTreeSet<String> = set(&["b1", "b2"]);
     let l = watcher

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use lb_client::credentials::{Authorize, Credentials};
 use lb_proto::v1::{self as pb, admin_client::AdminClient, balancer_client::BalancerClient};
 use lb_proto::v1::{registry_client::RegistryClient, subscribe_request};
-use lb_tests::harness::{bin, sample, scrape_with as scrape, wait_until, Daemon, WAIT};
+use lb_tests::harness::{
+    bin, failure_stats, sample, scrape_with as scrape, wait_until, Daemon, WAIT,
+};
 use lb_tests::pki::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
@@ -1200,31 +1202,9 @@ async fn per_token_and_per_client_limits_bite_and_are_counted() {
     assert_eq!(sample(&page, "lb_insecure"), Some(0.0));
 }
 
-/// Stats saying every one of `calls` calls to `instance` failed, in one run.
-fn failures(instance: &str, calls: u64) -> pb::SubscribeRequest {
-    pb::SubscribeRequest {
-        msg: Some(subscribe_request::Msg::Stats(pb::ClientStats {
-            instances: vec![pb::InstanceStats {
-                instance_id: instance.into(),
-                calls_started: calls,
-                calls_finished: calls,
-                calls_failed: calls,
-                latency_sum_us: calls.saturating_mul(1000),
-                consecutive_failures: calls,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
-    }
-}
-
 /// `ctl get echo`'s line for `instance`.
 fn instance_line(d: &Daemon, instance: &str) -> String {
-    let out = ctl_ok(d, &["get", "echo"]);
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(instance))
-        .unwrap_or_else(|| panic!("no line for {instance} in:\n{out}"))
-        .to_string()
+    lb_tests::harness::instance_line(&ctl_ok(d, &["get", "echo"]), instance)
 }
 
 /// 8. With authentication on, client stats count per credential (lb-core's
@@ -1272,7 +1252,7 @@ async fn one_token_under_many_client_ids_is_one_witness() {
         loop {
             tick.tick().await;
             for tx in &senders {
-                if tx.send(failures("b2", 1_000_000_000)).await.is_err() {
+                if tx.send(failure_stats("b2", 1_000_000_000)).await.is_err() {
                     return;
                 }
             }
@@ -1290,7 +1270,7 @@ async fn one_token_under_many_client_ids_is_one_witness() {
             .await
             .expect("subscribes");
         sub.requests
-            .send(failures("b3", 5))
+            .send(failure_stats("b3", 5))
             .await
             .expect("stats sent");
         streams.push(sub);
