@@ -479,3 +479,34 @@ pub fn instance_line(shown: &str, instance: &str) -> String {
         .unwrap_or_else(|| panic!("no line for {instance} in:\n{shown}"))
         .to_string()
 }
+
+/// `lb-server ctl --server SERVER --data-dir DATA_DIR` (so it finds the
+/// daemon's generated admin token), with none of the `LB_*` variables of
+/// the environment the tests run in: add the arguments and run it.
+pub fn ctl_command(server: &str, data_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("lb-server").expect("lb-server is built"));
+    cmd.args(["ctl", "--server", server, "--data-dir"])
+        .arg(data_dir);
+    for var in [
+        "LB_TOKEN",
+        "LB_TOKEN_FILE",
+        "LB_SERVER",
+        "LB_DATA_DIR",
+        "LB_CA",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// The stdout of a command that must have succeeded (`what` names it in
+/// the panic, with its stderr).
+pub fn succeeded(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -7,7 +7,6 @@
 //! share one connection to the daemon, across a daemon kill -9 and restart.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,8 @@ use lb_client::{
 use lb_tests::echo::echo_client::EchoClient;
 use lb_tests::echo::WhoamiRequest;
 use lb_tests::harness::{
-    bin, connections_to, ids, set, wait_ids, wait_until, BackendSpec, Cluster, Daemon, WAIT,
+    connections_to, ctl_command, ids, set, succeeded, wait_ids, wait_until, BackendSpec, Cluster,
+    Daemon, WAIT,
 };
 use lb_tests::pki::Pki;
 
@@ -127,21 +127,11 @@ async fn a_refused_connection_fails_at_once_naming_the_daemon() {
 
 /// `lb-server ctl` with the daemon's data directory (its admin token).
 fn ctl(d: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(bin("lb-server").expect("lb-server"))
-        .arg("ctl")
-        .args(["--server", &d.addr(), "--data-dir"])
-        .arg(&d.data_dir)
+    let out = ctl_command(&d.addr(), &d.data_dir)
         .args(args)
-        .env_remove("LB_TOKEN")
-        .env_remove("LB_TOKEN_FILE")
         .output()
         .expect("run lb-server ctl");
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(out, &format!("ctl {args:?}")).trim().to_string()
 }
 
 fn with_token(addr: &str, token: &str) -> ClientOptions {

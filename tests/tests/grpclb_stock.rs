@@ -17,7 +17,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lb_proto::v1 as pb;
-use lb_tests::harness::{bin, ctl, wait_until, BackendSpec, Cluster, WAIT};
+use lb_tests::harness::{ctl, ctl_command, succeeded, wait_until, BackendSpec, Cluster, WAIT};
 use lb_tests::pki::Pki;
 use serde::Deserialize;
 
@@ -277,21 +277,13 @@ async fn stock_grpcio_client_follows_lb_through_grpclb() {
 /// `lb-server ctl` against a daemon that requires TLS and a token (the
 /// generated admin token, from its data directory).
 fn secure_ctl(addr: &str, data_dir: &Path, ca: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("lb-server").expect("lb-server"))
-        .args(["ctl", "--server", addr, "--ca"])
+    let out = ctl_command(addr, data_dir)
+        .arg("--ca")
         .arg(ca)
-        .arg("--data-dir")
-        .arg(data_dir)
         .args(args)
-        .env_remove("LB_TOKEN")
         .output()
         .expect("run ctl");
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(out, &format!("ctl {args:?}")).trim().to_string()
 }
 
 /// The same stock client against a daemon that requires TLS, client

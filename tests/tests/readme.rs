@@ -12,9 +12,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
-use lb_tests::harness::{bin, wait_until, Daemon, WAIT};
+use lb_tests::harness::{ctl_command, succeeded, wait_until, Daemon, WAIT};
 
 /// The `ctl` lines of the README's `sh` blocks, each split into words
 /// (after `lb-server ctl`), comments dropped.
@@ -69,29 +68,12 @@ fn service_of(args: &[String]) -> Option<&str> {
     }
 }
 
-fn ctl(d: &Daemon, args: &[String]) -> std::process::Output {
-    Command::new(bin("lb-server").expect("lb-server"))
-        .arg("ctl")
-        .args(["--server", &d.addr(), "--data-dir"])
-        .arg(&d.data_dir)
-        .args(args)
-        .env_remove("LB_TOKEN")
-        .env_remove("LB_TOKEN_FILE")
-        .env_remove("LB_SERVER")
-        .output()
-        .expect("run lb-server ctl")
-}
-
 fn ctl_ok(d: &Daemon, args: &[String]) -> String {
-    let out = ctl(d, args);
-    assert!(
-        out.status.success(),
-        "lb-server ctl {}\nfailed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout),
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = ctl_command(&d.addr(), &d.data_dir)
+        .args(args)
+        .output()
+        .expect("run lb-server ctl");
+    succeeded(out, &format!("lb-server ctl {}", args.join(" ")))
 }
 
 fn strings(v: &[&str]) -> Vec<String> {

@@ -18,7 +18,8 @@ use lb_client::credentials::{Authorize, Credentials};
 use lb_proto::v1::{self as pb, admin_client::AdminClient, balancer_client::BalancerClient};
 use lb_proto::v1::{registry_client::RegistryClient, subscribe_request};
 use lb_tests::harness::{
-    bin, failure_stats, sample, scrape_with as scrape, wait_until, Daemon, WAIT,
+    bin, ctl_command, failure_stats, sample, scrape_with as scrape, succeeded, wait_until, Daemon,
+    WAIT,
 };
 use lb_tests::pki::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,13 +32,8 @@ use tonic::{Code, Status};
 /// the generated admin token unless `LB_TOKEN` or `--token-file` say
 /// otherwise).
 fn ctl(d: &Daemon, token: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(bin("lb-server").expect("lb-server"));
-    cmd.arg("ctl")
-        .args(["--server", &d.addr(), "--data-dir"])
-        .arg(&d.data_dir)
-        .args(args)
-        .env_remove("LB_TOKEN")
-        .env_remove("LB_TOKEN_FILE");
+    let mut cmd = ctl_command(&d.addr(), &d.data_dir);
+    cmd.args(args);
     if let Some(t) = token {
         cmd.env("LB_TOKEN", t);
     }
@@ -46,13 +42,7 @@ fn ctl(d: &Daemon, token: Option<&str>, args: &[&str]) -> Output {
 
 /// `ctl` that must succeed; its stdout.
 fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
-    let out = ctl(d, None, args);
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    succeeded(ctl(d, None, args), &format!("ctl {args:?}"))
 }
 
 /// Creates a token with ctl; returns it.
