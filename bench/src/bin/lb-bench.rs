@@ -26,7 +26,8 @@
 //! load shedding by backlog on (`shed_delay=100ms`: the daemon adds drop
 //! entries when the farm's reported requests would take longer than 100 ms to
 //! drain, so only what the farm cannot serve is shed; dropped calls count as
-//! errors).
+//! errors). `POLICY+slow` is POLICY with slow start on
+//! (`slow_start_window=5s`: a new or re-admitted instance ramps up over 5 s).
 //! Default: `round_robin,weighted,load_aware,load_aware+shed,least_active,fastest_response,p2c`.
 //! lb's clients run every call under the service's cluster mode (failover
 //! by default: a call cut by a killed backend is retried on another one).
@@ -389,6 +390,15 @@ struct Contender {
 }
 
 fn contender(name: &str) -> Contender {
+    // `POLICY+slow`: POLICY with slow start (new and re-admitted instances
+    // ramp up over 5 s, Envoy's formula).
+    if let Some(base) = name.strip_suffix("+slow") {
+        let mut c = contender(base);
+        c.name = name.into();
+        c.params
+            .extend(["-p".into(), "slow_start_window=5s".into()]);
+        return c;
+    }
     if let Some(base) = name.strip_suffix("+shed") {
         return Contender {
             name: name.into(),
@@ -950,7 +960,7 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     notes.push("Real processes on 127.0.0.1: one lb-server (defaults: 250 ms load reports, 1 s client stats), one lb-backend process per backend (FIFO slots, exponential service times as timers, not CPU), one lb-loadgen process holding every client. Latency runs from the scheduled arrival to the reply (queueing and the generator's own lateness included); percentiles are over answered requests; errors = timeouts + failed calls.".into());
-    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors).".into());
+    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors); NAME+slow adds slow start (slow_start_window=5s).".into());
     let delays: Vec<String> = runs
         .iter()
         .map(|(c, r)| {
@@ -1125,4 +1135,22 @@ fn main() -> anyhow::Result<()> {
     }
     println!("wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_add_their_parameters_to_the_base_policy() {
+        let c = contender("load_aware+shed+slow");
+        assert_eq!(c.name, "load_aware+shed+slow");
+        assert_eq!(c.lb_policy, "load_aware");
+        assert_eq!(
+            c.params,
+            ["-p", "shed_delay=100ms", "-p", "slow_start_window=5s"]
+        );
+        let p = contender("p2c");
+        assert!(p.p2c && p.params.is_empty());
+    }
 }
