@@ -883,6 +883,14 @@ async fn streams_past_the_per_connection_limit_are_refused_with_memory_bounded()
     let sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut rd, wr) = sock.into_split();
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    // The client preface goes first: the reader below acknowledges the
+    // daemon's SETTINGS, and an acknowledgement before the preface would be
+    // a protocol error that closes the connection.
+    {
+        let mut w = wr.lock().await;
+        w.write_all(PREFACE).await.unwrap();
+        w.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    }
     // The reader answers SETTINGS and PING (so the connection is not closed
     // for that) and tallies refusals and GOAWAY.
     let (seen_tx, mut seen) = tokio::sync::watch::channel(Seen::default());
@@ -927,11 +935,6 @@ async fn streams_past_the_per_connection_limit_are_refused_with_memory_bounded()
             });
         })
     };
-    {
-        let mut w = wr.lock().await;
-        w.write_all(PREFACE).await.unwrap();
-        w.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    }
     let block = request_headers("/lb.v1.Balancer/Subscribe");
     let mut sent = 0u32;
     'send: for chunk in (0..STREAMS).collect::<Vec<_>>().chunks(1000) {
