@@ -60,7 +60,14 @@ async fn a_frozen_backend_ends_in_flight_calls_at_the_deadline() {
     let addr = c.backends["b1"].addr.to_string();
     let out = ctl(
         &c.daemon.addr(),
-        &["set-cluster", "echo", "failover", "--deadline", "2s"],
+        &[
+            "set-cluster",
+            "echo",
+            "failover",
+            "--deadline",
+            "2s",
+            "--create",
+        ],
     )
     .expect("set-cluster --deadline");
     assert!(
@@ -316,7 +323,7 @@ async fn hedging_through_the_channel_answers_from_the_fast_backend() {
     let slow_addr = c.backends["slow"].addr.to_string();
     ctl(
         &c.daemon.addr(),
-        &["set-cluster", "echo", "forking", "--forks", "2"],
+        &["set-cluster", "echo", "forking", "--forks", "2", "--create"],
     )
     .expect("set-cluster forking");
     let sub = c.client("echo").await;
@@ -366,7 +373,14 @@ async fn streaming_and_oversize_requests_make_one_attempt() {
         .collect();
     ctl(
         &c.daemon.addr(),
-        &["set-cluster", "echo", "failover", "--attempts", "3"],
+        &[
+            "set-cluster",
+            "echo",
+            "failover",
+            "--attempts",
+            "3",
+            "--create",
+        ],
     )
     .expect("set-cluster");
     let sub: Subscription = c.client("echo").await;
