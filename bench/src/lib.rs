@@ -16,6 +16,9 @@
 //!   which separate processes line up their events.
 //! - [`procfs`]: a process's CPU time, from `/proc`.
 //! - [`machine`]: the machine line every result carries.
+//! - [`rate`]: Poisson arrivals at a piecewise-constant rate (a scenario's
+//!   `load` events), from one seeded stream.
+//! - [`zipf`]: Zipf-distributed request keys (a scenario's `[keys]`), seeded.
 //! - binaries (`src/bin/`):
 //!   - `lb-bench`: the balancing-quality benchmark; runs a scenario
 //!     (`scripts/scenarios/*.toml`) for every policy with real processes;
@@ -40,5 +43,7 @@ pub mod args;
 pub mod clock;
 pub mod machine;
 pub mod procfs;
+pub mod rate;
 pub mod stats;
 pub mod work;
+pub mod zipf;

@@ -15,14 +15,17 @@
 //!   up) per second, over the interval.
 //!
 //! `--degrade-at-unix-ms T --degrade-to-ms M` changes the mean service time at
-//! wall-clock time T (so an orchestrator can line it up with its run).
+//! wall-clock time T (so an orchestrator can line it up with its run); both
+//! flags may be repeated, paired in order, for several changes (a degrade and
+//! a recovery).
 //! `--cold-factor F --cold-for-ms D` starts the backend cold: its mean service
 //! time starts F times higher and falls linearly to `service_ms` over D ms.
 //! The timer's overshoot (tokio fires on millisecond ticks) is measured and
 //! subtracted from later sleeps, so the realized mean service time matches
 //! the model; `--stats-out` reports the realized mean.
-//! `--stats-out FILE` writes, every second and at exit, the backend's counters
-//! and the largest queue seen in every wall-clock second (JSON).
+//! `--stats-out FILE` writes, every second and at exit, the backend's counters,
+//! the largest queue seen in every wall-clock second and the requests
+//! received in every wall-clock second (JSON).
 //!
 //! `lb-backend --daemon 127.0.0.1:7400 --service work --id b0 --slots 8 --service-ms 10`
 
@@ -65,12 +68,12 @@ struct Args {
     /// Address to serve on (port 0 picks one; printed as `listening on ADDR`).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
-    /// Wall-clock time (ms since the Unix epoch) of the degrade.
+    /// Wall-clock time (ms since the Unix epoch) of a degrade (repeatable).
     #[arg(long, requires = "degrade_to_ms")]
-    degrade_at_unix_ms: Option<u64>,
-    /// Mean service time after the degrade, ms.
+    degrade_at_unix_ms: Vec<u64>,
+    /// Mean service time after the degrade of the same position, ms.
     #[arg(long, requires = "degrade_at_unix_ms")]
-    degrade_to_ms: Option<f64>,
+    degrade_to_ms: Vec<f64>,
     /// Seed of the service-time draws of requests that carry no `work`.
     #[arg(long)]
     seed: Option<u64>,
@@ -104,6 +107,8 @@ struct Acct {
     total_service_ns: f64,
     /// Largest number of requests waiting for a slot in each Unix second.
     max_queue: BTreeMap<u64, u32>,
+    /// Requests received (answered or not) in each Unix second.
+    received: BTreeMap<u64, u64>,
 }
 
 impl Acct {
@@ -178,6 +183,7 @@ impl Model {
             "service_ms_realized_mean": mean,
             "service_ms_now": self.mean_ms(),
             "max_queue": a.max_queue.iter().map(|(s, q)| [*s, u64::from(*q)]).collect::<Vec<_>>(),
+            "received": a.received.iter().map(|(s, n)| [*s, *n]).collect::<Vec<_>>(),
         })
     }
 }
@@ -270,6 +276,7 @@ struct WorkService(Arc<Model>);
 impl Work for WorkService {
     async fn r#do(&self, req: Request<DoRequest>) -> Result<Response<DoReply>, Status> {
         let m = &*self.0;
+        *m.acct().received.entry(unix_ms() / 1000).or_default() += 1;
         let work = req.into_inner().work;
         let work = if work.is_finite() && work > 0.0 {
             work.min(50.0)
@@ -356,6 +363,7 @@ async fn main() -> anyhow::Result<()> {
             total_cancelled: 0,
             total_service_ns: 0.0,
             max_queue: BTreeMap::new(),
+            received: BTreeMap::new(),
         }),
         mean_ms: AtomicU64::new(args.service_ms.to_bits()),
         overshoot_ns: AtomicU64::new(0f64.to_bits()),
@@ -365,20 +373,36 @@ async fn main() -> anyhow::Result<()> {
         rng: Mutex::new(StdRng::seed_from_u64(seed)),
     });
 
-    if let (Some(at), Some(to)) = (args.degrade_at_unix_ms, args.degrade_to_ms) {
-        anyhow::ensure!(
-            to.is_finite() && to > 0.0,
-            "--degrade-to-ms must be positive"
-        );
+    anyhow::ensure!(
+        args.degrade_at_unix_ms.len() == args.degrade_to_ms.len(),
+        "--degrade-at-unix-ms and --degrade-to-ms come in pairs ({} and {} given)",
+        args.degrade_at_unix_ms.len(),
+        args.degrade_to_ms.len()
+    );
+    let mut degrades: Vec<(u64, f64)> = args
+        .degrade_at_unix_ms
+        .iter()
+        .copied()
+        .zip(args.degrade_to_ms.iter().copied())
+        .collect();
+    anyhow::ensure!(
+        degrades.iter().all(|(_, to)| to.is_finite() && *to > 0.0),
+        "--degrade-to-ms must be positive"
+    );
+    // In time order; of two at the same time, the later one given wins.
+    degrades.sort_by_key(|(at, _)| *at);
+    if !degrades.is_empty() {
         let m = Arc::clone(&model);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(at.saturating_sub(unix_ms()))).await;
-            m.mean_ms.store(to.to_bits(), Relaxed);
-            tracing::info!(
-                late_ms = unix_ms().saturating_sub(at),
-                service_ms = to,
-                "degraded"
-            );
+            for (at, to) in degrades {
+                tokio::time::sleep(Duration::from_millis(at.saturating_sub(unix_ms()))).await;
+                m.mean_ms.store(to.to_bits(), Relaxed);
+                tracing::info!(
+                    late_ms = unix_ms().saturating_sub(at),
+                    service_ms = to,
+                    "degraded"
+                );
+            }
         });
     }
     if let Some(path) = args.stats_out.clone() {

@@ -28,6 +28,9 @@
 //! drain, so only what the farm cannot serve is shed; dropped calls count as
 //! errors). `POLICY+slow` is POLICY with slow start on
 //! (`slow_start_window=5s`: a new or re-admitted instance ramps up over 5 s).
+//! `POLICY+bounded` is POLICY with `load_bound=1.25` (consistent hashing with
+//! bounded loads, c = 1.25: no instance holds more than 1.25 × the mean share
+//! of the affinity table's slots; see `core/src/policy/chash.rs`).
 //! Default: `round_robin,weighted,load_aware,load_aware+shed,least_active,fastest_response,p2c`.
 //! lb's clients run every call under the service's cluster mode (failover
 //! by default: a call cut by a killed backend is retried on another one).
@@ -57,11 +60,20 @@
 //! cold_factor = 4                 # optional: starts 4× slower ...
 //! cold_for = "5s"                 # ... and warms up linearly over 5 s
 //!
+//! [keys]                          # optional: every request carries a key,
+//! count = 10000                   #   a rank in 1..=count drawn from
+//! zipf_s = 1.1                    #   Zipf(s) (default s = 1)
+//!
 //! [[events]]                      # `at` counts from the start of the measured run
 //! at = "12s"
 //! kind = "degrade"                # the backend's mean service time changes
-//! backend = "b0"
-//! service_ms = 80
+//! backend = "b0"                  #   (any number per backend: a later one
+//! service_ms = 80                 #   back to the old time is a recovery)
+//!
+//! [[events]]
+//! at = "18s"
+//! kind = "load"                   # the offered rate steps to factor × the
+//! factor = 1.5                    #   base rate (a flash crowd; 1.0 ends it)
 //!
 //! [[events]]
 //! at = "21s"
@@ -79,9 +91,21 @@
 //!                                 # same port and data directory
 //! ```
 //!
-//! A degrade is scheduled inside the backend by wall-clock time (one per
-//! backend); the other events are applied by `lb-bench` at their time, and
-//! how late they were is reported in the notes.
+//! Degrades are scheduled inside the backend by wall-clock time and `load`
+//! steps inside the load generator's plan (its arrivals are drawn up front
+//! from the seed, at a piecewise-constant rate: the same for every policy);
+//! the other events are applied by `lb-bench` at their time, and how late
+//! they were is reported in the notes. Events at the same instant make one
+//! phase, labelled with all of them and its start ("after degrade b2 to
+//! 40 ms + degrade b3 to 40 ms (from 10s)"). `--check` prints each phase's
+//! offered load against the capacity then up (nominal service times).
+//!
+//! Keyed scenarios: in lb's client mode the key travels in the `lb-hash-key`
+//! metadata (`lb_client::channel::HASH_KEY`) through lb-client's
+//! `LbChannel`, the cluster-call path on which the hash policies follow it;
+//! p2c ignores it. The table gains "max keyed share ÷ mean": the busiest
+//! backend's share of the requests the backends received over the measured
+//! run (their own per-second counts, timeouts included) divided by 1/N.
 //!
 //! # Result (`quality-<scenario>.json`)
 //!
@@ -106,6 +130,7 @@ use lb_bench::clock::unix_ms;
 use lb_bench::machine::machine;
 use lb_bench::procfs::cpu_seconds;
 use lb_bench::stats::round;
+use lb_bench::zipf::Zipf;
 use lb_tests::harness::{bin, ctl, Daemon, Proc};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -178,6 +203,22 @@ struct EventSpec {
     backend: Option<BackendRef>,
     #[serde(default)]
     service_ms: Option<f64>,
+    /// `load` events: the offered rate from then on, a factor of the base rate.
+    #[serde(default)]
+    factor: Option<f64>,
+}
+
+/// `[keys]`: every request carries a key, a Zipf-distributed rank.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysSpec {
+    count: u32,
+    #[serde(default = "default_zipf_s")]
+    zipf_s: f64,
+}
+
+fn default_zipf_s() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +239,8 @@ struct ScenarioFile {
     timeout: Option<String>,
     backends: Vec<BackendSpec>,
     #[serde(default)]
+    keys: Option<KeysSpec>,
+    #[serde(default)]
     events: Vec<EventSpec>,
     #[serde(default)]
     notes: Vec<String>,
@@ -213,10 +256,19 @@ fn default_seed() -> u64 {
 
 #[derive(Debug, Clone)]
 enum Event {
-    Degrade { backend: String, service_ms: f64 },
-    Kill { backend: String },
+    Degrade {
+        backend: String,
+        service_ms: f64,
+    },
+    Kill {
+        backend: String,
+    },
     Join(BackendSpec),
     RestartBalancer,
+    /// The offered rate becomes `factor` × the scenario's base rate.
+    Load {
+        factor: f64,
+    },
 }
 
 impl Event {
@@ -229,7 +281,38 @@ impl Event {
             Event::Kill { backend } => format!("kill {backend}"),
             Event::Join(b) => format!("join {}", b.id),
             Event::RestartBalancer => "restart-balancer".into(),
+            Event::Load { factor } => format!("load {factor}× base"),
         }
+    }
+
+    /// The label, and for a `load` step the rate it offers.
+    fn describe(&self, base_rate: f64) -> String {
+        match self {
+            Event::Load { factor } => format!(
+                "{} (offered {:.0} req/s from then on: a step of the Poisson rate, its arrivals still drawn up front from the seed, the same for every policy)",
+                self.label(),
+                factor * base_rate
+            ),
+            _ => self.label(),
+        }
+    }
+}
+
+/// A phase of the measured run: from an instant at which events happen to
+/// the next one. The first, `steady`, has none.
+#[derive(Debug, Clone)]
+struct Phase {
+    from: Duration,
+    events: Vec<Event>,
+}
+
+/// `8s`, or `3.3s` when not a whole second.
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if (s - s.round()).abs() < 0.05 {
+        format!("{s:.0}s")
+    } else {
+        format!("{s:.1}s")
     }
 }
 
@@ -246,6 +329,8 @@ struct Scenario {
     seed: u64,
     timeout: Duration,
     backends: Vec<BackendSpec>,
+    keys: Option<KeysSpec>,
+    /// In time order (file order within an instant), at whole milliseconds.
     events: Vec<(Duration, Event)>,
     notes: Vec<String>,
 }
@@ -255,8 +340,98 @@ impl Scenario {
         self.backends.iter().map(BackendSpec::capacity).sum()
     }
 
+    /// The base offered rate (`load` events scale it).
     fn rate(&self) -> f64 {
         self.load * self.capacity()
+    }
+
+    /// The phases: `steady`, then one per distinct event instant.
+    fn phases(&self) -> Vec<Phase> {
+        let mut out = vec![Phase {
+            from: Duration::ZERO,
+            events: Vec::new(),
+        }];
+        for (at, e) in &self.events {
+            match out.last_mut() {
+                Some(p) if p.from == *at && !p.events.is_empty() => p.events.push(e.clone()),
+                _ => out.push(Phase {
+                    from: *at,
+                    events: vec![e.clone()],
+                }),
+            }
+        }
+        out
+    }
+
+    /// Each phase's label, unique: "steady (from 0s)", "after degrade b0
+    /// to 80 ms (from 8s)", "after degrade b2 to 40 ms + degrade b3 to
+    /// 40 ms (from 10s)".
+    fn phase_labels(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in self.phases() {
+            let what = if p.events.is_empty() {
+                "steady".to_string()
+            } else {
+                let l: Vec<String> = p.events.iter().map(Event::label).collect();
+                format!("after {}", l.join(" + "))
+            };
+            let mut label = format!("{what} (from {})", fmt_secs(p.from));
+            let mut n = 2;
+            while out.contains(&label) {
+                label = format!("{what} (from {}) [{n}]", fmt_secs(p.from));
+                n += 1;
+            }
+            out.push(label);
+        }
+        out
+    }
+
+    /// Per phase: (capacity of the backends then up at their nominal mean
+    /// service times, cold starts ignored; offered rate), req/s.
+    fn phase_loads(&self) -> Vec<(f64, f64)> {
+        let mut up: BTreeMap<String, BackendSpec> = self
+            .backends
+            .iter()
+            .map(|b| (b.id.clone(), b.clone()))
+            .collect();
+        let mut factor = 1.0;
+        let mut out = Vec::new();
+        for p in self.phases() {
+            for e in &p.events {
+                match e {
+                    Event::Degrade {
+                        backend,
+                        service_ms,
+                    } => {
+                        if let Some(b) = up.get_mut(backend) {
+                            b.service_ms = *service_ms;
+                        }
+                    }
+                    Event::Kill { backend } => {
+                        up.remove(backend);
+                    }
+                    Event::Join(b) => {
+                        up.insert(b.id.clone(), b.clone());
+                    }
+                    Event::Load { factor: f } => factor = *f,
+                    Event::RestartBalancer => {}
+                }
+            }
+            let cap: f64 = up.values().map(BackendSpec::capacity).sum();
+            out.push((cap, self.rate() * factor));
+        }
+        out
+    }
+
+    /// Every backend that ever runs: the initial ones, then the joiners.
+    fn all_backend_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.backends.iter().map(|b| b.id.clone()).collect();
+        for (_, e) in &self.events {
+            if let Event::Join(b) = e {
+                ids.push(b.id.clone());
+            }
+        }
+        ids
     }
 }
 
@@ -281,8 +456,12 @@ fn check_backend(b: &BackendSpec) -> anyhow::Result<()> {
 fn load_scenario(path: &Path, quick: bool, seed: Option<u64>) -> anyhow::Result<Scenario> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let f: ScenarioFile =
-        toml::from_str(&text).with_context(|| format!("bad scenario {}", path.display()))?;
+    parse_scenario(&text, quick, seed).with_context(|| format!("bad scenario {}", path.display()))
+}
+
+/// A scenario from its TOML text, checked.
+fn parse_scenario(text: &str, quick: bool, seed: Option<u64>) -> anyhow::Result<Scenario> {
+    let f: ScenarioFile = toml::from_str(text)?;
     let mut warmup = parse_duration(&f.warmup).context("warmup")?;
     let mut duration = parse_duration(&f.duration).context("duration")?;
     let scale = if quick { 1.0 / 3.0 } else { 1.0 };
@@ -301,14 +480,34 @@ fn load_scenario(path: &Path, quick: bool, seed: Option<u64>) -> anyhow::Result<
         }
         ids.push(b.id.clone());
     }
+    if let Some(k) = &f.keys {
+        Zipf::new(k.count, k.zipf_s).context("[keys]")?;
+    }
     let mut events = Vec::new();
-    let mut degraded: Vec<String> = Vec::new();
+    // (backend, when) of every degrade: two at once would be ambiguous.
+    let mut degraded: Vec<(String, Duration)> = Vec::new();
     for e in &f.events {
+        // Whole milliseconds: the phases' boundaries as lb-loadgen gets them.
         let at = parse_duration(&e.at)
             .with_context(|| format!("event at {:?}", e.at))?
             .mul_f64(scale);
+        let at = Duration::from_millis(at.as_millis() as u64);
         if at >= duration {
             bail!("event {} at {:?} is after the end of the run", e.kind, e.at);
+        }
+        if at.is_zero() {
+            bail!(
+                "event {} at {:?}: events happen after the measured run starts (at > 0)",
+                e.kind,
+                e.at
+            );
+        }
+        if e.factor.is_some() && e.kind != "load" {
+            bail!(
+                "event {} at {:?}: `factor` is for load events",
+                e.kind,
+                e.at
+            );
         }
         let id = |r: &Option<BackendRef>| -> anyhow::Result<String> {
             match r {
@@ -320,10 +519,10 @@ fn load_scenario(path: &Path, quick: bool, seed: Option<u64>) -> anyhow::Result<
         let ev = match e.kind.as_str() {
             "degrade" => {
                 let backend = id(&e.backend)?;
-                if degraded.contains(&backend) {
-                    bail!("backend {backend} degrades twice (one degrade per backend)");
+                if degraded.contains(&(backend.clone(), at)) {
+                    bail!("backend {backend} degrades twice at {:?}", e.at);
                 }
-                degraded.push(backend.clone());
+                degraded.push((backend.clone(), at));
                 let service_ms = e
                     .service_ms
                     .filter(|m| m.is_finite() && *m > 0.0)
@@ -348,7 +547,17 @@ fn load_scenario(path: &Path, quick: bool, seed: Option<u64>) -> anyhow::Result<
                 _ => bail!("join needs `backend = {{ id = ..., service_ms = ... }}`"),
             },
             "restart-balancer" => Event::RestartBalancer,
-            k => bail!("unknown event kind {k:?} (degrade, kill, join, restart-balancer)"),
+            "load" => {
+                if e.backend.is_some() || e.service_ms.is_some() {
+                    bail!("load event at {:?}: only `factor`, no backend", e.at);
+                }
+                let factor = e
+                    .factor
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or_else(|| anyhow!("load event at {:?} needs a positive `factor`", e.at))?;
+                Event::Load { factor }
+            }
+            k => bail!("unknown event kind {k:?} (degrade, kill, join, restart-balancer, load)"),
         };
         events.push((at, ev));
     }
@@ -367,6 +576,7 @@ fn load_scenario(path: &Path, quick: bool, seed: Option<u64>) -> anyhow::Result<
             None => Duration::from_secs(1),
         },
         backends: f.backends,
+        keys: f.keys,
         events,
         notes: f.notes,
     })
@@ -397,6 +607,14 @@ fn contender(name: &str) -> Contender {
         c.name = name.into();
         c.params
             .extend(["-p".into(), "slow_start_window=5s".into()]);
+        return c;
+    }
+    // `POLICY+bounded`: consistent hashing with bounded loads, c = 1.25
+    // (Mirrokni et al., SODA 2018).
+    if let Some(base) = name.strip_suffix("+bounded") {
+        let mut c = contender(base);
+        c.name = name.into();
+        c.params.extend(["-p".into(), "load_bound=1.25".into()]);
         return c;
     }
     if let Some(base) = name.strip_suffix("+shed") {
@@ -442,6 +660,9 @@ struct PolicyRun {
     /// CPU seconds per process kind over the run (processes alive at the end).
     cpu: BTreeMap<String, f64>,
     restart_ms: Vec<f64>,
+    /// Requests each backend received in the whole seconds of the measured
+    /// run (its own counts: answered, timed out or cancelled).
+    received: BTreeMap<String, u64>,
 }
 
 struct Farm<'a> {
@@ -584,18 +805,7 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
             "--out",
             &run_path.display().to_string(),
         ])
-        .args(if sc.events.is_empty() {
-            Vec::new()
-        } else {
-            vec![
-                "--phases".to_string(),
-                sc.events
-                    .iter()
-                    .map(|(at, _)| format!("{}ms", at.as_millis()))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ]
-        })
+        .args(loadgen_extra_args(sc))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(lg_log.try_clone()?)
@@ -607,8 +817,8 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
     let mut restart_ms = Vec::new();
     for (at, e) in &sc.events {
         let t = farm.measured_unix_ms + at.as_millis() as u64;
-        if let Event::Degrade { .. } = e {
-            continue; // scheduled inside the backend
+        if let Event::Degrade { .. } | Event::Load { .. } = e {
+            continue; // scheduled inside the backend / the load generator's plan
         }
         sleep_until_unix_ms(t);
         let late = unix_ms().saturating_sub(t) as f64;
@@ -628,7 +838,7 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
                     .context("restarting lb-server on the same port")?;
                 restart_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
             }
-            Event::Degrade { .. } => {}
+            Event::Degrade { .. } | Event::Load { .. } => {}
         }
         event_lateness.push((e.label(), late));
     }
@@ -668,13 +878,9 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
     );
     let mut backend_stats = Vec::new();
     let mut max_queue = 0u64;
-    let mut ids: Vec<String> = sc.backends.iter().map(|b| b.id.clone()).collect();
-    for (_, e) in &sc.events {
-        if let Event::Join(b) = e {
-            ids.push(b.id.clone());
-        }
-    }
-    for id in ids {
+    let mut received = BTreeMap::new();
+    let measured_end_ms = farm.measured_unix_ms + sc.duration.as_millis() as u64;
+    for id in sc.all_backend_ids() {
         let Ok(text) = std::fs::read_to_string(dir.join(format!("{id}.stats.json"))) else {
             continue;
         };
@@ -690,6 +896,8 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
                 }
             }
         }
+        let got = whole_seconds_within(v.get("received"), farm.measured_unix_ms, measured_end_ms);
+        received.insert(id, got);
         backend_stats.push(v);
     }
 
@@ -707,7 +915,63 @@ fn run_policy(sc: &Scenario, c: &Contender, out_dir: &Path) -> anyhow::Result<Po
         event_lateness,
         cpu,
         restart_ms,
+        received,
     })
+}
+
+/// lb-loadgen's arguments beyond the common ones: phase boundaries, `load`
+/// steps, keys.
+fn loadgen_extra_args(sc: &Scenario) -> Vec<String> {
+    let mut a = Vec::new();
+    let cuts: Vec<String> = sc.phases()[1..]
+        .iter()
+        .map(|p| format!("{}ms", p.from.as_millis()))
+        .collect();
+    if !cuts.is_empty() {
+        a.extend(["--phases".to_string(), cuts.join(",")]);
+    }
+    for (at, e) in &sc.events {
+        if let Event::Load { factor } = e {
+            a.extend([
+                "--load-step".to_string(),
+                format!("{}ms={factor}", at.as_millis()),
+            ]);
+        }
+    }
+    if let Some(k) = &sc.keys {
+        a.extend([
+            "--keys".to_string(),
+            k.count.to_string(),
+            "--zipf-s".to_string(),
+            k.zipf_s.to_string(),
+        ]);
+    }
+    a
+}
+
+/// The sum of a `[[unix_s, n], ...]` series over the seconds that lie whole
+/// within `[from_ms, to_ms)`.
+fn whole_seconds_within(series: Option<&Value>, from_ms: u64, to_ms: u64) -> u64 {
+    let Some(a) = series.and_then(Value::as_array) else {
+        return 0;
+    };
+    a.iter()
+        .filter_map(|e| Some((e.get(0)?.as_u64()?, e.get(1)?.as_u64()?)))
+        .filter(|(s, _)| s * 1000 >= from_ms && (s + 1) * 1000 <= to_ms)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The busiest backend's share of `received` over the mean share 1/`n`
+/// (`n` backends; one that received nothing counts as 0). None without
+/// requests.
+fn max_share_over_mean(received: &BTreeMap<String, u64>, n: usize) -> Option<f64> {
+    let total: u64 = received.values().sum();
+    let max = received.values().copied().max()?;
+    if total == 0 || n == 0 {
+        return None;
+    }
+    Some(max as f64 / total as f64 * n as f64)
 }
 
 fn num(v: &Value, k: &str) -> f64 {
@@ -750,13 +1014,23 @@ fn main() -> anyhow::Result<()> {
     let sc = load_scenario(&args.scenario, args.quick, args.seed)?;
     if args.check {
         println!(
-            "{}: {} backends, capacity {:.0} req/s, offered {:.0} req/s, {} events",
+            "{}: {} backends, capacity {:.0} req/s, offered {:.0} req/s, {} events{}",
             sc.name,
             sc.backends.len(),
             sc.capacity(),
             sc.rate(),
-            sc.events.len()
+            sc.events.len(),
+            match &sc.keys {
+                Some(k) => format!(", {} keys (Zipf s = {})", k.count, k.zipf_s),
+                None => String::new(),
+            }
         );
+        for (l, (cap, offered)) in sc.phase_labels().iter().zip(sc.phase_loads()) {
+            println!(
+                "  {l}: offered {offered:.0} req/s of {cap:.0} = {:.0} % of capacity",
+                100.0 * offered / cap.max(1e-9)
+            );
+        }
         return Ok(());
     }
     for name in ["lb-server", "lb-backend", "lb-loadgen"] {
@@ -791,11 +1065,8 @@ fn main() -> anyhow::Result<()> {
         runs.push((c, r));
     }
 
-    // Phases and their labels.
-    let mut phase_labels = vec!["steady".to_string()];
-    for (_, e) in &sc.events {
-        phase_labels.push(format!("after {}", e.label()));
-    }
+    // Phases and their labels (unique, each with its start).
+    let phase_labels = sc.phase_labels();
     let empty = Vec::new();
     let phases_of = |r: &PolicyRun| -> Vec<Value> {
         r.run
@@ -812,9 +1083,11 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|b| (b.id.clone(), 0, Some(100.0 * b.capacity() / total_cap)))
         .collect();
-    for (i, (_, e)) in sc.events.iter().enumerate() {
-        if let Event::Join(b) = e {
-            share_cols.push((b.id.clone(), i + 1, None));
+    for (i, p) in sc.phases().iter().enumerate() {
+        for e in &p.events {
+            if let Event::Join(b) = e {
+                share_cols.push((b.id.clone(), i, None));
+            }
         }
     }
 
@@ -837,12 +1110,11 @@ fn main() -> anyhow::Result<()> {
         });
     }
     columns.push("worst share/capacity (steady)".into());
-    for (i, l) in phase_labels.iter().enumerate() {
-        let from = phases_of(&runs[0].1)
-            .get(i)
-            .map(|p| num(p, "from_s"))
-            .unwrap_or(0.0);
-        columns.push(format!("p99 ms {l} (from {from:.0}s)"));
+    if sc.keys.is_some() {
+        columns.push("max keyed share ÷ mean".into());
+    }
+    for l in &phase_labels {
+        columns.push(format!("p99 ms {l}"));
     }
     for l in &phase_labels[1..] {
         columns.push(format!("errors {l}"));
@@ -856,6 +1128,7 @@ fn main() -> anyhow::Result<()> {
         [
             "p99 ÷ round_robin",
             "p99 ÷ p2c",
+            "p99 ÷ weighted",
             "errors ÷ round_robin",
             "errors ÷ p2c",
         ]
@@ -895,6 +1168,12 @@ fn main() -> anyhow::Result<()> {
         }
         shares.insert(c.name.clone(), Value::Object(s));
         row.push(json!(round(worst, 3)));
+        if sc.keys.is_some() {
+            row.push(
+                max_share_over_mean(&r.received, share_cols.len())
+                    .map_or(Value::Null, |x| json!(round(x, 3))),
+            );
+        }
         for i in 0..phase_labels.len() {
             row.push(json!(round(
                 phases.get(i).map(|p| num(p, "p99_ms")).unwrap_or(0.0),
@@ -916,6 +1195,7 @@ fn main() -> anyhow::Result<()> {
         let (p99, errs) = (num(&r.run, "p99_ms"), num(&r.run, "errors"));
         row.push(ratio(p99, base("round_robin", "p99_ms")));
         row.push(ratio(p99, base("p2c", "p99_ms")));
+        row.push(ratio(p99, base("weighted", "p99_ms")));
         row.push(ratio(errs, base("round_robin", "errors")));
         row.push(ratio(errs, base("p2c", "errors")));
         rows.push(Value::Array(row));
@@ -931,8 +1211,12 @@ fn main() -> anyhow::Result<()> {
 
     // Notes: what was run, and the benchmark's own limits.
     let mut notes: Vec<String> = Vec::new();
+    let stepped = sc
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Load { .. }));
     notes.push(format!(
-        "{} backends ({}), capacity {:.0} req/s; {} independent clients; open-loop Poisson arrivals at {:.0} % of capacity = {:.0} req/s; warm-up {:.0} s (not measured), measured {:.0} s; seed {} (same arrival times, clients and service demands for every policy); timeout {} ms counted as an error{}.",
+        "{} backends ({}), capacity {:.0} req/s; {} independent clients; open-loop Poisson arrivals at {:.0} % of capacity = {:.0} req/s{}; warm-up {:.0} s (not measured), measured {:.0} s; seed {} (same arrival times, clients and service demands for every policy); timeout {} ms counted as an error{}.",
         sc.backends.len(),
         sc.backends
             .iter()
@@ -943,6 +1227,7 @@ fn main() -> anyhow::Result<()> {
         sc.clients,
         sc.load * 100.0,
         sc.rate(),
+        if stepped { " (the base rate: load events step it)" } else { "" },
         sc.warmup.as_secs_f64(),
         sc.duration.as_secs_f64(),
         sc.seed,
@@ -954,13 +1239,37 @@ fn main() -> anyhow::Result<()> {
             "Events (from the start of the measured run): {}.",
             sc.events
                 .iter()
-                .map(|(at, e)| format!("{:.1} s {}", at.as_secs_f64(), e.label()))
+                .map(|(at, e)| format!("{:.1} s {}", at.as_secs_f64(), e.describe(sc.rate())))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        notes.push(format!(
+            "Offered load ÷ capacity of the backends up, by phase (nominal mean service times; cold starts and the backlog an earlier phase leaves not counted): {}.",
+            phase_labels
+                .iter()
+                .zip(sc.phase_loads())
+                .map(|(l, (cap, offered))| format!(
+                    "{l} {:.0} %",
+                    100.0 * offered / cap.max(1e-9)
+                ))
                 .collect::<Vec<_>>()
                 .join("; ")
         ));
     }
+    if let Some(k) = &sc.keys {
+        let z = Zipf::new(k.count, k.zipf_s)?;
+        notes.push(format!(
+            "Keyed requests: {} keys, Zipf s = {} (the most popular key draws {:.1} % of requests, the top 10 {:.1} %), drawn from their own stream of the seed, the same for every policy. lb's clients send the key in `lb-hash-key` metadata through lb-client's LbChannel (the cluster-call path on which the hash policies follow it; the other policies ignore it); p2c ignores it. max keyed share ÷ mean = the busiest backend's share of the requests the {} backends received in the whole seconds of the measured run (their own counts, timeouts included), over 1/{}: 1 is even. The share % columns count requests whose backend the client knows (a keyed call that failed names none).",
+            k.count,
+            k.zipf_s,
+            100.0 * z.pmf(1),
+            100.0 * z.top(10),
+            share_cols.len(),
+            share_cols.len()
+        ));
+    }
     notes.push("Real processes on 127.0.0.1: one lb-server (defaults: 250 ms load reports, 1 s client stats), one lb-backend process per backend (FIFO slots, exponential service times as timers, not CPU), one lb-loadgen process holding every client. Latency runs from the scheduled arrival to the reply (queueing and the generator's own lateness included); percentiles are over answered requests; errors = timeouts + failed calls.".into());
-    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors); NAME+slow adds slow start (slow_start_window=5s).".into());
+    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors); NAME+slow adds slow start (slow_start_window=5s); NAME+bounded sets load_bound=1.25 (consistent hashing with bounded loads: no instance above 1.25 × the mean share of the affinity table's slots).".into());
     let delays: Vec<String> = runs
         .iter()
         .map(|(c, r)| {
@@ -1077,10 +1386,13 @@ fn main() -> anyhow::Result<()> {
     }
     notes.extend(sc.notes.iter().cloned());
 
-    let events: Vec<Value> = sc
-        .events
+    // One mark per phase: events at one instant share it.
+    let events: Vec<Value> = sc.phases()[1..]
         .iter()
-        .map(|(at, e)| json!([round(at.as_secs_f64(), 3), e.label()]))
+        .map(|p| {
+            let l: Vec<String> = p.events.iter().map(Event::label).collect();
+            json!([round(p.from.as_secs_f64(), 3), l.join(" + ")])
+        })
         .collect();
     let command = format!(
         "target/release/lb-bench --scenario {}{}{}",
@@ -1152,5 +1464,239 @@ mod tests {
         );
         let p = contender("p2c");
         assert!(p.p2c && p.params.is_empty());
+        let b = contender("consistent_hash+bounded");
+        assert_eq!(
+            (b.lb_policy.as_str(), b.params.as_slice()),
+            (
+                "consistent_hash",
+                ["-p", "load_bound=1.25"].map(String::from).as_slice()
+            )
+        );
+    }
+
+    const FARM: &str = r#"
+name = "t"
+clients = 4
+load = 0.5
+warmup = "3s"
+duration = "30s"
+
+[[backends]]
+id = "b0"
+service_ms = 10
+
+[[backends]]
+id = "b1"
+service_ms = 20
+"#;
+
+    fn scenario(extra: &str) -> anyhow::Result<Scenario> {
+        parse_scenario(&format!("{FARM}{extra}"), false, None)
+    }
+
+    #[test]
+    fn a_backend_may_degrade_and_recover_and_events_may_share_an_instant() {
+        let sc = scenario(
+            r#"
+[[events]]
+at = "8s"
+kind = "degrade"
+backend = "b0"
+service_ms = 80
+
+[[events]]
+at = "16s"
+kind = "degrade"
+backend = "b0"
+service_ms = 10
+
+[[events]]
+at = "12s"
+kind = "degrade"
+backend = "b1"
+service_ms = 40
+
+[[events]]
+at = "12s"
+kind = "kill"
+backend = "b0"
+"#,
+        )
+        .unwrap();
+        assert_eq!(sc.events.len(), 4);
+        assert_eq!(
+            sc.phase_labels(),
+            [
+                "steady (from 0s)",
+                "after degrade b0 to 80 ms (from 8s)",
+                "after degrade b1 to 40 ms + kill b0 (from 12s)",
+                "after degrade b0 to 10 ms (from 16s)",
+            ]
+        );
+        // Capacities: 800 + 400; b0 at 80 ms: 100 + 400; b1 at 40 ms, b0 gone: 200.
+        let caps: Vec<f64> = sc.phase_loads().iter().map(|(c, _)| c.round()).collect();
+        assert_eq!(caps, [1200.0, 500.0, 200.0, 200.0]);
+        assert_eq!(
+            loadgen_extra_args(&sc),
+            ["--phases", "8000ms,12000ms,16000ms"]
+        );
+        // The same backend twice at one instant is ambiguous.
+        let twice = r#"
+[[events]]
+at = "8s"
+kind = "degrade"
+backend = "b0"
+service_ms = 80
+
+[[events]]
+at = "8s"
+kind = "degrade"
+backend = "b0"
+service_ms = 40
+"#;
+        assert!(scenario(twice).is_err());
+    }
+
+    #[test]
+    fn same_labels_at_different_instants_stay_apart_and_quick_scales_them() {
+        let ev = r#"
+[[events]]
+at = "10s"
+kind = "degrade"
+backend = "b0"
+service_ms = 80
+
+[[events]]
+at = "20s"
+kind = "degrade"
+backend = "b0"
+service_ms = 80
+"#;
+        let sc = parse_scenario(&format!("{FARM}{ev}"), true, None).unwrap();
+        assert_eq!(
+            sc.phase_labels(),
+            [
+                "steady (from 0s)",
+                "after degrade b0 to 80 ms (from 3.3s)",
+                "after degrade b0 to 80 ms (from 6.7s)",
+            ]
+        );
+        assert_eq!(sc.events[0].0, Duration::from_millis(3333));
+    }
+
+    #[test]
+    fn load_events_step_the_offered_rate() {
+        let sc = scenario(
+            r#"
+[[events]]
+at = "18s"
+kind = "load"
+factor = 1.3
+
+[[events]]
+at = "22s"
+kind = "load"
+factor = 1.0
+"#,
+        )
+        .unwrap();
+        assert_eq!(sc.rate(), 600.0);
+        let offered: Vec<f64> = sc.phase_loads().iter().map(|(_, o)| o.round()).collect();
+        assert_eq!(offered, [600.0, 780.0, 600.0]);
+        assert_eq!(
+            sc.phase_labels()[1..],
+            [
+                "after load 1.3× base (from 18s)",
+                "after load 1× base (from 22s)"
+            ]
+        );
+        assert_eq!(
+            loadgen_extra_args(&sc),
+            [
+                "--phases",
+                "18000ms,22000ms",
+                "--load-step",
+                "18000ms=1.3",
+                "--load-step",
+                "22000ms=1"
+            ]
+        );
+        for bad in [
+            "[[events]]\nat = \"5s\"\nkind = \"load\"\n",
+            "[[events]]\nat = \"5s\"\nkind = \"load\"\nfactor = 0\n",
+            "[[events]]\nat = \"5s\"\nkind = \"load\"\nfactor = 2\nbackend = \"b0\"\n",
+            "[[events]]\nat = \"5s\"\nkind = \"kill\"\nbackend = \"b0\"\nfactor = 2\n",
+            "[[events]]\nat = \"0s\"\nkind = \"load\"\nfactor = 2\n",
+        ] {
+            assert!(scenario(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_keys_table() {
+        let sc = scenario(
+            "
+[keys]
+count = 10000
+zipf_s = 1.1
+",
+        )
+        .unwrap();
+        let k = sc.keys.unwrap();
+        assert_eq!((k.count, k.zipf_s), (10000, 1.1));
+        assert_eq!(
+            loadgen_extra_args(&sc),
+            ["--keys", "10000", "--zipf-s", "1.1"]
+        );
+        let default_s = scenario(
+            "
+[keys]
+count = 50
+",
+        )
+        .unwrap();
+        assert_eq!(default_s.keys.unwrap().zipf_s, 1.0);
+        assert!(scenario("").unwrap().keys.is_none());
+        assert!(scenario(
+            "
+[keys]
+count = 0
+"
+        )
+        .is_err());
+        assert!(scenario(
+            "
+[keys]
+count = 10
+zipf_s = -1
+"
+        )
+        .is_err());
+        assert!(
+            scenario(
+                "
+[keys]
+count = 10
+zipf = 1
+"
+            )
+            .is_err(),
+            "unknown field"
+        );
+    }
+
+    #[test]
+    fn keyed_share_counts_whole_seconds_of_the_run() {
+        let series = json!([[99, 5], [100, 10], [101, 20], [102, 7]]);
+        // Run from 100.0 s to 102.5 s: seconds 100 and 101 are whole.
+        assert_eq!(whole_seconds_within(Some(&series), 100_000, 102_500), 30);
+        assert_eq!(whole_seconds_within(None, 0, 1), 0);
+        let even: BTreeMap<String, u64> =
+            [("a".into(), 10), ("b".into(), 10)].into_iter().collect();
+        assert_eq!(max_share_over_mean(&even, 2), Some(1.0));
+        // A third backend that received nothing still counts in the mean.
+        assert_eq!(max_share_over_mean(&even, 3), Some(1.5));
+        let none: BTreeMap<String, u64> = [("a".into(), 0)].into_iter().collect();
+        assert_eq!(max_share_over_mean(&none, 1), None);
     }
 }

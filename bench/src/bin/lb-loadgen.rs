@@ -4,14 +4,27 @@
 //! - **Open loop.** The Poisson arrival times are generated up front from
 //!   `--seed` (the same for every policy and mode), each with its client (one
 //!   of `--clients`, uniformly) and its unit-mean exponential service demand.
+//!   `--load-step 18s=1.3` steps the rate to 1.3 × `--rate` from 18 s into
+//!   the measured run (repeatable; a later `22s=1` steps it back): the rate
+//!   is piecewise constant ([`lb_bench::rate`]), still one seeded stream.
+//! - **Keys.** `--keys 10000 --zipf-s 1.1` gives each arrival a key, rank
+//!   `k` of a Zipf distribution ([`lb_bench::zipf`]), drawn from its own
+//!   stream of the seed (so the arrival times, clients and demands stay those
+//!   of an unkeyed run). In `--client-mode lb` a keyed request goes through
+//!   lb-client's [`lb_client::LbChannel`] with the key `k<rank>` in the
+//!   `lb-hash-key` metadata: that is the cluster-call path on which the hash
+//!   policies follow a key (`Subscription::call` carries none); the others
+//!   pick as usual. In `--client-mode p2c` the key is ignored.
 //!   A dedicated thread sleeps until each arrival's time and spawns the request
 //!   on the runtime; nothing waits for a previous request. How late the
 //!   requests started against their schedule is measured and reported
 //!   (`send_delay_ms`).
 //! - **Independent clients.** Each client has its own `lb_client::subscribe`
 //!   subscription (its own list and cursor). In `--client-mode lb` a request
-//!   is `pick()` + a per-address cached tonic channel, and its outcome goes
-//!   back through `report()` (timeouts included). In `--client-mode p2c` each
+//!   is `Subscription::call` (the service's cluster mode over `pick()`) + a
+//!   per-address cached tonic channel, and its outcome goes back to the
+//!   daemon (timeouts included); a keyed one goes through `LbChannel` (see
+//!   above), whose failed calls name no backend. In `--client-mode p2c` each
 //!   client runs tower's p2c balancer over `PeakEwmaDiscover` (linkerd's
 //!   defaults: 30 ms default RTT, 10 s decay) and takes only the membership
 //!   from its subscription: it sees only its own calls.
@@ -40,12 +53,15 @@ use clap::{Parser, ValueEnum};
 use lb_bench::args::Target;
 use lb_bench::clock::unix_ms;
 use lb_bench::procfs::cpu_seconds;
+use lb_bench::rate::{piecewise_poisson, RateStep};
 use lb_bench::stats::{percentile_ms, round};
 use lb_bench::work::work_client::WorkClient;
 use lb_bench::work::{DoRequest, WORK_METHOD};
-use lb_client::{subscribe, ClientOptions, Subscription};
+use lb_bench::zipf::Zipf;
+use lb_client::channel::HASH_KEY;
+use lb_client::{subscribe, ClientOptions, LbChannel, Subscription};
 use lb_core::duration::parse as parse_duration;
-use lb_sim::workload::{exponential, poisson, stream_rng, ARRIVAL_STREAM};
+use lb_sim::workload::{exponential, stream_rng, ARRIVAL_STREAM};
 use rand::Rng;
 use serde::Serialize;
 use tonic::body::Body;
@@ -77,6 +93,16 @@ struct Args {
     /// Offered load, requests per second (Poisson).
     #[arg(long)]
     rate: f64,
+    /// `AT=FACTOR`: from AT into the measured run, the rate is FACTOR ×
+    /// `--rate` (repeatable or comma-separated).
+    #[arg(long, value_parser = parse_load_step, value_delimiter = ',')]
+    load_step: Vec<LoadStep>,
+    /// Keys drawn per request (Zipf ranks 1..=N; 0: requests carry no key).
+    #[arg(long, default_value_t = 0)]
+    keys: u32,
+    /// Exponent of the keys' Zipf distribution.
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
     /// Measured run length (e.g. 30s).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     duration: Duration,
@@ -107,23 +133,73 @@ struct Args {
     out: PathBuf,
 }
 
+/// A `--load-step`: from `at` into the measured run, `factor` × `--rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+struct LoadStep {
+    #[serde(serialize_with = "as_secs")]
+    at: Duration,
+    factor: f64,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// `18s=1.3`: a [`LoadStep`].
+fn parse_load_step(s: &str) -> Result<LoadStep, String> {
+    let (at, factor) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected AT=FACTOR, e.g. 18s=1.3"))?;
+    let at = parse_duration(at.trim())?;
+    let factor: f64 = factor
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: factor: {e}"))?;
+    if !(factor.is_finite() && factor > 0.0) {
+        return Err(format!("{s:?}: the factor must be positive"));
+    }
+    Ok(LoadStep { at, factor })
+}
+
+/// The RNG stream of request keys (the arrivals' is [`ARRIVAL_STREAM`]).
+const KEY_STREAM: u64 = 2;
+
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
     /// ns since the start of the warm-up.
     at: u64,
     client: u32,
     work: f64,
+    /// Zipf rank of the request's key, if requests are keyed.
+    key: Option<u32>,
 }
 
-/// The run's arrivals from `seed`, drawn as the simulator draws its own
-/// (same RNG stream and generator; no request key).
-fn arrivals(seed: u64, rate: f64, span: Duration, clients: u32) -> Vec<Arrival> {
+/// The run's arrivals from `seed`, drawn as the simulator draws its own (same
+/// RNG stream and generator), at `rate` changed by `steps` (times from the
+/// start of the arrivals, i.e. of the warm-up); then, from a stream of their
+/// own, their keys if `keys` is given.
+fn arrivals(
+    seed: u64,
+    rate: f64,
+    steps: &[RateStep],
+    span: Duration,
+    clients: u32,
+    keys: Option<&Zipf>,
+) -> Vec<Arrival> {
     let mut rng = stream_rng(seed, ARRIVAL_STREAM);
-    poisson(&mut rng, rate, span, |at, rng| Arrival {
+    let mut plan = piecewise_poisson(&mut rng, rate, steps, span, |at, rng| Arrival {
         at,
         client: rng.random_range(0..clients.max(1)),
         work: exponential(rng, 1.0),
-    })
+        key: None,
+    });
+    if let Some(z) = keys {
+        let mut rng = stream_rng(seed, KEY_STREAM);
+        for a in &mut plan {
+            a.key = Some(z.sample(&mut rng));
+        }
+    }
+    plan
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +356,8 @@ enum Client {
     Lb {
         sub: Subscription,
         channels: Mutex<HashMap<String, WorkClient<Channel>>>,
+        /// Keyed requests: the key rides in `lb-hash-key` metadata.
+        keyed: WorkClient<LbChannel>,
     },
     P2c {
         // Kept so the subscription lives as long as the client.
@@ -292,6 +370,7 @@ impl Client {
     async fn new(mode: Mode, sub: Subscription) -> Client {
         match mode {
             Mode::Lb => Client::Lb {
+                keyed: WorkClient::new(sub.channel()),
                 sub,
                 channels: Mutex::new(HashMap::new()),
             },
@@ -314,10 +393,34 @@ impl Client {
     }
 
     /// Sends one request; returns its status and the backend, if known.
-    async fn call(&self, work: f64, deadline: tokio::time::Instant) -> (Status, Option<Arc<str>>) {
+    async fn call(
+        &self,
+        work: f64,
+        key: Option<u32>,
+        deadline: tokio::time::Instant,
+    ) -> (Status, Option<Arc<str>>) {
         let req = DoRequest { work };
         match self {
-            Client::Lb { sub, channels } => {
+            Client::Lb { keyed, .. } if key.is_some() => {
+                // One logical call under the service's cluster mode; under a
+                // hash policy its first attempt goes to the key's backend.
+                let mut request = tonic::Request::new(req);
+                if let Some(k) = key {
+                    if let Ok(v) = format!("k{k}").parse() {
+                        request.metadata_mut().insert(HASH_KEY, v);
+                    }
+                }
+                let mut client = keyed.clone();
+                match tokio::time::timeout_at(deadline, client.r#do(request)).await {
+                    Ok(Ok(reply)) => (
+                        Status::Ok,
+                        Some(Arc::from(reply.into_inner().backend_id.as_str())),
+                    ),
+                    Ok(Err(_)) => (Status::Failed, None),
+                    Err(_) => (Status::Timeout, None),
+                }
+            }
+            Client::Lb { sub, channels, .. } => {
                 // One logical call under the service's cluster mode (failover
                 // by default: a call cut by a killed backend is retried on
                 // another one); the deadline covers every attempt.
@@ -455,6 +558,11 @@ struct RunResult {
     rate: f64,
     clients: u32,
     seed: u64,
+    /// `--load-step`s (seconds into the measured run, factor of `rate`).
+    load_steps: Vec<LoadStep>,
+    /// `--keys` (0: none) and `--zipf-s`.
+    keys: u32,
+    zipf_s: f64,
     warmup_s: f64,
     duration_s: f64,
     timeout_ms: f64,
@@ -483,7 +591,26 @@ async fn main() -> anyhow::Result<()> {
         bail!("--rate must be positive");
     }
     let span = args.warmup + args.duration;
-    let plan = arrivals(args.seed, args.rate, span, args.clients);
+    let steps: Vec<RateStep> = args
+        .load_step
+        .iter()
+        .map(|s| RateStep {
+            at: args.warmup + s.at,
+            rate: args.rate * s.factor,
+        })
+        .collect();
+    let zipf = match args.keys {
+        0 => None,
+        n => Some(Zipf::new(n, args.zipf_s).context("--keys / --zipf-s")?),
+    };
+    let plan = arrivals(
+        args.seed,
+        args.rate,
+        &steps,
+        span,
+        args.clients,
+        zipf.as_ref(),
+    );
 
     let mut clients = Vec::with_capacity(args.clients as usize);
     for i in 0..args.clients.max(1) {
@@ -526,11 +653,11 @@ async fn main() -> anyhow::Result<()> {
             }
             let client = Arc::clone(&clients[a.client as usize % clients.len()]);
             let tx = tx.clone();
-            let work = a.work;
+            let (work, key) = (a.work, a.key);
             handle.spawn(async move {
                 let began = Instant::now();
                 let deadline = tokio::time::Instant::from_std(target + timeout);
-                let (status, backend) = client.call(work, deadline).await;
+                let (status, backend) = client.call(work, key, deadline).await;
                 let latency = Instant::now().saturating_duration_since(target);
                 let _ = tx.send((
                     i,
@@ -663,6 +790,9 @@ async fn main() -> anyhow::Result<()> {
         rate: args.rate,
         clients: args.clients,
         seed: args.seed,
+        load_steps: args.load_step.clone(),
+        keys: args.keys,
+        zipf_s: args.zipf_s,
         warmup_s: args.warmup.as_secs_f64(),
         duration_s: args.duration.as_secs_f64(),
         timeout_ms: args.timeout.as_secs_f64() * 1000.0,
@@ -689,4 +819,73 @@ async fn main() -> anyhow::Result<()> {
         result.send_delay_ms.get("p99").copied().unwrap_or(0.0)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_steps_parse() {
+        let s = parse_load_step("18s=1.3").unwrap();
+        assert_eq!((s.at, s.factor), (Duration::from_secs(18), 1.3));
+        let s = parse_load_step("2500ms = 1").unwrap();
+        assert_eq!((s.at, s.factor), (Duration::from_millis(2500), 1.0));
+        for bad in ["18s", "18s=0", "18s=-1", "18s=x", "soon=2"] {
+            assert!(parse_load_step(bad).is_err(), "{bad}");
+        }
+        let a = Args::try_parse_from([
+            "lb-loadgen",
+            "--rate",
+            "100",
+            "--out",
+            "x.json",
+            "--load-step",
+            "6s=1.5,9s=1",
+            "--load-step",
+            "12s=0.5",
+        ])
+        .unwrap();
+        assert_eq!(a.load_step.len(), 3);
+        assert_eq!(a.load_step[2].factor, 0.5);
+    }
+
+    #[test]
+    fn keys_come_from_their_own_stream() {
+        let span = Duration::from_secs(2);
+        let z = Zipf::new(1000, 1.1).unwrap();
+        let plain = arrivals(4, 500.0, &[], span, 16, None);
+        let keyed = arrivals(4, 500.0, &[], span, 16, Some(&z));
+        assert_eq!(plain.len(), keyed.len());
+        // Times, clients and demands are those of the unkeyed run.
+        for (p, k) in plain.iter().zip(&keyed) {
+            assert_eq!((p.at, p.client, p.work), (k.at, k.client, k.work));
+            assert_eq!(p.key, None);
+            assert!(k.key.is_some_and(|r| (1..=1000).contains(&r)));
+        }
+        let again = arrivals(4, 500.0, &[], span, 16, Some(&z));
+        assert!(keyed.iter().zip(&again).all(|(a, b)| a.key == b.key));
+    }
+
+    #[test]
+    fn a_load_step_changes_the_rate_from_its_time() {
+        let span = Duration::from_secs(6);
+        let steps = [RateStep {
+            at: Duration::from_secs(3),
+            rate: 1500.0,
+        }];
+        let a = arrivals(1, 500.0, &steps, span, 4, None);
+        let before = a.iter().filter(|x| x.at < 3_000_000_000).count() as f64;
+        let after = a.len() as f64 - before;
+        // 1,500 and 4,500 expected; Poisson sd ≈ 39 and 67.
+        assert!((before - 1500.0).abs() < 5.0 * 1500f64.sqrt(), "{before}");
+        assert!((after - 4500.0).abs() < 5.0 * 4500f64.sqrt(), "{after}");
+        // The arrivals before the step are the unstepped run's.
+        let plain = arrivals(1, 500.0, &[], span, 4, None);
+        let n = before as usize;
+        assert!(a[..n]
+            .iter()
+            .zip(&plain[..n])
+            .all(|(x, y)| (x.at, x.client) == (y.at, y.client)));
+    }
 }
