@@ -14,6 +14,8 @@
 //! cargo build --release --workspace
 //! target/release/lb-bench --scenario scripts/scenarios/hetero-degrade.toml --out bench-results
 //! target/release/lb-bench --scenario scripts/scenarios/cold-join.toml --quick --policies load_aware,p2c
+//! target/release/lb-bench --scenario scripts/scenarios/hash-zipf.toml \
+//!     --policies consistent_hash,consistent_hash+bounded,round_robin,p2c
 //! ```
 //!
 //! Policies (`--policies`, comma-separated): any policy name of
@@ -112,7 +114,8 @@
 //! `{"bench", "title", "command", "machine", "columns", "rows", "notes",
 //! "series": {"p99_per_second": {policy: [[t_s, p99_ms], ...]},
 //! "errors_per_second": {policy: [[t_s, n], ...]}, "shares": {policy:
-//! {backend: share %}}, "events": [[t_s, "degrade b0"], ...]}}`. Shares are
+//! {backend: share %}}, "events": [[t_s, "degrade b0 to 80 ms"], ...]}}` (one
+//! mark per phase: events at one instant share it, joined by " + "). Shares are
 //! of requests sent in a backend's reference phase: the steady phase (before
 //! the first event) for the initial backends, the phase after its join for a
 //! joiner. Latency percentiles are over answered requests, from the scheduled
