@@ -779,6 +779,29 @@ impl Registry {
         }
     }
 
+    /// Gives an instance restored after a restart the load it last reported
+    /// before the restart (a warm restart: plans start from what was known,
+    /// and the backend's reports continue the same unbroken run, so no new
+    /// blackout). Only for an instance still waiting for its backend
+    /// ([`Attachment::Restored`]) at `address`, with no report since;
+    /// returns whether it applied.
+    pub fn restore_load(&mut self, key: &InstanceKey, address: &str, state: LoadState) -> bool {
+        let Some(svc) = self.known_mut(&key.service) else {
+            return false;
+        };
+        let Some(inst) = svc.instances.get_mut(&key.instance_id) else {
+            return false;
+        };
+        if inst.attachment != Attachment::Restored
+            || inst.spec.address != address
+            || inst.load.is_some()
+        {
+            return false;
+        }
+        Arc::make_mut(inst).load = Some(state);
+        true
+    }
+
     /// Records a load report from stream `session`, which must own the
     /// instance. Returns whether the instance's circuit opened or closed
     /// (utilization ceiling), which changes the list at once.
@@ -804,11 +827,14 @@ impl Registry {
         // A gap longer than the TTL would have expired the instance, so any
         // previous report belongs to the same unbroken run.
         let since = inst.load.as_ref().map_or(now, |l| l.since);
+        let rate = crate::policy::load_aware::full_rate(load.qps, load.cpu_utilization)
+            .or_else(|| inst.load.as_ref().and_then(|l| l.rate));
         let utilization = load.cpu_utilization;
         inst.load = Some(LoadState {
             load,
             at: now,
             since,
+            rate,
         });
         inst.expires = now + inst.ttl;
         Ok(svc

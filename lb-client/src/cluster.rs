@@ -617,8 +617,21 @@ fn instance_name(ep: &Endpoint) -> String {
     }
 }
 
+/// An attempt that has not finished: dropped (a deadline around the call, a
+/// hedge that lost), it stops counting as in flight on its endpoint.
+struct Unfinished<'a>(Option<&'a Endpoint>);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(ep) = self.0 {
+            ep.abandon();
+        }
+    }
+}
+
 /// Runs one attempt and reports its outcome. If this future is dropped before
-/// the attempt finishes, nothing is reported.
+/// the attempt finishes, nothing is reported (and the endpoint no longer
+/// counts the attempt as in flight).
 async fn attempt<P, T, E, Fut>(
     picker: &P,
     ep: Arc<Endpoint>,
@@ -630,7 +643,10 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let start = Instant::now();
+    let mut unfinished = Unfinished(Some(&ep));
     let r = fut.await.map_err(|e| e.at_endpoint(&ep));
+    unfinished.0 = None;
+    drop(unfinished);
     let latency = start.elapsed();
     let outcome = match &r {
         Ok(_) => Outcome::success(latency),

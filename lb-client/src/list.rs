@@ -21,12 +21,14 @@
 //! reuses the `Arc<Endpoint>` of every unchanged server so its counters carry
 //! over.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::cluster::ClusterConfig;
+use lb_core::policy::choice::{self, Choices};
 use lb_core::status::Code;
 
 /// Up to this many servers, [`PickList::adopt`] matches by scanning.
@@ -265,6 +267,9 @@ pub struct Endpoint {
     latency_sum_us: AtomicU64,
     failed_by_code: [AtomicU64; STATUS_CODES],
     consecutive: AtomicU64,
+    /// Calls picked and not yet recorded (or abandoned): what weighted two
+    /// choices compares. Never reset, unlike the counters above.
+    in_flight: AtomicU64,
 }
 
 impl Endpoint {
@@ -289,6 +294,7 @@ impl Endpoint {
             latency_sum_us: AtomicU64::new(0),
             failed_by_code: std::array::from_fn(|_| AtomicU64::new(0)),
             consecutive: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -499,8 +505,47 @@ impl Endpoint {
             self.failed_by_code[outcome.code as usize].fetch_add(1, Relaxed);
         }
         self.calls_finished.fetch_add(1, Relaxed);
+        self.release();
         let us = u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX);
         self.latency_sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// This client's calls to this endpoint that were picked and have not
+    /// finished: every pick counts one until its outcome is reported (or
+    /// its attempt is dropped). Weighted two choices compares it.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, Outcome, PickList};
+    /// let list = PickList::from_parts(1, vec![Endpoint::new("b1", "10.0.0.5:50051")], vec![0])?;
+    /// let ep = list.pick()?;
+    /// assert_eq!(ep.in_flight(), 1); // until its outcome is reported:
+    /// # let _ = Outcome::success(std::time::Duration::from_millis(2));
+    /// // subscription.report(&ep, Outcome::success(latency));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// A picked call ends without an outcome (its attempt was dropped, e.g.
+    /// by a deadline around it): it no longer counts as in flight.
+    pub(crate) fn abandon(&self) {
+        self.release();
+    }
+
+    /// One call fewer in flight (never below zero: a report for a call
+    /// picked from a list built by hand, say).
+    fn release(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Counts a pick.
+    #[inline]
+    fn started(&self) {
+        self.calls_started.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
     }
 
     /// The same backend (instance and address), whatever its tier or token.
@@ -543,6 +588,11 @@ struct Lane {
     /// Whether `order` holds a drop entry (most lists do not: their picks
     /// skip reading the entry's flag).
     drops: bool,
+    /// Weighted two choices: each server's entries in `order` (indexed like
+    /// the servers); empty when picks follow the order.
+    shares: Box<[u32]>,
+    /// Weighted two choices: calls assumed in flight on every candidate.
+    prior: u32,
 }
 
 /// The reciprocal of `d` for [`fast_rem`] (0 for `d` = 0, which is never used).
@@ -552,6 +602,34 @@ fn rem_magic(d: u32) -> u64 {
     } else {
         (u64::MAX / u64::from(d)).wrapping_add(1)
     }
+}
+
+/// A uniform 32-bit draw from this thread's own generator (xorshift64*,
+/// S. Vigna, "An experimental exploration of Marsaglia's xorshift
+/// generators, scrambled", 2016), seeded once per thread: no lock, no
+/// shared cache line. Only weighted two choices draws.
+#[inline]
+fn draw() -> u32 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+    })
+}
+
+/// A non-zero per-thread seed: a process-wide counter mixed by splitmix64.
+fn seed() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let mut z = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) | 1
 }
 
 /// `a % d` by two multiplications instead of a division (a pick is a few
@@ -600,7 +678,21 @@ impl Lane {
             len,
             magic: rem_magic(len),
             drops,
+            shares: Box::new([]),
+            prior: 0,
         }
+    }
+
+    /// Turns weighted two choices on (`choices` ≥ 2, and more than one
+    /// server in the order) or off.
+    fn set_choices(&mut self, choices: Choices, prior: u32, servers: usize) {
+        self.prior = prior;
+        let two = choices >= choice::TWO && self.order.iter().any(|&i| i != self.order[0]);
+        self.shares = if two {
+            choice::shares(&self.order, servers).into_boxed_slice()
+        } else {
+            Box::new([])
+        };
     }
 
     /// The cursor's next position in `order` (which must not be empty). The
@@ -653,15 +745,35 @@ impl Lane {
         self.take(servers, i)
     }
 
-    /// The entry at position `i` (below the order's length).
+    /// The entry at position `i` (below the order's length), or under
+    /// weighted two choices the better of it and an entry drawn at random.
     #[inline]
     fn take(&self, servers: &[Arc<Endpoint>], i: usize) -> Result<Arc<Endpoint>, NoPick> {
         // Indices were validated against the servers at construction.
-        let ep = &servers[self.order[i] as usize];
+        let mut at = self.order[i] as usize;
+        let mut ep = &servers[at];
         if self.drops && ep.drop {
             return Err(NoPick::Dropped);
         }
-        ep.calls_started.fetch_add(1, Relaxed);
+        if !self.shares.is_empty() {
+            let other = self.order[fast_rem(draw(), self.magic, self.len)] as usize;
+            let alt = &servers[other];
+            if other != at
+                && !alt.drop
+                && choice::prefer_second(
+                    ep.in_flight(),
+                    self.shares[at],
+                    alt.in_flight(),
+                    self.shares[other],
+                    self.prior,
+                )
+            {
+                at = other;
+                ep = alt;
+            }
+        }
+        let _ = at;
+        ep.started();
         Ok(Arc::clone(ep))
     }
 
@@ -691,14 +803,15 @@ impl Lane {
         match found {
             Some(&i) => {
                 let ep = &servers[i as usize];
-                ep.calls_started.fetch_add(1, Relaxed);
+                ep.started();
                 Ok(Arc::clone(ep))
             }
             None => Err(NoPick::Empty),
         }
     }
 
-    /// Every distinct non-drop endpoint, first tier first.
+    /// Every distinct non-drop endpoint, first tier first, each counted as
+    /// picked (a broadcast calls them all).
     fn distinct(&self, servers: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
         let mut out: Vec<Arc<Endpoint>> = Vec::new();
         for &i in self.order.iter().chain(self.spill.iter()) {
@@ -706,6 +819,9 @@ impl Lane {
             if !ep.drop && !out.iter().any(|e| Arc::ptr_eq(e, ep)) {
                 out.push(Arc::clone(ep));
             }
+        }
+        for ep in &out {
+            ep.started();
         }
         out
     }
@@ -997,6 +1113,34 @@ impl PickList {
         self
     }
 
+    /// Sets how many entries a pick compares (the daemon's `client_choices`):
+    /// 1 follows the order; 2 is weighted two choices, which takes the
+    /// next entry unless an entry drawn at random has fewer of this
+    /// client's calls in flight per share ([`lb_core::policy::choice`]),
+    /// counting `prior` more calls on each (the daemon's `choice_prior`).
+    /// Keyed picks ([`PickList::pick_for_key`]) and retries are unaffected.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let list = PickList::from_parts(1, servers, vec![0, 1])?.with_choices(2, 0);
+    /// let first = list.pick()?; // nothing in flight anywhere: the order's next entry
+    /// assert_eq!(first.instance_id(), "b1");
+    /// assert_eq!(first.in_flight(), 1); // until its outcome is reported
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_choices(mut self, choices: Choices, prior: u32) -> PickList {
+        let n = self.servers.len();
+        self.lane.set_choices(choices, prior, n);
+        for r in self.routes.iter_mut() {
+            r.lane.set_choices(choices, prior, n);
+        }
+        self
+    }
+
     /// The cluster modes calls on this list follow.
     ///
     /// ```
@@ -1048,7 +1192,7 @@ impl PickList {
         if ep.drop {
             return Err(NoPick::Dropped);
         }
-        ep.calls_started.fetch_add(1, Relaxed);
+        ep.started();
         Ok(Arc::clone(ep))
     }
 
@@ -1393,6 +1537,107 @@ impl PickList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ok() -> Outcome {
+        Outcome::success(Duration::from_millis(1))
+    }
+
+    #[test]
+    fn two_choices_follow_the_order_while_nothing_is_in_flight() {
+        let list = abc().with_choices(choice::TWO, 0);
+        let picked: Vec<String> = (0..50)
+            .map(|_| {
+                let ep = list.pick().unwrap();
+                ep.record(ok());
+                ep.instance_id().to_owned()
+            })
+            .collect();
+        let plain: Vec<String> = (0..50)
+            .map(|i| ["a", "b", "a", "c", "a"][i % 5].to_owned())
+            .collect();
+        assert_eq!(picked, plain);
+        assert!(list.servers().iter().all(|e| e.in_flight() == 0));
+    }
+
+    #[test]
+    fn two_choices_steer_away_from_where_this_client_waits() {
+        // Equal shares; 3 calls held on "a", every other call answered at once.
+        let list = PickList::from_parts(
+            1,
+            vec![Endpoint::new("a", "x:1"), Endpoint::new("b", "y:2")],
+            vec![0, 1],
+        )
+        .unwrap()
+        .with_choices(choice::TWO, 0);
+        let held: Vec<_> = (0..3).map(|_| list.servers()[0].clone()).collect();
+        for ep in &held {
+            ep.started();
+        }
+        let n = 4000;
+        let mut a = 0;
+        for _ in 0..n {
+            let ep = list.pick().unwrap();
+            if ep.instance_id() == "a" {
+                a += 1;
+            }
+            ep.record(ok());
+        }
+        // "a" is kept only when both candidates are "a": a quarter of the
+        // picks (binomial, sd ≈ 27), against half of them without the choice.
+        assert!((n / 6..n / 3).contains(&a), "a picked {a} times of {n}");
+        assert_eq!(list.servers()[0].in_flight(), 3);
+        // Following the order, the held calls change nothing.
+        let plain = PickList::from_parts(
+            1,
+            vec![Endpoint::new("a", "x:1"), Endpoint::new("b", "y:2")],
+            vec![0, 1],
+        )
+        .unwrap();
+        plain.servers()[0].started();
+        let a = (0..100)
+            .filter(|_| {
+                let ep = plain.pick().unwrap();
+                ep.record(ok());
+                ep.instance_id() == "a"
+            })
+            .count();
+        assert_eq!(a, 50);
+    }
+
+    #[test]
+    fn two_choices_never_pick_a_drop_entry_the_order_did_not_land_on() {
+        let servers = vec![Endpoint::new("a", "x:1"), Endpoint::drop_entry()];
+        let list = PickList::from_parts(1, servers, vec![0, 1, 0, 0])
+            .unwrap()
+            .with_choices(choice::TWO, 0);
+        list.servers()[0].started(); // "a" is busy: the drop entry must still not win
+        let dropped = (0..400)
+            .filter(|_| match list.pick() {
+                Ok(ep) => {
+                    ep.record(ok());
+                    false
+                }
+                Err(e) => {
+                    assert_eq!(e, NoPick::Dropped);
+                    true
+                }
+            })
+            .count();
+        assert_eq!(dropped, 100); // exactly the order's quarter
+    }
+
+    #[test]
+    fn in_flight_is_released_once_per_pick_and_never_below_zero() {
+        let list = abc();
+        let ep = list.pick().unwrap();
+        assert_eq!(ep.in_flight(), 1);
+        ep.abandon();
+        assert_eq!(ep.in_flight(), 0);
+        ep.record(ok()); // a report without a pick (a list built by hand)
+        assert_eq!(ep.in_flight(), 0);
+        let all = list.distinct(LaneRef::Default);
+        assert!(all.iter().all(|e| e.in_flight() == 1));
+    }
 
     fn abc() -> PickList {
         PickList::from_parts(

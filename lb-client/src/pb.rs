@@ -33,7 +33,9 @@ impl TryFrom<v1::ServerList> for PickList {
             .collect();
         let l = PickList::with_routes(list.version, servers, list.order, routes)?;
         let settings = list.cluster.map(cluster_config).unwrap_or_default();
-        Ok(l.with_affinity(list.affinity)?.with_settings(settings))
+        Ok(l.with_affinity(list.affinity)?
+            .with_settings(settings)
+            .with_choices(list.choices, list.choice_prior))
     }
 }
 

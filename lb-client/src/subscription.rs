@@ -1589,4 +1589,28 @@ mod tests {
         assert_eq!(stats.instances[0].1.started, 2);
         assert!(task.take_stats().instances.is_empty());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_count_in_flight_until_they_end_or_are_dropped() {
+        let list = PickList::from_parts(1, vec![Endpoint::new("a", "x:1")], vec![0]).unwrap();
+        let sub = Subscription::detached(list);
+        let ep = sub.current().servers()[0].clone();
+        // Answered: counted while it runs, released by its outcome.
+        let seen = sub
+            .call("/s.S/M", &[], |e| async move {
+                Ok::<_, tonic::Status>(e.in_flight())
+            })
+            .await
+            .unwrap();
+        assert_eq!((seen, ep.in_flight()), (1, 0));
+        // Dropped by a deadline around it: released as well.
+        let hang = sub.call("/s.S/M", &[], |_| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, tonic::Status>(0)
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(10), hang)
+            .await
+            .is_err());
+        assert_eq!(ep.in_flight(), 0);
+    }
 }

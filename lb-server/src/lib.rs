@@ -21,6 +21,8 @@
 //!   whether they may; the tower layer in front of every service.
 //! - [`listen`]: the accept loop: connection limit, handshake deadline, TLS.
 //! - [`tls`]: rustls configuration, reloaded when its files change.
+//! - [`warm`]: warm restart: the backends' last load reports on disk, read
+//!   back at start so plans resume from what was known.
 //! - [`metrics`]: Prometheus text metrics (`--metrics-listen`), from the snapshot.
 //! - [`ctl`]: `lb-server ctl …`, the operator CLI over `Admin`.
 //! - [`config`]: the daemon's settings.
@@ -38,6 +40,7 @@ pub mod pb;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod warm;
 
 pub use config::Config;
 pub use server::{run, ServerError};

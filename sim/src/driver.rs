@@ -10,7 +10,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
+use lb_core::policy::choice;
 use rand::rngs::StdRng;
+use rand::Rng as _;
 
 use crate::backend::Backend;
 use crate::engine::{CallTotals, Engine, Published};
@@ -67,6 +69,12 @@ struct Client {
     ewma: Vec<PeakEwma>,
     ready: Vec<usize>,
     rng: StdRng,
+    /// lb mode: this client's requests in flight per backend.
+    in_flight: Vec<u64>,
+    /// lb mode, weighted two choices: each backend's entries in `list`
+    /// (empty when the client follows the list), and the plan's prior.
+    shares: Vec<u32>,
+    prior: u32,
 }
 
 struct Sim<'a> {
@@ -148,6 +156,9 @@ pub(crate) fn run(
             ewma: vec![PeakEwma::new(0); n],
             ready: Vec::new(),
             rng: stream_rng(seed, P2C_STREAM + u64::from(c)),
+            in_flight: vec![0; n],
+            shares: Vec::new(),
+            prior: 0,
         })
         .collect();
     let mut sim = Sim {
@@ -367,6 +378,17 @@ impl Sim<'_> {
                 // A new list starts from its first entry (lb-client swaps the list
                 // and its cursor together).
                 c.cursor = 0;
+                // lb-client's `Lane::set_choices`: two choices only with more
+                // than one server in the list.
+                let (choices, prior) = p.choice();
+                let order: Vec<u32> = c.list.iter().map(|e| e.unwrap_or(u32::MAX)).collect();
+                let distinct = order.iter().any(|&i| i != order[0]);
+                c.shares = if choices >= choice::TWO && distinct {
+                    choice::shares(&order, c.in_flight.len())
+                } else {
+                    Vec::new()
+                };
+                c.prior = prior;
             }
         }
     }
@@ -394,6 +416,26 @@ impl Sim<'_> {
         }
         let e = cl.list[cl.cursor % cl.list.len()];
         cl.cursor = cl.cursor.wrapping_add(1);
+        // Weighted two choices (lb-client's `Lane::take`): the next entry,
+        // unless one drawn at random has fewer of this client's requests in
+        // flight per share.
+        if let (false, Some(a)) = (cl.shares.is_empty(), e) {
+            let j = cl.rng.random_range(0..cl.list.len());
+            if let Some(b) = cl.list[j] {
+                let (ai, bi) = (a as usize, b as usize);
+                if b != a
+                    && choice::prefer_second(
+                        cl.in_flight[ai],
+                        cl.shares[ai],
+                        cl.in_flight[bi],
+                        cl.shares[bi],
+                        cl.prior,
+                    )
+                {
+                    return Some(b);
+                }
+            }
+        }
         e
     }
 
@@ -416,6 +458,7 @@ impl Sim<'_> {
         let bi = b as usize;
         self.reqs[r as usize].backend = b;
         self.clients[c].totals[bi].started += 1;
+        self.clients[c].in_flight[bi] += 1;
         if self.p2c {
             self.clients[c].ewma[bi].pending += 1;
         }
@@ -474,6 +517,7 @@ impl Sim<'_> {
         let latency = now - a.at;
         let b = q.backend as usize;
         let cl = &mut self.clients[a.client as usize];
+        cl.in_flight[b] = cl.in_flight[b].saturating_sub(1);
         let t = &mut cl.totals[b];
         t.finished += 1;
         t.failed += u64::from(outcome != Outcome::Ok);

@@ -61,6 +61,12 @@ impl Published {
     pub fn affinity(&self) -> &[u32] {
         &self.plan.affinity
     }
+
+    /// How clients pick from the list: `client_choices` and `choice_prior`
+    /// (see `lb_core::policy::choice`).
+    pub fn choice(&self) -> (lb_core::policy::choice::Choices, u32) {
+        (self.plan.choices, self.plan.choice_prior)
+    }
 }
 
 /// The daemon's state for the simulated service.

@@ -16,14 +16,18 @@
 //! - **modelled**: backends ([`backend`]: `slots` workers, FIFO queue,
 //!   exponential service times, a load report every `report_interval`),
 //!   clients (round robin over their own list, a new list restarting at its
-//!   first entry; stats every `stats_interval`), the network (a plan reaches
+//!   first entry, and under `client_choices=2` lb-client's weighted two
+//!   choices by the client's own requests in flight, with lb-core's
+//!   `policy::choice` rule; stats every `stats_interval`), the network (a plan reaches
 //!   the clients after `propagation`; requests take no time to travel) and
 //!   the load ([`workload`]: open-loop Poisson arrivals, generated once and
 //!   replayed for every policy).
 //!
 //! Not modelled: the daemon's outlier detection (the interval detectors are
-//! not run, and simulated clients do not report failure runs), the store,
-//! and the time planning itself takes.
+//! not run, and simulated clients do not report failure runs), the store
+//! (so neither a daemon restart nor the warm restart's load snapshot: the
+//! `balancer-restart` benchmark measures those with real processes), and the
+//! time planning itself takes.
 //!
 //! A client's deadline cancels its request on the backend (removed from the
 //! queue or its slot freed), as gRPC cancellation does. A killed backend fails

@@ -18,7 +18,7 @@ use lb_sim::{scenario::SCENARIOS, Contender, Scenario};
 /// Compares balancing policies in simulation.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Scenario to run (hetero-degrade, uniform).
+    /// Scenario to run (hetero-degrade, uniform, latency-spread).
     #[arg(long, default_value = "hetero-degrade")]
     scenario: String,
     /// Comma-separated policies (any policy name, or p2c_peak_ewma), or `all`.

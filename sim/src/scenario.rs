@@ -78,7 +78,7 @@ pub struct Scenario {
 }
 
 /// Names accepted by [`Scenario::by_name`].
-pub const SCENARIOS: [&str; 2] = ["hetero-degrade", "uniform"];
+pub const SCENARIOS: [&str; 3] = ["hetero-degrade", "uniform", "latency-spread"];
 
 impl Scenario {
     /// A scenario with no events and the benchmark plan's defaults around `backends`.
@@ -136,11 +136,28 @@ impl Scenario {
         Scenario::new("uniform", vec![spec; n], duration)
     }
 
+    /// A very wide spread of speeds (8 slots at 5, 5, 20, 20, 200 and 200
+    /// ms: 4,080 req/s) at 45 % of capacity, no events: the fast backends
+    /// alone have headroom for nearly all of it, so the tail depends on how
+    /// little goes to the slow ones (`scripts/scenarios/latency-spread.toml`).
+    pub fn latency_spread(duration: Duration) -> Self {
+        let backends = [5.0, 5.0, 20.0, 20.0, 200.0, 200.0]
+            .map(|service_ms| BackendSpec {
+                slots: 8,
+                service_ms,
+            })
+            .to_vec();
+        let mut s = Scenario::new("latency-spread", backends, duration);
+        s.load = 0.45;
+        s
+    }
+
     /// A scenario by name (see [`SCENARIOS`]).
     pub fn by_name(name: &str, duration: Duration) -> Option<Self> {
         match name {
             "hetero-degrade" => Some(Scenario::hetero_degrade(duration)),
             "uniform" => Some(Scenario::uniform(6, duration)),
+            "latency-spread" => Some(Scenario::latency_spread(duration)),
             _ => None,
         }
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lb_core::policy::PolicyKind;
+use lb_core::policy::{choice, PolicyKind};
 use lb_sim::{Contender, EventKind, Scenario};
 
 fn contender(name: &str) -> Contender {
@@ -39,6 +39,67 @@ fn load_aware_beats_round_robin_on_hetero_degrade() {
         );
     }
     assert!(la.errors() * 5 < rr.errors(), "{}", r.table());
+}
+
+#[test]
+fn two_choices_cut_the_tail_after_a_degrade() {
+    // The per-request signal (lb_core::policy::choice): between two load
+    // reports, each client steers away from the backend it already waits
+    // on. The same plans with clients that follow the list do worse in the
+    // phase after the fast backend degrades.
+    let s = Scenario::hetero_degrade(Duration::from_secs(10));
+    let two = contender("load_aware");
+    assert_eq!(two.policy.client_choices, choice::TWO);
+    let mut follow = contender("load_aware");
+    follow.name = "load_aware, clients follow the list".into();
+    follow.policy.client_choices = choice::FOLLOW;
+    let r = lb_sim::compare(&s, &[two, follow], 1);
+    let (two, follow) = (&r.results[0].phases[1], &r.results[1].phases[1]);
+    assert!(
+        two.p99_ms < follow.p99_ms,
+        "after the degrade: two choices p99 {} ms vs following {} ms\n{}",
+        two.p99_ms,
+        follow.p99_ms,
+        r.table()
+    );
+}
+
+#[test]
+fn with_a_wide_spread_of_speeds_the_slow_backends_get_less_than_capacity() {
+    // Prequal's point (NSDI '24): when the fast backends have headroom, the
+    // tail is set by how much reaches the slow ones. load_aware's default
+    // (two choices with a prior of 1) keeps them below their capacity share
+    // and the p99 well below capacity-proportional weighted round robin's;
+    // with a prior of 0 the shares follow capacity.
+    let s = Scenario::latency_spread(Duration::from_secs(10));
+    let mut exact = contender("load_aware");
+    exact.name = "load_aware, choice_prior=0".into();
+    exact.policy.choice_prior = 0;
+    let r = lb_sim::compare(
+        &s,
+        &[
+            contender("load_aware"),
+            exact,
+            contender("weighted_round_robin"),
+        ],
+        1,
+    );
+    let (la, exact, wrr) = (&r.results[0], &r.results[1], &r.results[2]);
+    let slow = |p: &lb_sim::PolicyResult| p.backends[4].steady_share + p.backends[5].steady_share;
+    let capacity = wrr.backends[4].capacity_share + wrr.backends[5].capacity_share;
+    assert!(
+        slow(la) < capacity / 2.0,
+        "slow share {} vs capacity {capacity}\n{}",
+        slow(la),
+        r.table()
+    );
+    assert!(
+        (slow(exact) - capacity).abs() < capacity / 2.0,
+        "{}",
+        r.table()
+    );
+    assert!(la.p99_ms < 0.5 * wrr.p99_ms, "{}", r.table());
+    assert!(la.errors() <= wrr.errors() + 5, "{}", r.table());
 }
 
 fn assert_equal_shares(contenders: &[Contender], tolerance: f64) {

@@ -123,12 +123,14 @@ fn set_policy_changes_only_the_parameters_given_and_prints_only_them() {
         &["set-policy", "shop", "load_aware", "-p", "hysteresis=0.1"],
     );
     assert_eq!(lines(&out), ["shop (policy load_aware): nothing changed"]);
-    // Another policy keeps the common parameters.
+    // Another policy keeps the common parameters; client_choices, left at
+    // load_aware's default, takes round_robin's (and the diff says so).
     let out = ok(&a, &["set-policy", "shop", "round_robin"]);
     assert_eq!(
         lines(&out),
         [
             "shop (policy round_robin):",
+            "  client_choices: 2 → 1",
             "  policy: load_aware → round_robin"
         ]
     );

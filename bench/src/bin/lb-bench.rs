@@ -33,7 +33,9 @@
 //! `POLICY+bounded` is POLICY with `load_bound=1.25` (consistent hashing with
 //! bounded loads, c = 1.25: no instance holds more than 1.25 × the mean share
 //! of the affinity table's slots; see `core/src/policy/chash.rs`).
-//! Default: `round_robin,weighted,load_aware,load_aware+shed,least_active,fastest_response,p2c`.
+//! `POLICY@NAME=VALUE` is POLICY with one more `ctl set-policy` parameter
+//! (repeatable), for experiments: `load_aware@client_choices=1`.
+//! Default: `round_robin,weighted,load_aware,load_aware@choice_prior=0,load_aware@client_choices=1,load_aware+shed,least_active,fastest_response,p2c`.
 //! lb's clients run every call under the service's cluster mode (failover
 //! by default: a call cut by a killed backend is retried on another one).
 //! `--quick` runs a third of the duration (events scaled alike) and at most
@@ -148,7 +150,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "round_robin,weighted,load_aware,load_aware+shed,least_active,fastest_response,p2c"
+        default_value = "round_robin,weighted,load_aware,load_aware@choice_prior=0,load_aware@client_choices=1,load_aware+shed,least_active,fastest_response,p2c"
     )]
     policies: Vec<String>,
     /// A third of the duration (events scaled alike), at most 2 s of warm-up.
@@ -603,6 +605,14 @@ struct Contender {
 }
 
 fn contender(name: &str) -> Contender {
+    // `POLICY@name=value`: POLICY with one more policy parameter (repeatable:
+    // `load_aware@client_choices=1@blackout=0s`), for experiments.
+    if let Some((base, param)) = name.rsplit_once('@') {
+        let mut c = contender(base);
+        c.name = name.into();
+        c.params.extend(["-p".into(), param.into()]);
+        return c;
+    }
     // `POLICY+slow`: POLICY with slow start (new and re-admitted instances
     // ramp up over 5 s, Envoy's formula).
     if let Some(base) = name.strip_suffix("+slow") {
@@ -1272,7 +1282,7 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     notes.push("Real processes on 127.0.0.1: one lb-server (defaults: 250 ms load reports, 1 s client stats), one lb-backend process per backend (FIFO slots, exponential service times as timers, not CPU), one lb-loadgen process holding every client. Latency runs from the scheduled arrival to the reply (queueing and the generator's own lateness included); percentiles are over answered requests; errors = timeouts + failed calls.".into());
-    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors); NAME+slow adds slow start (slow_start_window=5s); NAME+bounded sets load_bound=1.25 (consistent hashing with bounded loads: no instance above 1.25 × the mean share of the affinity table's slots).".into());
+    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors); NAME+slow adds slow start (slow_start_window=5s); NAME+bounded sets load_bound=1.25 (consistent hashing with bounded loads: no instance above 1.25 × the mean share of the affinity table's slots); NAME@PARAM=VALUE is NAME with that ctl set-policy parameter (load_aware@client_choices=1: clients follow the list without the two choices; load_aware@choice_prior=0: two choices that keep the list's shares at light load).".into());
     let delays: Vec<String> = runs
         .iter()
         .map(|(c, r)| {
@@ -1458,6 +1468,8 @@ mod tests {
 
     #[test]
     fn suffixes_add_their_parameters_to_the_base_policy() {
+        let c = contender("load_aware@client_choices=1");
+        assert_eq!(c.params, ["-p", "client_choices=1"]);
         let c = contender("load_aware+shed+slow");
         assert_eq!(c.name, "load_aware+shed+slow");
         assert_eq!(c.lb_policy, "load_aware");

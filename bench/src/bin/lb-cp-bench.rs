@@ -1290,6 +1290,7 @@ fn plan_micros(kind: &str) -> anyhow::Result<f64> {
             },
             at: now,
             since: earlier,
+            rate: None,
         })
         .collect();
     let cands: Vec<Candidate<'_>> = specs

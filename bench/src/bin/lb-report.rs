@@ -485,10 +485,23 @@ fn section(b: &Bench, plots: &[(String, String)]) -> String {
         let _ = writeln!(s, "Machine: {}.\n", b.machine);
     }
     s.push_str(&table(&b.columns, &b.rows));
-    if !b.notes.is_empty() {
+    // Rows named NAME@PARAM=VALUE (lb-bench's experiment syntax), for
+    // results whose own notes predate it.
+    let experiments = b
+        .rows
+        .iter()
+        .any(|r| r.first().is_some_and(|c| cell_text(c).contains('@')));
+    let explained = b.notes.iter().any(|n| n.contains("NAME@PARAM=VALUE"));
+    if !b.notes.is_empty() || (experiments && !explained) {
         s.push('\n');
         for n in &b.notes {
             let _ = writeln!(s, "- {n}");
+        }
+        if experiments && !explained {
+            let _ = writeln!(
+                s,
+                "- NAME@PARAM=VALUE is NAME with that `ctl set-policy` parameter: load_aware@client_choices=1 has clients follow the list without the two choices; load_aware@choice_prior=0 uses two choices that keep the list's shares at light load."
+            );
         }
     }
     for (alt, link) in plots {
@@ -758,7 +771,7 @@ comparison, and a no-herding check on identical backends
 /// One goal of the benchmark issue and what this run reached.
 #[derive(Debug, Clone, PartialEq)]
 struct Goal {
-    goal: &'static str,
+    goal: String,
     target: &'static str,
     reached: String,
     met: Option<bool>,
@@ -769,13 +782,13 @@ const NOT_MEASURED: &str = "not measured";
 fn goal(goal: &'static str, target: &'static str, found: Option<(String, bool)>) -> Goal {
     match found {
         Some((reached, met)) => Goal {
-            goal,
+            goal: goal.into(),
             target,
             reached,
             met: Some(met),
         },
         None => Goal {
-            goal,
+            goal: goal.into(),
             target,
             reached: NOT_MEASURED.into(),
             met: None,
@@ -793,7 +806,7 @@ fn goal_or_sim(
 ) -> Goal {
     match (found, sim) {
         (None, Some(s)) => Goal {
-            goal: g,
+            goal: g.into(),
             target,
             reached: format!("{NOT_MEASURED} with real processes (simulator: {s})"),
             met: None,
@@ -866,6 +879,105 @@ fn hetero(benches: &[Bench]) -> Option<&Bench> {
 
 fn named(benches: &[Bench], r: u8) -> Option<&Bench> {
     benches.iter().find(|b| rank(b) == r)
+}
+
+/// The phase columns of a quality result: (label, p99 column, errors
+/// column if any). The whole run counts as a phase when the scenario has
+/// no events.
+fn phases(b: &Bench) -> Vec<(String, usize, Option<usize>)> {
+    let mut out = Vec::new();
+    for (i, c) in b.columns.iter().enumerate() {
+        let Some(label) = c.strip_prefix("p99 ms ") else {
+            continue;
+        };
+        let errors = b
+            .columns
+            .iter()
+            .position(|e| *e == format!("errors {label}"));
+        out.push((label.to_string(), i, errors));
+    }
+    if out.is_empty() {
+        if let Some(i) = b.columns.iter().position(|c| c == "p99 ms") {
+            out.push((
+                "whole run".into(),
+                i,
+                b.columns.iter().position(|c| c == "errors"),
+            ));
+        }
+    }
+    out
+}
+
+/// Issue 17's goals for one quality scenario: in every phase, ours' p99
+/// within `limit` × the peer's (tower p2c 0.8, round_robin 0.3), and its
+/// errors no more than p2c's. `None` when the run lacks ours or the peer.
+fn phase_goals(b: &Bench) -> Vec<Goal> {
+    let me = ours(b);
+    let Some(mine) = b.row(|r| r == me) else {
+        return Vec::new();
+    };
+    let scenario = b.bench.trim_start_matches("quality-").to_string();
+    let mut out = Vec::new();
+    for (peer, peer_name, limit) in [
+        ("p2c", "tower p2c", 0.8),
+        ("round_robin", "round_robin", 0.3),
+    ] {
+        let Some(theirs) = b.row(|r| r == peer) else {
+            continue;
+        };
+        let mut worst: Option<(f64, String)> = None;
+        let mut each = Vec::new();
+        for (label, col, _) in phases(b) {
+            let (Some(a), Some(p)) = (b.cell(mine, col), b.cell(theirs, col)) else {
+                continue;
+            };
+            let r = a / p;
+            each.push(format!("{label}: {r:.2}× ({a:.0} vs {p:.0} ms)"));
+            if worst.as_ref().is_none_or(|(w, _)| r > *w) {
+                worst = Some((r, label));
+            }
+        }
+        let Some((w, _)) = worst else { continue };
+        out.push(Goal {
+            goal: format!("{scenario}: {me} p99 vs {peer_name}, every phase"),
+            target: if limit == 0.8 {
+                "≤ 0.8×"
+            } else {
+                "≤ 0.3×"
+            },
+            reached: each.join("; "),
+            met: Some(w <= limit),
+        });
+    }
+    if let Some(theirs) = b.row(|r| r == "p2c") {
+        let mut each = Vec::new();
+        let mut met = true;
+        let errors_col = b.columns.iter().position(|c| c == "errors");
+        let cols = phases(b)
+            .into_iter()
+            .filter_map(|(label, _, e)| Some((label, e?)))
+            .chain(errors_col.map(|c| ("whole run".to_string(), c)));
+        let mut seen = std::collections::BTreeSet::new();
+        for (label, col) in cols {
+            if !seen.insert(col) {
+                continue;
+            }
+            let (Some(a), Some(p)) = (b.cell(mine, col), b.cell(theirs, col)) else {
+                continue;
+            };
+            met &= a <= p;
+            each.push(format!("{label}: {a:.0} vs {p:.0}"));
+        }
+        if !each.is_empty() {
+            out.push(Goal {
+                goal: format!("{scenario}: {me} errors vs tower p2c"),
+                target: "≤ p2c's",
+                reached: each.join("; "),
+                met: Some(met),
+            });
+        }
+    }
+    out
 }
 
 /// Every goal of the benchmark issue, looked up in this run's results.
@@ -1110,6 +1222,10 @@ fn goals(res: &Results) -> Vec<Goal> {
         "≤ 100 ms",
         found,
     ));
+    // Issue 17: every quality scenario, every phase.
+    for q in b.iter().filter(|q| is_quality(q) && rank(q) == 0) {
+        out.extend(phase_goals(q));
+    }
     out
 }
 

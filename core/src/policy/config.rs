@@ -21,6 +21,7 @@ use crate::health::HealthConfig;
 use crate::model::FieldError;
 
 use super::chash;
+use super::choice;
 use super::load_aware::LoadAware;
 use super::outcome::OutcomeWeights;
 use super::shed::{self, ShedConfig};
@@ -145,6 +146,13 @@ pub struct ServicePolicy {
     pub panic_threshold: f64,
     /// A re-admitted instance ramps up over this window (slow start).
     pub readmit_window: Duration,
+    /// How many list entries a client's pick compares: 1 follows the list,
+    /// 2 is weighted two choices by the client's own requests in flight
+    /// ([`super::choice`]).
+    pub client_choices: choice::Choices,
+    /// With two choices: calls counted in flight on each candidate besides
+    /// the client's own ([`super::choice`]).
+    pub choice_prior: u32,
 }
 
 impl Default for ServicePolicy {
@@ -371,6 +379,24 @@ pub static PARAMS: &[Param] = &[
         field: "",
         get: |p| Value::Number(p.hysteresis),
         set: |p, v| p.hysteresis = v.number(),
+    },
+    Param {
+        name: "client_choices",
+        section: Section::Lists,
+        kind: Kind::Number { min: 1.0, max: 2.0 },
+        help: "1 = clients follow the list; 2 = of the next entry and one drawn by weight, the one with fewer of the client's requests in flight per share",
+        field: "",
+        get: |p| Value::Number(f64::from(p.client_choices)),
+        set: |p, v| p.client_choices = v.number() as u32,
+    },
+    Param {
+        name: "choice_prior",
+        section: Section::Lists,
+        kind: Kind::Number { min: 0.0, max: 16.0 },
+        help: "with client_choices=2: calls counted in flight on each candidate besides the client's own (0: shares follow the list; 1: idle fast backends take more than their share)",
+        field: "",
+        get: |p| Value::Number(f64::from(p.choice_prior)),
+        set: |p, v| p.choice_prior = v.number() as u32,
     },
     Param {
         name: "slow_start_window",
@@ -757,6 +783,14 @@ impl ServicePolicy {
             shed: ShedConfig::default(),
             panic_threshold: 0.5,
             readmit_window: Duration::from_secs(5),
+            // The per-request signal is on where the daemon plans from load:
+            // between two reports the client's own in-flight count is newer.
+            client_choices: if kind == PolicyKind::LoadAware {
+                choice::TWO
+            } else {
+                choice::FOLLOW
+            },
+            choice_prior: choice::DEFAULT_PRIOR,
         }
     }
 
@@ -896,6 +930,11 @@ impl PolicyChange {
             for param in kept {
                 (param.set)(&mut p, (param.get)(current));
             }
+            // client_choices' default depends on the policy: one left at
+            // the old policy's default takes the new policy's.
+            if current.client_choices == ServicePolicy::with_kind(current.kind).client_choices {
+                p.client_choices = ServicePolicy::with_kind(self.kind).client_choices;
+            }
         }
         for (param, value) in &self.values {
             (param.set)(&mut p, *value);
@@ -935,6 +974,28 @@ mod tests {
     }
 
     #[test]
+    fn client_choices_follow_the_policy_unless_set() {
+        let base = ServicePolicy::default();
+        assert_eq!(base.client_choices, choice::TWO);
+        let rr = ServicePolicy::parse("round_robin", &params(&[]), &base).unwrap();
+        assert_eq!(rr.client_choices, choice::FOLLOW);
+        let rr2 = ServicePolicy::parse("round_robin", &params(&[("client_choices", "2")]), &base)
+            .unwrap();
+        assert_eq!(rr2.client_choices, choice::TWO);
+        // Set explicitly, it survives a change of policy.
+        let back = PolicyChange::parse("load_aware", &params(&[]), false)
+            .unwrap()
+            .apply(&rr2, &base)
+            .unwrap();
+        assert_eq!(back.client_choices, choice::TWO);
+        let follow = PolicyChange::parse("weighted_round_robin", &params(&[]), false)
+            .unwrap()
+            .apply(&base, &base)
+            .unwrap();
+        assert_eq!(follow.client_choices, choice::FOLLOW);
+    }
+
+    #[test]
     fn every_parameter_is_listed_once_and_its_default_reads_back() {
         let help = params_help();
         let mut seen = std::collections::BTreeSet::new();
@@ -959,7 +1020,7 @@ mod tests {
             );
         }
         // Each policy renders exactly the parameters that apply to it: the
-        // 28 every policy takes, and its own.
+        // 30 every policy takes, and its own.
         for k in ALL_POLICIES {
             let own = PARAMS
                 .iter()
@@ -967,7 +1028,7 @@ mod tests {
                 .count();
             assert_eq!(
                 ServicePolicy::with_kind(k).params().len(),
-                28 + own,
+                30 + own,
                 "{}",
                 k.name()
             );

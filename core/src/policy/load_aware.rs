@@ -12,15 +12,28 @@
 //!    backend's first noisy averages are not trusted) and its latest report is
 //!    fresh (`now − reported_at < expiry`, A58's `weight_expiration_period`).
 //! 2. **Raw weight** (A58): `qps / (utilization + (eps / qps) × error_penalty)`,
-//!    when `qps > 0` and the denominator is `> 0`. *Our extension:* when a report
+//!    when `qps > 0` and the denominator is `> 0`. *Our extension:*
+//!    utilization counts as at least [`UTILIZATION_FLOOR`] (5 %): a nearly idle
+//!    backend (one call in a report window) reads as 0.1 % busy, and A58's
+//!    formula would make it look a thousand times faster than it is, which
+//!    floods it on the next plan. *Our extension:* a report
+//!    of an idle backend (`qps = 0`) weighs its full rate from its latest
+//!    report with traffic ([`full_rate`]) rather than nothing: A58 would give
+//!    it the mean, so a slow backend the clients had stopped using would get
+//!    the mean share the moment it went idle, and the plan would oscillate. *Our extension:* when a report
 //!    has no `qps` the weight is `static_weight × max(1 − utilization, 0.05)`:
 //!    the operator's capacity estimate scaled by the headroom left. (Inverse
 //!    utilization would turn the noise of near-idle backends into 10× swings.)
 //!    A weight that is not finite and positive makes the instance unusable.
 //! 3. **Fill** (A58): instances without a usable weight get the mean of the
-//!    usable ones. *Our extension:* if none is usable (all in blackout, stale
-//!    or idle), the static weights are used, so a fresh service starts out as
-//!    weighted round robin rather than equal shares.
+//!    usable ones. *Our extensions:* an instance still in its blackout whose
+//!    own reports already give a weight *below* the mean gets that weight
+//!    (probation: bad news is believed at once, good news only after the
+//!    blackout; a backend that joins cold, or comes back slow, does not get
+//!    the mean's share while its first reports say it cannot serve it). If
+//!    none is usable (all in blackout, stale or idle), the static weights
+//!    are used, so a fresh service starts out as weighted round robin rather
+//!    than equal shares.
 //! 4. **Clamp** (A58's scheduler does the same to bound a single outlier's
 //!    share): each weight into `[min_ratio × mean, max_ratio × mean]`.
 //! 5. **Backlog** (our extension, `active_weighting`): multiply by
@@ -47,6 +60,10 @@ use std::time::Instant;
 
 /// Weights below this after normalising are raised to it, so none is zero.
 pub const MIN_NORMALISED: f64 = 1e-9;
+
+/// Utilization below this counts as this when weights are derived from it:
+/// a near-idle backend's reading is noise.
+pub const UTILIZATION_FLOOR: f64 = 0.05;
 
 /// `max_ratio` above this is taken as this (keeps products finite).
 pub const MAX_RATIO_LIMIT: f64 = 1e6;
@@ -103,6 +120,9 @@ pub struct Report {
     /// The instance's static (or overridden) weight: the fallback when
     /// nothing usable is known, and the capacity scale when qps is absent.
     pub static_weight: f64,
+    /// Its full rate from its latest report with traffic ([`full_rate`]):
+    /// the weight of an idle report (qps 0).
+    pub rate: Option<f64>,
 }
 
 /// What a backend would serve fully busy, by Little's law: `qps /
@@ -110,7 +130,7 @@ pub struct Report {
 /// backend's noise does not inflate it. `None` without a positive, finite qps.
 pub fn full_rate(qps: Option<f64>, utilization: f64) -> Option<f64> {
     let u = if utilization.is_finite() {
-        utilization.clamp(0.05, 1.0)
+        utilization.clamp(UTILIZATION_FLOOR, 1.0)
     } else {
         1.0
     };
@@ -173,12 +193,18 @@ fn raw_weight(r: &Report, error_penalty: f64) -> Option<f64> {
         return None;
     }
     let w = match r.qps {
+        // Idle: nothing to measure now; its last measured capacity stands.
+        Some(0.0) => r.rate?,
         Some(qps) => {
             if !(qps.is_finite() && qps > 0.0) {
                 return None;
             }
             let eps = r.eps.filter(|e| e.is_finite() && *e >= 0.0).unwrap_or(0.0);
-            let denom = u + eps / qps * error_penalty;
+            // A near-idle backend's utilization is mostly noise: one call
+            // in a window reads as 0.1 % busy and would make it look 1,000×
+            // faster than it is. Below the floor it counts as the floor
+            // (as in `full_rate`).
+            let denom = u.max(UTILIZATION_FLOOR) + eps / qps * error_penalty;
             if !(denom.is_finite() && denom > 0.0) {
                 return None;
             }
@@ -198,31 +224,41 @@ pub fn weights(p: &LoadAware, reports: &[Option<Report>], now: Instant) -> Vec<f
     let max_ratio = sane(p.max_ratio, d.max_ratio).clamp(1.0, MAX_RATIO_LIMIT);
     let fresh = |r: &Report| now.saturating_duration_since(r.reported_at) < p.expiry;
 
-    // Steps 1–2, with weights pre-scaled by the largest so the mean cannot overflow.
-    let raw: Vec<Option<f64>> = reports
+    // Steps 1–2: each fresh report's own weight, and whether it is out of
+    // its blackout.
+    let own: Vec<Option<(f64, bool)>> = reports
         .iter()
         .map(|r| {
-            let r = r.as_ref()?;
+            let r = r.as_ref().filter(|r| fresh(r))?;
             let warmed = now.saturating_duration_since(r.reporting_since) >= p.blackout;
-            if !(warmed && fresh(r)) {
-                return None;
-            }
-            raw_weight(r, penalty)
+            raw_weight(r, penalty).map(|w| (w, warmed))
         })
         .collect();
-    let max = raw.iter().flatten().copied().fold(0.0, f64::max);
-    let usable: Vec<f64> = raw.iter().flatten().map(|w| w / max).collect();
+    // Pre-scaled by the largest, so the mean cannot overflow.
+    let max = own.iter().flatten().map(|&(w, _)| w).fold(0.0, f64::max);
+    let usable: Vec<f64> = own
+        .iter()
+        .flatten()
+        .filter(|&&(_, warmed)| warmed)
+        .map(|&(w, _)| w / max)
+        .collect();
     let mut w: Vec<f64> = if usable.is_empty() {
         reports
             .iter()
             .map(|r| r.as_ref().map_or(1.0, |r| sane(r.static_weight, 1.0)))
             .collect()
     } else {
-        // Step 3: fill with the mean. Step 4: clamp to the band around it.
+        // Step 3: fill with the mean; an instance in its blackout gets the
+        // lower of the mean and its own weight (probation). Step 4: clamp to
+        // the band around the mean.
         let mean = usable.iter().sum::<f64>() / usable.len() as f64;
         let (lo, hi) = (min_ratio * mean, max_ratio * mean);
-        raw.iter()
-            .map(|x| x.map_or(mean, |x| (x / max).clamp(lo, hi)))
+        own.iter()
+            .map(|x| match *x {
+                Some((x, true)) => (x / max).clamp(lo, hi),
+                Some((x, false)) => (x / max).clamp(lo, mean),
+                None => mean,
+            })
             .collect()
     };
 
@@ -282,6 +318,7 @@ mod tests {
             reported_at: now,
             reporting_since: now - s(3600),
             static_weight: 1.0,
+            rate: None,
         })
     }
 
@@ -356,6 +393,55 @@ mod tests {
         let w = weights(&p, &[Some(stale), Some(heavy)], now);
         assert!(close(ratio(&w, 1, 0), 3.0), "{w:?}");
         assert!(weights(&p, &[], now).is_empty());
+    }
+
+    #[test]
+    fn blackout_believes_bad_news_at_once_and_good_news_later() {
+        let now = Instant::now() + s(7200);
+        let p = LoadAware {
+            active_weighting: false,
+            ..LoadAware::default()
+        };
+        let joined = |qps: f64, util: f64| {
+            let mut r = rep(now, util, Some(qps), 0).unwrap();
+            r.reporting_since = now - Duration::from_millis(500);
+            Some(r)
+        };
+        // Two warm backends at 100 qps full rate; a joiner that serves a
+        // quarter of that (a cold cache): its own weight, not the mean.
+        let warm = [rep(now, 0.5, Some(50.0), 0), rep(now, 0.5, Some(50.0), 0)];
+        let w = weights(&p, &[warm[0], warm[1], joined(25.0, 1.0)], now);
+        assert!(close(ratio(&w, 2, 0), 0.25), "{w:?}");
+        // A joiner that looks 4× faster: the mean until its blackout ends ...
+        let w = weights(&p, &[warm[0], warm[1], joined(100.0, 0.25)], now);
+        assert!(close(ratio(&w, 2, 0), 1.0), "{w:?}");
+        // ... and never below the band's floor.
+        let w = weights(&p, &[warm[0], warm[1], joined(0.1, 1.0)], now);
+        assert!(close(ratio(&w, 2, 0), p.min_ratio), "{w:?}");
+    }
+
+    #[test]
+    fn an_idle_backend_keeps_its_measured_capacity() {
+        let now = Instant::now() + s(7200);
+        let p = LoadAware {
+            active_weighting: false,
+            ..LoadAware::default()
+        };
+        // Full rates 400, 400 and 40; the slow one has gone idle.
+        let mut idle = rep(now, 0.0, Some(0.0), 0).unwrap();
+        idle.rate = Some(40.0);
+        let r = [
+            rep(now, 0.5, Some(200.0), 0),
+            rep(now, 0.5, Some(200.0), 0),
+            Some(idle),
+        ];
+        let w = weights(&p, &r, now);
+        assert!(close(ratio(&w, 2, 0), 0.1), "{w:?}");
+        // Without a measured rate it is unknown: the mean (A58).
+        let mut unknown = idle;
+        unknown.rate = None;
+        let w = weights(&p, &[r[0], r[1], Some(unknown)], now);
+        assert!(close(ratio(&w, 2, 0), 1.0), "{w:?}");
     }
 
     #[test]
@@ -459,7 +545,6 @@ mod tests {
             (-1.0, None),
             (0.5, Some(0.0)),
             (0.5, Some(f64::INFINITY)),
-            (0.0, Some(10.0)),
         ] {
             let w = weights(&p, &[rep(now, 0.5, None, 0), rep(now, u, q, 0)], now);
             assert_eq!(w, vec![1.0, 1.0], "{u} {q:?}");
@@ -520,6 +605,7 @@ mod tests {
                 reported_at: now - s(ago),
                 reporting_since: now - s(since),
                 static_weight: 1.0,
+                rate: q.and_then(|q| full_rate(Some(q * 2.0), u)),
             })).collect();
             let p = LoadAware {
                 blackout: s(blackout),

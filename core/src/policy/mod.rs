@@ -21,10 +21,12 @@
 //! [`least`] (least connections / least active), [`ewma`] (fastest response),
 //! [`load_aware`] (gRPC's ORCA formula), [`outcome`] (dynamic weights from call
 //! results), [`slow_start`] (Envoy's ramp), [`shed`] (the drop fraction for
-//! load shedding with grpclb drop entries), [`view`] (one subscriber's view:
+//! load shedding with grpclb drop entries), [`choice`] (the client's
+//! weighted two choices between two list entries), [`view`] (one subscriber's view:
 //! routing rules and locality tiers applied).
 
 pub mod chash;
+pub mod choice;
 pub mod config;
 pub mod ewma;
 pub mod least;
@@ -60,6 +62,11 @@ pub struct LoadState {
     pub at: Instant,
     /// Since when this attachment has been reporting without a gap.
     pub since: Instant,
+    /// The backend's full rate (`qps / utilization`, see
+    /// [`load_aware::full_rate`]) from its latest report with traffic: an
+    /// idle report (qps 0) keeps the previous one, so a backend the clients
+    /// stopped using keeps its measured capacity instead of looking unknown.
+    pub rate: Option<f64>,
 }
 
 /// One instance the engine may put in a list (drained ones are never candidates).
@@ -159,6 +166,10 @@ pub struct ServicePlan {
     pub zones: BTreeMap<String, (usize, usize)>,
     /// Below this healthy fraction a zone's clients use every zone at once.
     pub panic_threshold: f64,
+    /// How many list entries a client's pick compares ([`choice`]).
+    pub choices: choice::Choices,
+    /// Calls a client's pick counts in flight on each candidate besides its own.
+    pub choice_prior: u32,
 }
 
 impl ServicePlan {
@@ -191,6 +202,8 @@ impl ServicePlan {
     fn same_routing(&self, other: &ServicePlan) -> bool {
         self.rules == other.rules
             && self.cluster == other.cluster
+            && self.choices == other.choices
+            && self.choice_prior == other.choice_prior
             && self.zones == other.zones
             && self.panic_threshold == other.panic_threshold
     }
@@ -249,6 +262,7 @@ fn base_weights(cands: &[&Candidate<'_>], policy: &ServicePolicy, now: Instant) 
                         active_requests: l.load.active_requests,
                         reported_at: l.at,
                         reporting_since: l.since,
+                        rate: l.rate,
                         static_weight: f64::from(c.weight),
                     })
                 })
@@ -334,6 +348,7 @@ pub fn plan_shedding(
         })
         .collect();
     load_aware::normalise(&mut w);
+    let choice_prior = choice::effective_prior(&w, policy.choice_prior);
     if drop_fraction > 0.0 {
         // The drop server's weight makes it `drop_fraction` of the total.
         let sum: f64 = w.iter().sum();
@@ -405,6 +420,8 @@ pub fn plan_shedding(
         max_share_error,
         ramping,
         drop_fraction,
+        choices: policy.client_choices,
+        choice_prior,
         ..ServicePlan::default()
     }
 }
@@ -588,6 +605,7 @@ mod tests {
             },
             at,
             since: at - Duration::from_secs(60),
+            rate: load_aware::full_rate(Some(qps), util),
         }
     }
 

@@ -204,6 +204,14 @@ pub async fn start(
             }
         }
     }
+    // Warm restart: the last reports before the stop (see `crate::warm`).
+    let warmed = match crate::warm::read(&config.data_dir, std::time::SystemTime::now()) {
+        Ok(entries) => crate::warm::restore(&mut registry, entries, now, config.restore_grace),
+        Err(e) => {
+            tracing::warn!(error = %e, "load snapshot not used: this start is cold");
+            0
+        }
+    };
     auth.replace(tokens.values().cloned());
     let mut st = State::new(registry, hub.clone(), config, auth);
     st.tokens = tokens;
@@ -228,6 +236,7 @@ pub async fn start(
     tracing::info!(
         generation,
         restored,
+        warmed,
         grace = ?actor.st.config.restore_grace,
         "registry loaded"
     );

@@ -122,6 +122,11 @@ impl EngineHandle {
         rx.await.map_err(|_| EngineError::ShuttingDown)?
     }
 
+    /// The engine's published snapshots (see [`snapshot`]).
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
     /// Views of every service (or only `only`) from the latest snapshot,
     /// without waiting for the engine.
     pub fn views(&self, only: Option<&str>) -> Vec<ServiceView> {

@@ -35,6 +35,11 @@ impl Snapshot {
         Snapshot { registry }
     }
 
+    /// The registry as of the snapshot.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Views of every service (or only `only`), with each one's current
     /// plan from `hub`, as of `now`.
     pub fn views(&self, hub: &Hub, only: Option<&str>, now: Instant) -> Vec<ServiceView> {

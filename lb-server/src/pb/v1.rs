@@ -782,6 +782,8 @@ pub fn server_list(p: &Published, client_seq: u64, client: &ClientIdentity) -> p
         // common list stays as small and cheap as it was.
         cluster: (*p.plan.cluster != ClusterConfig::default())
             .then(|| cluster_config_pb(&p.plan.cluster)),
+        choices: p.plan.choices,
+        choice_prior: p.plan.choice_prior,
     }
 }
 
