@@ -103,7 +103,7 @@ impl Daemon {
         let (engine, engine_task) =
             engine::start(Arc::new(store), config.clone(), Arc::clone(&auth)).await?;
         // Ends with the engine (its snapshots close).
-        crate::warm::spawn(config.data_dir.clone(), engine.snapshots());
+        engine::snapshot::write_loads(config.data_dir.clone(), engine.snapshots());
         Ok(Daemon {
             config,
             auth,

@@ -6,7 +6,8 @@
 //! backend's first reports start a new blackout, so for the first seconds the
 //! slowest backends get equal shares (the `balancer-restart` benchmark shows
 //! it). With it:
-//! - every [`INTERVAL`] a task writes each instance's latest report (its
+//! - every [`INTERVAL`] a task (the engine's, `engine::snapshot::write_loads`)
+//!   writes each instance's latest report (its
 //!   values, its age, and how long the instance had been reporting without a
 //!   gap) to `loads.snapshot` in the data directory, by writing a temporary
 //!   file and renaming it over the old one, so a crash leaves the previous
@@ -26,16 +27,12 @@
 //! wall-clock time, so the monotonic clocks of two processes never meet.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lb_core::model::{check_id, check_service, InstanceKey, Load};
 use lb_core::policy::LoadState;
 use lb_core::registry::Registry;
 use prost::Message;
-use tokio::sync::watch;
-
-use crate::engine::Snapshot;
 
 /// The file in the data directory.
 pub const FILE: &str = "loads.snapshot";
@@ -273,43 +270,6 @@ pub fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{FILE}.tmp"));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, dir.join(FILE))
-}
-
-/// Writes the snapshot every [`INTERVAL`] from the engine's published
-/// registry until `readers` closes (the engine stopped). A failed write is
-/// logged once until a write succeeds again.
-pub fn spawn(
-    dir: PathBuf,
-    mut readers: watch::Receiver<Arc<Snapshot>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
-        loop {
-            tick.tick().await;
-            if readers.has_changed().is_err() {
-                return;
-            }
-            let snapshot = readers.borrow_and_update().clone();
-            let bytes = encode(snapshot.registry(), Instant::now(), SystemTime::now());
-            let dir = dir.clone();
-            let r = tokio::task::spawn_blocking(move || write(&dir, &bytes)).await;
-            match r {
-                Ok(Ok(())) => {
-                    if failing {
-                        tracing::info!("load snapshot written again");
-                    }
-                    failing = false;
-                }
-                Ok(Err(e)) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %e, "could not write the load snapshot (a restart will start cold); retrying every second");
-                }
-                _ => {}
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -14,10 +14,14 @@
 //! and instance behind `Arc`s (a few µs); the first change to a service
 //! after a snapshot copies that service (tens of µs per hundred instances).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::inspect::{self, ServiceView};
 use lb_core::registry::Registry;
+
+use tokio::sync::watch;
 
 use super::{Follows, Hub};
 
@@ -54,4 +58,46 @@ impl Snapshot {
             now,
         )
     }
+}
+
+/// Writes the warm-restart snapshot ([`crate::warm`]) every
+/// [`crate::warm::INTERVAL`] from the engine's published
+/// registry until `readers` closes (the engine stopped). A failed write is
+/// logged once until a write succeeds again.
+pub fn write_loads(
+    dir: PathBuf,
+    mut readers: watch::Receiver<Arc<Snapshot>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::warm::INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            if readers.has_changed().is_err() {
+                return;
+            }
+            let snapshot = readers.borrow_and_update().clone();
+            let bytes = crate::warm::encode(
+                snapshot.registry(),
+                Instant::now(),
+                std::time::SystemTime::now(),
+            );
+            let dir = dir.clone();
+            let r = tokio::task::spawn_blocking(move || crate::warm::write(&dir, &bytes)).await;
+            match r {
+                Ok(Ok(())) => {
+                    if failing {
+                        tracing::info!("load snapshot written again");
+                    }
+                    failing = false;
+                }
+                Ok(Err(e)) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "could not write the load snapshot (a restart will start cold); retrying every second");
+                }
+                _ => {}
+            }
+        }
+    })
 }
