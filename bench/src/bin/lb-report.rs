@@ -1102,7 +1102,7 @@ fn goals(res: &Results) -> Vec<Goal> {
             |a| format!("{a} allocations"),
         );
         Some((
-            format!("{ns:.1} ns (1 thread, slower of PickList::pick and Subscription::pick), {a}"),
+            format!("{ns:.1} ns (1 thread, slowest of lb's picks: PickList::pick, Subscription::pick, two choices), {a}"),
             ns <= 10.0 && allocs == Some(0.0),
         ))
     });
