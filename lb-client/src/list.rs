@@ -687,12 +687,7 @@ impl Lane {
     /// server in the order) or off.
     fn set_choices(&mut self, choices: Choices, prior: u32, servers: usize) {
         self.prior = prior;
-        let two = choices >= choice::TWO && self.order.iter().any(|&i| i != self.order[0]);
-        self.shares = if two {
-            choice::shares(&self.order, servers).into_boxed_slice()
-        } else {
-            Box::new([])
-        };
+        self.shares = choice::share_table(choices, &self.order, servers).into_boxed_slice();
     }
 
     /// The cursor's next position in `order` (which must not be empty). The
@@ -750,7 +745,7 @@ impl Lane {
     #[inline]
     fn take(&self, servers: &[Arc<Endpoint>], i: usize) -> Result<Arc<Endpoint>, NoPick> {
         // Indices were validated against the servers at construction.
-        let mut at = self.order[i] as usize;
+        let at = self.order[i] as usize;
         let mut ep = &servers[at];
         if self.drops && ep.drop {
             return Err(NoPick::Dropped);
@@ -768,11 +763,9 @@ impl Lane {
                     self.prior,
                 )
             {
-                at = other;
                 ep = alt;
             }
         }
-        let _ = at;
         ep.started();
         Ok(Arc::clone(ep))
     }

@@ -378,16 +378,11 @@ impl Sim<'_> {
                 // A new list starts from its first entry (lb-client swaps the list
                 // and its cursor together).
                 c.cursor = 0;
-                // lb-client's `Lane::set_choices`: two choices only with more
-                // than one server in the list.
+                // As lb-client's `Lane::set_choices` (drop entries map past
+                // the backends, so the table ignores them).
                 let (choices, prior) = p.choice();
                 let order: Vec<u32> = c.list.iter().map(|e| e.unwrap_or(u32::MAX)).collect();
-                let distinct = order.iter().any(|&i| i != order[0]);
-                c.shares = if choices >= choice::TWO && distinct {
-                    choice::shares(&order, c.in_flight.len())
-                } else {
-                    Vec::new()
-                };
+                c.shares = choice::share_table(choices, &order, c.in_flight.len());
                 c.prior = prior;
             }
         }

@@ -115,13 +115,25 @@ pub fn prefer_second(
     b * sa < a * sb
 }
 
-/// The period's entry counts per server: `shares[i]` = how often server `i`
-/// appears in `order` (indices at or past `servers` are ignored).
+/// What a client compares under `choices`: each server's entry count in
+/// `order` (`table[i]` = how often server `i` appears; indices at or past
+/// `servers` are ignored), or an empty table when picks follow the order:
+/// `choices` below [`TWO`], or fewer than two distinct servers to choose
+/// between.
 ///
 /// ```
-/// assert_eq!(lb_core::policy::choice::shares(&[0, 1, 0, 2, 0], 3), vec![3, 1, 1]);
+/// use lb_core::policy::choice::{share_table, FOLLOW, TWO};
+/// assert_eq!(share_table(TWO, &[0, 1, 0, 2, 0], 3), vec![3, 1, 1]);
+/// assert!(share_table(FOLLOW, &[0, 1, 0, 2, 0], 3).is_empty());
+/// assert!(share_table(TWO, &[2, 2, 2], 3).is_empty()); // nothing to choose
 /// ```
-pub fn shares(order: &[u32], servers: usize) -> Vec<u32> {
+pub fn share_table(choices: Choices, order: &[u32], servers: usize) -> Vec<u32> {
+    let distinct = order
+        .first()
+        .is_some_and(|&f| order.iter().any(|&i| i != f));
+    if choices < TWO || !distinct {
+        return Vec::new();
+    }
     let mut s = vec![0u32; servers];
     for &i in order {
         if let Some(x) = s.get_mut(i as usize) {
