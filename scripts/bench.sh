@@ -115,7 +115,7 @@ if [ -x "$bin/lb-bench" ]; then
         # row against weighted (true capacity weights), so a quick run keeps it.
         # Each run is bounded: at most ~35 s per policy.
         case "$name" in
-            hash-zipf) policies=(--policies consistent_hash,consistent_hash@load_bound=none,hash,load_aware,p2c) ;;
+            hash-zipf) policies=(--policies consistent_hash,consistent_hash@load_bound=1,consistent_hash@load_bound=none,hash,load_aware,p2c) ;;
             latency-spread)
                 if [ "$quick" = 1 ]; then
                     policies=(--policies round_robin,weighted,load_aware,p2c)

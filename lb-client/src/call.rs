@@ -45,15 +45,16 @@ pub(crate) struct LanePicker<'a> {
     lane: LaneRef,
     sub: &'a Subscription,
     /// A request key: the first attempt follows the hash policies' affinity
-    /// table (as [`Subscription::pick_for_key`]); retries and hedges go to
-    /// the lane's other instances.
+    /// table (as [`Subscription::pick_for_key`], under the daemon's bound
+    /// on keyed calls in flight, [`PickList::with_load_bound`]); retries and
+    /// hedges go to the lane's other instances.
     pub(crate) key: Option<&'a [u8]>,
 }
 
 impl Picker for LanePicker<'_> {
     fn pick_untried(&self, tried: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, NoPick> {
         let r = match self.key {
-            Some(key) if tried.is_empty() => self.list.pick_for_key(key),
+            Some(key) if tried.is_empty() => self.list.pick_keyed(key, true),
             _ => self.list.pick_untried(self.lane, tried),
         };
         // Only a first attempt that finds nothing counts for the daemon;

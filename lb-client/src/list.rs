@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::cluster::ClusterConfig;
+use lb_core::policy::bounded;
 use lb_core::policy::choice::{self, Choices};
 use lb_core::status::Code;
 
@@ -962,10 +963,22 @@ pub struct PickList {
     routes: Box<[Route]>,
     /// Hash policies: key hash → index into `servers` (empty otherwise).
     affinity: Box<[u32]>,
+    /// consistent_hash: the bound on keyed calls in flight (None: keys
+    /// follow `affinity` exactly).
+    bound: Option<KeyBound>,
     /// What a call does across instances (cluster modes), from the daemon.
     settings: Arc<ClusterConfig>,
     /// When a subscription installed this list (None for lists built by hand).
     installed_at: Option<Instant>,
+}
+
+/// The daemon's `load_bound` on keyed calls ([`lb_core::policy::bounded`]).
+#[derive(Debug)]
+struct KeyBound {
+    /// The bound `c` (≥ 1, finite).
+    c: f64,
+    /// Each server's slots in the affinity table.
+    slots: Box<[u32]>,
 }
 
 fn check_indices(order: &[u32], servers: usize) -> Result<(), Error> {
@@ -1055,6 +1068,7 @@ impl PickList {
             lane,
             routes,
             affinity: Box::new([]),
+            bound: None,
             settings: Arc::default(),
             installed_at: None,
         })
@@ -1088,7 +1102,46 @@ impl PickList {
             });
         }
         self.affinity = affinity.into_boxed_slice();
+        if let Some(b) = self.bound.take() {
+            self = self.with_load_bound(b.c);
+        }
         Ok(self)
+    }
+
+    /// Sets the daemon's `load_bound` on keyed calls (consistent_hash; 0 or
+    /// anything below 1 for none): a call made through
+    /// [`crate::Subscription::call`] or [`crate::Subscription::channel`] with
+    /// a key goes to the key's affinity server unless that server already
+    /// holds more than its bounded share of this client's calls in flight,
+    /// and then to the key's next server with room
+    /// ([`lb_core::policy::bounded`]). [`PickList::pick_for_key`] itself
+    /// stays the table's answer (the key's owner), since only the call path
+    /// knows that every pick's call is counted until it ends.
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList};
+    /// let servers = vec![
+    ///     Endpoint::new("b1", "10.0.0.5:50051"),
+    ///     Endpoint::new("b2", "10.0.0.6:50051"),
+    /// ];
+    /// let list = PickList::from_parts(1, servers, vec![0, 1])?
+    ///     .with_affinity(vec![0, 1])?
+    ///     .with_load_bound(1.25);
+    /// assert_eq!(list.load_bound(), Some(1.25));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_load_bound(mut self, c: f64) -> PickList {
+        self.bound = bounded::is_on(c).then(|| KeyBound {
+            c,
+            slots: bounded::slots(&self.affinity, self.servers.len()).into_boxed_slice(),
+        });
+        self
+    }
+
+    /// The bound on keyed calls, if the daemon set one
+    /// ([`PickList::with_load_bound`]).
+    pub fn load_bound(&self) -> Option<f64> {
+        self.bound.as_ref().map(|b| b.c)
     }
 
     /// Sets the cluster modes calls on this list follow.
@@ -1177,11 +1230,25 @@ impl PickList {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn pick_for_key(&self, key: &[u8]) -> Result<Arc<Endpoint>, NoPick> {
+        self.pick_keyed(key, false)
+    }
+
+    /// [`PickList::pick_for_key`], under the daemon's bound on keyed calls
+    /// when `bounded` and the list has one (the call path, where every
+    /// pick's call is counted in flight until it ends).
+    pub(crate) fn pick_keyed(&self, key: &[u8], bounded: bool) -> Result<Arc<Endpoint>, NoPick> {
         if self.affinity.is_empty() {
             return self.pick();
         }
-        let slot = (lb_core::keyhash::hash(key) % self.affinity.len() as u64) as usize;
-        let ep = &self.servers[self.affinity[slot] as usize];
+        let h = lb_core::keyhash::hash(key);
+        let i = match (&self.bound, bounded) {
+            (Some(b), true) => bounded::choose(h, &self.affinity, &b.slots, b.c, |i| {
+                self.servers[i].in_flight()
+            })
+            .unwrap_or(0),
+            _ => self.affinity[(h % self.affinity.len() as u64) as usize] as usize,
+        };
+        let ep = &self.servers[i];
         if ep.drop {
             return Err(NoPick::Dropped);
         }
@@ -1204,6 +1271,7 @@ impl PickList {
             lane: Lane::empty(),
             routes: Box::new([]),
             affinity: Box::new([]),
+            bound: None,
             settings: Arc::default(),
             installed_at: None,
         }
@@ -1630,6 +1698,57 @@ mod tests {
         assert_eq!(ep.in_flight(), 0);
         let all = list.distinct(LaneRef::Default);
         assert!(all.iter().all(|e| e.in_flight() == 1));
+    }
+
+    #[test]
+    fn keyed_calls_spill_off_a_busy_home_and_come_back_when_it_drains() {
+        let servers: Vec<Endpoint> = (0..4)
+            .map(|i| Endpoint::new(format!("b{i}"), format!("10.0.0.{i}:1")))
+            .collect();
+        let table: Vec<u32> = (0..40).map(|k| k % 4).collect();
+        let list = PickList::from_parts(1, servers, vec![0, 1, 2, 3])
+            .unwrap()
+            .with_affinity(table)
+            .unwrap()
+            .with_load_bound(1.25);
+        let home = list.pick_for_key(b"hot").unwrap();
+        home.abandon();
+        // One hot key, nothing released: the home takes calls while it holds
+        // at most max(1, ⌈⌈1.25 (T + 1)⌉ / 4⌉) of them, then they spill.
+        let picks: Vec<Arc<Endpoint>> = (0..40)
+            .map(|_| list.pick_keyed(b"hot", true).unwrap())
+            .collect();
+        let on_home = picks.iter().filter(|e| e.same_server(&home)).count();
+        assert!((10..=14).contains(&on_home), "{on_home} of 40 on the home");
+        let total: u64 = list.servers().iter().map(|e| e.in_flight()).sum();
+        assert_eq!(total, 40);
+        for e in list.servers() {
+            // A server takes a call while it holds at most its capacity, so
+            // it ends with at most one more: T = 39 at the last pick gives
+            // ⌈⌈1.25 · 40⌉ / 4⌉ = 13, so at most 14 of the 40.
+            assert!(
+                e.in_flight() <= 14,
+                "{} holds {}",
+                e.instance_id(),
+                e.in_flight()
+            );
+        }
+        // The table's own answer is unchanged, and with the calls done the
+        // key is back on its home.
+        assert!(list.pick_for_key(b"hot").unwrap().same_server(&home));
+        for e in &picks {
+            e.record(ok());
+        }
+        for e in list.servers() {
+            while e.in_flight() > 0 {
+                e.abandon();
+            }
+        }
+        assert!(list.pick_keyed(b"hot", true).unwrap().same_server(&home));
+        // Without the bound, every call stays on the home.
+        let plain = abc().with_affinity(vec![0, 1, 2]).unwrap();
+        let first = plain.pick_keyed(b"k", true).unwrap();
+        assert!((0..20).all(|_| plain.pick_keyed(b"k", true).unwrap().same_server(&first)));
     }
 
     fn abc() -> PickList {

@@ -35,7 +35,8 @@ impl TryFrom<v1::ServerList> for PickList {
         let settings = list.cluster.map(cluster_config).unwrap_or_default();
         Ok(l.with_affinity(list.affinity)?
             .with_settings(settings)
-            .with_choices(list.choices, list.choice_prior))
+            .with_choices(list.choices, list.choice_prior)
+            .with_load_bound(list.load_bound))
     }
 }
 

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
-use lb_core::policy::choice;
+use lb_core::policy::{bounded, choice};
 use rand::rngs::StdRng;
 use rand::Rng as _;
 
@@ -75,6 +75,12 @@ struct Client {
     /// (empty when the client follows the list), and the plan's prior.
     shares: Vec<u32>,
     prior: u32,
+    /// lb mode, consistent_hash: the plan's bound on keyed requests in
+    /// flight (0: none), `affinity` as backend indices (empty if it names a
+    /// server the simulation does not know) and each backend's slots in it.
+    load_bound: f64,
+    table: Vec<u32>,
+    slots: Vec<u32>,
 }
 
 struct Sim<'a> {
@@ -159,6 +165,9 @@ pub(crate) fn run(
             in_flight: vec![0; n],
             shares: Vec::new(),
             prior: 0,
+            load_bound: 0.0,
+            table: Vec::new(),
+            slots: Vec::new(),
         })
         .collect();
     let mut sim = Sim {
@@ -375,6 +384,14 @@ impl Sim<'_> {
                     .map(|&i| servers.get(i as usize).copied().flatten())
                     .collect();
                 c.affinity.clone_from(&affinity);
+                // As lb-client's `PickList::with_load_bound`.
+                c.table = affinity
+                    .iter()
+                    .copied()
+                    .collect::<Option<_>>()
+                    .unwrap_or_default();
+                c.slots = bounded::slots(&c.table, c.in_flight.len());
+                c.load_bound = p.load_bound();
                 // A new list starts from its first entry (lb-client swaps the list
                 // and its cursor together).
                 c.cursor = 0;
@@ -404,7 +421,14 @@ impl Sim<'_> {
         }
         if !cl.affinity.is_empty() {
             let h = lb_core::keyhash::hash(&key.to_le_bytes());
-            return cl.affinity[(h % cl.affinity.len() as u64) as usize];
+            let home = cl.affinity[(h % cl.affinity.len() as u64) as usize];
+            if !bounded::is_on(cl.load_bound) || cl.table.is_empty() {
+                return home;
+            }
+            // lb-client's keyed call path (`PickList::pick_keyed`).
+            let in_flight = &cl.in_flight;
+            return bounded::choose(h, &cl.table, &cl.slots, cl.load_bound, |b| in_flight[b])
+                .map(|b| b as u32);
         }
         if cl.list.is_empty() {
             return None;

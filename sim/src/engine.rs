@@ -67,6 +67,12 @@ impl Published {
     pub fn choice(&self) -> (lb_core::policy::choice::Choices, u32) {
         (self.plan.choices, self.plan.choice_prior)
     }
+
+    /// consistent_hash: the bound on keyed requests in flight per client
+    /// (see `lb_core::policy::bounded`), 0 for none.
+    pub fn load_bound(&self) -> f64 {
+        self.plan.load_bound
+    }
 }
 
 /// The daemon's state for the simulated service.

@@ -372,6 +372,37 @@ async fn consistent_hash_agrees_across_clients_and_moves_few_keys() {
         moved >= b3_keys && moved <= b3_keys + 2000 / 5,
         "{moved} moved, b3 had {b3_keys}"
     );
+    // The bound on keyed calls travels with the list (1.25 by default), and
+    // load_bound=none takes it away: keys then follow the table strictly.
+    assert_eq!(a.current().load_bound(), Some(1.25));
+    ctl(
+        &c.daemon.addr(),
+        &[
+            "set-policy",
+            "echo",
+            "consistent_hash",
+            "-p",
+            "load_bound=none",
+        ],
+    )
+    .expect("ctl");
+    a.wait_for(WAIT, |l| l.has_affinity() && l.load_bound().is_none())
+        .await
+        .expect("the bound is gone");
+    ctl(
+        &c.daemon.addr(),
+        &[
+            "set-policy",
+            "echo",
+            "consistent_hash",
+            "-p",
+            "load_bound=2",
+        ],
+    )
+    .expect("ctl");
+    a.wait_for(WAIT, |l| l.load_bound() == Some(2.0))
+        .await
+        .expect("c = 2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

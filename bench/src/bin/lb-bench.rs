@@ -1125,6 +1125,7 @@ fn main() -> anyhow::Result<()> {
     columns.push("worst share/capacity (steady)".into());
     if sc.keys.is_some() {
         columns.push("max keyed share ÷ mean".into());
+        columns.push("keyed calls on their key's usual backend %".into());
     }
     for l in &phase_labels {
         columns.push(format!("p99 ms {l}"));
@@ -1185,6 +1186,12 @@ fn main() -> anyhow::Result<()> {
             row.push(
                 max_share_over_mean(&r.received, share_cols.len())
                     .map_or(Value::Null, |x| json!(round(x, 3))),
+            );
+            row.push(
+                r.run
+                    .get("key_affinity_pct")
+                    .and_then(Value::as_f64)
+                    .map_or(Value::Null, |x| json!(round(x, 1))),
             );
         }
         for i in 0..phase_labels.len() {
@@ -1272,17 +1279,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(k) = &sc.keys {
         let z = Zipf::new(k.count, k.zipf_s)?;
         notes.push(format!(
-            "Keyed requests: {} keys, Zipf s = {} (the most popular key draws {:.1} % of requests, the top 10 {:.1} %), drawn from their own stream of the seed, the same for every policy. lb's clients send the key in `lb-hash-key` metadata through lb-client's LbChannel (the cluster-call path on which the hash policies follow it; the other policies ignore it); p2c ignores it. max keyed share ÷ mean = the busiest backend's share of the requests the {} backends received in the whole seconds of the measured run (their own counts, timeouts included), over 1/{}: 1 is even. The share % columns count requests whose backend the client knows (a keyed call that failed names none).",
+            "Keyed requests: {} keys, Zipf s = {} (the most popular key draws {:.1} % of requests, the top 10 {:.1} %), drawn from their own stream of the seed, the same for every policy. lb's clients send the key in `lb-hash-key` metadata through lb-client's LbChannel (the cluster-call path on which the hash policies follow it; the other policies ignore it); p2c ignores it. max keyed share ÷ mean = the busiest backend's share of the requests the {} backends received in the whole seconds of the measured run (their own counts, timeouts included), over 1/{}: 1 is even. keyed calls on their key's usual backend % = of the measured keyed calls whose backend the client knows, the share served by the backend their key used most (100: strict affinity; a key-blind policy scores about 1/{} plus the skew). The share % columns count requests whose backend the client knows (a keyed call that failed names none).",
             k.count,
             k.zipf_s,
             100.0 * z.pmf(1),
             100.0 * z.top(10),
             share_cols.len(),
+            share_cols.len(),
             share_cols.len()
         ));
     }
     notes.push("Real processes on 127.0.0.1: one lb-server (defaults: 250 ms load reports, 1 s client stats), one lb-backend process per backend (FIFO slots, exponential service times as timers, not CPU), one lb-loadgen process holding every client. Latency runs from the scheduled arrival to the reply (queueing and the generator's own lateness included); percentiles are over answered requests; errors = timeouts + failed calls.".into());
-    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors); NAME+slow adds slow start (slow_start_window=5s); NAME+bounded sets load_bound=1.25 (consistent hashing with bounded loads: no instance above 1.25 × the mean share of the affinity table's slots); NAME@PARAM=VALUE is NAME with that ctl set-policy parameter (load_aware@client_choices=1: clients follow the list without the two choices; load_aware@choice_prior=0: two choices that keep the list's shares at light load).".into());
+    notes.push("weighted = weighted_round_robin with every backend registered at a static weight equal to its true capacity; p2c = tower 0.5 p2c + PeakEwmaDiscover (30 ms default RTT, 10 s decay) inside each client, membership from its lb subscription; every other row is the lb policy of that name with all weights 1; NAME+shed adds load shedding by backlog (shed_delay=100ms: drop entries when the farm's reported requests would take over 100 ms to drain; drops count as errors); NAME+slow adds slow start (slow_start_window=5s); NAME+bounded sets load_bound=1.25 (consistent hashing with bounded loads: no instance above 1.25 × the mean share of the affinity table's slots, and each client moves a keyed call off a key's backend that holds more than its bounded share of the client's calls in flight; consistent_hash's default); NAME@PARAM=VALUE is NAME with that ctl set-policy parameter (load_aware@client_choices=1: clients follow the list without the two choices; load_aware@choice_prior=0: two choices that keep the list's shares at light load).".into());
     let delays: Vec<String> = runs
         .iter()
         .map(|(c, r)| {

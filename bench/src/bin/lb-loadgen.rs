@@ -543,6 +543,22 @@ fn summarize<'a>(recs: impl Iterator<Item = &'a Record>) -> Summary {
     s
 }
 
+/// Of `(key, backend)` pairs, the percentage whose backend is the one its
+/// key used most (None without any pair).
+fn key_affinity<'a>(pairs: impl Iterator<Item = (u32, &'a str)>) -> Option<f64> {
+    let mut by_key: HashMap<u32, HashMap<&'a str, u64>> = HashMap::new();
+    let mut all = 0u64;
+    for (k, b) in pairs {
+        *by_key.entry(k).or_default().entry(b).or_default() += 1;
+        all += 1;
+    }
+    let top: u64 = by_key
+        .values()
+        .map(|m| m.values().copied().max().unwrap_or(0))
+        .sum();
+    (all > 0).then(|| round(100.0 * top as f64 / all as f64, 2))
+}
+
 #[derive(Debug, Serialize)]
 struct Phase {
     from_s: f64,
@@ -581,6 +597,10 @@ struct RunResult {
     p99_per_second: Vec<(u64, f64)>,
     /// [second, errors among requests that arrived in it].
     errors_per_second: Vec<(u64, u64)>,
+    /// Keyed runs: of the measured keyed requests whose backend is known,
+    /// the percentage served by their key's most used backend (100: every
+    /// key stayed on one backend).
+    key_affinity_pct: Option<f64>,
 }
 
 #[tokio::main]
@@ -784,6 +804,13 @@ async fn main() -> anyhow::Result<()> {
         .map(|(s, e)| (s as u64, *e))
         .collect();
 
+    let key_affinity_pct = key_affinity(
+        plan.iter()
+            .zip(&records)
+            .filter(|(a, _)| a.at >= warm_ns)
+            .filter_map(|(a, r)| Some((a.key?, r.backend.as_deref()?))),
+    );
+
     let result = RunResult {
         mode: args.client_mode,
         service: args.target.service.clone(),
@@ -804,6 +831,7 @@ async fn main() -> anyhow::Result<()> {
         phases,
         p99_per_second,
         errors_per_second,
+        key_affinity_pct,
     };
     let body = serde_json::to_string_pretty(&result)?;
     std::fs::write(&args.out, body)
@@ -824,6 +852,21 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_affinity_counts_calls_on_each_keys_most_used_backend() {
+        assert_eq!(key_affinity(std::iter::empty()), None);
+        // Key 1: 3 on b1, 1 on b2; key 2: 2 on b3. 5 of 6 on the usual one.
+        let pairs = [
+            (1, "b1"),
+            (1, "b2"),
+            (2, "b3"),
+            (1, "b1"),
+            (2, "b3"),
+            (1, "b1"),
+        ];
+        assert_eq!(key_affinity(pairs.into_iter()), Some(83.33));
+    }
 
     #[test]
     fn load_steps_parse() {

@@ -56,6 +56,10 @@
 //!
 //! `load_bound = f64::INFINITY` disables the bound.
 //!
+//! A slot is not a request: one popular key is one slot. The same `c` is
+//! therefore also sent to clients, which bound each server's share of their
+//! own keyed calls in flight ([`super::bounded`]).
+//!
 //! # Table size
 //!
 //! Clients index with `hash % M`, so changing `M` remaps almost every key.

@@ -22,9 +22,11 @@
 //! [`load_aware`] (gRPC's ORCA formula), [`outcome`] (dynamic weights from call
 //! results), [`slow_start`] (Envoy's ramp), [`shed`] (the drop fraction for
 //! load shedding with grpclb drop entries), [`choice`] (the client's
-//! weighted two choices between two list entries), [`view`] (one subscriber's view:
+//! weighted two choices between two list entries), [`bounded`] (the client's
+//! bound on keyed calls in flight per server), [`view`] (one subscriber's view:
 //! routing rules and locality tiers applied).
 
+pub mod bounded;
 pub mod chash;
 pub mod choice;
 pub mod config;
@@ -170,6 +172,9 @@ pub struct ServicePlan {
     pub choices: choice::Choices,
     /// Calls a client's pick counts in flight on each candidate besides its own.
     pub choice_prior: u32,
+    /// `consistent_hash`: the bound `c` on a server's keyed calls in flight
+    /// per client ([`bounded`]); 0 when there is none.
+    pub load_bound: f64,
 }
 
 impl ServicePlan {
@@ -204,6 +209,7 @@ impl ServicePlan {
             && self.cluster == other.cluster
             && self.choices == other.choices
             && self.choice_prior == other.choice_prior
+            && self.load_bound == other.load_bound
             && self.zones == other.zones
             && self.panic_threshold == other.panic_threshold
     }
@@ -422,6 +428,12 @@ pub fn plan_shedding(
         drop_fraction,
         choices: policy.client_choices,
         choice_prior,
+        load_bound: match policy.kind {
+            PolicyKind::ConsistentHash if bounded::is_on(policy.chash.load_bound) => {
+                policy.chash.load_bound
+            }
+            _ => 0.0,
+        },
         ..ServicePlan::default()
     }
 }

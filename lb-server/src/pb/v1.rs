@@ -784,6 +784,7 @@ pub fn server_list(p: &Published, client_seq: u64, client: &ClientIdentity) -> p
             .then(|| cluster_config_pb(&p.plan.cluster)),
         choices: p.plan.choices,
         choice_prior: p.plan.choice_prior,
+        load_bound: p.plan.load_bound,
     }
 }
 
