@@ -72,6 +72,9 @@ pub struct InstanceView {
     pub effective_weight: f64,
     /// Its share of the published list.
     pub share: f64,
+    /// consistent_hash: the fraction of its keyed calls spilled to their
+    /// keys' next servers (0: none).
+    pub key_spill: f64,
     /// Latest load report and its age.
     pub load: Option<(Load, Duration)>,
     /// Client-reported outcomes.
@@ -148,6 +151,9 @@ pub fn service(
                     .and_then(|k| plan.and_then(|p| p.weights.get(k).copied()))
                     .unwrap_or(0.0),
                 share: at.and_then(|k| shares.get(k).copied()).unwrap_or(0.0),
+                key_spill: at
+                    .and_then(|k| plan.and_then(|p| p.spill.get(k).copied()))
+                    .unwrap_or(0.0),
                 load: i
                     .load
                     .as_ref()

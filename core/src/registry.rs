@@ -134,6 +134,12 @@ pub struct Service {
     pub drop_fraction: f64,
     /// When `drop_fraction` was last stepped.
     pub shed_at: Option<Instant>,
+    /// consistent_hash with a bound: each instance's spill fraction for
+    /// keyed calls ([`crate::policy::bounded::next_spill`]); only non-zero
+    /// ones are kept.
+    pub key_spill: BTreeMap<String, f64>,
+    /// When `key_spill` was last stepped.
+    pub spill_at: Option<Instant>,
     /// Cumulative client-reported failures by gRPC status code, per instance
     /// (as reported, for operators).
     pub failed_by_code: BTreeMap<String, BTreeMap<u32, u64>>,
@@ -1141,6 +1147,87 @@ impl Registry {
         )
     }
 
+    /// Steps a service's keyed-call spill controller (at most once per
+    /// `step`) over the servers of its new `plan`, and returns each
+    /// server's spill fraction in the plan's order (empty when none
+    /// spills). Only under consistent_hash with a bound, and only when
+    /// every server of the plan has a fresh report with its qps: shares of
+    /// a partial picture would be wrong, so then every spill eases off.
+    pub fn step_key_spill(
+        &mut self,
+        service: &str,
+        plan: &crate::policy::ServicePlan,
+        step: Duration,
+        now: Instant,
+    ) -> Vec<f64> {
+        use crate::policy::bounded;
+        let Some(current) = self.services.get(service) else {
+            return Vec::new();
+        };
+        let on = current.policy.spills_keys();
+        if !on && current.key_spill.is_empty() {
+            return Vec::new();
+        }
+        let due = current
+            .spill_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= step);
+        if on && due {
+            let expiry = current.policy.load_aware.expiry;
+            let c = current.policy.chash.load_bound;
+            let servers: Vec<(&str, f64)> = plan
+                .servers
+                .iter()
+                .zip(&plan.weights)
+                .filter(|(s, _)| !s.drop)
+                .map(|(s, &w)| (s.instance_id.as_str(), w))
+                .collect();
+            let qps: Option<Vec<f64>> = servers
+                .iter()
+                .map(|(id, _)| {
+                    let l = current.instances.get(*id)?.load.as_ref()?;
+                    (now.saturating_duration_since(l.at) <= expiry)
+                        .then_some(l.load.qps)
+                        .flatten()
+                })
+                .collect();
+            let total: f64 = qps.iter().flatten().sum();
+            let weight: f64 = servers.iter().map(|(_, w)| w).sum();
+            let next: BTreeMap<String, f64> = servers
+                .iter()
+                .enumerate()
+                .map(|(k, (id, w))| {
+                    let share = match &qps {
+                        Some(q) if total > 0.0 => q[k] / total,
+                        _ => 0.0,
+                    };
+                    let target = if weight > 0.0 { c * w / weight } else { 0.0 };
+                    let f = current.key_spill.get(*id).copied().unwrap_or(0.0);
+                    ((*id).to_string(), bounded::next_spill(f, share, target))
+                })
+                .filter(|(_, f)| *f > 0.0)
+                .collect();
+            if let Some(svc) = self.known_mut(service) {
+                svc.key_spill = next;
+                svc.spill_at = Some(now);
+            }
+        } else if !on {
+            if let Some(svc) = self.known_mut(service) {
+                svc.key_spill.clear();
+                svc.spill_at = None;
+            }
+        }
+        let Some(svc) = self.services.get(service) else {
+            return Vec::new();
+        };
+        if svc.key_spill.is_empty() {
+            return Vec::new();
+        }
+        plan.servers
+            .iter()
+            .map(|s| svc.key_spill.get(&s.instance_id).copied().unwrap_or(0.0))
+            .collect()
+    }
+
     /// A service's plan at `now`, as its subscribers get it: steps the
     /// shedding controller (at most once per `shed_step`), plans the
     /// candidates with the service's policy and adds its rules, cluster
@@ -1174,7 +1261,8 @@ impl Registry {
             }
             plan.zones = zones;
         }
-        let again = plan.ramping || drop > 0.0;
+        plan.spill = self.step_key_spill(service, &plan, shed_step, now);
+        let again = plan.ramping || drop > 0.0 || !plan.spill.is_empty();
         (plan, again)
     }
 }
@@ -1881,5 +1969,72 @@ mod tests {
         assert_eq!(quota_of(e), Quota::ListBytes);
         let rr = ServicePolicy::with_kind(PolicyKind::RoundRobin);
         assert_eq!(r.check_policy("svc", &rr, &q), Ok(()));
+    }
+
+    #[test]
+    fn a_server_past_the_keyed_bound_spills_until_its_share_meets_it() {
+        let t0 = Instant::now();
+        let mut r = Registry::new();
+        let mut p = ServicePolicy::with_kind(PolicyKind::ConsistentHash);
+        p.load_aware.blackout = Duration::ZERO;
+        r.set_policy("svc", p.clone());
+        let ids = ["a", "b", "c"];
+        for (k, id) in ids.iter().enumerate() {
+            let addr = format!("127.0.0.1:{}", k + 1);
+            let via = Attachment::Stream {
+                session: k as u64 + 1,
+            };
+            r.apply_register(spec(id, &addr), TTL, via, t0);
+        }
+        let step = Duration::from_millis(250);
+        let report = |r: &mut Registry, qps: [f64; 3], at: Instant| {
+            for (k, id) in ids.iter().enumerate() {
+                let load = Load {
+                    cpu_utilization: 0.5,
+                    qps: Some(qps[k]),
+                    ..Load::default()
+                };
+                r.report(&spec(id, "x").key(), k as u64 + 1, load, at)
+                    .expect("report");
+            }
+        };
+        // a receives 60 % of the calls against a bound of 1.25 / 3.
+        report(&mut r, [60.0, 20.0, 20.0], t0);
+        let (plan, again) = r.plan("svc", step, t0);
+        assert_eq!(plan.spill, vec![10.0 / 64.0, 0.0, 0.0]);
+        assert!(again, "a spilling service stays due");
+        // Within the step nothing moves; after it, the spill grows.
+        let (plan, _) = r.plan("svc", step, t0 + step / 2);
+        assert_eq!(plan.spill[0], 10.0 / 64.0);
+        let t1 = t0 + step;
+        report(&mut r, [55.0, 22.0, 23.0], t1);
+        let (plan, _) = r.plan("svc", step, t1);
+        assert!(plan.spill[0] > 10.0 / 64.0, "{:?}", plan.spill);
+        // Shares within the bound: the spill eases off to nothing.
+        let mut t = t1;
+        for _ in 0..20 {
+            t += step;
+            report(&mut r, [34.0, 33.0, 33.0], t);
+            r.plan("svc", step, t);
+        }
+        let (plan, again) = r.plan("svc", step, t + step);
+        assert!(plan.spill.is_empty(), "{:?}", plan.spill);
+        assert!(!again);
+        // One server without qps: no partial picture, no spill.
+        report(&mut r, [60.0, 20.0, 20.0], t + step * 2);
+        let quiet = Load {
+            cpu_utilization: 0.5,
+            ..Load::default()
+        };
+        r.report(&spec("c", "x").key(), 3, quiet, t + step * 2)
+            .expect("report");
+        let (plan, _) = r.plan("svc", step, t + step * 2);
+        assert!(plan.spill.is_empty(), "{:?}", plan.spill);
+        // load_bound=none: nothing spills whatever the shares.
+        p.chash.load_bound = f64::INFINITY;
+        r.set_policy("svc", p);
+        report(&mut r, [60.0, 20.0, 20.0], t + step * 3);
+        let (plan, _) = r.plan("svc", step, t + step * 3);
+        assert!(plan.spill.is_empty() && plan.load_bound == 0.0);
     }
 }

@@ -5,8 +5,9 @@
 //! - **urgent**: membership (register, expire, a broken stream), operator
 //!   settings, an ejection or a circuit opening. Planned at the next
 //!   opportunity and pushed if the list a client would see changed at all.
-//! - **damped**: a load report (for policies that plan on load, or when
-//!   load shedding adapts to it), client stats (for policies that plan on
+//! - **damped**: a load report (for policies that plan on load, when load
+//!   shedding adapts to it, or when consistent hashing spills keyed calls
+//!   off a server past its bound), client stats (for policies that plan on
 //!   outcomes), and time alone while a weight ramps (slow start) or load is
 //!   shed. Planned at most once per the policy's `min_plan_interval`, and
 //!   pushed only if some weight moved by more than its `hysteresis`, so a
@@ -100,7 +101,7 @@ impl Replanner {
         let p = registry.policy(service);
         if circuit {
             self.changed(service);
-        } else if p.kind.uses_load() || shed::adaptive(&p.shed) {
+        } else if p.kind.uses_load() || shed::adaptive(&p.shed) || p.spills_keys() {
             self.dirty.insert(service.to_string());
         }
     }

@@ -979,6 +979,9 @@ struct KeyBound {
     c: f64,
     /// Each server's slots in the affinity table.
     slots: Box<[u32]>,
+    /// Each server's spill fraction as a threshold on a 32-bit draw (empty:
+    /// none spills).
+    spill: Box<[u64]>,
 }
 
 fn check_indices(order: &[u32], servers: usize) -> Result<(), Error> {
@@ -1131,10 +1134,36 @@ impl PickList {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn with_load_bound(mut self, c: f64) -> PickList {
+        let spill = self.bound.take().map(|b| b.spill).unwrap_or_default();
         self.bound = bounded::is_on(c).then(|| KeyBound {
             c,
             slots: bounded::slots(&self.affinity, self.servers.len()).into_boxed_slice(),
+            spill,
         });
+        self
+    }
+
+    /// Sets the daemon's spill fractions under the bound on keyed calls, one
+    /// per server (the list's `key_spill`): a keyed call whose affinity
+    /// server has fraction `f` goes to the key's next server with
+    /// probability `f` ([`lb_core::policy::bounded`]). Ignored without a
+    /// bound ([`PickList::with_load_bound`], set first) or when the length
+    /// is not the number of servers; values are clamped to `[0, 1]`.
+    pub fn with_key_spill(mut self, spill: &[f64]) -> PickList {
+        let n = self.servers.len();
+        if let Some(b) = self.bound.as_mut() {
+            b.spill = if spill.len() == n && spill.iter().any(|&f| f > 0.0) {
+                spill
+                    .iter()
+                    .map(|&f| {
+                        let f = if f.is_nan() { 0.0 } else { f.clamp(0.0, 1.0) };
+                        (f * 4_294_967_296.0) as u64
+                    })
+                    .collect()
+            } else {
+                Box::new([])
+            };
+        }
         self
     }
 
@@ -1241,12 +1270,21 @@ impl PickList {
             return self.pick();
         }
         let h = lb_core::keyhash::hash(key);
+        let home = self.affinity[(h % self.affinity.len() as u64) as usize] as usize;
         let i = match (&self.bound, bounded) {
-            (Some(b), true) => bounded::choose(h, &self.affinity, &b.slots, b.c, |i| {
-                self.servers[i].in_flight()
-            })
-            .unwrap_or(0),
-            _ => self.affinity[(h % self.affinity.len() as u64) as usize] as usize,
+            (Some(b), true) => {
+                // The daemon's spill fraction draws this call off its home
+                // (a draw below the threshold; 1.0 is 2^32, always).
+                let spill = b
+                    .spill
+                    .get(home)
+                    .is_some_and(|&t| t > 0 && u64::from(draw()) < t);
+                bounded::choose(h, &self.affinity, &b.slots, b.c, spill, |i| {
+                    self.servers[i].in_flight()
+                })
+                .unwrap_or(home)
+            }
+            _ => home,
         };
         let ep = &self.servers[i];
         if ep.drop {
@@ -1749,6 +1787,54 @@ mod tests {
         let plain = abc().with_affinity(vec![0, 1, 2]).unwrap();
         let first = plain.pick_keyed(b"k", true).unwrap();
         assert!((0..20).all(|_| plain.pick_keyed(b"k", true).unwrap().same_server(&first)));
+    }
+
+    #[test]
+    fn the_daemons_spill_fraction_moves_keyed_calls_off_their_home() {
+        let keyed = |spill: &[f64]| {
+            let servers = ["b1", "b2", "b3"]
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Endpoint::new(*id, format!("10.0.0.{i}:1")))
+                .collect();
+            PickList::from_parts(1, servers, vec![0, 1, 2])
+                .unwrap()
+                .with_affinity(vec![0, 1, 2])
+                .unwrap()
+                .with_load_bound(1.25)
+                .with_key_spill(spill)
+        };
+        // Keys whose home is b1 (server 0).
+        let plain = keyed(&[]);
+        let keys: Vec<String> = (0..300)
+            .map(|k| format!("user-{k}"))
+            .filter(|k| plain.pick_for_key(k.as_bytes()).unwrap().instance_id() == "b1")
+            .collect();
+        assert!(keys.len() > 50);
+        let on_b1 = |list: &PickList| {
+            keys.iter()
+                .filter(|k| {
+                    let ep = list.pick_keyed(k.as_bytes(), true).unwrap();
+                    ep.abandon(); // nothing stays in flight: only the spill decides
+                    ep.instance_id() == "b1"
+                })
+                .count()
+        };
+        assert_eq!(on_b1(&plain), keys.len());
+        // b1 spills everything (7 is clamped to 1): every one moves, and
+        // the table's own answer stays b1.
+        let all = keyed(&[7.0, 0.0, 0.0]);
+        assert_eq!(on_b1(&all), 0);
+        assert_eq!(
+            all.pick_for_key(keys[0].as_bytes()).unwrap().instance_id(),
+            "b1"
+        );
+        // Another server's spill, a list of the wrong length, or no bound:
+        // nothing moves.
+        assert_eq!(on_b1(&keyed(&[0.0, 1.0, 1.0])), keys.len());
+        assert_eq!(on_b1(&keyed(&[1.0, 0.0])), keys.len());
+        let unbounded = keyed(&[1.0, 0.0, 0.0]).with_load_bound(0.0);
+        assert_eq!(on_b1(&unbounded), keys.len());
     }
 
     fn abc() -> PickList {

@@ -36,7 +36,8 @@ impl TryFrom<v1::ServerList> for PickList {
         Ok(l.with_affinity(list.affinity)?
             .with_settings(settings)
             .with_choices(list.choices, list.choice_prior)
-            .with_load_bound(list.load_bound))
+            .with_load_bound(list.load_bound)
+            .with_key_spill(&list.key_spill))
     }
 }
 

@@ -161,6 +161,12 @@ pub fn render(views: &[ServiceView]) -> String {
         per_instance(&|i| i.share),
     );
     family(
+        "lb_instance_key_spill",
+        "gauge",
+        "consistent_hash: fraction of the instance's keyed calls sent to their keys' next instance (past load_bound).",
+        per_instance(&|i| i.key_spill),
+    );
+    family(
         "lb_instance_effective_weight",
         "gauge",
         "Weight the policy gave the instance (mean 1).",
@@ -433,6 +439,7 @@ mod tests {
                 over: Override::default(),
                 effective_weight: 1.0,
                 share: 0.75,
+                key_spill: 0.0,
                 load: None,
                 outcomes: OutcomeTotals {
                     calls_finished: 40,

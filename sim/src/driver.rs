@@ -81,6 +81,8 @@ struct Client {
     load_bound: f64,
     table: Vec<u32>,
     slots: Vec<u32>,
+    /// Each backend's spill fraction from the plan (0: none).
+    spill: Vec<f64>,
 }
 
 struct Sim<'a> {
@@ -168,6 +170,7 @@ pub(crate) fn run(
             load_bound: 0.0,
             table: Vec::new(),
             slots: Vec::new(),
+            spill: vec![0.0; n],
         })
         .collect();
     let mut sim = Sim {
@@ -392,6 +395,12 @@ impl Sim<'_> {
                     .unwrap_or_default();
                 c.slots = bounded::slots(&c.table, c.in_flight.len());
                 c.load_bound = p.load_bound();
+                c.spill.iter_mut().for_each(|f| *f = 0.0);
+                for (k, &f) in p.key_spill().iter().enumerate() {
+                    if let Some(Some(b)) = servers.get(k) {
+                        c.spill[*b as usize] = f;
+                    }
+                }
                 // A new list starts from its first entry (lb-client swaps the list
                 // and its cursor together).
                 c.cursor = 0;
@@ -426,9 +435,14 @@ impl Sim<'_> {
                 return home;
             }
             // lb-client's keyed call path (`PickList::pick_keyed`).
+            let spill = home
+                .and_then(|b| cl.spill.get(b as usize))
+                .is_some_and(|&f| f > 0.0 && cl.rng.random::<f64>() < f);
             let in_flight = &cl.in_flight;
-            return bounded::choose(h, &cl.table, &cl.slots, cl.load_bound, |b| in_flight[b])
-                .map(|b| b as u32);
+            return bounded::choose(h, &cl.table, &cl.slots, cl.load_bound, spill, |b| {
+                in_flight[b]
+            })
+            .map(|b| b as u32);
         }
         if cl.list.is_empty() {
             return None;

@@ -73,6 +73,12 @@ impl Published {
     pub fn load_bound(&self) -> f64 {
         self.plan.load_bound
     }
+
+    /// consistent_hash: each server's spill fraction for keyed requests (in
+    /// [`Published::servers`] order; empty when none spills).
+    pub fn key_spill(&self) -> &[f64] {
+        &self.plan.spill
+    }
 }
 
 /// The daemon's state for the simulated service.

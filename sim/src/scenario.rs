@@ -71,14 +71,18 @@ pub struct Scenario {
     pub stats_interval: Duration,
     /// Delay from a published plan to every client holding it.
     pub propagation: Duration,
-    /// Request keys (for hash policies) are drawn uniformly from `0..key_space`.
+    /// Request keys (for hash policies) are drawn from `0..key_space`:
+    /// uniformly, or by Zipf's law with exponent `key_zipf_s` when it is
+    /// positive (key `k` with weight `1 / (k + 1)^s`).
     pub key_space: u64,
+    /// See `key_space` (0: uniform keys).
+    pub key_zipf_s: f64,
     /// Timed events, in any order.
     pub events: Vec<Event>,
 }
 
 /// Names accepted by [`Scenario::by_name`].
-pub const SCENARIOS: [&str; 3] = ["hetero-degrade", "uniform", "latency-spread"];
+pub const SCENARIOS: [&str; 4] = ["hetero-degrade", "uniform", "latency-spread", "hash-zipf"];
 
 impl Scenario {
     /// A scenario with no events and the benchmark plan's defaults around `backends`.
@@ -95,6 +99,7 @@ impl Scenario {
             stats_interval: Duration::from_secs(1),
             propagation: Duration::from_millis(1),
             key_space: 10_000,
+            key_zipf_s: 0.0,
             events: Vec::new(),
         }
     }
@@ -152,12 +157,24 @@ impl Scenario {
         s
     }
 
+    /// Keyed requests with skewed popularity: 6 equal backends (8 slots at
+    /// 20 ms, 2,400 req/s) at 60 %, keys from Zipf(1.1) over 10,000 (the top
+    /// key draws 15 % of the requests), as `scripts/scenarios/hash-zipf.toml`.
+    pub fn hash_zipf(duration: Duration) -> Self {
+        let mut s = Scenario::uniform(6, duration);
+        s.name = "hash-zipf".into();
+        s.load = 0.6;
+        s.key_zipf_s = 1.1;
+        s
+    }
+
     /// A scenario by name (see [`SCENARIOS`]).
     pub fn by_name(name: &str, duration: Duration) -> Option<Self> {
         match name {
             "hetero-degrade" => Some(Scenario::hetero_degrade(duration)),
             "uniform" => Some(Scenario::uniform(6, duration)),
             "latency-spread" => Some(Scenario::latency_spread(duration)),
+            "hash-zipf" => Some(Scenario::hash_zipf(duration)),
             _ => None,
         }
     }

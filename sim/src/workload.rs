@@ -76,6 +76,23 @@ pub fn poisson<R: Rng, T>(
     arrivals
 }
 
+/// The cumulative distribution of Zipf's law over `n` keys with exponent
+/// `s` (key `k` weighs `1 / (k + 1)^s`), or empty for `s ≤ 0` (uniform).
+fn zipf_cdf(n: u64, s: f64) -> Vec<f64> {
+    if !(s.is_finite() && s > 0.0) {
+        return Vec::new();
+    }
+    let mut cdf: Vec<f64> = (1..=n)
+        .scan(0.0, |acc, k| {
+            *acc += (k as f64).powf(-s);
+            Some(*acc)
+        })
+        .collect();
+    let total = cdf.last().copied().unwrap_or(1.0);
+    cdf.iter_mut().for_each(|c| *c /= total);
+    cdf
+}
+
 impl Workload {
     /// Poisson arrivals at `scenario.rate()` over warm-up + duration, each sent
     /// by a uniformly chosen client.
@@ -83,6 +100,7 @@ impl Workload {
         let mut rng = stream_rng(seed, ARRIVAL_STREAM);
         let clients = scenario.clients.max(1);
         let key_space = scenario.key_space.max(1);
+        let zipf = zipf_cdf(key_space, scenario.key_zipf_s);
         let arrivals = poisson(
             &mut rng,
             scenario.rate(),
@@ -90,7 +108,12 @@ impl Workload {
             |at, rng| Arrival {
                 at,
                 client: rng.random_range(0..clients),
-                key: rng.random_range(0..key_space),
+                key: if zipf.is_empty() {
+                    rng.random_range(0..key_space)
+                } else {
+                    let u: f64 = rng.random();
+                    zipf.partition_point(|&c| c < u).min(zipf.len() - 1) as u64
+                },
                 work: exponential(rng, 1.0),
             },
         );

@@ -406,6 +406,90 @@ async fn consistent_hash_agrees_across_clients_and_moves_few_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_spills_off_its_backend_past_the_load_bound() {
+    // One key gets every call, one at a time (so no client ever holds two
+    // calls in flight and only the daemon's spill fraction can move it):
+    // its backend reports 100 % of the service's qps against a bound of
+    // 1.25 / 3, the daemon raises its spill fraction, and the key's calls
+    // start landing on the key's second backend.
+    let c = Cluster::start(
+        &[],
+        &[
+            BackendSpec::new("echo", "b1", 1),
+            BackendSpec::new("echo", "b2", 1),
+            BackendSpec::new("echo", "b3", 1),
+        ],
+    );
+    ctl(
+        &c.daemon.addr(),
+        &["set-policy", "echo", "consistent_hash", "--create"],
+    )
+    .expect("ctl");
+    let sub = c.client("echo").await;
+    sub.wait_for(WAIT, |l| l.has_affinity() && ids(l).len() == 3)
+        .await
+        .expect("the table");
+    let home = sub.pick_for_key(b"hot").expect("pick");
+    sub.report(
+        &home,
+        lb_client::Outcome::success(std::time::Duration::from_millis(1)),
+    );
+    let home = home.instance_id().to_string();
+    let mut client = EchoClient::new(sub.channel());
+    let call = |client: &mut EchoClient<lb_client::LbChannel>| {
+        let mut request = tonic::Request::new(WhoamiRequest {});
+        request
+            .metadata_mut()
+            .insert(lb_client::channel::HASH_KEY, "hot".parse().expect("ascii"));
+        let mut client = client.clone();
+        async move {
+            client
+                .whoami(request)
+                .await
+                .map(|r| r.into_inner().instance_id)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut landed: BTreeMap<String, u64> = BTreeMap::new();
+    while landed
+        .iter()
+        .filter(|(id, _)| **id != home)
+        .map(|(_, n)| n)
+        .sum::<u64>()
+        < 20
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hot key never spilled off {home}: {landed:?}"
+        );
+        let id = call(&mut client).await.expect("call");
+        *landed.entry(id).or_default() += 1;
+    }
+    // The spilled calls go to one second backend, the same every time.
+    assert_eq!(landed.len(), 2, "{landed:?}");
+    let shown = ctl(&c.daemon.addr(), &["get", "echo"]).expect("ctl get");
+    assert!(shown.contains("KEYS SPILL"), "{shown}");
+    // load_bound=none: strict affinity again, every call on the home.
+    ctl(
+        &c.daemon.addr(),
+        &[
+            "set-policy",
+            "echo",
+            "consistent_hash",
+            "-p",
+            "load_bound=none",
+        ],
+    )
+    .expect("ctl");
+    sub.wait_for(WAIT, |l| l.load_bound().is_none())
+        .await
+        .expect("the bound is gone");
+    for _ in 0..50 {
+        assert_eq!(call(&mut client).await.expect("call"), home);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_call_stats_reach_the_daemon_even_when_the_client_exits_at_once() {
     let c = Cluster::start(
         &["--default-policy", "round_robin"],

@@ -980,6 +980,57 @@ fn phase_goals(b: &Bench) -> Vec<Goal> {
     out
 }
 
+/// Issue 17's goals for a keyed scenario: each consistent_hash row with a
+/// bound keeps the busiest backend's share of the requests within `c` ×
+/// the mean (`c` its `load_bound`, lb-core's default for the plain row),
+/// and beats plain consistent hashing (`@load_bound=none`) on p99.
+fn keyed_goals(b: &Bench) -> Vec<Goal> {
+    let (Some(share_col), Some(p99_col)) = (
+        b.columns.iter().position(|c| c == "max keyed share ÷ mean"),
+        b.columns.iter().position(|c| c == "p99 ms"),
+    ) else {
+        return Vec::new();
+    };
+    let scenario = b.bench.trim_start_matches("quality-").to_string();
+    let plain = b.row(|r| r == "consistent_hash@load_bound=none");
+    let mut out = Vec::new();
+    for name in b.rows.iter().filter_map(|r| r.first()?.as_str()) {
+        let c = match name.strip_prefix("consistent_hash") {
+            Some("") => lb_core::policy::chash::Params::default().load_bound,
+            Some(rest) => match rest
+                .strip_prefix("@load_bound=")
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                Some(c) if c.is_finite() => c,
+                _ => continue,
+            },
+            None => continue,
+        };
+        let Some(row) = b.row(|r| r == name) else {
+            continue;
+        };
+        if let Some(share) = b.cell(row, share_col) {
+            out.push(Goal {
+                goal: format!("{scenario}: {name} max keyed share ÷ mean"),
+                target: "≤ c (its load_bound)",
+                reached: format!("{share:.3} (c = {c})"),
+                met: Some(share <= c + 1e-9),
+            });
+        }
+        if let Some((a, p)) =
+            plain.and_then(|pl| Some((b.cell(row, p99_col)?, b.cell(pl, p99_col)?)))
+        {
+            out.push(Goal {
+                goal: format!("{scenario}: {name} p99 vs plain consistent hashing"),
+                target: "below it",
+                reached: format!("{:.2}× ({a:.0} vs {p:.0} ms)", a / p),
+                met: Some(a < p),
+            });
+        }
+    }
+    out
+}
+
 /// Every goal of the benchmark issue, looked up in this run's results.
 fn goals(res: &Results) -> Vec<Goal> {
     let b = &res.benches;
@@ -1225,6 +1276,7 @@ fn goals(res: &Results) -> Vec<Goal> {
     // Issue 17: every quality scenario, every phase.
     for q in b.iter().filter(|q| is_quality(q) && rank(q) == 0) {
         out.extend(phase_goals(q));
+        out.extend(keyed_goals(q));
     }
     out
 }
@@ -1993,6 +2045,25 @@ mod tests {
         assert_eq!(pick.met, None);
         let md = goals_table(&g);
         assert_eq!(md.lines().count(), 2 + g.len());
+    }
+
+    #[test]
+    fn keyed_goals_read_each_bounded_row_against_its_own_c() {
+        let q = r#"{"bench": "quality-hash-zipf", "title": "q", "columns": ["policy", "p99 ms", "max keyed share ÷ mean"],
+            "rows": [["consistent_hash", 94.0, 1.249], ["consistent_hash@load_bound=2", 120.0, 2.1],
+                     ["consistent_hash@load_bound=none", 990.0, 1.85], ["p2c", 93.0, 1.02]]}"#;
+        let g = keyed_goals(&bench(q));
+        let find = |prefix: &str| g.iter().find(|g| g.goal.starts_with(prefix)).unwrap();
+        let d = find("hash-zipf: consistent_hash max keyed");
+        assert_eq!(
+            (d.reached.as_str(), d.met),
+            ("1.249 (c = 1.25)", Some(true))
+        );
+        let two = find("hash-zipf: consistent_hash@load_bound=2 max keyed");
+        assert_eq!(two.met, Some(false));
+        assert_eq!(find("hash-zipf: consistent_hash p99").met, Some(true));
+        // The plain row is the reference, not a contender; p2c has no bound.
+        assert_eq!(g.len(), 4, "{g:?}");
     }
 
     #[test]

@@ -57,8 +57,9 @@
 //! `load_bound = f64::INFINITY` disables the bound.
 //!
 //! A slot is not a request: one popular key is one slot. The same `c` is
-//! therefore also sent to clients, which bound each server's share of their
-//! own keyed calls in flight ([`super::bounded`]).
+//! therefore also applied to calls ([`super::bounded`]): the daemon spills
+//! keyed calls off a server that receives more than `c` times its share,
+//! and each client bounds its own keyed calls in flight per server.
 //!
 //! # Table size
 //!

@@ -761,6 +761,13 @@ fn bad(name: &str, reason: impl Into<String>) -> FieldError {
 }
 
 impl ServicePolicy {
+    /// consistent_hash with a finite `load_bound`: keyed calls are bounded,
+    /// and the daemon steps each server's spill fraction on load reports
+    /// ([`super::bounded`]).
+    pub fn spills_keys(&self) -> bool {
+        self.kind == PolicyKind::ConsistentHash && super::bounded::is_on(self.chash.load_bound)
+    }
+
     /// `kind` with every parameter at its default.
     pub fn with_kind(kind: PolicyKind) -> Self {
         ServicePolicy {

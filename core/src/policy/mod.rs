@@ -175,6 +175,10 @@ pub struct ServicePlan {
     /// `consistent_hash`: the bound `c` on a server's keyed calls in flight
     /// per client ([`bounded`]); 0 when there is none.
     pub load_bound: f64,
+    /// `consistent_hash` with a bound: each server's spill fraction for
+    /// keyed calls, in `servers` order ([`bounded::next_spill`]); empty
+    /// when none spills.
+    pub spill: Vec<f64>,
 }
 
 impl ServicePlan {
@@ -210,6 +214,7 @@ impl ServicePlan {
             && self.choices == other.choices
             && self.choice_prior == other.choice_prior
             && self.load_bound == other.load_bound
+            && self.spill == other.spill
             && self.zones == other.zones
             && self.panic_threshold == other.panic_threshold
     }

@@ -354,6 +354,10 @@ pub(crate) fn instances(list: &[pb::InstanceStatus]) {
                     i.times_ejected
                 ),
                 (false, "circuit_open") => "  CIRCUIT OPEN".to_string(),
+                _ if i.key_spill > 0.0 => format!(
+                    "  KEYS SPILL {:.0}% (past load_bound)",
+                    i.key_spill * 100.0
+                ),
                 _ => String::new(),
             }
         );

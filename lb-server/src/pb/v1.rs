@@ -785,6 +785,7 @@ pub fn server_list(p: &Published, client_seq: u64, client: &ClientIdentity) -> p
         choices: p.plan.choices,
         choice_prior: p.plan.choice_prior,
         load_bound: p.plan.load_bound,
+        key_spill: p.plan.spill.clone(),
     }
 }
 
@@ -819,6 +820,7 @@ pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
         drained: i.over.drained,
         effective_weight: i.effective_weight,
         share: i.share,
+        key_spill: i.key_spill,
         load: i.load.as_ref().map(|(l, _)| load_report(l)),
         load_age_ms: i.load.as_ref().map_or(0, |(_, age)| age.as_millis() as u64),
         calls_started: i.outcomes.calls_started,
