@@ -167,11 +167,11 @@ else
 fi
 
 if [ -x "$bin/lb-cp-bench" ]; then
-    for what in propagation ingest scale; do
+    for what in propagation ingest connections scale; do
         run "$what" "$bin/lb-cp-bench" "$what" --out "$results" "${q[@]}"
     done
 else
-    skip "propagation, ingest, scale" "$bin/lb-cp-bench not built yet"
+    skip "propagation, ingest, connections, scale" "$bin/lb-cp-bench not built yet"
 fi
 
 if [ -x "$bin/lb-probe" ]; then

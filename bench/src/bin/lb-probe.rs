@@ -134,7 +134,12 @@ async fn restart(n: usize, services: usize, restarts: usize) -> anyhow::Result<V
     let mut out = Vec::new();
     for _ in 0..restarts {
         daemon.proc.kill9();
-        let sub = subscribe(&last, fast_client(&addr)).await?;
+        // Subscribed while the daemon is down: no wait for a first list
+        // (it would fail at once on the refused connection); the
+        // subscription keeps reconnecting, and the clock starts with the
+        // new daemon.
+        let options = fast_client(&addr).with_first_list_timeout(None);
+        let sub = subscribe(&last, options).await?;
         let t0 = Instant::now();
         daemon = Daemon::start(
             &data,
