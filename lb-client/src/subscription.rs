@@ -181,8 +181,9 @@ fn waiting_for(connected: bool, last: Option<&DaemonError>) -> String {
 /// ```
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// Daemon addresses, "host:port" or "http://host:port"; tried in turn on
-    /// reconnect.
+    /// Daemon addresses, "host:port" or "http://host:port". A subscription
+    /// starts at a point that depends on `client_id` (so clients spread over
+    /// the daemons) and tries them in turn on reconnect.
     pub daemons: Vec<String>,
     /// Identifies this client to the daemon (per-client ordering and stats).
     /// Default: `<hostname>-<pid>-<random u32>`.
@@ -1051,7 +1052,12 @@ impl Task {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let daemons = self.options.daemons.clone();
         let mut attempt = 0u32;
-        for daemon in daemons.iter().cycle() {
+        // Clients spread over the daemons: each starts at its own point (a
+        // hash of its id) and then goes round them in order. If every
+        // client began with the first address, that one daemon would carry
+        // them all (grpc-go issue #3462).
+        let start = (seed(&self.options.client_id) % daemons.len().max(1) as u64) as usize;
+        for daemon in daemons.iter().cycle().skip(start) {
             let (received, stop_requested) = self.session(daemon, attempt, &mut stop).await;
             if stop_requested {
                 break;
@@ -1399,11 +1405,19 @@ mod tests {
             err.to_string(),
             format!("cannot subscribe to \"svc\": cannot reach the lb daemon at {addr}: connection refused")
         );
-        // With two refusing daemons, both are tried before giving up.
-        let mut o = ClientOptions::new(refusing_port());
-        o.daemons.push(addr.clone());
-        let err = subscribe("svc", o).await.unwrap_err();
-        assert!(matches!(err, Error::Daemon { cause, .. } if cause.daemon() == addr));
+        // With two refusing daemons, both are tried before giving up (in an
+        // order that depends on the client id); the error names one of them.
+        let other = refusing_port();
+        for id in ["client-a", "client-b", "client-c", "client-d"] {
+            let mut o = ClientOptions::new(other.clone());
+            o.daemons.push(addr.clone());
+            o.client_id = id.into();
+            let err = subscribe("svc", o).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::Daemon { cause, .. } if cause.daemon() == addr || cause.daemon() == other),
+                "{err}"
+            );
+        }
     }
 
     #[tokio::test]
