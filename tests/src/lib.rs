@@ -16,7 +16,8 @@
 //!   - `echo-client`: calls Echo through lb-client and prints each backend's share.
 //! - tests (`tests/`):
 //!   - `e2e.rs`: shares by weight, backends killed (-9) and drained, the
-//!     daemon killed and restarted, `ctl` changes, the client's fallback;
+//!     daemon killed and restarted, `ctl` changes, the client's fallback,
+//!     consistent hashing and its bound on a hot key;
 //!   - `client_first_try.rs`: the README's snippet works on its first call;
 //!     unreachable, token-requiring and untrusted daemons fail `subscribe`
 //!     at once naming the cause; one connection per process and daemon;
@@ -30,7 +31,19 @@
 //!     agreeing clients' do;
 //!   - `grpclb_stock.rs`: a stock grpcio client through grpclb (`python/`);
 //!   - `store_migration.rs`: a data directory in the first store layout
-//!     (`fixtures/`) opens with everything acknowledged.
+//!     (`fixtures/`) opens with everything acknowledged;
+//!   - `store_crash.rs`: 100 `kill -9` during a stream of acknowledged
+//!     writes; the store opens every time and none is lost;
+//!   - `replicas.rs`: clients given several daemon addresses spread over
+//!     them and move when theirs dies;
+//!   - `store_faults.rs`: a full disk (degraded mode and recovery), write
+//!     errors, a damaged store refused at start;
+//!   - `quotas.rs`: each quota refuses with `resource_exhausted`, and nothing
+//!     refused reaches the store;
+//!   - `security.rs`: authentication, roles, ownership, TLS and mTLS, and the
+//!     limits against hostile peers;
+//!   - `warm_restart.rs`: after `kill -9` the first lists are the old plan;
+//!   - `readme.rs`: every `lb-server ctl` line of the README runs;
 //!   - `ctl.rs`: the operator CLI: partial changes and their diffs,
 //!     `--create`, `delete-service`, durations, what `get` shows, `LB_*`
 //!     variables, a daemon down, a data directory held by another daemon.
