@@ -180,20 +180,29 @@ impl Service {
             && self.cluster == ClusterConfig::default()
     }
 
+    /// An instance's latest load report, if it is still fresh under the
+    /// policy's `expiry` (what the service-wide controllers, shedding and
+    /// key spill, read).
+    fn fresh_load<'a>(&self, instance: &'a Instance, now: Instant) -> Option<&'a LoadState> {
+        let expiry = self.policy.load_aware.expiry;
+        instance
+            .load
+            .as_ref()
+            .filter(|l| now.saturating_duration_since(l.at) <= expiry)
+    }
+
     /// What the shedding controller sees over the instances with a fresh
     /// report: their mean utilization, and how long their reported requests
     /// take to drain at their full rates (`Σ active / Σ μ`, counting only
     /// instances that report qps; `None` if none does, or if requests are
     /// reported while nothing completes).
     pub fn shed_signal(&self, now: Instant) -> crate::policy::shed::Signal {
-        let expiry = self.policy.load_aware.expiry;
         // `known`: some instance tells its rate (or that it is idle).
         let (mut util, mut n, mut active, mut rate, mut known) = (0.0, 0usize, 0.0, 0.0, false);
         for l in self
             .instances
             .values()
-            .filter_map(|i| i.load.as_ref())
-            .filter(|l| now.saturating_duration_since(l.at) <= expiry)
+            .filter_map(|i| self.fresh_load(i, now))
         {
             util += l.load.cpu_utilization;
             n += 1;
@@ -1172,7 +1181,6 @@ impl Registry {
             .spill_at
             .is_none_or(|t| now.saturating_duration_since(t) >= step);
         if on && due {
-            let expiry = current.policy.load_aware.expiry;
             let c = current.policy.chash.load_bound;
             let servers: Vec<(&str, f64)> = plan
                 .servers
@@ -1184,10 +1192,10 @@ impl Registry {
             let qps: Option<Vec<f64>> = servers
                 .iter()
                 .map(|(id, _)| {
-                    let l = current.instances.get(*id)?.load.as_ref()?;
-                    (now.saturating_duration_since(l.at) <= expiry)
-                        .then_some(l.load.qps)
-                        .flatten()
+                    current
+                        .fresh_load(current.instances.get(*id)?, now)?
+                        .load
+                        .qps
                 })
                 .collect();
             let total: f64 = qps.iter().flatten().sum();
