@@ -10,6 +10,8 @@
 //!   each prints `... listening on ADDR` on stdout, which the harness waits for.
 //! - [`pki`]: a throwaway CA and certificates (server, SPIFFE client) for
 //!   the TLS tests.
+//! - [`etcd`]: a real etcd cluster of child processes on loopback (members
+//!   killed with -9 and restarted), for the replica tests.
 //! - binaries (`src/bin/`):
 //!   - `echo-backend`: an Echo server that registers with lb and reports its
 //!     load (faults on demand: `--fail-while FILE`, `--delay-ms`);
@@ -36,6 +38,8 @@
 //!     writes; the store opens every time and none is lost;
 //!   - `replicas.rs`: clients given several daemon addresses spread over
 //!     them and move when theirs dies;
+//!   - `etcd_store.rs`: the etcd store on a 3-member cluster: the store
+//!     contract across two openings, quorum loss and return;
 //!   - `store_faults.rs`: a full disk (degraded mode and recovery), write
 //!     errors, a damaged store refused at start;
 //!   - `quotas.rs`: each quota refuses with `resource_exhausted`, and nothing
@@ -57,5 +61,6 @@ pub mod echo {
 }
 
 pub mod cli;
+pub mod etcd;
 pub mod harness;
 pub mod pki;

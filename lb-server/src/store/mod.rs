@@ -24,8 +24,10 @@
 //! # Layout
 //! - [`record`]: the storage format (schema 2) and its conversions.
 //! - [`sled`]: the embedded implementation, the default.
+//! - [`etcd`]: the shared implementation, for several replicas.
 //! - `migrate`: opens data directories of the first layout (schema 1).
 
+pub mod etcd;
 pub mod record;
 pub mod sled;
 
@@ -42,6 +44,7 @@ use lb_core::registry::Override;
 use lb_core::routing::Rule;
 use tokio_stream::Stream;
 
+pub use self::etcd::{EtcdStore, EtcdUrl};
 pub use self::sled::SledStore;
 
 /// A position in the store's history: each commit gets the next one.
@@ -71,6 +74,16 @@ pub enum StoreError {
         expected: Expect,
         /// The revision that last wrote it (`None`: absent).
         found: Option<Revision>,
+    },
+    /// The shared store (etcd) failed or cannot be reached with a quorum:
+    /// changes are refused until it answers again; what this replica knows
+    /// is still served.
+    #[error("the shared store {store} is unavailable (is a majority of its members up and reachable?): {why}")]
+    Shared {
+        /// The store's URL.
+        store: String,
+        /// What failed.
+        why: String,
     },
     /// A watch asked for changes the store no longer keeps (or never kept):
     /// load the state again and watch from its revision.
@@ -326,4 +339,11 @@ pub trait Store: Send + Sync {
     /// the directory), then a write that proves it. `Ok` means commits can
     /// succeed again; what failed before was never acknowledged.
     fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Whether other daemons write this store too (etcd): the engine then
+    /// follows [`Store::watch`] and applies their changes. A store only one
+    /// daemon opens (sled) sees nothing but its own commits.
+    fn shared(&self) -> bool {
+        false
+    }
 }

@@ -249,6 +249,29 @@ pub fn encode_key(key: &Key) -> Vec<u8> {
     }
 }
 
+/// The key stored as `bytes` ([`encode_key`]'s inverse), or `None` for bytes
+/// no record is stored under. What a store reports deleted has no value to
+/// read the key from.
+pub fn decode_key(bytes: &[u8]) -> Option<Key> {
+    let (&kind, rest) = bytes.split_first()?;
+    let text = std::str::from_utf8(rest).ok()?;
+    let pair = || {
+        let (service, instance_id) = text.split_once('\0')?;
+        Some(InstanceKey {
+            service: service.to_string(),
+            instance_id: instance_id.to_string(),
+        })
+    };
+    match kind {
+        b'i' => pair().map(Key::Instance),
+        b'o' => pair().map(Key::Override),
+        b'p' if !text.contains('\0') => Some(Key::Policy(text.to_string())),
+        b'r' if !text.contains('\0') => Some(Key::Routing(text.to_string())),
+        b't' if !text.contains('\0') => Some(Key::Token(text.to_string())),
+        _ => None,
+    }
+}
+
 /// A record's bytes, as written by the commit at `revision`.
 pub fn encode(record: &Record, revision: Revision) -> Vec<u8> {
     let body = match record {
@@ -606,8 +629,17 @@ mod tests {
 
     fn round_trip(r: Record) {
         let bytes = encode(&r, 7);
-        let (back, rev) = decode(&encode_key(&r.key()), &bytes).expect("decodes");
+        let key = encode_key(&r.key());
+        assert_eq!(decode_key(&key), Some(r.key()), "the key reads back");
+        let (back, rev) = decode(&key, &bytes).expect("decodes");
         assert_eq!((back, rev), (r, 7));
+    }
+
+    #[test]
+    fn bytes_that_are_no_key_read_as_none() {
+        for bad in [&b""[..], b"i", b"isvc", b"x\0y", b"psvc\0a", b"t\xff"] {
+            assert_eq!(decode_key(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
