@@ -45,6 +45,19 @@ pub enum Attachment {
     /// Added by an operator, with no backend process behind it: never
     /// expires, removed only by an operator.
     Static,
+    /// Registered through another daemon replica sharing the store: listed
+    /// while the shared store holds its registration (that replica, or
+    /// etcd, ends it), never expired here; a registration of its own
+    /// (stream or lease) takes it over.
+    Replica,
+}
+
+impl Attachment {
+    /// Kept until removed by name, never expired by time here: static
+    /// instances, and those another replica keeps alive.
+    pub fn kept(self) -> bool {
+        matches!(self, Attachment::Static | Attachment::Replica)
+    }
 }
 
 /// Totals of what clients reported for one instance since it registered.
@@ -686,7 +699,9 @@ impl Registry {
             }
             return Ok(cur.spec != *spec);
         }
-        let live = cur.expires > now && cur.attachment != Attachment::Restored;
+        // Another replica's registration is live while its record is.
+        let live = cur.attachment == Attachment::Replica
+            || (cur.expires > now && cur.attachment != Attachment::Restored);
         if live && requested_static {
             return Err(RegistryError::BackendOwned(spec.instance_id.clone()));
         }
@@ -791,6 +806,37 @@ impl Registry {
                 svc.footprint = svc.footprint.without(quota::instance_bytes(&replaced.spec));
             }
             None => self.instances += 1,
+        }
+    }
+
+    /// Lists an instance another replica registered ([`Attachment::Replica`]),
+    /// or updates it; one registered here is left as it is (returns
+    /// `false`): this daemon's own stream or lease is the better witness.
+    pub fn adopt(&mut self, spec: InstanceSpec, ttl: Duration, now: Instant) -> bool {
+        if self
+            .instance(&spec.key())
+            .is_some_and(|i| matches!(i.attachment, Attachment::Stream { .. } | Attachment::Lease))
+        {
+            return false;
+        }
+        self.restore(spec.clone(), Some(ttl), now);
+        let svc = self.service_mut(&spec.service);
+        if let Some(i) = svc.instances.get_mut(&spec.instance_id).map(Arc::make_mut) {
+            i.attachment = Attachment::Replica;
+        }
+        true
+    }
+
+    /// Forgets `service` if nothing but defaults is left of it (what
+    /// [`Registry::remove`] does after an instance leaves), after its
+    /// settings were reset by another replica.
+    pub fn forget_if_default(&mut self, service: &str) {
+        if self
+            .services
+            .get(service)
+            .is_some_and(|s| s.is_default(&self.default_policy))
+        {
+            self.services.remove(service);
         }
     }
 
@@ -912,7 +958,7 @@ impl Registry {
             .services
             .values()
             .flat_map(|s| s.instances.values())
-            .filter(|i| i.expires <= now && i.attachment != Attachment::Static)
+            .filter(|i| i.expires <= now && !i.attachment.kept())
             .map(|i| i.spec.key())
             .collect();
         for k in &expired {
@@ -926,7 +972,7 @@ impl Registry {
         self.services
             .values()
             .flat_map(|s| s.instances.values())
-            .filter(|i| i.attachment != Attachment::Static)
+            .filter(|i| !i.attachment.kept())
             .map(|i| i.expires)
             .min()
     }
@@ -1288,6 +1334,44 @@ mod tests {
     const TTL: Duration = Duration::from_secs(5);
     const STREAM: Attachment = Attachment::Stream { session: 1 };
     const Q: Quotas = Quotas::DEFAULT;
+
+    #[test]
+    fn another_replicas_instances_stay_until_removed_and_yield_to_our_own() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        let a = spec("a", "127.0.0.1:1");
+        assert!(r.adopt(a.clone(), TTL, now));
+        assert_eq!(
+            r.instance(&a.key()).map(|i| i.attachment),
+            Some(Attachment::Replica)
+        );
+        // Never expired here, and no expiry scheduled for it.
+        assert!(r.expire(now + Duration::from_secs(86_400)).is_empty());
+        assert_eq!(r.next_expiry(), None);
+        // Live: another address for its id, or a static one, is refused.
+        assert!(matches!(
+            r.check_register(&spec("a", "127.0.0.1:9"), TTL, STREAM, now, &Q),
+            Err(RegistryError::AddressConflict { .. })
+        ));
+        assert_eq!(
+            r.check_register(&a, Duration::ZERO, Attachment::Static, now, &Q),
+            Err(RegistryError::BackendOwned("a".into()))
+        );
+        // Its backend streaming here takes it over (and it is written again).
+        assert_eq!(r.check_register(&a, TTL, STREAM, now, &Q), Ok(true));
+        r.apply_register(a.clone(), TTL, STREAM, now);
+        // Now the record from elsewhere no longer replaces it.
+        assert!(!r.adopt(spec("a", "127.0.0.1:1"), TTL, now));
+        assert_eq!(r.instance(&a.key()).map(|i| i.attachment), Some(STREAM));
+        // A service left with defaults only is forgotten on request.
+        r.remove(&a.key());
+        r.set_policy("svc", ServicePolicy::with_kind(PolicyKind::Random));
+        r.forget_if_default("svc");
+        assert!(r.service("svc").is_some(), "it has a policy");
+        r.set_policy("svc", ServicePolicy::default());
+        r.forget_if_default("svc");
+        assert!(r.service("svc").is_none());
+    }
 
     #[test]
     fn static_instances_never_expire_and_do_not_mix_with_backends() {

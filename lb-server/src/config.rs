@@ -21,11 +21,41 @@ pub const DEFAULT_FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent subscriptions of one client id, unless configured.
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 256;
 
+/// Where the durable state lives (`--store`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded sled store under `--data-dir` (one daemon).
+    #[default]
+    Sled,
+    /// An etcd cluster shared by several replicas.
+    Etcd(crate::store::EtcdUrl),
+}
+
+impl std::str::FromStr for StoreChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "sled" {
+            return Ok(StoreChoice::Sled);
+        }
+        if s.starts_with("etcd://") {
+            return s.parse().map(StoreChoice::Etcd);
+        }
+        Err(format!(
+            "{:?} is no store: `sled` (the default, under --data-dir) or etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
+            lb_core::model::bounded(s.to_string(), 64)
+        ))
+    }
+}
+
 /// Everything `run` needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where sled keeps its files.
+    /// Where sled keeps its files (and, with any store, the backends' last
+    /// load reports and the generated admin token).
     pub data_dir: PathBuf,
+    /// Where the durable state lives.
+    pub store: StoreChoice,
     /// How often backends should report load.
     pub report_interval: Duration,
     /// TTL for registrations that do not ask for one (stream silence or lease).
@@ -97,6 +127,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
+            store: StoreChoice::Sled,
             report_interval: DEFAULT_REPORT_INTERVAL,
             default_ttl: Duration::from_secs(5),
             restore_grace: Duration::from_secs(15),

@@ -54,9 +54,17 @@ struct Args {
     /// printed on stdout as `lb-server listening on ADDR`).
     #[arg(long, env = "LB_LISTEN", default_value = "127.0.0.1:7400")]
     listen: String,
-    /// Directory of the embedded sled store (created if missing).
+    /// Directory of the embedded sled store (created if missing); with
+    /// `--store etcd://…`, it keeps only this replica's cache of load
+    /// reports and its generated admin token.
     #[arg(long, env = "LB_DATA_DIR", default_value = "./lb-data")]
     data_dir: PathBuf,
+    /// Where the durable state lives: `sled` (embedded, under --data-dir)
+    /// or `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`, an etcd cluster that
+    /// several lb-server replicas share (README: "Running several
+    /// replicas").
+    #[arg(long, env = "LB_STORE", default_value = "sled")]
+    store: lb_server::config::StoreChoice,
     /// How often backends should report load (e.g. 250ms, 1s).
     #[arg(long, env = "LB_REPORT_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     report_interval: Duration,
@@ -307,6 +315,7 @@ async fn daemon_or_ctl() -> anyhow::Result<()> {
         anyhow::bail!("--report-interval and --stats-interval must be greater than 0");
     }
     let mut config = Config::new(args.data_dir);
+    config.store = args.store;
     config.report_interval = args.report_interval;
     config.default_ttl = args.default_ttl;
     config.restore_grace = args.restore_grace;

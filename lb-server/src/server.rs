@@ -29,8 +29,9 @@ use crate::api::{AdminApi, BalancerApi, GrpclbApi, RegistryApi};
 use crate::auth::layer::AuthLayer;
 use crate::auth::{token, Auth};
 use crate::config::Config;
+use crate::config::StoreChoice;
 use crate::engine::{self, EngineHandle};
-use crate::store::{SledStore, StoreError};
+use crate::store::{EtcdStore, SledStore, Store, StoreError};
 use crate::tls::Tls;
 
 /// Why the daemon could not run.
@@ -91,7 +92,13 @@ impl Daemon {
     /// authentication and TLS and starts the engine on the store's contents.
     /// Nothing listens yet.
     pub async fn open(config: Config) -> Result<Daemon, ServerError> {
-        let store = SledStore::open_with(&config.data_dir, config.store_min_free)?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreChoice::Sled => Arc::new(SledStore::open_with(
+                &config.data_dir,
+                config.store_min_free,
+            )?),
+            StoreChoice::Etcd(url) => Arc::new(EtcdStore::open(url).await?),
+        };
         let auth = Arc::new(authentication(&config).map_err(ServerError::Unsafe)?);
         if let Some(m) = config.metrics_listen {
             check_exposure(m, &config, auth.is_enabled())?;
@@ -100,8 +107,7 @@ impl Daemon {
             Some(files) => Some(Tls::load(files.clone()).map_err(ServerError::Unsafe)?),
             None => None,
         };
-        let (engine, engine_task) =
-            engine::start(Arc::new(store), config.clone(), Arc::clone(&auth)).await?;
+        let (engine, engine_task) = engine::start(store, config.clone(), Arc::clone(&auth)).await?;
         // Ends with the engine (its snapshots close).
         engine::snapshot::write_loads(config.data_dir.clone(), engine.snapshots());
         Ok(Daemon {

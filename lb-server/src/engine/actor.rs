@@ -10,7 +10,7 @@
 //! outcome weights, latency estimates: lb-core's [`evidence`] rule),
 //! readmits ejected instances when due and gives damped re-plans their turn.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use super::snapshot::{self, Snapshot};
 use super::state::State;
 use super::{now, EngineHandle, Hub};
 use crate::config::Config;
-use crate::store::{Lifetime, Record, Store, StoreError};
+use crate::store::{Key, Lifetime, Record, Revision, Store, StoreError};
 
 /// How often the engine looks for expired instances and due re-plans.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
@@ -60,6 +60,11 @@ pub(crate) enum Input {
     Command(Box<dyn Dispatch>),
     /// Stop changing state; acknowledged once frozen.
     Freeze(oneshot::Sender<()>),
+    /// A change committed to the shared store (by another replica, or an
+    /// echo of this one's): see [`super::follow`].
+    Remote(crate::store::Event),
+    /// Everything the shared store holds, after a watch that broke.
+    Resync(Box<crate::store::Loaded>),
 }
 
 impl std::fmt::Debug for Input {
@@ -71,6 +76,8 @@ impl std::fmt::Debug for Input {
             Input::GrpclbStats { .. } => "GrpclbStats",
             Input::Command(_) => "Command",
             Input::Freeze(_) => "Freeze",
+            Input::Remote(_) => "Remote",
+            Input::Resync(_) => "Resync",
         })
     }
 }
@@ -91,6 +98,10 @@ struct Actor {
     sweeps: u64,
     /// When outlier detection next runs over the interval's outcomes.
     next_health: Instant,
+    /// A shared store: the revision of this engine's last commit to each
+    /// key the watch has not yet echoed (older remote changes to it are
+    /// skipped; see [`super::follow::superseded`]).
+    own: Option<HashMap<Key, Revision>>,
 }
 
 /// One batch: its commands (run after its events), their answers waiting
@@ -152,6 +163,9 @@ pub async fn start(
     let hub = Arc::new(Hub::new(generation));
     let default_policy = config.default_service_policy();
     let loaded = bounded(store.load()).await?;
+    let loaded_at = loaded.revision;
+    let shared = store.shared();
+    let follower = shared.then(|| Arc::clone(&store));
     let now = now();
     let deadline = now + config.restore_grace;
     let mut registry = Registry::with_default_policy(default_policy.clone());
@@ -230,6 +244,7 @@ pub async fn start(
         stale: true,
         sweeps: 0,
         next_health: now + evidence::INTERVAL,
+        own: shared.then(HashMap::new),
     };
     actor.replan(now);
     actor.publish_snapshot(now);
@@ -241,6 +256,9 @@ pub async fn start(
         "registry loaded"
     );
     let (tx, rx) = mpsc::channel(QUEUE);
+    if let Some(store) = follower {
+        tokio::spawn(super::follow::follow(store, loaded_at, tx.clone()));
+    }
     let task = tokio::spawn(actor.run(rx));
     Ok((
         EngineHandle {
@@ -314,6 +332,20 @@ impl Actor {
             Input::Freeze(reply) => {
                 st.frozen = true;
                 batch.frozen.push(reply);
+            }
+            Input::Remote(event) => {
+                let stale = self
+                    .own
+                    .as_mut()
+                    .is_some_and(|own| super::follow::superseded(own, &event));
+                if !st.frozen && !stale && st.apply_remote(event.key, event.value, now) {
+                    self.stale = true;
+                }
+            }
+            Input::Resync(loaded) => {
+                if !st.frozen && st.resync(*loaded, now) {
+                    self.stale = true;
+                }
             }
         }
     }
@@ -427,8 +459,14 @@ impl Actor {
         let mut writes = std::mem::take(&mut self.unwritten);
         let carried = writes.len();
         writes.extend(staged);
-        let Err(e) = bounded(self.store.commit(writes.clone())).await else {
-            return Ok(());
+        let e = match bounded(self.store.commit(writes.clone())).await {
+            Ok(revision) => {
+                if let Some(own) = &mut self.own {
+                    own.extend(writes.into_iter().map(|w| (w.key, revision)));
+                }
+                return Ok(());
+            }
+            Err(e) => e,
         };
         let cause = e.to_string();
         writes.truncate(carried + events);

@@ -21,6 +21,8 @@
 //! - [`cmd`]: every change with an answer, one type each, and the dispatcher.
 //! - `state`: what the task owns, and the steps commands share.
 //! - `actor`: the task: batches, events, the sweep (expiry, health), commit.
+//! - `follow`: with a shared store (etcd), the watch that brings other
+//!   replicas' changes in, and how they apply.
 //! - [`hub`]: per-service plan channels and the daemon-wide counters.
 //! - [`snapshot`]: the readers' copy of the registry.
 
@@ -29,6 +31,7 @@ pub mod hub;
 pub mod snapshot;
 
 mod actor;
+mod follow;
 mod state;
 
 use std::sync::Arc;

@@ -813,6 +813,7 @@ pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
             Attachment::Lease => "lease",
             Attachment::Restored => "restored",
             Attachment::Static => "static",
+            Attachment::Replica => "replica",
         }
         .to_string(),
         static_weight: i.spec.weight,

@@ -14,9 +14,11 @@
 //!   revision order ([`Event`]), so a replica can follow changes made
 //!   elsewhere; [`Store::load`] gives the state at a revision to start from.
 //!
-//! One daemon owns its store today (sled's directory lock sees to it), so the
-//! engine writes unconditionally and applies its own changes directly; the
-//! preconditions and the watch are what a replicated store builds on.
+//! A sled store belongs to one daemon (its directory lock sees to it); an
+//! etcd store is shared by replicas ([`Store::shared`]), and each replica's
+//! engine follows its watch to apply the others' changes (`engine::follow`).
+//! The engine writes unconditionally (the last write to a record wins) and
+//! applies its own changes directly.
 //!
 //! Records are this module's own types ([`Record`], domain values), encoded
 //! by [`record`] in a versioned storage format that no wire type appears in.
