@@ -38,6 +38,9 @@ pub const MIN_TTL: Duration = Duration::from_millis(100);
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// Most per-instance entries in one ClientStats message.
 pub const MAX_STATS_ENTRIES: usize = 10_000;
+/// Longest store identity in a list's `state_id` (and a client's
+/// `held_state_id`), in bytes.
+pub const MAX_STATE_ID_LEN: usize = 64;
 /// Longest instance token, in bytes (grpclb: "must be less than 50 bytes").
 pub const MAX_TOKEN_LEN: usize = 49;
 /// The token of drop entries (load shedding), in lists and in grpclb's

@@ -613,6 +613,8 @@ pub fn list_size(s: &ServiceShape<'_>) -> ListSize {
         .sum();
     let cluster = cluster_bytes(&s.cluster);
     let list = widest(1, u64::MAX)
+        + widest(11, u64::MAX)
+        + len_field(12, crate::model::MAX_STATE_ID_LEN as u64)
         + s.instances.servers
         + if n > 0 { DROP_SERVER } else { 0 }
         + packed(3, entries, width)

@@ -558,19 +558,23 @@ impl DaemonError {
 
 // ------------------------------------------------------------------ streams
 
-/// Opens `Balancer/Subscribe`: sends the subscription first, then every
-/// [`StatsReport`] from `stats`; yields the daemon's updates.
+/// Opens `Balancer/Subscribe`: sends the subscription first (with the
+/// state of the list it `held`), then every [`StatsReport`] from `stats`;
+/// yields the daemon's updates.
 pub(crate) async fn subscribe(
     channel: Channel,
     credentials: &Credentials,
     service: &str,
     client: Identity<'_>,
+    held: &crate::list::ListState,
     stats: mpsc::Receiver<StatsReport>,
 ) -> Result<impl Stream<Item = Result<Update, Status>> + Unpin + Send + 'static, Status> {
     let first = v1::SubscribeRequest {
         msg: Some(v1::subscribe_request::Msg::Subscribe(v1::Subscription {
             service: service.to_owned(),
             client: Some(client.into()),
+            held_state_id: held.id.clone(),
+            held_state_revision: held.revision,
         })),
     };
     let requests =
@@ -782,7 +786,16 @@ mod tests {
             zone: "",
             labels: &Default::default(),
         };
-        let status = match subscribe(lease.channel(), &creds, "svc", client, rx).await {
+        let status = match subscribe(
+            lease.channel(),
+            &creds,
+            "svc",
+            client,
+            &Default::default(),
+            rx,
+        )
+        .await
+        {
             Ok(_) => panic!("nothing listens at {addr}"),
             Err(s) => s,
         };

@@ -88,7 +88,7 @@ pub use inflight::{InFlight, InFlightGuard, InFlightLayer};
 pub use lb_core::cluster::{Broadcast, ClusterConfig, Collect, Failover, Mode};
 pub use lb_core::model::InstanceSpec;
 pub use lb_core::status::Code;
-pub use list::{CallCounts, Endpoint, NoPick, Outcome, PickList, Route, RouteSpec};
+pub use list::{CallCounts, Endpoint, ListState, NoPick, Outcome, PickList, Route, RouteSpec};
 pub use protocol::{LoadSample, Registration};
 pub use reporter::{Error as ReporterError, Reporter, ReporterOptions};
 pub use subscription::{subscribe, ClientOptions, Error, Subscription};

@@ -970,6 +970,37 @@ pub struct PickList {
     settings: Arc<ClusterConfig>,
     /// When a subscription installed this list (None for lists built by hand).
     installed_at: Option<Instant>,
+    /// The daemon's durable state the list reflects ([`PickList::state`]).
+    state: ListState,
+}
+
+/// The durable state a list reflects: the identity of the daemon's store
+/// and the revision of it the daemon had applied (`ServerList.state_id`,
+/// `state_revision`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListState {
+    /// The store's identity: replicas sharing a store have the same one.
+    pub id: String,
+    /// The revision applied; comparable across replicas of one `id`.
+    pub revision: u64,
+}
+
+impl ListState {
+    /// Whether `self` is an older state than `held`: the same store, an
+    /// earlier revision. Lists of another store (or of none) are not
+    /// comparable, so never older.
+    ///
+    /// ```
+    /// use lb_client::ListState;
+    /// let s = |id: &str, revision| ListState { id: id.into(), revision };
+    /// assert!(s("etcd:a", 5).is_behind(&s("etcd:a", 7)));
+    /// assert!(!s("etcd:a", 7).is_behind(&s("etcd:a", 7)));
+    /// assert!(!s("etcd:b", 1).is_behind(&s("etcd:a", 7)), "another store");
+    /// assert!(!s("", 0).is_behind(&s("etcd:a", 7)), "a daemon that says nothing");
+    /// ```
+    pub fn is_behind(&self, held: &ListState) -> bool {
+        !self.id.is_empty() && self.id == held.id && self.revision < held.revision
+    }
 }
 
 /// The daemon's `load_bound` on keyed calls ([`lb_core::policy::bounded`]).
@@ -1074,6 +1105,7 @@ impl PickList {
             bound: None,
             settings: Arc::default(),
             installed_at: None,
+            state: ListState::default(),
         })
     }
 
@@ -1165,6 +1197,26 @@ impl PickList {
             };
         }
         self
+    }
+
+    /// Sets the durable state the list reflects (the daemon's
+    /// `state_id` and `state_revision`).
+    ///
+    /// ```
+    /// use lb_client::{Endpoint, PickList, ListState};
+    /// let list = PickList::from_parts(1, vec![Endpoint::new("a", "10.0.0.1:80")], vec![0])?
+    ///     .with_state(ListState { id: "etcd:c1/lb".into(), revision: 42 });
+    /// assert_eq!(list.state().revision, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_state(mut self, state: ListState) -> PickList {
+        self.state = state;
+        self
+    }
+
+    /// The durable state the list reflects (default: none said).
+    pub fn state(&self) -> &ListState {
+        &self.state
     }
 
     /// The bound on keyed calls, if the daemon set one
@@ -1312,6 +1364,7 @@ impl PickList {
             bound: None,
             settings: Arc::default(),
             installed_at: None,
+            state: ListState::default(),
         }
     }
 

@@ -37,7 +37,11 @@ impl TryFrom<v1::ServerList> for PickList {
             .with_settings(settings)
             .with_choices(list.choices, list.choice_prior)
             .with_load_bound(list.load_bound)
-            .with_key_spill(&list.key_spill))
+            .with_key_spill(&list.key_spill)
+            .with_state(list::ListState {
+                id: list.state_id,
+                revision: list.state_revision,
+            }))
     }
 }
 

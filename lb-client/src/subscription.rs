@@ -1111,9 +1111,10 @@ impl Task {
             labels: &self.options.labels,
         };
         let credentials = &self.options.credentials;
+        let held = self.shared.list.load().state().clone();
         let opened = tokio::select! {
             _ = stopped(stop) => return (false, true),
-            r = daemon::subscribe(lease.channel(), credentials, &service, client, rx) => r,
+            r = daemon::subscribe(lease.channel(), credentials, &service, client, &held, rx) => r,
         };
         let mut stream = match opened {
             Ok(s) => s,
@@ -1243,6 +1244,14 @@ impl Task {
             Some(Ok(l)) => l,
         };
         let current = self.shared.list.load_full();
+        // Another stream (another replica) may number versions differently,
+        // but never hands back an older state: the daemon waits until it
+        // has applied the state the client holds (it was told), and a list
+        // behind it is ignored all the same.
+        if new.state().is_behind(current.state()) {
+            warn!(%service, held = current.state().revision, got = new.state().revision, "ignoring a list of an older state (a replica behind the store)");
+            return Vec::new();
+        }
         if new.version() < current.version() {
             if !*first_list {
                 debug!(%service, held = current.version(), got = new.version(), "ignoring an older list");
@@ -1317,6 +1326,7 @@ async fn tick(ticker: &mut Option<Interval>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::list::ListState;
 
     #[test]
     fn subscription_counts_drops_and_empty() {
@@ -1593,6 +1603,38 @@ mod tests {
         let mut first = true; // a new stream
         task.apply(l(2), &mut first);
         assert_eq!(sub.version(), 2);
+        // Another replica's lists compare by state, not version: an older
+        // state of the same store is ignored even on a new stream, a newer
+        // one followed whatever its version.
+        let at = |v, id: &str, revision| {
+            l(v).map(|r| {
+                r.map(|p| {
+                    p.with_state(ListState {
+                        id: id.into(),
+                        revision,
+                    })
+                })
+            })
+        };
+        task.apply(at(3, "etcd:x", 50), &mut first);
+        assert_eq!(sub.current().state().revision, 50);
+        let mut first = true;
+        task.apply(at(900, "etcd:x", 49), &mut first);
+        assert_eq!(sub.version(), 3, "a replica behind the store is ignored");
+        task.apply(at(1, "etcd:x", 50), &mut first);
+        assert_eq!(
+            sub.version(),
+            1,
+            "the same state from another replica is followed"
+        );
+        let mut first = true;
+        task.apply(at(1, "sled:y", 1), &mut first);
+        assert_eq!(
+            sub.current().state().id,
+            "sled:y",
+            "another store: lost state, followed"
+        );
+        task.apply(at(4, "sled:y", 2), &mut first);
         // Same endpoint: counters carried over, then reported once.
         let ep = sub.pick().unwrap();
         task.apply(l(6), &mut first);

@@ -97,7 +97,11 @@ impl Daemon {
                 &config.data_dir,
                 config.store_min_free,
             )?),
-            StoreChoice::Etcd(url) => Arc::new(EtcdStore::open(url).await?),
+            StoreChoice::Etcd(url) => {
+                // The data directory still holds this replica's load cache.
+                std::fs::create_dir_all(&config.data_dir).map_err(StoreError::Io)?;
+                Arc::new(EtcdStore::open(url).await?)
+            }
         };
         let auth = Arc::new(authentication(&config).map_err(ServerError::Unsafe)?);
         if let Some(m) = config.metrics_listen {

@@ -173,6 +173,31 @@ impl EtcdCluster {
         }
     }
 
+    /// Freezes member `i` (SIGSTOP): its connections stay open and
+    /// unanswered, as behind a partition. [`EtcdCluster::cont`] resumes it.
+    pub fn stop(&self, i: usize) -> Result<()> {
+        self.signal(i, "-STOP")
+    }
+
+    /// Resumes a member [`EtcdCluster::stop`] froze.
+    pub fn cont(&self, i: usize) -> Result<()> {
+        self.signal(i, "-CONT")
+    }
+
+    fn signal(&self, i: usize, sig: &str) -> Result<()> {
+        let Some(child) = &self.members[i].child else {
+            bail!("member {i} is not running");
+        };
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill {sig} member {i} failed");
+        }
+        Ok(())
+    }
+
     /// Starts member `i` again on its data directory (it rejoins).
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.kill9(i);

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use lb_client::{subscribe, ClientOptions, Subscription};
 use lb_tests::etcd::EtcdCluster;
-use lb_tests::harness::{ctl, ids, set, wait_ids, BackendSpec, Daemon, WAIT};
+use lb_tests::harness::{ctl, ids, set, wait_ids, wait_until, BackendSpec, Daemon, WAIT};
 
 fn replica(dir: &std::path::Path, name: &str, url: &str) -> Daemon {
     Daemon::start(&dir.join(name), "127.0.0.1:0", &["--store", url]).expect("replica starts")
@@ -85,4 +85,83 @@ async fn what_one_replica_is_told_every_replicas_clients_get() {
             panic!("replica {name} still lists {:?}", ids(&sub.current()));
         }
     }
+}
+
+/// The daemon list that makes a client named `client_id` start on `first`
+/// (lb-client starts at a hash of its id, `DefaultHasher` over the id).
+fn starting_on(client_id: &str, first: &Daemon, second: &Daemon) -> Vec<String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client_id.hash(&mut h);
+    if h.finish() % 2 == 0 {
+        vec![first.addr(), second.addr()]
+    } else {
+        vec![second.addr(), first.addr()]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_never_moves_to_a_replica_behind_the_state_it_holds() {
+    let cluster = EtcdCluster::start(3).expect("etcd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = replica(dir.path(), "a", &cluster.url("behind"));
+    // B reaches etcd through member 2 only, so freezing that member cuts it
+    // off while A and the majority go on.
+    let only_2 = format!("etcd://{}/behind", cluster.endpoints()[2]);
+    let b = replica(dir.path(), "b", &only_2);
+    ctl(
+        &a.addr(),
+        &["put-static", "svc", "s1", "127.0.0.1:9", "--create"],
+    )
+    .expect("put-static");
+    let mut o = ClientOptions::new(a.addr());
+    o.client_id = "mover".into();
+    o.daemons = starting_on("mover", &a, &b);
+    let sub = subscribe("svc", o).await.expect("subscribe");
+    wait_ids(&sub, &set(&["s1"])).await;
+    let on_b = client(&b).await;
+    wait_ids(&on_b, &set(&["s1"])).await;
+
+    // B falls behind: s2 is added through A while B cannot hear of it.
+    cluster.stop(2).expect("freeze member 2");
+    ctl(&a.addr(), &["put-static", "svc", "s2", "127.0.0.1:10"]).expect("put-static s2");
+    let held = wait_ids(&sub, &set(&["s1", "s2"])).await;
+    let revision = held.state().revision;
+    assert!(
+        revision > 0 && held.state().id.starts_with("etcd:"),
+        "{:?}",
+        held.state()
+    );
+
+    // A dies; the client's only other replica is B, which holds {s1}: it
+    // refuses the client (UNAVAILABLE, naming both revisions) rather than
+    // hand it the older state, and the client keeps {s1, s2}.
+    let mut a = a;
+    a.proc.kill9();
+    let refused = wait_until(WAIT, || {
+        sub.last_error()
+            .is_some_and(|e| e.to_string().contains("behind the revision"))
+    })
+    .await;
+    assert!(
+        refused,
+        "B never said it was behind: {:?}, connected {}, list {:?} {:?}; B's log:\n{}",
+        sub.last_error(),
+        sub.connected(),
+        ids(&sub.current()),
+        sub.current().state(),
+        b.proc.log()
+    );
+    assert_eq!(ids(&sub.current()), set(&["s1", "s2"]));
+    assert_eq!(sub.current().state().revision, revision);
+
+    // B hears from etcd again, catches up, and the client follows it.
+    cluster.cont(2).expect("resume member 2");
+    wait_ids(&on_b, &set(&["s1", "s2"])).await;
+    sub.wait_for(std::time::Duration::from_secs(30), |l| {
+        l.state().revision >= revision && l.version() != held.version()
+    })
+    .await
+    .expect("the client moves to B once B has caught up");
+    assert_eq!(ids(&sub.current()), set(&["s1", "s2"]));
 }

@@ -43,6 +43,7 @@ async fn reporter(
                 client_id: client_id.into(),
                 ..Default::default()
             }),
+            ..Default::default()
         })),
     })
     .await

@@ -107,6 +107,7 @@ async fn subscribe(
                 client_id: format!("test-{service}"),
                 ..Default::default()
             }),
+            ..Default::default()
         })),
     };
     let requests = tokio_stream::once(first).chain(tokio_stream::pending());
@@ -1003,6 +1004,7 @@ async fn subscribe_as(
                 client_id: client_id.into(),
                 ..Default::default()
             }),
+            ..Default::default()
         })),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -95,6 +95,7 @@ async fn subscribe(daemon: &str) -> tonic::Streaming<pb::SubscribeResponse> {
                 client_id: "watcher".into(),
                 ..Default::default()
             }),
+            ..Default::default()
         })),
     };
     let outbound =

@@ -467,6 +467,7 @@ async fn open_raw(
                     client_id,
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         )),
     })

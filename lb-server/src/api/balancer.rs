@@ -21,6 +21,11 @@ use crate::pb::{invalid, v1 as conv};
 use lb_core::access::Need;
 use std::sync::Arc;
 
+/// How long a subscription coming from a replica further along the shared
+/// store waits for this one to catch up (a watch lags by milliseconds; a
+/// replica cut off from the store never catches up, and the client moves on).
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The client side of the API.
 #[derive(Clone)]
 pub struct BalancerApi {
@@ -68,7 +73,7 @@ impl pb::balancer_server::Balancer for BalancerApi {
             }
             None => return Err(Status::invalid_argument("msg: missing")),
         };
-        let (service, client) = conv::subscription(sub, "subscribe").map_err(invalid)?;
+        let (service, client, held) = conv::subscription(sub, "subscribe").map_err(invalid)?;
         if let Some(c) = &caller {
             c.allow(&Need::Client(service.clone()))?;
         }
@@ -83,6 +88,21 @@ impl pb::balancer_server::Balancer for BalancerApi {
             )));
         };
         let hub = self.engine.hub();
+        // A client coming from a replica further along the same store: its
+        // first list here must not be older than the one it holds.
+        if held.0 == hub.state.id() && held.1 > hub.state.revision() {
+            let reached = tokio::select! {
+                r = hub.state.reached(held.1, CATCH_UP) => r,
+                _ = stopping(self.stop.clone()) => false,
+            };
+            if !reached {
+                return Err(Status::unavailable(format!(
+                    "this replica has applied its store up to revision {}, behind the revision {} of the list the client holds (its watch of the shared store lags or is cut off); try another replica",
+                    hub.state.revision(),
+                    held.1
+                )));
+            }
+        }
         let plans = hub.subscribe(&service);
         let following = hub.following(&service, Follows::Subscribe);
         let seq = hub.next_client_seq();
@@ -108,8 +128,14 @@ impl pb::balancer_server::Balancer for BalancerApi {
             self.stop.clone(),
         ));
         let stats_interval_ms = self.config.stats_interval.as_millis() as u32;
+        let state = Arc::clone(hub);
         let lists = WatchStream::new(plans).map(move |published| pb::SubscribeResponse {
-            list: Some(conv::server_list(&published, seq, &client)),
+            list: Some(conv::server_list(
+                &published,
+                seq,
+                &client,
+                (state.state.id(), state.state.revision()),
+            )),
             stats_interval_ms,
         });
         Ok(Response::new(Box::pin(ClientSession {

@@ -2,9 +2,10 @@
 //! batch (or sweep) re-plans, commits, publishes a snapshot and answers.
 //!
 //! Per batch, in this order: apply every input (commands stage their store
-//! writes); plan and publish what the re-plan scheduler says is due; commit
-//! the staged writes once (group commit); publish the readers' snapshot;
-//! answer the batch's commands, each with the commit's error if it failed.
+//! writes); commit the staged writes once (group commit); plan and publish
+//! what the re-plan scheduler says is due; mark the store revision the
+//! plans reflect; publish the readers' snapshot; answer the batch's
+//! commands, each with the commit's error if it failed.
 //! The sweep tick (every [`SWEEP_INTERVAL`]) expires registrations, runs
 //! the clients' evidence every [`evidence::INTERVAL`] (outlier detection,
 //! outcome weights, latency estimates: lb-core's [`evidence`] rule),
@@ -102,6 +103,12 @@ struct Actor {
     /// key the watch has not yet echoed (older remote changes to it are
     /// skipped; see [`super::follow::superseded`]).
     own: Option<HashMap<Key, Revision>>,
+    /// A recovery running ([`Actor::probe`]).
+    probing: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    /// The store revision the state holds now (loaded, committed here, or
+    /// applied from the watch); published to the hub after each batch's
+    /// plans.
+    revision: Revision,
 }
 
 /// One batch: its commands (run after its events), their answers waiting
@@ -161,6 +168,7 @@ pub async fn start(
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
     let generation = bounded(store.next_generation()).await?;
     let hub = Arc::new(Hub::new(generation));
+    hub.state.set_id(store.identity());
     let default_policy = config.default_service_policy();
     let loaded = bounded(store.load()).await?;
     let loaded_at = loaded.revision;
@@ -245,8 +253,11 @@ pub async fn start(
         sweeps: 0,
         next_health: now + evidence::INTERVAL,
         own: shared.then(HashMap::new),
+        revision: loaded_at,
+        probing: None,
     };
     actor.replan(now);
+    actor.st.hub.state.advance(loaded_at);
     actor.publish_snapshot(now);
     tracing::info!(
         generation,
@@ -334,6 +345,7 @@ impl Actor {
                 batch.frozen.push(reply);
             }
             Input::Remote(event) => {
+                self.revision = self.revision.max(event.revision);
                 let stale = self
                     .own
                     .as_mut()
@@ -343,6 +355,7 @@ impl Actor {
                 }
             }
             Input::Resync(loaded) => {
+                self.revision = self.revision.max(loaded.revision);
                 if !st.frozen && st.resync(*loaded, now) {
                     self.stale = true;
                 }
@@ -461,6 +474,7 @@ impl Actor {
         writes.extend(staged);
         let e = match bounded(self.store.commit(writes.clone())).await {
             Ok(revision) => {
+                self.revision = self.revision.max(revision);
                 if let Some(own) = &mut self.own {
                     own.extend(writes.into_iter().map(|w| (w.key, revision)));
                 }
@@ -511,12 +525,28 @@ impl Actor {
 
     /// In degraded mode, once per [`PROBE_INTERVAL`]: asks the store to
     /// recover and, if it does, writes what events left unwritten and leaves
-    /// degraded mode.
+    /// degraded mode. The recovery runs as a task of its own (a store that
+    /// does not answer must not stall reports and plans); its answer is
+    /// taken at the first batch after it arrives.
     async fn probe(&mut self, now: Instant) {
-        if self.next_probe.is_none_or(|t| now < t) {
-            return;
-        }
-        let mut result = bounded(self.store.recover()).await;
+        let mut result = match self.probing.take() {
+            Some(task) if task.is_finished() => task
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Io(std::io::Error::other(e.to_string())))),
+            Some(task) => {
+                self.probing = Some(task);
+                return;
+            }
+            None => {
+                if self.next_probe.is_none_or(|t| now < t) {
+                    return;
+                }
+                let store = Arc::clone(&self.store);
+                self.probing = Some(tokio::spawn(async move { bounded(store.recover()).await }));
+                self.next_probe = Some(now + PROBE_INTERVAL);
+                return;
+            }
+        };
         if result.is_ok() && !self.unwritten.is_empty() {
             result = bounded(self.store.commit(self.unwritten.clone()))
                 .await
@@ -536,8 +566,13 @@ impl Actor {
     }
 
     async fn finish(&mut self, mut batch: Batch, now: Instant) {
-        let new_plans = self.replan(now);
+        // Commit first: a plan then never shows a change the store refused,
+        // and every list carries a state revision that covers what it
+        // shows (a replica's client must not take an older state for it).
         let committed = self.commit(&mut batch, now).await;
+        let new_plans = self.replan(now);
+        // After the plans: a list read now reflects every change up to it.
+        self.st.hub.state.advance(self.revision);
         if self.st.fault.is_some() {
             self.probe(now).await;
         }

@@ -29,6 +29,63 @@ pub struct Hub {
     pub store: StoreHealth,
     /// Changes refused by each quota, for `/metrics`.
     pub quotas: QuotaRefusals,
+    /// The durable state the published plans reflect.
+    pub state: Applied,
+}
+
+/// The store's identity and the revision of it the engine has applied and
+/// planned from (`ServerList.state_id`, `state_revision`): advanced after
+/// each batch's plans are published, so every plan a subscriber can read
+/// already reflects every change up to it.
+#[derive(Debug)]
+pub struct Applied {
+    id: std::sync::OnceLock<String>,
+    revision: watch::Sender<u64>,
+}
+
+impl Default for Applied {
+    fn default() -> Self {
+        Applied {
+            id: std::sync::OnceLock::new(),
+            revision: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Applied {
+    /// The store's identity ("" until the engine has loaded it).
+    pub fn id(&self) -> &str {
+        self.id.get().map_or("", String::as_str)
+    }
+
+    /// The revision applied.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    pub(crate) fn set_id(&self, id: String) {
+        let _ = self.id.set(id);
+    }
+
+    /// Moves the applied revision forward to `revision` (never back).
+    pub(crate) fn advance(&self, revision: u64) {
+        self.revision.send_if_modified(|r| {
+            let newer = revision > *r;
+            if newer {
+                *r = revision;
+            }
+            newer
+        });
+    }
+
+    /// Waits until the revision applied reaches `revision`, at most
+    /// `within`; returns whether it did.
+    pub async fn reached(&self, revision: u64, within: std::time::Duration) -> bool {
+        let mut rx = self.revision.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 /// Changes each quota refused since the start.
@@ -125,6 +182,7 @@ impl Hub {
             reports_applied: AtomicU64::new(0),
             store: StoreHealth::default(),
             quotas: QuotaRefusals::default(),
+            state: Applied::default(),
         }
     }
 

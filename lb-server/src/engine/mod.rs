@@ -13,9 +13,10 @@
 //! use without queueing behind load reports. Nothing holds a lock across an
 //! `.await`.
 //!
-//! Plans are published before the commit, since a list that runs ahead of
-//! the disk by a few milliseconds costs nothing (a restart restores
-//! whatever is durable and grants it a grace period).
+//! Plans are published after the commit: a list never shows a change the
+//! store refused, and the store revision it carries (`state_revision`)
+//! covers everything it shows, which is what lets a client compare lists
+//! of different replicas.
 //!
 //! # Layout
 //! - [`cmd`]: every change with an answer, one type each, and the dispatcher.

@@ -109,7 +109,12 @@ mod list_size_tests {
                 let client = ClientIdentity::default();
                 for seq in 0..3 {
                     let list = lb_proto::v1::SubscribeResponse {
-                        list: Some(v1::server_list(&p, seq, &client)),
+                        list: Some(v1::server_list(
+                            &p,
+                            seq,
+                            &client,
+                            (&"s".repeat(lb_core::model::MAX_STATE_ID_LEN), u64::MAX),
+                        )),
                         stats_interval_ms: u32::MAX,
                     };
                     let len = list.encoded_len() as u64;

@@ -415,11 +415,23 @@ fn retry_codes(names: &[String]) -> Result<Vec<Code>, FieldError> {
     Ok(codes)
 }
 
-/// A `Subscription`, validated.
+/// A `Subscription`, validated: the service, the client, and the state of
+/// the list it holds (`held_state_id`, `held_state_revision`).
 pub fn subscription(
     s: pb::Subscription,
     field: &str,
-) -> Result<(String, ClientIdentity), FieldError> {
+) -> Result<(String, ClientIdentity, (String, u64)), FieldError> {
+    if s.held_state_id.len() > lb_core::model::MAX_STATE_ID_LEN {
+        return Err(FieldError::new(
+            format!("{field}.held_state_id"),
+            format!(
+                "{} bytes, more than {}: {:?}",
+                s.held_state_id.len(),
+                lb_core::model::MAX_STATE_ID_LEN,
+                lb_core::model::bounded(s.held_state_id, 32)
+            ),
+        ));
+    }
     check_service(&s.service).map_err(|e| FieldError::new(format!("{field}.service"), e))?;
     let c = s
         .client
@@ -431,7 +443,7 @@ pub fn subscription(
     };
     id.check()
         .map_err(|e| e.within(&format!("{field}.client")))?;
-    Ok((s.service, id))
+    Ok((s.service, id, (s.held_state_id, s.held_state_revision)))
 }
 
 /// A `ClientStats`, validated.
@@ -748,10 +760,20 @@ pub fn rule_pb(r: &routing::Rule) -> pb::Rule {
 
 /// The list one client sees: the plan arranged for this client (see
 /// [`lb_core::policy::client_order`]), with the affinity table if any.
-pub fn server_list(p: &Published, client_seq: u64, client: &ClientIdentity) -> pb::ServerList {
+///
+/// `state` is the store's identity and the revision the daemon has applied
+/// (`ServerList.state_id`, `state_revision`).
+pub fn server_list(
+    p: &Published,
+    client_seq: u64,
+    client: &ClientIdentity,
+    state: (&str, u64),
+) -> pb::ServerList {
     let view = client_view(&p.plan, p.version, client_seq, client);
     pb::ServerList {
         version: p.version,
+        state_id: state.0.to_string(),
+        state_revision: state.1,
         servers: p
             .plan
             .servers
@@ -1060,8 +1082,8 @@ mod tests {
             },
         };
         let c = ClientIdentity::default();
-        let a = server_list(&p, 0, &c);
-        let b = server_list(&p, 1, &c);
+        let a = server_list(&p, 0, &c, ("", 0));
+        let b = server_list(&p, 1, &c, ("", 0));
         // Both are rotations of the period, and they differ.
         let period = [0, 1, 1, 1, 0, 1, 1, 1];
         assert!(period.windows(4).any(|w| w == a.order.as_slice()));

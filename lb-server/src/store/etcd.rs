@@ -120,6 +120,8 @@ impl std::fmt::Display for EtcdUrl {
 /// The etcd-backed [`Store`].
 #[derive(Clone)]
 pub struct EtcdStore {
+    /// [`Store::identity`]: `etcd:` and the id made with the prefix.
+    id: String,
     members: Arc<Members>,
     url: EtcdUrl,
     /// `PREFIX/r/`: where records live.
@@ -217,7 +219,8 @@ impl EtcdStore {
                     .map_err(|e| etcd_error(url, e))?,
             );
         }
-        let store = EtcdStore {
+        let mut store = EtcdStore {
+            id: String::new(),
             members: Arc::new(Members {
                 clients,
                 current: AtomicUsize::new(0),
@@ -226,6 +229,7 @@ impl EtcdStore {
             records: format!("{}/r/", url.prefix).into_bytes(),
         };
         store.check_layout().await?;
+        store.id = format!("etcd:{}", store.make_id().await?);
         Ok(store)
     }
 
@@ -304,6 +308,27 @@ impl EtcdStore {
             })
             .await
             .map_err(|e| self.fail(e))
+    }
+
+    /// The prefix's identity: a random id written with it (by whichever
+    /// replica came first), read back.
+    async fn make_id(&self) -> Result<String, StoreError> {
+        let key = self.meta("id");
+        let mine = format!("{:016x}", rand::random::<u64>());
+        let put = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), mine, None)]);
+        self.txn(put).await?;
+        let got = self.get(&key, None).await?;
+        got.kvs()
+            .first()
+            .and_then(|kv| std::str::from_utf8(kv.value()).ok())
+            .filter(|v| !v.is_empty() && v.len() <= 32)
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Shared {
+                store: self.url.to_string(),
+                why: "its id key holds no id: another program writes under this prefix; choose another".into(),
+            })
     }
 
     /// The cluster's current revision.
@@ -509,6 +534,10 @@ impl Store for EtcdStore {
                 }),
             }
         })
+    }
+
+    fn identity(&self) -> String {
+        self.id.clone()
     }
 
     fn shared(&self) -> bool {

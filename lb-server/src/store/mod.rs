@@ -342,6 +342,11 @@ pub trait Store: Send + Sync {
     /// succeed again; what failed before was never acknowledged.
     fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// The store's identity, fixed when it was created (a random id kept
+    /// in it): replicas sharing a store see the same one, and revisions of
+    /// one identity are comparable (`ServerList.state_id`).
+    fn identity(&self) -> String;
+
     /// Whether other daemons write this store too (etcd): the engine then
     /// follows [`Store::watch`] and applies their changes. A store only one
     /// daemon opens (sled) sees nothing but its own commits.

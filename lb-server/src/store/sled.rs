@@ -51,6 +51,8 @@ pub struct SledStore {
 }
 
 struct Inner {
+    /// [`Store::identity`]: `sled:` and the id made with the directory.
+    id: String,
     dir: PathBuf,
     /// The open database; replaced by [`Store::recover`] (sled refuses every
     /// write after an I/O error until it is reopened), `None` while that
@@ -153,6 +155,10 @@ impl Open {
         // A migration interrupted after the layout was recorded leaves the
         // old trees behind; they are dropped only once the new ones are durable.
         migrate::drop_layout_1(&db)?;
+        if read_u64(&meta, b"id")?.is_none() {
+            meta.insert("id", &rand::random::<u64>().to_be_bytes())?;
+            db.flush()?;
+        }
         Ok(Open { db, records, meta })
     }
 
@@ -254,9 +260,11 @@ impl SledStore {
     /// has less than `min_free` bytes free.
     pub fn open_with(dir: &Path, min_free: u64) -> Result<SledStore, StoreError> {
         let open = Open::at(dir)?;
+        let id = format!("sled:{:016x}", read_u64(&open.meta, b"id")?.unwrap_or(0));
         let (events, _) = broadcast::channel(WATCH_BACKLOG);
         Ok(SledStore {
             inner: Arc::new(Inner {
+                id,
                 dir: dir.to_path_buf(),
                 open: RwLock::new(Some(Arc::new(open))),
                 commit: Mutex::new(()),
@@ -457,6 +465,10 @@ impl Store for SledStore {
         Ok(Box::pin(BroadcastStream::new(rx).map(|r| {
             r.map_err(|BroadcastStreamRecvError::Lagged(n)| StoreError::Lagged(n))
         })))
+    }
+
+    fn identity(&self) -> String {
+        self.inner.id.clone()
     }
 
     fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -43,6 +43,7 @@ async fn subscribe_lists_and_stats() {
         msg: Some(ClientMsg::Subscribe(Subscription {
             service: service.into(),
             client,
+            ..Default::default()
         })),
     };
     let client = |id: String| {

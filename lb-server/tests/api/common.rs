@@ -207,6 +207,7 @@ pub(crate) fn subscription(service: &str, client_id: &str) -> SubscribeRequest {
                 zone: "zone-a".into(),
                 labels: HashMap::new(),
             }),
+            ..Default::default()
         })),
     }
 }

@@ -502,8 +502,20 @@ fn client_identity(maps: Maps) -> BoxedStrategy<pb::ClientIdentity> {
 /// A `SubscribeRequest`: subscribe, stats or nothing.
 pub fn subscribe(maps: Maps) -> BoxedStrategy<pb::SubscribeRequest> {
     use pb::subscribe_request::Msg;
-    let subscription = (service(), some(client_identity(maps)))
-        .prop_map(|(service, client)| Msg::Subscribe(pb::Subscription { service, client }));
+    let subscription = (
+        service(),
+        some(client_identity(maps)),
+        text("sledtc:0123456789abcdef", lb_core::model::MAX_STATE_ID_LEN),
+        any::<u64>(),
+    )
+        .prop_map(|(service, client, held_state_id, held_state_revision)| {
+            Msg::Subscribe(pb::Subscription {
+                service,
+                client,
+                held_state_id,
+                held_state_revision,
+            })
+        });
     let msg = prop_oneof![
         1 => subscription,
         1 => client_stats(maps).prop_map(Msg::Stats),

@@ -536,7 +536,9 @@ pub fn subscribe(m: pb::SubscribeRequest, first: bool) -> Outcome {
             judge(
                 message,
                 conv::subscription(s, "subscribe"),
-                |(service, id)| {
+                |(service, id, held)| {
+                    assert!(held.0.len() <= lb_core::model::MAX_STATE_ID_LEN);
+                    assert_eq!(held, (wire.held_state_id.clone(), wire.held_state_revision));
                     assert_eq!(service, wire.service);
                     assert_eq!(check_service(&service), Ok(()));
                     assert_eq!(id.check(), Ok(()));

@@ -183,6 +183,10 @@ impl Store for Memory {
     fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn identity(&self) -> String {
+        "memory".into()
+    }
 }
 
 // ------------------------------------------------------------ the daemon
