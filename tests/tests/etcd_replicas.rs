@@ -93,7 +93,7 @@ fn starting_on(client_id: &str, first: &Daemon, second: &Daemon) -> Vec<String> 
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     client_id.hash(&mut h);
-    if h.finish() % 2 == 0 {
+    if h.finish().is_multiple_of(2) {
         vec![first.addr(), second.addr()]
     } else {
         vec![second.addr(), first.addr()]
