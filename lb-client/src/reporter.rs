@@ -102,14 +102,21 @@ pub type Sampler = Arc<dyn Fn() -> LoadSample + Send + Sync>;
 /// use lb_client::{Credentials, ReporterOptions};
 /// let mut options = ReporterOptions::new("10.0.0.2:7400")
 ///     .with_credentials(Credentials::default().with_token("s3cret"));
-/// options.daemons.push("10.0.0.3:7400".into()); // tried in turn
+/// options.daemons.push("10.0.0.3:7400".into()); // a replica: reported to as well
 /// options.connect_timeout = Duration::from_secs(1);
 /// assert_eq!(options.daemons.len(), 2);
 /// ```
 #[derive(Clone)]
 pub struct ReporterOptions {
-    /// Daemon addresses, "host:port" or "http://host:port"; tried in turn.
+    /// Daemon addresses, "host:port" or "http://host:port": reported to all
+    /// at once, or tried in turn (see [`ReporterOptions::every_daemon`]).
     pub daemons: Vec<String>,
+    /// With several `daemons`: keep a stream open to every one of them at
+    /// once (the default; replicas sharing one store each plan from the
+    /// backend's own reports and see its liveness first hand, and one
+    /// replica dying leaves the others' view untouched). `false`: one
+    /// stream, the daemons tried in turn.
+    pub every_daemon: bool,
     /// Reconnect backoff.
     pub backoff: Backoff,
     /// Bound on establishing a connection to a daemon.
@@ -124,6 +131,7 @@ impl std::fmt::Debug for ReporterOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReporterOptions")
             .field("daemons", &self.daemons)
+            .field("every_daemon", &self.every_daemon)
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .field("sampler", &self.sampler.as_ref().map(|_| "custom"))
@@ -143,6 +151,7 @@ impl ReporterOptions {
     pub fn new(daemon: impl Into<String>) -> Self {
         ReporterOptions {
             daemons: vec![daemon.into()],
+            every_daemon: true,
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(2),
             sampler: None,
@@ -177,8 +186,11 @@ fn report_interval(ms: u32, current: Duration) -> Duration {
 }
 
 struct Shared {
-    /// True while the stream is up and the registration acknowledged.
+    /// True while a stream is up and its registration acknowledged.
     registered: watch::Sender<bool>,
+    /// Streams up and acknowledged (several with
+    /// [`ReporterOptions::every_daemon`]).
+    up: std::sync::atomic::AtomicUsize,
     /// The latest failed attempt; cleared on registration.
     last_error: Mutex<Option<DaemonError>>,
     drain_requested: AtomicBool,
@@ -259,6 +271,7 @@ impl Reporter {
         let in_flight = InFlight::default();
         let shared = Arc::new(Shared {
             registered: watch::Sender::new(false),
+            up: std::sync::atomic::AtomicUsize::new(0),
             last_error: Mutex::new(None),
             drain_requested: AtomicBool::new(false),
             in_flight: in_flight.clone(),
@@ -534,13 +547,53 @@ struct Task {
     rng: StdRng,
 }
 
+/// One acknowledged stream, counted in [`Shared::up`] while it lives.
+struct Up<'a>(&'a Shared);
+
+impl<'a> Up<'a> {
+    fn new(shared: &'a Shared) -> Up<'a> {
+        shared.up.fetch_add(1, Relaxed);
+        shared.registered.send_replace(true);
+        Up(shared)
+    }
+}
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        if self.0.up.fetch_sub(1, Relaxed) == 1 {
+            self.0.registered.send_replace(false);
+        }
+    }
+}
+
 impl Task {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// One stream, or one per daemon with [`ReporterOptions::every_daemon`]
+    /// (each with its own reconnect loop; aborting this task aborts them).
+    async fn run(mut self, stop: watch::Receiver<bool>) {
+        if !self.options.every_daemon || self.options.daemons.len() < 2 {
+            return self.run_one(stop).await;
+        }
+        let mut streams = tokio::task::JoinSet::new();
+        for daemon in &self.options.daemons {
+            let mut options = self.options.clone();
+            options.daemons = vec![daemon.clone()];
+            let task = Task {
+                shared: Arc::clone(&self.shared),
+                registration: self.registration.clone(),
+                options,
+                sampler: Arc::clone(&self.sampler),
+                rng: StdRng::seed_from_u64(rand::Rng::random(&mut self.rng)),
+            };
+            streams.spawn(task.run_one(stop.clone()));
+        }
+        while streams.join_next().await.is_some() {}
+    }
+
+    async fn run_one(mut self, mut stop: watch::Receiver<bool>) {
         let daemons = self.options.daemons.clone();
         let mut attempt = 0u32;
         for daemon in daemons.iter().cycle() {
             let end = self.session(daemon, attempt, &mut stop).await;
-            self.shared.registered.send_replace(false);
             let delay = match end {
                 End::Stopped => break,
                 End::Refused => self.options.backoff.max,
@@ -558,7 +611,6 @@ impl Task {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        self.shared.registered.send_replace(false);
     }
 
     async fn session(
@@ -616,7 +668,7 @@ impl Task {
             }
         };
         self.record(None);
-        self.shared.registered.send_replace(true);
+        let _up = Up::new(&self.shared);
         info!(%daemon, %service, instance = %id, ?interval, "registered with lb daemon");
 
         // Report at once so the daemon has load data for a new instance.

@@ -5,8 +5,14 @@
 //! started again loads everything from etcd.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use lb_client::{subscribe, ClientOptions, Subscription};
+use lb_proto::v1::{self as pb, admin_client::AdminClient};
+use lb_tests::echo::echo_client::EchoClient;
+use lb_tests::echo::WhoamiRequest;
 use lb_tests::etcd::EtcdCluster;
 use lb_tests::harness::{ctl, ids, set, wait_ids, wait_until, BackendSpec, Daemon, WAIT};
 
@@ -124,7 +130,14 @@ async fn a_client_never_moves_to_a_replica_behind_the_state_it_holds() {
 
     // B falls behind: s2 is added through A while B cannot hear of it.
     cluster.stop(2).expect("freeze member 2");
-    ctl(&a.addr(), &["put-static", "svc", "s2", "127.0.0.1:10"]).expect("put-static s2");
+    // If member 2 led the cluster, writes wait for a new leader (the
+    // answer meanwhile is `unavailable`, and the change is not made).
+    let mut put = ctl(&a.addr(), &["put-static", "svc", "s2", "127.0.0.1:10"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while put.is_err() && std::time::Instant::now() < deadline {
+        put = ctl(&a.addr(), &["put-static", "svc", "s2", "127.0.0.1:10"]);
+    }
+    put.expect("put-static s2");
     let held = wait_ids(&sub, &set(&["s1", "s2"])).await;
     let revision = held.state().revision;
     assert!(
@@ -158,10 +171,196 @@ async fn a_client_never_moves_to_a_replica_behind_the_state_it_holds() {
     // B hears from etcd again, catches up, and the client follows it.
     cluster.cont(2).expect("resume member 2");
     wait_ids(&on_b, &set(&["s1", "s2"])).await;
-    sub.wait_for(std::time::Duration::from_secs(30), |l| {
+    sub.wait_for(Duration::from_secs(30), |l| {
         l.state().revision >= revision && l.version() != held.version()
     })
     .await
     .expect("the client moves to B once B has caught up");
     assert_eq!(ids(&sub.current()), set(&["s1", "s2"]));
+}
+
+/// Acknowledged static instances of service "writes", put through the
+/// replicas in turn (a dead replica's refusals are not acknowledged).
+async fn write(replicas: &[String], i: usize) -> Option<String> {
+    let id = format!("w{i:04}");
+    let addr = &replicas[i % replicas.len()];
+    let mut admin = AdminClient::connect(format!("http://{addr}")).await.ok()?;
+    let put = admin.put_static(pb::PutStaticRequest {
+        instance: Some(pb::Instance {
+            service: "writes".into(),
+            instance_id: id.clone(),
+            address: "127.0.0.1:9".into(),
+            weight: 1,
+            ..Default::default()
+        }),
+        create: true,
+    });
+    tokio::time::timeout(Duration::from_secs(5), put)
+        .await
+        .ok()?
+        .ok()
+        .map(|_| id)
+}
+
+async fn instance_ids(addr: &str, service: &str) -> BTreeSet<String> {
+    let mut admin = AdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("admin connects");
+    admin
+        .get_service(pb::GetServiceRequest {
+            service: service.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|s| {
+            s.into_inner()
+                .instances
+                .into_iter()
+                .map(|i| i.instance_id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_fails_while_each_replica_and_an_etcd_member_are_killed() {
+    let mut cluster = EtcdCluster::start(3).expect("etcd");
+    let url = cluster.url("kills");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut replicas: Vec<Daemon> = ["a", "b", "c"]
+        .iter()
+        .map(|n| replica(dir.path(), n, &url))
+        .collect();
+    let addrs: Vec<String> = replicas.iter().map(Daemon::addr).collect();
+    // Backends report to every replica.
+    let _backends: Vec<_> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|id| {
+            BackendSpec::new("svc", id, 1)
+                .start(&addrs.join(","), dir.path())
+                .expect("backend")
+        })
+        .collect();
+    for d in &replicas {
+        wait_ids(&client(d).await, &set(&["b1", "b2", "b3"])).await;
+    }
+
+    // Clients spread over the replicas, calling without pause.
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut callers = tokio::task::JoinSet::new();
+    let mut subs = Vec::new();
+    for i in 0..6 {
+        let mut o = ClientOptions::new(addrs[0].clone());
+        o.daemons = addrs.clone();
+        o.client_id = format!("caller-{i}");
+        let sub = subscribe("svc", o).await.expect("subscribe");
+        wait_ids(&sub, &set(&["b1", "b2", "b3"])).await;
+        subs.push(sub.clone());
+        let (stop, calls) = (Arc::clone(&stop), Arc::clone(&calls));
+        callers.spawn(async move {
+            let mut echo = EchoClient::new(sub.channel());
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match echo.whoami(WhoamiRequest {}).await {
+                    Ok(_) => {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            failed
+        });
+    }
+    // Admin writes through the replicas in turn, all along.
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = {
+        let (stop, acked, addrs) = (Arc::clone(&stop), Arc::clone(&acked), addrs.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(id) = write(&addrs, i).await {
+                    acked.lock().expect("lock").push(id);
+                }
+                i += 1;
+            }
+        })
+    };
+    let progress = |n: u64| {
+        let calls = Arc::clone(&calls);
+        async move {
+            let from = calls.load(Ordering::Relaxed);
+            assert!(
+                wait_until(WAIT, || calls.load(Ordering::Relaxed) >= from + n).await,
+                "calls stalled at {}",
+                calls.load(Ordering::Relaxed)
+            );
+        }
+    };
+    progress(200).await;
+
+    // Each replica in turn: kill -9, calls go on, start it again on the same
+    // store, and it lists every backend before the next one goes.
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        replicas[i].proc.kill9();
+        progress(300).await;
+        let back = Daemon::start(&dir.path().join(name), &addrs[i], &["--store", &url])
+            .expect("replica restarts on its address");
+        wait_ids(&client(&back).await, &set(&["b1", "b2", "b3"])).await;
+        replicas[i] = back;
+        progress(300).await;
+    }
+    // Then an etcd member (the cluster keeps its majority).
+    cluster.kill9(0);
+    progress(300).await;
+    let acked_before = acked.lock().expect("lock").len();
+    assert!(
+        wait_until(Duration::from_secs(20), || acked
+            .lock()
+            .expect("lock")
+            .len()
+            > acked_before + 3)
+        .await,
+        "admin writes stopped after the etcd member died"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let mut failed = Vec::new();
+    while let Some(r) = callers.join_next().await {
+        failed.extend(r.expect("caller"));
+    }
+    let total = calls.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "{} of {total} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(total > 1500, "only {total} calls");
+    eprintln!(
+        "{total} calls, none failed; {} admin writes acknowledged",
+        acked.lock().expect("lock").len()
+    );
+
+    // Every acknowledged write is on every replica.
+    let acked: BTreeSet<String> = acked.lock().expect("lock").iter().cloned().collect();
+    assert!(acked.len() > 10, "only {} writes acknowledged", acked.len());
+    for d in &replicas {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let held = instance_ids(&d.addr(), "writes").await;
+            let missing: Vec<&String> = acked.difference(&held).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} lacks acknowledged writes {missing:?}",
+                d.addr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(subs);
 }

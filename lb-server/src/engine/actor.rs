@@ -372,6 +372,7 @@ impl Actor {
         if st.frozen {
             return;
         }
+        st.settle_contested(now);
         if now >= self.next_health {
             self.next_health = now + evidence::INTERVAL;
             for judged in st.registry.evaluate_health(now) {

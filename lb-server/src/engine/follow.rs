@@ -14,7 +14,9 @@
 //! kept while their record is in the store. This daemon's own stream or
 //! lease for the same instance wins over the record: a delete that arrives
 //! while the backend still streams here (its stream to another replica
-//! broke) is answered by writing the registration again.
+//! broke) leaves it listed here, and if the stream here is still up two
+//! report intervals later the registration is written again (a backend
+//! that died breaks its stream here too, in that time).
 //!
 //! When the watch fails (the store is unreachable, or has compacted the
 //! revisions it would replay) the task loads the whole state again and
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::cluster::ClusterConfig;
+use lb_core::model::InstanceKey;
 use lb_core::registry::{Attachment, Override};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -36,6 +39,11 @@ use crate::store::{Event, Key, Lifetime, Loaded, Record, Revision, Store, Write}
 
 /// How long the follower waits before trying a failed store again.
 pub(crate) const RETRY: Duration = Duration::from_secs(1);
+/// Shortest wait before a registration another replica removed, but whose
+/// backend is alive here, is written again (otherwise two report
+/// intervals: long enough for a backend that died to break its stream
+/// here too).
+const CONTEST_MIN: Duration = Duration::from_millis(100);
 
 /// Follows `store` from revision `after` until the engine's input closes.
 pub(crate) async fn follow(store: Arc<dyn Store>, mut after: Revision, tx: mpsc::Sender<Input>) {
@@ -193,20 +201,14 @@ impl State {
                 let Some(i) = self.registry.instance(&key) else {
                     return false;
                 };
-                if let Some(lifetime) = match i.attachment {
-                    Attachment::Stream { .. } => Some(Lifetime::Stream(i.ttl)),
-                    Attachment::Lease => Some(Lifetime::Lease(i.ttl)),
-                    _ => None,
-                } {
-                    // Its backend is alive here: its stream to the replica
-                    // that removed it broke, not the backend.
-                    tracing::info!(service = %key.service, instance = %key.instance_id, "removed by another replica but alive here: registered again");
-                    let record = Record::Instance {
-                        spec: i.spec.clone(),
-                        lifetime,
-                        owner: self.owners.get(&key).cloned(),
-                    };
-                    self.persist(Write::put(record));
+                if matches!(i.attachment, Attachment::Stream { .. } | Attachment::Lease) {
+                    // Its backend is alive here: perhaps only its stream to
+                    // the replica that removed it broke. If it is still
+                    // alive here a moment later (its stream here did not
+                    // break too: the backend did not die), it is written
+                    // again ([`State::settle_contested`]).
+                    let due = now + (self.config.report_interval * 2).max(CONTEST_MIN);
+                    self.contested.insert(key, due);
                     return false;
                 }
                 self.registry.remove(&key);
@@ -217,6 +219,39 @@ impl State {
             }
         }
         true
+    }
+
+    /// Writes again the registrations another replica removed while their
+    /// backends still stream (or renew) here, once the moment to be sure
+    /// has passed.
+    pub(crate) fn settle_contested(&mut self, now: Instant) {
+        if self.contested.values().all(|due| *due > now) {
+            return;
+        }
+        let due: Vec<InstanceKey> = self
+            .contested
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.contested.remove(&key);
+            let Some(i) = self.registry.instance(&key) else {
+                continue;
+            };
+            let lifetime = match i.attachment {
+                Attachment::Stream { .. } => Lifetime::Stream(i.ttl),
+                Attachment::Lease => Lifetime::Lease(i.ttl),
+                _ => continue,
+            };
+            tracing::info!(service = %key.service, instance = %key.instance_id, "removed by another replica but alive here: registered again");
+            let record = Record::Instance {
+                spec: i.spec.clone(),
+                lifetime,
+                owner: self.owners.get(&key).cloned(),
+            };
+            self.persist(Write::put(record));
+        }
     }
 
     fn set_routing(
@@ -243,12 +278,7 @@ impl State {
         true
     }
 
-    fn set_override_from(
-        &mut self,
-        key: &lb_core::model::InstanceKey,
-        over: Override,
-        now: Instant,
-    ) -> bool {
+    fn set_override_from(&mut self, key: &InstanceKey, over: Override, now: Instant) -> bool {
         let before = self.registry.override_of(key);
         if before == over {
             return false;

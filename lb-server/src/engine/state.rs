@@ -51,6 +51,10 @@ pub struct State {
     pub(crate) auth: Arc<Auth>,
     /// Which token registered each instance (see `Record::Instance`).
     pub(crate) owners: HashMap<InstanceKey, String>,
+    /// Registrations another replica removed while their backends are
+    /// alive here, and when to write them again if they still are (see
+    /// `follow`).
+    pub(crate) contested: HashMap<InstanceKey, Instant>,
 }
 
 impl State {
@@ -69,6 +73,7 @@ impl State {
             tokens_changed: false,
             auth,
             owners: HashMap::new(),
+            contested: HashMap::new(),
         }
     }
 

@@ -46,12 +46,12 @@ use super::{
 const MAX_TXN_OPS: usize = 128;
 /// Records read per range request while loading.
 const PAGE: i64 = 500;
-/// Longest wait for one etcd request; the engine's own bound is longer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for one etcd request on one member before the next member
+/// is tried; the engine's own bound (5 s) leaves room for a second try.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a connection to a member.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest wait for the write that proves etcd is back: the engine waits
-/// for it, so it is short (a lost quorum must not stall load reports).
+/// Longest wait, per member, for the write that proves etcd is back.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Events a watcher may have waiting before the watch stops reading etcd.
 const WATCH_BUFFER: usize = 1024;
@@ -139,9 +139,9 @@ struct Members {
 
 impl Members {
     /// Runs `op` on the current member, moving on to the next while the
-    /// failure is one that says "not here" (unreachable, no leader), at
-    /// most twice round the members.
-    async fn call<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    /// failure is one that says "not here" (unreachable, no leader, no
+    /// answer within `patience`), at most twice round the members.
+    async fn call<T, F, Fut>(&self, patience: Duration, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -150,7 +150,17 @@ impl Members {
         let mut last = None;
         for _ in 0..2 * n {
             let i = self.current.load(Ordering::Relaxed) % n;
-            match op(self.clients[i].clone()).await {
+            let answer = tokio::time::timeout(patience, op(self.clients[i].clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(etcd_client::Error::GRpcStatus(
+                        tonic::Status::deadline_exceeded(format!(
+                            "etcd member {} did not answer within {patience:?}",
+                            i + 1
+                        )),
+                    ))
+                });
+            match answer {
                 Ok(v) => return Ok(v),
                 Err(e) if elsewhere(&e) => {
                     let _ = self.current.compare_exchange(
@@ -182,16 +192,20 @@ impl Members {
     }
 }
 
-/// Whether `e` says the member could not serve the request at all, so it
-/// was not applied and another member may take it: the connection failed,
-/// or the member is unavailable (it has no leader, or is stopping). Retrying
-/// a commit is safe because every write in it is a put or a delete of a
-/// whole value (the same state if applied twice); a precondition that held
-/// the first time would then read as a conflict.
+/// Whether `e` says another member may do better: the connection failed,
+/// the member is unavailable (it has no leader, or is stopping), or it did
+/// not answer in time (cut off from the others, or frozen). A request that
+/// timed out may still have been applied; retrying a commit is safe all the
+/// same because every write in it is a put or a delete of a whole value
+/// (the same state if applied twice), though a precondition that held the
+/// first time would then read as a conflict.
 fn elsewhere(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
         _ => false,
     }
 }
@@ -208,7 +222,9 @@ impl EtcdStore {
         let options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            // A member that stops answering (frozen, cut off) is noticed
+            // within about three seconds even by an idle watch.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(1))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         let mut clients = Vec::with_capacity(endpoints.len());
@@ -259,7 +275,7 @@ impl EtcdStore {
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), LAYOUT.to_string(), None)]);
         self.members
-            .call(|c| {
+            .call(REQUEST_TIMEOUT, |c| {
                 let put = put.clone();
                 async move { c.kv_client().txn(put).await }
             })
@@ -291,7 +307,7 @@ impl EtcdStore {
         options: Option<GetOptions>,
     ) -> Result<etcd_client::GetResponse, StoreError> {
         self.members
-            .call(|c| {
+            .call(REQUEST_TIMEOUT, |c| {
                 let options = options.clone();
                 async move { c.kv_client().get(key, options).await }
             })
@@ -302,7 +318,7 @@ impl EtcdStore {
     /// A transaction on whichever member answers.
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
         self.members
-            .call(|c| {
+            .call(REQUEST_TIMEOUT, |c| {
                 let txn = txn.clone();
                 async move { c.kv_client().txn(txn).await }
             })
@@ -521,18 +537,14 @@ impl Store for EtcdStore {
     fn recover(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let key = self.meta("probe");
-            let put = self.members.call(|c| {
-                let key = key.clone();
-                async move { c.kv_client().put(key, "", None).await }
-            });
-            match tokio::time::timeout(PROBE_TIMEOUT, put).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(self.fail(e)),
-                Err(_) => Err(StoreError::Shared {
-                    store: self.url.to_string(),
-                    why: format!("no answer within {PROBE_TIMEOUT:?}"),
-                }),
-            }
+            self.members
+                .call(PROBE_TIMEOUT, |c| {
+                    let key = key.clone();
+                    async move { c.kv_client().put(key, "", None).await }
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| self.fail(e))
         })
     }
 

@@ -20,7 +20,8 @@ use tonic::{Request, Response, Status};
 /// An Echo backend that registers with lb and reports its load.
 #[derive(Debug, Parser)]
 struct Args {
-    /// lb-server address.
+    /// lb-server address; several (comma-separated) are replicas, each
+    /// reported to.
     #[arg(long, default_value = "127.0.0.1:7400")]
     daemon: String,
     /// Service to register in.
@@ -172,7 +173,8 @@ impl Echo for EchoService {
 async fn main() -> anyhow::Result<()> {
     lb_tests::cli::init_tracing("info");
     let args = Args::parse();
-    let options = ReporterOptions::new(&args.daemon).with_credentials(credentials(&args)?);
+    let mut options = ReporterOptions::new("").with_credentials(credentials(&args)?);
+    options.daemons = args.daemon.split(',').map(str::to_string).collect();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
