@@ -209,7 +209,6 @@ async fn instance_ids(addr: &str, service: &str) -> BTreeSet<String> {
     admin
         .get_service(pb::GetServiceRequest {
             service: service.into(),
-            ..Default::default()
         })
         .await
         .map(|s| {
