@@ -40,6 +40,12 @@
 //!     them and move when theirs dies;
 //!   - `etcd_store.rs`: the etcd store on a 3-member cluster: the store
 //!     contract across two openings, quorum loss and return;
+//!   - `etcd_replicas.rs`: three lb-server replicas on etcd: what one is
+//!     told every replica's clients get; a client never moves to a replica
+//!     behind its state; each replica and an etcd member killed with -9
+//!     under load: no failed call, every acknowledged write everywhere;
+//!   - `etcd_quorum.rs`: replicas while etcd has no quorum (lists, calls
+//!     and reports go on, writes refused) and after it returns;
 //!   - `store_faults.rs`: a full disk (degraded mode and recovery), write
 //!     errors, a damaged store refused at start;
 //!   - `quotas.rs`: each quota refuses with `resource_exhausted`, and nothing
