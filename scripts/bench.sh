@@ -170,8 +170,14 @@ if [ -x "$bin/lb-cp-bench" ]; then
     for what in propagation ingest connections scale; do
         run "$what" "$bin/lb-cp-bench" "$what" --out "$results" "${q[@]}"
     done
+    # Three replicas on a real etcd cluster (Debian's etcd-server).
+    if command -v etcd >/dev/null 2>&1; then
+        run replicas "$bin/lb-cp-bench" replicas --out "$results" "${q[@]}"
+    else
+        skip "replicas" "no etcd on the PATH (apt-get install etcd-server)"
+    fi
 else
-    skip "propagation, ingest, connections, scale" "$bin/lb-cp-bench not built yet"
+    skip "propagation, ingest, connections, scale, replicas" "$bin/lb-cp-bench not built yet"
 fi
 
 if [ -x "$bin/lb-probe" ]; then

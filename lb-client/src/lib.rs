@@ -56,7 +56,8 @@
 //!   and deadline (request labels for routing rules as `lb-label-*`
 //!   metadata, a hash key as `lb-hash-key`), over backend connections with keep-alive
 //!   ([`ChannelOptions`]).
-//! - [`reporter`]: the backend side: [`Reporter`] registers and streams [`LoadSample`]s.
+//! - [`reporter`]: the backend side: [`Reporter`] registers and streams [`LoadSample`]s
+//!   (to every daemon address at once: replicas each hear the backend).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -17,6 +17,10 @@
 //! - `connections`: one process following N services with lb-client (N
 //!   subscriptions and a reporter); the daemon's open TCP connections and
 //!   its RSS (baseline: the idle daemon).
+//! - `replicas`: three lb-server replicas on a 3-member etcd cluster (real
+//!   `etcd` processes); a policy change through replica A, timed until every
+//!   subscriber of B and C holds it. Baseline in the same run: the same
+//!   change through one daemon on sled, held by its own subscribers.
 //!
 //! Each prints a Markdown table and writes `<out>/<name>.json`. Every load loop
 //! is bounded in count and time. Build with `--release` for figures worth
@@ -117,7 +121,18 @@ enum Cmd {
         #[arg(long)]
         subscriptions: Option<usize>,
     },
-    /// All three, one after the other.
+    /// Replicas on etcd: a policy change through one replica, until every
+    /// client of the others holds it; beside it, one daemon on sled.
+    Replicas {
+        /// Subscribers, split between replicas B and C (and, for the
+        /// baseline, all on the one daemon). Default 200 (50 with --quick).
+        #[arg(long)]
+        subscribers: Option<usize>,
+        /// Changes timed. Default 30 (10 with --quick).
+        #[arg(long)]
+        changes: Option<usize>,
+    },
+    /// All of them, one after the other.
     All,
     /// The plain-TCP push server of the propagation baseline (started by
     /// `propagation` as a child process; not for direct use).
@@ -1560,6 +1575,139 @@ async fn connections(n: usize, out: &Path) -> anyhow::Result<()> {
 
 // --------------------------------------------------------------- main
 
+// --------------------------------------------------------------- replicas
+
+const REPLICA_SVC: &str = "replicated";
+
+/// Puts three static instances in [`REPLICA_SVC`] through `addr`.
+async fn static_instances(admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
+    for i in 0..3 {
+        admin
+            .put_static(lb_proto::v1::PutStaticRequest {
+                instance: Some(instance(REPLICA_SVC, &format!("s{i}"), i, 1)),
+                create: true,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// `changes` policy changes through `admin` (consistent_hash, its
+/// load_bound alternating between 1.5 and 2), each timed until every one
+/// of `subs` holds a list with the new bound.
+async fn timed_policy_changes(
+    admin: &mut AdminClient<Channel>,
+    subs: &[Subscription],
+    changes: usize,
+) -> anyhow::Result<Vec<f64>> {
+    set_policy(
+        admin,
+        REPLICA_SVC,
+        "consistent_hash",
+        &[("load_bound", "1.25")],
+    )
+    .await?;
+    all_hold(subs, |l| {
+        l.load_bound() == Some(1.25) && l.servers().len() == 3
+    })
+    .await?;
+    let mut out = Vec::new();
+    for t in 0..changes {
+        let (c, text) = if t % 2 == 0 { (1.5, "1.5") } else { (2.0, "2") };
+        let mut a = admin.clone();
+        out.extend(
+            timed_change(subs, move |l| l.load_bound() == Some(c), async move {
+                set_policy(
+                    &mut a,
+                    REPLICA_SVC,
+                    "consistent_hash",
+                    &[("load_bound", text)],
+                )
+                .await
+            })
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+async fn subscribers_of(addr: &str, n: usize) -> anyhow::Result<Vec<Subscription>> {
+    let mut subs = Vec::with_capacity(n);
+    for _ in 0..n {
+        subs.push(subscribe(REPLICA_SVC, ClientOptions::new(addr)).await?);
+    }
+    Ok(subs)
+}
+
+async fn replicas(n: usize, changes: usize, out: &Path) -> anyhow::Result<()> {
+    if n < 2 || changes == 0 {
+        bail!("--subscribers must be at least 2 and --changes at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+
+    eprintln!("replicas: baseline, one daemon on sled, {n} subscribers, {changes} changes");
+    let single = Daemon::start(&dir.path().join("single"), "127.0.0.1:0", &[])?;
+    let mut admin = AdminClient::new(channel(&single.addr()).await?);
+    static_instances(&mut admin).await?;
+    let subs = subscribers_of(&single.addr(), n).await?;
+    let base = timed_policy_changes(&mut admin, &subs, changes).await?;
+    subs.iter().for_each(Subscription::close);
+    drop((subs, single));
+
+    eprintln!("replicas: three replicas on a 3-member etcd cluster, {n} subscribers of B and C");
+    let etcd = lb_tests::etcd::EtcdCluster::start(3)?;
+    let url = etcd.url("bench");
+    let replicas: Vec<Daemon> = ["a", "b", "c"]
+        .iter()
+        .map(|r| Daemon::start(&dir.path().join(r), "127.0.0.1:0", &["--store", &url]))
+        .collect::<anyhow::Result<_>>()?;
+    let mut admin = AdminClient::new(channel(&replicas[0].addr()).await?);
+    static_instances(&mut admin).await?;
+    let mut subs = subscribers_of(&replicas[1].addr(), n / 2).await?;
+    subs.extend(subscribers_of(&replicas[2].addr(), n - n / 2).await?);
+    let spread = timed_policy_changes(&mut admin, &subs, changes).await?;
+    subs.iter().for_each(Subscription::close);
+    drop(subs);
+
+    let (b50, b99, bmax) = p50_p99_max(&base);
+    let (p50, p99, max) = p50_p99_max(&spread);
+    Table {
+        bench: "replicas",
+        title: format!("A policy change through one replica, held by {n} clients of the others"),
+        columns: vec!["setup", "subscribers", "p50 ms", "p99 ms", "max ms", "ratio (p50)", "goal"],
+        rows: vec![
+            vec![
+                json!("policy change via replica A, held by every client of B and C (3 replicas, 3-member etcd)"),
+                json!(n),
+                num(p50, 2),
+                num(p99, 2),
+                num(max, 2),
+                num(p50 / b50, 2),
+                json!("p99 ≤ 100 ms"),
+            ],
+            vec![
+                json!("baseline: the same change through one daemon (sled), held by its clients"),
+                json!(n),
+                num(b50, 2),
+                num(b99, 2),
+                num(bmax, 2),
+                num(1.0, 2),
+                json!(""),
+            ],
+        ],
+        notes: vec![
+            format!("{changes} changes, each `SetPolicy` on a service of three static instances (consistent_hash, load_bound alternating 1.5 / 2), sent to replica A; {} subscribers follow the service on replica B and {} on C (lb-client subscriptions in the bench process). The clock starts just before the Admin RPC and stops when a subscriber installed a list carrying the new bound (PickList::installed_at); each row pools every subscriber × change sample.", n / 2, n - n / 2),
+            "The path: A commits the policy to etcd (one transaction, acknowledged once a majority of the three members has it), B and C get it from their watch of the prefix, re-plan and push. The three etcd members (Debian's etcd 3.4, heartbeat 50 ms, election timeout 500 ms), the three replicas and the bench share the machine's cores.".to_string(),
+            "Baseline (same run): the same changes through one lb-server on its embedded sled store, its own subscribers; ratio = p50 through the replicas / p50 of the single daemon.".to_string(),
+            format!("Goal p99 ≤ 100 ms: {}.", if p99 <= 100.0 { "met" } else { "NOT met" }),
+        ],
+    }
+    .emit(out)?;
+    drop(replicas);
+    drop(etcd);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1625,13 +1773,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
             .await
         }
+        Cmd::Replicas {
+            subscribers,
+            changes,
+        } => {
+            replicas(
+                subscribers.unwrap_or(if q { 50 } else { 200 }),
+                changes.unwrap_or(if q { 10 } else { 30 }),
+                &args.out,
+            )
+            .await
+        }
         Cmd::PushFloorServer { payload } => floor::serve(payload).await,
         Cmd::All => {
             let (n, c) = prop(None, None);
             propagation(n, c, &args.out).await?;
             ingest(1000, 1000, ing_secs(None), 16, 10, &args.out).await?;
             let (i, s, c) = sc(None, None, None);
-            scale(i, 100, s, c, &args.out).await
+            scale(i, 100, s, c, &args.out).await?;
+            replicas(if q { 50 } else { 200 }, c, &args.out).await
         }
     }
 }
