@@ -52,13 +52,10 @@ pub enum Attachment {
     Replica,
 }
 
-impl Attachment {
-    /// Kept until removed by name, never expired by time here: static
-    /// instances, and those another replica keeps alive.
-    pub fn kept(self) -> bool {
-        matches!(self, Attachment::Static | Attachment::Replica)
-    }
-}
+/// How far ahead "never" is for an instance another replica keeps alive by
+/// a stream ([`Registry::adopt`] without `until`): removed by name when its
+/// record goes, not by time.
+const KEPT: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Totals of what clients reported for one instance since it registered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -812,14 +809,34 @@ impl Registry {
     /// Lists an instance another replica registered ([`Attachment::Replica`]),
     /// or updates it; one registered here is left as it is (returns
     /// `false`): this daemon's own stream or lease is the better witness.
-    pub fn adopt(&mut self, spec: InstanceSpec, ttl: Duration, now: Instant) -> bool {
-        if self
+    /// `until`: when it expires here unless its record is written again (a
+    /// lease, which the replica renewing it rewrites); `None`: kept while
+    /// its record exists (a stream, which that replica ends). Returns
+    /// whether what is listed changed (a new instance or a new spec; a
+    /// later expiry alone is not).
+    pub fn adopt(
+        &mut self,
+        spec: InstanceSpec,
+        ttl: Duration,
+        until: Option<Instant>,
+        now: Instant,
+    ) -> bool {
+        let expires = until.unwrap_or(now + KEPT);
+        match self
             .instance(&spec.key())
-            .is_some_and(|i| matches!(i.attachment, Attachment::Stream { .. } | Attachment::Lease))
+            .map(|i| (i.attachment, i.spec == spec))
         {
-            return false;
+            Some((Attachment::Stream { .. } | Attachment::Lease, _)) => return false,
+            Some((Attachment::Replica, true)) => {
+                let svc = self.service_mut(&spec.service);
+                if let Some(i) = svc.instances.get_mut(&spec.instance_id).map(Arc::make_mut) {
+                    i.expires = expires;
+                }
+                return false;
+            }
+            _ => {}
         }
-        self.restore(spec.clone(), Some(ttl), now);
+        self.restore(spec.clone(), Some(ttl), expires);
         let svc = self.service_mut(&spec.service);
         if let Some(i) = svc.instances.get_mut(&spec.instance_id).map(Arc::make_mut) {
             i.attachment = Attachment::Replica;
@@ -958,7 +975,7 @@ impl Registry {
             .services
             .values()
             .flat_map(|s| s.instances.values())
-            .filter(|i| i.expires <= now && !i.attachment.kept())
+            .filter(|i| i.expires <= now && i.attachment != Attachment::Static)
             .map(|i| i.spec.key())
             .collect();
         for k in &expired {
@@ -972,7 +989,7 @@ impl Registry {
         self.services
             .values()
             .flat_map(|s| s.instances.values())
-            .filter(|i| !i.attachment.kept())
+            .filter(|i| i.attachment != Attachment::Static)
             .map(|i| i.expires)
             .min()
     }
@@ -1340,14 +1357,25 @@ mod tests {
         let now = Instant::now();
         let mut r = Registry::new();
         let a = spec("a", "127.0.0.1:1");
-        assert!(r.adopt(a.clone(), TTL, now));
+        assert!(r.adopt(a.clone(), TTL, None, now));
         assert_eq!(
             r.instance(&a.key()).map(|i| i.attachment),
             Some(Attachment::Replica)
         );
-        // Never expired here, and no expiry scheduled for it.
+        // A stream's: not expired here (its record goes when it ends).
         assert!(r.expire(now + Duration::from_secs(86_400)).is_empty());
-        assert_eq!(r.next_expiry(), None);
+        // A lease's: expires unless its record is written again.
+        let l = spec("l", "127.0.0.1:2");
+        assert!(r.adopt(l.clone(), TTL, Some(now + TTL), now));
+        assert!(
+            !r.adopt(l.clone(), TTL, Some(now + 2 * TTL), now),
+            "a renewal lists nothing new"
+        );
+        assert!(
+            r.expire(now + TTL).is_empty(),
+            "the rewrite moved its expiry"
+        );
+        assert_eq!(r.expire(now + 2 * TTL), [l.key()]);
         // Live: another address for its id, or a static one, is refused.
         assert!(matches!(
             r.check_register(&spec("a", "127.0.0.1:9"), TTL, STREAM, now, &Q),
@@ -1361,7 +1389,7 @@ mod tests {
         assert_eq!(r.check_register(&a, TTL, STREAM, now, &Q), Ok(true));
         r.apply_register(a.clone(), TTL, STREAM, now);
         // Now the record from elsewhere no longer replaces it.
-        assert!(!r.adopt(spec("a", "127.0.0.1:1"), TTL, now));
+        assert!(!r.adopt(spec("a", "127.0.0.1:1"), TTL, None, now));
         assert_eq!(r.instance(&a.key()).map(|i| i.attachment), Some(STREAM));
         // A service left with defaults only is forgotten on request.
         r.remove(&a.key());

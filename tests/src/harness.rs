@@ -296,6 +296,22 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
 }
 
+/// The instances of `service` as the daemon at `addr` shows them
+/// (`Admin/GetService`); none if it cannot be asked or knows no such service.
+pub async fn instances_of(addr: &str, service: &str) -> Vec<lb_proto::v1::InstanceStatus> {
+    use lb_proto::v1::{admin_client::AdminClient, GetServiceRequest};
+    let Ok(mut admin) = AdminClient::connect(format!("http://{addr}")).await else {
+        return Vec::new();
+    };
+    admin
+        .get_service(GetServiceRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|s| s.into_inner().instances)
+        .unwrap_or_default()
+}
+
 /// Runs `lb-server ctl --server DAEMON ARGS…`; returns its stdout, or an
 /// error with its stderr when it fails.
 pub fn ctl(daemon: &str, args: &[&str]) -> Result<String> {

@@ -43,7 +43,8 @@
 //!   - `etcd_replicas.rs`: three lb-server replicas on etcd: what one is
 //!     told every replica's clients get; a client never moves to a replica
 //!     behind its state; each replica and an etcd member killed with -9
-//!     under load: no failed call, every acknowledged write everywhere;
+//!     under load: no failed call, every acknowledged write everywhere; a
+//!     lease whose replica died expires on the others;
 //!   - `etcd_quorum.rs`: replicas while etcd has no quorum (lists, calls
 //!     and reports go on, writes refused) and after it returns;
 //!   - `store_faults.rs`: a full disk (degraded mode and recovery), write

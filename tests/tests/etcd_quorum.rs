@@ -9,23 +9,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_client::{subscribe, ClientOptions};
-use lb_proto::v1::{self as pb, admin_client::AdminClient};
 use lb_tests::echo::echo_client::EchoClient;
 use lb_tests::echo::WhoamiRequest;
 use lb_tests::etcd::EtcdCluster;
-use lb_tests::harness::{ctl, ids, set, wait_ids, wait_until, BackendSpec, Daemon, WAIT};
+use lb_tests::harness::{
+    ctl, ids, instances_of, set, wait_ids, wait_until, BackendSpec, Daemon, WAIT,
+};
 
 /// The age of `instance`'s latest load report on the daemon at `addr`.
 async fn load_age(addr: &str, instance: &str) -> Option<Duration> {
-    let mut admin = AdminClient::connect(format!("http://{addr}")).await.ok()?;
-    let s = admin
-        .get_service(pb::GetServiceRequest {
-            service: "svc".into(),
-        })
+    instances_of(addr, "svc")
         .await
-        .ok()?
-        .into_inner();
-    s.instances
         .into_iter()
         .find(|i| i.instance_id == instance && i.load.is_some())
         .map(|i| Duration::from_millis(i.load_age_ms))
@@ -33,25 +27,13 @@ async fn load_age(addr: &str, instance: &str) -> Option<Duration> {
 
 /// Each instance of "svc" on the daemon at `addr` with its weight override.
 async fn instances(addr: &str) -> Vec<(String, u32)> {
-    let Ok(mut admin) = AdminClient::connect(format!("http://{addr}")).await else {
-        return Vec::new();
-    };
-    admin
-        .get_service(pb::GetServiceRequest {
-            service: "svc".into(),
-        })
+    let mut v: Vec<(String, u32)> = instances_of(addr, "svc")
         .await
-        .map(|s| {
-            let mut v: Vec<(String, u32)> = s
-                .into_inner()
-                .instances
-                .into_iter()
-                .map(|i| (i.instance_id, i.weight_override))
-                .collect();
-            v.sort();
-            v
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .map(|i| (i.instance_id, i.weight_override))
+        .collect();
+    v.sort();
+    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,9 @@ use lb_proto::v1::{self as pb, admin_client::AdminClient};
 use lb_tests::echo::echo_client::EchoClient;
 use lb_tests::echo::WhoamiRequest;
 use lb_tests::etcd::EtcdCluster;
-use lb_tests::harness::{ctl, ids, set, wait_ids, wait_until, BackendSpec, Daemon, WAIT};
+use lb_tests::harness::{
+    ctl, ids, instances_of, set, wait_ids, wait_until, BackendSpec, Daemon, WAIT,
+};
 
 fn replica(dir: &std::path::Path, name: &str, url: &str) -> Daemon {
     Daemon::start(&dir.join(name), "127.0.0.1:0", &["--store", url]).expect("replica starts")
@@ -203,22 +205,11 @@ async fn write(replicas: &[String], i: usize) -> Option<String> {
 }
 
 async fn instance_ids(addr: &str, service: &str) -> BTreeSet<String> {
-    let mut admin = AdminClient::connect(format!("http://{addr}"))
+    instances_of(addr, service)
         .await
-        .expect("admin connects");
-    admin
-        .get_service(pb::GetServiceRequest {
-            service: service.into(),
-        })
-        .await
-        .map(|s| {
-            s.into_inner()
-                .instances
-                .into_iter()
-                .map(|i| i.instance_id)
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,4 +353,57 @@ async fn no_call_fails_while_each_replica_and_an_etcd_member_are_killed() {
         }
     }
     drop(subs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_renewed_through_a_replica_that_died_expires_on_the_others() {
+    let cluster = EtcdCluster::start(3).expect("etcd");
+    let url = cluster.url("leases");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = replica(dir.path(), "a", &url);
+    let b = replica(dir.path(), "b", &url);
+    let on_b = client(&b).await;
+    let mut registry = pb::registry_client::RegistryClient::connect(format!("http://{}", a.addr()))
+        .await
+        .expect("registry");
+    let ttl = Duration::from_millis(1000);
+    let renew = pb::RegisterRequest {
+        instance: Some(pb::Instance {
+            service: "svc".into(),
+            instance_id: "l1".into(),
+            address: "127.0.0.1:9".into(),
+            weight: 1,
+            ..Default::default()
+        }),
+        ttl_ms: 1000,
+    };
+    // Renewed through A every 250 ms for three TTLs: B lists it all along
+    // (A rewrites the record every half TTL, which moves B's expiry).
+    registry.register(renew.clone()).await.expect("register");
+    wait_ids(&on_b, &set(&["l1"])).await;
+    let until = std::time::Instant::now() + 3 * ttl;
+    while std::time::Instant::now() < until {
+        registry.register(renew.clone()).await.expect("renew");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(
+            ids(&on_b.current()),
+            set(&["l1"]),
+            "B dropped a renewed lease"
+        );
+    }
+    // A dies and nobody renews: B lets it go within about a TTL, and the
+    // record goes from etcd (a replica started now does not list it).
+    a.proc.kill9();
+    let gone = std::time::Instant::now();
+    wait_ids(&on_b, &set(&[])).await;
+    assert!(
+        gone.elapsed() < ttl * 3,
+        "expired after {:?}",
+        gone.elapsed()
+    );
+    let c = replica(dir.path(), "c", &url);
+    assert!(
+        instances_of(&c.addr(), "svc").await.is_empty(),
+        "the record outlived the lease"
+    );
 }

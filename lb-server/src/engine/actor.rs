@@ -21,6 +21,7 @@ use lb_core::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cmd::{Answer, Dispatch};
+use super::follow::Followed;
 use super::snapshot::{self, Snapshot};
 use super::state::State;
 use super::{now, EngineHandle, Hub};
@@ -61,11 +62,14 @@ pub(crate) enum Input {
     Command(Box<dyn Dispatch>),
     /// Stop changing state; acknowledged once frozen.
     Freeze(oneshot::Sender<()>),
-    /// A change committed to the shared store (by another replica, or an
-    /// echo of this one's): see [`super::follow`].
-    Remote(crate::store::Event),
-    /// Everything the shared store holds, after a watch that broke.
-    Resync(Box<crate::store::Loaded>),
+    /// From the shared store's follower (see [`super::follow`]).
+    Followed(Followed),
+}
+
+impl From<Followed> for Input {
+    fn from(f: Followed) -> Input {
+        Input::Followed(f)
+    }
 }
 
 impl std::fmt::Debug for Input {
@@ -77,8 +81,7 @@ impl std::fmt::Debug for Input {
             Input::GrpclbStats { .. } => "GrpclbStats",
             Input::Command(_) => "Command",
             Input::Freeze(_) => "Freeze",
-            Input::Remote(_) => "Remote",
-            Input::Resync(_) => "Resync",
+            Input::Followed(_) => "Followed",
         })
     }
 }
@@ -344,7 +347,8 @@ impl Actor {
                 st.frozen = true;
                 batch.frozen.push(reply);
             }
-            Input::Remote(event) => {
+            Input::Followed(Followed::Change(event)) => {
+                let event = *event;
                 self.revision = self.revision.max(event.revision);
                 let stale = self
                     .own
@@ -354,7 +358,7 @@ impl Actor {
                     self.stale = true;
                 }
             }
-            Input::Resync(loaded) => {
+            Input::Followed(Followed::Everything(loaded)) => {
                 self.revision = self.revision.max(loaded.revision);
                 if !st.frozen && st.resync(*loaded, now) {
                     self.stale = true;

@@ -10,8 +10,12 @@
 //! them); a change older than this engine's own later write to the same
 //! key is skipped, so a late echo never undoes a newer change.
 //!
-//! Registrations from elsewhere are listed as [`Attachment::Replica`]:
-//! kept while their record is in the store. This daemon's own stream or
+//! Registrations from elsewhere are listed as [`Attachment::Replica`]: a
+//! stream's kept while its record is in the store (the replica holding the
+//! stream removes it when the stream ends), a lease's until its TTL from the
+//! record's last write (the replica that renews it rewrites it every half
+//! TTL, so a lease whose replica died with its backend expires everywhere,
+//! each replica deleting the record: idempotent). This daemon's own stream or
 //! lease for the same instance wins over the record: a delete that arrives
 //! while the backend still streams here (its stream to another replica
 //! broke) leaves it listed here, and if the stream here is still up two
@@ -33,7 +37,6 @@ use lb_core::registry::{Attachment, Override};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use super::actor::Input;
 use super::state::State;
 use crate::store::{Event, Key, Lifetime, Loaded, Record, Revision, Store, Write};
 
@@ -45,15 +48,29 @@ pub(crate) const RETRY: Duration = Duration::from_secs(1);
 /// here too).
 const CONTEST_MIN: Duration = Duration::from_millis(100);
 
+/// What the follower hands the engine.
+pub(crate) enum Followed {
+    /// A change committed to the store (by another replica, or an echo of
+    /// this one's).
+    Change(Box<Event>),
+    /// Everything the store holds, after a watch that broke.
+    Everything(Box<Loaded>),
+}
+
 /// Follows `store` from revision `after` until the engine's input closes.
-pub(crate) async fn follow(store: Arc<dyn Store>, mut after: Revision, tx: mpsc::Sender<Input>) {
+pub(crate) async fn follow<I: From<Followed>>(
+    store: Arc<dyn Store>,
+    mut after: Revision,
+    tx: mpsc::Sender<I>,
+) {
     let mut reload = false;
     loop {
         if reload {
             match store.load().await {
                 Ok(loaded) => {
                     after = loaded.revision;
-                    if tx.send(Input::Resync(Box::new(loaded))).await.is_err() {
+                    let all = Followed::Everything(Box::new(loaded));
+                    if tx.send(all.into()).await.is_err() {
                         return;
                     }
                     reload = false;
@@ -82,7 +99,11 @@ pub(crate) async fn follow(store: Arc<dyn Store>, mut after: Revision, tx: mpsc:
             match item {
                 Ok(event) => {
                     after = after.max(event.revision);
-                    if tx.send(Input::Remote(event)).await.is_err() {
+                    if tx
+                        .send(Followed::Change(Box::new(event)).into())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -103,7 +124,7 @@ pub(crate) async fn follow(store: Arc<dyn Store>, mut after: Revision, tx: mpsc:
 }
 
 /// Waits [`RETRY`]; returns whether the engine has stopped.
-async fn pause(tx: &mpsc::Sender<Input>) -> bool {
+async fn pause<I>(tx: &mpsc::Sender<I>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(RETRY) => false,
         _ = tx.closed() => true,
@@ -179,16 +200,27 @@ impl State {
             ) => {
                 let key = spec.key();
                 let current = self.registry.instance(&key);
-                if current.is_some_and(|i| i.spec == spec && i.attachment != Attachment::Restored) {
+                if current.is_some_and(|i| {
+                    i.spec == spec
+                        && !matches!(i.attachment, Attachment::Restored | Attachment::Replica)
+                }) {
                     return false;
                 }
-                match lifetime {
-                    Lifetime::Static => self.registry.restore(spec.clone(), None, now),
-                    Lifetime::Stream(ttl) | Lifetime::Lease(ttl) => {
-                        if !self.registry.adopt(spec.clone(), ttl, now) {
-                            return false;
-                        }
+                let listed = match lifetime {
+                    Lifetime::Static => {
+                        self.registry.restore(spec.clone(), None, now);
+                        true
                     }
+                    // Kept while its stream's replica keeps the record.
+                    Lifetime::Stream(ttl) => self.registry.adopt(spec.clone(), ttl, None, now),
+                    // The replica renewing it rewrites it every half TTL
+                    // (`State::register`); unrenewed, it expires here too.
+                    Lifetime::Lease(ttl) => {
+                        self.registry.adopt(spec.clone(), ttl, Some(now + ttl), now)
+                    }
+                };
+                if !listed {
+                    return false;
                 }
                 match owner {
                     Some(o) => self.owners.insert(key.clone(), o),

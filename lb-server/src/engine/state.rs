@@ -55,6 +55,10 @@ pub struct State {
     /// alive here, and when to write them again if they still are (see
     /// `follow`).
     pub(crate) contested: HashMap<InstanceKey, Instant>,
+    /// With a shared store: when each lease registered here was last
+    /// written (other replicas expire a lease a TTL after its last write,
+    /// so renewals rewrite it every half TTL).
+    lease_written: HashMap<InstanceKey, Instant>,
 }
 
 impl State {
@@ -74,6 +78,7 @@ impl State {
             auth,
             owners: HashMap::new(),
             contested: HashMap::new(),
+            lease_written: HashMap::new(),
         }
     }
 
@@ -106,11 +111,24 @@ impl State {
         let claims = owner
             .as_ref()
             .is_some_and(|o| self.owners.get(&key) != Some(o));
+        // Best effort: not while the store fails (a renewal must not be
+        // refused for it).
+        let refresh = matches!(via, Via::Lease)
+            && self.config.store != crate::config::StoreChoice::Sled
+            && self.fault.is_none()
+            && self
+                .lease_written
+                .get(&key)
+                .is_none_or(|at| now >= *at + ttl / 2);
         if self
             .registry
             .check_register(&spec, ttl, kind, now, &self.config.quotas)?
             || claims
+            || refresh
         {
+            if matches!(via, Via::Lease) {
+                self.lease_written.insert(key.clone(), now);
+            }
             if let Some(o) = owner {
                 self.owners.insert(key.clone(), o);
             }
@@ -200,6 +218,7 @@ impl State {
     /// Drops a removed instance's record and re-plans its service.
     pub(crate) fn forget(&mut self, key: &InstanceKey) {
         self.owners.remove(key);
+        self.lease_written.remove(key);
         self.replanner.changed(&key.service);
         self.persist(store::Write::delete(Key::Instance(key.clone())));
     }
