@@ -6,6 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
+    // The descriptors themselves, for gRPC server reflection.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("lb_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     // Bytes that do not decode are the caller's error: see src/codec.rs.
     tonic_prost_build::configure()
         .codec_path("crate::codec::LbCodec")

@@ -17,6 +17,8 @@
 //!   and the snapshot readers use.
 //! - [`store`]: the [`store::Store`] trait (revisions, compare-and-set,
 //!   ordered watches), its storage format and the sled implementation.
+//! - [`health`]: gRPC health checking (the daemon, and each service while
+//!   it has an instance to call); reflection is mounted in [`server`].
 //! - [`auth`]: who is calling (bearer tokens, client certificates) and
 //!   whether they may; the tower layer in front of every service.
 //! - [`listen`]: the accept loop: connection limit, handshake deadline, TLS.
@@ -34,6 +36,7 @@ pub mod auth;
 pub mod config;
 pub mod ctl;
 pub mod engine;
+pub mod health;
 pub mod listen;
 pub mod metrics;
 pub mod pb;

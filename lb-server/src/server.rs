@@ -48,6 +48,10 @@ pub enum ServerError {
     /// authentication, or its TLS or token files are unusable.
     #[error("{0}")]
     Unsafe(String),
+    /// The API's file descriptors, served for reflection, do not load (a
+    /// defect of the build).
+    #[error("reflection: {0}")]
+    Reflection(String),
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
@@ -210,6 +214,19 @@ async fn serve(
         config.clone(),
         Arc::clone(&auth),
     ));
+    let health = crate::health::service(&engine, stop_rx.clone());
+    // Reflection (grpcurl, Postman): our two packages, health's and its own.
+    let descriptors = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lb_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = descriptors()
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_alpha = descriptors()
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let max = config.max_message_size;
     let incoming = crate::listen::incoming(listener, tls, config.conn_limits, Arc::clone(&auth));
     let serve = tonic::transport::Server::builder()
@@ -228,6 +245,9 @@ async fn serve(
         .add_service(balancer.max_decoding_message_size(max))
         .add_service(grpclb.max_decoding_message_size(max))
         .add_service(admin.max_decoding_message_size(max))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = close_rx.await;
         });

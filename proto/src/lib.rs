@@ -9,6 +9,7 @@
 //!   (`LoadBalancer`: `BalanceLoad`), for stock gRPC clients' `grpclb` policy.
 //!
 //! - [`codec`]: prost's codec, with undecodable bytes as `invalid_argument`.
+//! - [`FILE_DESCRIPTOR_SET`]: the descriptors, for server reflection.
 //!
 //! Generated code, and the codec it uses. The edges of `lb-server` and
 //! `lb-client` convert these types to and from `lb-core`'s domain types;
@@ -23,6 +24,11 @@ pub mod codec;
 pub mod v1 {
     tonic::include_proto!("lb.v1");
 }
+
+/// Both packages' file descriptors (an encoded `FileDescriptorSet`, with
+/// their imports), for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lb_descriptor.bin"));
 
 /// Package `grpc.lb.v1` (gRPC's grpclb protocol).
 #[allow(missing_docs, clippy::all)]

@@ -47,6 +47,9 @@
 //!     lease whose replica died expires on the others;
 //!   - `etcd_quorum.rs`: replicas while etcd has no quorum (lists, calls
 //!     and reports go on, writes refused) and after it returns;
+//!   - `health.rs`: gRPC health with a stock grpcio health client (a
+//!     service stops serving when its last instance drains), reflection
+//!     with tonic-reflection's client, and both with `--auth`;
 //!   - `store_faults.rs`: a full disk (degraded mode and recovery), write
 //!     errors, a damaged store refused at start;
 //!   - `quotas.rs`: each quota refuses with `resource_exhausted`, and nothing

@@ -40,6 +40,10 @@ enum Class {
     AdminRead,
     /// An admin change.
     AdminWrite,
+    /// `grpc.health.v1.Health`: open to anonymous callers (load balancers
+    /// and Kubernetes probes send no token); it says only whether the
+    /// daemon, or a service named by the caller, has an instance to call.
+    Health,
     /// Anything else (unknown paths get `unimplemented` from the router).
     Other,
 }
@@ -58,6 +62,7 @@ fn classify(path: &str) -> Class {
         "grpc.lb.v1.LoadBalancer" => Class::Grpclb,
         "lb.v1.Admin" if ADMIN_READS.contains(&method) => Class::AdminRead,
         "lb.v1.Admin" => Class::AdminWrite,
+        "grpc.health.v1.Health" => Class::Health,
         _ => Class::Other,
     }
 }
@@ -379,6 +384,11 @@ mod tests {
         assert_eq!(classify("/lb.v1.Admin/ListTokens"), Class::AdminRead);
         assert_eq!(classify("/lb.v1.Admin/SetPolicy"), Class::AdminWrite);
         assert_eq!(classify("/lb.v1.Admin/CreateToken"), Class::AdminWrite);
+        assert_eq!(classify("/grpc.health.v1.Health/Watch"), Class::Health);
+        assert_eq!(
+            classify("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Class::Other
+        );
         assert_eq!(classify("/other.Svc/X"), Class::Other);
     }
 }

@@ -1,0 +1,180 @@
+//! The operator's gRPC surfaces on a real daemon: health checking with a
+//! stock client (grpcio's `grpcio-health-checking` stub, `python/`), and
+//! server reflection with tonic-reflection's client (what grpcurl uses).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use lb_tests::harness::{ctl, BackendSpec, Daemon};
+use prost::Message;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+#[test]
+fn a_stock_health_client_sees_the_daemon_and_a_service_stop_serving_when_it_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &[]).expect("daemon");
+    let _b1 = BackendSpec::new("svc", "b1", 1)
+        .start(&daemon.addr(), dir.path())
+        .expect("backend");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let env = Command::new("bash")
+        .arg(root.join("scripts/python-env.sh"))
+        .output()
+        .expect("run scripts/python-env.sh");
+    assert!(
+        env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    let python = String::from_utf8_lossy(&env.stdout).trim().to_string();
+    // The backend registers before the client asks (a first Check may come
+    // before the first plan otherwise): wait for the list through ctl.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ctl(&daemon.addr(), &["get", "svc"]).is_ok_and(|s| s.contains("b1")) {
+        assert!(std::time::Instant::now() < deadline, "b1 never registered");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut child = Command::new(python)
+        .arg(root.join("tests/python/health_client.py"))
+        .args([
+            "--target",
+            &daemon.addr(),
+            "--service",
+            "svc",
+            "--timeout",
+            "30",
+        ])
+        .env("GRPC_VERBOSITY", "ERROR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the grpcio health client");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = || -> serde_json::Value {
+        let line = lines.next().expect("a line").expect("read");
+        serde_json::from_str(&line).expect("JSON")
+    };
+    let checked = next();
+    assert_eq!(checked["daemon"], "SERVING", "{checked}");
+    assert_eq!(checked["service"], "SERVING", "{checked}");
+    assert_eq!(next()["watch"], "SERVING");
+    // Its only instance drains: the service stops serving, pushed to Watch.
+    ctl(&daemon.addr(), &["drain", "svc", "b1"]).expect("drain");
+    assert_eq!(next()["watch"], "NOT_SERVING");
+    ctl(&daemon.addr(), &["undrain", "svc", "b1"]).expect("undrain");
+    assert_eq!(next()["watch"], "SERVING");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn reflect(
+    client: &mut ServerReflectionClient<tonic::transport::Channel>,
+    request: MessageRequest,
+) -> MessageResponse {
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .expect("reflection")
+        .into_inner();
+    answers
+        .message()
+        .await
+        .expect("an answer")
+        .and_then(|a| a.message_response)
+        .expect("a response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service_and_describes_admin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &[]).expect("daemon");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.addr()))
+        .expect("an address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let MessageResponse::ListServicesResponse(list) =
+        reflect(&mut client, MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("not a list of services");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.lb.v1.LoadBalancer",
+            "grpc.reflection.v1.ServerReflection",
+            "lb.v1.Admin",
+            "lb.v1.Balancer",
+            "lb.v1.Registry",
+        ]
+    );
+    // What grpcurl needs to call Admin/GetService: the file that defines it.
+    let MessageResponse::FileDescriptorResponse(files) = reflect(
+        &mut client,
+        MessageRequest::FileContainingSymbol("lb.v1.Admin".into()),
+    )
+    .await
+    else {
+        panic!("no file for lb.v1.Admin");
+    };
+    let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
+        .expect("a file descriptor");
+    let admin = file
+        .service
+        .iter()
+        .find(|s| s.name() == "Admin")
+        .expect("Admin in its file");
+    let get = admin
+        .method
+        .iter()
+        .find(|m| m.name() == "GetService")
+        .expect("GetService");
+    assert_eq!(get.input_type(), ".lb.v1.GetServiceRequest");
+    assert_eq!(get.output_type(), ".lb.v1.ServiceStatus");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_health_stays_open_and_reflection_needs_a_token() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon =
+        Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &["--auth"]).expect("daemon");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.addr()))
+        .expect("an address")
+        .connect()
+        .await
+        .expect("connect");
+    // A probe sends no token.
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("an anonymous health check")
+        .into_inner()
+        .status;
+    assert_eq!(status, 1, "SERVING");
+    // Reflection is for operators: anonymous callers are refused.
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let refused = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .expect_err("anonymous reflection");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+}
