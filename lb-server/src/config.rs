@@ -1,4 +1,7 @@
-//! Daemon settings (built by `main.rs` from flags; tests build them directly).
+//! Daemon settings (built by `main.rs` from flags; tests build them directly),
+//! and [`file`]: the flags in a TOML file (`--config`).
+
+pub mod file;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -44,7 +44,22 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Operator commands against a running lb-server (`lb-server ctl --help`).
-    Ctl(CtlArgs),
+    Ctl(Box<CtlArgs>),
+    /// Prints a shell completion script (e.g. `lb-server completions bash >
+    /// /etc/bash_completion.d/lb-server`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How the daemon writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
 }
 
 /// The daemon's flags.
@@ -65,6 +80,18 @@ struct Args {
     /// replicas").
     #[arg(long, env = "LB_STORE", default_value = "sled")]
     store: lb_server::config::StoreChoice,
+    /// Reads flags from this TOML file (keys are the flags' long names, e.g.
+    /// `report-interval = "250ms"`; `lb.example.toml` shows them). Flags
+    /// and `LB_*` variables override the file.
+    #[arg(long, env = "LB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Prints the effective configuration (every flag, its value and where
+    /// it came from: flag, environment, file or default) as TOML, and exits.
+    #[arg(long)]
+    print_config: bool,
+    /// Log format: `text` or `json` (one object per line).
+    #[arg(long, env = "LB_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// How often backends should report load (e.g. 250ms, 1s).
     #[arg(long, env = "LB_REPORT_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     report_interval: Duration,
@@ -255,7 +282,112 @@ impl QuotaArgs {
     }
 }
 
+/// The daemon's flags a configuration file may set: long name and
+/// environment variable.
+fn file_flags() -> Vec<(String, String)> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let env = a.get_env()?.to_str()?;
+            (long != "config").then(|| (long.to_string(), env.to_string()))
+        })
+        .collect()
+}
+
+/// `--config FILE` (or `LB_CONFIG`) when the daemon is to run: applied to
+/// the environment before anything parses it (see `lb_server::config::file`).
+/// Returns the variables the file set.
+fn apply_config_file() -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .first()
+        .is_some_and(|a| a == "ctl" || a == "completions" || a == "help")
+    {
+        return Ok(Default::default());
+    }
+    let mut path = std::env::var_os("LB_CONFIG").map(PathBuf::from);
+    for (i, a) in args.iter().enumerate() {
+        if a == "--config" {
+            path = args.get(i + 1).map(PathBuf::from);
+        } else if let Some(v) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(v));
+        }
+    }
+    match path {
+        Some(p) => Ok(lb_server::config::file::apply(&p, &file_flags())?),
+        None => Ok(Default::default()),
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an
+/// error.
+fn emit(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, bytes)
+        .and_then(|()| std::io::Write::flush(&mut out))
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Ok(()),
+            _ => Err(e),
+        })
+        .context("cannot write to stdout")
+}
+
+/// `--print-config`: every daemon flag with its value and its source, as
+/// TOML that `--config` reads back.
+fn print_config(
+    matches: &clap::ArgMatches,
+    from_file: &std::collections::BTreeSet<String>,
+) -> String {
+    use clap::parser::ValueSource;
+    use clap::CommandFactory;
+    use std::fmt::Write as _;
+    let mut text = String::from("# lb-server's effective configuration (a file --config reads)\n");
+    for a in Cli::command().get_arguments() {
+        let (Some(long), id) = (a.get_long(), a.get_id().as_str()) else {
+            continue;
+        };
+        if matches!(long, "config" | "print-config" | "help" | "version") {
+            continue;
+        }
+        let key = long;
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => {
+                let env = a.get_env().and_then(|e| e.to_str()).unwrap_or("");
+                if from_file.contains(env) {
+                    "file"
+                } else {
+                    "environment"
+                }
+            }
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "not set",
+        };
+        let raw: Option<Vec<String>> = matches
+            .get_raw(id)
+            .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect());
+        let _ = match raw {
+            Some(v) if !v.is_empty() => writeln!(
+                text,
+                "{key} = {}  # {source}",
+                lb_server::config::file::toml_value(&v.join(","))
+            ),
+            _ => writeln!(text, "# {key} is not set"),
+        };
+    }
+    text
+}
+
 fn main() {
+    let from_file = match apply_config_file() {
+        Ok(set) => set,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::exit(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -266,7 +398,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = runtime.block_on(daemon_or_ctl());
+    let result = runtime.block_on(daemon_or_ctl(from_file));
     // A store wait that never returns (a disk that hangs) must not hold up
     // the exit: everything acknowledged was flushed when it was acknowledged.
     runtime.shutdown_timeout(EXIT_GRACE);
@@ -293,24 +425,49 @@ fn one_line(e: &anyhow::Error) -> String {
 /// How long the exit waits for blocking work (a store flush) left running.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
-async fn daemon_or_ctl() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if let Some(Command::Ctl(ctl)) = cli.command {
-        if let Err(e) = lb_server::ctl::run(ctl).await {
-            eprintln!("error: {e}");
-            std::process::exit(1);
+async fn daemon_or_ctl(from_file: std::collections::BTreeSet<String>) -> anyhow::Result<()> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
+        Some(Command::Ctl(ctl)) => {
+            if let Err(e) = lb_server::ctl::run(*ctl).await {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            return Ok(());
         }
-        return Ok(());
+        Some(Command::Completions { shell }) => {
+            // Into memory first: the generator panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lb-server", &mut script);
+            return emit(&script);
+        }
+        None => {}
     }
     let args = cli.daemon;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if args.print_config {
+        return emit(print_config(&matches, &from_file).as_bytes());
+    }
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    if !from_file.is_empty() {
+        tracing::info!(settings = from_file.len(), "configuration file read");
+    }
     if args.report_interval.is_zero() || args.stats_interval.is_zero() {
         anyhow::bail!("--report-interval and --stats-interval must be greater than 0");
     }

@@ -47,6 +47,8 @@
 //!     lease whose replica died expires on the others;
 //!   - `etcd_quorum.rs`: replicas while etcd has no quorum (lists, calls
 //!     and reports go on, writes refused) and after it returns;
+//!   - `config.rs`: `--config` files (flags and `LB_*` override them),
+//!     `--print-config`, JSON logs, completions, `deploy/`'s examples;
 //!   - `health.rs`: gRPC health with a stock grpcio health client (a
 //!     service stops serving when its last instance drains), reflection
 //!     with tonic-reflection's client, and both with `--auth`;
