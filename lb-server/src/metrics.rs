@@ -1,13 +1,15 @@
-//! Prometheus metrics: `GET /metrics` on `--metrics-listen`, in the text
-//! exposition format (version 0.0.4, prometheus.io/docs/instrumenting/exposition_formats).
+//! Prometheus metrics: `GET /metrics` on `--metrics-listen`, encoded by
+//! `prometheus-client` in the OpenMetrics text format (which Prometheus
+//! reads; openmetrics.io). A counter's family is named without `_total`
+//! and its samples with it, as OpenMetrics has it; sample names are those
+//! of earlier releases.
 //!
 //! The figures are the engine's views from its snapshot (what `lb-server ctl
-//! get` shows; a scrape never waits for the engine), rendered
-//! by the pure [`render`]; the listener is a minimal HTTP/1.1 responder (one
-//! request per connection, then close), enough for a Prometheus scraper or curl
-//! without a web framework.
+//! get` shows; a scrape never waits for the engine), turned into families
+//! of samples by pure functions and encoded by a `prometheus-client`
+//! collector at each scrape; the listener is a minimal HTTP/1.1 responder (one
+//! request per connection, then close).
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +21,12 @@ use tokio::net::TcpListener;
 use lb_core::access::Need;
 use lb_core::inspect::{InstanceView, ServiceView};
 use lb_core::quota::Quota;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::auth::Auth;
 use crate::engine::EngineHandle;
@@ -29,180 +37,142 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// A scraper that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A sample's labels, in order.
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family, as data: what a scrape holds before
+/// `prometheus-client` encodes it.
+#[derive(Debug, Clone)]
+struct Family {
+    /// The name; a counter's ends in `_total`, which its samples keep
+    /// (prometheus-client names the family without it, as OpenMetrics does).
+    name: &'static str,
+    counter: bool,
+    help: &'static str,
+    samples: Vec<(Labels, f64)>,
+}
+
+fn gauge(name: &'static str, help: &'static str, samples: Vec<(Labels, f64)>) -> Family {
+    Family {
+        name,
+        counter: false,
+        help,
+        samples,
+    }
+}
+
+fn counter(name: &'static str, help: &'static str, samples: Vec<(Labels, f64)>) -> Family {
+    Family {
+        name,
+        counter: true,
+        help,
+        samples,
+    }
+}
+
+/// The page's families, encoded at each scrape by `prometheus-client`.
+#[derive(Debug)]
+struct Families(Vec<Family>);
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let (name, kind) = if f.counter {
+                (
+                    f.name.strip_suffix("_total").unwrap_or(f.name),
+                    MetricType::Counter,
+                )
+            } else {
+                (f.name, MetricType::Gauge)
+            };
+            let mut metric = encoder.encode_descriptor(name, f.help, None, kind)?;
+            for (labels, v) in &f.samples {
+                let sample = metric.encode_family(labels)?;
+                // Whole numbers print as such (`3`, not `3.0`).
+                let whole = v.fract() == 0.0 && v.abs() < 9.0e15;
+                match (f.counter, whole) {
+                    (true, true) => ConstCounter::new(*v as u64).encode(sample)?,
+                    (true, false) => ConstCounter::new(*v).encode(sample)?,
+                    (false, true) => ConstGauge::new(*v as i64).encode(sample)?,
+                    (false, false) => ConstGauge::new(*v).encode(sample)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `families` in the Prometheus text format (OpenMetrics text 1.0, which
+/// Prometheus reads), by `prometheus-client`.
+fn encode(families: Vec<Family>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Families(families)));
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The per-service, per-rule and per-instance families of `views`.
+fn view_families(views: &[ServiceView]) -> Vec<Family> {
+    let svc = |v: &ServiceView| -> Labels { vec![("service", v.name.clone())] };
+    let per_service = |f: &dyn Fn(&ServiceView) -> f64| -> Vec<(Labels, f64)> {
+        views.iter().map(|v| (svc(v), f(v))).collect()
+    };
+    let per_instance = |f: &dyn Fn(&InstanceView) -> f64| -> Vec<(Labels, f64)> {
+        views
+            .iter()
+            .flat_map(|v| {
+                v.instances.iter().map(move |i| {
+                    let mut l = svc(v);
+                    l.push(("instance", i.spec.instance_id.clone()));
+                    (l, f(i))
+                })
+            })
+            .collect()
+    };
+    let rules = |f: &dyn Fn(usize) -> f64| -> Vec<(Labels, f64)> {
+        views
+            .iter()
+            .flat_map(|v| {
+                v.rules.iter().map(move |(r, n)| {
+                    let mut l = svc(v);
+                    l.push(("rule", r.name.clone()));
+                    (l, f(*n))
+                })
+            })
+            .collect()
+    };
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    vec![
+        gauge("lb_service_instances", "Registered instances.", per_service(&|v| v.instances.len() as f64)),
+        gauge("lb_service_list_version", "Version of the list subscribers get.", per_service(&|v| v.version as f64)),
+        counter("lb_service_dropped_total", "Calls clients failed locally on drop entries (load shedding).", per_service(&|v| v.dropped as f64)),
+        counter("lb_service_no_backend_total", "Calls clients could not place (empty list or a strict route with no instance).", per_service(&|v| v.no_backend as f64)),
+        gauge("lb_service_drop_fraction", "Fraction of calls the list drops now (load shedding).", per_service(&|v| v.drop_fraction)),
+        gauge("lb_service_utilization", "Mean reported utilization of the service's instances.", per_service(&|v| v.utilization)),
+        gauge("lb_service_backlog_seconds", "Seconds the instances' reported requests take to drain at their full rates.", per_service(&|v| v.backlog_seconds)),
+        gauge("lb_service_subscribers", "lb.v1 subscriptions (lb-client) open on the service.", per_service(&|v| f64::from(v.subscribers))),
+        gauge("lb_grpclb_streams", "grpc.lb.v1 (stock client) streams open on the service.", per_service(&|v| f64::from(v.grpclb_streams))),
+        counter("lb_grpclb_calls_started_total", "Calls stock grpclb clients reported starting.", per_service(&|v| v.grpclb.calls_started as f64)),
+        counter("lb_grpclb_calls_known_received_total", "Calls stock grpclb clients reported as received by a backend.", per_service(&|v| v.grpclb.known_received as f64)),
+        counter("lb_grpclb_calls_failed_to_send_total", "Calls stock grpclb clients could not send to a backend.", per_service(&|v| v.grpclb.failed_to_send as f64)),
+        gauge("lb_rule_selected_instances", "Instances a routing rule selects.", rules(&|n| n as f64)),
+        gauge("lb_rule_matches_no_instance", "1 when a routing rule selects no instance (flagged).", rules(&|n| flag(n == 0))),
+        gauge("lb_instance_share", "Share of the default list (0 for an instance an exclusive rule reserves).", per_instance(&|i| i.share)),
+        gauge("lb_instance_key_spill", "consistent_hash: fraction of the instance's keyed calls sent to their keys' next instance (past load_bound).", per_instance(&|i| i.key_spill)),
+        gauge("lb_instance_effective_weight", "Weight the policy gave the instance (mean 1).", per_instance(&|i| i.effective_weight)),
+        counter("lb_instance_calls_total", "Calls clients finished on the instance.", per_instance(&|i| i.outcomes.calls_finished as f64)),
+        counter("lb_instance_failed_total", "Calls that failed on the instance.", per_instance(&|i| i.outcomes.calls_failed as f64)),
+        gauge("lb_instance_ejected", "1 while outlier detection has ejected the instance.", per_instance(&|i| flag(i.ejected_for.is_some()))),
+        gauge("lb_instance_circuit_open", "1 while the instance is out for reporting utilization above the ceiling.", per_instance(&|i| flag(i.health.circuit_open))),
+        gauge("lb_instance_times_ejected", "Ejections counted towards the next ejection's length.", per_instance(&|i| f64::from(i.health.times_ejected))),
+    ]
 }
 
 /// The metrics of `views`, in the text exposition format.
 pub fn render(views: &[ServiceView]) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
-    };
-    let svc = |v: &ServiceView| format!("service=\"{}\"", esc(&v.name));
-    let per_service = |f: &dyn Fn(&ServiceView) -> f64| -> Vec<(String, f64)> {
-        views.iter().map(|v| (svc(v), f(v))).collect()
-    };
-    let inst = |v: &ServiceView, id: &str| format!("{},instance=\"{}\"", svc(v), esc(id));
-    let per_instance = |f: &dyn Fn(&InstanceView) -> f64| -> Vec<(String, f64)> {
-        views
-            .iter()
-            .flat_map(|v| {
-                v.instances
-                    .iter()
-                    .map(move |i| (inst(v, &i.spec.instance_id), f(i)))
-            })
-            .collect()
-    };
-    family(
-        "lb_service_instances",
-        "gauge",
-        "Registered instances.",
-        per_service(&|v| v.instances.len() as f64),
-    );
-    family(
-        "lb_service_list_version",
-        "gauge",
-        "Version of the list subscribers get.",
-        per_service(&|v| v.version as f64),
-    );
-    family(
-        "lb_service_dropped_total",
-        "counter",
-        "Calls clients failed locally on drop entries (load shedding).",
-        per_service(&|v| v.dropped as f64),
-    );
-    family(
-        "lb_service_no_backend_total",
-        "counter",
-        "Calls clients could not place (empty list or a strict route with no instance).",
-        per_service(&|v| v.no_backend as f64),
-    );
-    family(
-        "lb_service_drop_fraction",
-        "gauge",
-        "Fraction of calls the list drops now (load shedding).",
-        per_service(&|v| v.drop_fraction),
-    );
-    family(
-        "lb_service_utilization",
-        "gauge",
-        "Mean reported utilization of the service's instances.",
-        per_service(&|v| v.utilization),
-    );
-    family(
-        "lb_service_backlog_seconds",
-        "gauge",
-        "Seconds the instances' reported requests take to drain at their full rates.",
-        per_service(&|v| v.backlog_seconds),
-    );
-    family(
-        "lb_service_subscribers",
-        "gauge",
-        "lb.v1 subscriptions (lb-client) open on the service.",
-        per_service(&|v| f64::from(v.subscribers)),
-    );
-    family(
-        "lb_grpclb_streams",
-        "gauge",
-        "grpc.lb.v1 (stock client) streams open on the service.",
-        per_service(&|v| f64::from(v.grpclb_streams)),
-    );
-    family(
-        "lb_grpclb_calls_started_total",
-        "counter",
-        "Calls stock grpclb clients reported starting.",
-        per_service(&|v| v.grpclb.calls_started as f64),
-    );
-    family(
-        "lb_grpclb_calls_known_received_total",
-        "counter",
-        "Calls stock grpclb clients reported as received by a backend.",
-        per_service(&|v| v.grpclb.known_received as f64),
-    );
-    family(
-        "lb_grpclb_calls_failed_to_send_total",
-        "counter",
-        "Calls stock grpclb clients could not send to a backend.",
-        per_service(&|v| v.grpclb.failed_to_send as f64),
-    );
-    let rules = |f: &dyn Fn(usize) -> f64| -> Vec<(String, f64)> {
-        views
-            .iter()
-            .flat_map(|v| {
-                v.rules
-                    .iter()
-                    .map(move |(r, n)| (format!("{},rule=\"{}\"", svc(v), esc(&r.name)), f(*n)))
-            })
-            .collect()
-    };
-    family(
-        "lb_rule_selected_instances",
-        "gauge",
-        "Instances a routing rule selects.",
-        rules(&|n| n as f64),
-    );
-    family(
-        "lb_rule_matches_no_instance",
-        "gauge",
-        "1 when a routing rule selects no instance (flagged).",
-        rules(&|n| if n == 0 { 1.0 } else { 0.0 }),
-    );
-    family(
-        "lb_instance_share",
-        "gauge",
-        "Share of the default list (0 for an instance an exclusive rule reserves).",
-        per_instance(&|i| i.share),
-    );
-    family(
-        "lb_instance_key_spill",
-        "gauge",
-        "consistent_hash: fraction of the instance's keyed calls sent to their keys' next instance (past load_bound).",
-        per_instance(&|i| i.key_spill),
-    );
-    family(
-        "lb_instance_effective_weight",
-        "gauge",
-        "Weight the policy gave the instance (mean 1).",
-        per_instance(&|i| i.effective_weight),
-    );
-    family(
-        "lb_instance_calls_total",
-        "counter",
-        "Calls clients finished on the instance.",
-        per_instance(&|i| i.outcomes.calls_finished as f64),
-    );
-    family(
-        "lb_instance_failed_total",
-        "counter",
-        "Calls that failed on the instance.",
-        per_instance(&|i| i.outcomes.calls_failed as f64),
-    );
-    family(
-        "lb_instance_ejected",
-        "gauge",
-        "1 while outlier detection has ejected the instance.",
-        per_instance(&|i| if i.ejected_for.is_some() { 1.0 } else { 0.0 }),
-    );
-    family(
-        "lb_instance_circuit_open",
-        "gauge",
-        "1 while the instance is out for reporting utilization above the ceiling.",
-        per_instance(&|i| if i.health.circuit_open { 1.0 } else { 0.0 }),
-    );
-    family(
-        "lb_instance_times_ejected",
-        "gauge",
-        "Ejections counted towards the next ejection's length.",
-        per_instance(&|i| f64::from(i.health.times_ejected)),
-    );
-    out
+    encode(view_families(views))
 }
 
 /// Who may scrape, and over what.
@@ -296,7 +266,11 @@ where
         };
         (status, "text/plain", format!("{}\n", e.message()))
     } else {
-        ("200 OK", "text/plain; version=0.0.4", body())
+        (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body(),
+        )
     };
     let resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
@@ -310,88 +284,83 @@ where
 /// authentication and limit counters of `auth`.
 pub fn page(engine: &EngineHandle, auth: &Auth, insecure: bool) -> String {
     let hub = engine.hub();
-    let mut page = render(&engine.views(None));
-    page.push_str(&render_ingest(
+    let mut families = view_families(&engine.views(None));
+    families.extend(ingest_families(
         hub.reports_received.load(Ordering::Relaxed),
         hub.reports_applied.load(Ordering::Relaxed),
     ));
-    page.push_str(&render_store(
+    families.extend(store_families(
         hub.store.fault().is_some(),
         hub.store.failures.load(Ordering::Relaxed),
     ));
-    page.push_str(&render_security(auth, insecure));
-    page.push_str(&render_quotas(&hub.quotas.counts()));
-    page
+    families.extend(security_families(auth, insecure));
+    families.push(quota_family(&hub.quotas.counts()));
+    encode(families)
+}
+
+fn one(v: f64) -> Vec<(Labels, f64)> {
+    vec![(Vec::new(), v)]
 }
 
 /// Refused calls and connections, and whether the daemon runs exposed.
-fn render_security(auth: &Auth, insecure: bool) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP lb_auth_enabled 1 when every call must authenticate.\n# TYPE lb_auth_enabled gauge\nlb_auth_enabled {}",
-        u8::from(auth.is_enabled())
-    );
-    let _ = writeln!(
-        out,
-        "# HELP lb_insecure 1 when started with --insecure: listening beyond loopback without TLS or authentication.\n# TYPE lb_insecure gauge\nlb_insecure {}",
-        u8::from(insecure)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP lb_auth_denied_total Calls refused by authentication or authorization.\n# TYPE lb_auth_denied_total counter"
-    );
-    for ((role, reason), n) in auth.denied_counts() {
-        let _ = writeln!(
-            out,
-            "lb_auth_denied_total{{role=\"{role}\",reason=\"{reason}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP lb_limit_refused_total Calls and connections refused or closed by a limit.\n# TYPE lb_limit_refused_total counter"
-    );
-    for (limit, n) in auth.limited_counts() {
-        let _ = writeln!(out, "lb_limit_refused_total{{limit=\"{limit}\"}} {n}");
-    }
-    out
+fn security_families(auth: &Auth, insecure: bool) -> Vec<Family> {
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    vec![
+        gauge("lb_auth_enabled", "1 when every call must authenticate.", one(flag(auth.is_enabled()))),
+        gauge("lb_insecure", "1 when started with --insecure: listening beyond loopback without TLS or authentication.", one(flag(insecure))),
+        counter(
+            "lb_auth_denied_total",
+            "Calls refused by authentication or authorization.",
+            auth.denied_counts()
+                .into_iter()
+                .map(|((role, reason), n)| (vec![("role", role.to_string()), ("reason", reason.to_string())], n as f64))
+                .collect(),
+        ),
+        counter(
+            "lb_limit_refused_total",
+            "Calls and connections refused or closed by a limit.",
+            auth.limited_counts()
+                .into_iter()
+                .map(|(limit, n)| (vec![("limit", limit.to_string())], n as f64))
+                .collect(),
+        ),
+    ]
 }
 
 /// Changes refused per quota (every quota listed, so rates start at 0).
-fn render_quotas(counts: &[(Quota, u64)]) -> String {
-    let mut out = String::from(
-        "# HELP lb_quota_refused_total Changes refused because they would exceed a quota (resource_exhausted).\n\
-         # TYPE lb_quota_refused_total counter\n",
-    );
-    for (q, n) in counts {
-        let _ = writeln!(out, "lb_quota_refused_total{{quota=\"{}\"}} {n}", q.name());
-    }
-    out
+fn quota_family(counts: &[(Quota, u64)]) -> Family {
+    counter(
+        "lb_quota_refused_total",
+        "Changes refused because they would exceed a quota (resource_exhausted).",
+        counts
+            .iter()
+            .map(|(q, n)| (vec![("quota", q.name().to_string())], *n as f64))
+            .collect(),
+    )
 }
 
 /// The store's health: degraded while commits fail.
-fn render_store(degraded: bool, failures: u64) -> String {
-    format!(
-        "# HELP lb_store_degraded 1 while the store fails: changes are refused, lists and load reports go on.\n\
-         # TYPE lb_store_degraded gauge\n\
-         lb_store_degraded {}\n\
-         # HELP lb_store_failures_total Commits and recoveries of the store that failed.\n\
-         # TYPE lb_store_failures_total counter\n\
-         lb_store_failures_total {failures}\n",
-        u8::from(degraded)
-    )
+fn store_families(degraded: bool, failures: u64) -> Vec<Family> {
+    vec![
+        gauge(
+            "lb_store_degraded",
+            "1 while the store fails: changes are refused, lists and load reports go on.",
+            one(if degraded { 1.0 } else { 0.0 }),
+        ),
+        counter(
+            "lb_store_failures_total",
+            "Commits and recoveries of the store that failed.",
+            one(failures as f64),
+        ),
+    ]
 }
 
 /// The daemon-wide load-report counters.
-fn render_ingest(received: u64, applied: u64) -> String {
-    format!(
-        "# HELP lb_load_reports_received_total Load reports received and validated.\n\
-         # TYPE lb_load_reports_received_total counter\n\
-         lb_load_reports_received_total {received}\n\
-         # HELP lb_load_reports_applied_total Load reports applied; the others were superseded by a newer report of the same stream that had already arrived.\n\
-         # TYPE lb_load_reports_applied_total counter\n\
-         lb_load_reports_applied_total {applied}\n"
-    )
+fn ingest_families(received: u64, applied: u64) -> Vec<Family> {
+    vec![
+        counter("lb_load_reports_received_total", "Load reports received and validated.", one(received as f64)),
+        counter("lb_load_reports_applied_total", "Load reports applied; the others were superseded by a newer report of the same stream that had already arrived.", one(applied as f64)),
+    ]
 }
 
 #[cfg(test)]
@@ -470,11 +439,11 @@ mod tests {
 
     #[test]
     fn renders_every_quota_with_its_refusals() {
-        let text = render_quotas(&[(Quota::Labels, 2), (Quota::ListBytes, 0)]);
-        assert!(
-            text.contains("# TYPE lb_quota_refused_total counter\n"),
-            "{text}"
-        );
+        let text = encode(vec![quota_family(&[
+            (Quota::Labels, 2),
+            (Quota::ListBytes, 0),
+        ])]);
+        assert!(text.contains("# TYPE lb_quota_refused counter\n"), "{text}");
         assert!(
             text.lines()
                 .any(|l| l == "lb_quota_refused_total{quota=\"labels\"} 2"),
@@ -492,7 +461,7 @@ mod tests {
         let auth = Auth::open(Default::default());
         auth.limited("handshake_timeout");
         auth.limited("handshake_timeout");
-        let text = render_security(&auth, true);
+        let text = encode(security_families(&auth, true));
         for line in [
             "lb_insecure 1",
             "lb_auth_enabled 0",
@@ -503,17 +472,17 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
-        assert!(render_security(&auth, false).contains("lb_insecure 0\n"));
+        assert!(encode(security_families(&auth, false)).contains("lb_insecure 0\n"));
     }
 
     #[test]
     fn renders_the_ingest_counters() {
-        let text = render_ingest(10, 4);
+        let text = encode(ingest_families(10, 4));
         assert!(text
             .lines()
             .any(|l| l == "lb_load_reports_received_total 10"));
         assert!(text.lines().any(|l| l == "lb_load_reports_applied_total 4"));
-        assert!(text.contains("# TYPE lb_load_reports_applied_total counter\n"));
+        assert!(text.contains("# TYPE lb_load_reports_applied counter\n"));
     }
 
     #[test]
@@ -532,7 +501,8 @@ mod tests {
             "lb_instance_share{service=\"shop\",instance=\"b\\\"1\"} 0.75",
             "lb_instance_ejected{service=\"shop\",instance=\"b\\\"1\"} 1",
             "lb_instance_failed_total{service=\"shop\",instance=\"b\\\"1\"} 3",
-            "# TYPE lb_instance_calls_total counter",
+            "# TYPE lb_instance_calls counter",
+            "# EOF",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

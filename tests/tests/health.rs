@@ -178,3 +178,91 @@ async fn with_authentication_health_stays_open_and_reflection_needs_a_token() {
         .expect_err("anonymous reflection");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
 }
+
+/// The venv's python (scripts/python-env.sh).
+fn python() -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let env = Command::new("bash")
+        .arg(root.join("scripts/python-env.sh"))
+        .output()
+        .expect("run scripts/python-env.sh");
+    assert!(
+        env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    String::from_utf8_lossy(&env.stdout).trim().to_string()
+}
+
+#[test]
+fn metrics_parse_with_prometheus_own_parser() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .expect("daemon");
+    ctl(
+        &daemon.addr(),
+        &["put-static", "svc", "s\"1", "127.0.0.1:9", "--create"],
+    )
+    .expect_err("a quote is no valid instance id");
+    ctl(
+        &daemon.addr(),
+        &["put-static", "svc", "s1", "127.0.0.1:9", "--create"],
+    )
+    .expect("put");
+    let page = lb_tests::harness::scrape(&daemon);
+    let (head, body) = page.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = Command::new(python())
+        .arg(root.join("tests/python/parse_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the parser");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parse");
+    assert!(
+        out.status.success(),
+        "Prometheus' parser refused the page: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let find = |name: &str| {
+        samples
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {samples:?}"))
+            .clone()
+    };
+    let instances = find("lb_service_instances");
+    assert_eq!(instances["labels"]["service"], "svc");
+    assert_eq!(instances["value"].as_f64(), Some(1.0));
+    let calls = find("lb_instance_calls_total");
+    assert_eq!(
+        (calls["family"].clone(), calls["type"].clone()),
+        ("lb_instance_calls".into(), "counter".into())
+    );
+    assert_eq!(find("lb_store_degraded")["value"].as_f64(), Some(0.0));
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s["family"] == "lb_quota_refused")
+            .count()
+            >= 5
+    );
+}
