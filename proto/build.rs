@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Bytes that do not decode are the caller's error: see src/codec.rs.
     tonic_prost_build::configure()
         .codec_path("crate::codec::LbCodec")
+        // The HTTP API (`lb-server --http-listen`, /api/...) answers with
+        // the admin API's own messages, as JSON.
+        .type_attribute(".lb.v1", "#[derive(serde::Serialize)]")
         .compile_fds(fds)?;
     Ok(())
 }

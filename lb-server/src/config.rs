@@ -79,7 +79,7 @@ pub struct Config {
     /// How long a new stream may take to send its first message.
     pub first_message_timeout: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Accept registrations at link-local addresses (169.254.0.0/16,
     /// fe80::/10), where cloud metadata services live.
     pub allow_link_local: bool,
@@ -140,7 +140,7 @@ impl Config {
             quotas: Quotas::default(),
             drain_timeout: Duration::from_secs(5),
             first_message_timeout: DEFAULT_FIRST_MESSAGE_TIMEOUT,
-            metrics_listen: None,
+            http_listen: None,
             allow_link_local: false,
             store_min_free: crate::store::sled::DEFAULT_MIN_FREE,
             auth: AuthConfig::default(),

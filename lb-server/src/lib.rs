@@ -25,7 +25,9 @@
 //! - [`tls`]: rustls configuration, reloaded when its files change.
 //! - [`warm`]: warm restart: the backends' last load reports on disk, read
 //!   back at start so plans resume from what was known.
-//! - [`metrics`]: Prometheus text metrics (`--metrics-listen`), from the snapshot.
+//! - [`http`]: the HTTP listener (`--http-listen`): `/metrics`, `/healthz`,
+//!   `/readyz` and the JSON API, in axum over hyper-util.
+//! - [`metrics`]: Prometheus metrics, from the snapshot, by prometheus-client.
 //! - [`ctl`]: `lb-server ctl …`, the operator CLI over `Admin`.
 //! - [`config`]: the daemon's settings.
 
@@ -37,6 +39,7 @@ pub mod config;
 pub mod ctl;
 pub mod engine;
 pub mod health;
+pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod pb;

@@ -116,9 +116,11 @@ struct Args {
     /// How long a graceful shutdown waits for open calls.
     #[arg(long, env = "LB_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
-    #[arg(long, env = "LB_METRICS_LISTEN")]
-    metrics_listen: Option<std::net::SocketAddr>,
+    /// Address of the HTTP listener: `/metrics` (Prometheus), `/healthz`,
+    /// `/readyz` and the JSON API (`/api/services`); off unless given.
+    /// `--metrics-listen` (and `LB_METRICS_LISTEN`) is its former name.
+    #[arg(long, env = "LB_HTTP_LISTEN", visible_alias = "metrics-listen")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Accept backends registering link-local addresses (169.254.0.0/16,
     /// fe80::/10; refused by default: cloud metadata services live there).
     #[arg(long, env = "LB_ALLOW_LINK_LOCAL")]
@@ -288,11 +290,20 @@ fn file_flags() -> Vec<(String, String)> {
     use clap::CommandFactory;
     Cli::command()
         .get_arguments()
+        .filter(|a| a.get_long().is_some_and(|l| l != "config"))
         .filter_map(|a| {
-            let long = a.get_long()?;
-            let env = a.get_env()?.to_str()?;
-            (long != "config").then(|| (long.to_string(), env.to_string()))
+            let env = a.get_env()?.to_str()?.to_string();
+            let names = a
+                .get_long()
+                .into_iter()
+                .chain(a.get_visible_aliases().into_iter().flatten());
+            Some(
+                names
+                    .map(|n| (n.to_string(), env.clone()))
+                    .collect::<Vec<_>>(),
+            )
         })
+        .flatten()
         .collect()
 }
 
@@ -306,6 +317,12 @@ fn apply_config_file() -> anyhow::Result<std::collections::BTreeSet<String>> {
         .is_some_and(|a| a == "ctl" || a == "completions" || a == "help")
     {
         return Ok(Default::default());
+    }
+    // The HTTP listener's former variable.
+    if std::env::var_os("LB_HTTP_LISTEN").is_none() {
+        if let Some(v) = std::env::var_os("LB_METRICS_LISTEN") {
+            std::env::set_var("LB_HTTP_LISTEN", v);
+        }
     }
     let mut path = std::env::var_os("LB_CONFIG").map(PathBuf::from);
     for (i, a) in args.iter().enumerate() {
@@ -481,7 +498,7 @@ async fn daemon_or_ctl(from_file: std::collections::BTreeSet<String>) -> anyhow:
     config.quotas = args.quotas.quotas()?;
     config.default_policy = args.default_policy;
     config.drain_timeout = args.drain_timeout;
-    config.metrics_listen = args.metrics_listen;
+    config.http_listen = args.http_listen;
     config.allow_link_local = args.allow_link_local;
     config.store_min_free = args.store_min_free.0;
     config.auth = AuthConfig {
@@ -529,7 +546,7 @@ async fn daemon_or_ctl(from_file: std::collections::BTreeSet<String>) -> anyhow:
         .await
         .with_context(|| format!("cannot resolve --listen {}", args.listen))?
         .collect();
-    for target in targets.iter().copied().chain(config.metrics_listen) {
+    for target in targets.iter().copied().chain(config.http_listen) {
         lb_server::server::check_listen(target, &config)?;
     }
     // The store first: a data directory another daemon holds stops the start

@@ -1,4 +1,4 @@
-//! Prometheus metrics: `GET /metrics` on `--metrics-listen`, encoded by
+//! Prometheus metrics: `GET /metrics` on `--http-listen`, encoded by
 //! `prometheus-client` in the OpenMetrics text format (which Prometheus
 //! reads; openmetrics.io). A counter's family is named without `_total`
 //! and its samples with it, as OpenMetrics has it; sample names are those
@@ -7,18 +7,10 @@
 //! The figures are the engine's views from its snapshot (what `lb-server ctl
 //! get` shows; a scrape never waits for the engine), turned into families
 //! of samples by pure functions and encoded by a `prometheus-client`
-//! collector at each scrape; the listener is a minimal HTTP/1.1 responder (one
-//! request per connection, then close).
+//! collector at each scrape; [`crate::http`] serves the page.
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-use lb_core::access::Need;
 use lb_core::inspect::{InstanceView, ServiceView};
 use lb_core::quota::Quota;
 use prometheus_client::collector::Collector;
@@ -30,12 +22,6 @@ use prometheus_client::registry::Registry;
 
 use crate::auth::Auth;
 use crate::engine::EngineHandle;
-use crate::tls::Tls;
-
-/// Longest request head read before answering.
-const MAX_REQUEST: usize = 8 * 1024;
-/// A scraper that sends nothing for this long is dropped.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A sample's labels, in order.
 type Labels = Vec<(&'static str, String)>;
@@ -175,111 +161,6 @@ pub fn render(views: &[ServiceView]) -> String {
     encode(view_families(views))
 }
 
-/// Who may scrape, and over what.
-#[derive(Debug, Clone)]
-pub struct Access {
-    /// TLS for the listener (the daemon's certificates).
-    pub tls: Option<Arc<Tls>>,
-    /// With authentication on, a scrape needs an admin (read-only suffices)
-    /// bearer token.
-    pub auth: Arc<Auth>,
-}
-
-/// Serves `GET /metrics` on `listener` until `stop` resolves; `body` renders
-/// the page for each scrape.
-pub async fn serve<B>(
-    listener: TcpListener,
-    access: Access,
-    body: B,
-    stop: impl Future<Output = ()>,
-) where
-    B: Fn() -> String + Clone + Send + 'static,
-{
-    tokio::pin!(stop);
-    loop {
-        let conn = tokio::select! {
-            c = listener.accept() => c,
-            _ = &mut stop => return,
-        };
-        let Ok((sock, _)) = conn else { continue };
-        let (body, access) = (body.clone(), access.clone());
-        tokio::spawn(async move {
-            match &access.tls {
-                None => respond(sock, &access.auth, body).await,
-                Some(tls) => {
-                    if let Ok(Ok(s)) =
-                        tokio::time::timeout(READ_TIMEOUT, tls.acceptor().accept(sock)).await
-                    {
-                        respond(s, &access.auth, body).await;
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// Reads one request head from `sock` and answers it.
-async fn respond<S, B>(mut sock: S, auth: &Arc<Auth>, body: B)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    B: Fn() -> String,
-{
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    // Read the request head (up to the blank line), bounded in size and time.
-    let head = tokio::time::timeout(READ_TIMEOUT, async {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        true
-    })
-    .await;
-    if !matches!(head, Ok(true)) {
-        return;
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut lines = head.split("\r\n");
-    let line = lines.next().unwrap_or_default();
-    let bearer = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-        .and_then(|(_, v)| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_string());
-    let allowed = auth
-        .authenticate(bearer.as_deref(), None)
-        .and_then(|c| c.allow(&Need::AdminRead));
-    let (status, ctype, text) = if !(line.starts_with("GET /metrics ") || line == "GET /metrics") {
-        (
-            "404 Not Found",
-            "text/plain",
-            "only GET /metrics is served here\n".to_string(),
-        )
-    } else if let Err(e) = allowed {
-        let status = if e.code() == tonic::Code::PermissionDenied {
-            "403 Forbidden"
-        } else {
-            "401 Unauthorized\r\nWWW-Authenticate: Bearer"
-        };
-        (status, "text/plain", format!("{}\n", e.message()))
-    } else {
-        (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body(),
-        )
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    let _ = sock.write_all(resp.as_bytes()).await;
-    let _ = sock.shutdown().await;
-}
-
 /// The metrics page of `engine`, from its latest snapshot, with the
 /// authentication and limit counters of `auth`.
 pub fn page(engine: &EngineHandle, auth: &Auth, insecure: bool) -> String {
@@ -372,6 +253,7 @@ mod tests {
     use lb_core::policy::ServicePolicy;
     use lb_core::registry::{Attachment, OutcomeTotals, Override};
     use lb_core::routing::{Match, Rule, Target};
+    use std::time::Duration;
 
     fn view() -> ServiceView {
         let spec = InstanceSpec {
@@ -509,39 +391,5 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn serves_get_metrics_and_404_otherwise() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            Access {
-                tls: None,
-                auth: Arc::new(Auth::open(Default::default())),
-            },
-            || "lb_x 1\n".to_string(),
-            async {
-                stop_rx.await.ok();
-            },
-        ));
-        let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
-        let ok = get("/metrics").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.ends_with("\r\n\r\nlb_x 1\n"), "{ok}");
-        let nf = get("/").await;
-        assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
-        stop_tx.send(()).unwrap();
-        server.await.unwrap();
     }
 }

@@ -55,8 +55,8 @@ pub enum ServerError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
-    /// `--metrics-listen` could not be bound.
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    /// `--http-listen` could not be bound.
+    #[error("cannot listen for HTTP (--http-listen) on {addr}: {source}")]
     Metrics {
         /// The address asked for.
         addr: std::net::SocketAddr,
@@ -108,7 +108,7 @@ impl Daemon {
             }
         };
         let auth = Arc::new(authentication(&config).map_err(ServerError::Unsafe)?);
-        if let Some(m) = config.metrics_listen {
+        if let Some(m) = config.http_listen {
             check_exposure(m, &config, auth.is_enabled())?;
         }
         let tls = match &config.tls {
@@ -129,7 +129,7 @@ impl Daemon {
 
     /// Serves on `listener` until `shutdown` resolves, then drains (see the
     /// module docs). `ready` is told the address once gRPC (and
-    /// `--metrics-listen`) are served.
+    /// `--http-listen`) are served.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -138,7 +138,7 @@ impl Daemon {
     ) -> Result<(), ServerError> {
         let addr = listener.local_addr()?;
         check_exposure(addr, &self.config, self.auth.is_enabled())?;
-        let metrics = match self.config.metrics_listen {
+        let metrics = match self.config.http_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -175,21 +175,21 @@ async fn serve(
     }
     if let Some(listener) = metrics {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            // (Tests and scripts find the address in this line.)
+            tracing::info!(%addr, "HTTP: metrics on http://{addr}/metrics, /healthz, /readyz, /api/services");
         }
-        let (e, a, insecure) = (engine.clone(), Arc::clone(&auth), config.insecure);
-        let mut stop = stop_rx.clone();
-        let access = crate::metrics::Access {
-            tls: tls.clone(),
+        let router = crate::http::router(crate::http::Surface {
+            engine: engine.clone(),
             auth: Arc::clone(&auth),
-        };
-        tokio::spawn(crate::metrics::serve(
+            insecure: config.insecure,
+            grace_until: std::time::Instant::now() + config.restore_grace,
+            stop: stop_rx.clone(),
+        });
+        tokio::spawn(crate::http::serve(
             listener,
-            access,
-            move || crate::metrics::page(&e, &a, insecure),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
+            tls.clone(),
+            router,
+            stop_rx.clone(),
         ));
     }
     let (close_tx, close_rx) = oneshot::channel::<()>();

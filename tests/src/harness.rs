@@ -332,20 +332,40 @@ pub fn ctl(daemon: &str, args: &[&str]) -> Result<String> {
 /// `GET /metrics` from the address the daemon logged (`--metrics-listen`),
 /// with `bearer` as its token if given; the whole response, head included.
 pub fn scrape_with(d: &Daemon, bearer: Option<&str>) -> Result<String> {
+    raw_get(d, "/metrics", bearer)
+}
+
+/// The whole HTTP/1.0 response to `GET path` on the daemon's HTTP listener
+/// (`--http-listen`, found in its log).
+fn raw_get(d: &Daemon, path: &str, bearer: Option<&str>) -> Result<String> {
     let log = d.proc.log();
     let addr = log
         .split("metrics on http://")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| anyhow!("the metrics address is not logged"))?;
+        .ok_or_else(|| anyhow!("the HTTP listener's address is not logged"))?;
     let mut conn = std::net::TcpStream::connect(addr)?;
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(conn, "GET /metrics HTTP/1.0\r\nHost: lb\r\n{auth}\r\n")?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: lb\r\n{auth}\r\n")?;
     let mut page = String::new();
     conn.read_to_string(&mut page)?;
     Ok(page)
+}
+
+/// `GET path` on the daemon's HTTP listener: the status code and the body.
+pub fn http_get(d: &Daemon, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+    let page = raw_get(d, path, bearer)?;
+    let (head, body) = page
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("not an HTTP response: {page:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
+    Ok((code, body.to_string()))
 }
 
 /// The value of the first sample line of `page` that starts with `name`

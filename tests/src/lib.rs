@@ -51,8 +51,9 @@
 //!     `--print-config`, JSON logs, completions, `deploy/`'s examples;
 //!   - `health.rs`: gRPC health with a stock grpcio health client (a
 //!     service stops serving when its last instance drains), reflection
-//!     with tonic-reflection's client, both with `--auth`, and `/metrics`
-//!     read by Prometheus' own parser;
+//!     with tonic-reflection's client, both with `--auth`; the HTTP
+//!     listener (`/healthz`, `/readyz` during and after the restore grace,
+//!     the JSON API, tokens), and `/metrics` read by Prometheus' own parser;
 //!   - `store_faults.rs`: a full disk (degraded mode and recovery), write
 //!     errors, a damaged store refused at start;
 //!   - `quotas.rs`: each quota refuses with `resource_exhausted`, and nothing

@@ -266,3 +266,77 @@ fn metrics_parse_with_prometheus_own_parser() {
             >= 5
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_answers_health_readiness_and_the_json_api() {
+    use lb_tests::harness::{http_get, wait_until, WAIT};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--http-listen", "127.0.0.1:0", "--restore-grace", "1s"],
+    )
+    .expect("daemon");
+    let get = |path: &str| http_get(&daemon, path, None).expect("GET");
+    assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
+    // Not ready while backends may still be reconnecting (the restore
+    // grace), then ready.
+    let (code, why) = get("/readyz");
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("restore grace"), "{why}");
+    assert!(
+        wait_until(WAIT, || get("/readyz").0 == 200).await,
+        "never ready"
+    );
+    ctl(
+        &daemon.addr(),
+        &["put-static", "svc", "s1", "127.0.0.1:9", "--create"],
+    )
+    .expect("put");
+    let (code, body) = get("/api/services");
+    assert_eq!(code, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(list["services"][0]["name"], "svc", "{list}");
+    assert_eq!(list["services"][0]["instances"], 1, "{list}");
+    let (code, body) = get("/api/services/svc");
+    assert_eq!(code, 200, "{body}");
+    let svc: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(svc["instances"][0]["instance_id"], "s1", "{svc}");
+    assert_eq!(svc["instances"][0]["attachment"], "static", "{svc}");
+    assert_eq!(svc["policy"]["name"], "load_aware", "{svc}");
+    assert_eq!(get("/api/services/nope").0, 404);
+    assert_eq!(get("/api/services/bad%20name").0, 400);
+    assert_eq!(get("/nothing-here").0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_the_http_api_needs_a_token_and_health_does_not() {
+    use lb_tests::harness::{http_get, wait_until, WAIT};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--auth", "--http-listen", "127.0.0.1:0"],
+    )
+    .expect("daemon");
+    let token_file = daemon.data_dir.join("admin.token");
+    assert!(wait_until(WAIT, || token_file.exists()).await);
+    let token = std::fs::read_to_string(&token_file)
+        .expect("token")
+        .trim()
+        .to_string();
+    for path in ["/metrics", "/api/services"] {
+        assert_eq!(http_get(&daemon, path, None).expect("GET").0, 401, "{path}");
+        assert_eq!(
+            http_get(&daemon, path, Some("lb_wrong")).expect("GET").0,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            http_get(&daemon, path, Some(&token)).expect("GET").0,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(http_get(&daemon, "/healthz", None).expect("GET").0, 200);
+}

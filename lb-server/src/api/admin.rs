@@ -176,16 +176,7 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let views = self.engine.views(None);
         Ok(Response::new(pb::ListServicesResponse {
-            services: views
-                .iter()
-                .map(|v| pb::ServiceSummary {
-                    name: v.name.clone(),
-                    policy: v.policy.kind.name().to_string(),
-                    instances: v.instances.len() as u32,
-                    version: v.version,
-                    subscribers: v.subscribers.saturating_add(v.grpclb_streams),
-                })
-                .collect(),
+            services: views.iter().map(conv::service_summary).collect(),
         }))
     }
 

@@ -823,6 +823,17 @@ pub fn load_report(l: &Load) -> pb::LoadReport {
     }
 }
 
+/// An engine view of a service, as `ListServices` sums it up.
+pub fn service_summary(v: &ServiceView) -> pb::ServiceSummary {
+    pb::ServiceSummary {
+        name: v.name.clone(),
+        policy: v.policy.kind.name().to_string(),
+        instances: v.instances.len() as u32,
+        version: v.version,
+        subscribers: v.subscribers.saturating_add(v.grpclb_streams),
+    }
+}
+
 /// An engine view of an instance, as the admin API shows it.
 pub fn instance_status(i: &InstanceView) -> pb::InstanceStatus {
     pb::InstanceStatus {
