@@ -21,6 +21,26 @@ use lb_client::{subscribe, ClientOptions, PickList, Subscription};
 use crate::echo::echo_client::EchoClient;
 use crate::echo::WhoamiRequest;
 
+/// The repository's root (this crate's parent).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The python of the stock-client virtualenv (`scripts/python-env.sh`
+/// makes it on first use, from `tests/python/requirements.txt`).
+pub fn stock_python() -> String {
+    let env = Command::new("bash")
+        .arg(repo_root().join("scripts/python-env.sh"))
+        .output()
+        .expect("run scripts/python-env.sh");
+    assert!(
+        env.status.success(),
+        "scripts/python-env.sh failed (it needs python3 with venv, and PyPI): {}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    String::from_utf8_lossy(&env.stdout).trim().to_string()
+}
+
 /// Where the workspace's binaries of the running profile are.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();

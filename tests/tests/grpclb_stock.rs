@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,18 +50,8 @@ struct StockClient {
 
 impl StockClient {
     fn start(lb_port: u16, target_port: u16, fallback_ip: &str, extra: &[String]) -> StockClient {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let env = Command::new("bash")
-            .arg(root.join("scripts/python-env.sh"))
-            .output()
-            .expect("run scripts/python-env.sh");
-        assert!(
-            env.status.success(),
-            "scripts/python-env.sh failed (it needs python3 with venv, and PyPI): {}",
-            String::from_utf8_lossy(&env.stderr)
-        );
-        let python = String::from_utf8_lossy(&env.stdout).trim().to_string();
-        let mut child = Command::new(python)
+        let root = lb_tests::harness::repo_root();
+        let mut child = Command::new(lb_tests::harness::stock_python())
             .arg(root.join("tests/python/grpclb_client.py"))
             .args(["--name", NAME])
             .args(["--lb-port", &lb_port.to_string()])

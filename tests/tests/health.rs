@@ -3,10 +3,9 @@
 //! server reflection with tonic-reflection's client (what grpcurl uses).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use lb_tests::harness::{ctl, BackendSpec, Daemon};
+use lb_tests::harness::{ctl, repo_root, stock_python, BackendSpec, Daemon};
 use prost::Message;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -20,17 +19,8 @@ fn a_stock_health_client_sees_the_daemon_and_a_service_stop_serving_when_it_drai
     let _b1 = BackendSpec::new("svc", "b1", 1)
         .start(&daemon.addr(), dir.path())
         .expect("backend");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let env = Command::new("bash")
-        .arg(root.join("scripts/python-env.sh"))
-        .output()
-        .expect("run scripts/python-env.sh");
-    assert!(
-        env.status.success(),
-        "{}",
-        String::from_utf8_lossy(&env.stderr)
-    );
-    let python = String::from_utf8_lossy(&env.stdout).trim().to_string();
+    let root = repo_root();
+    let python = stock_python();
     // The backend registers before the client asks (a first Check may come
     // before the first plan otherwise): wait for the list through ctl.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -179,21 +169,6 @@ async fn with_authentication_health_stays_open_and_reflection_needs_a_token() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
 }
 
-/// The venv's python (scripts/python-env.sh).
-fn python() -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let env = Command::new("bash")
-        .arg(root.join("scripts/python-env.sh"))
-        .output()
-        .expect("run scripts/python-env.sh");
-    assert!(
-        env.status.success(),
-        "{}",
-        String::from_utf8_lossy(&env.stderr)
-    );
-    String::from_utf8_lossy(&env.stdout).trim().to_string()
-}
-
 #[test]
 fn metrics_parse_with_prometheus_own_parser() {
     use std::io::Write;
@@ -221,8 +196,8 @@ fn metrics_parse_with_prometheus_own_parser() {
             .contains("content-type: application/openmetrics-text; version=1.0.0"),
         "{head}"
     );
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut child = Command::new(python())
+    let root = repo_root();
+    let mut child = Command::new(stock_python())
         .arg(root.join("tests/python/parse_metrics.py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
