@@ -118,6 +118,18 @@ pub struct CtlArgs {
         requires = "ca"
     )]
     pub tls_domain: Option<String>,
+    /// Give up on a command the daemon has not answered within this long
+    /// (etcdctl's `--command-timeout`; a daemon whose store is failing
+    /// answers within its own 5 s store timeout).
+    #[arg(
+        long,
+        global = true,
+        env = "LB_CTL_TIMEOUT",
+        help_heading = "Connection",
+        default_value = "15s",
+        value_parser = lb_core::duration::parse
+    )]
+    pub timeout: Duration,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -291,21 +303,32 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
         admin: AdminClient::with_interceptor(channel, Authorize::new(&creds)),
         tls: creds.uses_tls(),
     };
-    match args.command {
-        CtlCommand::Token(c) => token::run(&mut ctx, c).await,
-        CtlCommand::Services => services::list(&mut ctx).await,
-        CtlCommand::Get(c) => services::get(&mut ctx, c).await,
-        CtlCommand::DeleteService(c) => services::delete(&mut ctx, c).await,
-        CtlCommand::SetPolicy(c) => policy::set(&mut ctx, c).await,
-        CtlCommand::SetWeight(c) => instances::set_weight(&mut ctx, c).await,
-        CtlCommand::Drain(c) => instances::set_drain(&mut ctx, c, true).await,
-        CtlCommand::Undrain(c) => instances::set_drain(&mut ctx, c, false).await,
-        CtlCommand::SetRule(c) => rules::set(&mut ctx, c).await,
-        CtlCommand::DeleteRule(c) => rules::delete(&mut ctx, c).await,
-        CtlCommand::SetCluster(c) => cluster::set(&mut ctx, c).await,
-        CtlCommand::PutStatic(c) => instances::put_static(&mut ctx, c).await,
-        CtlCommand::RemoveStatic(c) => instances::remove_static(&mut ctx, c).await,
-    }
+    let timeout = args.timeout;
+    let command = async {
+        match args.command {
+            CtlCommand::Token(c) => token::run(&mut ctx, c).await,
+            CtlCommand::Services => services::list(&mut ctx).await,
+            CtlCommand::Get(c) => services::get(&mut ctx, c).await,
+            CtlCommand::DeleteService(c) => services::delete(&mut ctx, c).await,
+            CtlCommand::SetPolicy(c) => policy::set(&mut ctx, c).await,
+            CtlCommand::SetWeight(c) => instances::set_weight(&mut ctx, c).await,
+            CtlCommand::Drain(c) => instances::set_drain(&mut ctx, c, true).await,
+            CtlCommand::Undrain(c) => instances::set_drain(&mut ctx, c, false).await,
+            CtlCommand::SetRule(c) => rules::set(&mut ctx, c).await,
+            CtlCommand::DeleteRule(c) => rules::delete(&mut ctx, c).await,
+            CtlCommand::SetCluster(c) => cluster::set(&mut ctx, c).await,
+            CtlCommand::PutStatic(c) => instances::put_static(&mut ctx, c).await,
+            CtlCommand::RemoveStatic(c) => instances::remove_static(&mut ctx, c).await,
+        }
+    };
+    tokio::time::timeout(timeout, command)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "lb-server at {} did not answer within {timeout:?} (--timeout)",
+                args.server
+            ))
+        })
 }
 
 /// Parses `name=value` (a parameter, a label).

@@ -112,6 +112,9 @@ struct Actor {
     /// applied from the watch); published to the hub after each batch's
     /// plans.
     revision: Revision,
+    /// Inputs that arrived while the engine waited for the store, other
+    /// than load reports: applied, in their order, as the next batch.
+    deferred: Vec<Input>,
 }
 
 /// One batch: its commands (run after its events), their answers waiting
@@ -258,6 +261,7 @@ pub async fn start(
         own: shared.then(HashMap::new),
         revision: loaded_at,
         probing: None,
+        deferred: Vec::new(),
     };
     actor.replan(now);
     actor.st.hub.state.advance(loaded_at);
@@ -292,35 +296,87 @@ impl Actor {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut batch = Batch::default();
-            tokio::select! {
-                n = rx.recv_many(&mut buf, MAX_BATCH) => {
-                    if n == 0 {
-                        break;
+            if !self.deferred.is_empty() {
+                // They came before anything still queued.
+                buf.append(&mut self.deferred);
+            } else {
+                tokio::select! {
+                    n = rx.recv_many(&mut buf, MAX_BATCH) => {
+                        if n == 0 {
+                            break;
+                        }
                     }
-                    let now = now();
-                    for input in buf.drain(..) {
-                        self.apply(input, now, &mut batch);
-                    }
-                    self.run_commands(&mut batch, now);
+                    _ = sweep.tick() => self.sweep(now()),
                 }
-                _ = sweep.tick() => self.sweep(now()),
             }
-            self.finish(batch, now()).await;
+            if !buf.is_empty() {
+                let now = now();
+                for input in buf.drain(..) {
+                    self.apply(input, now, &mut batch);
+                }
+                self.run_commands(&mut batch, now);
+            }
+            self.finish(batch, now(), &mut rx).await;
+        }
+    }
+
+    /// Waits for the store's answer to `op` (at most [`STORE_TIMEOUT`])
+    /// while still taking load reports, so that a slow or failing store
+    /// (an etcd without a quorum, a stalled disk) never ages what the daemon
+    /// plans from and shows. Each report is recorded in the registry and in
+    /// `rollback` (the registry a failed commit returns to), and readers'
+    /// snapshots go on every [`snapshot::INTERVAL`], taken from `rollback`
+    /// when there is one: readers never see a change the store may refuse.
+    /// Every other input waits in [`Actor::deferred`] for the next batch,
+    /// in its order.
+    async fn wait_for_store<T>(
+        &mut self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+        rx: &mut mpsc::Receiver<Input>,
+        mut rollback: Option<&mut Registry>,
+    ) -> Result<T, StoreError> {
+        let op = bounded(op);
+        tokio::pin!(op);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut op => return result,
+                input = rx.recv(), if open => match input {
+                    Some(Input::Report { key, session, load }) => {
+                        let now = now();
+                        if let Some(r) = rollback.as_deref_mut() {
+                            let _ = r.report(&key, session, load.clone(), now);
+                        }
+                        self.record(&key, session, load, now);
+                        if now.saturating_duration_since(self.published) >= snapshot::INTERVAL {
+                            let shown = rollback.as_deref().unwrap_or(&self.st.registry);
+                            self.snapshot.send_replace(Arc::new(Snapshot::new(shown.clone())));
+                            self.published = now;
+                        }
+                    }
+                    Some(input) => self.deferred.push(input),
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    /// Records a load report (a stale session's is a race with its removal;
+    /// the stream has been, or is being, told via its directives).
+    fn record(&mut self, key: &InstanceKey, session: u64, load: Load, now: Instant) {
+        let st = &mut self.st;
+        if let Ok(circuit) = st.registry.report(key, session, load, now) {
+            st.replanner
+                .load_reported(&st.registry, &key.service, circuit);
+            self.stale = true;
         }
     }
 
     fn apply(&mut self, input: Input, now: Instant, batch: &mut Batch) {
         let st = &mut self.st;
         match input {
-            Input::Report { key, session, load } => {
-                // A stale session's report is a race with its removal; the
-                // stream has been (or is being) told via its directives.
-                if let Ok(circuit) = st.registry.report(&key, session, load, now) {
-                    st.replanner
-                        .load_reported(&st.registry, &key.service, circuit);
-                    self.stale = true;
-                }
-            }
+            Input::Report { key, session, load } => self.record(&key, session, load, now),
             Input::Detach { key, session } => {
                 if !st.frozen && st.registry.detach(&key, session) {
                     tracing::info!(service = %key.service, instance = %key.instance_id, "stream ended; instance removed");
@@ -453,7 +509,12 @@ impl Actor {
     /// hear why), keeps its events' writes for the next commit, and puts the
     /// engine in degraded mode: commands that would write are refused until
     /// the store recovers (see [`Actor::probe`]).
-    async fn commit(&mut self, batch: &mut Batch, now: Instant) -> Result<(), String> {
+    async fn commit(
+        &mut self,
+        batch: &mut Batch,
+        now: Instant,
+        rx: &mut mpsc::Receiver<Input>,
+    ) -> Result<(), String> {
         let mut staged = std::mem::take(&mut self.st.writes);
         let events = batch
             .before_commands
@@ -477,11 +538,27 @@ impl Actor {
         let mut writes = std::mem::take(&mut self.unwritten);
         let carried = writes.len();
         writes.extend(staged);
-        let e = match bounded(self.store.commit(writes.clone())).await {
+        let store = Arc::clone(&self.store);
+        let rollback = batch.before_commands.as_mut().map(|b| &mut b.registry);
+        let e = match self
+            .wait_for_store(store.commit(writes.clone()), rx, rollback)
+            .await
+        {
             Ok(revision) => {
                 self.revision = self.revision.max(revision);
-                if let Some(own) = &mut self.own {
-                    own.extend(writes.into_iter().map(|w| (w.key, revision)));
+                // An echo filter needs one revision per key: a commit the
+                // store split into several transactions has several.
+                let atomic = self.store.atomic_writes().is_none_or(|n| writes.len() <= n);
+                match &mut self.own {
+                    Some(own) if atomic => {
+                        own.extend(writes.into_iter().map(|w| (w.key, revision)));
+                    }
+                    Some(own) => {
+                        for w in &writes {
+                            own.remove(&w.key);
+                        }
+                    }
+                    None => {}
                 }
                 return Ok(());
             }
@@ -533,7 +610,7 @@ impl Actor {
     /// degraded mode. The recovery runs as a task of its own (a store that
     /// does not answer must not stall reports and plans); its answer is
     /// taken at the first batch after it arrives.
-    async fn probe(&mut self, now: Instant) {
+    async fn probe(&mut self, now: Instant, rx: &mut mpsc::Receiver<Input>) {
         let mut result = match self.probing.take() {
             Some(task) if task.is_finished() => task
                 .await
@@ -553,7 +630,10 @@ impl Actor {
             }
         };
         if result.is_ok() && !self.unwritten.is_empty() {
-            result = bounded(self.store.commit(self.unwritten.clone()))
+            let store = Arc::clone(&self.store);
+            let unwritten = self.unwritten.clone();
+            result = self
+                .wait_for_store(store.commit(unwritten), rx, None)
                 .await
                 .map(|_| ());
         }
@@ -570,16 +650,16 @@ impl Actor {
         }
     }
 
-    async fn finish(&mut self, mut batch: Batch, now: Instant) {
+    async fn finish(&mut self, mut batch: Batch, now: Instant, rx: &mut mpsc::Receiver<Input>) {
         // Commit first: a plan then never shows a change the store refused,
         // and every list carries a state revision that covers what it
         // shows (a replica's client must not take an older state for it).
-        let committed = self.commit(&mut batch, now).await;
+        let committed = self.commit(&mut batch, now, rx).await;
         let new_plans = self.replan(now);
         // After the plans: a list read now reflects every change up to it.
         self.st.hub.state.advance(self.revision);
         if self.st.fault.is_some() {
-            self.probe(now).await;
+            self.probe(now, rx).await;
         }
         // Readers see a command's effect before its caller hears back, and
         // never an older state than the plans clients were just sent.
@@ -698,6 +778,102 @@ mod tests {
         let wobble = |i: u64| 4 + i % 2;
         assert_eq!(publishes(load_aware(0, 0.5), 50, wobble).await, 0);
         assert!(publishes(load_aware(0, 0.0), 50, wobble).await > 10);
+    }
+
+    /// Sled whose commits, once `stall` is set, never answer (a disk that
+    /// hangs, an etcd without a quorum).
+    struct Stalling {
+        inner: SledStore,
+        stall: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for Stalling {
+        fn load(&self) -> crate::store::BoxFuture<'_, Result<crate::store::Loaded, StoreError>> {
+            self.inner.load()
+        }
+        fn next_generation(&self) -> crate::store::BoxFuture<'_, Result<u64, StoreError>> {
+            self.inner.next_generation()
+        }
+        fn commit(
+            &self,
+            writes: Vec<crate::store::Write>,
+        ) -> crate::store::BoxFuture<'_, Result<Revision, StoreError>> {
+            if self.stall.load(std::sync::atomic::Ordering::SeqCst) {
+                return Box::pin(std::future::pending());
+            }
+            self.inner.commit(writes)
+        }
+        fn watch(&self, after: Revision) -> Result<crate::store::EventStream, StoreError> {
+            self.inner.watch(after)
+        }
+        fn recover(&self) -> crate::store::BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(std::future::pending())
+        }
+        fn identity(&self) -> String {
+            self.inner.identity()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_commit_neither_ages_reports_nor_shows_its_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Stalling {
+            inner: SledStore::open(dir.path()).unwrap(),
+            stall: false.into(),
+        });
+        let (engine, _task) = start(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Config::new(dir.path()),
+            Arc::new(Auth::open(Default::default())),
+        )
+        .await
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(8);
+        let a = engine
+            .run(Attach {
+                spec: spec("a"),
+                ttl: None,
+                owner: None,
+                directives: tx,
+            })
+            .await
+            .unwrap();
+        engine.report(spec("a").key(), a.session, busy(1)).await;
+        store.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+        let change = {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .run(crate::engine::cmd::SetOverride {
+                        key: spec("a").key(),
+                        weight: Some(Some(9)),
+                        drained: None,
+                    })
+                    .await
+            })
+        };
+        // Two seconds into the commit's wait: a report is shown at once, and
+        // the change the store has not taken is not.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        engine.report(spec("a").key(), a.session, busy(7)).await;
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+        let shown = |engine: &EngineHandle| {
+            let views = engine.views(Some("svc"));
+            let i = &views[0].instances[0];
+            let (load, age) = i.load.clone().expect("a load");
+            (load.active_requests, age, i.over.weight)
+        };
+        let (active, age, weight) = shown(&engine);
+        assert_eq!((active, weight), (7, None));
+        assert!(age <= SWEEP_INTERVAL, "{age:?}");
+        // The commit fails at the store's timeout; the report stands.
+        assert!(change.await.unwrap().is_err());
+        let (active, age, weight) = shown(&engine);
+        assert_eq!((active, weight), (7, None));
+        assert!(
+            age >= STORE_TIMEOUT - Duration::from_secs(2) - SWEEP_INTERVAL,
+            "{age:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

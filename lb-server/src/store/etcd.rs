@@ -555,6 +555,10 @@ impl Store for EtcdStore {
     fn shared(&self) -> bool {
         true
     }
+
+    fn atomic_writes(&self) -> Option<usize> {
+        Some(MAX_TXN_OPS)
+    }
 }
 
 impl EtcdStore {

@@ -353,4 +353,11 @@ pub trait Store: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+
+    /// The most writes one commit lands in one transaction (one revision);
+    /// a larger commit is split into several, each atomic. `None`: any
+    /// commit is one transaction.
+    fn atomic_writes(&self) -> Option<usize> {
+        None
+    }
 }
