@@ -176,7 +176,7 @@ async fn serve(
     if let Some(listener) = metrics {
         if let Ok(addr) = listener.local_addr() {
             // (Tests and scripts find the address in this line.)
-            tracing::info!(%addr, "HTTP: metrics on http://{addr}/metrics, /healthz, /readyz, /api/services");
+            tracing::info!(%addr, "HTTP: status page on http://{addr}/, metrics on http://{addr}/metrics, /healthz, /readyz, /api/services");
         }
         let router = crate::http::router(crate::http::Surface {
             engine: engine.clone(),
@@ -184,6 +184,8 @@ async fn serve(
             insecure: config.insecure,
             grace_until: std::time::Instant::now() + config.restore_grace,
             stop: stop_rx.clone(),
+            sessions: Default::default(),
+            tls: tls.is_some(),
         });
         tokio::spawn(crate::http::serve(
             listener,

@@ -355,15 +355,22 @@ pub fn scrape_with(d: &Daemon, bearer: Option<&str>) -> Result<String> {
     raw_get(d, "/metrics", bearer)
 }
 
-/// The whole HTTP/1.0 response to `GET path` on the daemon's HTTP listener
-/// (`--http-listen`, found in its log).
-fn raw_get(d: &Daemon, path: &str, bearer: Option<&str>) -> Result<String> {
-    let log = d.proc.log();
-    let addr = log
+/// The address of the daemon's HTTP listener (`--http-listen`), from its
+/// log.
+pub fn http_addr(d: &Daemon) -> Result<String> {
+    d.proc
+        .log()
         .split("metrics on http://")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| anyhow!("the HTTP listener's address is not logged"))?;
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the HTTP listener's address is not logged"))
+}
+
+/// The whole HTTP/1.0 response to `GET path` on the daemon's HTTP listener
+/// (`--http-listen`, found in its log).
+fn raw_get(d: &Daemon, path: &str, bearer: Option<&str>) -> Result<String> {
+    let addr = http_addr(d)?;
     let mut conn = std::net::TcpStream::connect(addr)?;
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))

@@ -11,10 +11,17 @@
 //! - `GET /api/services`, `GET /api/services/{name}`: what `ctl services` and
 //!   `ctl get` show, as JSON: the admin API's `ListServicesResponse` and
 //!   `ServiceStatus` messages (field names as in `proto/lb/v1/lb.proto`).
+//! - `GET /`: the live status page, with `GET /api/events` (its stream),
+//!   `GET /api/session`, `POST /login` and `POST /logout` ([`page`],
+//!   [`session`]).
 //!
-//! With authentication on, `/metrics` and `/api/` need an admin token
-//! (read-only suffices) as `Authorization: Bearer`; `/healthz` and
-//! `/readyz` stay open.
+//! With authentication on, everything but `/healthz`, `/readyz` and the
+//! page's own files needs an admin token (read-only suffices), as
+//! `Authorization: Bearer` or as a session cookie made from one by
+//! `POST /login`.
+
+mod page;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +59,55 @@ pub struct Surface {
     pub grace_until: Instant,
     /// True once the daemon begins to shut down.
     pub stop: watch::Receiver<bool>,
+    /// The status page's browser sessions.
+    pub sessions: Arc<session::Sessions>,
+    /// The listener serves TLS (session cookies are then `Secure`).
+    pub tls: bool,
+}
+
+impl Surface {
+    /// The caller's token: `Authorization: Bearer`, else its session's.
+    fn token(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_string())
+            .or_else(|| self.sessions.token(headers, Instant::now()))
+    }
+
+    /// Whether `token` may read (any admin token); why not otherwise.
+    fn admits(&self, token: Option<&str>) -> Result<(), String> {
+        self.auth
+            .authenticate(token, None)
+            .and_then(|c| c.allow(&Need::AdminRead))
+            .map_err(|e| e.message().to_string())
+    }
+
+    /// The refusal of a caller without an admin token when authentication
+    /// is on; `None` lets it in.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let token = self.token(headers);
+        match self
+            .auth
+            .authenticate(token.as_deref(), None)
+            .and_then(|c| c.allow(&Need::AdminRead))
+        {
+            Ok(()) => None,
+            Err(e) if e.code() == tonic::Code::PermissionDenied => {
+                Some((StatusCode::FORBIDDEN, format!("{}\n", e.message())).into_response())
+            }
+            Err(e) => Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+                    format!("{}\n", e.message()),
+                )
+                    .into_response(),
+            ),
+        }
+    }
 }
 
 /// The routes.
@@ -62,46 +118,18 @@ pub fn router(surface: Surface) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/services", get(services))
         .route("/api/services/{name}", get(service))
+        .merge(page::routes())
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: /metrics, /healthz, /readyz, /api/services, /api/services/NAME\n",
+                "not found: / (the status page), /metrics, /healthz, /readyz, /api/services, /api/services/NAME, /api/events\n",
             )
         })
         .with_state(surface)
 }
 
-/// The refusal of a caller without an admin token when authentication is
-/// on; `None` lets it in.
-fn refusal(s: &Surface, headers: &HeaderMap) -> Option<Response> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    match s
-        .auth
-        .authenticate(bearer, None)
-        .and_then(|c| c.allow(&Need::AdminRead))
-    {
-        Ok(()) => None,
-        Err(e) if e.code() == tonic::Code::PermissionDenied => {
-            Some((StatusCode::FORBIDDEN, format!("{}\n", e.message())).into_response())
-        }
-        Err(e) => Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
-                format!("{}\n", e.message()),
-            )
-                .into_response(),
-        ),
-    }
-}
-
 async fn metrics(State(s): State<Surface>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&s, &headers) {
+    if let Some(r) = s.refusal(&headers) {
         return r;
     }
     let page = crate::metrics::page(&s.engine, &s.auth, s.insecure);
@@ -145,7 +173,7 @@ async fn readyz(State(s): State<Surface>) -> Response {
 }
 
 async fn services(State(s): State<Surface>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&s, &headers) {
+    if let Some(r) = s.refusal(&headers) {
         return r;
     }
     let list = lb_proto::v1::ListServicesResponse {
@@ -164,7 +192,7 @@ async fn service(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = refusal(&s, &headers) {
+    if let Some(r) = s.refusal(&headers) {
         return r;
     }
     if let Err(e) = conv::service(name.clone()) {
