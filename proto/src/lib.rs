@@ -9,15 +9,17 @@
 //!   (`LoadBalancer`: `BalanceLoad`), for stock gRPC clients' `grpclb` policy.
 //!
 //! - [`codec`]: prost's codec, with undecodable bytes as `invalid_argument`.
+//! - [`json`]: how `lb.v1`'s messages read as JSON (enums by name).
 //! - [`FILE_DESCRIPTOR_SET`]: the descriptors, for server reflection.
 //!
-//! Generated code, and the codec it uses. The edges of `lb-server` and
-//! `lb-client` convert these types to and from `lb-core`'s domain types;
-//! nothing else uses them.
+//! Generated code, and the codec and JSON mapping it uses. The edges of
+//! `lb-server` and `lb-client` convert these types to and from `lb-core`'s
+//! domain types; nothing else uses them.
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod json;
 
 /// Package `lb.v1`.
 #[allow(missing_docs, clippy::all)]
