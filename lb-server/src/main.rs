@@ -448,8 +448,9 @@ async fn daemon_or_ctl(from_file: std::collections::BTreeSet<String>) -> anyhow:
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Some(Command::Ctl(ctl)) => {
+            let output = ctl.output;
             if let Err(e) = lb_server::ctl::run(*ctl).await {
-                eprintln!("error: {e}");
+                e.report(output);
                 std::process::exit(1);
             }
             return Ok(());

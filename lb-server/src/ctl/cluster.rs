@@ -8,7 +8,7 @@ use clap::Args;
 use lb_core::cluster::{Collect, Kind};
 use lb_proto::v1 as pb;
 
-use super::{no_such_service, show, Ctx};
+use super::{no_such_service, show, Ctx, Failure};
 
 /// `ctl set-cluster`.
 #[derive(Debug, Args)]
@@ -142,7 +142,9 @@ fn change(c: &SetCluster) -> Result<pb::ClusterChange, String> {
     })
 }
 
-pub(crate) async fn set(ctx: &mut Ctx, c: SetCluster) -> Result<(), String> {
+/// Changes the cluster modes; prints what changed (json: the daemon's whole
+/// `ServiceStatus`, `previous_cluster` included).
+pub(crate) async fn set(ctx: &mut Ctx, c: SetCluster) -> Result<(), Failure> {
     let change = change(&c)?;
     let s = ctx
         .admin
@@ -155,9 +157,10 @@ pub(crate) async fn set(ctx: &mut Ctx, c: SetCluster) -> Result<(), String> {
         .await
         .map_err(|s| no_such_service(ctx, s))?
         .into_inner();
-    let before = s.previous_cluster.clone().unwrap_or_default();
-    let after = s.cluster.clone().unwrap_or_default();
-    let lines = show::diff(&show::cluster_lines(&before), &show::cluster_lines(&after));
-    show::change(&c.service, "cluster modes", &lines);
-    Ok(())
+    ctx.answer(&s, || {
+        let before = s.previous_cluster.clone().unwrap_or_default();
+        let after = s.cluster.clone().unwrap_or_default();
+        let lines = show::diff(&show::cluster_lines(&before), &show::cluster_lines(&after));
+        show::change(&c.service, "cluster modes", &lines);
+    })
 }

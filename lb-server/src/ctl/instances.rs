@@ -1,10 +1,11 @@
 //! `ctl set-weight`, `drain`, `undrain`, `put-static`, `remove-static`: one
-//! instance each; each prints the instance as it now stands.
+//! instance each; each but `remove-static` prints the instance as it now
+//! stands (json: the daemon's `InstanceStatus`).
 
 use clap::Args;
 use lb_proto::v1 as pb;
 
-use super::{no_such_service, parse_param, say, show, Ctx};
+use super::{no_such_service, parse_param, say, show, About, Ctx, Failure};
 
 /// An instance of a service (`drain`, `undrain`, `remove-static`).
 #[derive(Debug, Args)]
@@ -53,7 +54,7 @@ pub struct PutStatic {
     create: bool,
 }
 
-pub(crate) async fn set_weight(ctx: &mut Ctx, c: SetWeight) -> Result<(), String> {
+pub(crate) async fn set_weight(ctx: &mut Ctx, c: SetWeight) -> Result<(), Failure> {
     let i = ctx
         .admin
         .set_weight(pb::SetWeightRequest {
@@ -64,11 +65,10 @@ pub(crate) async fn set_weight(ctx: &mut Ctx, c: SetWeight) -> Result<(), String
         .await
         .map_err(|s| ctx.refused(s))?
         .into_inner();
-    show::instances(&[i]);
-    Ok(())
+    instance(ctx, &i)
 }
 
-pub(crate) async fn set_drain(ctx: &mut Ctx, c: Instance, drain: bool) -> Result<(), String> {
+pub(crate) async fn set_drain(ctx: &mut Ctx, c: Instance, drain: bool) -> Result<(), Failure> {
     let i = ctx
         .admin
         .set_drain(pb::SetDrainRequest {
@@ -79,11 +79,10 @@ pub(crate) async fn set_drain(ctx: &mut Ctx, c: Instance, drain: bool) -> Result
         .await
         .map_err(|s| ctx.refused(s))?
         .into_inner();
-    show::instances(&[i]);
-    Ok(())
+    instance(ctx, &i)
 }
 
-pub(crate) async fn put_static(ctx: &mut Ctx, c: PutStatic) -> Result<(), String> {
+pub(crate) async fn put_static(ctx: &mut Ctx, c: PutStatic) -> Result<(), Failure> {
     let i = ctx
         .admin
         .put_static(pb::PutStaticRequest {
@@ -102,24 +101,33 @@ pub(crate) async fn put_static(ctx: &mut Ctx, c: PutStatic) -> Result<(), String
         .await
         .map_err(|s| no_such_service(ctx, s))?
         .into_inner();
-    show::instances(&[i]);
-    Ok(())
+    instance(ctx, &i)
 }
 
-pub(crate) async fn remove_static(ctx: &mut Ctx, c: Instance) -> Result<(), String> {
+pub(crate) async fn remove_static(ctx: &mut Ctx, c: Instance) -> Result<(), Failure> {
     let r = ctx
         .admin
         .remove_static(pb::RemoveStaticRequest {
-            service: c.service,
+            service: c.service.clone(),
             instance_id: c.instance.clone(),
         })
         .await
         .map_err(|s| ctx.refused(s))?
         .into_inner();
-    if r.existed {
-        say!("removed {}", c.instance);
-    } else {
-        say!("no instance {}: nothing to remove", c.instance);
-    }
-    Ok(())
+    let about = [
+        ("service", c.service.as_str()),
+        ("instance_id", &c.instance),
+    ];
+    ctx.answer(&About::new(&about, &r), || {
+        if r.existed {
+            say!("removed {}", c.instance);
+        } else {
+            say!("no instance {}: nothing to remove", c.instance);
+        }
+    })
+}
+
+/// Prints an instance as the daemon answered it.
+fn instance(ctx: &Ctx, i: &pb::InstanceStatus) -> Result<(), Failure> {
+    ctx.answer(i, || show::instances(std::slice::from_ref(i)))
 }

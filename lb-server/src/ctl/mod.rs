@@ -18,11 +18,18 @@
 //! - every flag that says where and as whom to connect (`--server`,
 //!   `--data-dir`, `--token-file`, `--ca`, `--cert`, `--key`,
 //!   `--tls-domain`) also reads an `LB_*` variable (`--help` names it); the
-//!   flags that say what to change never do, so an environment cannot
-//!   change what a command does;
+//!   flags that say what to change or how to print it (`--output`) never
+//!   do, so an environment cannot change what a command does or what a
+//!   script reads;
 //! - a refusal exits non-zero with the daemon's message and, where a flag
 //!   explains it, a hint; a daemon that cannot be reached is named with the
-//!   reason (`connection refused`).
+//!   reason (`connection refused`);
+//! - `--output json`: every command prints one JSON document on stdout,
+//!   the daemon's answer message (mapped as `lb_proto::json` says: enums by
+//!   name), or for an answer that does not say what it is about, that
+//!   answer with the names the command gave ([`About`]); a failure is one
+//!   JSON object on stderr, `{"error": {"code": …, "message": …}}`
+//!   ([`Failure`]), without the hints.
 
 mod cluster;
 mod instances;
@@ -32,13 +39,16 @@ mod services;
 mod show;
 mod token;
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use lb_client::credentials::{Authorize, Credentials};
+use lb_core::status::Code;
 use lb_proto::v1::admin_client::AdminClient;
+use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -67,8 +77,20 @@ pub(crate) fn emit(line: std::fmt::Arguments<'_>) {
 /// Where the daemon listens unless told otherwise (its `--listen` default).
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
 
+/// How ctl prints what the daemon answers (`--output`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables and lines for people.
+    #[default]
+    Text,
+    /// One JSON document on stdout: the daemon's whole answer (failures:
+    /// one JSON object on stderr).
+    Json,
+}
+
 /// Flags shared by every `ctl` command: where the daemon is and how to
-/// authenticate to it. Each also reads an `LB_*` environment variable.
+/// authenticate to it (each also reads an `LB_*` environment variable), and
+/// how to print the answer (never from the environment).
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// Address of the lb-server to talk to.
@@ -130,6 +152,18 @@ pub struct CtlArgs {
         value_parser = lb_core::duration::parse
     )]
     pub timeout: Duration,
+    /// How to print the answer: text for people, or json (one JSON
+    /// document: the daemon's whole answer, enums by name; `get --all`
+    /// changes nothing there). With json a failure is one JSON object on
+    /// stderr: {"error": {"code": "NOT_FOUND", "message": "…"}}.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Output::Text,
+        help_heading = "Output"
+    )]
+    pub output: Output,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -200,9 +234,12 @@ pub enum CtlCommand {
 /// The Admin client every command uses.
 pub(crate) type Admin = AdminClient<InterceptedService<Channel, Authorize>>;
 
-/// What a command runs with: the client, and what the hints need to know.
+/// What a command runs with: the client, how to print, and what the hints
+/// need to know.
 pub(crate) struct Ctx {
     pub(crate) admin: Admin,
+    /// `--output`.
+    output: Output,
     /// Whether ctl dials over TLS (a refusal from a TLS daemon to a
     /// plaintext ctl looks like a transport error).
     tls: bool,
@@ -211,8 +248,105 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// What to print for a refused call: the code and message, and a hint
     /// for the refusals a flag explains.
-    pub(crate) fn refused(&self, s: tonic::Status) -> String {
-        refusal(&s, self.tls)
+    pub(crate) fn refused(&self, s: tonic::Status) -> Failure {
+        let text = refusal(&s, self.tls);
+        Failure::refused(&s, text)
+    }
+
+    /// Prints a command's answer: with `--output json`, `json` as one JSON
+    /// document (the only place ctl prints JSON); else what `text` prints.
+    pub(crate) fn answer<T: Serialize + ?Sized>(
+        &self,
+        json: &T,
+        text: impl FnOnce(),
+    ) -> Result<(), Failure> {
+        match self.output {
+            Output::Text => text(),
+            Output::Json => {
+                let doc = serde_json::to_string_pretty(json).map_err(|e| Failure {
+                    code: Code::Internal.name(),
+                    message: format!("cannot write the answer as JSON: {e}"),
+                    text: None,
+                })?;
+                say!("{doc}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a command failed, for either output: text prints `error: ` and the
+/// text (hints included) on stderr; json prints
+/// `{"error": {"code": CODE, "message": MESSAGE}}` on stderr.
+#[derive(Debug)]
+pub struct Failure {
+    /// The gRPC code name of a refusal (`"NOT_FOUND"`); `"connection"`
+    /// when the daemon could not be reached; `"INVALID_ARGUMENT"` when ctl
+    /// itself cannot use its arguments (a file it cannot read, a malformed
+    /// flag value).
+    code: &'static str,
+    /// What failed, without hints: the daemon's own message for a refusal.
+    message: String,
+    /// What text output prints, when it is more than the message: the
+    /// message as ctl words it, with hints.
+    text: Option<String>,
+}
+
+impl Failure {
+    /// The daemon refused: its code and message; `text` for text output.
+    pub(crate) fn refused(s: &tonic::Status, text: String) -> Failure {
+        Failure {
+            code: Code::from_number(s.code() as u32)
+                .unwrap_or(Code::Unknown)
+                .name(),
+            message: s.message().to_string(),
+            text: Some(text),
+        }
+    }
+
+    /// Prints the failure on stderr as `output` says.
+    pub fn report(&self, output: Output) {
+        match output {
+            Output::Text => eprintln!("error: {}", self.text.as_deref().unwrap_or(&self.message)),
+            Output::Json => eprintln!(
+                "{}",
+                serde_json::json!({"error": {"code": self.code, "message": self.message}})
+            ),
+        }
+    }
+}
+
+/// ctl's own errors (before or instead of a call): its arguments.
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            code: Code::InvalidArgument.name(),
+            message,
+            text: None,
+        }
+    }
+}
+
+/// An answer that does not say what it is about (`{"existed": true}`),
+/// with the names the command gave: `{"instance_id": "s1", "service":
+/// "shop", "existed": true}`.
+#[derive(Serialize)]
+pub(crate) struct About<'a, T: Serialize> {
+    /// The request's names, by the request's field names.
+    #[serde(flatten)]
+    names: BTreeMap<&'static str, &'a str>,
+    /// The daemon's answer.
+    #[serde(flatten)]
+    answer: &'a T,
+}
+
+impl<'a, T: Serialize> About<'a, T> {
+    /// `answer`, about `names` (`[("service", "shop")]`).
+    pub(crate) fn new(names: &[(&'static str, &'a str)], answer: &'a T) -> Self {
+        About {
+            names: names.iter().copied().collect(),
+            answer,
+        }
     }
 }
 
@@ -262,7 +396,7 @@ fn refusal(s: &tonic::Status, tls: bool) -> String {
 /// Why a connection failed, in the words of the innermost error that says
 /// so: `connection refused` rather than `transport error`. Walks the
 /// error's source chain for the I/O error underneath.
-fn unreachable(server: &str, e: &(dyn std::error::Error + 'static)) -> String {
+fn unreachable(server: &str, e: &(dyn std::error::Error + 'static)) -> Failure {
     let mut io = None;
     let mut last = e;
     let mut next = Some(e);
@@ -287,20 +421,27 @@ fn unreachable(server: &str, e: &(dyn std::error::Error + 'static)) -> String {
             "check --server ADDR (or LB_SERVER); if the daemon serves TLS, pass --ca FILE",
         ),
     };
-    format!("cannot reach lb-server at {server}: {why}\nhint: {hint}")
+    let message = format!("cannot reach lb-server at {server}: {why}");
+    Failure {
+        code: "connection",
+        text: Some(format!("{message}\nhint: {hint}")),
+        message,
+    }
 }
 
 /// How long ctl waits for the daemon to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs one ctl command; the error is what to print.
-pub async fn run(args: CtlArgs) -> Result<(), String> {
+/// Runs one ctl command; the error is what to print ([`Failure::report`],
+/// with `args.output`).
+pub async fn run(args: CtlArgs) -> Result<(), Failure> {
     let creds = credentials(&args)?;
     let channel = lb_client::daemon::connect(&args.server, CONNECT_TIMEOUT, &creds)
         .await
         .map_err(|e| unreachable(&args.server, &e))?;
     let mut ctx = Ctx {
         admin: AdminClient::with_interceptor(channel, Authorize::new(&creds)),
+        output: args.output,
         tls: creds.uses_tls(),
     };
     let timeout = args.timeout;
@@ -324,10 +465,14 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
     tokio::time::timeout(timeout, command)
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "lb-server at {} did not answer within {timeout:?} (--timeout)",
-                args.server
-            ))
+            Err(Failure {
+                code: Code::DeadlineExceeded.name(),
+                message: format!(
+                    "lb-server at {} did not answer within {timeout:?} (--timeout)",
+                    args.server
+                ),
+                text: None,
+            })
         })
 }
 
@@ -339,13 +484,14 @@ pub(crate) fn parse_param(s: &str) -> Result<(String, String), String> {
 }
 
 /// A refusal of a write that would have created `service`: the daemon's
-/// words, and what to do.
-pub(crate) fn no_such_service(ctx: &Ctx, s: tonic::Status) -> String {
+/// words, and (in text) what to do.
+pub(crate) fn no_such_service(ctx: &Ctx, s: tonic::Status) -> Failure {
     match s.message().split_once(';') {
         Some((what, _)) if s.code() == tonic::Code::NotFound && what.starts_with("no service ") => {
-            format!(
+            let text = format!(
                 "{what}; pass --create to make it\nhint: a typo? `lb-server ctl services` lists the services there are"
-            )
+            );
+            Failure::refused(&s, text)
         }
         _ => ctx.refused(s),
     }
@@ -370,14 +516,20 @@ mod tests {
             }
         }
         let e = Transport(std::io::ErrorKind::ConnectionRefused.into());
-        let text = unreachable("127.0.0.1:9", &e);
+        let failure = unreachable("127.0.0.1:9", &e);
+        let text = failure.text.as_deref().unwrap_or_default();
         assert!(
             text.starts_with("cannot reach lb-server at 127.0.0.1:9: connection refused\nhint: "),
             "{text}"
         );
-        let e = Transport(std::io::Error::other("no route to host"));
-        assert!(
-            unreachable("h:1", &e).starts_with("cannot reach lb-server at h:1: no route to host")
+        assert_eq!(failure.code, "connection");
+        assert_eq!(
+            failure.message, "cannot reach lb-server at 127.0.0.1:9: connection refused",
+            "no hint in the message"
         );
+        let e = Transport(std::io::Error::other("no route to host"));
+        assert!(unreachable("h:1", &e)
+            .message
+            .starts_with("cannot reach lb-server at h:1: no route to host"));
     }
 }

@@ -3,7 +3,7 @@
 use clap::Args;
 use lb_proto::v1 as pb;
 
-use super::{no_such_service, parse_param, show, Ctx};
+use super::{no_such_service, parse_param, show, Ctx, Failure};
 
 /// `ctl set-policy`.
 #[derive(Debug, Args)]
@@ -26,7 +26,9 @@ pub struct SetPolicy {
     create: bool,
 }
 
-pub(crate) async fn set(ctx: &mut Ctx, c: SetPolicy) -> Result<(), String> {
+/// Sets the policy; prints what changed (json: the daemon's whole
+/// `ServiceStatus`, `previous_policy` included).
+pub(crate) async fn set(ctx: &mut Ctx, c: SetPolicy) -> Result<(), Failure> {
     let s = ctx
         .admin
         .set_policy(pb::SetPolicyRequest {
@@ -41,9 +43,10 @@ pub(crate) async fn set(ctx: &mut Ctx, c: SetPolicy) -> Result<(), String> {
         .await
         .map_err(|s| no_such_service(ctx, s))?
         .into_inner();
-    let before = s.previous_policy.clone().unwrap_or_default();
-    let after = s.policy.clone().unwrap_or_default();
-    let lines = show::policy_diff(&before, &after);
-    show::change(&c.service, &format!("policy {}", after.name), &lines);
-    Ok(())
+    ctx.answer(&s, || {
+        let before = s.previous_policy.clone().unwrap_or_default();
+        let after = s.policy.clone().unwrap_or_default();
+        let lines = show::policy_diff(&before, &after);
+        show::change(&c.service, &format!("policy {}", after.name), &lines);
+    })
 }

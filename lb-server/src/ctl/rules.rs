@@ -1,10 +1,11 @@
 //! `ctl set-rule`, `ctl delete-rule`: a service's routing rules. Each prints
-//! the rules as they now stand, with what each selects.
+//! the rules as they now stand, with what each selects (json: the daemon's
+//! `ServiceStatus`).
 
 use clap::Args;
 use lb_proto::v1 as pb;
 
-use super::{no_such_service, parse_param, show, Ctx};
+use super::{no_such_service, parse_param, show, Ctx, Failure};
 
 /// `ctl set-rule`.
 #[derive(Debug, Args)]
@@ -53,7 +54,7 @@ pub struct DeleteRule {
     name: String,
 }
 
-pub(crate) async fn set(ctx: &mut Ctx, c: SetRule) -> Result<(), String> {
+pub(crate) async fn set(ctx: &mut Ctx, c: SetRule) -> Result<(), Failure> {
     let s = ctx
         .admin
         .put_rule(pb::PutRuleRequest {
@@ -74,11 +75,10 @@ pub(crate) async fn set(ctx: &mut Ctx, c: SetRule) -> Result<(), String> {
         .await
         .map_err(|s| no_such_service(ctx, s))?
         .into_inner();
-    show::rules(&s.rules);
-    Ok(())
+    ctx.answer(&s, || show::rules(&s.rules))
 }
 
-pub(crate) async fn delete(ctx: &mut Ctx, c: DeleteRule) -> Result<(), String> {
+pub(crate) async fn delete(ctx: &mut Ctx, c: DeleteRule) -> Result<(), Failure> {
     let s = ctx
         .admin
         .delete_rule(pb::DeleteRuleRequest {
@@ -88,7 +88,8 @@ pub(crate) async fn delete(ctx: &mut Ctx, c: DeleteRule) -> Result<(), String> {
         .await
         .map_err(|s| ctx.refused(s))?
         .into_inner();
-    super::say!("deleted rule {}", c.name);
-    show::rules(&s.rules);
-    Ok(())
+    ctx.answer(&s, || {
+        super::say!("deleted rule {}", c.name);
+        show::rules(&s.rules);
+    })
 }

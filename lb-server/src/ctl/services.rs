@@ -4,7 +4,7 @@ use clap::Args;
 use lb_core::replan::show_version;
 use lb_proto::v1 as pb;
 
-use super::{say, show, Ctx};
+use super::{say, show, About, Ctx, Failure};
 
 /// `ctl get`.
 #[derive(Debug, Args)]
@@ -29,46 +29,46 @@ pub struct DeleteService {
     force: bool,
 }
 
-pub(crate) async fn list(ctx: &mut Ctx) -> Result<(), String> {
+pub(crate) async fn list(ctx: &mut Ctx) -> Result<(), Failure> {
     let r = ctx
         .admin
         .list_services(pb::ListServicesRequest {})
         .await
         .map_err(|s| ctx.refused(s))?
         .into_inner();
-    say!(
-        "{:<32} {:<22} {:>9} {:>11}  {}",
-        "SERVICE",
-        "POLICY",
-        "INSTANCES",
-        "SUBSCRIBERS",
-        "VERSION"
-    );
-    for s in r.services {
+    ctx.answer(&r, || {
         say!(
             "{:<32} {:<22} {:>9} {:>11}  {}",
-            s.name,
-            s.policy,
-            s.instances,
-            s.subscribers,
-            show_version(s.version)
+            "SERVICE",
+            "POLICY",
+            "INSTANCES",
+            "SUBSCRIBERS",
+            "VERSION"
         );
-    }
-    Ok(())
+        for s in &r.services {
+            say!(
+                "{:<32} {:<22} {:>9} {:>11}  {}",
+                s.name,
+                s.policy,
+                s.instances,
+                s.subscribers,
+                show_version(s.version)
+            );
+        }
+    })
 }
 
-pub(crate) async fn get(ctx: &mut Ctx, c: Get) -> Result<(), String> {
+pub(crate) async fn get(ctx: &mut Ctx, c: Get) -> Result<(), Failure> {
     let s = ctx
         .admin
         .get_service(pb::GetServiceRequest { service: c.service })
         .await
         .map_err(|s| ctx.refused(s))?
         .into_inner();
-    show::service(&s, c.all);
-    Ok(())
+    ctx.answer(&s, || show::service(&s, c.all))
 }
 
-pub(crate) async fn delete(ctx: &mut Ctx, c: DeleteService) -> Result<(), String> {
+pub(crate) async fn delete(ctx: &mut Ctx, c: DeleteService) -> Result<(), Failure> {
     let r = ctx
         .admin
         .delete_service(pb::DeleteServiceRequest {
@@ -78,19 +78,27 @@ pub(crate) async fn delete(ctx: &mut Ctx, c: DeleteService) -> Result<(), String
         .await
         .map_err(|s| {
             if s.code() == tonic::Code::FailedPrecondition {
-                format!(
+                let text = format!(
                     "{}\nhint: `lb-server ctl get {}` shows them; --force deregisters them",
                     s.message(),
                     c.service
-                )
+                );
+                Failure::refused(&s, text)
             } else {
                 ctx.refused(s)
             }
         })?
         .into_inner();
+    ctx.answer(&About::new(&[("service", &c.service)], &r), || {
+        deleted(&c.service, &r)
+    })
+}
+
+/// What `delete-service` prints: what went with the service.
+fn deleted(service: &str, r: &pb::DeleteServiceResponse) {
     if !r.existed {
-        say!("no service {}: nothing to delete", c.service);
-        return Ok(());
+        say!("no service {service}: nothing to delete");
+        return;
     }
     let mut gone = Vec::new();
     if r.policy {
@@ -112,9 +120,8 @@ pub(crate) async fn delete(ctx: &mut Ctx, c: DeleteService) -> Result<(), String
         gone.push(format!("deregistered {}", r.deregistered.join(", ")));
     }
     if gone.is_empty() {
-        say!("deleted service {}", c.service);
+        say!("deleted service {service}");
     } else {
-        say!("deleted service {}: {}", c.service, gone.join("; "));
+        say!("deleted service {service}: {}", gone.join("; "));
     }
-    Ok(())
 }

@@ -3,12 +3,13 @@
 use clap::Subcommand;
 use lb_proto::v1 as pb;
 
-use super::{say, show, Ctx};
+use super::{say, show, About, Ctx, Failure};
 
 /// `ctl token …`.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Make a token and print it (once: the daemon keeps only its digest).
+    /// Make a token and print it (once: the daemon keeps only its digest;
+    /// json: the daemon's answer, the secret in `token`).
     ///
     /// Example: `ctl token create --role backend --service 'shop-*' --name shop-deploy`
     Create {
@@ -39,7 +40,7 @@ pub enum TokenCommand {
     },
 }
 
-pub(crate) async fn run(ctx: &mut Ctx, cmd: TokenCommand) -> Result<(), String> {
+pub(crate) async fn run(ctx: &mut Ctx, cmd: TokenCommand) -> Result<(), Failure> {
     match cmd {
         TokenCommand::Create {
             role,
@@ -58,15 +59,17 @@ pub(crate) async fn run(ctx: &mut Ctx, cmd: TokenCommand) -> Result<(), String> 
                 .await
                 .map_err(|s| ctx.refused(s))?
                 .into_inner();
-            if r.token.is_empty() {
-                if let Some(i) = &r.info {
-                    say!("bound certificate identity {:?} to {}", i.identity, i.name);
+            ctx.answer(&r, || {
+                if r.token.is_empty() {
+                    if let Some(i) = &r.info {
+                        say!("bound certificate identity {:?} to {}", i.identity, i.name);
+                    }
+                } else {
+                    // Only the token on stdout, so that `> file` captures it.
+                    say!("{}", r.token);
+                    eprintln!("(shown once: the daemon keeps only its digest)");
                 }
-            } else {
-                // Only the token on stdout, so that `> file` captures it.
-                say!("{}", r.token);
-                eprintln!("(shown once: the daemon keeps only its digest)");
-            }
+            })
         }
         TokenCommand::List => {
             let r = ctx
@@ -75,34 +78,7 @@ pub(crate) async fn run(ctx: &mut Ctx, cmd: TokenCommand) -> Result<(), String> 
                 .await
                 .map_err(|s| ctx.refused(s))?
                 .into_inner();
-            say!(
-                "{:<24} {:<16} {:<28} {:<20} {:<20} {}",
-                "NAME",
-                "ROLE",
-                "SERVICES",
-                "CREATED",
-                "LAST USED",
-                "IDENTITY"
-            );
-            for t in r.tokens {
-                say!(
-                    "{:<24} {:<16} {:<28} {:<20} {:<20} {}",
-                    t.name,
-                    t.role,
-                    if t.services.is_empty() {
-                        "-".into()
-                    } else {
-                        t.services.join(",")
-                    },
-                    show::time(t.created_unix_ms),
-                    show::time(t.last_used_unix_ms),
-                    if t.identity.is_empty() {
-                        "-"
-                    } else {
-                        &t.identity
-                    },
-                );
-            }
+            ctx.answer(&r, || list(&r.tokens))
         }
         TokenCommand::Revoke { name } => {
             let r = ctx
@@ -111,12 +87,45 @@ pub(crate) async fn run(ctx: &mut Ctx, cmd: TokenCommand) -> Result<(), String> 
                 .await
                 .map_err(|s| ctx.refused(s))?
                 .into_inner();
-            if r.existed {
-                say!("revoked {name}");
-            } else {
-                say!("no token named {name}");
-            }
+            ctx.answer(&About::new(&[("name", &name)], &r), || {
+                if r.existed {
+                    say!("revoked {name}");
+                } else {
+                    say!("no token named {name}");
+                }
+            })
         }
     }
-    Ok(())
+}
+
+/// What `token list` prints: one line per token.
+fn list(tokens: &[pb::TokenInfo]) {
+    say!(
+        "{:<24} {:<16} {:<28} {:<20} {:<20} {}",
+        "NAME",
+        "ROLE",
+        "SERVICES",
+        "CREATED",
+        "LAST USED",
+        "IDENTITY"
+    );
+    for t in tokens {
+        say!(
+            "{:<24} {:<16} {:<28} {:<20} {:<20} {}",
+            t.name,
+            t.role,
+            if t.services.is_empty() {
+                "-".into()
+            } else {
+                t.services.join(",")
+            },
+            show::time(t.created_unix_ms),
+            show::time(t.last_used_unix_ms),
+            if t.identity.is_empty() {
+                "-"
+            } else {
+                &t.identity
+            },
+        );
+    }
 }
