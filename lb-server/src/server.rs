@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::api::{AdminApi, BalancerApi, GrpclbApi, RegistryApi};
+use crate::api::{AdminApi, BalancerApi, GrpclbApi, RegistryApi, XdsApi};
 use crate::auth::layer::AuthLayer;
 use crate::auth::{token, Auth};
 use crate::config::Config;
@@ -33,6 +33,7 @@ use crate::config::StoreChoice;
 use crate::engine::{self, EngineHandle};
 use crate::store::{EtcdStore, SledStore, Store, StoreError};
 use crate::tls::Tls;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +212,11 @@ async fn serve(
         config.clone(),
         stop_rx.clone(),
     ));
+    let xds = AggregatedDiscoveryServiceServer::new(XdsApi::new(
+        engine.clone(),
+        config.clone(),
+        stop_rx.clone(),
+    ));
     let admin = AdminServer::new(AdminApi::new(
         engine.clone(),
         config.clone(),
@@ -246,6 +252,7 @@ async fn serve(
         .add_service(registry.max_decoding_message_size(max))
         .add_service(balancer.max_decoding_message_size(max))
         .add_service(grpclb.max_decoding_message_size(max))
+        .add_service(xds.max_decoding_message_size(max))
         .add_service(admin.max_decoding_message_size(max))
         .add_service(health)
         .add_service(reflection)

@@ -78,3 +78,4 @@ pub mod cli;
 pub mod etcd;
 pub mod harness;
 pub mod pki;
+pub mod stock;

@@ -11,109 +11,38 @@
 //! one where the daemon sends `fallback_response` on purpose.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lb_proto::v1 as pb;
 use lb_tests::harness::{ctl, ctl_command, succeeded, wait_until, BackendSpec, Cluster, WAIT};
 use lb_tests::pki::Pki;
-use serde::Deserialize;
+use lb_tests::stock::{StockClient, CONVERGE};
 
 /// The DNS name stock clients dial, and the service it maps to.
 const NAME: &str = "echo.test";
-/// How long a phase may take to converge.
-const CONVERGE: Duration = Duration::from_secs(30);
-
-/// The result of one batch of calls.
-#[derive(Debug, Deserialize, Default)]
-struct Batch {
-    ok: BTreeMap<String, u64>,
-    tokens: BTreeMap<String, String>,
-    errors: BTreeMap<String, u64>,
-    details: Vec<String>,
-}
-
-impl Batch {
-    fn errors(&self) -> u64 {
-        self.errors.values().sum()
-    }
-}
-
-/// The grpcio client process.
-struct StockClient {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl StockClient {
-    fn start(lb_port: u16, target_port: u16, fallback_ip: &str, extra: &[String]) -> StockClient {
-        let root = lb_tests::harness::repo_root();
-        let mut child = Command::new(lb_tests::harness::stock_python())
-            .arg(root.join("tests/python/grpclb_client.py"))
-            .args(["--name", NAME])
-            .args(["--lb-port", &lb_port.to_string()])
-            .args(["--target-port", &target_port.to_string()])
-            .args(["--fallback-ip", fallback_ip])
-            .args(extra)
-            // C-core's info lines (fallback entered and left) are expected here.
-            .env("GRPC_VERBOSITY", "ERROR")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the grpcio client");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut c = StockClient {
-            child,
-            stdin,
-            stdout,
-        };
-        let hello: serde_json::Value = serde_json::from_str(&c.line()).expect("a JSON hello");
-        assert!(hello["dns_port"].as_u64().is_some(), "{hello}");
-        c
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        let n = self.stdout.read_line(&mut line).expect("read the client");
-        assert!(n > 0, "the grpcio client exited");
-        line
-    }
-
-    /// `n` sequential calls.
-    fn calls(&mut self, n: u64) -> Batch {
-        writeln!(self.stdin, r#"{{"cmd":"calls","n":{n}}}"#).expect("write the client");
-        self.stdin.flush().expect("flush");
-        serde_json::from_str(&self.line()).expect("a JSON batch")
-    }
-
-    /// Makes batches of `n` calls until one satisfies `pred`, within
-    /// [`CONVERGE`]; returns it, or fails with the last batch.
-    fn until(&mut self, what: &str, n: u64, pred: impl Fn(&Batch) -> bool) -> Batch {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let b = self.calls(n);
-            if pred(&b) {
-                return b;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not seen within {CONVERGE:?}; last batch of {n}: {b:?}"
-            );
-        }
-    }
-}
-
-impl Drop for StockClient {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, r#"{{"cmd":"quit"}}"#);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The grpcio client of `tests/python/grpclb_client.py`, resolving NAME
+/// through its own DNS server.
+fn grpclb_client(
+    lb_port: u16,
+    target_port: u16,
+    fallback_ip: &str,
+    extra: &[String],
+) -> StockClient {
+    let mut args: Vec<String> = vec![
+        "--name".into(),
+        NAME.into(),
+        "--lb-port".into(),
+        lb_port.to_string(),
+        "--target-port".into(),
+        target_port.to_string(),
+        "--fallback-ip".into(),
+        fallback_ip.into(),
+    ];
+    args.extend(extra.iter().cloned());
+    let c = StockClient::start("grpclb_client.py", &args);
+    assert!(c.hello["dns_port"].as_u64().is_some(), "{}", c.hello);
+    c
 }
 
 fn on(service: &str, id: &str, weight: u32, ip: &str) -> BackendSpec {
@@ -162,8 +91,7 @@ async fn stock_grpcio_client_follows_lb_through_grpclb() {
     let s13 = c.backends["s13"].addr.to_string();
     ctl(&daemon, &["put-static", NAME, "s13", &s13, "--weight", "2"]).expect("put-static");
     let fallback_port = c.backends["fallback"].addr.port();
-    let mut client =
-        StockClient::start(c.daemon.proc.addr.port(), fallback_port, "127.0.0.20", &[]);
+    let mut client = grpclb_client(c.daemon.proc.addr.port(), fallback_port, "127.0.0.20", &[]);
 
     // Weights 1:3:2 over a period of 6: 60 calls once every backend is
     // connected are exactly 10/30/20, and the fallback backend gets none.
@@ -396,7 +324,7 @@ async fn stock_grpcio_client_with_tls_and_a_certificate_identity_follows_its_lis
         &fallback,
     ));
     let fallback_port = c.backends["fallback"].addr.port();
-    let mut client = StockClient::start(
+    let mut client = grpclb_client(
         c.daemon.proc.addr.port(),
         fallback_port,
         "127.0.0.20",

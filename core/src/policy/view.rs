@@ -101,6 +101,56 @@ pub fn client_view(
     }
 }
 
+/// A view as weighted endpoints in priority order: what a client that
+/// balances by locality weight and fails over by priority needs (gRPC's
+/// xDS client: gRFC A27 priorities, A28 locality weights; Envoy's
+/// `ClusterLoadAssignment`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Weighted {
+    /// Per priority (0 first, contiguous): each listed server with its
+    /// weight, its entries in the view's period.
+    pub priorities: Vec<Vec<(u32, u32)>>,
+    /// The fraction of the period that is drop entries, in parts per million.
+    pub drop_per_million: u32,
+}
+
+/// `view`'s default list as [`Weighted`]: each server's entries in the
+/// period are its weight (the smooth period already holds the policy's
+/// shares in whole entries), its tier is its priority (renumbered from 0
+/// without gaps), and drop entries become the drop fraction.
+pub fn weighted(plan: &ServicePlan, view: &ClientView) -> Weighted {
+    let mut entries = vec![0u32; plan.servers.len()];
+    let mut drops = 0u64;
+    for &i in &view.order {
+        match plan.servers.get(i as usize) {
+            Some(s) if s.drop => drops += 1,
+            Some(_) => entries[i as usize] += 1,
+            None => {}
+        }
+    }
+    let tier = |i: usize| view.tiers.get(i).copied().unwrap_or(0);
+    let mut tiers: Vec<u32> = (0..entries.len())
+        .filter(|&i| entries[i] > 0)
+        .map(tier)
+        .collect();
+    tiers.sort_unstable();
+    tiers.dedup();
+    let priorities = tiers
+        .iter()
+        .map(|&t| {
+            (0..entries.len())
+                .filter(|&i| entries[i] > 0 && tier(i) == t)
+                .map(|i| (i as u32, entries[i]))
+                .collect()
+        })
+        .collect();
+    let total = view.order.len() as u64;
+    Weighted {
+        priorities,
+        drop_per_million: (drops * 1_000_000).checked_div(total).unwrap_or(0) as u32,
+    }
+}
+
 /// Which of the plan's servers are in `client`'s default list, one flag per
 /// server (drop entries always are): the servers routing leaves it.
 pub fn default_members(plan: &ServicePlan, client: &ClientIdentity) -> Vec<bool> {
@@ -221,6 +271,31 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn weighted_counts_entries_renumbers_tiers_and_turns_drops_into_a_fraction() {
+        let mut p = plan(
+            vec![
+                server("a", "z1", &[]),
+                server("b", "z2", &[]),
+                server("c", "z2", &[]),
+                PlanServer {
+                    drop: true,
+                    ..server("drop", "", &[])
+                },
+            ],
+            vec![],
+        );
+        // a: 3 entries, b: 2, c: 1, drops: 2 of 8.
+        p.order = vec![0, 1, 0, 3, 2, 0, 1, 3];
+        let far = client_view(&p, 1, 0, &client("z2", &[]));
+        let w = weighted(&p, &far);
+        assert_eq!(w.priorities, vec![vec![(1, 2), (2, 1)], vec![(0, 3)]]);
+        assert_eq!(w.drop_per_million, 250_000);
+        // No zone: one priority, every server.
+        let w = weighted(&p, &client_view(&p, 1, 0, &client("", &[])));
+        assert_eq!(w.priorities, vec![vec![(0, 3), (1, 2), (2, 1)]]);
     }
 
     #[test]

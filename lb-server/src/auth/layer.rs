@@ -59,7 +59,10 @@ fn classify(path: &str) -> Class {
             stream: method == "ReportLoad",
         },
         "lb.v1.Balancer" => Class::Client,
-        "grpc.lb.v1.LoadBalancer" => Class::Grpclb,
+        // xDS clients are stock clients too: the same rules as grpclb's.
+        "grpc.lb.v1.LoadBalancer" | "envoy.service.discovery.v3.AggregatedDiscoveryService" => {
+            Class::Grpclb
+        }
         "lb.v1.Admin" if ADMIN_READS.contains(&method) => Class::AdminRead,
         "lb.v1.Admin" => Class::AdminWrite,
         "grpc.health.v1.Health" => Class::Health,
@@ -378,6 +381,12 @@ mod tests {
         assert_eq!(classify("/lb.v1.Balancer/Subscribe"), Class::Client);
         assert_eq!(
             classify("/grpc.lb.v1.LoadBalancer/BalanceLoad"),
+            Class::Grpclb
+        );
+        assert_eq!(
+            classify(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+            ),
             Class::Grpclb
         );
         assert_eq!(classify("/lb.v1.Admin/GetService"), Class::AdminRead);

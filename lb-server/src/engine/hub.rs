@@ -31,6 +31,8 @@ pub struct Hub {
     pub quotas: QuotaRefusals,
     /// The durable state the published plans reflect.
     pub state: Applied,
+    /// xDS answers clients rejected (NACKs), for `/metrics`.
+    pub xds_nacks: AtomicU64,
 }
 
 /// The store's identity and the revision of it the engine has applied and
@@ -142,6 +144,9 @@ pub enum Follows {
     Subscribe,
     /// `grpc.lb.v1.LoadBalancer/BalanceLoad` (stock gRPC clients).
     Grpclb,
+    /// `envoy.service.discovery.v3.AggregatedDiscoveryService` (proxyless
+    /// gRPC clients on xDS), while the service's assignment is asked for.
+    Xds,
 }
 
 /// Counts one open stream of a service while it lives (see
@@ -183,6 +188,7 @@ impl Hub {
             store: StoreHealth::default(),
             quotas: QuotaRefusals::default(),
             state: Applied::default(),
+            xds_nacks: AtomicU64::new(0),
         }
     }
 

@@ -16,7 +16,13 @@ pub const MAX_NAME_LEN: usize = 255;
 /// The service an initial request's `name` selects: the name without a
 /// trailing `:port`, which must then be a valid service name.
 pub fn service_for(name: &str) -> Result<String, FieldError> {
-    let field = "initial_request.name";
+    service_named(name, "initial_request.name")
+}
+
+/// The service a target's `name` (`host` or `host:port`, as a stock client
+/// dials it) selects, with `field` naming it in errors: the name without a
+/// trailing `:port`, which must then be a valid service name.
+pub fn service_named(name: &str, field: &str) -> Result<String, FieldError> {
     if name.is_empty() {
         return Err(FieldError::new(field, "missing (empty)"));
     }

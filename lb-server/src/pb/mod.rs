@@ -6,9 +6,11 @@
 //!
 //! - [`v1`]: package `lb.v1` (backends, clients, operators).
 //! - [`grpclb`]: package `grpc.lb.v1` (stock gRPC clients).
+//! - [`xds`]: Envoy's v3 xDS resources (proxyless gRPC clients).
 
 pub mod grpclb;
 pub mod v1;
+pub mod xds;
 
 use lb_core::model::FieldError;
 use tonic::Status;

@@ -1,0 +1,334 @@
+//! `envoy.service.discovery.v3.AggregatedDiscoveryService`: the third front
+//! end, for proxyless gRPC clients that dial `xds:///NAME` (grpclb's
+//! successor: gRFC A26, A27). Same engine, same plans; the resources are
+//! built in [`crate::pb::xds`].
+//!
+//! The protocol (Envoy's "xDS REST and gRPC protocol", state of the world,
+//! aggregated on one stream):
+//!
+//! 1. The client's requests name a type URL and the resources of that type
+//!    it wants (its whole set each time). The first carries its `Node`: its
+//!    id, its zone (`locality.zone`) and metadata, which become this
+//!    stream's client identity (zone tiers and routing rules use them).
+//! 2. For each type, the daemon answers with every resource asked for, a
+//!    version and a nonce of its own (per type, per stream). A Listener,
+//!    route configuration or Cluster is sent when first asked for; an
+//!    assignment again each time the service's plan changes what this
+//!    client would see (plans are already damped where they are made).
+//! 3. The client ACKs (the nonce, the version) or NACKs (the nonce and an
+//!    `error_detail`); a NACK is logged with the client's words and counted
+//!    ([`crate::engine::Hub`]'s `xds_nacks`), and the daemon keeps sending
+//!    updates. A request with an older nonce than the type's last answer is
+//!    stale and ignored, as the protocol says.
+//!
+//! Bad input ends the stream only, with a status naming the field: an
+//! unknown type URL, a resource name that is not a target or service name
+//! (`invalid_argument`), more than [`MAX_NAMES`] names, a node that fails
+//! validation; and an answer the client has not acknowledged within
+//! [`ACK_TIMEOUT`] (`deadline_exceeded`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+use lb_core::access::Need;
+use lb_core::model::ClientIdentity;
+use lb_core::replan::Published;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tokio_stream::{StreamExt, StreamMap};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{first_message, stopping, BoxStream};
+use crate::config::Config;
+use crate::engine::{EngineHandle, Follows};
+use crate::pb::invalid;
+use crate::pb::xds::{self, Kind, MAX_NAMES};
+
+/// Longest a sent answer may wait for the client's ACK or NACK.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest error detail of a NACK quoted in the log.
+const QUOTED_DETAIL: usize = 512;
+
+/// The xDS front end.
+#[derive(Clone)]
+pub struct XdsApi {
+    engine: EngineHandle,
+    config: Config,
+    stop: watch::Receiver<bool>,
+}
+
+impl XdsApi {
+    /// An ADS service over `engine`; streams end when `stop` turns true.
+    pub fn new(engine: EngineHandle, config: Config, stop: watch::Receiver<bool>) -> Self {
+        XdsApi {
+            engine,
+            config,
+            stop,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsApi {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let caller = crate::auth::caller(&request).cloned();
+        let mut inbound = request.into_inner();
+        let first = first_message(
+            &mut inbound,
+            self.config.first_message_timeout,
+            &self.stop,
+            caller.as_ref(),
+        )
+        .await?;
+        let client = xds::identity(first.node.as_ref()).map_err(invalid)?;
+        let (tx, rx) = mpsc::channel(4);
+        let session = Session {
+            engine: self.engine.clone(),
+            caller,
+            client,
+            seq: self.engine.hub().next_client_seq(),
+            subs: BTreeMap::new(),
+            plans: StreamMap::new(),
+            open: BTreeMap::new(),
+            tx,
+        };
+        tokio::spawn(session.run(first, inbound, self.stop.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "incremental xDS is not served: use the state-of-the-world StreamAggregatedResources",
+        ))
+    }
+}
+
+/// One type's subscription on a stream.
+#[derive(Debug, Default)]
+struct Subscription {
+    /// The resources asked for, by name.
+    names: BTreeSet<String>,
+    /// Answers sent so far (the version of the last).
+    sent: u64,
+    /// The last answer's nonce, until the client acknowledges it.
+    unacked: Option<(String, Instant)>,
+    /// Each resource as last sent (assignments are re-sent only when they
+    /// change).
+    last: BTreeMap<String, Vec<u8>>,
+}
+
+struct Session {
+    engine: EngineHandle,
+    caller: Option<crate::auth::Caller>,
+    client: ClientIdentity,
+    seq: u64,
+    subs: BTreeMap<Kind, Subscription>,
+    /// The plans of the services whose assignments are asked for.
+    plans: StreamMap<String, WatchStream<Arc<Published>>>,
+    /// Held while their assignments are asked for (counted as open xDS
+    /// streams of the service).
+    open: BTreeMap<String, crate::engine::Following>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        first: DiscoveryRequest,
+        mut inbound: Streaming<DiscoveryRequest>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let stop = stopping(stop);
+        tokio::pin!(stop);
+        let mut next = Some(first);
+        loop {
+            if let Some(request) = next.take() {
+                if let Err(status) = self.take(request).await {
+                    let _ = self.tx.send(Err(status)).await;
+                    return;
+                }
+            }
+            let deadline = self
+                .subs
+                .values()
+                .filter_map(|s| s.unacked.as_ref().map(|(_, at)| *at + ACK_TIMEOUT))
+                .min();
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => next = Some(m),
+                    // The client went away.
+                    Ok(None) | Err(_) => return,
+                },
+                Some(_) = self.plans.next() => {
+                    if !self.send(Kind::Endpoints, false).await {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let _ = self.tx.send(Err(Status::deadline_exceeded(format!(
+                        "no ACK or NACK of an answer within {}: a client must acknowledge each answer",
+                        lb_core::duration::show(ACK_TIMEOUT)
+                    )))).await;
+                    return;
+                }
+                _ = &mut stop => {
+                    let _ = self.tx.send(Err(Status::unavailable("lb-server is shutting down"))).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes one request: an ACK, a NACK, or a (new) set of names.
+    async fn take(&mut self, r: DiscoveryRequest) -> Result<(), Status> {
+        let kind = Kind::of(&r.type_url).map_err(invalid)?;
+        if r.resource_names.len() > MAX_NAMES {
+            return Err(Status::invalid_argument(format!(
+                "resource_names: {} names, more than {MAX_NAMES}",
+                r.resource_names.len()
+            )));
+        }
+        let mut services = BTreeMap::new();
+        for name in &r.resource_names {
+            let service = xds::service_of(kind, name).map_err(invalid)?;
+            if let Some(c) = &self.caller {
+                c.allow(&Need::Client(service.clone()))?;
+            }
+            services.insert(name.clone(), service);
+        }
+        let sub = self.subs.entry(kind).or_default();
+        if !r.response_nonce.is_empty() {
+            match &sub.unacked {
+                Some((nonce, _)) if *nonce == r.response_nonce => sub.unacked = None,
+                // An answer to an older one: stale, ignored.
+                _ => return Ok(()),
+            }
+        }
+        if let Some(e) = &r.error_detail {
+            let detail: String = e.message.chars().take(QUOTED_DETAIL).collect();
+            tracing::warn!(
+                client = %self.client.client_id,
+                type_url = %r.type_url,
+                version = %r.version_info,
+                code = e.code,
+                %detail,
+                "xDS client rejected (NACKed) an answer"
+            );
+            self.engine.hub().xds_nacks.fetch_add(1, Ordering::Relaxed);
+        }
+        let names: BTreeSet<String> = r.resource_names.into_iter().collect();
+        if names == sub.names && sub.sent > 0 {
+            return Ok(());
+        }
+        sub.names = names;
+        if kind == Kind::Endpoints {
+            self.follow(services.values().cloned().collect());
+        }
+        if self.send(kind, true).await {
+            Ok(())
+        } else {
+            Err(Status::cancelled("the client stopped reading"))
+        }
+    }
+
+    /// Follows the plans of exactly `services`.
+    fn follow(&mut self, services: BTreeSet<String>) {
+        let hub = self.engine.hub();
+        let gone: Vec<String> = self
+            .open
+            .keys()
+            .filter(|s| !services.contains(*s))
+            .cloned()
+            .collect();
+        for s in gone {
+            self.plans.remove(&s);
+            self.open.remove(&s);
+        }
+        for s in services {
+            if !self.open.contains_key(&s) {
+                // The first item is the current plan, already sent below.
+                let plans = WatchStream::from_changes(hub.subscribe(&s));
+                self.plans.insert(s.clone(), plans);
+                self.open.insert(s.clone(), hub.following(&s, Follows::Xds));
+            }
+        }
+    }
+
+    /// Sends every resource of `kind` asked for, if any changed since it
+    /// was last sent (or always with `force`: a new set of names). Returns
+    /// false if the client is gone.
+    async fn send(&mut self, kind: Kind, force: bool) -> bool {
+        let hub = self.engine.hub();
+        let Some(sub) = self.subs.get_mut(&kind) else {
+            return true;
+        };
+        let mut resources: Vec<(String, Any)> = Vec::with_capacity(sub.names.len());
+        for name in &sub.names {
+            // Checked when asked for.
+            let Ok(service) = xds::service_of(kind, name) else {
+                continue;
+            };
+            let any = match kind {
+                Kind::Listener => xds::listener(name, &service),
+                Kind::Route => pack_any(xds::route_configuration(&service)),
+                Kind::Cluster => xds::cluster(&service),
+                Kind::Endpoints => {
+                    let Some(p) = hub.current(&service) else {
+                        // Nothing planned yet: an empty assignment (no
+                        // endpoint) until the service has one.
+                        let empty =
+                            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+                                cluster_name: service.clone(),
+                                ..Default::default()
+                            };
+                        resources.push((name.clone(), pack_any(empty)));
+                        continue;
+                    };
+                    pack_any(xds::assignment(&service, &p, self.seq, &self.client))
+                }
+            };
+            resources.push((name.clone(), any));
+        }
+        let changed = resources
+            .iter()
+            .any(|(name, any)| sub.last.get(name) != Some(&any.value))
+            || resources.len() != sub.last.len();
+        if !force && !changed {
+            return true;
+        }
+        sub.sent += 1;
+        let version = sub.sent.to_string();
+        let nonce = format!("{kind:?}-{}", sub.sent);
+        sub.last = resources
+            .iter()
+            .map(|(n, a)| (n.clone(), a.value.clone()))
+            .collect();
+        sub.unacked = Some((nonce.clone(), Instant::now()));
+        let response = DiscoveryResponse {
+            version_info: version,
+            resources: resources.into_iter().map(|(_, a)| a).collect(),
+            type_url: kind.type_url().to_string(),
+            nonce,
+            ..DiscoveryResponse::default()
+        };
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+}

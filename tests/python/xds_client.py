@@ -1,0 +1,113 @@
+"""A stock gRPC client (grpcio, gRPC's C-core) on xDS: it dials xds:///NAME.
+
+Driven by tests/tests/xds_stock.rs over stdin/stdout, one JSON object per
+line. Nothing here knows about lb: the client is configured exactly as any
+xDS user would configure it, with a bootstrap file (gRFC A27) that names the
+control plane.
+
+Start-up:
+  1. It writes a bootstrap file: one xds_server (--server, insecure channel
+     credentials on loopback, "xds_v3"), and the node (--node-id, --zone as
+     locality.zone, --label K=V as string metadata).
+  2. It sets GRPC_XDS_BOOTSTRAP to it, opens a channel to xds:///NAME and
+     prints {"bootstrap": PATH}.
+
+Commands (stdin):
+  {"cmd": "calls", "n": N}  makes N sequential unary calls to
+      /lb.example.v1.Echo/Whoami (3 s deadline each) and prints
+      {"ok": {instance: count}, "errors": {STATUS: count},
+       "details": [first few error messages]}
+  {"cmd": "quit"}           exits (so does end of input).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+METHOD = "/lb.example.v1.Echo/Whoami"
+
+
+def instance_of(data):
+    """Field 1 (instance_id) of a WhoamiReply."""
+    i = 0
+    while i < len(data):
+        key = data[i]
+        i += 1
+        length = 0
+        shift = 0
+        while True:
+            b = data[i]
+            i += 1
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        if key >> 3 == 1:
+            return data[i:i + length].decode()
+        i += length
+    return ""
+
+
+def calls(stub, n):
+    import grpc
+
+    ok, errors, details = {}, {}, []
+    for _ in range(n):
+        try:
+            instance = instance_of(stub(b"", timeout=3))
+            ok[instance] = ok.get(instance, 0) + 1
+        except grpc.RpcError as e:
+            code = e.code().name
+            errors[code] = errors.get(code, 0) + 1
+            if len(details) < 3:
+                details.append(e.details())
+    return {"ok": ok, "errors": errors, "details": details}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--server", required=True, help="the control plane, HOST:PORT")
+    p.add_argument("--name", required=True, help="the target: xds:///NAME")
+    p.add_argument("--node-id", default="xds-test-client")
+    p.add_argument("--zone", default="")
+    p.add_argument("--label", action="append", default=[], help="K=V node metadata")
+    args = p.parse_args()
+
+    node = {"id": args.node_id, "metadata": dict(kv.split("=", 1) for kv in args.label)}
+    if args.zone:
+        node["locality"] = {"zone": args.zone}
+    bootstrap = {
+        "xds_servers": [
+            {
+                "server_uri": args.server,
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }
+        ],
+        "node": node,
+    }
+    fd, path = tempfile.mkstemp(prefix="xds-bootstrap-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(bootstrap, f)
+    os.environ["GRPC_XDS_BOOTSTRAP"] = path
+    import grpc  # after GRPC_XDS_BOOTSTRAP: C-core reads it when xDS starts
+
+    channel = grpc.insecure_channel(f"xds:///{args.name}")
+    stub = channel.unary_unary(METHOD)
+    print(json.dumps({"bootstrap": path}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        if cmd["cmd"] == "calls":
+            print(json.dumps(calls(stub, int(cmd["n"]))), flush=True)
+        elif cmd["cmd"] == "quit":
+            break
+    channel.close()
+    os.unlink(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+//! A stock gRPC client follows lb through xDS: unmodified grpcio (gRPC's
+//! C-core) dials `xds:///echo` with a bootstrap file naming the daemon
+//! (`tests/python/xds_client.py`), and calls real `echo-backend` processes
+//! on distinct loopback IPs. Nothing in the client knows about lb.
+//!
+//! Counts are bounded, not exact: gRPC picks localities by weight with its
+//! own scheduler and drops by a random draw per call.
+
+use std::time::Instant;
+
+use lb_tests::harness::{ctl, wait_until, BackendSpec, Cluster, Daemon, WAIT};
+use lb_tests::stock::{Batch, StockClient};
+
+/// The service, and the target's name.
+const NAME: &str = "echo";
+
+fn on(id: &str, weight: u32, zone: &str, ip: &str) -> BackendSpec {
+    let mut b = BackendSpec::new(NAME, id, weight);
+    b.extra = ["--listen", &format!("{ip}:0"), "--zone", zone]
+        .map(String::from)
+        .to_vec();
+    b
+}
+
+fn xds_client(daemon: &str, zone: &str) -> StockClient {
+    let args = [
+        "--server",
+        daemon,
+        "--name",
+        NAME,
+        "--zone",
+        zone,
+        "--node-id",
+        "xds-e2e",
+    ]
+    .map(String::from);
+    StockClient::start("xds_client.py", &args)
+}
+
+/// Whether `got` is within `slack` of `want`.
+fn near(got: u64, want: u64, slack: u64) -> bool {
+    got.abs_diff(want) <= slack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_xds_client_follows_weights_zones_shedding_and_outlives_the_daemon() {
+    let mut c = Cluster::start(&[], &[]);
+    let daemon = c.daemon.addr();
+    ctl(
+        &daemon,
+        &["set-policy", NAME, "weighted_round_robin", "--create"],
+    )
+    .expect("set-policy");
+    c.add(&on("b1", 1, "z1", "127.0.0.31"));
+    c.add(&on("b2", 3, "z1", "127.0.0.32"));
+    c.add(&on("b3", 1, "z2", "127.0.0.33"));
+    let mut client = xds_client(&daemon, "z1");
+
+    // Weights 1:3 in the client's zone; the other zone's instance is a
+    // lower priority and takes nothing. (gRPC's weighted scheduler makes
+    // any 400 calls close to 100:300.)
+    let b = client.until("shares 1:3 in zone z1", 400, |b| {
+        b.errors() == 0 && b.on("b3") == 0 && near(b.on("b1"), 100, 20)
+    });
+    assert_eq!(b.on("b1") + b.on("b2"), 400, "{b:?}");
+
+    // A weight set through ctl moves the shares.
+    ctl(&daemon, &["set-weight", NAME, "b1", "3"]).expect("set-weight");
+    client.until("shares 3:3 after set-weight", 400, |b| {
+        b.errors() == 0 && near(b.on("b1"), 200, 25) && b.on("b3") == 0
+    });
+
+    // Load shedding: a quarter of calls dropped with UNAVAILABLE.
+    let shed = |f: &str| {
+        let p = format!("shed_floor={f}");
+        ctl(
+            &daemon,
+            &["set-policy", NAME, "weighted_round_robin", "-p", &p],
+        )
+        .expect("set-policy shed_floor")
+    };
+    shed("0.25");
+    let quarter = |b: &Batch| {
+        b.errors() == b.errors.get("UNAVAILABLE").copied().unwrap_or(0) && near(b.errors(), 100, 35)
+    };
+    client.until("a quarter dropped", 400, quarter);
+    let dropped = client.calls(400);
+    assert!(quarter(&dropped), "{dropped:?}");
+    shed("0");
+    client.until("no more drops", 200, |b| b.errors() == 0);
+
+    // The client's zone drains: it moves to the next priority, and back.
+    for id in ["b1", "b2"] {
+        ctl(&daemon, &["drain", NAME, id]).expect("drain");
+    }
+    client.until("all on z2 while z1 drains", 100, |b| {
+        b.errors() == 0 && b.on("b3") == 100
+    });
+    for id in ["b1", "b2"] {
+        ctl(&daemon, &["undrain", NAME, id]).expect("undrain");
+    }
+    client.until("back on z1", 100, |b| b.errors() == 0 && b.on("b3") == 0);
+
+    // The daemon dies: the client keeps its last resources and keeps
+    // calling, with no failure.
+    let data = c.daemon.data_dir.clone();
+    c.daemon.proc.kill9();
+    let alone = client.calls(200);
+    assert_eq!(alone.errors(), 0, "{alone:?}");
+    assert_eq!(alone.on("b1") + alone.on("b2"), 200, "{alone:?}");
+
+    // It comes back on the same address: the client reconnects and follows
+    // a change made after the restart.
+    let restarted = Daemon::start(&data, &daemon, &[]).expect("restart the daemon");
+    let back = Instant::now();
+    assert!(
+        wait_until(WAIT, || ctl(&daemon, &["set-weight", NAME, "b1", "1"])
+            .is_ok())
+        .await,
+        "set-weight after the restart"
+    );
+    client.until("shares 1:3 again after the restart", 400, |b| {
+        b.errors() == 0 && near(b.on("b1"), 100, 20) && b.on("b3") == 0
+    });
+    eprintln!(
+        "the client followed a change {:?} after the daemon came back",
+        back.elapsed()
+    );
+    drop(restarted);
+}
