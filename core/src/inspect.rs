@@ -46,6 +46,8 @@ pub struct ServiceView {
     pub grpclb: GrpclbTotals,
     /// grpc.lb.v1 streams open on the service now.
     pub grpclb_streams: u32,
+    /// xDS streams asking for the service's assignment now.
+    pub xds_streams: u32,
     /// lb.v1 subscriptions (lb-client) open on the service now.
     pub subscribers: u32,
 }
@@ -57,6 +59,8 @@ pub struct Followers {
     pub subscribers: u32,
     /// grpc.lb.v1 streams (stock gRPC clients).
     pub grpclb_streams: u32,
+    /// xDS streams asking for the service's assignment (stock gRPC clients).
+    pub xds_streams: u32,
 }
 
 /// An instance as `ctl get` shows it.
@@ -201,6 +205,7 @@ pub fn service(
         backlog_seconds: seen.backlog.unwrap_or(0.0),
         grpclb: svc.grpclb.clone(),
         grpclb_streams: followers.grpclb_streams,
+        xds_streams: followers.xds_streams,
         subscribers: followers.subscribers,
     })
 }

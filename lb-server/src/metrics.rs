@@ -140,6 +140,7 @@ fn view_families(views: &[ServiceView]) -> Vec<Family> {
         gauge("lb_service_backlog_seconds", "Seconds the instances' reported requests take to drain at their full rates.", per_service(&|v| v.backlog_seconds)),
         gauge("lb_service_subscribers", "lb.v1 subscriptions (lb-client) open on the service.", per_service(&|v| f64::from(v.subscribers))),
         gauge("lb_grpclb_streams", "grpc.lb.v1 (stock client) streams open on the service.", per_service(&|v| f64::from(v.grpclb_streams))),
+        gauge("lb_xds_streams", "xDS (proxyless gRPC client) streams asking for the service's assignment.", per_service(&|v| f64::from(v.xds_streams))),
         counter("lb_grpclb_calls_started_total", "Calls stock grpclb clients reported starting.", per_service(&|v| v.grpclb.calls_started as f64)),
         counter("lb_grpclb_calls_known_received_total", "Calls stock grpclb clients reported as received by a backend.", per_service(&|v| v.grpclb.known_received as f64)),
         counter("lb_grpclb_calls_failed_to_send_total", "Calls stock grpclb clients could not send to a backend.", per_service(&|v| v.grpclb.failed_to_send as f64)),
@@ -169,6 +170,11 @@ pub fn page(engine: &EngineHandle, auth: &Auth, insecure: bool) -> String {
     families.extend(ingest_families(
         hub.reports_received.load(Ordering::Relaxed),
         hub.reports_applied.load(Ordering::Relaxed),
+    ));
+    families.push(counter(
+        "lb_xds_nacks_total",
+        "xDS answers clients rejected (NACKs); the daemon logs each with the client's error.",
+        one(hub.xds_nacks.load(Ordering::Relaxed) as f64),
     ));
     families.extend(store_families(
         hub.store.fault().is_some(),
@@ -315,6 +321,7 @@ mod tests {
                 ..Default::default()
             },
             grpclb_streams: 2,
+            xds_streams: 1,
             subscribers: 3,
         }
     }
@@ -377,6 +384,7 @@ mod tests {
             "lb_service_list_version{service=\"shop\"} 7",
             "lb_service_subscribers{service=\"shop\"} 3",
             "lb_grpclb_streams{service=\"shop\"} 2",
+            "lb_xds_streams{service=\"shop\"} 1",
             "lb_grpclb_calls_started_total{service=\"shop\"} 30",
             "lb_rule_matches_no_instance{service=\"shop\",rule=\"ghost\"} 1",
             "lb_rule_matches_no_instance{service=\"shop\",rule=\"ab\"} 0",

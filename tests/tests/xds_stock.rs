@@ -51,7 +51,10 @@ async fn a_stock_xds_client_follows_weights_zones_shedding_and_outlives_the_daem
         &["set-policy", NAME, "weighted_round_robin", "--create"],
     )
     .expect("set-policy");
-    c.add(&on("b1", 1, "z1", "127.0.0.31"));
+    let mut b1 = on("b1", 1, "z1", "127.0.0.31");
+    let fault_flag = c.dir.path().join("b1.fail").display().to_string();
+    b1.extra.extend(["--fail-while".to_string(), fault_flag]);
+    c.add(&b1);
     c.add(&on("b2", 3, "z1", "127.0.0.32"));
     c.add(&on("b3", 1, "z2", "127.0.0.33"));
     let mut client = xds_client(&daemon, "z1");
@@ -101,6 +104,43 @@ async fn a_stock_xds_client_follows_weights_zones_shedding_and_outlives_the_daem
     }
     client.until("back on z1", 100, |b| b.errors() == 0 && b.on("b3") == 0);
 
+    // b1 (a quarter of the calls again) fails every call with UNAVAILABLE.
+    // The service's failover mode is the route's retry policy (gRFC A44):
+    // with 5 attempts a call fails only if every attempt lands on b1, and
+    // gRPC picks each attempt afresh (it has no "other host" predicate), so
+    // about 0.25^5 of calls (0.1 %) fail. With one attempt (failfast), a
+    // quarter fail.
+    ctl(&daemon, &["set-weight", NAME, "b1", "1"]).expect("set-weight");
+    ctl(
+        &daemon,
+        &["set-cluster", NAME, "failover", "--attempts", "5"],
+    )
+    .expect("failover");
+    client.until("shares 1:3 again", 400, |b| {
+        b.errors() == 0 && near(b.on("b1"), 100, 20)
+    });
+    let fault = c.dir.path().join("b1.fail");
+    std::fs::write(&fault, b"").expect("fault file");
+    let retried = client.calls(400);
+    assert!(retried.errors() <= 4, "{retried:?}");
+    assert_eq!(retried.on("b1"), 0, "{retried:?}");
+    ctl(&daemon, &["set-cluster", NAME, "failfast"]).expect("failfast");
+    let quarter_fail = |b: &Batch| near(b.errors.get("UNAVAILABLE").copied().unwrap_or(0), 100, 35);
+    client.until("a quarter fails under failfast", 400, quarter_fail);
+    let unretried = client.calls(400);
+    assert!(
+        quarter_fail(&unretried),
+        "{unretried:?} with failfast, {retried:?} with failover"
+    );
+    eprintln!(
+        "b1 failing: {} of 400 calls failed with 5 attempts, {} with one",
+        retried.errors(),
+        unretried.errors()
+    );
+    ctl(&daemon, &["set-cluster", NAME, "failover"]).expect("failover");
+    client.until("retried again under failover", 200, |b| b.errors() <= 2);
+    std::fs::remove_file(&fault).expect("remove the fault file");
+
     // The daemon dies: the client keeps its last resources and keeps
     // calling, with no failure.
     let data = c.daemon.data_dir.clone();
@@ -114,13 +154,13 @@ async fn a_stock_xds_client_follows_weights_zones_shedding_and_outlives_the_daem
     let restarted = Daemon::start(&data, &daemon, &[]).expect("restart the daemon");
     let back = Instant::now();
     assert!(
-        wait_until(WAIT, || ctl(&daemon, &["set-weight", NAME, "b1", "1"])
+        wait_until(WAIT, || ctl(&daemon, &["set-weight", NAME, "b1", "3"])
             .is_ok())
         .await,
         "set-weight after the restart"
     );
-    client.until("shares 1:3 again after the restart", 400, |b| {
-        b.errors() == 0 && near(b.on("b1"), 100, 20) && b.on("b3") == 0
+    client.until("shares 3:3 after the restart", 400, |b| {
+        b.errors() == 0 && near(b.on("b1"), 200, 25) && b.on("b3") == 0
     });
     eprintln!(
         "the client followed a change {:?} after the daemon came back",

@@ -178,8 +178,10 @@ impl Session {
                     Ok(None) | Err(_) => return,
                 },
                 Some(_) = self.plans.next() => {
-                    if !self.send(Kind::Endpoints, false).await {
-                        return;
+                    for kind in [Kind::Listener, Kind::Route, Kind::Endpoints] {
+                        if !self.send(kind, false).await {
+                            return;
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -206,13 +208,11 @@ impl Session {
                 r.resource_names.len()
             )));
         }
-        let mut services = BTreeMap::new();
         for name in &r.resource_names {
             let service = xds::service_of(kind, name).map_err(invalid)?;
             if let Some(c) = &self.caller {
-                c.allow(&Need::Client(service.clone()))?;
+                c.allow(&Need::Client(service))?;
             }
-            services.insert(name.clone(), service);
         }
         let sub = self.subs.entry(kind).or_default();
         if !r.response_nonce.is_empty() {
@@ -239,9 +239,15 @@ impl Session {
             return Ok(());
         }
         sub.names = names;
-        if kind == Kind::Endpoints {
-            self.follow(services.values().cloned().collect());
-        }
+        // Listeners and routes carry the cluster modes, assignments the
+        // plan: their services' plans are followed.
+        let followed: BTreeSet<String> = self
+            .subs
+            .iter()
+            .filter(|(k, _)| **k != Kind::Cluster)
+            .flat_map(|(k, sub)| sub.names.iter().filter_map(|n| xds::service_of(*k, n).ok()))
+            .collect();
+        self.follow(followed);
         if self.send(kind, true).await {
             Ok(())
         } else {
@@ -286,12 +292,17 @@ impl Session {
             let Ok(service) = xds::service_of(kind, name) else {
                 continue;
             };
+            let plan = hub.current(&service);
+            let modes = plan
+                .as_ref()
+                .map(|p| Arc::clone(&p.plan.cluster))
+                .unwrap_or_default();
             let any = match kind {
-                Kind::Listener => xds::listener(name, &service),
-                Kind::Route => pack_any(xds::route_configuration(&service)),
+                Kind::Listener => xds::listener(name, &service, &modes),
+                Kind::Route => pack_any(xds::route_configuration(&service, &modes)),
                 Kind::Cluster => xds::cluster(&service),
                 Kind::Endpoints => {
-                    let Some(p) = hub.current(&service) else {
+                    let Some(p) = plan else {
                         // Nothing planned yet: an empty assignment (no
                         // endpoint) until the service has one.
                         let empty =

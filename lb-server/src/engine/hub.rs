@@ -145,7 +145,8 @@ pub enum Follows {
     /// `grpc.lb.v1.LoadBalancer/BalanceLoad` (stock gRPC clients).
     Grpclb,
     /// `envoy.service.discovery.v3.AggregatedDiscoveryService` (proxyless
-    /// gRPC clients on xDS), while the service's assignment is asked for.
+    /// gRPC clients on xDS), while one of the service's resources is asked
+    /// for.
     Xds,
 }
 

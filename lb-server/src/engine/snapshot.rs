@@ -54,6 +54,7 @@ impl Snapshot {
             |s| inspect::Followers {
                 subscribers: hub.open_streams(s, Follows::Subscribe),
                 grpclb_streams: hub.open_streams(s, Follows::Grpclb),
+                xds_streams: hub.open_streams(s, Follows::Xds),
             },
             now,
         )

@@ -134,6 +134,7 @@ mod list_size_tests {
                 let most = inspect::Followers {
                     subscribers: u32::MAX,
                     grpclb_streams: u32::MAX,
+                    xds_streams: u32::MAX,
                 };
                 let view = inspect::service(&r, "shop", Some(&p), most, now).unwrap();
                 let status =

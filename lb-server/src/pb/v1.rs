@@ -830,7 +830,10 @@ pub fn service_summary(v: &ServiceView) -> pb::ServiceSummary {
         policy: v.policy.kind.name().to_string(),
         instances: v.instances.len() as u32,
         version: v.version,
-        subscribers: v.subscribers.saturating_add(v.grpclb_streams),
+        subscribers: v
+            .subscribers
+            .saturating_add(v.grpclb_streams)
+            .saturating_add(v.xds_streams),
     }
 }
 
@@ -909,6 +912,7 @@ pub fn service_status(v: &ServiceView, base: &ServicePolicy) -> pb::ServiceStatu
             dropped_by_token: v.grpclb.dropped_by_token.clone().into_iter().collect(),
         }),
         subscribers: v.subscribers,
+        xds_streams: v.xds_streams,
         non_default_params: v
             .policy
             .non_default_params(base)

@@ -29,6 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
@@ -40,19 +41,21 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
-    VirtualHost,
+    retry_policy, route, route_action, route_match, RetryPolicy, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter,
 };
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent, FractionalPercent};
-use envoy_types::pb::google::protobuf::{value, Any, UInt32Value};
+use envoy_types::pb::google::protobuf::{value, Any, Duration as ProtoDuration, UInt32Value};
 use envoy_types::util::pack_any;
+use lb_core::cluster::{ClusterConfig, Mode};
 use lb_core::model::{ClientIdentity, FieldError};
 use lb_core::policy::view::{client_view, weighted};
 use lb_core::replan::Published;
+use lb_core::status::Code;
 
 use super::grpclb::{literal, service_named};
 
@@ -154,8 +157,8 @@ pub fn identity(node: Option<&Node>) -> Result<ClientIdentity, FieldError> {
     Ok(id)
 }
 
-/// The Listener for target `name` (of `service`).
-pub fn listener(name: &str, service: &str) -> Any {
+/// The Listener for target `name` (of `service`, with its cluster modes).
+pub fn listener(name: &str, service: &str, modes: &ClusterConfig) -> Any {
     let router = HttpFilter {
         name: "router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
@@ -165,7 +168,7 @@ pub fn listener(name: &str, service: &str) -> Any {
     };
     let hcm = HttpConnectionManager {
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
-            route_configuration(service),
+            route_configuration(service, modes),
         )),
         http_filters: vec![router],
         ..HttpConnectionManager::default()
@@ -179,29 +182,92 @@ pub fn listener(name: &str, service: &str) -> Any {
     })
 }
 
-/// The route configuration `service`: every path to the cluster `service`.
-pub fn route_configuration(service: &str) -> RouteConfiguration {
+/// The route configuration `service`: every path to the cluster `service`;
+/// a method with a cluster mode of its own gets a route of its own (exact
+/// path) first, so it keeps its retry policy.
+pub fn route_configuration(service: &str, modes: &ClusterConfig) -> RouteConfiguration {
+    let route = |path: route_match::PathSpecifier, mode: &Mode| Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(path),
+            ..RouteMatch::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(service.to_string())),
+            retry_policy: retry_policy(mode),
+            max_stream_duration: modes.deadline.map(|d| route_action::MaxStreamDuration {
+                max_stream_duration: Some(duration(d)),
+                ..route_action::MaxStreamDuration::default()
+            }),
+            ..RouteAction::default()
+        })),
+        ..Route::default()
+    };
+    let mut routes: Vec<Route> = modes
+        .methods
+        .iter()
+        .map(|(method, mode)| route(route_match::PathSpecifier::Path(method.clone()), mode))
+        .collect();
+    routes.push(route(
+        route_match::PathSpecifier::Prefix(String::new()),
+        &modes.default,
+    ));
     RouteConfiguration {
         name: service.to_string(),
         virtual_hosts: vec![VirtualHost {
             name: service.to_string(),
             domains: vec!["*".into()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
-                    ..RouteMatch::default()
-                }),
-                action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        service.to_string(),
-                    )),
-                    ..RouteAction::default()
-                })),
-                ..Route::default()
-            }],
+            routes,
             ..VirtualHost::default()
         }],
         ..RouteConfiguration::default()
+    }
+}
+
+/// The status codes gRPC's xDS retry policy understands (gRFC A44), as
+/// Envoy's `retry_on` names them.
+const RETRIABLE: [(Code, &str); 5] = [
+    (Code::Cancelled, "cancelled"),
+    (Code::DeadlineExceeded, "deadline-exceeded"),
+    (Code::Internal, "internal"),
+    (Code::ResourceExhausted, "resource-exhausted"),
+    (Code::Unavailable, "unavailable"),
+];
+
+/// Failover as gRFC A44's retry policy: the same attempts, backoff and
+/// codes (codes gRPC cannot retry on are left out). The other modes make
+/// one attempt: no policy. (Forking, broadcast and multicast have no xDS
+/// form; a stock client makes one attempt.)
+pub fn retry_policy(mode: &Mode) -> Option<RetryPolicy> {
+    let Mode::Failover(f) = mode else {
+        return None;
+    };
+    let on: Vec<&str> = RETRIABLE
+        .iter()
+        .filter(|(c, _)| f.retry_on.contains(c))
+        .map(|(_, name)| *name)
+        .collect();
+    if f.attempts <= 1 || on.is_empty() {
+        return None;
+    }
+    Some(RetryPolicy {
+        retry_on: on.join(","),
+        num_retries: Some(UInt32Value {
+            value: f.attempts - 1,
+        }),
+        retry_back_off: Some(retry_policy::RetryBackOff {
+            base_interval: Some(duration(f.backoff.max(Duration::from_millis(1)))),
+            max_interval: Some(duration(
+                f.backoff_max.max(f.backoff).max(Duration::from_millis(1)),
+            )),
+        }),
+        ..RetryPolicy::default()
+    })
+}
+
+fn duration(d: Duration) -> ProtoDuration {
+    ProtoDuration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
     }
 }
 

@@ -111,10 +111,11 @@ function renderService(s, svc) {
   const counts = {};
   for (const i of insts) counts[stateOf(i)] = (counts[stateOf(i)] || 0) + 1;
   const grpclb = svc.grpclb ? svc.grpclb.streams : 0;
+  const xds = svc.xds_streams || 0;
   const facts = [
     ["list", version(svc.version) + " (" + svc.list_len + " entries)"],
     ["instances", insts.length + (insts.length ? " (" + Object.entries(counts).map(([k, n]) => n + " " + k).join(", ") + ")" : "")],
-    ["clients", svc.subscribers + " lb-client, " + grpclb + " grpclb"],
+    ["clients", svc.subscribers + " lb-client, " + grpclb + " grpclb, " + xds + " xDS"],
     ["utilization", pct(svc.utilization || 0)],
     ["shedding", pct(svc.drop_fraction || 0)],
     ["dropped", num(svc.dropped || 0) + " by clients, " + num(svc.no_backend || 0) + " with no backend"],
