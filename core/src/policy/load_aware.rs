@@ -217,6 +217,18 @@ fn raw_weight(r: &Report, error_penalty: f64) -> Option<f64> {
 
 /// Load-aware weights, one per entry of `reports`, normalised to mean 1.0.
 pub fn weights(p: &LoadAware, reports: &[Option<Report>], now: Instant) -> Vec<f64> {
+    weights_or(p, reports, &vec![1.0; reports.len()], now)
+}
+
+/// [`weights`], with `statics[i]` as the static weight of an instance that
+/// has never reported (a static instance, a registration before its first
+/// report): the fallback when nothing usable is known.
+pub fn weights_or(
+    p: &LoadAware,
+    reports: &[Option<Report>],
+    statics: &[f64],
+    now: Instant,
+) -> Vec<f64> {
     let d = LoadAware::default();
     let penalty = sane(p.error_penalty, d.error_penalty);
     // The band must contain the mean and stay finite when multiplied out.
@@ -245,7 +257,11 @@ pub fn weights(p: &LoadAware, reports: &[Option<Report>], now: Instant) -> Vec<f
     let mut w: Vec<f64> = if usable.is_empty() {
         reports
             .iter()
-            .map(|r| r.as_ref().map_or(1.0, |r| sane(r.static_weight, 1.0)))
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(r) => sane(r.static_weight, 1.0),
+                None => sane(statics.get(i).copied().unwrap_or(1.0), 1.0),
+            })
             .collect()
     } else {
         // Step 3: fill with the mean; an instance in its blackout gets the
@@ -328,6 +344,19 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    #[test]
+    fn instances_that_never_reported_keep_their_static_weights_when_nothing_is_known() {
+        // Static instances (or fresh registrations) with weights 1 and 3:
+        // a fresh service starts out as weighted round robin.
+        let w = weights_or(
+            &LoadAware::default(),
+            &[None, None],
+            &[1.0, 3.0],
+            Instant::now(),
+        );
+        assert!((w[1] / w[0] - 3.0).abs() < 1e-9, "{w:?}");
     }
 
     #[test]

@@ -278,7 +278,8 @@ fn base_weights(cands: &[&Candidate<'_>], policy: &ServicePolicy, now: Instant) 
                     })
                 })
                 .collect();
-            load_aware::weights(&policy.load_aware, &reports, now)
+            let statics: Vec<f64> = statics.iter().map(|&w| f64::from(w)).collect();
+            load_aware::weights_or(&policy.load_aware, &reports, &statics, now)
         }
     }
 }
