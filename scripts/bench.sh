@@ -167,7 +167,7 @@ else
 fi
 
 if [ -x "$bin/lb-cp-bench" ]; then
-    for what in propagation ingest connections scale; do
+    for what in propagation ingest connections scale xds; do
         run "$what" "$bin/lb-cp-bench" "$what" --out "$results" "${q[@]}"
     done
     # Three replicas on a real etcd cluster (Debian's etcd-server).
@@ -177,7 +177,7 @@ if [ -x "$bin/lb-cp-bench" ]; then
         skip "replicas" "no etcd on the PATH (apt-get install etcd-server)"
     fi
 else
-    skip "propagation, ingest, connections, scale, replicas" "$bin/lb-cp-bench not built yet"
+    skip "propagation, ingest, connections, scale, xds, replicas" "$bin/lb-cp-bench not built yet"
 fi
 
 if [ -x "$bin/lb-probe" ]; then

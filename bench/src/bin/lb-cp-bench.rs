@@ -132,6 +132,17 @@ enum Cmd {
         #[arg(long)]
         changes: Option<usize>,
     },
+    /// xDS: a weight change until every xDS (ADS) stream holds it; beside
+    /// it, the same change to as many lb-client subscriptions.
+    Xds {
+        /// ADS streams, and lb-client subscriptions. Default 1000 (200 with
+        /// --quick).
+        #[arg(long)]
+        subscribers: Option<usize>,
+        /// Changes timed. Default 30 (10 with --quick).
+        #[arg(long)]
+        changes: Option<usize>,
+    },
     /// All of them, one after the other.
     All,
     /// The plain-TCP push server of the propagation baseline (started by
@@ -1639,6 +1650,233 @@ async fn subscribers_of(addr: &str, n: usize) -> anyhow::Result<Vec<Subscription
     Ok(subs)
 }
 
+// --------------------------------------------------------------------- xds
+
+/// One ADS stream following the EDS resource of [`PROP_SVC`]: the time and
+/// b0's locality weight of each assignment it received (ACKed at once).
+struct XdsStream {
+    latest: watch::Receiver<(Instant, u32)>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+const EDS_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+fn eds_request(
+    version: &str,
+    nonce: &str,
+) -> envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+        node: Some(Node {
+            id: "lb-cp-bench".into(),
+            ..Node::default()
+        }),
+        type_url: EDS_TYPE.into(),
+        resource_names: vec![PROP_SVC.into()],
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+/// b0's locality weight in an EDS answer (0 if absent).
+fn b0_weight(r: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse) -> u32 {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    r.resources
+        .iter()
+        .filter_map(|a| <ClusterLoadAssignment as prost::Message>::decode(a.value.as_slice()).ok())
+        .flat_map(|cla| cla.endpoints)
+        .find(|l| l.locality.as_ref().is_some_and(|l| l.sub_zone == "b0"))
+        .and_then(|l| l.load_balancing_weight)
+        .map_or(0, |w| w.value)
+}
+
+impl XdsStream {
+    async fn open(ch: Channel) -> anyhow::Result<XdsStream> {
+        use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(eds_request("", "")).await?;
+        let mut stream = AggregatedDiscoveryServiceClient::new(ch)
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| anyhow!("the ADS stream ended before its first answer"))?;
+        tx.send(eds_request(&first.version_info, &first.nonce))
+            .await?;
+        let (latest_tx, latest) = watch::channel((Instant::now(), b0_weight(&first)));
+        let task = tokio::spawn(async move {
+            while let Ok(Some(r)) = stream.message().await {
+                let at = Instant::now();
+                let _ = latest_tx.send((at, b0_weight(&r)));
+                if tx
+                    .send(eds_request(&r.version_info, &r.nonce))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(XdsStream {
+            latest,
+            _task: task,
+        })
+    }
+}
+
+/// Issues `change` and returns, per stream, the ms until it held an
+/// assignment satisfying `pred` (b0's weight).
+async fn timed_xds<F>(
+    streams: &mut [XdsStream],
+    pred: impl Fn(u32) -> bool,
+    change: F,
+) -> anyhow::Result<Vec<f64>>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    if streams.iter().any(|s| pred(s.latest.borrow().1)) {
+        bail!("an ADS stream already holds the assignment the change is meant to produce");
+    }
+    let t0 = Instant::now();
+    change.await?;
+    let mut out = Vec::with_capacity(streams.len());
+    for s in streams.iter_mut() {
+        let held = tokio::time::timeout(WAIT, s.latest.wait_for(|(_, w)| pred(*w)))
+            .await
+            .context("an ADS stream never received the new assignment")?
+            .map_err(|_| anyhow!("an ADS stream ended"))?;
+        out.push(held.0.saturating_duration_since(t0).as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+/// `changes` weight changes (b0 between 10 and 1) to `streams`, and the
+/// same to `subs` if given; the ms samples of each.
+async fn xds_changes(
+    admin: &mut AdminClient<Channel>,
+    streams: &mut [XdsStream],
+    subs: &[Subscription],
+    changes: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let svc = PROP_SVC;
+    let (mut xds, mut lbc) = (Vec::new(), Vec::new());
+    for t in 0..changes {
+        let heavy = t % 2 == 0;
+        let mut a = admin.clone();
+        xds.extend(
+            timed_xds(streams, move |w| (w > 1) == heavy, async move {
+                set_weight(&mut a, svc, "b0", if heavy { 10 } else { 1 }).await
+            })
+            .await?,
+        );
+    }
+    set_weight(admin, svc, "b0", 1).await?;
+    if !subs.is_empty() {
+        all_hold(subs, move |l| share(l, "b0") < 0.5).await?;
+        for t in 0..changes {
+            let heavy = t % 2 == 0;
+            let mut a = admin.clone();
+            lbc.extend(
+                timed_change(subs, move |l| (share(l, "b0") > 0.5) == heavy, async move {
+                    set_weight(&mut a, svc, "b0", if heavy { 10 } else { 1 }).await
+                })
+                .await?,
+            );
+        }
+        set_weight(admin, svc, "b0", 1).await?;
+    }
+    Ok((xds, lbc))
+}
+
+async fn xds(n: usize, changes: usize, out: &Path) -> anyhow::Result<()> {
+    if n == 0 || changes == 0 {
+        bail!("--subscribers and --changes must be at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &[])?;
+    let addr = daemon.addr();
+    let ch = channel(&addr).await?;
+    let mut admin = AdminClient::new(ch.clone());
+    let mut backends = Vec::new();
+    for i in 0..NBACKENDS {
+        backends.push(
+            StreamBackend::open(ch.clone(), instance(PROP_SVC, &format!("b{i}"), i, 1)).await?,
+        );
+    }
+    set_policy(&mut admin, PROP_SVC, "weighted_round_robin", &[]).await?;
+    set_weight(&mut admin, PROP_SVC, "b0", 1).await?;
+
+    eprintln!("xds: 1 ADS stream (baseline), {changes} changes");
+    let mut one = vec![XdsStream::open(ch.clone()).await?];
+    let (base, _) = xds_changes(&mut admin, &mut one, &[], changes).await?;
+    drop(one);
+
+    eprintln!("xds: {n} ADS streams and {n} lb-client subscriptions, {changes} changes each");
+    // As many streams per HTTP/2 connection as lb-client puts on one.
+    let per = lb_client::daemon::STREAMS_PER_CONNECTION;
+    let chans = channels(&addr, n.div_ceil(per)).await?;
+    let mut streams = Vec::with_capacity(n);
+    for i in 0..n {
+        streams.push(XdsStream::open(chans[i / per].clone()).await?);
+    }
+    let subs = open_subs(&addr, n).await?;
+    let (many, lbc) = xds_changes(&mut admin, &mut streams, &subs, changes).await?;
+    subs.iter().for_each(Subscription::close);
+    drop(subs);
+    drop(streams);
+
+    let (b50, _, _) = p50_p99_max(&base);
+    let mut rows = Vec::new();
+    for (name, v) in [
+        (
+            "admin weight change → xDS (ADS) streams hold the assignment",
+            &many,
+        ),
+        (
+            "admin weight change → lb-client subscriptions hold the list (same run)",
+            &lbc,
+        ),
+    ] {
+        let (p50, p99, max) = p50_p99_max(v);
+        rows.push(vec![
+            json!(name),
+            json!(n),
+            num(p50, 2),
+            num(p99, 2),
+            num(max, 2),
+            num(b50, 2),
+            num(p50 / b50, 2),
+        ]);
+    }
+    Table {
+        bench: "xds",
+        title: format!("A weight change held by {n} xDS streams, beside {n} lb-client subscriptions"),
+        columns: vec![
+            "change",
+            "subscribers",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "1-stream xDS p50 ms",
+            "ratio",
+        ],
+        rows,
+        notes: vec![
+            format!("{n} ADS streams (state of the world, envoy-types' client, {per} streams per HTTP/2 connection as lb-client does) each ask for the ClusterLoadAssignment of one service of {NBACKENDS} backends (ReportLoad streams opened by the bench) and ACK every answer; then {n} lb-client subscriptions follow the same service. Both live in the bench process and stay open through both rows, so every change reaches all {} of them in either row.", 2 * n),
+            format!("{changes} changes (Admin.SetWeight: b0 between 10 and 1) per kind; each row pools every subscriber × change sample. The clock starts just before the Admin call and stops when a stream received an assignment with b0's new locality weight (its receive time, recorded by the stream's task), or when an lb-client installed a list with b0's new share (PickList::installed_at)."),
+            "Baseline (same run, same daemon): the same changes held by one ADS stream; ratio = p50 with all streams / p50 with one.".to_string(),
+            "Stock gRPC clients decode and apply an assignment with more work than this bench's stream (C-core rebuilds its priority and locality policies); this measures the daemon's fan-out and the wire, as the lb-client row does.".to_string(),
+        ],
+    }
+    .emit(out)?;
+    drop(backends);
+    drop(daemon);
+    Ok(())
+}
+
 async fn replicas(n: usize, changes: usize, out: &Path) -> anyhow::Result<()> {
     if n < 2 || changes == 0 {
         bail!("--subscribers must be at least 2 and --changes at least 1");
@@ -1785,13 +2023,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
         }
         Cmd::PushFloorServer { payload } => floor::serve(payload).await,
+        Cmd::Xds {
+            subscribers,
+            changes,
+        } => {
+            let (n, c) = prop(subscribers, changes);
+            xds(n, c, &args.out).await
+        }
         Cmd::All => {
             let (n, c) = prop(None, None);
             propagation(n, c, &args.out).await?;
             ingest(1000, 1000, ing_secs(None), 16, 10, &args.out).await?;
             let (i, s, c) = sc(None, None, None);
             scale(i, 100, s, c, &args.out).await?;
-            replicas(if q { 50 } else { 200 }, c, &args.out).await
+            replicas(if q { 50 } else { 200 }, c, &args.out).await?;
+            let (n, c) = prop(None, None);
+            xds(n, c, &args.out).await
         }
     }
 }

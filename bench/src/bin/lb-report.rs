@@ -379,7 +379,7 @@ fn rank(b: &Bench) -> u8 {
     match () {
         _ if n == "sim" || n == "simulator" => 1,
         _ if n.contains("pick") => 2,
-        _ if n.contains("propagation") || n == "replicas" => 3,
+        _ if n.contains("propagation") || n == "replicas" || n == "xds" => 3,
         _ if n.contains("ingest") => 4,
         _ if n.contains("scale") => 5,
         // Next to scale, its neighbour in subject (daemon memory and sockets).
