@@ -17,6 +17,10 @@ Commands (stdin):
       /lb.example.v1.Echo/Whoami (3 s deadline each) and prints
       {"ok": {instance: count}, "errors": {STATUS: count},
        "details": [first few error messages]}
+  {"cmd": "keyed", "keys": K, "n": N}  makes N calls for each of K request
+      keys ("user-0"...), each with the key in the lb-key header, and prints
+      {"by_key": {key: {instance: count}}, "errors": {STATUS: count},
+       "details": [...]}
   {"cmd": "quit"}           exits (so does end of input).
 """
 
@@ -66,6 +70,25 @@ def calls(stub, n):
     return {"ok": ok, "errors": errors, "details": details}
 
 
+def keyed(stub, keys, n):
+    import grpc
+
+    by_key, errors, details = {}, {}, []
+    for k in range(keys):
+        key = f"user-{k}"
+        seen = by_key.setdefault(key, {})
+        for _ in range(n):
+            try:
+                instance = instance_of(stub(b"", timeout=3, metadata=(("lb-key", key),)))
+                seen[instance] = seen.get(instance, 0) + 1
+            except grpc.RpcError as e:
+                code = e.code().name
+                errors[code] = errors.get(code, 0) + 1
+                if len(details) < 3:
+                    details.append(e.details())
+    return {"by_key": by_key, "errors": errors, "details": details}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--server", required=True, help="the control plane, HOST:PORT")
@@ -103,6 +126,8 @@ def main():
         cmd = json.loads(line)
         if cmd["cmd"] == "calls":
             print(json.dumps(calls(stub, int(cmd["n"]))), flush=True)
+        elif cmd["cmd"] == "keyed":
+            print(json.dumps(keyed(stub, int(cmd["keys"]), int(cmd["n"]))), flush=True)
         elif cmd["cmd"] == "quit":
             break
     channel.close()

@@ -84,9 +84,14 @@ impl StockClient {
 
     /// `n` sequential calls.
     pub fn calls(&mut self, n: u64) -> Batch {
-        writeln!(self.stdin, r#"{{"cmd":"calls","n":{n}}}"#).expect("write the client");
+        self.command(&format!(r#"{{"cmd":"calls","n":{n}}}"#))
+    }
+
+    /// Sends one command line and parses its one-line answer.
+    pub fn command<T: serde::de::DeserializeOwned>(&mut self, line: &str) -> T {
+        writeln!(self.stdin, "{line}").expect("write the client");
         self.stdin.flush().expect("flush");
-        serde_json::from_str(&self.line()).expect("a JSON batch")
+        serde_json::from_str(&self.line()).expect("a JSON answer")
     }
 
     /// Makes batches of `n` calls until one satisfies `pred`, within

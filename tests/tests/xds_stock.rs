@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use lb_tests::harness::{ctl, wait_until, BackendSpec, Cluster, Daemon, WAIT};
-use lb_tests::stock::{Batch, StockClient};
+use lb_tests::stock::{Batch, StockClient, CONVERGE};
 
 /// The service, and the target's name.
 const NAME: &str = "echo";
@@ -140,6 +140,44 @@ async fn a_stock_xds_client_follows_weights_zones_shedding_and_outlives_the_daem
     ctl(&daemon, &["set-cluster", NAME, "failover"]).expect("failover");
     client.until("retried again under failover", 200, |b| b.errors() <= 2);
     std::fs::remove_file(&fault).expect("remove the fault file");
+
+    // A hash policy: the cluster becomes a ring hash on the lb-key header.
+    // Each key stays on one instance, and the keys spread over both.
+    ctl(&daemon, &["set-policy", NAME, "consistent_hash"]).expect("consistent_hash");
+    let keyed = |client: &mut StockClient| -> serde_json::Value {
+        client.command(r#"{"cmd":"keyed","keys":40,"n":5}"#)
+    };
+    let deadline = Instant::now() + CONVERGE;
+    let by_key = loop {
+        let k = keyed(&mut client);
+        let sticky = k["by_key"].as_object().is_some_and(|m| {
+            m.len() == 40
+                && m.values()
+                    .all(|v| v.as_object().is_some_and(|o| o.len() == 1))
+        });
+        if sticky || Instant::now() > deadline {
+            break k;
+        }
+    };
+    let homes: std::collections::BTreeSet<String> = by_key["by_key"]
+        .as_object()
+        .expect("by_key")
+        .values()
+        .filter_map(|v| v.as_object().and_then(|o| o.keys().next().cloned()))
+        .collect();
+    assert!(
+        by_key["by_key"].as_object().is_some_and(|m| m
+            .values()
+            .all(|v| v.as_object().is_some_and(|o| o.len() == 1))),
+        "a key moved between instances: {by_key}"
+    );
+    assert_eq!(by_key["errors"], serde_json::json!({}), "{by_key}");
+    assert_eq!(
+        homes,
+        ["b1", "b2"].map(String::from).into_iter().collect(),
+        "the keys' homes: {by_key}"
+    );
+    ctl(&daemon, &["set-policy", NAME, "weighted_round_robin"]).expect("back to weights");
 
     // The daemon dies: the client keeps its last resources and keeps
     // calling, with no failure.

@@ -178,7 +178,7 @@ impl Session {
                     Ok(None) | Err(_) => return,
                 },
                 Some(_) = self.plans.next() => {
-                    for kind in [Kind::Listener, Kind::Route, Kind::Endpoints] {
+                    for kind in Kind::ALL {
                         if !self.send(kind, false).await {
                             return;
                         }
@@ -239,12 +239,12 @@ impl Session {
             return Ok(());
         }
         sub.names = names;
-        // Listeners and routes carry the cluster modes, assignments the
-        // plan: their services' plans are followed.
+        // Every resource depends on its service's plan (listeners and
+        // routes on its cluster modes and hashing, clusters on hashing,
+        // assignments on the rest): their services' plans are followed.
         let followed: BTreeSet<String> = self
             .subs
             .iter()
-            .filter(|(k, _)| **k != Kind::Cluster)
             .flat_map(|(k, sub)| sub.names.iter().filter_map(|n| xds::service_of(*k, n).ok()))
             .collect();
         self.follow(followed);
@@ -293,14 +293,11 @@ impl Session {
                 continue;
             };
             let plan = hub.current(&service);
-            let modes = plan
-                .as_ref()
-                .map(|p| Arc::clone(&p.plan.cluster))
-                .unwrap_or_default();
+            let shape = xds::Shape::of(plan.as_deref());
             let any = match kind {
-                Kind::Listener => xds::listener(name, &service, &modes),
-                Kind::Route => pack_any(xds::route_configuration(&service, &modes)),
-                Kind::Cluster => xds::cluster(&service),
+                Kind::Listener => xds::listener(name, &service, &shape),
+                Kind::Route => pack_any(xds::route_configuration(&service, &shape)),
+                Kind::Cluster => xds::cluster(&service, &shape),
                 Kind::Endpoints => {
                     let Some(p) = plan else {
                         // Nothing planned yet: an empty assignment (no

@@ -11,7 +11,11 @@
 //!   (every path) to the cluster `NAME`;
 //! - the `Cluster` `NAME`: type EDS over ADS, `ROUND_ROBIN`, which gRPC
 //!   runs as `wrr_locality` over `round_robin` (gRFC A52): localities are
-//!   picked by weight, endpoints round robin within one;
+//!   picked by weight, endpoints round robin within one; under a hash
+//!   policy, `RING_HASH` (gRFC A42) with every route hashing the request
+//!   key header [`KEY_HEADER`] (gRPC's ring, not our affinity table: the
+//!   same key stays on one instance, but not necessarily the one lb-client
+//!   would pick);
 //! - the `ClusterLoadAssignment` `NAME`: the plan as this client sees it
 //!   ([`lb_core::policy::view::weighted`]). gRPC's `round_robin` ignores
 //!   endpoint weights (grpc/grpc#32004), so each endpoint is a locality of
@@ -49,7 +53,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter,
 };
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent, FractionalPercent};
-use envoy_types::pb::google::protobuf::{value, Any, Duration as ProtoDuration, UInt32Value};
+use envoy_types::pb::google::protobuf::{
+    value, Any, Duration as ProtoDuration, UInt32Value, UInt64Value,
+};
 use envoy_types::util::pack_any;
 use lb_core::cluster::{ClusterConfig, Mode};
 use lb_core::model::{ClientIdentity, FieldError};
@@ -157,8 +163,31 @@ pub fn identity(node: Option<&Node>) -> Result<ClientIdentity, FieldError> {
     Ok(id)
 }
 
-/// The Listener for target `name` (of `service`, with its cluster modes).
-pub fn listener(name: &str, service: &str, modes: &ClusterConfig) -> Any {
+/// The request header whose value a hash policy's clients hash
+/// (`ring_hash`): the request key.
+pub const KEY_HEADER: &str = "lb-key";
+
+/// What the resources of a service depend on in its plan.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// Its cluster modes.
+    pub modes: std::sync::Arc<ClusterConfig>,
+    /// A hash policy is in force (ring hash on [`KEY_HEADER`]).
+    pub hashing: bool,
+}
+
+impl Shape {
+    /// The shape of `p` (the default for a service with no plan yet).
+    pub fn of(p: Option<&Published>) -> Shape {
+        p.map_or_else(Shape::default, |p| Shape {
+            modes: std::sync::Arc::clone(&p.plan.cluster),
+            hashing: !p.plan.affinity.is_empty(),
+        })
+    }
+}
+
+/// The Listener for target `name` (of `service`).
+pub fn listener(name: &str, service: &str, shape: &Shape) -> Any {
     let router = HttpFilter {
         name: "router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
@@ -168,7 +197,7 @@ pub fn listener(name: &str, service: &str, modes: &ClusterConfig) -> Any {
     };
     let hcm = HttpConnectionManager {
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
-            route_configuration(service, modes),
+            route_configuration(service, shape),
         )),
         http_filters: vec![router],
         ..HttpConnectionManager::default()
@@ -184,8 +213,23 @@ pub fn listener(name: &str, service: &str, modes: &ClusterConfig) -> Any {
 
 /// The route configuration `service`: every path to the cluster `service`;
 /// a method with a cluster mode of its own gets a route of its own (exact
-/// path) first, so it keeps its retry policy.
-pub fn route_configuration(service: &str, modes: &ClusterConfig) -> RouteConfiguration {
+/// path) first, so it keeps its retry policy. Under a hash policy every
+/// route hashes the request key ([`KEY_HEADER`]).
+pub fn route_configuration(service: &str, shape: &Shape) -> RouteConfiguration {
+    let modes = &shape.modes;
+    let hash_policy: Vec<route_action::HashPolicy> = shape
+        .hashing
+        .then(|| route_action::HashPolicy {
+            policy_specifier: Some(route_action::hash_policy::PolicySpecifier::Header(
+                route_action::hash_policy::Header {
+                    header_name: KEY_HEADER.into(),
+                    ..route_action::hash_policy::Header::default()
+                },
+            )),
+            ..route_action::HashPolicy::default()
+        })
+        .into_iter()
+        .collect();
     let route = |path: route_match::PathSpecifier, mode: &Mode| Route {
         r#match: Some(RouteMatch {
             path_specifier: Some(path),
@@ -194,6 +238,7 @@ pub fn route_configuration(service: &str, modes: &ClusterConfig) -> RouteConfigu
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(service.to_string())),
             retry_policy: retry_policy(mode),
+            hash_policy: hash_policy.clone(),
             max_stream_duration: modes.deadline.map(|d| route_action::MaxStreamDuration {
                 max_stream_duration: Some(duration(d)),
                 ..route_action::MaxStreamDuration::default()
@@ -272,8 +317,9 @@ fn duration(d: Duration) -> ProtoDuration {
 }
 
 /// The Cluster `service`: EDS over ADS, round robin over weighted
-/// localities.
-pub fn cluster(service: &str) -> Any {
+/// localities; under a hash policy, `RING_HASH` (gRFC A42: the ring
+/// weighs each endpoint by its locality's weight).
+pub fn cluster(service: &str, shape: &Shape) -> Any {
     pack_any(Cluster {
         name: service.to_string(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -289,10 +335,25 @@ pub fn cluster(service: &str) -> Any {
             }),
             service_name: service.to_string(),
         }),
-        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        lb_policy: if shape.hashing {
+            cluster::LbPolicy::RingHash as i32
+        } else {
+            cluster::LbPolicy::RoundRobin as i32
+        },
+        lb_config: shape.hashing.then(|| {
+            cluster::LbConfig::RingHashLbConfig(cluster::RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: RING_SIZE }),
+                ..cluster::RingHashLbConfig::default()
+            })
+        }),
         ..Cluster::default()
     })
 }
+
+/// The ring's least size under a hash policy: 4096 entries keep each
+/// endpoint's share of the keys within a few percent of its weight for up
+/// to a few dozen endpoints (gRPC's default is 1024).
+const RING_SIZE: u64 = 4096;
 
 /// The drop category load shedding is reported under.
 pub const SHED_CATEGORY: &str = "lb_shed";
