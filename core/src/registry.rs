@@ -1041,7 +1041,12 @@ impl Registry {
                 latency_sum_us: s.latency_sum_us,
             };
             svc.evidence.record(&s.instance_id, client, counts);
-            svc.observe_latency(&s.instance_id, client, counts, now);
+            // Finished calls with no latency at all: the reporter does not
+            // measure it (an xDS client's LRS report), rather than calls
+            // that took no time.
+            if s.latency_sum_us > 0 || s.calls_finished == 0 {
+                svc.observe_latency(&s.instance_id, client, counts, now);
+            }
             ejected |= svc
                 .health
                 .record(

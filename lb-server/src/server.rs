@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::api::{AdminApi, BalancerApi, GrpclbApi, RegistryApi, XdsApi};
+use crate::api::{AdminApi, BalancerApi, GrpclbApi, LrsApi, RegistryApi, XdsApi};
 use crate::auth::layer::AuthLayer;
 use crate::auth::{token, Auth};
 use crate::config::Config;
@@ -34,6 +34,7 @@ use crate::engine::{self, EngineHandle};
 use crate::store::{EtcdStore, SledStore, Store, StoreError};
 use crate::tls::Tls;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +218,11 @@ async fn serve(
         config.clone(),
         stop_rx.clone(),
     ));
+    let lrs = LoadReportingServiceServer::new(LrsApi::new(
+        engine.clone(),
+        config.clone(),
+        stop_rx.clone(),
+    ));
     let admin = AdminServer::new(AdminApi::new(
         engine.clone(),
         config.clone(),
@@ -253,6 +259,7 @@ async fn serve(
         .add_service(balancer.max_decoding_message_size(max))
         .add_service(grpclb.max_decoding_message_size(max))
         .add_service(xds.max_decoding_message_size(max))
+        .add_service(lrs.max_decoding_message_size(max))
         .add_service(admin.max_decoding_message_size(max))
         .add_service(health)
         .add_service(reflection)

@@ -23,6 +23,10 @@ fn on(id: &str, weight: u32, zone: &str, ip: &str) -> BackendSpec {
 }
 
 fn xds_client(daemon: &str, zone: &str) -> StockClient {
+    xds_client_as(daemon, zone, "xds-e2e")
+}
+
+fn xds_client_as(daemon: &str, zone: &str, node: &str) -> StockClient {
     let args = [
         "--server",
         daemon,
@@ -31,7 +35,7 @@ fn xds_client(daemon: &str, zone: &str) -> StockClient {
         "--zone",
         zone,
         "--node-id",
-        "xds-e2e",
+        node,
     ]
     .map(String::from);
     StockClient::start("xds_client.py", &args)
@@ -205,4 +209,64 @@ async fn a_stock_xds_client_follows_weights_zones_shedding_and_outlives_the_daem
         back.elapsed()
     );
     drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_xds_clients_report_their_calls_and_a_failing_backend_is_ejected() {
+    let mut c = Cluster::start(&["--stats-interval", "200ms"], &[]);
+    let daemon = c.daemon.addr();
+    ctl(
+        &daemon,
+        &["set-policy", NAME, "weighted_round_robin", "--create"],
+    )
+    .expect("set-policy");
+    // One attempt: the client sees each failure (and reports it).
+    ctl(&daemon, &["set-cluster", NAME, "failfast"]).expect("failfast");
+    let fault = c.dir.path().join("b1.fail");
+    let mut b1 = on("b1", 1, "z1", "127.0.0.34");
+    b1.extra
+        .extend(["--fail-while".to_string(), fault.display().to_string()]);
+    c.add(&b1);
+    c.add(&on("b2", 1, "z1", "127.0.0.35"));
+    c.add(&on("b3", 1, "z1", "127.0.0.36"));
+    // Two clients: outlier detection believes no single client
+    // (stats_min_clients = 2; each node id is a witness of its own).
+    let mut clients = [
+        xds_client_as(&daemon, "z1", "xds-a"),
+        xds_client_as(&daemon, "z1", "xds-b"),
+    ];
+    for client in &mut clients {
+        client.until("every backend answers", 90, |b| {
+            b.errors() == 0 && ["b1", "b2", "b3"].iter().all(|i| b.on(i) > 0)
+        });
+    }
+
+    // b1 starts failing. The clients' load reports (LRS) carry their
+    // failures to the daemon, whose outlier detection ejects b1: it leaves
+    // the assignment and the calls stop failing.
+    std::fs::write(&fault, b"").expect("fault file");
+    let deadline = Instant::now() + CONVERGE;
+    let healed = loop {
+        let batches: Vec<Batch> = clients.iter_mut().map(|c| c.calls(60)).collect();
+        if batches.iter().all(|b| b.errors() == 0 && b.on("b1") == 0) {
+            break batches;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b1 never ejected; last batches: {batches:?}"
+        );
+    };
+    assert_eq!(healed[0].on("b2") + healed[0].on("b3"), 60, "{healed:?}");
+    let status = lb_tests::harness::instances_of(&daemon, NAME).await;
+    let b1 = status
+        .iter()
+        .find(|i| i.instance_id == "b1")
+        .expect("b1 is still registered");
+    assert_eq!(b1.health, "ejected", "{b1:?}");
+    assert!(
+        b1.calls_failed > 0,
+        "the client's reports reached the daemon: {b1:?}"
+    );
+    let b2 = status.iter().find(|i| i.instance_id == "b2").expect("b2");
+    assert!(b2.calls_finished > 0 && b2.calls_failed == 0, "{b2:?}");
 }

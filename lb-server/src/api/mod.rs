@@ -7,8 +7,9 @@
 //! - [`balancer`]: `lb.v1.Balancer`, the client side (`Subscribe`).
 //! - [`admin`]: `lb.v1.Admin`, what `lb-server ctl` calls.
 //! - [`grpclb`]: `grpc.lb.v1.LoadBalancer`, for stock gRPC clients.
-//! - [`xds`]: `envoy.service.discovery.v3.AggregatedDiscoveryService`, for
-//!   proxyless gRPC clients on xDS.
+//! - [`xds`]: `envoy.service.discovery.v3.AggregatedDiscoveryService` and
+//!   `envoy.service.load_stats.v3.LoadReportingService`, for proxyless gRPC
+//!   clients on xDS.
 
 pub mod admin;
 pub mod balancer;
@@ -30,7 +31,7 @@ pub use admin::AdminApi;
 pub use balancer::BalancerApi;
 pub use grpclb::GrpclbApi;
 pub use registry::RegistryApi;
-pub use xds::XdsApi;
+pub use xds::{LrsApi, XdsApi};
 
 /// The response stream of a streaming RPC.
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -21,6 +21,9 @@
 //!    updates. A request with an older nonce than the type's last answer is
 //!    stale and ignored, as the protocol says.
 //!
+//! [`LrsApi`] takes the clients' load reports (LRS) into each service's
+//! client stats, per instance.
+//!
 //! Bad input ends the stream only, with a status naming the field: an
 //! unknown type URL, a resource name that is not a target or service name
 //! (`invalid_argument`), more than [`MAX_NAMES`] names, a node that fails
@@ -36,6 +39,8 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::LoadReportingService;
+use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use lb_core::access::Need;
@@ -338,5 +343,106 @@ impl Session {
             ..DiscoveryResponse::default()
         };
         self.tx.send(Ok(response)).await.is_ok()
+    }
+}
+
+/// `envoy.service.load_stats.v3.LoadReportingService`: the calls stock xDS
+/// clients made (LRS, which the Cluster's `lrs_server` turns on), folded
+/// into each service's client stats as lb-client's own reports are, so a
+/// failing instance is ejected from stock clients' outcomes too. The
+/// daemon asks for every cluster (`send_all_clusters`) every
+/// `--stats-interval`.
+#[derive(Clone)]
+pub struct LrsApi {
+    engine: EngineHandle,
+    config: Config,
+    stop: watch::Receiver<bool>,
+}
+
+impl LrsApi {
+    /// An LRS service over `engine`; streams end when `stop` turns true.
+    pub fn new(engine: EngineHandle, config: Config, stop: watch::Receiver<bool>) -> Self {
+        LrsApi {
+            engine,
+            config,
+            stop,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl LoadReportingService for LrsApi {
+    type StreamLoadStatsStream = BoxStream<LoadStatsResponse>;
+
+    async fn stream_load_stats(
+        &self,
+        request: Request<Streaming<LoadStatsRequest>>,
+    ) -> Result<Response<Self::StreamLoadStatsStream>, Status> {
+        let caller = crate::auth::caller(&request).cloned();
+        let mut inbound = request.into_inner();
+        let first = first_message(
+            &mut inbound,
+            self.config.first_message_timeout,
+            &self.stop,
+            caller.as_ref(),
+        )
+        .await?;
+        let client = xds::identity(first.node.as_ref()).map_err(invalid)?;
+        // One witness per credential (lb_core::evidence), else per node.
+        let witness = caller
+            .as_ref()
+            .and_then(crate::auth::Caller::witness)
+            .unwrap_or_else(|| format!("xds:{}", client.client_id));
+        tracing::debug!(client = %client.client_id, "xDS client reports its calls (LRS)");
+        let interval = self.config.stats_interval.max(Duration::from_millis(100));
+        let (tx, rx) = mpsc::channel(2);
+        let hello = LoadStatsResponse {
+            send_all_clusters: true,
+            load_reporting_interval: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: interval.as_secs() as i64,
+                nanos: interval.subsec_nanos() as i32,
+            }),
+            ..LoadStatsResponse::default()
+        };
+        let _ = tx.send(Ok(hello)).await;
+        let engine = self.engine.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let stop = stopping(stop);
+            tokio::pin!(stop);
+            let mut next = Some(first);
+            loop {
+                if let Some(r) = next.take() {
+                    tracing::trace!(clusters = r.cluster_stats.len(), "LRS report");
+                    for c in &r.cluster_stats {
+                        let (service, stats) = match xds::load_report(c) {
+                            Ok(x) => x,
+                            Err(e) => {
+                                let _ = tx.send(Err(invalid(e))).await;
+                                return;
+                            }
+                        };
+                        if let Some(c) = &caller {
+                            if let Err(s) = c.allow(&Need::Client(service.clone())) {
+                                let _ = tx.send(Err(s)).await;
+                                return;
+                            }
+                        }
+                        engine.stats(service, witness.clone(), stats).await;
+                    }
+                }
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(m)) => next = Some(m),
+                        Ok(None) | Err(_) => return,
+                    },
+                    _ = &mut stop => {
+                        let _ = tx.send(Err(Status::unavailable("lb-server is shutting down"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

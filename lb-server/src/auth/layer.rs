@@ -60,9 +60,9 @@ fn classify(path: &str) -> Class {
         },
         "lb.v1.Balancer" => Class::Client,
         // xDS clients are stock clients too: the same rules as grpclb's.
-        "grpc.lb.v1.LoadBalancer" | "envoy.service.discovery.v3.AggregatedDiscoveryService" => {
-            Class::Grpclb
-        }
+        "grpc.lb.v1.LoadBalancer"
+        | "envoy.service.discovery.v3.AggregatedDiscoveryService"
+        | "envoy.service.load_stats.v3.LoadReportingService" => Class::Grpclb,
         "lb.v1.Admin" if ADMIN_READS.contains(&method) => Class::AdminRead,
         "lb.v1.Admin" => Class::AdminWrite,
         "grpc.health.v1.Health" => Class::Health,

@@ -38,7 +38,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion,
-    ConfigSource, Locality, Node, SocketAddress,
+    ConfigSource, Locality, Node, SelfConfigSource, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     cluster_load_assignment, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -58,7 +58,7 @@ use envoy_types::pb::google::protobuf::{
 };
 use envoy_types::util::pack_any;
 use lb_core::cluster::{ClusterConfig, Mode};
-use lb_core::model::{ClientIdentity, FieldError};
+use lb_core::model::{check_id, ClientIdentity, ClientStats, FieldError, InstanceOutcomes};
 use lb_core::policy::view::{client_view, weighted};
 use lb_core::replan::Published;
 use lb_core::status::Code;
@@ -335,6 +335,13 @@ pub fn cluster(service: &str, shape: &Shape) -> Any {
             }),
             service_name: service.to_string(),
         }),
+        // Clients report their calls (LRS) to this same daemon.
+        lrs_server: Some(ConfigSource {
+            config_source_specifier: Some(config_source::ConfigSourceSpecifier::Self_(
+                SelfConfigSource::default(),
+            )),
+            ..ConfigSource::default()
+        }),
         lb_policy: if shape.hashing {
             cluster::LbPolicy::RingHash as i32
         } else {
@@ -418,6 +425,56 @@ pub fn assignment(
         }),
         ..ClusterLoadAssignment::default()
     }
+}
+
+/// One cluster's load report (LRS, `envoy.service.load_stats.v3`) as the
+/// service's client stats: each locality is one instance (its `sub_zone`,
+/// as [`assignment`] sends them). LRS counts no latency (left at 0: unknown)
+/// and no status codes; a locality with failures and no success counts its
+/// failures as consecutive (what outlier detection's consecutive-failure
+/// rule reads). Returns the service and its stats.
+pub fn load_report(
+    c: &envoy_types::pb::envoy::config::endpoint::v3::ClusterStats,
+) -> Result<(String, ClientStats), FieldError> {
+    let name = if c.cluster_service_name.is_empty() {
+        &c.cluster_name
+    } else {
+        &c.cluster_service_name
+    };
+    let service = service_of(Kind::Cluster, name).map_err(|e| e.within("cluster_stats"))?;
+    let mut instances = Vec::with_capacity(c.upstream_locality_stats.len());
+    for (i, l) in c.upstream_locality_stats.iter().enumerate() {
+        let id = l.locality.as_ref().map_or("", |l| l.sub_zone.as_str());
+        check_id(id).map_err(|e| {
+            FieldError::new(
+                format!("cluster_stats.upstream_locality_stats[{i}].locality.sub_zone"),
+                e,
+            )
+        })?;
+        let finished = l
+            .total_successful_requests
+            .saturating_add(l.total_error_requests);
+        instances.push(InstanceOutcomes {
+            instance_id: id.to_string(),
+            calls_started: l.total_issued_requests,
+            calls_finished: finished,
+            calls_failed: l.total_error_requests,
+            latency_sum_us: 0,
+            failed_by_code: BTreeMap::new(),
+            consecutive_failures: if l.total_successful_requests == 0 {
+                l.total_error_requests
+            } else {
+                0
+            },
+        });
+    }
+    let stats = ClientStats {
+        instances,
+        dropped: c.total_dropped_requests,
+        no_backend: 0,
+    };
+    stats.check().map_err(|e| e.within("cluster_stats"))?;
+    Ok((service, stats))
 }
 
 fn socket(addr: SocketAddr) -> Address {
