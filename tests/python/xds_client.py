@@ -7,8 +7,9 @@ control plane.
 
 Start-up:
   1. It writes a bootstrap file: one xds_server (--server, insecure channel
-     credentials on loopback, "xds_v3"), and the node (--node-id, --zone as
-     locality.zone, --label K=V as string metadata).
+     credentials on loopback, or with --ca/--cert/--key "tls" credentials
+     for mTLS; "xds_v3"), and the node (--node-id, --zone as locality.zone,
+     --label K=V as string metadata).
   2. It sets GRPC_XDS_BOOTSTRAP to it, opens a channel to xds:///NAME and
      prints {"bootstrap": PATH}.
 
@@ -96,16 +97,31 @@ def main():
     p.add_argument("--node-id", default="xds-test-client")
     p.add_argument("--zone", default="")
     p.add_argument("--label", action="append", default=[], help="K=V node metadata")
+    # mTLS to the control plane, from the bootstrap (gRFC A65's "tls"
+    # channel credentials); the backends are still dialled in plaintext.
+    p.add_argument("--ca", help="PEM CA the control plane's certificate is checked against")
+    p.add_argument("--cert", help="PEM client certificate")
+    p.add_argument("--key", help="PEM key of --cert")
     args = p.parse_args()
 
     node = {"id": args.node_id, "metadata": dict(kv.split("=", 1) for kv in args.label)}
     if args.zone:
         node["locality"] = {"zone": args.zone}
+    creds = {"type": "insecure"}
+    if args.ca:
+        creds = {
+            "type": "tls",
+            "config": {
+                "ca_certificate_file": args.ca,
+                "certificate_file": args.cert,
+                "private_key_file": args.key,
+            },
+        }
     bootstrap = {
         "xds_servers": [
             {
                 "server_uri": args.server,
-                "channel_creds": [{"type": "insecure"}],
+                "channel_creds": [creds],
                 "server_features": ["xds_v3"],
             }
         ],

@@ -270,3 +270,130 @@ async fn stock_xds_clients_report_their_calls_and_a_failing_backend_is_ejected()
     let b2 = status.iter().find(|i| i.instance_id == "b2").expect("b2");
     assert!(b2.calls_finished > 0 && b2.calls_failed == 0, "{b2:?}");
 }
+
+/// With TLS, client certificates and authentication on: the client's
+/// bootstrap carries mTLS channel credentials (gRFC A65), its certificate's
+/// SPIFFE ID is bound to the `client` role for the service, and revoking the
+/// binding ends its xDS streams (the client keeps its last resources).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_xds_client_authenticates_with_its_certificate() {
+    use lb_tests::pki::Pki;
+    let certs = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(certs.path(), "lb").expect("ca");
+    let server = pki.server("server", &[]).expect("server cert");
+    let web = pki
+        .client("web", "spiffe://lb.test/web")
+        .expect("client cert");
+    let ops = pki.client("ops", "spiffe://lb.test/ops").expect("ops cert");
+    let p = |p: &std::path::Path| p.display().to_string();
+    let mut c = Cluster::start(
+        &[
+            "--auth",
+            "--tls-cert",
+            &p(&server.cert),
+            "--tls-key",
+            &p(&server.key),
+            "--tls-client-ca",
+            &p(pki.ca_file()),
+        ],
+        &[],
+    );
+    let token_path = c.daemon.data_dir.join("admin.token");
+    assert!(wait_until(WAIT, || token_path.exists()).await);
+    let (addr, data_dir) = (c.daemon.addr(), c.daemon.data_dir.clone());
+    let run = |args: &[&str]| -> String {
+        let out = lb_tests::harness::ctl_command(&addr, &data_dir)
+            .args([
+                "--ca",
+                &p(pki.ca_file()),
+                "--cert",
+                &p(&ops.cert),
+                "--key",
+                &p(&ops.key),
+            ])
+            .args(args)
+            .output()
+            .expect("ctl");
+        lb_tests::harness::succeeded(out, &format!("ctl {args:?}"))
+            .trim()
+            .to_string()
+    };
+    let backend = run(&[
+        "token",
+        "create",
+        "--name",
+        "deploy",
+        "--role",
+        "backend",
+        "--service",
+        NAME,
+    ]);
+    run(&[
+        "token",
+        "create",
+        "--name",
+        "web",
+        "--role",
+        "client",
+        "--service",
+        NAME,
+        "--identity",
+        "spiffe://lb.test/web",
+    ]);
+    run(&["set-policy", NAME, "weighted_round_robin", "--create"]);
+    let token_file = certs.path().join("backend.token");
+    std::fs::write(&token_file, &backend).expect("token file");
+    for (id, weight, ip) in [("b1", 1, "127.0.0.37"), ("b2", 3, "127.0.0.38")] {
+        let mut b = on(id, weight, "z1", ip);
+        b.extra.extend(
+            [
+                "--token-file",
+                &p(&token_file),
+                "--ca",
+                &p(pki.ca_file()),
+                "--cert",
+                &p(&ops.cert),
+                "--key",
+                &p(&ops.key),
+            ]
+            .map(String::from),
+        );
+        c.add(&b);
+    }
+    let args = [
+        "--server",
+        &addr,
+        "--name",
+        NAME,
+        "--zone",
+        "z1",
+        "--node-id",
+        "web-1",
+        "--ca",
+        &p(pki.ca_file()),
+        "--cert",
+        &p(&web.cert),
+        "--key",
+        &p(&web.key),
+    ]
+    .map(String::from);
+    let mut client = StockClient::start("xds_client.py", &args);
+    client.until("shares 1:3 over mTLS", 400, |b| {
+        b.errors() == 0 && near(b.on("b1"), 100, 20)
+    });
+    let streams = || {
+        let shown = run(&["--output", "json", "get", NAME]);
+        serde_json::from_str::<serde_json::Value>(&shown).expect("JSON")["xds_streams"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(streams(), 1, "one xDS stream before the revocation");
+    run(&["token", "revoke", "web"]);
+    assert!(
+        wait_until(WAIT, || streams() == 0).await,
+        "the revoked binding's xDS stream ended"
+    );
+    // The client keeps its last resources.
+    let after = client.calls(100);
+    assert_eq!(after.errors(), 0, "{after:?}");
+}
