@@ -21,6 +21,8 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How long a new stream may take to send its first message, unless
 /// configured (a client's first message goes out with the stream).
 pub const DEFAULT_FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--xds-ack-timeout`.
+pub const DEFAULT_XDS_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent subscriptions of one client id, unless configured.
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 256;
 
@@ -78,6 +80,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long a new stream may take to send its first message.
     pub first_message_timeout: Duration,
+    /// How long an xDS client may leave an answer unacknowledged.
+    pub xds_ack_timeout: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
     pub http_listen: Option<std::net::SocketAddr>,
     /// Accept registrations at link-local addresses (169.254.0.0/16,
@@ -140,6 +144,7 @@ impl Config {
             quotas: Quotas::default(),
             drain_timeout: Duration::from_secs(5),
             first_message_timeout: DEFAULT_FIRST_MESSAGE_TIMEOUT,
+            xds_ack_timeout: DEFAULT_XDS_ACK_TIMEOUT,
             http_listen: None,
             allow_link_local: false,
             store_min_free: crate::store::sled::DEFAULT_MIN_FREE,

@@ -19,7 +19,7 @@ use lb_server::auth::{
 };
 use lb_server::config::{
     AuthConfig, Config, DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT, DEFAULT_XDS_ACK_TIMEOUT,
 };
 use lb_server::ctl::CtlArgs;
 use lb_server::listen::{ConnLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
@@ -183,6 +183,10 @@ struct Args {
     /// subscription); then it is closed.
     #[arg(long, env = "LB_FIRST_MESSAGE_TIMEOUT", default_value_t = Span(DEFAULT_FIRST_MESSAGE_TIMEOUT), help_heading = "Limits")]
     first_message_timeout: Span,
+    /// Time an xDS client has to acknowledge (or reject) an answer; then its
+    /// stream is closed.
+    #[arg(long, env = "LB_XDS_ACK_TIMEOUT", default_value_t = Span(DEFAULT_XDS_ACK_TIMEOUT), help_heading = "Limits")]
+    xds_ack_timeout: Span,
     /// Largest request message decoded.
     #[arg(long, env = "LB_MAX_MESSAGE_SIZE", default_value_t = Bytes(DEFAULT_MAX_MESSAGE_SIZE as u64), help_heading = "Limits")]
     max_message_size: Bytes,
@@ -526,6 +530,7 @@ async fn daemon_or_ctl(from_file: std::collections::BTreeSet<String>) -> anyhow:
         handshake_timeout: args.handshake_timeout.0,
     };
     config.first_message_timeout = args.first_message_timeout.0;
+    config.xds_ack_timeout = args.xds_ack_timeout.0;
     config.max_message_size = usize::try_from(args.max_message_size.0).unwrap_or(usize::MAX);
     config.max_concurrent_streams = args.max_concurrent_streams;
     config.max_subscriptions_per_client = args.max_subscriptions_per_client;

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::api::{AdminApi, BalancerApi, GrpclbApi, LrsApi, RegistryApi, XdsApi};
+use crate::api::{AdminApi, BalancerApi, GrpclbApi, RegistryApi, XdsApi};
 use crate::auth::layer::AuthLayer;
 use crate::auth::{token, Auth};
 use crate::config::Config;
@@ -213,16 +213,9 @@ async fn serve(
         config.clone(),
         stop_rx.clone(),
     ));
-    let xds = AggregatedDiscoveryServiceServer::new(XdsApi::new(
-        engine.clone(),
-        config.clone(),
-        stop_rx.clone(),
-    ));
-    let lrs = LoadReportingServiceServer::new(LrsApi::new(
-        engine.clone(),
-        config.clone(),
-        stop_rx.clone(),
-    ));
+    let xds_api = XdsApi::new(engine.clone(), config.clone(), stop_rx.clone());
+    let lrs = LoadReportingServiceServer::new(xds_api.clone());
+    let xds = AggregatedDiscoveryServiceServer::new(xds_api);
     let admin = AdminServer::new(AdminApi::new(
         engine.clone(),
         config.clone(),

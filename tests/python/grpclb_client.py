@@ -31,6 +31,7 @@ import json
 import sys
 
 import grpc
+from whoami import decode_reply
 from dnslib import QTYPE, RCODE, RR, A, SRV
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
@@ -65,27 +66,6 @@ class Resolver(BaseResolver):
         return reply
 
 
-def decode_reply(data):
-    """Fields 1 (instance_id) and 2 (lb_token) of a WhoamiReply."""
-    fields = {}
-    i = 0
-    while i < len(data):
-        key = data[i]
-        i += 1
-        if key & 7 != 2:
-            raise ValueError("unexpected wire type in WhoamiReply")
-        length = 0
-        shift = 0
-        while True:
-            b = data[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        fields[key >> 3] = data[i:i + length].decode()
-        i += length
-    return fields.get(1, ""), fields.get(2, "")
 
 
 def calls(stub, n):

@@ -31,28 +31,14 @@ import os
 import sys
 import tempfile
 
+from whoami import decode_reply
+
 METHOD = "/lb.example.v1.Echo/Whoami"
 
 
 def instance_of(data):
     """Field 1 (instance_id) of a WhoamiReply."""
-    i = 0
-    while i < len(data):
-        key = data[i]
-        i += 1
-        length = 0
-        shift = 0
-        while True:
-            b = data[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        if key >> 3 == 1:
-            return data[i:i + length].decode()
-        i += length
-    return ""
+    return decode_reply(data)[0]
 
 
 def calls(stub, n):

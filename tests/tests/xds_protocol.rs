@@ -188,6 +188,22 @@ async fn versions_nonces_acks_nacks_and_stale_requests() {
     };
     assert_eq!(third.version_info, "3");
     assert_eq!(weights(&third), [("s1".into(), 1), ("s2".into(), 3)]);
+
+    // The client ACKs, then asks for one more name (a second channel's
+    // target) naming the same, already acknowledged answer: that is not
+    // stale, and both are answered.
+    s.send(request(EDS, &["svc"], &third.version_info, &third.nonce))
+        .await;
+    s.send(request(
+        EDS,
+        &["svc", "svc2"],
+        &third.version_info,
+        &third.nonce,
+    ))
+    .await;
+    let both = s.answer().await;
+    assert_eq!(both.version_info, "4");
+    assert_eq!(both.resources.len(), 2, "{both:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,4 +267,34 @@ async fn bad_requests_end_their_own_stream_only() {
     let next = good.answer().await;
     assert_eq!(next.version_info, "2");
     assert_eq!(weights(&next), [("s1".into(), 3), ("s2".into(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_acknowledges_is_ended() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--xds-ack-timeout", "300ms"],
+    )
+    .expect("daemon");
+    let daemon = d.addr();
+    let mut silent = Stream::open(&daemon, request(EDS, &["svc"], "", "")).await;
+    let mut polite = Stream::open(&daemon, request(EDS, &["svc"], "", "")).await;
+    silent.answer().await;
+    let first = polite.answer().await;
+    polite
+        .send(request(EDS, &["svc"], &first.version_info, &first.nonce))
+        .await;
+    let status = silent.ended().await;
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("ACK"), "{status:?}");
+    // The stream that acknowledged is still served.
+    ctl(
+        &daemon,
+        &["put-static", "svc", "s1", "127.0.0.41:7", "--create"],
+    )
+    .expect("s1");
+    let next = polite.answer().await;
+    assert_eq!(weights(&next), [("s1".into(), 1)]);
 }

@@ -767,20 +767,32 @@ async fn open_subs(addr: &str, n: usize) -> anyhow::Result<Vec<Subscription>> {
     Ok(subs)
 }
 
-async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()> {
-    if n == 0 || changes == 0 {
-        bail!("--subscribers and --changes must be at least 1");
-    }
+/// A daemon (in a temporary directory) with [`PROP_SVC`]'s [`NBACKENDS`]
+/// backends registered over ReportLoad streams, and a channel to it.
+async fn prop_daemon() -> anyhow::Result<(
+    tempfile::TempDir,
+    Daemon,
+    Channel,
+    Vec<Option<StreamBackend>>,
+)> {
     let dir = tempfile::tempdir()?;
     let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &[])?;
-    let addr = daemon.addr();
-    let ch = channel(&addr).await?;
-    let mut admin = AdminClient::new(ch.clone());
+    let ch = channel(&daemon.addr()).await?;
     let mut backends = Vec::new();
     for i in 0..NBACKENDS {
         let b = StreamBackend::open(ch.clone(), instance(PROP_SVC, &format!("b{i}"), i, 1)).await?;
         backends.push(Some(b));
     }
+    Ok((dir, daemon, ch, backends))
+}
+
+async fn propagation(n: usize, changes: usize, out: &Path) -> anyhow::Result<()> {
+    if n == 0 || changes == 0 {
+        bail!("--subscribers and --changes must be at least 1");
+    }
+    let (_dir, daemon, ch, mut backends) = prop_daemon().await?;
+    let addr = daemon.addr();
+    let mut admin = AdminClient::new(ch.clone());
 
     eprintln!("propagation: 1 subscriber (baseline), {changes} changes per kind");
     let one = open_subs(&addr, 1).await?;
@@ -1795,17 +1807,9 @@ async fn xds(n: usize, changes: usize, out: &Path) -> anyhow::Result<()> {
     if n == 0 || changes == 0 {
         bail!("--subscribers and --changes must be at least 1");
     }
-    let dir = tempfile::tempdir()?;
-    let daemon = Daemon::start(&dir.path().join("data"), "127.0.0.1:0", &[])?;
+    let (_dir, daemon, ch, backends) = prop_daemon().await?;
     let addr = daemon.addr();
-    let ch = channel(&addr).await?;
     let mut admin = AdminClient::new(ch.clone());
-    let mut backends = Vec::new();
-    for i in 0..NBACKENDS {
-        backends.push(
-            StreamBackend::open(ch.clone(), instance(PROP_SVC, &format!("b{i}"), i, 1)).await?,
-        );
-    }
     set_policy(&mut admin, PROP_SVC, "weighted_round_robin", &[]).await?;
     set_weight(&mut admin, PROP_SVC, "b0", 1).await?;
 

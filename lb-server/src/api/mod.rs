@@ -31,7 +31,7 @@ pub use admin::AdminApi;
 pub use balancer::BalancerApi;
 pub use grpclb::GrpclbApi;
 pub use registry::RegistryApi;
-pub use xds::{LrsApi, XdsApi};
+pub use xds::XdsApi;
 
 /// The response stream of a streaming RPC.
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -21,14 +21,14 @@
 //!    updates. A request with an older nonce than the type's last answer is
 //!    stale and ignored, as the protocol says.
 //!
-//! [`LrsApi`] takes the clients' load reports (LRS) into each service's
+//! Its `LoadReportingService` takes the clients' load reports (LRS) into each service's
 //! client stats, per instance.
 //!
 //! Bad input ends the stream only, with a status naming the field: an
 //! unknown type URL, a resource name that is not a target or service name
 //! (`invalid_argument`), more than [`MAX_NAMES`] names, a node that fails
 //! validation; and an answer the client has not acknowledged within
-//! [`ACK_TIMEOUT`] (`deadline_exceeded`).
+//! `--xds-ack-timeout` (`deadline_exceeded`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -58,8 +58,6 @@ use crate::engine::{EngineHandle, Follows};
 use crate::pb::invalid;
 use crate::pb::xds::{self, Kind, MAX_NAMES};
 
-/// Longest a sent answer may wait for the client's ACK or NACK.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest error detail of a NACK quoted in the log.
 const QUOTED_DETAIL: usize = 512;
 
@@ -82,15 +80,15 @@ impl XdsApi {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsApi {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
+impl XdsApi {
+    /// What both xDS streams start with: the caller, the requests, the
+    /// first of them (waited for as every stream's first message is), and
+    /// the client its node describes.
+    async fn opening<T>(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        request: Request<Streaming<T>>,
+        node: impl Fn(&T) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    ) -> Result<(Option<crate::auth::Caller>, Streaming<T>, T, ClientIdentity), Status> {
         let caller = crate::auth::caller(&request).cloned();
         let mut inbound = request.into_inner();
         let first = first_message(
@@ -100,9 +98,24 @@ impl AggregatedDiscoveryService for XdsApi {
             caller.as_ref(),
         )
         .await?;
-        let client = xds::identity(first.node.as_ref()).map_err(invalid)?;
+        let client = xds::identity(node(&first)).map_err(invalid)?;
+        Ok((caller, inbound, first, client))
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsApi {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (caller, inbound, first, client) = self.opening(request, |r| r.node.as_ref()).await?;
         let (tx, rx) = mpsc::channel(4);
         let session = Session {
+            ack_timeout: self.config.xds_ack_timeout,
             engine: self.engine.clone(),
             caller,
             client,
@@ -133,14 +146,19 @@ struct Subscription {
     names: BTreeSet<String>,
     /// Answers sent so far (the version of the last).
     sent: u64,
-    /// The last answer's nonce, until the client acknowledges it.
-    unacked: Option<(String, Instant)>,
+    /// The last answer's nonce: a request naming another is stale.
+    nonce: String,
+    /// When the last answer was sent, until the client acknowledges (or
+    /// rejects) it.
+    unacked: Option<Instant>,
     /// Each resource as last sent (assignments are re-sent only when they
     /// change).
     last: BTreeMap<String, Vec<u8>>,
 }
 
 struct Session {
+    /// `--xds-ack-timeout`.
+    ack_timeout: Duration,
     engine: EngineHandle,
     caller: Option<crate::auth::Caller>,
     client: ClientIdentity,
@@ -174,7 +192,7 @@ impl Session {
             let deadline = self
                 .subs
                 .values()
-                .filter_map(|s| s.unacked.as_ref().map(|(_, at)| *at + ACK_TIMEOUT))
+                .filter_map(|s| s.unacked.map(|at| at + self.ack_timeout))
                 .min();
             tokio::select! {
                 msg = inbound.message() => match msg {
@@ -192,7 +210,7 @@ impl Session {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     let _ = self.tx.send(Err(Status::deadline_exceeded(format!(
                         "no ACK or NACK of an answer within {}: a client must acknowledge each answer",
-                        lb_core::duration::show(ACK_TIMEOUT)
+                        lb_core::duration::show(self.ack_timeout)
                     )))).await;
                     return;
                 }
@@ -221,11 +239,13 @@ impl Session {
         }
         let sub = self.subs.entry(kind).or_default();
         if !r.response_nonce.is_empty() {
-            match &sub.unacked {
-                Some((nonce, _)) if *nonce == r.response_nonce => sub.unacked = None,
-                // An answer to an older one: stale, ignored.
-                _ => return Ok(()),
+            if r.response_nonce != sub.nonce {
+                // It answers an older answer than the last: stale, ignored
+                // (the client will answer the last one too).
+                return Ok(());
             }
+            // An ACK or a NACK of the last answer, perhaps with new names.
+            sub.unacked = None;
         }
         if let Some(e) = &r.error_detail {
             let detail: String = e.message.chars().take(QUOTED_DETAIL).collect();
@@ -334,7 +354,8 @@ impl Session {
             .iter()
             .map(|(n, a)| (n.clone(), a.value.clone()))
             .collect();
-        sub.unacked = Some((nonce.clone(), Instant::now()));
+        sub.unacked = Some(Instant::now());
+        sub.nonce = nonce.clone();
         let response = DiscoveryResponse {
             version_info: version,
             resources: resources.into_iter().map(|(_, a)| a).collect(),
@@ -346,48 +367,21 @@ impl Session {
     }
 }
 
-/// `envoy.service.load_stats.v3.LoadReportingService`: the calls stock xDS
-/// clients made (LRS, which the Cluster's `lrs_server` turns on), folded
-/// into each service's client stats as lb-client's own reports are, so a
-/// failing instance is ejected from stock clients' outcomes too. The
-/// daemon asks for every cluster (`send_all_clusters`) every
-/// `--stats-interval`.
-#[derive(Clone)]
-pub struct LrsApi {
-    engine: EngineHandle,
-    config: Config,
-    stop: watch::Receiver<bool>,
-}
-
-impl LrsApi {
-    /// An LRS service over `engine`; streams end when `stop` turns true.
-    pub fn new(engine: EngineHandle, config: Config, stop: watch::Receiver<bool>) -> Self {
-        LrsApi {
-            engine,
-            config,
-            stop,
-        }
-    }
-}
-
+// `envoy.service.load_stats.v3.LoadReportingService`: the calls stock xDS
+// clients made (LRS, which the Cluster's `lrs_server` turns on), folded
+// into each service's client stats as lb-client's own reports are, so a
+// failing instance is ejected from stock clients' outcomes too. The daemon
+// asks for every cluster (`send_all_clusters`) every `--stats-interval`.
 #[tonic::async_trait]
-impl LoadReportingService for LrsApi {
+impl LoadReportingService for XdsApi {
     type StreamLoadStatsStream = BoxStream<LoadStatsResponse>;
 
     async fn stream_load_stats(
         &self,
         request: Request<Streaming<LoadStatsRequest>>,
     ) -> Result<Response<Self::StreamLoadStatsStream>, Status> {
-        let caller = crate::auth::caller(&request).cloned();
-        let mut inbound = request.into_inner();
-        let first = first_message(
-            &mut inbound,
-            self.config.first_message_timeout,
-            &self.stop,
-            caller.as_ref(),
-        )
-        .await?;
-        let client = xds::identity(first.node.as_ref()).map_err(invalid)?;
+        let (caller, mut inbound, first, client) =
+            self.opening(request, |r| r.node.as_ref()).await?;
         // One witness per credential (lb_core::evidence), else per node.
         let witness = caller
             .as_ref()

@@ -780,6 +780,37 @@ mod tests {
         assert!(publishes(load_aware(0, 0.0), 50, wobble).await > 10);
     }
 
+    /// An engine over `store` (in `dir`) with instance "a" attached: the
+    /// engine, its task, a's session, and a's directives (kept open).
+    async fn with_a(
+        store: Arc<dyn Store>,
+        dir: &std::path::Path,
+    ) -> (
+        EngineHandle,
+        tokio::task::JoinHandle<()>,
+        u64,
+        mpsc::Receiver<crate::engine::Directive>,
+    ) {
+        let (engine, task) = start(
+            store,
+            Config::new(dir),
+            Arc::new(Auth::open(Default::default())),
+        )
+        .await
+        .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let a = engine
+            .run(Attach {
+                spec: spec("a"),
+                ttl: None,
+                owner: None,
+                directives: tx,
+            })
+            .await
+            .unwrap();
+        (engine, task, a.session, rx)
+    }
+
     /// Sled whose commits, once `stall` is set, never answer (a disk that
     /// hangs, an etcd without a quorum).
     struct Stalling {
@@ -821,24 +852,9 @@ mod tests {
             inner: SledStore::open(dir.path()).unwrap(),
             stall: false.into(),
         });
-        let (engine, _task) = start(
-            Arc::clone(&store) as Arc<dyn Store>,
-            Config::new(dir.path()),
-            Arc::new(Auth::open(Default::default())),
-        )
-        .await
-        .unwrap();
-        let (tx, _rx) = mpsc::channel(8);
-        let a = engine
-            .run(Attach {
-                spec: spec("a"),
-                ttl: None,
-                owner: None,
-                directives: tx,
-            })
-            .await
-            .unwrap();
-        engine.report(spec("a").key(), a.session, busy(1)).await;
+        let (engine, _task, a, _rx) =
+            with_a(Arc::clone(&store) as Arc<dyn Store>, dir.path()).await;
+        engine.report(spec("a").key(), a, busy(1)).await;
         store.stall.store(true, std::sync::atomic::Ordering::SeqCst);
         let change = {
             let engine = engine.clone();
@@ -855,7 +871,7 @@ mod tests {
         // Two seconds into the commit's wait: a report is shown at once, and
         // the change the store has not taken is not.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        engine.report(spec("a").key(), a.session, busy(7)).await;
+        engine.report(spec("a").key(), a, busy(7)).await;
         tokio::time::sleep(SWEEP_INTERVAL).await;
         let shown = |engine: &EngineHandle| {
             let views = engine.views(Some("svc"));
@@ -880,27 +896,11 @@ mod tests {
     async fn readers_see_a_command_at_once_and_reports_within_the_interval() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let (engine, _task) = start(
-            store,
-            Config::new(dir.path()),
-            Arc::new(Auth::open(Default::default())),
-        )
-        .await
-        .unwrap();
-        let (tx, _rx) = mpsc::channel(8);
-        let a = engine
-            .run(Attach {
-                spec: spec("a"),
-                ttl: None,
-                owner: None,
-                directives: tx,
-            })
-            .await
-            .unwrap();
+        let (engine, _task, a, _rx) = with_a(store, dir.path()).await;
         let views = engine.views(Some("svc"));
         assert_eq!(views[0].instances.len(), 1, "the registration is visible");
         assert!(views[0].instances[0].load.is_none());
-        engine.report(spec("a").key(), a.session, busy(7)).await;
+        engine.report(spec("a").key(), a, busy(7)).await;
         tokio::time::sleep(snapshot::INTERVAL + SWEEP_INTERVAL * 2).await;
         let views = engine.views(Some("svc"));
         let load = views[0].instances[0]
