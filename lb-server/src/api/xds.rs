@@ -248,7 +248,7 @@ impl Session {
             sub.unacked = None;
         }
         if let Some(e) = &r.error_detail {
-            let detail: String = e.message.chars().take(QUOTED_DETAIL).collect();
+            let detail = lb_core::model::bounded(e.message.clone(), QUOTED_DETAIL);
             tracing::warn!(
                 client = %self.client.client_id,
                 type_url = %r.type_url,

@@ -58,7 +58,9 @@ use envoy_types::pb::google::protobuf::{
 };
 use envoy_types::util::pack_any;
 use lb_core::cluster::{ClusterConfig, Mode};
-use lb_core::model::{check_id, ClientIdentity, ClientStats, FieldError, InstanceOutcomes};
+use lb_core::model::{
+    bounded, check_id, ClientIdentity, ClientStats, FieldError, InstanceOutcomes,
+};
 use lb_core::policy::view::{client_view, weighted};
 use lb_core::replan::Published;
 use lb_core::status::Code;
@@ -103,7 +105,7 @@ impl Kind {
                     "type_url",
                     format!(
                         "{:?} is not served (Listener, RouteConfiguration, Cluster, ClusterLoadAssignment of envoy v3)",
-                        bounded(type_url)
+                        bounded(type_url.to_string(), QUOTED)
                     ),
                 )
             })
@@ -112,13 +114,6 @@ impl Kind {
 
 /// Longest type URL or resource name quoted in an error.
 const QUOTED: usize = 128;
-
-fn bounded(s: &str) -> &str {
-    match s.char_indices().nth(QUOTED) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
 
 /// Most resource names one request may subscribe to.
 pub const MAX_NAMES: usize = 1000;
@@ -131,7 +126,10 @@ pub fn service_of(kind: Kind, name: &str) -> Result<String, FieldError> {
         Kind::Listener => service_named(name, "resource_names"),
         _ => {
             lb_core::model::check_service(name).map_err(|e| {
-                FieldError::new("resource_names", format!("{:?}: {e}", bounded(name)))
+                FieldError::new(
+                    "resource_names",
+                    format!("{:?}: {e}", bounded(name.to_string(), QUOTED)),
+                )
             })?;
             Ok(name.to_string())
         }
